@@ -1,0 +1,347 @@
+"""Live log fan-out: N GraphQL subscribers follow one session while a worker streams into it.
+
+    python bench/bench_live.py [--subscribers 1 100 1000] [--seconds 5] [--lines-per-second 1000]
+                               [--database-url postgres://...]
+
+One real server process (``bench/_app.py``, uvicorn, one worker; a fresh SQLite file unless
+``--database-url`` names a throwaway PostgreSQL database). A worker (this process, over the
+real WorkerService) appends ``--lines-per-second`` lines in ``--chunks-per-second`` chunks
+(10: a worker that ships its output every 100 ms); every chunk's
+first line carries its send time. N WebSocket clients (graphql-transport-ws, this process)
+subscribe to ``sessionLog`` from the start. Reported per N:
+
+- delivered lines/s (summed over the subscribers) and publish→receive latency p50 / p99
+  (AppendLog sent → the line arrives at a subscriber);
+- the baseline, measured in the same run: the same lines at the same rate through a bare
+  asyncio fan-out in one process (one queue per subscriber) — what delivery costs with no
+  network, no database and no GraphQL;
+- the server's resident memory with 1000 idle subscriptions, against none.
+
+Prints figures, asserts nothing; every measurement is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import re
+import sys
+import tempfile
+import time
+import uuid
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.bench_get import process_cpu_s, start_server, stop_server  # noqa: E402
+
+CHUNKS_PER_S = 10  # a worker ships its output ten times a second (--chunks-per-second)
+TARGET_P99_MS = 50.0
+TARGET_RATIO = 0.5
+TARGET_IDLE_MB = 100.0
+# Latencies of the first second are not counted (both here and in the baseline): the
+# subscribers' first messages pay for their connections' set-up.
+WARMUP_S = 1.0
+_STAMP = re.compile(r"ts=(\d+) seq=(\d+)")
+QUERY = "subscription($id: ID!) { sessionLog(sessionId: $id) { offset data final } }"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Api:
+    def __init__(self, base: str) -> None:
+        self.http = httpx.AsyncClient(base_url=base, timeout=30)
+
+    async def __call__(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.http.post(f"/delidev.v1.{method}", json=body)
+        r.raise_for_status()
+        return dict(r.json())
+
+    async def job(self) -> tuple[str, str, str]:
+        """A running session: (session id, worker id, lease)."""
+        ws = await self("WorkspaceService/Create", {"name": f"b{uuid.uuid4().hex[:6]}"})
+        repo = await self(
+            "RepositoryService/Add",
+            {
+                "workspaceId": ws["workspace"]["id"],
+                "remoteUrl": f"https://github.com/b/{uuid.uuid4().hex}",
+            },
+        )
+        group = await self(
+            "RepositoryGroupService/Create",
+            {"workspaceId": ws["workspace"]["id"], "repositoryIds": [repo["repository"]["id"]]},
+        )
+        await self(
+            "TaskService/CreateUnit", {"repositoryGroupId": group["group"]["id"], "prompt": "b"}
+        )
+        worker = await self("WorkerService/Register", {"name": "b", "endpointUrl": "http://b:1"})
+        job = (await self("WorkerService/GetTask", {"workerId": worker["workerId"]}))["job"]
+        return job["sessionId"], worker["workerId"], job["leaseToken"]
+
+
+async def subscriber(
+    url: str,
+    session_id: str,
+    latencies: list[tuple[int, float]],
+    counts: list[int],
+    ready: asyncio.Event,
+    done: asyncio.Event,
+) -> None:
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"], max_size=None,  # type: ignore[list-item]
+                                  ping_interval=None) as ws:  # fmt: skip
+        await ws.send(json.dumps({"type": "connection_init", "payload": {}}))
+        await ws.recv()
+        payload = {"query": QUERY, "variables": {"id": session_id}}
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        ready.set()
+        while not done.is_set():
+            try:
+                raw = await asyncio.wait_for(ws.recv(), 0.5)
+            except TimeoutError:
+                continue
+            now = time.time_ns()
+            message = json.loads(raw)
+            if message.get("type") != "next":
+                continue
+            data = message["payload"]["data"]["sessionLog"]["data"]
+            counts[0] += data.count("\n")
+            latencies.extend((int(q), (now - int(t)) / 1e6) for t, q in _STAMP.findall(data))
+
+
+def _client_process(ws_url: str, session_id: str, count: int, conn: Connection) -> None:
+    """A client process: ``count`` subscribers; reports (lines, latencies) when told how many
+    lines were sent (or after a timeout)."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+
+    async def main() -> None:
+        latencies: list[tuple[int, float]] = []
+        counts = [0]
+        done = asyncio.Event()
+        readies = [asyncio.Event() for _ in range(count)]
+        subs = []
+        for i in range(count):
+            subs.append(asyncio.create_task(
+                subscriber(ws_url, session_id, latencies, counts, readies[i], done)))  # fmt: skip
+            if i % 50 == 49:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
+        conn.send("ready")
+        loop = asyncio.get_running_loop()
+        sent = await loop.run_in_executor(None, conn.recv)
+        deadline = time.perf_counter() + 20
+        while counts[0] < sent * count and time.perf_counter() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        conn.send((counts[0], latencies))
+        done.set()
+        for task in subs:
+            task.cancel()
+        await asyncio.gather(*subs, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+async def publish(api: Api, session_id: str, worker_id: str, lease: str, lines_per_s: int,
+                  seconds: float) -> int:  # fmt: skip
+    per_chunk = max(1, lines_per_s // CHUNKS_PER_S)
+    filler = "".join(
+        f"  output line {i:04} of the agent, with some text\n" for i in range(per_chunk - 1)
+    )
+    sequence, sent = 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        data = f"ts={time.time_ns()} seq={sequence}\n{filler}"
+        chunk = {"sequence": sequence, "data": data}
+        await api("WorkerService/AppendLog", {"workerId": worker_id, "sessionId": session_id,
+                                               "leaseToken": lease, "chunks": [chunk]})  # fmt: skip
+        sequence += 1
+        sent += per_chunk
+        target = start + sequence / CHUNKS_PER_S
+        await asyncio.sleep(max(0.0, target - time.perf_counter()))
+    return sent
+
+
+async def baseline(n: int, lines_per_s: int, seconds: float) -> tuple[float, float, float]:
+    """The same lines at the same rate through a bare asyncio fan-out (one queue each)."""
+    warm = int(CHUNKS_PER_S * WARMUP_S)
+    queues: list[asyncio.Queue[str]] = [asyncio.Queue() for _ in range(n)]
+    latencies: list[float] = []
+    counts = [0]
+    per_chunk = max(1, lines_per_s // CHUNKS_PER_S)
+    filler = "".join(
+        f"  output line {i:04} of the agent, with some text\n" for i in range(per_chunk - 1)
+    )
+
+    async def consume(q: asyncio.Queue[str]) -> None:
+        while True:
+            data = await q.get()
+            now = time.time_ns()
+            counts[0] += data.count("\n")
+            latencies.extend((now - int(t)) / 1e6 for t, q in _STAMP.findall(data)
+                             if int(q) >= warm)  # fmt: skip
+
+    consumers = [asyncio.create_task(consume(q)) for q in queues]
+    start = time.perf_counter()
+    sequence = 0
+    while time.perf_counter() - start < seconds:
+        data = f"ts={time.time_ns()} seq={sequence}\n{filler}"
+        for q in queues:
+            q.put_nowait(data)
+        sequence += 1
+        await asyncio.sleep(max(0.0, start + sequence / CHUNKS_PER_S - time.perf_counter()))
+    sent = sequence * per_chunk * n
+    while counts[0] < sent:  # noqa: ASYNC110
+        await asyncio.sleep(0.001)
+    elapsed = time.perf_counter() - start
+    for c in consumers:
+        c.cancel()
+    return counts[0] / elapsed, pct(latencies, 0.5), pct(latencies, 0.99)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="delidev-bench-live-"))
+    url = args.database_url or f"sqlite://{tmp / 'bench.db'}"
+    extra = () if args.compression else ("--ws-per-message-deflate", "false")
+    proc, port = start_server(url, tmp / "server.log", extra)
+    base = f"http://127.0.0.1:{port}"
+    ws_url = f"ws://127.0.0.1:{port}/graphql"
+    api = Api(base)
+    rows = []
+    try:
+        # Memory of idle subscriptions, first: on a server that has served nothing yet.
+        session_id, _, _ = await api.job()
+        before = rss_mb(proc.pid)
+        done = asyncio.Event()
+        readies = [asyncio.Event() for _ in range(args.idle)]
+        idle = []
+        for i in range(args.idle):
+            idle.append(
+                asyncio.create_task(subscriber(ws_url, session_id, [], [0], readies[i], done))
+            )
+            if i % 50 == 49:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
+        await asyncio.sleep(2.0)
+        after = rss_mb(proc.pid)
+        done.set()
+        for s in idle:
+            s.cancel()
+        await asyncio.gather(*idle, return_exceptions=True)
+
+        for n in args.subscribers:
+            session_id, worker_id, lease = await api.job()
+            procs = min(args.client_procs, n)
+            shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+            pipes, children = [], []
+            for share in shares:
+                parent, child = multiprocessing.Pipe()
+                proc_ = multiprocessing.get_context("spawn").Process(
+                    target=_client_process, args=(ws_url, session_id, share, child), daemon=True
+                )
+                proc_.start()
+                pipes.append(parent)
+                children.append(proc_)
+            for pipe in pipes:
+                if not await asyncio.to_thread(pipe.poll, 180) or pipe.recv() != "ready":
+                    raise RuntimeError("a client process did not get its subscribers ready")
+            await asyncio.sleep(0.5)
+            cpu0 = process_cpu_s(proc.pid) or 0.0
+            kids0 = sum(process_cpu_s(c.pid or 0) or 0.0 for c in children)
+            t0 = time.perf_counter()
+            sent = await publish(api, session_id, worker_id, lease, args.lines_per_second,
+                                 args.seconds)  # fmt: skip
+            for pipe in pipes:
+                pipe.send(sent)
+            results = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
+            elapsed = time.perf_counter() - t0
+            cpu = ((process_cpu_s(proc.pid) or 0.0) - cpu0) / elapsed
+            kids = (sum(process_cpu_s(c.pid or 0) or 0.0 for c in children) - kids0) / elapsed
+            for c in children:
+                c.join(10)
+            received = sum(r[0] for r in results)
+            warm = int(CHUNKS_PER_S * WARMUP_S)
+            latencies = [lat for r in results for q, lat in r[1] if q >= warm]
+            rate = received / elapsed
+            b_rate, b50, b99 = await baseline(n, args.lines_per_second, args.seconds)
+            share = received / max(1, sent * n)
+            rows.append((n, rate, pct(latencies, 0.5), pct(latencies, 0.99), b_rate, b50, b99))
+            print(f"N={n:>5}: delivered {rate:>10,.0f} lines/s ({share:.1%} of sent), "
+                  f"p50 {pct(latencies, 0.5):7.1f} ms, p99 {pct(latencies, 0.99):7.1f} ms; "
+                  f"baseline {b_rate:>10,.0f} lines/s; CPU server {cpu:.2f}, "
+                  f"{procs} client procs {kids:.2f}", flush=True)  # fmt: skip
+
+        print()
+        print(f"{'N':>5} {'delivered/s':>12} {'x base':>7} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'base/s':>12} {'base p99':>9}  targets at 1000: p99 < {TARGET_P99_MS:.0f} ms, "
+              f">= {TARGET_RATIO}x baseline")  # fmt: skip
+        for n, rate, p50, p99, b_rate, _b50, b99 in rows:
+            verdict = ""
+            if n == 1000:
+                ok = p99 < TARGET_P99_MS and rate >= TARGET_RATIO * b_rate
+                verdict = "met" if ok else "NOT met"
+            print(f"{n:>5} {rate:>12,.0f} {rate / b_rate:>7.3f} {p50:>7.1f} {p99:>7.1f} "
+                  f"{b_rate:>12,.0f} {b99:>9.3f}  {verdict}")  # fmt: skip
+        added = after - before
+        verdict = "met" if added < TARGET_IDLE_MB else "NOT met"
+        print(f"\n{args.idle} idle subscriptions: server RSS {before:.0f} MB -> {after:.0f} MB "
+              f"(+{added:.0f} MB), target < {TARGET_IDLE_MB:.0f} MB: {verdict}")  # fmt: skip
+        return 0
+    finally:
+        await api.http.aclose()
+        stop_server(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global CHUNKS_PER_S
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--subscribers", type=int, nargs="+", default=[1, 100, 1000])
+    p.add_argument("--seconds", type=float, default=5.0, help="publishing time per N")
+    p.add_argument("--lines-per-second", type=int, default=1000)
+    p.add_argument(
+        "--chunks-per-second",
+        type=int,
+        default=CHUNKS_PER_S,
+        help="AppendLog calls a second (the lines are spread over them)",
+    )
+    p.add_argument(
+        "--idle", type=int, default=1000, help="idle subscriptions for the memory figure"
+    )
+    p.add_argument("--database-url", default=None, help="a throwaway PostgreSQL database")
+    p.add_argument("--client-procs", type=int, default=2, help="processes the subscribers run in")
+    p.add_argument(
+        "--no-compression",
+        dest="compression",
+        action="store_false",
+        help="serve WebSockets without permessage-deflate",
+    )
+    args = p.parse_args(argv)
+    CHUNKS_PER_S = args.chunks_per_second
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

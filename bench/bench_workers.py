@@ -1,0 +1,371 @@
+"""Worker coordination on PostgreSQL: claim throughput and latency, and log ingestion.
+
+    python bench/bench_workers.py [--database-url postgres://postgres@127.0.0.1:5432/delidev_bench_w]
+
+One real server process (the app of ``bench/_app.py``, uvicorn, one worker) on a throwaway
+PostgreSQL database that the bench creates and drops. Simulated workers in this process call
+the real WorkerService over HTTP with the generated Connect client (binary codec).
+
+- **claims**: with 1, 10 and 50 workers, each worker loops GetTask → ReportStatus(succeeded)
+  over a queue of seeded jobs; claims/s and GetTask latency (p50, p99).
+- **baseline** (same run, same database, same concurrency): the raw claim statement, one
+  ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` round trip per claim,
+  sent by asyncpg straight to PostgreSQL. The ratio shows what the server adds around it.
+- **logs**: 4 workers, each holding a job, upload output with AppendLog (10 chunks of 100
+  lines per call); stored lines/s.
+
+It prints figures and asserts nothing. Each measurement is bounded in time (``--seconds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.bench_get import host_busy_s, process_cpu_s, start_server, stop_server  # noqa: E402
+from delidev.connect.gen.delidev.v1 import task_pb, worker_pb  # noqa: E402
+from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient  # noqa: E402
+
+ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+TARGET_CLAIMS_S = 1000
+TARGET_RATIO = 0.5
+TARGET_LINES_S = 50_000
+
+RAW_CLAIM = """
+UPDATE agent_sessions SET status = 'running', worker_id = $1::uuid, lease_token = $2,
+       started_at = now(), updated_at = now()
+WHERE id = (
+    SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
+    WHERE s.status = 'queued' AND (NOT a.expects_secrets OR a.id::text = ANY($3::text[]))
+    ORDER BY s.created_at, s.id LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED
+)
+RETURNING id
+"""
+
+
+async def seed_jobs(conn: asyncpg.Connection, agent_task_id: uuid.UUID, count: int) -> None:
+    now = dt.datetime.now(dt.UTC)
+    await conn.copy_records_to_table(
+        "agent_sessions",
+        columns=[
+            "id", "agent_task_id", "ai_agent_type", "kind", "status", "attempt",
+            "stop_requested", "log_size", "log_next_sequence", "created_at", "updated_at",
+        ],
+        records=[
+            (uuid.uuid4(), agent_task_id, "claude_code", "unit_task", "queued", 1, False, 0, 0,
+             now + dt.timedelta(microseconds=i), now)
+            for i in range(count)
+        ],
+    )  # fmt: skip
+
+
+async def clear_jobs(conn: asyncpg.Connection) -> None:
+    await conn.execute("DELETE FROM agent_session_log_chunks")
+    await conn.execute("UPDATE workers SET current_session_id = NULL, status = 'idle'")
+    await conn.execute("DELETE FROM agent_sessions")
+
+
+def _client(base: str) -> WorkerServiceClient:
+    return WorkerServiceClient(
+        base, timeout_ms=30_000, accept_compression=[], send_compression=None
+    )
+
+
+async def server_claims(
+    base: str, worker_ids: list[str], seconds: float
+) -> tuple[int, list[float]]:
+    """Workers loop GetTask → ReportStatus for ``seconds``; returns claims and latencies."""
+    client = _client(base)
+    latencies: list[float] = []
+    claims = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(wid: str) -> None:
+        nonlocal claims
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            got = await client.get_task(worker_pb.ClaimJobRequest(worker_id=wid))
+            latencies.append(time.perf_counter() - t0)
+            job = got.job
+            if job is None:
+                raise RuntimeError("the queue ran dry: seed more jobs")
+            claims += 1
+            await client.report_status(
+                worker_pb.ReportStatusRequest(
+                    worker_id=wid,
+                    session_id=job.session_id,
+                    lease_token=job.lease_token,
+                    status=task_pb.AgentSessionStatus.SUCCEEDED,
+                )
+            )
+
+    try:
+        await asyncio.gather(*(worker(w) for w in worker_ids))
+    finally:
+        await client.close()
+    return claims, latencies
+
+
+async def server_claims_only(
+    base: str, worker_ids: list[str], seconds: float
+) -> tuple[int, list[float]]:
+    """GetTask alone: each of the concurrent claimers uses a fresh registered worker for every
+    claim (a worker holding a job cannot take another), and no job is reported."""
+    client = _client(base)
+    latencies: list[float] = []
+    claims = 0
+    stop_at = time.perf_counter() + seconds
+    fresh = iter(FRESH_WORKERS)
+
+    async def claimer(_: str) -> None:
+        nonlocal claims
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            got = await client.get_task(worker_pb.ClaimJobRequest(worker_id=next(fresh)))
+            latencies.append(time.perf_counter() - t0)
+            if got.job is None:
+                raise RuntimeError("the queue ran dry: seed more jobs")
+            claims += 1
+
+    try:
+        await asyncio.gather(*(claimer(w) for w in worker_ids))
+    finally:
+        await client.close()
+    return claims, latencies
+
+
+FRESH_WORKERS: list[str] = []
+
+
+async def seed_workers(conn: asyncpg.Connection, count: int) -> list[str]:
+    now = dt.datetime.now(dt.UTC)
+    ids = [uuid.uuid4() for _ in range(count)]
+    await conn.copy_records_to_table(
+        "workers",
+        columns=["id", "name", "endpoint_url", "status", "last_heartbeat", "registered_at",
+                 "updated_at"],
+        records=[(i, "fresh", "http://b:1", "idle", now, now, now) for i in ids],
+    )  # fmt: skip
+    return [str(i) for i in ids]
+
+
+async def raw_claims(
+    database_url: str, worker_ids: list[str], seconds: float
+) -> tuple[int, list[float]]:
+    pool = await asyncpg.create_pool(
+        database_url, min_size=len(worker_ids), max_size=len(worker_ids)
+    )
+    latencies: list[float] = []
+    claims = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(_: str) -> None:
+        nonlocal claims
+        async with pool.acquire() as conn:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                # No worker id: the raw claims never end, and a worker may run one session.
+                row = await conn.fetchrow(RAW_CLAIM, None, uuid.uuid4().hex, [])
+                latencies.append(time.perf_counter() - t0)
+                if row is None:
+                    raise RuntimeError("the queue ran dry: seed more jobs")
+                claims += 1
+
+    try:
+        await asyncio.gather(*(worker(w) for w in worker_ids))
+    finally:
+        await pool.close()
+    return claims, latencies
+
+
+async def log_ingestion(base: str, worker_ids: list[str], seconds: float) -> tuple[int, int]:
+    """Each worker claims a job and uploads chunks for ``seconds``; returns lines and bytes."""
+    client = _client(base)
+    line = "x" * 72 + "\n"
+    chunk_text = line * 100
+    lines = 0
+    stored = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(wid: str) -> None:
+        nonlocal lines, stored
+        job = (await client.get_task(worker_pb.ClaimJobRequest(worker_id=wid))).job
+        assert job is not None
+        sequence = 0
+        while time.perf_counter() < stop_at:
+            chunks = [worker_pb.LogChunk(sequence=sequence + i, data=chunk_text) for i in range(10)]
+            reply = await client.append_log(
+                worker_pb.AppendLogRequest(
+                    worker_id=wid,
+                    session_id=job.session_id,
+                    lease_token=job.lease_token,
+                    chunks=chunks,
+                )
+            )
+            sequence += 10
+            assert reply.next_sequence == sequence
+            lines += 1000
+            stored = max(stored, reply.log_size)
+
+    try:
+        await asyncio.gather(*(worker(w) for w in worker_ids))
+    finally:
+        await client.close()
+    return lines, stored
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def run(args: argparse.Namespace) -> int:
+    name = f"delidev_bench_workers_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(args.admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    database_url = args.admin_url.rsplit("/", 1)[0] + f"/{name}"
+    log_path = Path(tempfile.mkdtemp(prefix="delidev-bench-")) / "server.log"
+    proc = None
+    try:
+        proc, port = start_server(database_url, log_path)
+        base = f"http://127.0.0.1:{port}"
+        http = httpx.Client(base_url=base, timeout=30)
+
+        def call(method: str, body: dict[str, object]) -> dict[str, object]:
+            r = http.post(f"/delidev.v1.{method}", json=body)
+            r.raise_for_status()
+            return dict(r.json())
+
+        ws = call("WorkspaceService/Create", {"name": "bench"})["workspace"]
+        repo = call(
+            "RepositoryService/Add",
+            {"workspaceId": ws["id"], "remoteUrl": "https://github.com/bench/r"},  # type: ignore[index]
+        )["repository"]
+        group = call(
+            "RepositoryGroupService/Create",
+            {"workspaceId": ws["id"], "repositoryIds": [repo["id"]]},  # type: ignore[index]
+        )["group"]
+        task = call(
+            "TaskService/CreateUnit",
+            {"repositoryGroupId": group["id"], "prompt": "bench"},  # type: ignore[index]
+        )["task"]
+        agent_task_id = uuid.UUID(task["unitTask"]["agentTask"]["id"])  # type: ignore[index]
+        workers = [
+            str(
+                call("WorkerService/Register", {"name": f"b{i}", "endpointUrl": "http://b:1"})[
+                    "workerId"
+                ]
+            )
+            for i in range(max(args.workers))
+        ]
+        conn = await asyncpg.connect(database_url)
+        rows = []
+        for round_no in range(args.rounds):
+            for n in args.workers:
+                ids = workers[:n]
+                scenarios = (
+                    ("cycle", server_claims),
+                    ("claim", server_claims_only),
+                    ("raw", raw_claims),
+                )
+                for label, fn in scenarios:
+                    await clear_jobs(conn)
+                    if label == "claim":
+                        await conn.execute("DELETE FROM workers WHERE name = 'fresh'")
+                        FRESH_WORKERS[:] = await seed_workers(conn, args.seed)
+                    await seed_jobs(conn, agent_task_id, args.seed)
+                    target = database_url if label == "raw" else base
+                    cpu0 = process_cpu_s(proc.pid) or 0.0
+                    me0 = process_cpu_s(os.getpid()) or 0.0
+                    host0 = host_busy_s() or 0.0
+                    t0 = time.perf_counter()
+                    claims, lat = await fn(target, ids, args.seconds)  # type: ignore[operator]
+                    elapsed = time.perf_counter() - t0
+                    cpu = ((process_cpu_s(proc.pid) or 0.0) - cpu0) / elapsed
+                    me = ((process_cpu_s(os.getpid()) or 0.0) - me0) / elapsed
+                    host = ((host_busy_s() or 0.0) - host0) / elapsed
+                    rows.append(
+                        (round_no, n, label, claims / elapsed, pct(lat, 0.5), pct(lat, 0.99), cpu)
+                    )
+                    print(
+                        f"round {round_no + 1} workers {n:>3} {label:<6} {claims / elapsed:8.0f} "
+                        f"claims/s  p50 {pct(lat, 0.5):6.2f} ms  p99 {pct(lat, 0.99):6.2f} ms  "
+                        f"CPU: server {cpu:.2f}, bench client {me:.2f}, host {host:.2f} cores",
+                        flush=True,
+                    )
+        await clear_jobs(conn)
+        await seed_jobs(conn, agent_task_id, 10)
+        lines, stored = await log_ingestion(base, workers[:4], args.seconds)
+        lines_s = lines / args.seconds
+        await conn.close()
+
+        print()
+        print("median over rounds; ratio = server rate / raw rate, same run, same concurrency")
+        print(f"{'workers':>7} {'scenario':<22} {'claims/s':>9} {'x raw':>6} {'p50 ms':>7} "
+              f"{'p99 ms':>7}  target at 50 workers: >= {TARGET_CLAIMS_S}/s and "
+              f">= {TARGET_RATIO}x raw")  # fmt: skip
+        names = {
+            "raw": "raw UPDATE..RETURNING",
+            "claim": "GetTask alone",
+            "cycle": "GetTask + ReportStatus",
+        }
+        for n in args.workers:
+            raw_rate = statistics.median(r[3] for r in rows if r[1] == n and r[2] == "raw")
+            for label in ("raw", "claim", "cycle"):
+                mine = [r for r in rows if r[1] == n and r[2] == label]
+                rate = statistics.median(r[3] for r in mine)
+                p50 = statistics.median(r[4] for r in mine)
+                p99 = statistics.median(r[5] for r in mine)
+                verdict = ""
+                if n == 50 and label != "raw":
+                    ok = rate >= TARGET_CLAIMS_S and rate / raw_rate >= TARGET_RATIO
+                    verdict = "met" if ok else "NOT met"
+                print(f"{n:>7} {names[label]:<22} {rate:>9.0f} {rate / raw_rate:>6.3f} "
+                      f"{p50:>7.2f} {p99:>7.2f}  {verdict}")  # fmt: skip
+        verdict = "met" if lines_s >= TARGET_LINES_S else "NOT met"
+        print(
+            f"\nlog ingestion: {lines_s:,.0f} lines/s ({stored / 1e6:.1f} MB in the largest "
+            f"log), target >= {TARGET_LINES_S:,}: {verdict}"
+        )
+        return 0
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--admin-url",
+        default=os.environ.get("DELIDEV_BENCH_ADMIN_URL", ADMIN_URL),
+        help="PostgreSQL server where a throwaway database is created and dropped",
+    )
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 10, 50])
+    p.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--seed", type=int, default=40_000, help="jobs queued per measurement")
+    return asyncio.run(run(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

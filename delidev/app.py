@@ -1,0 +1,144 @@
+"""``create_app(settings)``: one Starlette app with the Connect services, GraphQL and health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from tortoise.context import TortoiseContext
+
+from delidev import db, events
+from delidev.auth.authenticator import Authenticator
+from delidev.auth.principal import Principal
+from delidev.connect.routes import ConnectDispatch
+from delidev.graphql.app import DeliDevGraphQL
+from delidev.graphql.limits import BodySizeLimit
+from delidev.services import auth as auth_service
+from delidev.services import secrets, sessions, workers
+from delidev.services.live import LogFeeds
+from delidev.services.secrets import SecretStore
+from delidev.services.workers import JobSignal
+from delidev.settings import Settings
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+
+
+class BindEvents:
+    """Binds the app's event bus for each request, so services publish into it."""
+
+    def __init__(self, app: ASGIApp, bus: events.EventBus) -> None:
+        self.app = app
+        self._bus = bus
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        events.bind(self._bus)
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings.validate()
+
+    async def verify(token: str) -> Principal:
+        return await auth_service.authenticate(settings=settings, token=token)
+
+    authenticator = Authenticator(settings, verify)
+    bus = (
+        events.PostgresEventBus(db.asyncpg_dsn(settings))
+        if settings.is_postgres
+        else events.EventBus()
+    )
+    signal = JobSignal()
+    bus.subscribe(signal.on_event)
+    store = SecretStore()
+    feeds = LogFeeds(bus)
+    state: dict[str, TortoiseContext] = {}
+
+    async def sweep_forever() -> None:
+        events.bind(bus)
+        interval = dt.timedelta(milliseconds=settings.heartbeat_interval_ms)
+        while True:
+            await asyncio.sleep(interval.total_seconds())
+            try:
+                await workers.sweep_workers(heartbeat_interval=interval)
+                await sessions.expire_tty_requests()
+                await secrets.prune_secrets(store)
+                await auth_service.purge_expired()
+            except Exception:
+                log.exception("background sweep failed; retrying at the next interval")
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        state["db"] = await db.open_database(settings)
+        await bus.start()
+        sweeper = asyncio.create_task(sweep_forever(), name="delidev-sweep")
+        log.info(
+            "DeliDev server ready (%s mode, %s)",
+            "single-user" if settings.single_user_mode else "multi-user",
+            "SQLite" if settings.is_sqlite else "PostgreSQL",
+        )
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await bus.stop()
+            await db.close_database(state.pop("db"))
+            log.info("DeliDev server stopped")
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        ctx = state.get("db")
+        if ctx is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await ctx.db().execute_query("SELECT 1")
+        except Exception:
+            log.warning("readiness check failed: database unreachable", exc_info=True)
+            return JSONResponse({"status": "database unreachable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    graphql = DeliDevGraphQL(settings, authenticator, bus=bus, feeds=feeds)
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route(
+            "/graphql",
+            BodySizeLimit(graphql, max_bytes=settings.graphql_max_body_bytes),
+            methods=["GET", "POST"],
+        ),
+        WebSocketRoute("/graphql", graphql),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(BindEvents, bus=bus),
+            Middleware(
+                ConnectDispatch,
+                authenticator=authenticator,
+                settings=settings,
+                signal=signal,
+                store=store,
+                feeds=feeds,
+            ),
+        ],
+    )
+    # For in-process callers of the services (tests, tools): publish into this app's bus.
+    app.state.events = bus
+    return app

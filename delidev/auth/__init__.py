@@ -1,0 +1,1 @@
+"""Who is calling: principals (and, in multi-user mode, tokens and OIDC)."""

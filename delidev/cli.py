@@ -1,0 +1,108 @@
+"""``delidev-server``: run the server, or manage the database schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from delidev.settings import Settings, SettingsError
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Tortoise logs every SQL statement with its values at DEBUG: keep it out of the log.
+    logging.getLogger("tortoise").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="delidev-server", description="DeliDev Main Server. Configured by DELIDEV_* variables."
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the server (the default)")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    mk = sub.add_parser("makemigrations", help="(development) write a migration for model changes")
+    mk.add_argument("--name", help="migration name, e.g. 0002_add_column")
+    sub.add_parser("check-migrations", help="exit 1 if the models have unmigrated changes")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"delidev-server: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+
+    command = args.command or "serve"
+    if command == "serve":
+        return _serve(settings)
+    if command == "migrate":
+        asyncio.run(_migrate(settings))
+        return 0
+    if command == "makemigrations":
+        return asyncio.run(_makemigrations(settings, args.name))
+    return asyncio.run(_check_migrations(settings))
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from delidev.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server_host,
+        port=settings.server_port,
+        log_level=settings.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _migrate(settings: Settings) -> None:
+    from delidev import db
+
+    ctx = await db.open_database(settings, migrate=True)
+    await db.close_database(ctx)
+
+
+async def _makemigrations(settings: Settings, name: str | None) -> int:
+    from delidev import db
+
+    ctx = await db.open_database(settings, migrate=True)
+    try:
+        writers = await db.pending_model_changes(ctx, settings)
+        for writer in writers:
+            if name:
+                writer.name = name
+            print(f"wrote {writer.write()}")
+        if not writers:
+            print("no model changes")
+    finally:
+        await db.close_database(ctx)
+    return 0
+
+
+async def _check_migrations(settings: Settings) -> int:
+    from delidev import db
+
+    ctx = await db.open_database(settings, migrate=True)
+    try:
+        writers = await db.pending_model_changes(ctx, settings)
+    finally:
+        await db.close_database(ctx)
+    if writers:
+        print("models have changes without a migration: run `delidev-server makemigrations`")
+        return 1
+    print("migrations match the models")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

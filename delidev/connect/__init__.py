@@ -1,0 +1,1 @@
+"""Connect RPC transport: thin handlers over ``delidev.services``."""

@@ -1,0 +1,105 @@
+"""Request codecs that refuse what they cannot read with invalid_argument and the field name.
+
+JSON requests are strict: unknown fields and unknown enum names are refused, so that a
+typo never passes silently as "not given".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+
+from connectrpc.code import Code
+from connectrpc.codec import Codec
+from connectrpc.errors import ConnectError
+from protobuf import DescFieldValueEnum, DescFieldValueMessage, DescMessage, Message
+
+from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
+
+M = TypeVar("M", bound=Message[Any])
+
+_FIELD_IN = re.compile(r"for field [\w.]+\.(\w+)")
+_UNKNOWN_KEY = re.compile(r"key: '([^']*)' is unknown")
+_BAD_ENUM = re.compile(r"cannot decode ([\w.]+) from JSON: (.*)$")
+
+
+def _enum_field(desc: DescMessage, enum_name: str, payload: Any, bad: str, depth: int = 0) -> str:
+    """Dotted name of the field of type ``enum_name`` that holds ``bad`` in ``payload``
+    (the request's JSON), or of the first field of that type when none visibly does."""
+    first = ""
+    for field in desc.fields:
+        value = field.value
+        held = (
+            payload.get(field.json_name, payload.get(field.name))
+            if isinstance(payload, dict)
+            else None
+        )
+        if isinstance(value, DescFieldValueEnum) and value.enum.type_name == enum_name:
+            if held == bad or (isinstance(held, list) and bad in held):
+                return field.name
+            first = first or field.name
+        if isinstance(value, DescFieldValueMessage) and depth < 3:
+            items = held if isinstance(held, list) else [held]
+            for item in items:
+                inner = _enum_field(value.message, enum_name, item, bad, depth + 1)
+                if inner and (isinstance(item, dict) or not first):
+                    return f"{field.name}.{inner}"
+    return first
+
+
+def _invalid(message: str, field: str = "") -> ConnectError:
+    return ConnectError(
+        Code.INVALID_ARGUMENT, message, details=[ErrorInfo(delidev_code=-32602, field=field)]
+    )
+
+
+def _json_error(exc: Exception, message_class: type[Message[Any]], data: bytes) -> ConnectError:
+    text = str(exc)
+    if match := _UNKNOWN_KEY.search(text):
+        return _invalid(f"unknown field {match[1]!r}", match[1])
+    if match := _BAD_ENUM.search(text):
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            payload = None
+        if field := _enum_field(message_class.desc(), match[1], payload, match[2]):
+            return _invalid(f"{field} has an unknown value {match[2]!r}", field)
+    if match := _FIELD_IN.search(text):
+        field = match[1]
+        kind = "out of range" if isinstance(exc, OverflowError) else "of the wrong type"
+        return _invalid(f"{field} is {kind}", field)
+    return _invalid(f"request body is not a valid JSON {message_class.desc().type_name}")
+
+
+class StrictJSONCodec(Codec[Message[Any], Any]):
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: Message[Any]) -> bytes:
+        return message.to_json().encode()
+
+    def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
+        try:
+            return message_class.from_json(data, ignore_unknown_fields=False)
+        except Exception as exc:
+            raise _json_error(exc, message_class, bytes(data)) from None
+
+
+class BinaryCodec(Codec[Message[Any], Any]):
+    def name(self) -> str:
+        return "proto"
+
+    def encode(self, message: Message[Any]) -> bytes:
+        return message.to_binary()
+
+    def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
+        try:
+            return message_class.from_binary(data)
+        except Exception:
+            raise _invalid(
+                f"request body is not a valid protobuf {message_class.desc().type_name}"
+            ) from None
+
+
+CODECS: list[Codec[Any, Any]] = [BinaryCodec(), StrictJSONCodec()]

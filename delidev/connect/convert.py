@@ -1,0 +1,288 @@
+"""Conversions between models / service dataclasses and protobuf messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, Literal, TypeVar
+from uuid import UUID
+
+from protobuf import Enum, Oneof, enum_is_unknown
+from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
+
+from delidev import models as m
+from delidev.connect.gen.delidev.v1 import (
+    common_pb,
+    repository_pb,
+    session_pb,
+    task_pb,
+    todo_pb,
+    workspace_pb,
+)
+from delidev.errors import InvalidArgument
+from delidev.services import sessions as session_service
+from delidev.services import tasks as task_service
+from delidev.services import todos as todo_service
+
+D = TypeVar("D", bound=StrEnum)
+P = TypeVar("P", bound=Enum)
+
+
+class EnumMap(Generic[D, P]):
+    """Maps a domain enum to its protobuf enum by member name (UNSPECIFIED = not given)."""
+
+    def __init__(self, domain: type[D], proto: type[P]) -> None:
+        self._proto = proto
+        self._to_proto: dict[D, P] = {d: proto[d.name] for d in domain}
+        self._to_domain: dict[int, D] = {int(proto[d.name]): d for d in domain}
+
+    def to_proto(self, value: D | None) -> P:
+        if value is None:
+            return self._proto(0)
+        return self._to_proto[value]
+
+    def to_domain(self, value: P, field: str) -> D | None:
+        """None for UNSPECIFIED; InvalidArgument names the field for unknown values."""
+        if enum_is_unknown(value) or (int(value) != 0 and int(value) not in self._to_domain):
+            raise InvalidArgument(f"{field} has an unknown value {int(value)}", field=field)
+        if int(value) == 0:
+            return None
+        return self._to_domain[int(value)]
+
+
+VCS_TYPE = EnumMap(m.VcsType, common_pb.VcsType)
+VCS_PROVIDER = EnumMap(m.VcsProviderType, common_pb.VcsProviderType)
+AGENT_TYPE = EnumMap(m.AiAgentType, common_pb.AiAgentType)
+TODO_TYPE = EnumMap(m.TodoItemType, todo_pb.TodoItemType)
+TODO_STATUS = EnumMap(m.TodoItemStatus, todo_pb.TodoItemStatus)
+TODO_SOURCE = EnumMap(m.TodoItemSource, todo_pb.TodoItemSource)
+
+
+def timestamp(value: datetime) -> Timestamp:
+    return Timestamp.from_datetime(value)
+
+
+def optional_timestamp(value: datetime | None) -> Timestamp | None:
+    return None if value is None else Timestamp.from_datetime(value)
+
+
+def workspace(ws: m.Workspace) -> workspace_pb.Workspace:
+    return workspace_pb.Workspace(
+        id=str(ws.id),
+        name=ws.name,
+        description=ws.description,
+        user_id=None if ws.user_id is None else str(ws.user_id),
+        created_at=timestamp(ws.created_at),
+        updated_at=timestamp(ws.updated_at),
+    )
+
+
+def repository(repo: m.Repository) -> repository_pb.Repository:
+    return repository_pb.Repository(
+        id=str(repo.id),
+        workspace_id=str(repo.workspace_id),
+        name=repo.name,
+        local_path=repo.local_path,
+        remote_url=repo.remote_url,
+        default_branch=repo.default_branch,
+        vcs_type=VCS_TYPE.to_proto(repo.vcs_type),
+        vcs_provider_type=VCS_PROVIDER.to_proto(repo.vcs_provider_type),
+        branch_name_template=repo.branch_name_template,
+        created_at=timestamp(repo.created_at),
+        updated_at=timestamp(repo.updated_at),
+    )
+
+
+def repository_group(
+    group: m.RepositoryGroup, member_ids: Sequence[UUID]
+) -> repository_pb.RepositoryGroup:
+    return repository_pb.RepositoryGroup(
+        id=str(group.id),
+        workspace_id=str(group.workspace_id),
+        name=group.name,
+        repository_ids=[str(r) for r in member_ids],
+        created_at=timestamp(group.created_at),
+        updated_at=timestamp(group.updated_at),
+    )
+
+
+def todo_item(item: m.TodoItem, workspace_ids: Mapping[UUID, UUID]) -> todo_pb.TodoItem:
+    data = todo_service.todo_data(item)
+    message = todo_pb.TodoItem(
+        id=str(item.id),
+        type=TODO_TYPE.to_proto(item.type),
+        source=TODO_SOURCE.to_proto(item.source),
+        status=TODO_STATUS.to_proto(item.status),
+        repository_id=str(item.repository_id),
+        workspace_id=str(workspace_ids.get(item.repository_id, "")),
+        created_at=timestamp(item.created_at),
+        updated_at=timestamp(item.updated_at),
+    )
+    if isinstance(data, todo_service.IssueTriageData):
+        message.data = Oneof[Literal["issue_triage"], todo_pb.IssueTriageData](
+            "issue_triage",
+            todo_pb.IssueTriageData(
+                issue_url=data.issue_url,
+                issue_title=data.issue_title,
+                suggested_labels=list(data.suggested_labels),
+                suggested_assignees=list(data.suggested_assignees),
+            ),
+        )
+    else:
+        message.data = Oneof[Literal["pr_review"], todo_pb.PrReviewData](
+            "pr_review",
+            todo_pb.PrReviewData(
+                pr_url=data.pr_url,
+                pr_title=data.pr_title,
+                changed_files_count=data.changed_files_count,
+                ai_summary=data.ai_summary,
+            ),
+        )
+    return message
+
+
+def todo_data_from_request(data: object) -> todo_service.TodoData:
+    match data:
+        case Oneof(field="issue_triage", value=todo_pb.IssueTriageData() as issue):
+            return todo_service.IssueTriageData(
+                issue_url=issue.issue_url,
+                issue_title=issue.issue_title,
+                suggested_labels=list(issue.suggested_labels),
+                suggested_assignees=list(issue.suggested_assignees),
+            )
+        case Oneof(field="pr_review", value=todo_pb.PrReviewData() as pr):
+            return todo_service.PrReviewData(
+                pr_url=pr.pr_url,
+                pr_title=pr.pr_title,
+                changed_files_count=pr.changed_files_count,
+                ai_summary=pr.ai_summary if pr.has_field("ai_summary") else None,
+            )
+    raise InvalidArgument("one of issue_triage or pr_review is required", field="data")
+
+
+# Tasks and sessions ---------------------------------------------------------------------
+
+UNIT_STATUS = EnumMap(m.UnitTaskStatus, task_pb.UnitTaskStatus)
+COMPOSITE_STATUS = EnumMap(m.CompositeTaskStatus, task_pb.CompositeTaskStatus)
+SESSION_STATUS = EnumMap(m.AgentSessionStatus, task_pb.AgentSessionStatus)
+JOB_KIND = EnumMap(m.JobKind, task_pb.JobKind)
+NODE_STATE = EnumMap(task_service.NodeState, task_pb.CompositeNodeState)
+TTY_TYPE = EnumMap(m.TtyInputType, session_pb.TtyInputType)
+TTY_STATUS = EnumMap(m.TtyInputStatus, session_pb.TtyInputStatus)
+
+
+def agent_session(s: m.AgentSession) -> task_pb.AgentSession:
+    return task_pb.AgentSession(
+        id=str(s.id),
+        agent_task_id=str(s.agent_task_id),
+        ai_agent_type=AGENT_TYPE.to_proto(s.ai_agent_type),
+        ai_agent_model=s.ai_agent_model,
+        status=SESSION_STATUS.to_proto(s.status),
+        kind=JOB_KIND.to_proto(s.kind),
+        attempt=s.attempt,
+        error=s.error,
+        worker_id=None if s.worker_id is None else str(s.worker_id),
+        stop_requested=s.stop_requested,
+        log_size=s.log_size,
+        created_at=timestamp(s.created_at),
+        started_at=optional_timestamp(s.started_at),
+        completed_at=optional_timestamp(s.completed_at),
+    )
+
+
+def agent_task(agent_id: UUID, bundle: task_service.TaskBundle) -> task_pb.AgentTask:
+    agent = bundle.agents[agent_id]
+    return task_pb.AgentTask(
+        id=str(agent.id),
+        base_remotes=[
+            task_pb.BaseRemote(
+                git_remote_dir_path=r.git_remote_dir_path, git_branch_name=r.git_branch_name
+            )
+            for r in bundle.remotes.get(agent_id, [])
+        ],
+        ai_agent_type=AGENT_TYPE.to_proto(agent.ai_agent_type),
+        ai_agent_model=agent.ai_agent_model,
+        sessions=[agent_session(s) for s in bundle.sessions.get(agent_id, [])],
+        created_at=timestamp(agent.created_at),
+    )
+
+
+def unit_task(t: m.UnitTask, bundle: task_service.TaskBundle) -> task_pb.UnitTask:
+    latest = bundle.latest(t.agent_task_id)
+    return task_pb.UnitTask(
+        id=str(t.id),
+        workspace_id=str(t.workspace_id),
+        repository_group_id=str(t.repository_group_id),
+        agent_task=agent_task(t.agent_task_id, bundle),
+        branch_name=t.branch_name,
+        linked_pr_url=t.linked_pr_url,
+        base_commit=t.base_commit,
+        end_commit=t.end_commit,
+        status=UNIT_STATUS.to_proto(t.status),
+        prompt=t.prompt,
+        title=t.title,
+        auto_fix_tasks=[agent_task(a, bundle) for a in bundle.auto_fix.get(t.id, [])],
+        latest_session=None if latest is None else agent_session(latest),
+        rejection_reason=t.rejection_reason,
+        composite_task_id=None if t.composite_task_id is None else str(t.composite_task_id),
+        created_at=timestamp(t.created_at),
+        updated_at=timestamp(t.updated_at),
+    )
+
+
+def composite_task(t: m.CompositeTask, bundle: task_service.TaskBundle) -> task_pb.CompositeTask:
+    latest = bundle.latest(t.planning_task_id)
+    return task_pb.CompositeTask(
+        id=str(t.id),
+        workspace_id=str(t.workspace_id),
+        repository_group_id=str(t.repository_group_id),
+        planning_task=agent_task(t.planning_task_id, bundle),
+        status=COMPOSITE_STATUS.to_proto(t.status),
+        execution_agent_type=AGENT_TYPE.to_proto(t.execution_agent_type),
+        prompt=t.prompt,
+        title=t.title,
+        plan_yaml=t.plan_yaml,
+        plan_error=t.plan_error,
+        nodes=[
+            task_pb.CompositeTaskNode(
+                id=str(v.node.id),
+                plan_id=v.node.plan_id,
+                unit_task=unit_task(v.unit_task, bundle),
+                depends_on_node_ids=[str(d) for d in v.depends_on],
+                state=NODE_STATE.to_proto(v.state),
+            )
+            for v in bundle.nodes.get(t.id, [])
+        ],
+        latest_session=None if latest is None else agent_session(latest),
+        created_at=timestamp(t.created_at),
+        updated_at=timestamp(t.updated_at),
+    )
+
+
+def task(t: task_service.Task, bundle: task_service.TaskBundle) -> task_pb.Task:
+    if isinstance(t, m.UnitTask):
+        return task_pb.Task(
+            task=Oneof[Literal["unit_task"], task_pb.UnitTask]("unit_task", unit_task(t, bundle))
+        )
+    return task_pb.Task(
+        task=Oneof[Literal["composite_task"], task_pb.CompositeTask](
+            "composite_task", composite_task(t, bundle)
+        )
+    )
+
+
+def tty_request(r: m.TtyInputRequest) -> session_pb.TtyInputRequest:
+    return session_pb.TtyInputRequest(
+        id=str(r.id),
+        task_id=str(r.task_id),
+        session_id=str(r.session_id),
+        prompt=r.prompt,
+        input_type=TTY_TYPE.to_proto(r.input_type),
+        options=list(r.options or []),
+        status=TTY_STATUS.to_proto(r.status),
+        response=session_service.visible_response(r),
+        created_at=timestamp(r.created_at),
+        responded_at=optional_timestamp(r.responded_at),
+        expires_at=optional_timestamp(r.expires_at),
+    )

@@ -1,0 +1,111 @@
+"""The one place where domain errors become Connect errors.
+
+Every domain error maps to one Connect code, and the specification's numeric code
+travels as a ``delidev.v1.ErrorInfo`` detail. Any other exception is logged here
+and reaches the client as a bare ``internal`` error: no text, no trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+
+from delidev import errors
+from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
+
+log = logging.getLogger(__name__)
+
+REQ = TypeVar("REQ")
+RES = TypeVar("RES")
+
+CONNECT_CODES: dict[type[errors.DeliDevError], Code] = {
+    errors.DeliDevError: Code.INTERNAL,
+    errors.InvalidArgument: Code.INVALID_ARGUMENT,
+    errors.Unauthenticated: Code.UNAUTHENTICATED,
+    errors.PermissionDenied: Code.PERMISSION_DENIED,
+    errors.NotFound: Code.NOT_FOUND,
+    errors.AlreadyExists: Code.ALREADY_EXISTS,
+    errors.FailedPrecondition: Code.FAILED_PRECONDITION,
+    errors.Conflict: Code.ABORTED,
+    errors.WorkerUnavailable: Code.UNAVAILABLE,
+    errors.Unavailable: Code.UNAVAILABLE,
+    errors.Unimplemented: Code.UNIMPLEMENTED,
+    errors.Internal: Code.INTERNAL,
+}
+
+# Spec codes for errors raised by the Connect runtime itself (bad body, unknown method...).
+_SPEC_CODES: dict[Code, int] = {
+    Code.INVALID_ARGUMENT: -32602,
+    Code.UNIMPLEMENTED: -32601,
+    Code.UNAUTHENTICATED: -32001,
+    Code.PERMISSION_DENIED: -32002,
+    Code.NOT_FOUND: -32003,
+    Code.UNAVAILABLE: -32004,
+    Code.FAILED_PRECONDITION: -32005,
+    Code.ABORTED: -32005,
+}
+
+
+def connect_code(error_type: type[errors.DeliDevError]) -> Code:
+    """The Connect code of a domain error class (a subclass maps like its nearest parent)."""
+    for cls in error_type.__mro__:
+        if cls in CONNECT_CODES:
+            return CONNECT_CODES[cls]
+    return Code.INTERNAL
+
+
+def to_connect_error(exc: BaseException, method: str) -> ConnectError:
+    if isinstance(exc, errors.DeliDevError):
+        code = connect_code(type(exc))
+        return ConnectError(
+            code, exc.message, details=[ErrorInfo(delidev_code=exc.code, field=exc.field or "")]
+        )
+    if isinstance(exc, ConnectError):
+        if exc.details:
+            return exc
+        message = exc.message
+        if exc.code == Code.UNIMPLEMENTED:
+            message = f"{method} is not implemented yet"
+        return ConnectError(
+            exc.code,
+            message,
+            details=[ErrorInfo(delidev_code=_SPEC_CODES.get(exc.code, -32603))],
+        )
+    log.error("unexpected error in %s", method, exc_info=exc)
+    return ConnectError(Code.INTERNAL, "internal error", details=[ErrorInfo(delidev_code=-32603)])
+
+
+class ErrorInterceptor:
+    """Maps domain errors and masks unexpected ones, for unary and streaming methods."""
+
+    async def intercept_unary(
+        self,
+        call_next: Callable[[REQ, RequestContext[Any, Any]], Awaitable[RES]],
+        request: REQ,
+        ctx: RequestContext[Any, Any],
+    ) -> RES:
+        try:
+            return await call_next(request, ctx)
+        except Exception as exc:
+            raise to_connect_error(exc, _method_name(ctx)) from None
+
+    async def intercept_server_stream(
+        self,
+        call_next: Callable[[REQ, RequestContext[Any, Any]], AsyncIterator[RES]],
+        request: REQ,
+        ctx: RequestContext[Any, Any],
+    ) -> AsyncIterator[RES]:
+        try:
+            async for item in call_next(request, ctx):
+                yield item
+        except Exception as exc:
+            raise to_connect_error(exc, _method_name(ctx)) from None
+
+
+def _method_name(ctx: RequestContext[Any, Any]) -> str:
+    return f"{ctx.method.service_name}/{ctx.method.name}"

@@ -1,0 +1,151 @@
+"""Serves every Connect service, each behind the error interceptor and strict codecs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectrpc.server import ConnectASGIApplication
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from delidev.auth.authenticator import Authenticator
+from delidev.connect import handlers
+from delidev.connect.codecs import CODECS
+from delidev.connect.gen.delidev.v1.auth_connect import AuthServiceASGIApplication
+from delidev.connect.gen.delidev.v1.repository_connect import (
+    RepositoryGroupServiceASGIApplication,
+    RepositoryServiceASGIApplication,
+)
+from delidev.connect.gen.delidev.v1.secrets_connect import SecretsServiceASGIApplication
+from delidev.connect.gen.delidev.v1.session_connect import SessionServiceASGIApplication
+from delidev.connect.gen.delidev.v1.task_connect import TaskServiceASGIApplication
+from delidev.connect.gen.delidev.v1.todo_connect import TodoServiceASGIApplication
+from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceASGIApplication
+from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceServiceASGIApplication
+from delidev.connect.interceptors import ErrorInterceptor
+from delidev.connect.worker_handler import WorkerHandler
+from delidev.services.live import LogFeeds
+from delidev.services.secrets import SecretStore
+from delidev.services.workers import JobSignal
+from delidev.settings import Settings
+
+# Requests above this size are refused by the Connect runtime (resource_exhausted).
+READ_MAX_BYTES = 4 * 1024 * 1024
+
+
+class ConnectDispatch:
+    """Pure ASGI middleware: hands ``/delidev.v1.<Service>/...`` straight to its Connect app.
+
+    Saves Starlette's route matching and exception middleware on the hot RPC path; the
+    Connect apps map their own errors. Everything else goes on to the router.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        settings: Settings,
+        signal: JobSignal,
+        store: SecretStore,
+        feeds: LogFeeds,
+    ) -> None:
+        self.app = app
+        self._services = {
+            a.path: a for a in connect_apps(authenticator, settings, signal, store, feeds)
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/delidev.v1."):
+                service = self._services.get(path[: path.find("/", 1)])
+                if service is not None:
+                    if _is_unary(scope):
+                        send = _with_content_length(send)
+                    await service(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _is_unary(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value.startswith((b"application/json", b"application/proto")))
+    return False
+
+
+def _with_content_length(send: Send) -> Send:
+    """Holds a unary response's headers until its one body message, to add content-length.
+
+    The Connect runtime does not set it, so uvicorn would fall back to chunked encoding:
+    more bytes and more writes for every call, and less friendly to proxies.
+    """
+    pending: Message | None = None
+
+    async def sender(message: Message) -> None:
+        nonlocal pending
+        if message["type"] == "http.response.start":
+            pending = message
+            return
+        if pending is not None:
+            start, pending = pending, None
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                headers = list(start.get("headers", []))
+                if not any(k.lower() == b"content-length" for k, _ in headers):
+                    headers.append((b"content-length", str(len(message.get("body", b""))).encode()))
+                start = {**start, "headers": headers}
+            await send(start)
+        await send(message)
+
+    return sender
+
+
+def connect_apps(
+    authenticator: Authenticator,
+    settings: Settings,
+    signal: JobSignal,
+    store: SecretStore,
+    feeds: LogFeeds,
+) -> list[ConnectASGIApplication[Any]]:
+    interceptors = [ErrorInterceptor()]
+    apps: list[ConnectASGIApplication[Any]] = [
+        WorkspaceServiceASGIApplication(
+            handlers.WorkspaceHandler(authenticator),
+            interceptors=interceptors,
+            read_max_bytes=READ_MAX_BYTES,
+            codecs=CODECS,
+        ),
+        RepositoryServiceASGIApplication(
+            handlers.RepositoryHandler(authenticator),
+            interceptors=interceptors,
+            read_max_bytes=READ_MAX_BYTES,
+            codecs=CODECS,
+        ),
+        RepositoryGroupServiceASGIApplication(
+            handlers.RepositoryGroupHandler(authenticator),
+            interceptors=interceptors,
+            read_max_bytes=READ_MAX_BYTES,
+            codecs=CODECS,
+        ),
+        TodoServiceASGIApplication(
+            handlers.TodoHandler(authenticator),
+            interceptors=interceptors,
+            read_max_bytes=READ_MAX_BYTES,
+            codecs=CODECS,
+        ),
+        TaskServiceASGIApplication(
+            handlers.TaskHandler(authenticator), interceptors=interceptors, codecs=CODECS
+        ),
+        SessionServiceASGIApplication(
+            handlers.SessionHandler(authenticator, feeds), interceptors=interceptors, codecs=CODECS
+        ),
+        WorkerServiceASGIApplication(
+            WorkerHandler(settings, signal, store), interceptors=interceptors, codecs=CODECS
+        ),
+        SecretsServiceASGIApplication(
+            handlers.SecretsHandler(authenticator, store), interceptors=interceptors, codecs=CODECS
+        ),
+        AuthServiceASGIApplication(
+            handlers.AuthHandler(authenticator, settings), interceptors=interceptors, codecs=CODECS
+        ),
+    ]
+    return apps

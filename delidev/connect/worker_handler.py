@@ -1,0 +1,249 @@
+"""WorkerService: the whole world of a worker server. Thin: services/workers.py holds the rules.
+
+Credentials: in multi-user mode Register needs the registration token from settings and
+every other call the per-worker credential (``Authorization: Bearer …``); in single-user
+mode auth is off, but lease checks hold everywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+from uuid import UUID
+
+from connectrpc.request import RequestContext
+
+from delidev import models as m
+from delidev.connect import convert
+from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
+from delidev.connect.gen.delidev.v1.worker_connect import WorkerService
+from delidev.errors import InvalidArgument, Unauthenticated
+from delidev.services import secrets as secrets_service
+from delidev.services import sessions, workers
+from delidev.services.common import parse_id, parse_optional_id
+from delidev.settings import Settings
+
+Ctx = RequestContext[Any, Any]
+
+WORKER_STATUS = convert.EnumMap(m.WorkerStatus, worker_pb.WorkerStatus)
+FAILURE_KINDS = {
+    worker_pb.FailureKind.CONTAINER_START: "container_start",
+    worker_pb.FailureKind.AGENT_CRASHED: "agent_crashed",
+    worker_pb.FailureKind.TIMEOUT: "timeout",
+    worker_pb.FailureKind.OUT_OF_MEMORY: "out_of_memory",
+    worker_pb.FailureKind.OTHER: "other",
+}
+
+
+def _bearer(ctx: Ctx) -> str:
+    header = ctx.request_headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def worker_message(w: m.Worker) -> worker_pb.Worker:
+    return worker_pb.Worker(
+        id=str(w.id),
+        name=w.name,
+        endpoint_url=w.endpoint_url,
+        status=WORKER_STATUS.to_proto(w.status),
+        last_heartbeat=convert.timestamp(w.last_heartbeat),
+        current_task_id=None if w.current_task_id is None else str(w.current_task_id),
+        registered_at=convert.timestamp(w.registered_at),
+    )
+
+
+def job_message(job: workers.Job) -> worker_pb.Job:
+    s = job.session
+    return worker_pb.Job(
+        session_id=str(s.id),
+        lease_token=job.lease_token,
+        kind=convert.JOB_KIND.to_proto(s.kind),
+        task_id="" if job.task_id is None else str(job.task_id),
+        agent_task_id=str(s.agent_task_id),
+        prompt=job.prompt,
+        title=job.title,
+        branch_name=job.branch_name,
+        ai_agent_type=convert.AGENT_TYPE.to_proto(s.ai_agent_type),
+        ai_agent_model=s.ai_agent_model,
+        base_remotes=[
+            task_pb.BaseRemote(
+                git_remote_dir_path=r.git_remote_dir_path, git_branch_name=r.git_branch_name
+            )
+            for r in job.base_remotes
+        ],
+        attempt=s.attempt,
+        has_secrets=job.expects_secrets,
+    )
+
+
+class WorkerHandler(WorkerService):
+    def __init__(
+        self, settings: Settings, signal: workers.JobSignal, store: secrets_service.SecretStore
+    ) -> None:
+        self._settings = settings
+        self._signal = signal
+        self._store = store
+        self._interval_ms = settings.heartbeat_interval_ms
+
+    async def _worker(self, worker_id: str, ctx: Ctx, *, check: bool = True) -> UUID:
+        """The calling worker's id. In single-user mode there is no credential to check;
+        with ``check`` the worker must exist (methods that look it up anyway skip that)."""
+        wid = parse_id(worker_id, "worker_id")
+        if self._settings.single_user_mode:
+            if check:
+                await workers.get_worker(worker_id=wid)
+            return wid
+        credential = _bearer(ctx)
+        if not credential:
+            raise Unauthenticated("worker methods need the worker's credential")
+        await workers.authenticate_worker(worker_id=wid, credential=credential)
+        return wid
+
+    async def register(
+        self, request: worker_pb.RegisterWorkerRequest, ctx: Ctx
+    ) -> worker_pb.RegisterWorkerResponse:
+        if not self._settings.single_user_mode:
+            expected = self._settings.worker_registration_token
+            if not expected:
+                raise Unauthenticated(
+                    "worker registration is closed: DELIDEV_WORKER_REGISTRATION_TOKEN is not set"
+                )
+            if not secrets.compare_digest(_bearer(ctx), expected):
+                raise Unauthenticated("registration token not accepted")
+        reg = await workers.register_worker(name=request.name, endpoint_url=request.endpoint_url)
+        return worker_pb.RegisterWorkerResponse(
+            worker_id=str(reg.worker.id),
+            credential=reg.credential,
+            heartbeat_interval_ms=self._interval_ms,
+            worker=worker_message(reg.worker),
+        )
+
+    async def heartbeat(
+        self, request: worker_pb.HeartbeatRequest, ctx: Ctx
+    ) -> worker_pb.HeartbeatResponse:
+        wid = await self._worker(request.worker_id, ctx)
+        reply = await workers.heartbeat(
+            worker_id=wid,
+            status=WORKER_STATUS.to_domain(request.status, "status"),
+            session_id=parse_optional_id(
+                request.session_id if request.has_field("session_id") else None, "session_id"
+            ),
+        )
+        return worker_pb.HeartbeatResponse(
+            stop_session_ids=[str(s) for s in reply.stop_session_ids],
+            heartbeat_interval_ms=self._interval_ms,
+            status=WORKER_STATUS.to_proto(reply.worker.status),
+        )
+
+    async def unregister(
+        self, request: worker_pb.UnregisterWorkerRequest, ctx: Ctx
+    ) -> worker_pb.UnregisterWorkerResponse:
+        wid = await self._worker(request.worker_id, ctx)
+        await workers.unregister_worker(worker_id=wid)
+        return worker_pb.UnregisterWorkerResponse()
+
+    async def get_task(
+        self, request: worker_pb.ClaimJobRequest, ctx: Ctx
+    ) -> worker_pb.ClaimJobResponse:
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        if request.wait_ms < 0:
+            raise InvalidArgument("wait_ms must not be negative", field="wait_ms")
+        job = await workers.claim_job(
+            worker_id=wid,
+            wait=dt.timedelta(milliseconds=request.wait_ms),
+            signal=self._signal,
+            store=self._store,
+        )
+        return worker_pb.ClaimJobResponse(job=None if job is None else job_message(job))
+
+    async def report_status(
+        self, request: worker_pb.ReportStatusRequest, ctx: Ctx
+    ) -> worker_pb.ReportStatusResponse:
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        status = convert.SESSION_STATUS.to_domain(request.status, "status")
+        if status is None:
+            raise InvalidArgument("status is required", field="status")
+        kind = worker_pb.FailureKind(request.failure_kind) if int(request.failure_kind) else None
+        session = await workers.report_status(
+            worker_id=wid,
+            session_id=parse_id(request.session_id, "session_id"),
+            lease_token=request.lease_token,
+            status=status,
+            error=request.error if request.has_field("error") else None,
+            failure_kind=FAILURE_KINDS.get(kind) if kind is not None else None,
+            plan_yaml=request.plan_yaml if request.has_field("plan_yaml") else None,
+            base_commit=request.base_commit if request.has_field("base_commit") else None,
+            end_commit=request.end_commit if request.has_field("end_commit") else None,
+            store=self._store,
+        )
+        return worker_pb.ReportStatusResponse(session=convert.agent_session(session))
+
+    async def append_log(
+        self, request: worker_pb.AppendLogRequest, ctx: Ctx
+    ) -> worker_pb.AppendLogResponse:
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        session = await workers.append_job_log(
+            worker_id=wid,
+            session_id=parse_id(request.session_id, "session_id"),
+            lease_token=request.lease_token,
+            chunks=[sessions.LogChunkIn(sequence=c.sequence, data=c.data) for c in request.chunks],
+            store=self._store,
+        )
+        return worker_pb.AppendLogResponse(
+            next_sequence=session.log_next_sequence, log_size=session.log_size
+        )
+
+    async def get_secrets(
+        self, request: worker_pb.GetSecretsRequest, ctx: Ctx
+    ) -> worker_pb.GetSecretsResponse:
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        values = await workers.get_job_secrets(
+            worker_id=wid,
+            session_id=parse_id(request.session_id, "session_id"),
+            lease_token=request.lease_token,
+            store=self._store,
+        )
+        return worker_pb.GetSecretsResponse(secrets=values)
+
+    async def request_tty_input(
+        self, request: worker_pb.RequestTtyInputRequest, ctx: Ctx
+    ) -> worker_pb.RequestTtyInputResponse:
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        kind = convert.TTY_TYPE.to_domain(request.input_type, "input_type")
+        if kind is None:
+            raise InvalidArgument("input_type is required", field="input_type")
+        if request.timeout_ms < 0:
+            raise InvalidArgument("timeout_ms must not be negative", field="timeout_ms")
+        created = await workers.ask_tty_input(
+            worker_id=wid,
+            session_id=parse_id(request.session_id, "session_id"),
+            lease_token=request.lease_token,
+            prompt=request.prompt,
+            input_type=kind,
+            options=list(request.options),
+            expires_in=dt.timedelta(
+                milliseconds=request.timeout_ms or self._settings.tty_input_timeout_ms
+            ),
+            store=self._store,
+        )
+        return worker_pb.RequestTtyInputResponse(request=convert.tty_request(created))
+
+    async def wait_tty_input(
+        self, request: worker_pb.WaitTtyInputRequest, ctx: Ctx
+    ) -> worker_pb.WaitTtyInputResponse:
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        if request.wait_ms < 0:
+            raise InvalidArgument("wait_ms must not be negative", field="wait_ms")
+        question = await workers.wait_tty_answer(
+            worker_id=wid,
+            session_id=parse_id(request.session_id, "session_id"),
+            lease_token=request.lease_token,
+            request_id=parse_id(request.request_id, "request_id"),
+            wait=dt.timedelta(milliseconds=request.wait_ms),
+        )
+        return worker_pb.WaitTtyInputResponse(
+            request=convert.tty_request(question),
+            response=question.response if question.status == m.TtyInputStatus.RESPONDED else None,
+        )

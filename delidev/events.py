@@ -1,0 +1,447 @@
+"""Events: what changed, told to whoever waits for it, after the change is committed.
+
+Services call ``publish(...)`` once their transaction has committed. The bus of the app that
+serves the current request is found through a context variable that the app binds for each
+request and background task (``bind``), so services need no extra parameter, and tests that
+call services without an app publish into nothing.
+
+Events carry ids and sizes only. Readers never trust more than that: they re-read the
+database (with the caller's permissions), so a lost or duplicated event costs latency, never
+correctness. Two buses:
+
+- ``EventBus``: in-process (SQLite mode: one server process);
+- ``PostgresEventBus``: the same, plus PostgreSQL LISTEN/NOTIFY so that every replica hears
+  what any replica published. One dedicated connection listens, another sends; after the
+  listener reconnects (notifications sent meanwhile are lost) every watcher is woken, to
+  re-read what it follows.
+
+Watchers subscribe by key (``("session", id)``, ``("workspace", id)``, ...). Delivering to a
+watcher never blocks the publisher: it appends to a bounded buffer and sets a flag. A
+watcher that lets its buffer overflow is marked ``overflowed`` and must resynchronise from
+storage (or give up with a clear reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from contextvars import ContextVar, Token
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "delidev_events"
+LISTENER_NAME = "delidev-events-listener"  # application_name of the listening connection
+# PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; ours are ids and numbers.
+MAX_PAYLOAD_BYTES = 7900
+WATCH_BUFFER = 1024
+
+Key = tuple[Hashable, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobQueued:
+    """A session was queued: waiting workers should try to claim."""
+
+    def keys(self) -> list[Key]:
+        return [("jobs",)]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretsArrived:
+    """Secrets for a task arrived: a job waiting for them may now be handed out."""
+
+    task_id: str
+
+    def keys(self) -> list[Key]:
+        return [("jobs",)]
+
+
+@dataclass(frozen=True, slots=True)
+class LogAppended:
+    session_id: str
+    log_size: int
+
+    def keys(self) -> list[Key]:
+        return [("session", self.session_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChanged:
+    session_id: str
+    status: str
+
+    def keys(self) -> list[Key]:
+        return [("session", self.session_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChanged:
+    """A task, one of its sessions, or one of its composite nodes changed (or it is gone)."""
+
+    task_id: str
+    workspace_id: str
+
+    def keys(self) -> list[Key]:
+        return [("task", self.task_id), ("workspace-tasks", self.workspace_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class TtyChanged:
+    """A TTY question was asked, answered, timed out or cancelled."""
+
+    request_id: str
+    session_id: str
+    workspace_id: str
+
+    def keys(self) -> list[Key]:
+        return [("tty", self.request_id), ("workspace-tty", self.workspace_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerChanged:
+    worker_id: str
+
+    def keys(self) -> list[Key]:
+        return [("workers",)]
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Events may have been lost (the listener reconnected): re-read what you follow."""
+
+    def keys(self) -> list[Key]:
+        return []
+
+
+Event = (
+    JobQueued
+    | SecretsArrived
+    | LogAppended
+    | SessionChanged
+    | TaskChanged
+    | TtyChanged
+    | WorkerChanged
+    | Resync
+)
+_TYPES: dict[str, type[Any]] = {
+    t.__name__: t
+    for t in (
+        JobQueued,
+        SecretsArrived,
+        LogAppended,
+        SessionChanged,
+        TaskChanged,
+        TtyChanged,
+        WorkerChanged,
+    )
+}
+
+
+def encode(event: Event, origin: str) -> str:
+    return json.dumps({"t": type(event).__name__, "o": origin, **asdict(event)})
+
+
+def decode(payload: str) -> tuple[Event, str] | None:
+    """The event and its origin, or None for a payload this version does not know."""
+    try:
+        data = json.loads(payload)
+        kind = _TYPES[data.pop("t")]
+        origin = str(data.pop("o"))
+        names = {f.name for f in fields(kind)}
+        return kind(**{k: v for k, v in data.items() if k in names}), origin
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Watch:
+    """Events for some keys, buffered up to ``WATCH_BUFFER``; ``changed`` is set on arrival."""
+
+    def __init__(self, bus: EventBus, keys: Iterable[Key], buffer: int = WATCH_BUFFER) -> None:
+        self._bus = bus
+        self.keys = list(keys)
+        self.events: collections.deque[Event] = collections.deque()
+        self._buffer = buffer
+        self.overflowed = False
+        self.changed = asyncio.Event()
+
+    def deliver(self, event: Event) -> None:
+        if len(self.events) >= self._buffer:
+            self.overflowed = True
+        else:
+            self.events.append(event)
+        self.changed.set()
+
+    def drain(self) -> list[Event]:
+        items = list(self.events)
+        self.events.clear()
+        self.changed.clear()
+        return items
+
+    async def wait(self, seconds: float | None = None) -> bool:
+        """Waits for an event (or a resync); False after ``seconds`` without one."""
+        if self.changed.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self.changed.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._bus._unwatch(self)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class EventBus:
+    """In-process bus: publishers call ``publish``; listeners and watchers hear at once."""
+
+    remote: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[Event], None]] = []
+        self._watches: dict[Key, set[Watch]] = collections.defaultdict(set)
+        self.origin = uuid.uuid4().hex[:12]
+
+    # Subscribing ---------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """A listener hears every event; it must not block."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def watch(self, *keys: Key, buffer: int = WATCH_BUFFER) -> Watch:
+        w = Watch(self, keys, buffer)
+        for key in w.keys:
+            self._watches[key].add(w)
+        return w
+
+    def _unwatch(self, w: Watch) -> None:
+        for key in w.keys:
+            watchers = self._watches.get(key)
+            if watchers is not None:
+                watchers.discard(w)
+                if not watchers:
+                    del self._watches[key]
+
+    def watcher_count(self) -> int:
+        return len({id(w) for ws in self._watches.values() for w in ws})
+
+    # Publishing -----------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        self.deliver(event)
+
+    def deliver(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # one broken listener must not starve the others
+                log.exception("event listener failed on %s", type(event).__name__)
+        if isinstance(event, Resync):
+            for w in {w for ws in self._watches.values() for w in ws}:
+                w.deliver(event)
+            return
+        seen: set[int] = set()
+        for key in event.keys():  # noqa: SIM118 (events are not mappings)
+            for w in list(self._watches.get(key, ())):
+                if id(w) not in seen:
+                    seen.add(id(w))
+                    w.deliver(event)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class PostgresEventBus(EventBus):
+    """``EventBus`` that also travels through PostgreSQL LISTEN/NOTIFY to other replicas."""
+
+    remote = True
+    BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self._dsn = dsn
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncpg.Connection | None = None
+        self.listening = asyncio.Event()
+        self.reconnects = 0
+
+    def publish(self, event: Event) -> None:
+        self.deliver(event)  # here at once; other replicas through NOTIFY
+        payload = encode(event, self.origin)
+        if len(payload.encode()) > MAX_PAYLOAD_BYTES:
+            log.error("event %s too large for NOTIFY; not sent", type(event).__name__)
+            return
+        try:
+            self._outbox.put_nowait(payload)
+        except asyncio.QueueFull:
+            # Readers re-read storage; the other replicas notice at their next event.
+            log.warning("event outbox full; dropping %s", type(event).__name__)
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen_forever(), name="delidev-events-listen"),
+            asyncio.create_task(self._send_forever(), name="delidev-events-send"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.listening.wait(), 10)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        decoded = decode(str(payload))
+        if decoded is None:
+            log.warning("ignoring an event this version does not understand")
+            return
+        event, origin = decoded
+        if origin != self.origin:
+            self.deliver(event)
+
+    def _on_terminate(self, _conn: object) -> None:
+        self.listening.clear()
+
+    async def _listen_forever(self) -> None:
+        attempt = 0
+        connected_before = False
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn, server_settings={"application_name": LISTENER_NAME}
+                )
+                try:
+                    await conn.add_listener(CHANNEL, self._on_notify)
+                    conn.add_termination_listener(self._on_terminate)
+                    self._listener = conn
+                    if connected_before:
+                        self.reconnects += 1
+                        log.info("event listener reconnected")
+                        self.deliver(Resync())  # what was sent meanwhile is lost
+                    connected_before = True
+                    attempt = 0
+                    self.listening.set()
+                    while not conn.is_closed():
+                        await asyncio.sleep(1.0)
+                        # A cheap liveness probe: a dead socket shows here.
+                        await asyncio.wait_for(conn.execute("SELECT 1"), 5)
+                finally:
+                    self.listening.clear()
+                    self._listener = None
+                    await _close(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("event listener lost its connection: %s", type(e).__name__)
+            delay = self.BACKOFF_S[min(attempt, len(self.BACKOFF_S) - 1)]
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _send_forever(self) -> None:
+        conn: asyncpg.Connection | None = None
+        attempt = 0
+        try:
+            while True:
+                payload = await self._outbox.get()
+                batch = [payload]
+                while not self._outbox.empty() and len(batch) < 256:
+                    batch.append(self._outbox.get_nowait())
+                while True:
+                    try:
+                        if conn is None or conn.is_closed():
+                            conn = await asyncpg.connect(self._dsn)
+                        await conn.executemany(
+                            "SELECT pg_notify($1, $2)", [(CHANNEL, p) for p in batch]
+                        )
+                        attempt = 0
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:
+                        log.warning("could not send events: %s", type(e).__name__)
+                        if conn is not None:
+                            await _close(conn)
+                        conn = None
+                        delay = self.BACKOFF_S[min(attempt, len(self.BACKOFF_S) - 1)]
+                        attempt += 1
+                        await asyncio.sleep(delay)
+        finally:
+            if conn is not None:
+                await _close(conn)
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close(timeout=2)
+    if not conn.is_closed():
+        conn.terminate()
+
+
+_current: ContextVar[EventBus | None] = ContextVar("delidev_event_bus", default=None)
+_pending: ContextVar[list[Event] | None] = ContextVar("delidev_pending_events", default=None)
+
+
+@contextlib.asynccontextmanager
+async def after_commit() -> AsyncIterator[None]:
+    """Holds what is published inside until the block ends without an error, then publishes
+    it; on an error it is dropped. Wrap a transaction in it (``services.common.transaction``)
+    so that nobody hears of a change before it is committed. Nested blocks join the outer."""
+    if _pending.get() is not None:
+        yield
+        return
+    held: list[Event] = []
+    token = _pending.set(held)
+    try:
+        yield
+    finally:
+        _pending.reset(token)
+    for event in held:
+        _publish_now(event)
+
+
+def bind(bus: EventBus) -> Token[EventBus | None]:
+    return _current.set(bus)
+
+
+def unbind(token: Token[EventBus | None]) -> None:
+    _current.reset(token)
+
+
+def current() -> EventBus | None:
+    return _current.get()
+
+
+def publish(event: Event) -> None:
+    held = _pending.get()
+    if held is not None:
+        held.append(event)
+    else:
+        _publish_now(event)
+
+
+def _publish_now(event: Event) -> None:
+    bus = _current.get()
+    if bus is not None:
+        bus.publish(event)

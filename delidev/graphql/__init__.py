@@ -1,0 +1,1 @@
+"""GraphQL transport (Strawberry): thin resolvers over ``delidev.services``."""

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+from uuid import UUID
+
+from strawberry.dataloader import DataLoader
+
+from delidev import models as m
+from delidev.auth.authenticator import Authenticator
+from delidev.auth.principal import Principal
+from delidev.events import EventBus
+from delidev.services import repositories, sessions, tasks
+from delidev.services.live import LogFeeds
+
+
+def _ordered(keys: list[UUID], found: dict[UUID, Any], default: Any = None) -> list[Any]:
+    return [found.get(k, default) for k in keys]
+
+
+async def _load_workspaces(keys: list[UUID]) -> list[m.Workspace | None]:
+    found = {w.id: w for w in await m.Workspace.filter(id__in=keys)}
+    return _ordered(keys, found)
+
+
+async def _load_repositories(keys: list[UUID]) -> list[m.Repository | None]:
+    return _ordered(keys, await repositories.repositories_by_id(keys))
+
+
+async def _load_workspace_repositories(keys: list[UUID]) -> list[list[m.Repository]]:
+    return _ordered(keys, await repositories.repositories_by_workspace(keys), [])
+
+
+async def _load_workspace_groups(keys: list[UUID]) -> list[list[m.RepositoryGroup]]:
+    grouped: dict[UUID, list[m.RepositoryGroup]] = {k: [] for k in keys}
+    for group in await m.RepositoryGroup.filter(workspace_id__in=keys).order_by("created_at", "id"):
+        grouped[group.workspace_id].append(group)
+    return _ordered(keys, grouped, [])
+
+
+async def _load_group_members(keys: list[UUID]) -> list[list[UUID]]:
+    return _ordered(keys, await repositories.group_member_ids(keys), [])
+
+
+class Loaders:
+    """Fresh per request (and per subscription event): their cache must not go stale.
+
+    Each loader is built on first use: most requests need none or one of them.
+    """
+
+    @cached_property
+    def workspace(self) -> DataLoader[UUID, m.Workspace | None]:
+        return DataLoader(_load_workspaces)
+
+    @cached_property
+    def repository(self) -> DataLoader[UUID, m.Repository | None]:
+        return DataLoader(_load_repositories)
+
+    @cached_property
+    def workspace_repositories(self) -> DataLoader[UUID, list[m.Repository]]:
+        return DataLoader(_load_workspace_repositories)
+
+    @cached_property
+    def workspace_groups(self) -> DataLoader[UUID, list[m.RepositoryGroup]]:
+        return DataLoader(_load_workspace_groups)
+
+    @cached_property
+    def group_members(self) -> DataLoader[UUID, list[UUID]]:
+        return DataLoader(_load_group_members)
+
+    @cached_property
+    def tasks(self) -> TaskLoaders:
+        return TaskLoaders()
+
+
+@dataclass
+class Context:
+    authenticator: Authenticator
+    authorization: str | None
+    bus: EventBus
+    feeds: LogFeeds
+    request: Any = None
+    response: Any = None
+    connection_params: dict[str, Any] | None = None
+    loaders: Loaders = field(default_factory=Loaders)
+    _actor: Principal | None = None
+
+    async def actor(self) -> Principal:
+        """The caller, authenticated once per request. Raises: Unauthenticated."""
+        if self._actor is None:
+            self._actor = await self.authenticator.authenticate(self.authorization)
+        return self._actor
+
+
+async def _load_agent_tasks(keys: list[UUID]) -> list[m.AgentTask | None]:
+    found = {a.id: a for a in await m.AgentTask.filter(id__in=keys)}
+    return _ordered(keys, found)
+
+
+async def _load_sessions(keys: list[UUID]) -> list[list[m.AgentSession]]:
+    return _ordered(keys, await sessions.sessions_of(keys), [])
+
+
+async def _load_remotes(keys: list[UUID]) -> list[list[m.AgentTaskBaseRemote]]:
+    grouped: dict[UUID, list[m.AgentTaskBaseRemote]] = {k: [] for k in keys}
+    for remote in await m.AgentTaskBaseRemote.filter(agent_task_id__in=keys):
+        grouped[remote.agent_task_id].append(remote)
+    return _ordered(keys, grouped, [])
+
+
+async def _load_nodes(keys: list[UUID]) -> list[list[tasks.NodeView]]:
+    return _ordered(keys, await tasks.composite_nodes(keys), [])
+
+
+class TaskLoaders:
+    @cached_property
+    def agent_task(self) -> DataLoader[UUID, m.AgentTask | None]:
+        return DataLoader(_load_agent_tasks)
+
+    @cached_property
+    def sessions(self) -> DataLoader[UUID, list[m.AgentSession]]:
+        return DataLoader(_load_sessions)
+
+    @cached_property
+    def remotes(self) -> DataLoader[UUID, list[m.AgentTaskBaseRemote]]:
+        return DataLoader(_load_remotes)
+
+    @cached_property
+    def nodes(self) -> DataLoader[UUID, list[tasks.NodeView]]:
+        return DataLoader(_load_nodes)

@@ -1,0 +1,164 @@
+"""The one place where domain errors become GraphQL errors.
+
+Every error gets ``extensions.code`` (a Connect-style code name), ``extensions.delidevCode``
+(the specification's number) and, for bad input, ``extensions.field``. Three kinds:
+
+- a domain error raised by a service: its class decides the code;
+- a request error found by graphql-core (syntax, validation, limits, and variables or
+  arguments that do not coerce to their types): INVALID_ARGUMENT with graphql-core's
+  message, which describes the request, never the server;
+- anything else: logged and masked as INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import ASTValidationRule, ValueNode, VariableDefinitionNode, VariableNode
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql.error import GraphQLError
+from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import ExecutionResult
+
+from delidev import errors
+
+log = logging.getLogger(__name__)
+
+GRAPHQL_CODES: dict[type[errors.DeliDevError], str] = {
+    errors.DeliDevError: "INTERNAL",
+    errors.InvalidArgument: "INVALID_ARGUMENT",
+    errors.Unauthenticated: "UNAUTHENTICATED",
+    errors.PermissionDenied: "PERMISSION_DENIED",
+    errors.NotFound: "NOT_FOUND",
+    errors.AlreadyExists: "ALREADY_EXISTS",
+    errors.FailedPrecondition: "FAILED_PRECONDITION",
+    errors.Conflict: "ABORTED",
+    errors.WorkerUnavailable: "UNAVAILABLE",
+    errors.Unavailable: "UNAVAILABLE",
+    errors.Unimplemented: "UNIMPLEMENTED",
+    errors.Internal: "INTERNAL",
+}
+
+
+def graphql_code(error_type: type[errors.DeliDevError]) -> str:
+    """The GraphQL code of a domain error class (a subclass maps like its nearest parent)."""
+    for cls in error_type.__mro__:
+        if cls in GRAPHQL_CODES:
+            return GRAPHQL_CODES[cls]
+    return "INTERNAL"
+
+
+def _request_error_cause(error: GraphQLError) -> tuple[bool, BaseException | None]:
+    """Whether graphql-core raised ``error`` about the request, and the exception of a
+    scalar's own code beneath it, if any.
+
+    graphql-core reports a variable that does not coerce as a GraphQLError without a path
+    around the GraphQLError of the failed coercion (which may in turn wrap what a scalar
+    raised), and an argument that does not coerce at run time (a variable's default
+    overridden by null) with the field's path, pointing at the value in the document.
+    Strawberry wraps a crash outside the resolvers without a path, directly around the
+    exception; a resolver's failure or an unserializable result has a path and points at
+    the field, never at a value.
+    """
+    cause = error.original_error
+    depth = 0
+    while isinstance(cause, GraphQLError):
+        cause, depth = cause.original_error, depth + 1
+    if error.path is None:
+        return cause is None or depth > 0, cause
+    points_at_value = any(isinstance(node, ValueNode) for node in error.nodes or ())
+    return depth > 0 and points_at_value, cause
+
+
+def _variable_name(error: GraphQLError) -> str | None:
+    """The variable an input error points at: the caller's name for the bad value."""
+    for node in error.nodes or ():
+        if isinstance(node, VariableDefinitionNode):
+            return node.variable.name.value
+        if isinstance(node, VariableNode):
+            return node.name.value
+    return None
+
+
+def format_error(error: GraphQLError) -> GraphQLError:
+    if error.original_error is None and "delidevCode" in (error.extensions or {}):
+        return error  # formatted already (a result seen by two hooks)
+    original = error.original_error
+    if isinstance(original, errors.DeliDevError):
+        extensions: dict[str, Any] = {
+            "code": graphql_code(type(original)),
+            "delidevCode": original.code,
+        }
+        if original.field:
+            extensions["field"] = original.field
+        return GraphQLError(
+            original.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=extensions,
+        )
+    is_request_error, cause = _request_error_cause(error)
+    if is_request_error:
+        message = error.message
+        if cause is not None and str(cause):
+            # graphql-core quotes the exception a scalar raised; its text is the
+            # server's business (it may name internals), the rest of the message is not.
+            message = message.replace(str(cause), "invalid value")
+        extensions = {
+            **(error.extensions or {}),
+            "code": "INVALID_ARGUMENT",
+            "delidevCode": errors.InvalidArgument.code,
+        }
+        variable = _variable_name(error)
+        if variable is not None:
+            extensions["field"] = variable
+        # Built afresh, without original_error: no traceback travels with the answer.
+        return GraphQLError(
+            message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=extensions,
+        )
+    log.error("unexpected error in GraphQL resolver at %s", error.path, exc_info=original)
+    return GraphQLError(
+        "internal error",
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions={"code": "INTERNAL", "delidevCode": -32603},
+    )
+
+
+class Guard(SchemaExtension):
+    """Query limits and error mapping in one extension (each extension costs hook calls).
+
+    Before the operation: the token limit for the parser and the depth / alias rules for
+    validation. After it: every error rewritten with ``format_error``.
+    """
+
+    def __init__(self, *, max_tokens: int, rules: tuple[type[ASTValidationRule], ...]) -> None:
+        self._max_tokens = max_tokens
+        self._rules = rules
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.parse_options["max_tokens"] = self._max_tokens
+        context.validation_rules = context.validation_rules + self._rules
+        yield
+        result = self.execution_context.result
+        if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
+            result.errors = [format_error(e) for e in result.errors]
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        """Each result of a subscription (or of an operation sent over a WebSocket)."""
+        errors_ = getattr(result, "errors", None)
+        if errors_:
+            result.errors = [format_error(e) for e in errors_]
+        yield

@@ -1,0 +1,326 @@
+"""Subscriptions (graphql-transport-ws, legacy graphql-ws too): thin over services/live.py.
+
+Loaders are rebuilt for every event: a WebSocket's context lives as long as the connection,
+and a cached task would go stale between events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError, parse, validate
+from graphql.language import ast
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+    _OperationStreamClosed,
+)
+
+from delidev import errors
+from delidev import models as m
+from delidev.graphql.context import Context, Loaders
+from delidev.graphql.errors import format_error
+from delidev.graphql.task_types import (
+    AgentSessionStatus,
+    Task,
+    TtyInputRequest,
+    task_from_model,
+)
+from delidev.graphql.types import GqlInfo
+from delidev.services import live
+from delidev.services.common import parse_id, parse_optional_id
+
+WorkerStatus = strawberry.enum(m.WorkerStatus, name="WorkerStatus")
+
+
+@strawberry.type
+class LogChunk:
+    """``data`` starts at character ``offset`` of the log. The last event of a finished
+    session has ``final`` set, empty ``data`` and the status the session ended with."""
+
+    offset: float  # a log may outgrow GraphQL's 32-bit Int
+    data: str
+    status: AgentSessionStatus  # type: ignore[valid-type]  # strawberry.enum result
+    final: bool
+
+
+@strawberry.type
+class TaskUpdate:
+    task_id: strawberry.ID
+    deleted: bool
+    task: Task | None
+
+
+@strawberry.type
+class Worker:
+    id: strawberry.ID
+    name: str
+    endpoint_url: str
+    status: WorkerStatus  # type: ignore[valid-type]  # strawberry.enum result
+    last_heartbeat: datetime
+    current_task_id: strawberry.ID | None
+    registered_at: datetime
+
+
+@strawberry.type
+class WorkerUpdate:
+    worker_id: strawberry.ID
+    deleted: bool
+    worker: Worker | None
+
+
+def _fresh(info: GqlInfo) -> None:
+    info.context.loaders = Loaders()
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription
+    async def session_log(
+        self, info: GqlInfo, session_id: strawberry.ID, from_offset: float = 0
+    ) -> AsyncGenerator[LogChunk, None]:
+        """The log from ``fromOffset`` (stored output first), then live, until it ends."""
+        ctx = info.context
+        async for piece in ctx.feeds.follow(
+            actor=await ctx.actor(),
+            session_id=parse_id(session_id, "sessionId"),
+            from_offset=int(from_offset),
+        ):
+            yield LogChunk(
+                offset=piece.offset, data=piece.data, status=piece.status, final=piece.final
+            )
+
+    @strawberry.subscription
+    async def task_updated(
+        self,
+        info: GqlInfo,
+        task_id: strawberry.ID | None = None,
+        workspace_id: strawberry.ID | None = None,
+    ) -> AsyncGenerator[TaskUpdate, None]:
+        """Changes of one task, or of every task of a workspace (status, sessions, nodes)."""
+        ctx = info.context
+        async for update in live.task_updates(
+            actor=await ctx.actor(),
+            bus=ctx.bus,
+            task_id=parse_optional_id(task_id, "taskId"),
+            workspace_id=parse_optional_id(workspace_id, "workspaceId"),
+        ):
+            _fresh(info)
+            yield TaskUpdate(
+                task_id=strawberry.ID(str(update.task_id)),
+                deleted=update.task is None,
+                task=None if update.task is None else task_from_model(update.task),
+            )
+
+    @strawberry.subscription
+    async def tty_input_requested(
+        self, info: GqlInfo, workspace_id: strawberry.ID
+    ) -> AsyncGenerator[TtyInputRequest, None]:
+        """Questions agents ask in the workspace, as they are asked."""
+        ctx = info.context
+        async for request in live.tty_requests(
+            actor=await ctx.actor(),
+            bus=ctx.bus,
+            workspace_id=parse_id(workspace_id, "workspaceId"),
+        ):
+            _fresh(info)
+            yield TtyInputRequest.from_model(request)
+
+    @strawberry.subscription
+    async def worker_updated(self, info: GqlInfo) -> AsyncGenerator[WorkerUpdate, None]:
+        """Workers registering, changing status (idle, busy, unhealthy) and leaving."""
+        ctx = info.context
+        await ctx.actor()
+        async for update in live.worker_updates(bus=ctx.bus):
+            w = update.worker
+            yield WorkerUpdate(
+                worker_id=strawberry.ID(str(update.worker_id)),
+                deleted=w is None,
+                worker=None
+                if w is None
+                else Worker(
+                    id=strawberry.ID(str(w.id)),
+                    name=w.name,
+                    endpoint_url=w.endpoint_url,
+                    status=w.status,
+                    last_heartbeat=w.last_heartbeat,
+                    current_task_id=None
+                    if w.current_task_id is None
+                    else strawberry.ID(str(w.current_task_id)),
+                    registered_at=w.registered_at,
+                ),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _LogPlan:
+    """A ``sessionLog`` subscription simple enough to serve without graphql-core."""
+
+    root_key: str
+    fields: tuple[tuple[str, str], ...]  # (response key, field name)
+    session_arg: ast.ValueNode
+    offset_arg: ast.ValueNode | None
+
+
+_PLAIN_FIELDS = {"offset", "data", "status", "final", "__typename"}
+
+
+@functools.lru_cache(maxsize=256)
+def _log_plan(schema: Any, query: str, operation_name: str | None) -> _LogPlan | None:
+    """The plan for a document that holds exactly one subscription selecting only plain
+    fields of ``sessionLog`` (no fragments, no directives), valid against the schema."""
+    try:
+        document = parse(query)
+    except GraphQLError:
+        return None
+    operations = [d for d in document.definitions if isinstance(d, ast.OperationDefinitionNode)]
+    if len(document.definitions) != 1 or len(operations) != 1:
+        return None
+    op = operations[0]
+    if op.operation != ast.OperationType.SUBSCRIPTION or op.directives:
+        return None
+    if operation_name is not None and (op.name is None or op.name.value != operation_name):
+        return None
+    (root, *rest) = op.selection_set.selections
+    if rest or not isinstance(root, ast.FieldNode) or root.name.value != "sessionLog":
+        return None
+    if root.directives or root.selection_set is None:
+        return None
+    fields: list[tuple[str, str]] = []
+    for node in root.selection_set.selections:
+        if not isinstance(node, ast.FieldNode) or node.name.value not in _PLAIN_FIELDS:
+            return None
+        if node.directives or node.arguments or node.selection_set:
+            return None
+        fields.append(((node.alias or node.name).value, node.name.value))
+    if validate(schema, document):
+        return None
+    args = {a.name.value: a.value for a in root.arguments or ()}
+    return _LogPlan(
+        root_key=(root.alias or root.name).value,
+        fields=tuple(fields),
+        session_arg=args["sessionId"],
+        offset_arg=args.get("fromOffset"),
+    )
+
+
+def _argument(node: ast.ValueNode | None, variables: dict[str, Any] | None) -> Any:
+    if node is None:
+        return None
+    if isinstance(node, ast.VariableNode):
+        return (variables or {}).get(node.name.value)
+    if isinstance(node, ast.StringValueNode):
+        return node.value
+    if isinstance(node, ast.IntValueNode | ast.FloatValueNode):
+        return float(node.value)
+    return None
+
+
+class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with server pings, so that proxies keep idle connections open
+    (Strawberry answers the client's pings but sends none of its own), and a fast path for
+    ``sessionLog``: the hottest subscription (one message per log piece per follower) is
+    served straight from the log feed, skipping graphql-core's per-event execution, when
+    the document is plain enough (see ``_log_plan``). Anything else, and any error, takes
+    the ordinary path."""
+
+    ping_interval = timedelta(seconds=15)
+
+    async def handle(self) -> None:
+        pinger = asyncio.create_task(self._ping_forever())
+        try:
+            await super().handle()
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pinger
+
+    async def _ping_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval.total_seconds())
+            if self.connection_acknowledged:
+                with contextlib.suppress(Exception):
+                    await self.send_message({"type": "ping"})
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        plan = _log_plan(
+            self.schema._schema,  # type: ignore[attr-defined]  # the graphql-core schema
+            operation.query,
+            operation.operation_name,
+        )
+        if plan is None:
+            await super().run_operation(operation)
+            return
+        session = _argument(plan.session_arg, operation.variables)
+        offset = _argument(plan.offset_arg, operation.variables) or 0
+        try:
+            if not isinstance(session, str) or not isinstance(offset, int | float):
+                raise _Fallback
+            stream = self.context.feeds.follow(
+                actor=await self.context.actor(),
+                session_id=parse_id(session, "sessionId"),
+                from_offset=int(offset),
+            )
+            first = await anext(stream)
+        except (_Fallback, errors.DeliDevError, StopAsyncIteration):
+            # Errors are reported by the ordinary path, in the ordinary form.
+            await super().run_operation(operation)
+            return
+        try:
+            async with aclosing(stream):
+                piece: live.LogPiece | None = first
+                while piece is not None:
+                    await operation.send_operation_message(
+                        {
+                            "id": operation.id,
+                            "type": "next",
+                            "payload": {"data": {plan.root_key: _render(plan, piece)}},
+                        }
+                    )
+                    piece = await anext(stream, None)
+            await operation.send_operation_message({"id": operation.id, "type": "complete"})
+        except _OperationStreamClosed:
+            return
+        except errors.DeliDevError as error:  # e.g. the session was deleted meanwhile
+            formatted = format_error(
+                GraphQLError(error.message, path=[plan.root_key], original_error=error)
+            )
+            await operation.send_operation_message(
+                {
+                    "id": operation.id,
+                    "type": "next",
+                    "payload": {"data": None, "errors": [formatted.formatted]},
+                }
+            )
+            await operation.send_operation_message({"id": operation.id, "type": "complete"})
+
+
+class _Fallback(Exception):
+    pass
+
+
+def _render(plan: _LogPlan, piece: live.LogPiece) -> dict[str, Any]:
+    values = {
+        "offset": float(piece.offset),
+        "data": piece.data,
+        "status": piece.status.name,
+        "final": piece.final,
+        "__typename": "LogChunk",
+    }
+    return {key: values[name] for key, name in plan.fields}
+
+
+def handler_with_ping_interval(seconds: float) -> type[KeepAliveTransportWSHandler]:
+    return type(
+        "KeepAliveTransportWSHandler",
+        (KeepAliveTransportWSHandler,),
+        {"ping_interval": timedelta(seconds=seconds)},
+    )

@@ -1,0 +1,308 @@
+"""GraphQL types of tasks, agent runs and TTY questions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from uuid import UUID
+
+import strawberry
+
+from delidev import models as m
+from delidev.graphql.types import GqlInfo
+from delidev.services import sessions as session_service
+from delidev.services import tasks as task_service
+
+UnitTaskStatus = strawberry.enum(m.UnitTaskStatus, name="UnitTaskStatus")
+CompositeTaskStatus = strawberry.enum(m.CompositeTaskStatus, name="CompositeTaskStatus")
+AgentSessionStatus = strawberry.enum(m.AgentSessionStatus, name="AgentSessionStatus")
+AiAgentType = strawberry.enum(m.AiAgentType, name="AiAgentType")
+JobKind = strawberry.enum(m.JobKind, name="JobKind")
+NodeState = strawberry.enum(task_service.NodeState, name="CompositeNodeState")
+TtyInputType = strawberry.enum(m.TtyInputType, name="TtyInputType")
+TtyInputStatus = strawberry.enum(m.TtyInputStatus, name="TtyInputStatus")
+
+
+@strawberry.enum
+class TaskKind(Enum):
+    UNIT = "unit"
+    COMPOSITE = "composite"
+
+
+@strawberry.type
+class BaseRemote:
+    git_remote_dir_path: str
+    git_branch_name: str
+
+
+@strawberry.type
+class SessionLog:
+    content: str
+    offset: int
+    next_offset: int
+    complete: bool
+
+
+@strawberry.type
+class AgentSession:
+    id: strawberry.ID
+    agent_task_id: strawberry.ID
+    ai_agent_type: AiAgentType  # type: ignore[valid-type]  # strawberry.enum result
+    ai_agent_model: str | None
+    status: AgentSessionStatus  # type: ignore[valid-type]  # strawberry.enum result
+    kind: JobKind  # type: ignore[valid-type]  # strawberry.enum result
+    attempt: int
+    error: str | None
+    worker_id: strawberry.ID | None
+    stop_requested: bool
+    log_size: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def from_model(cls, s: m.AgentSession) -> AgentSession:
+        return cls(
+            id=strawberry.ID(str(s.id)),
+            agent_task_id=strawberry.ID(str(s.agent_task_id)),
+            ai_agent_type=s.ai_agent_type,
+            ai_agent_model=s.ai_agent_model,
+            status=s.status,
+            kind=s.kind,
+            attempt=s.attempt,
+            error=s.error,
+            worker_id=None if s.worker_id is None else strawberry.ID(str(s.worker_id)),
+            stop_requested=s.stop_requested,
+            log_size=s.log_size,
+            created_at=s.created_at,
+            started_at=s.started_at,
+            completed_at=s.completed_at,
+        )
+
+    @strawberry.field
+    async def log(self, info: GqlInfo, offset: int = 0, limit: int = 0) -> SessionLog:
+        read = await session_service.read_log(
+            actor=await info.context.actor(),
+            session_id=UUID(self.id),
+            offset=offset,
+            limit=limit,
+        )
+        return SessionLog(
+            content=read.content,
+            offset=read.offset,
+            next_offset=read.next_offset,
+            complete=read.complete,
+        )
+
+
+@strawberry.type
+class AgentTask:
+    id: strawberry.ID
+    ai_agent_type: AiAgentType | None  # type: ignore[valid-type]  # strawberry.enum result
+    ai_agent_model: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, a: m.AgentTask) -> AgentTask:
+        return cls(
+            id=strawberry.ID(str(a.id)),
+            ai_agent_type=a.ai_agent_type,
+            ai_agent_model=a.ai_agent_model,
+            created_at=a.created_at,
+        )
+
+    @strawberry.field
+    async def sessions(self, info: GqlInfo) -> list[AgentSession]:
+        runs = await info.context.loaders.tasks.sessions.load(UUID(self.id))
+        return [AgentSession.from_model(s) for s in runs]
+
+    @strawberry.field
+    async def base_remotes(self, info: GqlInfo) -> list[BaseRemote]:
+        remotes = await info.context.loaders.tasks.remotes.load(UUID(self.id))
+        return [
+            BaseRemote(git_remote_dir_path=r.git_remote_dir_path, git_branch_name=r.git_branch_name)
+            for r in remotes
+        ]
+
+
+async def _agent_task(info: GqlInfo, agent_id: UUID) -> AgentTask:
+    agent = await info.context.loaders.tasks.agent_task.load(agent_id)
+    assert agent is not None  # a task always has its AgentTask (RESTRICT)
+    return AgentTask.from_model(agent)
+
+
+async def _latest(info: GqlInfo, agent_id: UUID) -> AgentSession | None:
+    runs = await info.context.loaders.tasks.sessions.load(agent_id)
+    return AgentSession.from_model(runs[-1]) if runs else None
+
+
+@strawberry.interface
+class Task:
+    id: strawberry.ID
+    workspace_id: strawberry.ID
+    repository_group_id: strawberry.ID
+    prompt: str
+    title: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@strawberry.type
+class UnitTask(Task):
+    status: UnitTaskStatus  # type: ignore[valid-type]  # strawberry.enum result
+    branch_name: str | None
+    linked_pr_url: str | None
+    base_commit: str | None
+    end_commit: str | None
+    rejection_reason: str | None
+    composite_task_id: strawberry.ID | None
+    agent_task_id: strawberry.Private[UUID]
+
+    @classmethod
+    def from_model(cls, t: m.UnitTask) -> UnitTask:
+        return cls(
+            id=strawberry.ID(str(t.id)),
+            workspace_id=strawberry.ID(str(t.workspace_id)),
+            repository_group_id=strawberry.ID(str(t.repository_group_id)),
+            prompt=t.prompt,
+            title=t.title,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+            status=t.status,
+            branch_name=t.branch_name,
+            linked_pr_url=t.linked_pr_url,
+            base_commit=t.base_commit,
+            end_commit=t.end_commit,
+            rejection_reason=t.rejection_reason,
+            composite_task_id=(
+                None if t.composite_task_id is None else strawberry.ID(str(t.composite_task_id))
+            ),
+            agent_task_id=t.agent_task_id,
+        )
+
+    @strawberry.field
+    async def agent_task(self, info: GqlInfo) -> AgentTask:
+        return await _agent_task(info, self.agent_task_id)
+
+    @strawberry.field
+    async def latest_session(self, info: GqlInfo) -> AgentSession | None:
+        return await _latest(info, self.agent_task_id)
+
+
+@strawberry.type
+class CompositeTaskNode:
+    id: strawberry.ID
+    plan_id: str
+    state: NodeState  # type: ignore[valid-type]  # strawberry.enum result
+    depends_on_node_ids: list[strawberry.ID]
+    unit_task: UnitTask
+
+
+@strawberry.type
+class CompositeTask(Task):
+    status: CompositeTaskStatus  # type: ignore[valid-type]  # strawberry.enum result
+    execution_agent_type: AiAgentType | None  # type: ignore[valid-type]  # strawberry.enum result
+    plan_yaml: str | None
+    plan_error: str | None
+    planning_task_id: strawberry.Private[UUID]
+
+    @classmethod
+    def from_model(cls, t: m.CompositeTask) -> CompositeTask:
+        return cls(
+            id=strawberry.ID(str(t.id)),
+            workspace_id=strawberry.ID(str(t.workspace_id)),
+            repository_group_id=strawberry.ID(str(t.repository_group_id)),
+            prompt=t.prompt,
+            title=t.title,
+            created_at=t.created_at,
+            updated_at=t.updated_at,
+            status=t.status,
+            execution_agent_type=t.execution_agent_type,
+            plan_yaml=t.plan_yaml,
+            plan_error=t.plan_error,
+            planning_task_id=t.planning_task_id,
+        )
+
+    @strawberry.field
+    async def planning_task(self, info: GqlInfo) -> AgentTask:
+        return await _agent_task(info, self.planning_task_id)
+
+    @strawberry.field
+    async def latest_session(self, info: GqlInfo) -> AgentSession | None:
+        return await _latest(info, self.planning_task_id)
+
+    @strawberry.field
+    async def nodes(self, info: GqlInfo) -> list[CompositeTaskNode]:
+        views = await info.context.loaders.tasks.nodes.load(UUID(self.id))
+        return [
+            CompositeTaskNode(
+                id=strawberry.ID(str(v.node.id)),
+                plan_id=v.node.plan_id,
+                state=v.state,
+                depends_on_node_ids=[strawberry.ID(str(d)) for d in v.depends_on],
+                unit_task=UnitTask.from_model(v.unit_task),
+            )
+            for v in views
+        ]
+
+
+def task_from_model(task: task_service.Task) -> UnitTask | CompositeTask:
+    if isinstance(task, m.UnitTask):
+        return UnitTask.from_model(task)
+    return CompositeTask.from_model(task)
+
+
+@strawberry.type
+class TaskEdge:
+    cursor: str
+    node: Task
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class TaskConnection:
+    edges: list[TaskEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.type
+class TtyInputRequest:
+    id: strawberry.ID
+    task_id: strawberry.ID
+    session_id: strawberry.ID
+    prompt: str
+    input_type: TtyInputType  # type: ignore[valid-type]  # strawberry.enum result
+    options: list[str]
+    status: TtyInputStatus  # type: ignore[valid-type]  # strawberry.enum result
+    response: str | None = strawberry.field(description="Never shown for PASSWORD questions.")
+    created_at: datetime
+    responded_at: datetime | None
+    expires_at: datetime | None
+
+    @classmethod
+    def from_model(cls, r: m.TtyInputRequest) -> TtyInputRequest:
+        return cls(
+            id=strawberry.ID(str(r.id)),
+            task_id=strawberry.ID(str(r.task_id)),
+            session_id=strawberry.ID(str(r.session_id)),
+            prompt=r.prompt,
+            input_type=r.input_type,
+            options=list(r.options or []),
+            status=r.status,
+            response=session_service.visible_response(r),
+            created_at=r.created_at,
+            responded_at=r.responded_at,
+            expires_at=r.expires_at,
+        )
+
+
+@strawberry.type
+class TtyInputRequestList:
+    items: list[TtyInputRequest]
+    total_count: int

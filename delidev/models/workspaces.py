@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from uuid import UUID, uuid4
+
+from tortoise import fields
+from tortoise.models import Model
+
+from delidev.models.enums import VcsProviderType, VcsType
+
+if TYPE_CHECKING:
+    from delidev.models.users import User
+
+
+class Workspace(Model):
+    id = fields.UUIDField(primary_key=True, default=uuid4)
+    name = fields.CharField(max_length=255)
+    description = fields.TextField(null=True)
+    user: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="workspaces", null=True, on_delete=fields.CASCADE
+    )
+    created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    user_id: UUID | None
+
+    class Meta:
+        table = "workspaces"
+        indexes = (("user_id", "created_at"),)
+
+
+class Repository(Model):
+    id = fields.UUIDField(primary_key=True, default=uuid4)
+    workspace: fields.ForeignKeyRelation[Workspace] = fields.ForeignKeyField(
+        "models.Workspace", related_name="repositories", on_delete=fields.CASCADE
+    )
+    name = fields.CharField(max_length=255)
+    local_path = fields.TextField()
+    remote_url = fields.TextField()
+    default_branch = fields.CharField(max_length=255, default="main")
+    vcs_type = fields.CharEnumField(VcsType, max_length=50, default=VcsType.GIT)
+    vcs_provider_type = fields.CharEnumField(VcsProviderType, max_length=50)
+    branch_name_template = fields.CharField(max_length=255, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    workspace_id: UUID
+
+    class Meta:
+        table = "repositories"
+        unique_together = (("workspace", "remote_url"),)
+
+
+class RepositoryGroup(Model):
+    id = fields.UUIDField(primary_key=True, default=uuid4)
+    workspace: fields.ForeignKeyRelation[Workspace] = fields.ForeignKeyField(
+        "models.Workspace", related_name="repository_groups", on_delete=fields.CASCADE
+    )
+    name = fields.CharField(max_length=255, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    workspace_id: UUID
+
+    class Meta:
+        table = "repository_groups"
+        indexes = (("workspace_id",),)
+
+
+class RepositoryGroupMember(Model):
+    """Link table of the specification - the pair (group, repository) is unique."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid4)
+    group: fields.ForeignKeyRelation[RepositoryGroup] = fields.ForeignKeyField(
+        "models.RepositoryGroup", related_name="members", on_delete=fields.CASCADE
+    )
+    repository: fields.ForeignKeyRelation[Repository] = fields.ForeignKeyField(
+        "models.Repository", related_name="group_memberships", on_delete=fields.CASCADE
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    group_id: UUID
+    repository_id: UUID
+
+    class Meta:
+        table = "repository_group_members"
+        unique_together = (("group", "repository"),)
+        indexes = (("repository_id",),)

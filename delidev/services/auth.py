@@ -1,0 +1,162 @@
+"""Sign-in sessions of multi-user mode: access tokens, refresh tokens, logout.
+
+A sign-in yields an access token (a JWT, ``auth/tokens.py``) and an opaque refresh token
+stored hashed. Refreshing rotates: the old refresh token is used up and a new one of the
+same family is issued. Presenting a used or revoked refresh token again revokes the whole
+family (someone else has a copy). Logout revokes the access token (by ``jti``) and the
+refresh token. Tokens never appear in logs or error messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+from uuid import UUID, uuid4
+
+from delidev import models as m
+from delidev.auth.principal import Principal
+from delidev.auth.tokens import issue_access_token, verify_access_token
+from delidev.errors import NotFound, Unauthenticated
+from delidev.services.common import transaction
+from delidev.settings import Settings
+
+REFRESH_LIFETIME = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_at: dt.datetime
+    user: m.User
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def issue_tokens(
+    *, settings: Settings, user: m.User, family_id: UUID | None = None
+) -> TokenPair:
+    """A fresh access token and refresh token for a signed-in user."""
+    access = issue_access_token(settings, user.id)
+    refresh = secrets.token_urlsafe(32)
+    await m.RefreshToken.create(
+        user_id=user.id,
+        token_hash=_hash(refresh),
+        family_id=family_id or uuid4(),
+        access_jti=access.jti,
+        expires_at=_now() + REFRESH_LIFETIME,
+    )
+    return TokenPair(
+        access_token=access.token,
+        refresh_token=refresh,
+        expires_at=access.expires_at,
+        user=user,
+    )
+
+
+async def authenticate(*, settings: Settings, token: str) -> Principal:
+    """The user an access token speaks for. Raises: Unauthenticated."""
+    access = verify_access_token(settings, token)
+    if await m.RevokedToken.exists(jti=access.jti):
+        raise Unauthenticated("access token revoked: sign in again")
+    if not await m.User.exists(id=access.user_id):
+        raise Unauthenticated("access token not accepted")
+    return Principal(
+        kind="user",
+        user_id=access.user_id,
+        token_id=access.jti,
+        token_expires_at=access.expires_at,
+    )
+
+
+async def _revoke_family(family_id: UUID) -> None:
+    now = _now()
+    jtis = await m.RefreshToken.filter(family_id=family_id).values_list("access_jti", "expires_at")
+    await m.RefreshToken.filter(family_id=family_id, revoked_at=None).update(revoked_at=now)
+    for jti, _ in jtis:
+        if jti:
+            await _revoke_access(str(jti), now + dt.timedelta(days=1))
+
+
+async def _revoke_access(jti: str, expires_at: dt.datetime) -> None:
+    if not await m.RevokedToken.exists(jti=jti):
+        await m.RevokedToken.create(jti=jti, expires_at=expires_at)
+
+
+async def refresh_tokens(*, settings: Settings, refresh_token: str) -> TokenPair:
+    """Rotates a refresh token. A reused one revokes its whole family.
+
+    Raises: Unauthenticated.
+    """
+    if not refresh_token or len(refresh_token) > 512:
+        raise Unauthenticated("refresh token not accepted")
+    stored = await m.RefreshToken.get_or_none(token_hash=_hash(refresh_token))
+    if stored is None:
+        raise Unauthenticated("refresh token not accepted")
+    if stored.used_at is not None or stored.revoked_at is not None:
+        await _revoke_family(stored.family_id)
+        raise Unauthenticated("refresh token already used: every session of it is revoked")
+    if stored.expires_at <= _now():
+        raise Unauthenticated("refresh token expired: sign in again")
+    async with transaction():
+        used = await m.RefreshToken.filter(id=stored.id, used_at=None, revoked_at=None).update(
+            used_at=_now()
+        )
+        if not used:  # a concurrent refresh won: that is a reuse too
+            await _revoke_family(stored.family_id)
+            raise Unauthenticated("refresh token already used: every session of it is revoked")
+        user = await m.User.get_or_none(id=stored.user_id)
+        if user is None:
+            raise Unauthenticated("refresh token not accepted")
+        return await issue_tokens(settings=settings, user=user, family_id=stored.family_id)
+
+
+async def logout(*, actor: Principal, refresh_token: str | None = None) -> None:
+    """Revokes the caller's access token and, when given, its refresh token.
+
+    Raises: Unauthenticated (no signed-in user).
+    """
+    if actor.user_id is None or actor.token_id is None or actor.token_expires_at is None:
+        raise Unauthenticated("logout needs a signed-in user")
+    await _revoke_access(actor.token_id, actor.token_expires_at)
+    if refresh_token:
+        await m.RefreshToken.filter(
+            token_hash=_hash(refresh_token), user_id=actor.user_id, revoked_at=None
+        ).update(revoked_at=_now())
+
+
+LOCAL_USER_ID = UUID(int=0)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+async def get_current_user(*, actor: Principal) -> m.User:
+    """The signed-in user; in single-user mode the implicit local user (id all zeros, not
+    stored). Raises: NotFound."""
+    if actor.user_id is None:
+        return m.User(
+            id=LOCAL_USER_ID,
+            email="local@localhost",
+            name="Local user",
+            created_at=_EPOCH,
+            updated_at=_EPOCH,
+        )
+    user = await m.User.get_or_none(id=actor.user_id)
+    if user is None:
+        raise NotFound("user not found")
+    return user
+
+
+async def purge_expired() -> int:
+    """Drops revocations and refresh tokens past their expiry (the periodic sweep)."""
+    now = _now()
+    gone = await m.RevokedToken.filter(expires_at__lt=now).delete()
+    gone += await m.RefreshToken.filter(expires_at__lt=now).delete()
+    return gone

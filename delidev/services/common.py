@@ -1,0 +1,149 @@
+"""Helpers shared by the service modules: ids, text checks, paging, tenant scope."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.models import Model
+from tortoise.queryset import QuerySet
+from tortoise.transactions import in_transaction
+
+from delidev import events
+from delidev.auth.principal import Principal
+from delidev.errors import InvalidArgument, PermissionDenied
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Model)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+MAX_NAME_LENGTH = 255
+MAX_TEXT_LENGTH = 100_000
+MAX_URL_LENGTH = 2_048
+
+
+@contextlib.asynccontextmanager
+async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
+    """A database transaction whose events are published once it has committed."""
+    async with events.after_commit(), in_transaction() as connection:
+        yield connection
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list; ``total_count`` is taken before paging."""
+
+    items: Sequence[T]
+    total_count: int
+
+
+def parse_id(value: str | UUID, field: str) -> UUID:
+    """Parses a UUID given by a client; InvalidArgument names the field."""
+    if isinstance(value, UUID):
+        return value
+    text = value.strip()
+    if not text:
+        raise InvalidArgument(f"{field} is required", field=field)
+    try:
+        return UUID(text)
+    except ValueError:
+        raise InvalidArgument(f"{field} is not a valid id: {_clip(text)!r}", field=field) from None
+
+
+def parse_optional_id(value: str | UUID | None, field: str) -> UUID | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_id(value, field)
+
+
+def page_bounds(limit: int | None, offset: int | None) -> tuple[int, int]:
+    """Validates paging; a missing or zero limit means the default page size."""
+    limit = limit or DEFAULT_PAGE_SIZE
+    offset = offset or 0
+    if limit < 0 or limit > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"limit must be between 0 and {MAX_PAGE_SIZE}", field="limit")
+    if offset < 0:
+        raise InvalidArgument("offset must not be negative", field="offset")
+    return limit, offset
+
+
+async def paginate(query: QuerySet[M], limit: int | None, offset: int | None) -> Page[M]:
+    """One page of ``query`` in a stable order (oldest first), with the total before paging.
+
+    Raises: InvalidArgument (bad limit or offset).
+    """
+    limit, offset = page_bounds(limit, offset)
+    total = await query.count()
+    items = await query.order_by("created_at", "id").offset(offset).limit(limit)
+    return Page(items=items, total_count=total)
+
+
+def encode_cursor(offset: int) -> str:
+    """An opaque paging cursor for a position in a stable order."""
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, field: str) -> int:
+    """The position a cursor from ``encode_cursor`` stands for. Raises: InvalidArgument."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = raw.partition(":")
+        offset = int(value)
+        if kind != "offset" or offset < 0:
+            raise ValueError
+    except ValueError:
+        raise InvalidArgument(f"{field} is not a cursor this server issued", field=field) from None
+    return offset
+
+
+def check_text(
+    value: str,
+    field: str,
+    *,
+    max_length: int = MAX_NAME_LENGTH,
+    required: bool = True,
+    strip: bool = True,
+) -> str:
+    """Returns the (stripped) text, or raises InvalidArgument naming the field."""
+    text = value.strip() if strip else value
+    if required and not text.strip():
+        raise InvalidArgument(f"{field} must not be empty", field=field)
+    if len(text) > max_length:
+        raise InvalidArgument(
+            f"{field} is too long ({len(text)} characters, at most {max_length})", field=field
+        )
+    if "\x00" in text:
+        raise InvalidArgument(f"{field} must not contain NUL characters", field=field)
+    return text
+
+
+def check_optional_text(
+    value: str | None, field: str, *, max_length: int = MAX_NAME_LENGTH
+) -> str | None:
+    """Like check_text, but None stays None and blank text becomes None."""
+    if value is None:
+        return None
+    text = check_text(value, field, max_length=max_length, required=False)
+    return text or None
+
+
+def owner_filter(actor: Principal, prefix: str = "") -> dict[str, Any]:
+    """Filter kwargs that keep a query to the actor's own workspaces.
+
+    ``prefix`` is the relation path to the workspace, e.g. ``"workspace__"``.
+    """
+    if actor.is_worker:
+        raise PermissionDenied("worker credentials cannot be used for this method")
+    if actor.user_id is None:
+        return {f"{prefix}user_id__isnull": True}
+    return {f"{prefix}user_id": actor.user_id}
+
+
+def _clip(text: str, length: int = 64) -> str:
+    return text if len(text) <= length else text[:length] + "…"

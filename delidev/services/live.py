@@ -1,0 +1,319 @@
+"""Live views: a session's log replayed then followed, and task, TTY and worker updates.
+
+Both transports (Connect ``StreamLog``, GraphQL subscriptions) iterate these generators.
+
+Logs: each process keeps one ``_Feed`` per followed session, whatever the number of its
+followers. The feed's single reader wakes on the session's events (``LogAppended``,
+``SessionChanged``, or a ``Resync`` after events were lost), reads the new output from storage
+once, and keeps a bounded window of recent text in memory. A follower reads from that window
+at its own offset; one that fell behind the window (or asked for older output) reads from
+storage until it is back in it. So a follower that does not read slows nobody, and every
+follower gets every character once, in order, from any offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+from delidev import events
+from delidev import models as m
+from delidev.auth.principal import Principal
+from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
+from delidev.services import sessions as session_service
+from delidev.services import tasks as task_service
+from delidev.services import workers as worker_service
+from delidev.services.workspaces import get_workspace
+
+log = logging.getLogger(__name__)
+
+PIECE_CHARS = 64 * 1024
+WINDOW_CHARS = 4 * 1024 * 1024
+# A follower re-checks storage this often even without events (a safety net, not the clock
+# it runs by).
+RECHECK_S = 15.0
+# A follower's right to read the session is checked at the start and again this often
+# (not for every piece: a thousand followers would each query for every chunk).
+AUTH_RECHECK_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogPiece:
+    """``data`` starts at character ``offset`` of the log; the last piece has ``final`` set."""
+
+    offset: int
+    data: str
+    status: m.AgentSessionStatus
+    final: bool = False
+
+
+class _Feed:
+    def __init__(self, session_id: UUID, watch: events.Watch) -> None:
+        self.session_id = session_id
+        self.watch = watch
+        self.base = 0  # offset of window[0]
+        self.window = ""
+        self.status = m.AgentSessionStatus.QUEUED
+        self.final = False
+        self.gone = False
+        self.followers = 0
+        self.advanced = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.window)
+
+    def _announce(self) -> None:
+        self.advanced.set()
+        self.advanced = asyncio.Event()
+
+    async def refresh(self) -> None:
+        session = await m.AgentSession.get_or_none(id=self.session_id)
+        if session is None:
+            self.gone = self.final = True
+            self._announce()
+            return
+        if not self.ready.is_set():  # start the window at the current end of the log
+            self.base = session.log_size
+        while self.end < session.log_size:
+            read = await session_service.read_stored_log(
+                session, offset=self.end, limit=PIECE_CHARS * 16
+            )
+            if not read.content:
+                break
+            self.window += read.content
+        if len(self.window) > WINDOW_CHARS:
+            cut = len(self.window) - WINDOW_CHARS // 2
+            self.window = self.window[cut:]
+            self.base += cut
+        self.status = session.status
+        self.final = session.status in session_service.FINAL and self.end >= session.log_size
+        self.ready.set()
+        self._announce()
+
+    async def pump(self) -> None:
+        while not self.final:
+            try:
+                await self.watch.wait(RECHECK_S)
+                self.watch.drain()
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("log feed of session %s failed to refresh; retrying", self.session_id)
+                await asyncio.sleep(1.0)
+
+
+class LogFeeds:
+    """The shared log readers of one process (one per followed session)."""
+
+    def __init__(self, bus: events.EventBus) -> None:
+        self._bus = bus
+        self._feeds: dict[UUID, _Feed] = {}
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    async def _acquire(self, session_id: UUID) -> _Feed:
+        feed = self._feeds.get(session_id)
+        if feed is None:
+            # Watch first, then read: nothing appended in between can be missed.
+            feed = _Feed(session_id, self._bus.watch(("session", str(session_id))))
+            self._feeds[session_id] = feed
+            try:
+                await feed.refresh()
+            except BaseException:
+                self._drop(feed)
+                raise
+            feed.task = asyncio.create_task(feed.pump(), name=f"log-feed-{session_id}")
+        feed.followers += 1
+        await feed.ready.wait()
+        return feed
+
+    def _release(self, feed: _Feed) -> None:
+        feed.followers -= 1
+        if feed.followers <= 0:
+            self._drop(feed)
+
+    def _drop(self, feed: _Feed) -> None:
+        if self._feeds.get(feed.session_id) is feed:
+            del self._feeds[feed.session_id]
+        feed.watch.close()
+        if feed.task is not None:
+            feed.task.cancel()
+
+    async def follow(
+        self, *, actor: Principal, session_id: UUID, from_offset: int = 0
+    ) -> AsyncGenerator[LogPiece, None]:
+        """The log from ``from_offset``: what is stored, then live output until the session
+        ends (a last piece with ``final`` set carries its status). The caller's access is
+        checked at the start and every ``AUTH_RECHECK_S`` while it follows.
+
+        Raises: InvalidArgument, NotFound (also for another user's session).
+        """
+        if from_offset < 0:
+            from_offset = 0
+        await session_service.get_session(actor=actor, session_id=session_id)
+        loop = asyncio.get_running_loop()
+        checked_at = loop.time()
+        feed = await self._acquire(session_id)
+        try:
+            offset = from_offset
+            while True:
+                if loop.time() - checked_at > AUTH_RECHECK_S:
+                    await session_service.get_session(actor=actor, session_id=session_id)
+                    checked_at = loop.time()
+                advanced = feed.advanced
+                if offset < feed.base:  # behind the window: catch up from storage
+                    session = await m.AgentSession.get_or_none(id=session_id)
+                    if session is None:
+                        raise NotFound(f"session {session_id} not found", field="session_id")
+                    read = await session_service.read_stored_log(
+                        session, offset=offset, limit=PIECE_CHARS
+                    )
+                    if read.content:
+                        yield LogPiece(offset=offset, data=read.content, status=read.status)
+                        offset = read.next_offset
+                        continue
+                if feed.base <= offset < feed.end:
+                    start = offset - feed.base
+                    data = feed.window[start : start + PIECE_CHARS]
+                    yield LogPiece(offset=offset, data=data, status=feed.status)
+                    offset += len(data)
+                    continue
+                if feed.gone:
+                    raise NotFound(f"session {session_id} was deleted", field="session_id")
+                if feed.final and offset >= feed.end:
+                    yield LogPiece(offset=offset, data="", status=feed.status, final=True)
+                    return
+                await advanced.wait()
+        finally:
+            self._release(feed)
+
+
+# Task, TTY and worker updates ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    task_id: UUID
+    task: task_service.Task | None  # None: the task was deleted
+
+
+async def _updates(
+    watch: events.Watch, ids_of: Callable[[events.Event], list[str]]
+) -> AsyncIterator[list[UUID]]:
+    """Batches of ids named by the watch's events, in order, without repeats in a batch."""
+    with watch:
+        while True:
+            await watch.wait()
+            batch = watch.drain()
+            if watch.overflowed:
+                raise FailedPrecondition(
+                    "the subscription fell too far behind its events and was closed; "
+                    "subscribe again"
+                )
+            ids: list[UUID] = []
+            for event in batch:
+                for raw in ids_of(event):
+                    with contextlib.suppress(ValueError):
+                        uid = UUID(raw)
+                        if uid not in ids:
+                            ids.append(uid)
+            if ids:
+                yield ids
+
+
+async def task_updates(
+    *,
+    actor: Principal,
+    bus: events.EventBus,
+    task_id: UUID | None = None,
+    workspace_id: UUID | None = None,
+) -> AsyncIterator[TaskUpdate]:
+    """Each change of one task, or of any task of a workspace (status, sessions, nodes).
+
+    Every event is re-read with the caller's permissions; a deleted task comes as an update
+    without a task (and ends a one-task subscription). Raises: InvalidArgument, NotFound,
+    FailedPrecondition (the subscriber fell behind).
+    """
+    if (task_id is None) == (workspace_id is None):
+        raise InvalidArgument("give exactly one of task_id and workspace_id", field="task_id")
+    if task_id is not None:
+        await task_service.get_task(actor=actor, task_id=task_id)
+        watch = bus.watch(("task", str(task_id)))
+    else:
+        assert workspace_id is not None
+        await get_workspace(actor=actor, workspace_id=workspace_id)
+        watch = bus.watch(("workspace-tasks", str(workspace_id)))
+
+    def ids_of(event: events.Event) -> list[str]:
+        if isinstance(event, events.TaskChanged):
+            return [event.task_id]
+        if isinstance(event, events.Resync) and task_id is not None:
+            return [str(task_id)]  # events may have been lost: send the current state
+        return []
+
+    async for ids in _updates(watch, ids_of):
+        for changed in ids:
+            try:
+                task = await task_service.get_task(actor=actor, task_id=changed)
+            except NotFound:
+                yield TaskUpdate(task_id=changed, task=None)
+                if task_id is not None:
+                    return
+                continue
+            yield TaskUpdate(task_id=changed, task=task)
+
+
+async def tty_requests(
+    *, actor: Principal, bus: events.EventBus, workspace_id: UUID
+) -> AsyncIterator[m.TtyInputRequest]:
+    """Questions asked in the workspace, as they are asked.
+
+    Raises: NotFound, FailedPrecondition (the subscriber fell behind)."""
+    await get_workspace(actor=actor, workspace_id=workspace_id)
+    watch = bus.watch(("workspace-tty", str(workspace_id)))
+
+    def ids_of(event: events.Event) -> list[str]:
+        return [event.request_id] if isinstance(event, events.TtyChanged) else []
+
+    async for ids in _updates(watch, ids_of):
+        for request_id in ids:
+            try:
+                request = await session_service.get_tty_request(actor=actor, request_id=request_id)
+            except NotFound:
+                continue
+            if request.status == m.TtyInputStatus.PENDING:
+                yield request
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerUpdate:
+    worker_id: UUID
+    worker: m.Worker | None  # None: it unregistered
+
+
+async def worker_updates(*, bus: events.EventBus) -> AsyncIterator[WorkerUpdate]:
+    """Registrations, status changes and departures of workers.
+
+    Raises: FailedPrecondition (the subscriber fell behind)."""
+    watch = bus.watch(("workers",))
+
+    def ids_of(event: events.Event) -> list[str]:
+        return [event.worker_id] if isinstance(event, events.WorkerChanged) else []
+
+    async for ids in _updates(watch, ids_of):
+        for worker_id in ids:
+            try:
+                worker = await worker_service.get_worker(worker_id=worker_id)
+            except NotFound:
+                yield WorkerUpdate(worker_id=worker_id, worker=None)
+                continue
+            yield WorkerUpdate(worker_id=worker_id, worker=worker)

@@ -1,0 +1,212 @@
+"""OIDC sign-in (authorization code + PKCE S256) for multi-user mode.
+
+``login_url`` stores a state row (PKCE verifier, nonce, redirect URI; it expires after ten
+minutes) and returns the provider's authorization URL. ``complete_login`` consumes that row
+once, exchanges the code with the verifier, verifies the ID token against the provider's
+JWKS (signature, issuer, audience, expiry, nonce), creates or updates the user and signs them
+in (``services/auth.py``). Authlib builds the authorization request and the PKCE challenge;
+PyJWT verifies the ID token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from delidev import models as m
+from delidev.errors import InvalidArgument, Unauthenticated, Unavailable
+from delidev.services.auth import TokenPair, issue_tokens
+from delidev.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_LIFETIME = dt.timedelta(minutes=10)
+DISCOVERY_TTL_S = 3600.0
+HTTP_TIMEOUT_S = 10.0
+# Asymmetric algorithms only: an HS256 ID token would be signed with our client secret.
+ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class OidcClient:
+    """The provider's endpoints, discovered once an hour, and its signing keys."""
+
+    settings: Settings
+    _discovery: dict[str, Any] | None = None
+    _fetched_at: float = 0.0
+    _jwks: jwt.PyJWKClient | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def _allowed(self, redirect_uri: str) -> bool:
+        allowed = set(self.settings.allowed_redirect_uris)
+        if self.settings.oidc_redirect_url:
+            allowed.add(self.settings.oidc_redirect_url)
+        return redirect_uri in allowed
+
+    async def discovery(self) -> dict[str, Any]:
+        """Raises: Unavailable (the provider cannot be reached)."""
+        async with self._lock:
+            if self._discovery is None or time.monotonic() - self._fetched_at > DISCOVERY_TTL_S:
+                issuer = (self.settings.oidc_issuer_url or "").rstrip("/")
+                try:
+                    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+                        response = await http.get(f"{issuer}/.well-known/openid-configuration")
+                        response.raise_for_status()
+                        found = dict(response.json())
+                except (httpx.HTTPError, ValueError):
+                    log.warning("OIDC discovery failed for %s", issuer, exc_info=True)
+                    raise Unavailable("the sign-in provider cannot be reached") from None
+                self._discovery = found
+                self._fetched_at = time.monotonic()
+                self._jwks = jwt.PyJWKClient(str(found["jwks_uri"]), cache_keys=True)
+            return self._discovery
+
+    async def login_url(self, *, redirect_uri: str) -> tuple[str, str]:
+        """(the URL to send the browser to, the state). Raises: InvalidArgument, Unavailable."""
+        redirect_uri = redirect_uri or self.settings.oidc_redirect_url or ""
+        if not redirect_uri:
+            raise InvalidArgument("redirect_uri is required", field="redirect_uri")
+        if not self._allowed(redirect_uri):
+            raise InvalidArgument(
+                "redirect_uri is not on the server's allow-list (DELIDEV_ALLOWED_REDIRECT_URIS)",
+                field="redirect_uri",
+            )
+        found = await self.discovery()
+        state = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)
+        nonce = secrets.token_urlsafe(32)
+        await m.AuthState.create(
+            state=state,
+            code_verifier=verifier,
+            nonce=nonce,
+            redirect_uri=redirect_uri,
+            expires_at=_now() + STATE_LIFETIME,
+        )
+        url = prepare_grant_uri(
+            str(found["authorization_endpoint"]),
+            client_id=self.settings.oidc_client_id,
+            response_type="code",
+            redirect_uri=redirect_uri,
+            scope=self.settings.oidc_scopes,
+            state=state,
+            nonce=nonce,
+            code_challenge=create_s256_code_challenge(verifier),
+            code_challenge_method="S256",
+        )
+        return url, state
+
+    async def complete_login(self, *, code: str, state: str) -> TokenPair:
+        """Signs in the user the provider vouches for. Raises: InvalidArgument,
+        Unauthenticated, Unavailable."""
+        if not code:
+            raise InvalidArgument("code is required", field="code")
+        if not state:
+            raise InvalidArgument("state is required", field="state")
+        pending = await m.AuthState.get_or_none(state=state)
+        # Used once: only the caller that deletes the row goes on.
+        if pending is None or not await m.AuthState.filter(state=state).delete():
+            raise Unauthenticated("sign-in state unknown or already used: start again")
+        if pending.expires_at <= _now():
+            raise Unauthenticated("sign-in took too long: start again")
+        found = await self.discovery()
+        try:
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+                response = await http.post(
+                    str(found["token_endpoint"]),
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "redirect_uri": pending.redirect_uri,
+                        "code_verifier": pending.code_verifier,
+                        "client_id": self.settings.oidc_client_id or "",
+                        "client_secret": self.settings.oidc_client_secret or "",
+                    },
+                )
+        except httpx.HTTPError:
+            log.warning("OIDC token exchange failed", exc_info=True)
+            raise Unavailable("the sign-in provider cannot be reached") from None
+        if response.status_code != 200:
+            log.info("OIDC token exchange refused with HTTP %s", response.status_code)
+            raise Unauthenticated("the sign-in provider refused the code: start again")
+        tokens = response.json()
+        claims = await self._verify_id_token(
+            str(tokens.get("id_token") or ""), nonce=pending.nonce or ""
+        )
+        if "email" not in claims and found.get("userinfo_endpoint") and tokens.get("access_token"):
+            claims = {**await self._userinfo(found, str(tokens["access_token"]), claims), **claims}
+        user = await self._upsert_user(claims)
+        return await issue_tokens(settings=self.settings, user=user)
+
+    async def _verify_id_token(self, id_token: str, *, nonce: str) -> dict[str, Any]:
+        if not id_token or self._jwks is None:
+            raise Unauthenticated("the sign-in provider sent no ID token")
+        jwks = self._jwks
+        try:
+            key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, id_token)
+            claims: dict[str, Any] = jwt.decode(
+                id_token,
+                key.key,
+                algorithms=ID_TOKEN_ALGORITHMS,
+                audience=self.settings.oidc_client_id,
+                issuer=(self.settings.oidc_issuer_url or "").rstrip("/"),
+                leeway=30,
+                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+            )
+        except (jwt.PyJWTError, ValueError):
+            raise Unauthenticated("the ID token from the sign-in provider is not valid") from None
+        if not nonce or not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+            raise Unauthenticated("the ID token from the sign-in provider is not valid")
+        return claims
+
+    async def _userinfo(
+        self, found: dict[str, Any], access_token: str, claims: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Profile claims the ID token left out (many providers keep e-mail and name for
+        the userinfo endpoint); ignored unless they are about the same subject."""
+        try:
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as http:
+                response = await http.get(
+                    str(found["userinfo_endpoint"]),
+                    headers={"authorization": f"Bearer {access_token}"},
+                )
+            info = dict(response.json()) if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            log.warning("OIDC userinfo request failed", exc_info=True)
+            return {}
+        if str(info.get("sub")) != str(claims["sub"]):
+            return {}
+        return {k: info[k] for k in ("email", "name") if k in info}
+
+    async def _upsert_user(self, claims: dict[str, Any]) -> m.User:
+        issuer = str(claims["iss"])
+        subject = str(claims["sub"])
+        email = str(claims.get("email") or f"{subject}@{issuer.split('://')[-1]}")[:255]
+        name = claims.get("name")
+        user = await m.User.get_or_none(oidc_issuer=issuer, oidc_subject=subject)
+        if user is None:
+            if await m.User.exists(email=email):
+                # Another account holds this address: keep them apart, never merge silently.
+                raise Unauthenticated(f"the e-mail address {email} belongs to another account")
+            return await m.User.create(
+                email=email, name=name, oidc_issuer=issuer, oidc_subject=subject
+            )
+        if (user.email, user.name) != (email, name) and not await m.User.filter(
+            email=email
+        ).exclude(id=user.id).exists():
+            user.email, user.name = email, name
+            await user.save(update_fields=["email", "name", "updated_at"])
+        return user

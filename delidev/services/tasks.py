@@ -1,0 +1,819 @@
+"""Unit tasks, composite tasks and their review workflow (DESIGN.md §5).
+
+A task's work runs as AgentSessions of its AgentTask: queuing a session is what hands a
+job to the workers. State changes are compare-and-set updates, so of two concurrent calls
+on one task exactly one wins and the other gets FailedPrecondition naming both states.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import cast
+from urllib.parse import urlsplit
+from uuid import UUID, uuid4
+
+from delidev import events
+from delidev import models as m
+from delidev.auth.principal import Principal
+from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
+from delidev.services.common import (
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
+    MAX_URL_LENGTH,
+    Page,
+    check_optional_text,
+    check_text,
+    owner_filter,
+    page_bounds,
+    transaction,
+)
+from delidev.services.plans import PlanTask, parse_plan
+from delidev.services.repositories import get_repository_group
+from delidev.services.workspaces import get_workspace
+
+S = m.UnitTaskStatus
+C = m.CompositeTaskStatus
+SessionStatus = m.AgentSessionStatus
+
+DEFAULT_AGENT = m.AiAgentType.CLAUDE_CODE
+RETRYABLE = frozenset({SessionStatus.FAILED, SessionStatus.STOPPED, SessionStatus.LOST})
+ACTIVE = frozenset({SessionStatus.QUEUED, SessionStatus.RUNNING})
+_BRANCH_CHARS = re.compile(r"[^A-Za-z0-9\-_/]")
+
+Task = m.UnitTask | m.CompositeTask
+
+
+class NodeState(StrEnum):
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    IN_REVIEW = "in_review"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    node: m.CompositeTaskNode
+    unit_task: m.UnitTask
+    depends_on: list[UUID]
+    state: NodeState
+
+
+# Names and branches -------------------------------------------------------------------
+
+
+def sanitize_branch(name: str) -> str:
+    """FACTS.md: characters other than letters, digits, - _ / become -."""
+    return _BRANCH_CHARS.sub("-", name.strip()).strip("/")[:MAX_NAME_LENGTH]
+
+
+def _slug(text: str) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return words[:40].rstrip("-") or "task"
+
+
+def branch_name_for(
+    *, task_id: UUID, explicit: str | None, template: str | None, title: str | None, prompt: str
+) -> str:
+    if explicit:
+        return sanitize_branch(explicit)
+    short = str(task_id)[:8]
+    if template:
+        filled = template.replace("${taskId}", short).replace("${slug}", _slug(title or prompt))
+        return sanitize_branch(filled)
+    return f"delidev/{short}"
+
+
+# Lookups ----------------------------------------------------------------------------
+
+
+async def get_task(*, actor: Principal, task_id: UUID) -> Task:
+    """A unit or composite task of the actor. Raises: NotFound."""
+    scope = owner_filter(actor, "workspace__")
+    unit = await m.UnitTask.get_or_none(id=task_id, **scope)
+    if unit is not None:
+        return unit
+    composite = await m.CompositeTask.get_or_none(id=task_id, **scope)
+    if composite is not None:
+        return composite
+    raise NotFound(f"task {task_id} not found", field="task_id")
+
+
+async def get_unit_task(*, actor: Principal, task_id: UUID) -> m.UnitTask:
+    task = await get_task(actor=actor, task_id=task_id)
+    if not isinstance(task, m.UnitTask):
+        raise FailedPrecondition(f"task {task_id} is a composite task, not a unit task")
+    return task
+
+
+async def latest_sessions(agent_task_ids: Sequence[UUID]) -> dict[UUID, m.AgentSession]:
+    """The newest session of each AgentTask (one query)."""
+    if not agent_task_ids:
+        return {}
+    sessions = await m.AgentSession.filter(agent_task_id__in=list(agent_task_ids)).order_by(
+        "agent_task_id", "-attempt"
+    )
+    latest: dict[UUID, m.AgentSession] = {}
+    for session in sessions:
+        latest.setdefault(session.agent_task_id, session)
+    return latest
+
+
+# Creation ---------------------------------------------------------------------------
+
+
+async def _queue_session(
+    agent_task: m.AgentTask, *, kind: m.JobKind, attempt: int
+) -> m.AgentSession:
+    return await m.AgentSession.create(
+        agent_task_id=agent_task.id,
+        ai_agent_type=agent_task.ai_agent_type or DEFAULT_AGENT,
+        ai_agent_model=agent_task.ai_agent_model,
+        kind=kind,
+        attempt=attempt,
+        status=SessionStatus.QUEUED,
+    )
+
+
+async def _agent_task_for_group(
+    group: m.RepositoryGroup,
+    *,
+    agent_type: m.AiAgentType,
+    model: str | None,
+    expects_secrets: bool,
+) -> m.AgentTask:
+    """An AgentTask whose base remotes are the group's repositories at their default branch."""
+    agent = await m.AgentTask.create(
+        ai_agent_type=agent_type, ai_agent_model=model, expects_secrets=expects_secrets
+    )
+    repos = await m.Repository.filter(group_memberships__group_id=group.id).order_by(
+        "group_memberships__created_at"
+    )
+    await m.AgentTaskBaseRemote.bulk_create(
+        [
+            m.AgentTaskBaseRemote(
+                agent_task_id=agent.id,
+                git_remote_dir_path=repo.local_path or repo.remote_url,
+                git_branch_name=repo.default_branch,
+            )
+            for repo in repos
+        ]
+    )
+    return agent
+
+
+async def _branch_template(group: m.RepositoryGroup) -> str | None:
+    first = (
+        await m.Repository.filter(group_memberships__group_id=group.id)
+        .order_by("group_memberships__created_at")
+        .first()
+    )
+    return first.branch_name_template if first else None
+
+
+async def create_unit_task(
+    *,
+    actor: Principal,
+    repository_group_id: UUID,
+    prompt: str,
+    title: str | None = None,
+    branch_name: str | None = None,
+    ai_agent_type: m.AiAgentType | None = None,
+    ai_agent_model: str | None = None,
+    expects_secrets: bool = False,
+) -> m.UnitTask:
+    """Creates the AgentTask, the UnitTask (in_progress) and its first queued session.
+
+    Raises: InvalidArgument, NotFound.
+    """
+    prompt = check_text(prompt, "prompt", max_length=MAX_TEXT_LENGTH)
+    title = check_optional_text(title, "title")
+    explicit = check_optional_text(branch_name, "branch_name")
+    if explicit is not None and not sanitize_branch(explicit):
+        raise InvalidArgument("branch_name has no usable characters", field="branch_name")
+    model = check_optional_text(ai_agent_model, "ai_agent_model")
+    group = await get_repository_group(
+        actor=actor, group_id=repository_group_id, field="repository_group_id"
+    )
+    task_id = uuid4()
+    template = await _branch_template(group)
+    async with transaction():
+        agent = await _agent_task_for_group(
+            group,
+            agent_type=ai_agent_type or DEFAULT_AGENT,
+            model=model,
+            expects_secrets=expects_secrets,
+        )
+        task = await m.UnitTask.create(
+            id=task_id,
+            workspace_id=group.workspace_id,
+            repository_group_id=group.id,
+            agent_task_id=agent.id,
+            branch_name=branch_name_for(
+                task_id=task_id, explicit=explicit, template=template, title=title, prompt=prompt
+            ),
+            status=S.IN_PROGRESS,
+            prompt=prompt,
+            title=title,
+        )
+        await _queue_session(agent, kind=m.JobKind.UNIT_TASK, attempt=1)
+    _task_changed(task)
+    events.publish(events.JobQueued())
+    return task
+
+
+async def create_composite_task(
+    *,
+    actor: Principal,
+    repository_group_id: UUID,
+    prompt: str,
+    title: str | None = None,
+    execution_agent_type: m.AiAgentType | None = None,
+    planning_agent_type: m.AiAgentType | None = None,
+    ai_agent_model: str | None = None,
+    expects_secrets: bool = False,
+) -> m.CompositeTask:
+    """Creates the CompositeTask (planning) and queues its planning job.
+
+    Raises: InvalidArgument, NotFound.
+    """
+    prompt = check_text(prompt, "prompt", max_length=MAX_TEXT_LENGTH)
+    title = check_optional_text(title, "title")
+    model = check_optional_text(ai_agent_model, "ai_agent_model")
+    group = await get_repository_group(
+        actor=actor, group_id=repository_group_id, field="repository_group_id"
+    )
+    execution = execution_agent_type or DEFAULT_AGENT
+    async with transaction():
+        planner = await _agent_task_for_group(
+            group,
+            agent_type=planning_agent_type or execution,
+            model=model,
+            expects_secrets=expects_secrets,
+        )
+        composite = await m.CompositeTask.create(
+            workspace_id=group.workspace_id,
+            repository_group_id=group.id,
+            planning_task_id=planner.id,
+            status=C.PLANNING,
+            execution_agent_type=execution,
+            prompt=prompt,
+            title=title,
+        )
+        await _queue_session(planner, kind=m.JobKind.PLANNING, attempt=1)
+    _task_changed(composite)
+    events.publish(events.JobQueued())
+    return composite
+
+
+# Listing ----------------------------------------------------------------------------
+
+
+async def list_tasks(
+    *,
+    actor: Principal,
+    workspace_id: UUID | None = None,
+    repository_group_id: UUID | None = None,
+    kind: str | None = None,
+    unit_status: m.UnitTaskStatus | None = None,
+    composite_status: m.CompositeTaskStatus | None = None,
+    include_nodes: bool = False,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> Page[Task]:
+    """Unit and composite tasks, newest first (ties broken by id).
+
+    ``kind`` is "unit", "composite" or None for both. A status filter of one kind leaves
+    out the other kind. Nodes of composite tasks are left out unless ``include_nodes``.
+
+    Raises: InvalidArgument, NotFound (unknown workspace or group).
+    """
+    limit, offset = page_bounds(limit, offset)
+    if kind not in (None, "unit", "composite"):
+        raise InvalidArgument("kind must be unit or composite", field="kind")
+    scope = owner_filter(actor, "workspace__")
+    if workspace_id is not None:
+        await get_workspace(actor=actor, workspace_id=workspace_id)
+        scope["workspace_id"] = workspace_id
+    if repository_group_id is not None:
+        await get_repository_group(
+            actor=actor, group_id=repository_group_id, field="repository_group_id"
+        )
+        scope["repository_group_id"] = repository_group_id
+    want_unit = kind != "composite" and composite_status is None
+    want_composite = kind != "unit" and unit_status is None
+    unit_query = m.UnitTask.filter(**scope)
+    if not include_nodes:
+        unit_query = unit_query.filter(composite_task_id__isnull=True)
+    if unit_status is not None:
+        unit_query = unit_query.filter(status=unit_status)
+    composite_query = m.CompositeTask.filter(**scope)
+    if composite_status is not None:
+        composite_query = composite_query.filter(status=composite_status)
+
+    total = 0
+    merged: list[Task] = []
+    window = offset + limit
+    if want_unit:
+        total += await unit_query.count()
+        merged.extend(await unit_query.order_by("-created_at", "-id").limit(window))
+    if want_composite:
+        total += await composite_query.count()
+        merged.extend(await composite_query.order_by("-created_at", "-id").limit(window))
+    merged.sort(key=lambda t: (t.created_at, str(t.id)), reverse=True)
+    return Page(items=merged[offset:window], total_count=total)
+
+
+# Transitions ------------------------------------------------------------------------
+
+
+def _task_changed(task: m.UnitTask | m.CompositeTask) -> None:
+    """Publishes (after commit, when inside a transaction) that the task changed."""
+    workspace = str(task.workspace_id)
+    events.publish(events.TaskChanged(task_id=str(task.id), workspace_id=workspace))
+    if isinstance(task, m.UnitTask) and task.composite_task_id is not None:
+        events.publish(
+            events.TaskChanged(task_id=str(task.composite_task_id), workspace_id=workspace)
+        )
+
+
+async def _move_unit(
+    task: m.UnitTask,
+    allowed_from: Iterable[m.UnitTaskStatus],
+    to: m.UnitTaskStatus,
+    **fields: object,
+) -> m.UnitTask:
+    """Compare-and-set the status; raises FailedPrecondition naming both states."""
+    allowed = set(allowed_from)
+    if task.status not in allowed:
+        raise FailedPrecondition(
+            f"task {task.id} cannot move from {task.status.value} to {to.value}"
+        )
+    changed = await m.UnitTask.filter(id=task.id, status=task.status).update(status=to, **fields)
+    fresh = await m.UnitTask.get(id=task.id)
+    if not changed:
+        raise FailedPrecondition(
+            f"task {task.id} cannot move from {fresh.status.value} to {to.value}"
+        )
+    _task_changed(fresh)
+    return fresh
+
+
+async def _move_composite(
+    task: m.CompositeTask, allowed_from: m.CompositeTaskStatus, to: m.CompositeTaskStatus
+) -> m.CompositeTask:
+    if task.status != allowed_from:
+        raise FailedPrecondition(
+            f"composite task {task.id} cannot move from {task.status.value} to {to.value}"
+        )
+    changed = await m.CompositeTask.filter(id=task.id, status=allowed_from).update(status=to)
+    fresh = await m.CompositeTask.get(id=task.id)
+    if not changed:
+        raise FailedPrecondition(
+            f"composite task {task.id} cannot move from {fresh.status.value} to {to.value}"
+        )
+    _task_changed(fresh)
+    return fresh
+
+
+async def approve_task(*, actor: Principal, task_id: UUID) -> Task:
+    """A unit task in review → approved; a composite's plan → its nodes are created.
+
+    Raises: NotFound, FailedPrecondition.
+    """
+    task = await get_task(actor=actor, task_id=task_id)
+    if isinstance(task, m.UnitTask):
+        return await _move_unit(task, [S.IN_REVIEW], S.APPROVED)
+    return await _approve_plan(task)
+
+
+async def reject_task(*, actor: Principal, task_id: UUID, reason: str | None = None) -> Task:
+    """Raises: InvalidArgument, NotFound, FailedPrecondition."""
+    reason = check_optional_text(reason, "reason", max_length=MAX_TEXT_LENGTH)
+    task = await get_task(actor=actor, task_id=task_id)
+    if isinstance(task, m.UnitTask):
+        return await _move_unit(task, [S.IN_REVIEW], S.REJECTED, rejection_reason=reason)
+    return await _move_composite(task, C.PENDING_APPROVAL, C.REJECTED)
+
+
+async def request_changes(*, actor: Principal, task_id: UUID, feedback: str) -> m.UnitTask:
+    """In review → in progress: the feedback is appended to the prompt, a new run queued.
+
+    Raises: InvalidArgument, NotFound, FailedPrecondition.
+    """
+    feedback = check_text(feedback, "feedback", max_length=MAX_TEXT_LENGTH)
+    task = await get_unit_task(actor=actor, task_id=task_id)
+    prompt = f"{task.prompt}\n\n## Requested changes\n\n{feedback}"
+    if len(prompt) > 4 * MAX_TEXT_LENGTH:
+        raise InvalidArgument("the prompt would grow too long", field="feedback")
+    async with transaction():
+        moved = await _move_unit(task, [S.IN_REVIEW], S.IN_PROGRESS, prompt=prompt)
+        await _queue_next_session(moved.agent_task_id, kind=m.JobKind.UNIT_TASK)
+    events.publish(events.JobQueued())
+    return moved
+
+
+async def update_task_status(
+    *,
+    actor: Principal,
+    task_id: UUID,
+    status: m.UnitTaskStatus,
+    linked_pr_url: str | None = None,
+) -> m.UnitTask:
+    """The manual moves: approved → pr_open (with the PR URL), approved | pr_open → done.
+
+    Raises: InvalidArgument, NotFound, FailedPrecondition.
+    """
+    task = await get_unit_task(actor=actor, task_id=task_id)
+    if status == S.PR_OPEN:
+        url = check_text(linked_pr_url or "", "linked_pr_url", max_length=MAX_URL_LENGTH)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidArgument("linked_pr_url must be an http(s) URL", field="linked_pr_url")
+        return await _move_unit(task, [S.APPROVED], S.PR_OPEN, linked_pr_url=url)
+    if status == S.DONE:
+        done = await _move_unit(task, [S.APPROVED, S.PR_OPEN], S.DONE)
+        if done.composite_task_id is not None:
+            await advance_composite(done.composite_task_id)
+        return done
+    raise FailedPrecondition(
+        f"task {task.id} cannot move from {task.status.value} to {status.value} "
+        "with UpdateStatus (use Approve, Reject or RequestChanges)"
+    )
+
+
+async def _queue_next_session(agent_task_id: UUID, *, kind: m.JobKind) -> m.AgentSession:
+    agent = await m.AgentTask.get(id=agent_task_id)
+    last = await m.AgentSession.filter(agent_task_id=agent.id).order_by("-attempt").first()
+    return await _queue_session(agent, kind=kind, attempt=(last.attempt + 1) if last else 1)
+
+
+async def retry_task(*, actor: Principal, task_id: UUID) -> Task:
+    """Queues a new run after a failed, stopped or lost one (a composite re-plans).
+
+    Raises: NotFound, FailedPrecondition.
+    """
+    task = await get_task(actor=actor, task_id=task_id)
+    if isinstance(task, m.UnitTask):
+        agent_id, kind = task.agent_task_id, m.JobKind.UNIT_TASK
+        if task.status != S.IN_PROGRESS:
+            raise FailedPrecondition(
+                f"task {task.id} is {task.status.value}: only a task in progress can be retried"
+            )
+    else:
+        agent_id, kind = task.planning_task_id, m.JobKind.PLANNING
+        if task.status != C.PLANNING:
+            raise FailedPrecondition(
+                f"composite task {task.id} is {task.status.value}: only planning can be retried"
+            )
+    async with transaction():
+        # Lock the AgentTask so that two retries cannot both queue a run.
+        await m.AgentTask.filter(id=agent_id).select_for_update().first()
+        latest = (await latest_sessions([agent_id])).get(agent_id)
+        failed_plan = isinstance(task, m.CompositeTask) and task.plan_error is not None
+        if (
+            latest is not None
+            and latest.status not in RETRYABLE
+            and not (failed_plan and latest.status == SessionStatus.SUCCEEDED)
+        ):
+            raise FailedPrecondition(
+                f"task {task.id} cannot be retried: its latest run is {latest.status.value}"
+            )
+        await _queue_next_session(agent_id, kind=kind)
+    _task_changed(task)
+    events.publish(events.JobQueued())
+    return await get_task(actor=actor, task_id=task_id)
+
+
+async def delete_task(*, actor: Principal, task_id: UUID) -> None:
+    """Deletes a task with its runs, logs, TTY requests and (composite) nodes.
+
+    Running sessions are marked stopped first, so that their workers' leases are dead.
+
+    Raises: NotFound, FailedPrecondition (a node of a composite task).
+    """
+    task = await get_task(actor=actor, task_id=task_id)
+    if isinstance(task, m.UnitTask) and task.composite_task_id is not None:
+        raise FailedPrecondition(
+            f"task {task.id} is a node of composite task {task.composite_task_id}: "
+            "delete the composite task"
+        )
+    async with transaction():
+        if isinstance(task, m.UnitTask):
+            units = [task]
+            agent_ids = [task.agent_task_id]
+        else:
+            units = list(await m.UnitTask.filter(composite_task_id=task.id))
+            agent_ids = [task.planning_task_id, *(u.agent_task_id for u in units)]
+        fix_ids = await m.UnitTaskAutoFixTask.filter(
+            unit_task_id__in=[u.id for u in units]
+        ).values_list("agent_task_id", flat=True)
+        all_agents = [*agent_ids, *cast(list[UUID], fix_ids)]
+        active = await m.AgentSession.filter(
+            agent_task_id__in=all_agents, status__in=list(ACTIVE)
+        ).values_list("id", flat=True)
+        await m.AgentSession.filter(id__in=list(active)).update(
+            status=SessionStatus.STOPPED, lease_token=None
+        )
+        pending = await m.TtyInputRequest.filter(
+            session__agent_task_id__in=all_agents, status=m.TtyInputStatus.PENDING
+        ).values_list("id", "session_id")
+        await m.TtyInputRequest.filter(id__in=[p[0] for p in pending]).update(
+            status=m.TtyInputStatus.CANCELLED
+        )
+        await task.delete()  # a composite's nodes and node unit tasks go with it (CASCADE)
+        await m.AgentTask.filter(id__in=all_agents).delete()
+        workspace = str(task.workspace_id)
+        for session_id in active:
+            events.publish(
+                events.SessionChanged(session_id=str(session_id), status=SessionStatus.STOPPED)
+            )
+        for request_id, session_id in pending:
+            events.publish(
+                events.TtyChanged(
+                    request_id=str(request_id), session_id=str(session_id), workspace_id=workspace
+                )
+            )
+        gone_ids = (
+            [task.id, *(u.id for u in units)] if isinstance(task, m.CompositeTask) else [task.id]
+        )
+        for gone in gone_ids:
+            events.publish(events.TaskChanged(task_id=str(gone), workspace_id=workspace))
+
+
+# Composite plans ----------------------------------------------------------------------
+
+
+async def submit_plan(*, composite_task_id: UUID, plan_yaml: str) -> m.CompositeTask:
+    """Stores a planning run's PLAN.yaml: planning → pending_approval when valid.
+
+    An invalid plan leaves the composite in planning with the error visible (Retry
+    re-plans) and raises the InvalidPlan error.
+
+    Raises: InvalidPlan, NotFound, FailedPrecondition.
+    """
+    composite = await m.CompositeTask.get_or_none(id=composite_task_id)
+    if composite is None:
+        raise NotFound(f"composite task {composite_task_id} not found", field="task_id")
+    if composite.status != C.PLANNING:
+        raise FailedPrecondition(
+            f"composite task {composite.id} is {composite.status.value}, not planning"
+        )
+    try:
+        parse_plan(plan_yaml)
+    except InvalidArgument as exc:
+        await m.CompositeTask.filter(id=composite.id, status=C.PLANNING).update(
+            plan_error=exc.message, plan_yaml=plan_yaml
+        )
+        _task_changed(composite)
+        raise
+    changed = await m.CompositeTask.filter(id=composite.id, status=C.PLANNING).update(
+        status=C.PENDING_APPROVAL, plan_yaml=plan_yaml, plan_error=None
+    )
+    fresh = await m.CompositeTask.get(id=composite.id)
+    if not changed:
+        raise FailedPrecondition(
+            f"composite task {composite.id} is {fresh.status.value}, not planning"
+        )
+    _task_changed(fresh)
+    return fresh
+
+
+async def _approve_plan(composite: m.CompositeTask) -> m.CompositeTask:
+    if composite.status != C.PENDING_APPROVAL or composite.plan_yaml is None:
+        raise FailedPrecondition(
+            f"composite task {composite.id} cannot move from {composite.status.value} "
+            f"to {C.IN_PROGRESS.value}"
+        )
+    plan = parse_plan(composite.plan_yaml)
+    group = await m.RepositoryGroup.get(id=composite.repository_group_id)
+    template = await _branch_template(group)
+    remotes = await m.AgentTaskBaseRemote.filter(agent_task_id=composite.planning_task_id)
+    async with transaction():
+        moved = await _move_composite(composite, C.PENDING_APPROVAL, C.IN_PROGRESS)
+        await _create_nodes(moved, plan, template=template, remotes=remotes)
+    await advance_composite(moved.id)
+    return await m.CompositeTask.get(id=moved.id)
+
+
+async def _create_nodes(
+    composite: m.CompositeTask,
+    plan: Sequence[PlanTask],
+    *,
+    template: str | None,
+    remotes: Sequence[m.AgentTaskBaseRemote],
+) -> None:
+    planner = await m.AgentTask.get(id=composite.planning_task_id)
+    agents = [
+        m.AgentTask(
+            id=uuid4(),
+            ai_agent_type=composite.execution_agent_type or DEFAULT_AGENT,
+            ai_agent_model=planner.ai_agent_model,
+            expects_secrets=planner.expects_secrets,
+        )
+        for _ in plan
+    ]
+    await m.AgentTask.bulk_create(agents)
+    await m.AgentTaskBaseRemote.bulk_create(
+        [
+            m.AgentTaskBaseRemote(
+                agent_task_id=agent.id,
+                git_remote_dir_path=remote.git_remote_dir_path,
+                git_branch_name=remote.git_branch_name,
+            )
+            for agent in agents
+            for remote in remotes
+        ]
+    )
+    units = []
+    for item, agent in zip(plan, agents, strict=True):
+        unit_id = uuid4()
+        units.append(
+            m.UnitTask(
+                id=unit_id,
+                workspace_id=composite.workspace_id,
+                repository_group_id=composite.repository_group_id,
+                agent_task_id=agent.id,
+                composite_task_id=composite.id,
+                branch_name=branch_name_for(
+                    task_id=unit_id,
+                    explicit=item.branch_name,
+                    template=template,
+                    title=item.title,
+                    prompt=item.prompt,
+                ),
+                status=S.IN_PROGRESS,
+                prompt=item.prompt,
+                title=item.title[:MAX_NAME_LENGTH],
+            )
+        )
+    await m.UnitTask.bulk_create(units)
+    nodes = [
+        m.CompositeTaskNode(
+            id=uuid4(), composite_task_id=composite.id, unit_task_id=unit.id, plan_id=item.id
+        )
+        for item, unit in zip(plan, units, strict=True)
+    ]
+    await m.CompositeTaskNode.bulk_create(nodes)
+    node_of = {item.id: node.id for item, node in zip(plan, nodes, strict=True)}
+    await m.CompositeTaskNodeDependency.bulk_create(
+        [
+            m.CompositeTaskNodeDependency(node_id=node_of[item.id], depends_on_node_id=node_of[d])
+            for item in plan
+            for d in item.depends_on
+        ]
+    )
+
+
+async def advance_composite(composite_task_id: UUID) -> None:
+    """Queues every node whose dependencies are all done; all nodes done → composite done."""
+    async with transaction():
+        composite = await m.CompositeTask.filter(id=composite_task_id).select_for_update().first()
+        if composite is None or composite.status != C.IN_PROGRESS:
+            return
+        nodes = await m.CompositeTaskNode.filter(composite_task_id=composite.id)
+        units = {u.id: u for u in await m.UnitTask.filter(id__in=[n.unit_task_id for n in nodes])}
+        deps = await m.CompositeTaskNodeDependency.filter(
+            node_id__in=[n.id for n in nodes]
+        ).values_list("node_id", "depends_on_node_id")
+        depends: dict[UUID, list[UUID]] = {n.id: [] for n in nodes}
+        for node_id, dep_id in deps:
+            depends[node_id].append(dep_id)
+        done = {n.id for n in nodes if units[n.unit_task_id].status == S.DONE}
+        if len(done) == len(nodes):
+            await m.CompositeTask.filter(id=composite.id, status=C.IN_PROGRESS).update(
+                status=C.DONE
+            )
+            _task_changed(composite)
+            return
+        started = set(
+            await m.AgentSession.filter(
+                agent_task_id__in=[u.agent_task_id for u in units.values()]
+            ).values_list("agent_task_id", flat=True)
+        )
+        ready = [
+            units[n.unit_task_id]
+            for n in nodes
+            if units[n.unit_task_id].agent_task_id not in started
+            and all(d in done for d in depends[n.id])
+        ]
+        agents = {
+            a.id: a for a in await m.AgentTask.filter(id__in=[u.agent_task_id for u in ready])
+        }
+        await m.AgentSession.bulk_create(
+            [
+                m.AgentSession(
+                    agent_task_id=unit.agent_task_id,
+                    ai_agent_type=agents[unit.agent_task_id].ai_agent_type or DEFAULT_AGENT,
+                    ai_agent_model=agents[unit.agent_task_id].ai_agent_model,
+                    kind=m.JobKind.UNIT_TASK,
+                    attempt=1,
+                    status=SessionStatus.QUEUED,
+                )
+                for unit in ready
+            ]
+        )
+    if ready:
+        for unit in ready:
+            _task_changed(unit)
+        events.publish(events.JobQueued())
+
+
+async def composite_nodes(composite_task_ids: Sequence[UUID]) -> dict[UUID, list[NodeView]]:
+    """Nodes of each composite with their unit task, dependencies and state (4 queries)."""
+    result: dict[UUID, list[NodeView]] = {cid: [] for cid in composite_task_ids}
+    if not composite_task_ids:
+        return result
+    nodes = await m.CompositeTaskNode.filter(
+        composite_task_id__in=list(composite_task_ids)
+    ).order_by("created_at", "id")
+    if not nodes:
+        return result
+    units = {u.id: u for u in await m.UnitTask.filter(id__in=[n.unit_task_id for n in nodes])}
+    deps = await m.CompositeTaskNodeDependency.filter(
+        node_id__in=[n.id for n in nodes]
+    ).values_list("node_id", "depends_on_node_id")
+    depends: dict[UUID, list[UUID]] = {n.id: [] for n in nodes}
+    for node_id, dep_id in deps:
+        depends[node_id].append(dep_id)
+    latest = await latest_sessions([u.agent_task_id for u in units.values()])
+    for node in nodes:
+        unit = units[node.unit_task_id]
+        result[node.composite_task_id].append(
+            NodeView(
+                node=node,
+                unit_task=unit,
+                depends_on=depends[node.id],
+                state=node_state(unit, latest.get(unit.agent_task_id)),
+            )
+        )
+    return result
+
+
+def node_state(unit: m.UnitTask, latest: m.AgentSession | None) -> NodeState:
+    if unit.status == S.DONE:
+        return NodeState.DONE
+    if unit.status == S.REJECTED:
+        return NodeState.REJECTED
+    if unit.status in (S.IN_REVIEW, S.APPROVED, S.PR_OPEN):
+        return NodeState.IN_REVIEW
+    if latest is None:
+        return NodeState.WAITING
+    if latest.status == SessionStatus.QUEUED:
+        return NodeState.QUEUED
+    if latest.status == SessionStatus.RUNNING:
+        return NodeState.RUNNING
+    if latest.status in RETRYABLE:
+        return NodeState.FAILED
+    return NodeState.RUNNING
+
+
+# Read model -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskBundle:
+    """Everything needed to show a set of tasks, loaded in a fixed number of queries."""
+
+    agents: dict[UUID, m.AgentTask]
+    remotes: dict[UUID, list[m.AgentTaskBaseRemote]]
+    sessions: dict[UUID, list[m.AgentSession]]
+    auto_fix: dict[UUID, list[UUID]]
+    nodes: dict[UUID, list[NodeView]]
+
+    def latest(self, agent_task_id: UUID) -> m.AgentSession | None:
+        runs = self.sessions.get(agent_task_id) or []
+        return runs[-1] if runs else None
+
+
+async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
+    composite_ids = [t.id for t in items if isinstance(t, m.CompositeTask)]
+    nodes = await composite_nodes(composite_ids)
+    units = [t for t in items if isinstance(t, m.UnitTask)]
+    units += [v.unit_task for views in nodes.values() for v in views]
+    fixes = await m.UnitTaskAutoFixTask.filter(unit_task_id__in=[u.id for u in units]).order_by(
+        "created_at"
+    )
+    auto_fix: dict[UUID, list[UUID]] = {}
+    for fix in fixes:
+        auto_fix.setdefault(fix.unit_task_id, []).append(fix.agent_task_id)
+    agent_ids = {u.agent_task_id for u in units}
+    agent_ids |= {t.planning_task_id for t in items if isinstance(t, m.CompositeTask)}
+    agent_ids |= {f.agent_task_id for f in fixes}
+    ids = list(agent_ids)
+    agents = {a.id: a for a in await m.AgentTask.filter(id__in=ids)} if ids else {}
+    remotes: dict[UUID, list[m.AgentTaskBaseRemote]] = {a: [] for a in ids}
+    sessions: dict[UUID, list[m.AgentSession]] = {a: [] for a in ids}
+    if ids:
+        for remote in await m.AgentTaskBaseRemote.filter(agent_task_id__in=ids):
+            remotes[remote.agent_task_id].append(remote)
+        for session in await m.AgentSession.filter(agent_task_id__in=ids).order_by("attempt"):
+            sessions[session.agent_task_id].append(session)
+    return TaskBundle(
+        agents=agents, remotes=remotes, sessions=sessions, auto_fix=auto_fix, nodes=nodes
+    )

@@ -1,0 +1,592 @@
+"""Workers: registration, heartbeats, atomic job claims with leases, reports and sweeps.
+
+A claim hands the oldest queued session to one worker with a fresh lease token. Every later
+call about that job (report, log upload, TTY, secrets) must carry the current lease: after a
+reassignment, a stop or a delete the old lease is dead and such calls change nothing.
+
+Claiming is one statement: ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED)
+RETURNING`` on PostgreSQL (safe with many server processes), the same without the locking
+clause on SQLite (one process; SQLite serialises writers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+from uuid import UUID
+
+from tortoise import connections
+from tortoise.exceptions import IntegrityError
+
+from delidev import events
+from delidev import models as m
+from delidev.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
+from delidev.services import secrets as secret_service
+from delidev.services import sessions as session_service
+from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
+
+SessionStatus = m.AgentSessionStatus
+MISSED_BEATS = 3
+MAX_WAIT_MS = 30_000
+# Safety net for wake-ups this process cannot see (a job queued through another replica).
+RECHECK_S = 1.0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def hash_credential(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+class JobSignal:
+    """Wakes workers waiting in GetTask when a job may have appeared.
+
+    It listens to the event bus (``JobQueued``, ``SecretsArrived``). A waiter takes the
+    current generation *before* it looks at the database, so a job queued between its look
+    and its wait still wakes it. Woken waiters re-check the database: a spurious wake-up
+    costs one query, a missed one (another process queued the job) costs at most
+    ``RECHECK_S``.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.JobQueued | events.SecretsArrived | events.Resync):
+            self.notify()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def generation(self) -> asyncio.Event:
+        return self._event
+
+    @staticmethod
+    async def wait(generation: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(generation.wait(), seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    worker: m.Worker
+    credential: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    worker: m.Worker
+    stop_session_ids: list[UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    session: m.AgentSession
+    lease_token: str
+    task_id: UUID | None
+    prompt: str
+    title: str | None
+    branch_name: str | None
+    base_remotes: list[m.AgentTaskBaseRemote]
+    expects_secrets: bool
+
+
+async def register_worker(*, name: str, endpoint_url: str) -> Registration:
+    """A new worker (idle) and its credential, shown once. Raises: InvalidArgument."""
+    name = check_text(name, "name")
+    endpoint = check_text(endpoint_url, "endpoint_url", max_length=MAX_URL_LENGTH)
+    if not endpoint.startswith(("http://", "https://")):
+        raise InvalidArgument("endpoint_url must be an http(s) URL", field="endpoint_url")
+    credential = secrets.token_urlsafe(32)
+    worker = await m.Worker.create(
+        name=name,
+        endpoint_url=endpoint,
+        status=m.WorkerStatus.IDLE,
+        last_heartbeat=_now(),
+        credential_hash=hash_credential(credential),
+    )
+    events.publish(events.WorkerChanged(worker_id=str(worker.id)))
+    return Registration(worker=worker, credential=credential)
+
+
+async def get_worker(*, worker_id: UUID) -> m.Worker:
+    """Raises: NotFound."""
+    worker = await m.Worker.get_or_none(id=worker_id)
+    if worker is None:
+        raise NotFound(f"worker {worker_id} not found", field="worker_id")
+    return worker
+
+
+async def authenticate_worker(*, worker_id: UUID, credential: str) -> m.Worker:
+    """The worker whose credential this is. Raises: Unauthenticated."""
+    worker = await m.Worker.get_or_none(id=worker_id)
+    expected = worker.credential_hash if worker else None
+    given = hash_credential(credential)
+    if worker is None or expected is None or not secrets.compare_digest(expected, given):
+        raise Unauthenticated("worker credential not accepted")
+    return worker
+
+
+async def heartbeat(
+    *,
+    worker_id: UUID,
+    status: m.WorkerStatus | None = None,
+    session_id: UUID | None = None,
+) -> HeartbeatReply:
+    """Records a heartbeat; the reply lists the sessions this worker must stop.
+
+    Those are its running sessions with a stop request, and the session it says it runs
+    when that is no longer its job (deleted, reassigned, ended). A worker that was marked
+    unhealthy is healthy again, but its old leases stay dead. Raises: NotFound.
+    """
+    worker = await get_worker(worker_id=worker_id)
+    holding = await m.AgentSession.filter(
+        worker_id=worker.id, status=SessionStatus.RUNNING
+    ).values_list("id", "stop_requested")
+    busy = bool(holding)
+    new_status = (
+        m.WorkerStatus.BUSY
+        if busy
+        else (m.WorkerStatus.IDLE if status != m.WorkerStatus.BUSY else m.WorkerStatus.BUSY)
+    )
+    await m.Worker.filter(id=worker.id).update(last_heartbeat=_now(), status=new_status)
+    if new_status != worker.status:
+        events.publish(events.WorkerChanged(worker_id=str(worker.id)))
+    stop = [sid for sid, requested in holding if requested]
+    if session_id is not None and session_id not in {sid for sid, _ in holding}:
+        stop.append(session_id)
+    return HeartbeatReply(worker=await get_worker(worker_id=worker.id), stop_session_ids=stop)
+
+
+async def unregister_worker(*, worker_id: UUID) -> None:
+    """Removes a worker; its running session goes back to the queue. Raises: NotFound."""
+    worker = await get_worker(worker_id=worker_id)
+    await _release_sessions([worker.id], reason="its worker unregistered")
+    await worker.delete()
+    events.publish(events.WorkerChanged(worker_id=str(worker.id)))
+
+
+async def _release_sessions(worker_ids: Sequence[UUID], *, reason: str) -> int:
+    """Running sessions of these workers → lost, and a new run of each is queued."""
+    count = 0
+    for session in await m.AgentSession.filter(
+        worker_id__in=list(worker_ids), status=SessionStatus.RUNNING
+    ):
+        async with transaction():
+            changed = await m.AgentSession.filter(
+                id=session.id, status=SessionStatus.RUNNING, lease_token=session.lease_token
+            ).update(status=SessionStatus.LOST, lease_token=None, error=reason, completed_at=_now())
+            if not changed:
+                continue
+            if not session.stop_requested:
+                await m.AgentSession.create(
+                    agent_task_id=session.agent_task_id,
+                    ai_agent_type=session.ai_agent_type,
+                    ai_agent_model=session.ai_agent_model,
+                    kind=session.kind,
+                    attempt=session.attempt + 1,
+                    status=SessionStatus.QUEUED,
+                )
+            count += 1
+        await session_service.close_pending_tty(m.TtyInputStatus.CANCELLED, session_id=session.id)
+        await m.Worker.filter(id=session.worker_id, current_session_id=session.id).update(
+            current_session_id=None
+        )
+        await session_service.announce_session(await m.AgentSession.get(id=session.id))
+    if count:
+        events.publish(events.JobQueued())
+    return count
+
+
+async def sweep_workers(*, heartbeat_interval: dt.timedelta) -> int:
+    """Workers silent for three intervals → unhealthy; their jobs are queued again.
+
+    Safe when every replica runs it: each change is a compare-and-set. Returns the number of
+    sessions handed back.
+    """
+    deadline = _now() - heartbeat_interval * MISSED_BEATS
+    stale = cast(
+        list[UUID],
+        await m.Worker.filter(
+            last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
+        ).values_list("id", flat=True),
+    )
+    if not stale:
+        return 0
+    await m.Worker.filter(id__in=stale, last_heartbeat__lt=deadline).update(
+        status=m.WorkerStatus.UNHEALTHY
+    )
+    for worker_id in stale:
+        events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    return await _release_sessions(stale, reason="its worker stopped sending heartbeats")
+
+
+# Claiming ----------------------------------------------------------------------------------
+
+# One statement claims the oldest claimable session, marks the worker busy and returns what
+# the job description needs (everything but the base remotes). The partial unique index
+# ``agent_sessions_one_running_per_worker`` (see db.EXTRA_INDEXES) refuses a second running
+# session for one worker, so two GetTask calls of one worker at once cannot both claim.
+_CLAIM_PG = """
+WITH claimed AS (
+    UPDATE agent_sessions SET status = 'running', worker_id = $1, lease_token = $2,
+           started_at = $3, updated_at = $3
+    WHERE id = (
+        SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
+        WHERE s.status = 'queued' AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
+        ORDER BY s.created_at, s.id
+        LIMIT 1
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    RETURNING *
+), busy AS (
+    UPDATE workers SET status = 'busy', current_session_id = claimed.id, updated_at = $3
+    FROM claimed WHERE workers.id = $1
+)
+SELECT claimed.*, a.expects_secrets,
+       u.id AS unit_id, u.prompt AS unit_prompt, u.title AS unit_title, u.branch_name,
+       u.workspace_id AS unit_workspace_id, u.composite_task_id AS unit_composite_id,
+       c.id AS composite_id, c.prompt AS composite_prompt, c.title AS composite_title,
+       c.workspace_id AS composite_workspace_id,
+       (SELECT json_agg(json_build_array(r.git_remote_dir_path, r.git_branch_name)
+                        ORDER BY r.git_remote_dir_path)
+        FROM agent_task_base_remotes r WHERE r.agent_task_id = claimed.agent_task_id) AS remotes
+FROM claimed
+JOIN agent_tasks a ON a.id = claimed.agent_task_id
+LEFT JOIN unit_tasks u ON u.agent_task_id = claimed.agent_task_id
+LEFT JOIN composite_tasks c ON c.planning_task_id = claimed.agent_task_id
+"""
+
+_CLAIM_SQLITE = """
+UPDATE agent_sessions SET status = 'running', worker_id = ?, lease_token = ?,
+       started_at = ?, updated_at = ?
+WHERE id = (
+    SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
+    WHERE s.status = 'queued' AND (a.expects_secrets = 0 OR a.id IN ({ready}))
+    ORDER BY s.created_at, s.id
+    LIMIT 1
+)
+RETURNING id
+"""
+
+
+async def _claim_once(worker_id: UUID, ready_agent_ids: Sequence[UUID]) -> Job | None:
+    """Claims the oldest claimable session for this worker, or None.
+
+    Raises: IntegrityError when the worker already runs a session.
+    """
+    conn = connections.get("default")
+    lease = secrets.token_urlsafe(24)
+    now = _now()
+    if conn.capabilities.dialect == "postgres":
+        rows = await conn.execute_query_dict(
+            _CLAIM_PG, [worker_id, lease, now, [str(a) for a in ready_agent_ids]]
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        session = m.AgentSession._init_from_db(**row)  # takes its columns, ignores the rest
+        unit = row["unit_id"] is not None
+        workspace = str(row["unit_workspace_id"] if unit else row["composite_workspace_id"])
+        events.publish(events.SessionChanged(session_id=str(session.id), status="running"))
+        for task_id in (row["unit_id"], row["unit_composite_id"], row["composite_id"]):
+            if task_id is not None:
+                events.publish(events.TaskChanged(task_id=str(task_id), workspace_id=workspace))
+        events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+        return Job(
+            session=session,
+            lease_token=lease,
+            task_id=row["unit_id"] if unit else row["composite_id"],
+            prompt=(row["unit_prompt"] if unit else row["composite_prompt"]) or "",
+            title=row["unit_title"] if unit else row["composite_title"],
+            branch_name=row["branch_name"] if unit else None,
+            base_remotes=[
+                m.AgentTaskBaseRemote(
+                    agent_task_id=session.agent_task_id, git_remote_dir_path=p, git_branch_name=b
+                )
+                for p, b in json.loads(row["remotes"] or "[]")
+            ],
+            expects_secrets=bool(row["expects_secrets"]),
+        )
+    ready = ", ".join("?" for _ in ready_agent_ids) or "NULL"
+    rows = await conn.execute_query_dict(
+        _CLAIM_SQLITE.format(ready=ready),
+        [str(worker_id), lease, now.isoformat(), now.isoformat(), *map(str, ready_agent_ids)],
+    )
+    if not rows:
+        return None
+    session_id = UUID(str(rows[0]["id"]))
+    await m.Worker.filter(id=worker_id).update(
+        status=m.WorkerStatus.BUSY, current_session_id=session_id
+    )
+    claimed = await m.AgentSession.get(id=session_id)
+    await session_service.announce_session(claimed)
+    events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    return await describe_job(claimed)
+
+
+async def _held_job(worker_id: UUID) -> Job | None:
+    held = await m.AgentSession.filter(worker_id=worker_id, status=SessionStatus.RUNNING).first()
+    return None if held is None else await describe_job(held)
+
+
+async def claim_job(
+    *,
+    worker_id: UUID,
+    wait: dt.timedelta = dt.timedelta(0),
+    signal: JobSignal | None = None,
+    store: secret_service.SecretStore | None = None,
+) -> Job | None:
+    """The worker's current job, or the oldest queued one claimed for it, or None.
+
+    A worker holds at most one job: asking again returns the job it holds. A job whose task
+    expects secrets is handed out only once they are in ``store``. Waits up to ``wait``
+    (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``.
+    Raises: NotFound.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait.total_seconds(), MAX_WAIT_MS / 1000)
+    checked = False
+    while True:
+        generation = signal.generation() if signal is not None else None
+        ready = await secret_service.ready_agent_task_ids(store) if store is not None else []
+        try:
+            job = await _claim_once(worker_id, ready)
+        except IntegrityError:  # it already runs one (or it does not exist)
+            job = None
+        if job is not None:
+            return job
+        if not checked:  # the slow path, once: an unknown worker, or the job it holds
+            await get_worker(worker_id=worker_id)
+            held = await _held_job(worker_id)
+            if held is not None:
+                return held
+            checked = True
+        remaining = deadline - loop.time()
+        if remaining <= 0 or generation is None:
+            return None
+        await JobSignal.wait(generation, min(remaining, RECHECK_S))
+
+
+async def describe_job(session: m.AgentSession) -> Job:
+    agent = await m.AgentTask.get(id=session.agent_task_id)
+    remotes = list(
+        await m.AgentTaskBaseRemote.filter(agent_task_id=agent.id).order_by("git_remote_dir_path")
+    )
+    unit = await m.UnitTask.get_or_none(agent_task_id=agent.id)
+    composite = None if unit else await m.CompositeTask.get_or_none(planning_task_id=agent.id)
+    task_id = unit.id if unit else (composite.id if composite else None)
+    prompt = unit.prompt if unit else (composite.prompt if composite else "")
+    title = unit.title if unit else (composite.title if composite else None)
+    return Job(
+        session=session,
+        lease_token=session.lease_token or "",
+        task_id=task_id,
+        prompt=prompt,
+        title=title,
+        branch_name=unit.branch_name if unit else None,
+        base_remotes=remotes,
+        expects_secrets=agent.expects_secrets,
+    )
+
+
+# Calls about a job ---------------------------------------------------------------------
+
+
+async def leased_session(*, worker_id: UUID, session_id: UUID, lease_token: str) -> m.AgentSession:
+    """The running session this worker holds under this lease. Raises: Conflict, NotFound."""
+    session = await m.AgentSession.get_or_none(id=session_id)
+    if (
+        session is None
+        or session.worker_id != worker_id
+        or session.status != SessionStatus.RUNNING
+        or not lease_token
+        or session.lease_token is None
+        or not secrets.compare_digest(session.lease_token, lease_token)
+    ):
+        await get_worker(worker_id=worker_id)  # an unknown worker is NotFound, not Conflict
+        raise Conflict(
+            f"the lease on session {session_id} is no longer current "
+            "(reassigned, stopped, finished or deleted)",
+            field="lease_token",
+        )
+    return session
+
+
+async def report_status(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    status: m.AgentSessionStatus,
+    error: str | None = None,
+    failure_kind: str | None = None,
+    plan_yaml: str | None = None,
+    base_commit: str | None = None,
+    end_commit: str | None = None,
+    store: secret_service.SecretStore | None = None,
+) -> m.AgentSession:
+    """Ends the job (succeeded / failed / stopped); ``running`` is a no-op acknowledgement.
+
+    The error text is masked with the task's secrets; a unit task's secrets are dropped.
+    Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
+    """
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    if status == SessionStatus.RUNNING:
+        return session
+    if error is not None:
+        error = secret_service.mask(error, await _secrets_of(store, session))
+    ended = await session_service.complete_session(
+        session_id=session.id,
+        status=status,
+        error=error,
+        failure_kind=failure_kind,
+        plan_yaml=plan_yaml,
+        base_commit=base_commit,
+        end_commit=end_commit,
+        loaded=session,
+    )
+    await m.Worker.filter(id=worker_id, current_session_id=session.id).update(
+        status=m.WorkerStatus.IDLE, current_session_id=None
+    )
+    events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    if store is not None:
+        await secret_service.run_ended(store, session.agent_task_id)
+    return ended
+
+
+async def _secrets_of(
+    store: secret_service.SecretStore | None, session: m.AgentSession
+) -> dict[str, str]:
+    """The secrets a run sees (what its output is masked with); none without a store."""
+    if store is None:
+        return {}
+    return await secret_service.secrets_for(store, session.agent_task_id)
+
+
+async def append_job_log(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    chunks: Sequence[session_service.LogChunkIn],
+    store: secret_service.SecretStore | None = None,
+) -> m.AgentSession:
+    """Stores output of the leased job, masked with the task's secrets.
+
+    Raises: Conflict (stale lease), InvalidArgument.
+    """
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    values = await _secrets_of(store, session)
+    if values:
+        mask = secret_service.mask
+        chunks = [
+            session_service.LogChunkIn(sequence=c.sequence, data=mask(c.data, values))
+            for c in chunks
+        ]
+    return await session_service.append_log(session_id=session_id, chunks=chunks)
+
+
+async def get_job_secrets(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    store: secret_service.SecretStore,
+) -> dict[str, str]:
+    """The secrets of the leased job's task (empty when none were sent).
+
+    Raises: Conflict (stale lease).
+    """
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    return await _secrets_of(store, session)
+
+
+async def ask_tty_input(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    prompt: str,
+    input_type: m.TtyInputType,
+    options: Sequence[str],
+    expires_in: dt.timedelta,
+    store: secret_service.SecretStore | None = None,
+) -> m.TtyInputRequest:
+    """The leased job's agent asks its user a question (the prompt is masked).
+
+    Raises: Conflict (stale lease), InvalidArgument.
+    """
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    values = await _secrets_of(store, session)
+    prompt = secret_service.mask(prompt, values)
+    options = [secret_service.mask(o, values) for o in options]
+    return await session_service.create_tty_request(
+        session_id=session.id,
+        prompt=prompt,
+        input_type=input_type,
+        options=list(options),
+        expires_in=expires_in,
+    )
+
+
+TTY_POLL_S = 0.2  # without an event bus (a service called outside an app)
+
+
+async def wait_tty_answer(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    request_id: UUID,
+    wait: dt.timedelta,
+) -> m.TtyInputRequest:
+    """The question once answered, timed out or cancelled, or as it is after ``wait``.
+
+    The answer itself (``response``) is for the worker only. Raises: Conflict, NotFound.
+    """
+    await leased_session(worker_id=worker_id, session_id=session_id, lease_token=lease_token)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait.total_seconds(), MAX_WAIT_MS / 1000)
+    bus = events.current()
+    watch = bus.watch(("tty", str(request_id))) if bus is not None else None
+    try:
+        while True:
+            await session_service.expire_tty_requests()
+            question = await m.TtyInputRequest.get_or_none(id=request_id, session_id=session_id)
+            if question is None:
+                raise NotFound(f"TTY input request {request_id} not found", field="request_id")
+            if question.status != m.TtyInputStatus.PENDING or loop.time() >= deadline:
+                return question
+            # Until the answer's event, the question's own expiry, or the caller's deadline.
+            expires_in = (
+                (question.expires_at - _now()).total_seconds() + 0.01
+                if question.expires_at is not None
+                else float(MAX_WAIT_MS)
+            )
+            pause = max(0.0, min(deadline - loop.time(), expires_in))
+            if watch is None:
+                await asyncio.sleep(min(pause, TTY_POLL_S))
+            elif await watch.wait(pause):
+                watch.drain()
+    finally:
+        if watch is not None:
+            watch.close()

@@ -1,0 +1,95 @@
+"""Workspaces: the tenant boundary. Everything else hangs under a workspace."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from delidev import models as m
+from delidev.auth.principal import Principal
+from delidev.errors import NotFound
+from delidev.services.common import (
+    MAX_TEXT_LENGTH,
+    Page,
+    check_optional_text,
+    check_text,
+    owner_filter,
+    paginate,
+    transaction,
+)
+
+
+async def create_workspace(
+    *, actor: Principal, name: str, description: str | None = None
+) -> m.Workspace:
+    """Raises: InvalidArgument."""
+    name = check_text(name, "name")
+    description = check_optional_text(description, "description", max_length=MAX_TEXT_LENGTH)
+    owner_filter(actor)  # refuses worker credentials
+    return await m.Workspace.create(name=name, description=description, user_id=actor.user_id)
+
+
+async def list_workspaces(
+    *, actor: Principal, limit: int | None = None, offset: int | None = None
+) -> Page[m.Workspace]:
+    """The actor's workspaces, oldest first. Raises: InvalidArgument."""
+    query = m.Workspace.filter(**owner_filter(actor))
+    return await paginate(query, limit, offset)
+
+
+async def get_workspace(*, actor: Principal, workspace_id: UUID) -> m.Workspace:
+    """Raises: NotFound (also for another user's workspace)."""
+    workspace = await m.Workspace.get_or_none(id=workspace_id, **owner_filter(actor))
+    if workspace is None:
+        raise NotFound(f"workspace {workspace_id} not found", field="workspace_id")
+    return workspace
+
+
+async def update_workspace(
+    *,
+    actor: Principal,
+    workspace_id: UUID,
+    name: str | None = None,
+    description: str | None = None,
+) -> m.Workspace:
+    """Changes the fields given; an empty description clears it.
+
+    Raises: InvalidArgument, NotFound.
+    """
+    changes: dict[str, object] = {}
+    if name is not None:
+        changes["name"] = check_text(name, "name")
+    if description is not None:
+        changes["description"] = check_optional_text(
+            description, "description", max_length=MAX_TEXT_LENGTH
+        )
+    workspace = await get_workspace(actor=actor, workspace_id=workspace_id)
+    if changes:
+        workspace.update_from_dict(changes)
+        await workspace.save(update_fields=[*changes, "updated_at"])
+    return workspace
+
+
+async def delete_workspace(*, actor: Principal, workspace_id: UUID) -> None:
+    """Deletes the workspace with everything under it: repositories, groups, todo
+    items, tasks with their agent runs, logs and TTY requests.
+
+    Raises: NotFound.
+    """
+    async with transaction():
+        workspace = await get_workspace(actor=actor, workspace_id=workspace_id)
+        unit_agent_ids = await m.UnitTask.filter(workspace_id=workspace.id).values_list(
+            "agent_task_id", flat=True
+        )
+        fix_agent_ids = await m.UnitTaskAutoFixTask.filter(
+            unit_task__workspace_id=workspace.id
+        ).values_list("agent_task_id", flat=True)
+        planning_ids = await m.CompositeTask.filter(workspace_id=workspace.id).values_list(
+            "planning_task_id", flat=True
+        )
+        # Tasks hold their repository group with ON DELETE RESTRICT, so they go first.
+        await m.UnitTask.filter(workspace_id=workspace.id).delete()
+        await m.CompositeTask.filter(workspace_id=workspace.id).delete()
+        agent_ids = {*unit_agent_ids, *fix_agent_ids, *planning_ids}
+        if agent_ids:
+            await m.AgentTask.filter(id__in=agent_ids).delete()
+        await workspace.delete()

@@ -1,0 +1,195 @@
+"""Settings, read once from the environment (``Settings.from_env``) and passed down.
+
+Tests build ``Settings(...)`` directly. Nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_PLACEHOLDER_WORDS = ("change", "secret", "example", "placeholder", "default", "xxx", "todo")
+MIN_SECRET_LENGTH = 32
+
+
+class SettingsError(Exception):
+    """A setting is missing or unsafe; the message names the variable."""
+
+
+def default_database_url() -> str:
+    return f"sqlite://{Path.home() / '.delidev' / 'delidev.db'}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str = field(default_factory=default_database_url)
+    """``sqlite:///abs/path``, ``sqlite://relative/path`` or ``postgres://user@host/db``."""
+    single_user_mode: bool = True
+    """Auth disabled: every request acts as the one local user."""
+    jwt_secret: str | None = None
+    """HS256 secret for access tokens (multi-user mode; at least 32 characters)."""
+    jwt_issuer: str = "delidev"
+    jwt_expiration_hours: int = 24
+    oidc_issuer_url: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_scopes: str = "openid email profile"
+    oidc_redirect_url: str | None = None
+    allowed_redirect_uris: tuple[str, ...] = ()
+    """Redirect URIs a client may ask GetLoginUrl for (besides ``oidc_redirect_url``)."""
+    server_host: str = "127.0.0.1"
+    server_port: int = 54871
+    log_level: str = "info"
+    heartbeat_interval_ms: int = 30_000
+    """Workers heartbeat this often; three missed beats mark a worker unhealthy."""
+    worker_registration_token: str | None = None
+    """Shared token a worker presents to Register (multi-user mode)."""
+    tty_input_timeout_ms: int = 15 * 60_000
+    cors_origins: tuple[str, ...] = ()
+    db_pool_size: int = 10
+    """PostgreSQL connection pool size per process."""
+    graphql_max_depth: int = 12
+    graphql_max_tokens: int = 5_000
+    graphql_max_aliases: int = 30
+    graphql_max_body_bytes: int = 1_048_576
+    """GraphQL requests with a larger body are refused (413) before they are parsed."""
+    graphql_graphiql: bool = True
+    graphql_ws_ping_interval_ms: int = 15_000
+    """The server pings idle GraphQL WebSockets this often, so proxies keep them open."""
+    graphql_ws_init_timeout_ms: int = 10_000
+    """A GraphQL WebSocket must send ``connection_init`` within this time (else 4408)."""
+    migrate_on_start: bool = True
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgres://", "postgresql://"))
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # dataclass kwargs
+
+    def validate(self) -> None:
+        """Refuses unsafe or incomplete configurations; the message names the variable."""
+        if not (self.is_sqlite or self.is_postgres):
+            raise SettingsError(
+                "DATABASE_URL must start with sqlite:// or postgres:// "
+                f"(got a URL with scheme {self.database_url.split(':', 1)[0]!r})"
+            )
+        if self.log_level not in _LOG_LEVELS:
+            raise SettingsError(
+                f"DELIDEV_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)} "
+                f"(got {self.log_level!r})"
+            )
+        if not 0 < self.server_port < 65536:
+            raise SettingsError("DELIDEV_SERVER_PORT must be between 1 and 65535")
+        if self.heartbeat_interval_ms <= 0:
+            raise SettingsError("DELIDEV_HEARTBEAT_INTERVAL_MS must be positive")
+        for var, amount in (
+            ("DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS", self.graphql_ws_ping_interval_ms),
+            ("DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS", self.graphql_ws_init_timeout_ms),
+        ):
+            if amount <= 0:
+                raise SettingsError(f"{var} must be positive")
+        if self.single_user_mode:
+            return
+        if not self.jwt_secret:
+            raise SettingsError("DELIDEV_JWT_SECRET is required in multi-user mode")
+        lowered = self.jwt_secret.lower()
+        if len(self.jwt_secret) < MIN_SECRET_LENGTH or any(
+            word in lowered for word in _PLACEHOLDER_WORDS
+        ):
+            raise SettingsError(
+                f"DELIDEV_JWT_SECRET looks weak or like a placeholder: use at least "
+                f"{MIN_SECRET_LENGTH} random characters (e.g. `openssl rand -hex 32`)"
+            )
+        for name, value in (
+            ("DELIDEV_OIDC_ISSUER_URL", self.oidc_issuer_url),
+            ("DELIDEV_OIDC_CLIENT_ID", self.oidc_client_id),
+            ("DELIDEV_OIDC_CLIENT_SECRET", self.oidc_client_secret),
+        ):
+            if not value:
+                raise SettingsError(f"{name} is required in multi-user mode")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads the DELIDEV_* variables and DATABASE_URL, then validates."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        database_url = env.get("DATABASE_URL", "").strip()
+        if database_url:
+            kwargs["database_url"] = database_url
+        single = env.get("DELIDEV_SINGLE_USER_MODE", "").strip()
+        kwargs["single_user_mode"] = (
+            _parse_bool("DELIDEV_SINGLE_USER_MODE", single) if single else not database_url
+        )
+        strings = {
+            "DELIDEV_JWT_SECRET": "jwt_secret",
+            "DELIDEV_JWT_ISSUER": "jwt_issuer",
+            "DELIDEV_OIDC_ISSUER_URL": "oidc_issuer_url",
+            "DELIDEV_OIDC_CLIENT_ID": "oidc_client_id",
+            "DELIDEV_OIDC_CLIENT_SECRET": "oidc_client_secret",
+            "DELIDEV_OIDC_SCOPES": "oidc_scopes",
+            "DELIDEV_OIDC_REDIRECT_URL": "oidc_redirect_url",
+            "DELIDEV_SERVER_HOST": "server_host",
+            "DELIDEV_WORKER_REGISTRATION_TOKEN": "worker_registration_token",
+        }
+        for var, attr in strings.items():
+            value = env.get(var, "").strip()
+            if value:
+                kwargs[attr] = value
+        level = env.get("DELIDEV_LOG_LEVEL", "").strip()
+        if level:
+            kwargs["log_level"] = level.lower()
+        ints = {
+            "DELIDEV_SERVER_PORT": "server_port",
+            "DELIDEV_JWT_EXPIRATION_HOURS": "jwt_expiration_hours",
+            "DELIDEV_HEARTBEAT_INTERVAL_MS": "heartbeat_interval_ms",
+            "DELIDEV_TTY_INPUT_TIMEOUT_MS": "tty_input_timeout_ms",
+            "DELIDEV_DB_POOL_SIZE": "db_pool_size",
+            "DELIDEV_GRAPHQL_MAX_DEPTH": "graphql_max_depth",
+            "DELIDEV_GRAPHQL_MAX_TOKENS": "graphql_max_tokens",
+            "DELIDEV_GRAPHQL_MAX_ALIASES": "graphql_max_aliases",
+            "DELIDEV_GRAPHQL_MAX_BODY_BYTES": "graphql_max_body_bytes",
+            "DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "graphql_ws_ping_interval_ms",
+            "DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS": "graphql_ws_init_timeout_ms",
+        }
+        for var, attr in ints.items():
+            value = env.get(var, "").strip()
+            if value:
+                try:
+                    kwargs[attr] = int(value)
+                except ValueError:
+                    raise SettingsError(f"{var} must be an integer (got {value!r})") from None
+        for var, attr in (
+            ("DELIDEV_ALLOWED_REDIRECT_URIS", "allowed_redirect_uris"),
+            ("DELIDEV_CORS_ORIGINS", "cors_origins"),
+        ):
+            value = env.get(var, "").strip()
+            if value:
+                kwargs[attr] = tuple(v.strip() for v in value.split(",") if v.strip())
+        for var, attr in (
+            ("DELIDEV_GRAPHIQL", "graphql_graphiql"),
+            ("DELIDEV_MIGRATE_ON_START", "migrate_on_start"),
+        ):
+            value = env.get(var, "").strip()
+            if value:
+                kwargs[attr] = _parse_bool(var, value)
+        settings = cls(**kwargs)  # type: ignore[arg-type]  # values typed per attribute above
+        settings.validate()
+        return settings
+
+
+def _parse_bool(var: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{var} must be true or false (got {value!r})")

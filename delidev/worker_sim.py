@@ -1,0 +1,412 @@
+"""``delidev-worker-sim``: a reference worker that speaks the WorkerService protocol.
+
+It registers, heartbeats, claims jobs (long poll), fetches the job's secrets, streams fake
+agent output in numbered chunks, can ask a TTY question and wait for the answer, honours stop
+requests from its heartbeat replies, and reports success, failure or (for a planning job) a
+PLAN.yaml. Try the server without agents with it; the tests and benchmarks use it too.
+
+What a job does can be steered from its prompt with directives:
+
+- ``[sim:fail]``: report a failure instead of success;
+- ``[sim:lines=N]``: print N lines (default ``--lines``);
+- ``[sim:sleep=S]``: work S seconds before reporting (a long job, to stop or kill);
+- ``[sim:hang-first]``: the first attempt works until it is stopped (or the worker killed);
+- ``[sim:tty]``: ask a text question and print the answer's length (never the answer);
+- ``[sim:echo-secrets]``: print the secrets' values (the server must mask them);
+- ``[sim:plan=N]``: a planning job proposes N tasks in a chain (default ``--plan-tasks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from connectrpc.errors import ConnectError
+
+from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
+from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
+
+log = logging.getLogger("delidev.worker_sim")
+S = task_pb.AgentSessionStatus
+_DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([^\]]*))?\]")
+
+
+def directives(prompt: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) or "" for m in _DIRECTIVE.finditer(prompt)}
+
+
+def plan_yaml(count: int) -> str:
+    lines = ["tasks:"]
+    for i in range(count):
+        lines += [f"  - id: step-{i}", f"    title: Step {i}", f'    prompt: "Do step {i}"']
+        if i:
+            lines.append(f"    dependsOn: [step-{i - 1}]")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Options:
+    server: str
+    name: str = "sim"
+    endpoint_url: str = "http://127.0.0.1:54872"
+    registration_token: str = ""
+    lines: int = 20
+    lines_per_second: float = 200.0
+    chunk_interval: float = 0.05
+    plan_tasks: int = 3
+    plan_text: str | None = None
+    fail_rate: float = 0.0
+    wait_ms: int = 5_000
+    max_jobs: int = 0
+    idle_exit: float = 0.0
+    tty_answer_wait_ms: int = 25_000
+
+
+@dataclass
+class Stats:
+    sessions: list[str] = field(default_factory=list)
+    succeeded: int = 0
+    failed: int = 0
+    stopped: int = 0
+    refused: int = 0
+    lines: int = 0
+
+
+class Stopped(Exception):
+    """The server asked this worker to stop the job it runs."""
+
+
+class SimWorker:
+    def __init__(self, options: Options) -> None:
+        self.o = options
+        self.client = WorkerServiceClient(options.server.rstrip("/"), timeout_ms=60_000)
+        self.stats = Stats()
+        self.worker_id = ""
+        self._credential = ""
+        self._interval = 30.0
+        self._stop_requested: set[str] = set()
+        self._closing = asyncio.Event()
+
+    def _headers(self) -> Mapping[str, str]:
+        token = self._credential or self.o.registration_token
+        return {"authorization": f"Bearer {token}"} if token else {}
+
+    async def register(self) -> None:
+        reply = await self.client.register(
+            worker_pb.RegisterWorkerRequest(name=self.o.name, endpoint_url=self.o.endpoint_url),
+            headers=self._headers(),
+        )
+        self.worker_id, self._credential = reply.worker_id, reply.credential
+        self._interval = max(reply.heartbeat_interval_ms / 1000, 0.01)
+        log.info("%s registered as %s", self.o.name, self.worker_id)
+
+    async def _heartbeats(self, current: dict[str, str]) -> None:
+        while not self._closing.is_set():
+            try:
+                status = worker_pb.WorkerStatus.BUSY if current else worker_pb.WorkerStatus.IDLE
+                reply = await self.client.heartbeat(
+                    worker_pb.HeartbeatRequest(
+                        worker_id=self.worker_id, status=status, session_id=current.get("session")
+                    ),
+                    headers=self._headers(),
+                )
+                self._stop_requested.update(reply.stop_session_ids)
+                self._interval = max(reply.heartbeat_interval_ms / 1000, 0.01)
+            except ConnectError as e:
+                log.warning("heartbeat refused: %s", e.code.name)
+            except Exception as e:  # the server may be restarting: keep beating
+                log.warning("heartbeat failed: %s", type(e).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._interval)
+
+    async def run(self) -> Stats:
+        await self.register()
+        current: dict[str, str] = {}
+        beats = asyncio.create_task(self._heartbeats(current))
+        idle_since = time.monotonic()
+        try:
+            while not self._closing.is_set():
+                if self.o.max_jobs and len(self.stats.sessions) >= self.o.max_jobs:
+                    break
+                claimed = await self.client.get_task(
+                    worker_pb.ClaimJobRequest(worker_id=self.worker_id, wait_ms=self.o.wait_ms),
+                    headers=self._headers(),
+                )
+                if claimed.job is None:
+                    if self.o.idle_exit and time.monotonic() - idle_since >= self.o.idle_exit:
+                        break
+                    continue
+                current["session"] = claimed.job.session_id
+                try:
+                    await self.run_job(claimed.job)
+                finally:
+                    current.clear()
+                idle_since = time.monotonic()
+        finally:
+            self._closing.set()
+            await beats
+        return self.stats
+
+    def stop(self) -> None:
+        """Finish the current job, then leave."""
+        self._closing.set()
+
+    async def close(self, *, unregister: bool = True) -> None:
+        self._closing.set()
+        if unregister and self.worker_id:
+            with contextlib.suppress(Exception):
+                await self.client.unregister(
+                    worker_pb.UnregisterWorkerRequest(worker_id=self.worker_id),
+                    headers=self._headers(),
+                )
+        await self.client.close()
+
+    def _check_stop(self, job: worker_pb.Job) -> None:
+        if job.session_id in self._stop_requested:
+            raise Stopped
+
+    async def run_job(self, job: worker_pb.Job) -> None:
+        self.stats.sessions.append(job.session_id)
+        rules = directives(job.prompt)
+        secrets: dict[str, str] = {}
+        if job.has_secrets:
+            got = await self.client.get_secrets(
+                worker_pb.GetSecretsRequest(
+                    worker_id=self.worker_id,
+                    session_id=job.session_id,
+                    lease_token=job.lease_token,
+                ),
+                headers=self._headers(),
+            )
+            secrets = dict(got.secrets)
+        out = _Output(self, job)
+        status, error, plan = S.SUCCEEDED, None, None
+        try:
+            await out.write(f"[sim] {self.o.name} starts attempt {job.attempt}\n")
+            await out.write(f"[sim] received {len(secrets)} secret(s)\n")
+            if "echo-secrets" in rules:
+                for key, value in secrets.items():
+                    await out.write(f"{key}={value}\n")
+            count = int(rules.get("lines") or self.o.lines)
+            pause = 1 / self.o.lines_per_second if self.o.lines_per_second > 0 else 0.0
+            for i in range(count):
+                self._check_stop(job)
+                await out.write(f"line {i + 1} of {count}: working on {job.session_id}\n")
+                if pause:
+                    await asyncio.sleep(pause)
+            if "tty" in rules:
+                answer = await self.ask(job, out)
+                await out.write(f"[sim] got an answer of {len(answer or '')} characters\n")
+            hang = "hang-first" in rules and job.attempt == 1
+            deadline = time.monotonic() + (float("inf") if hang else float(rules.get("sleep") or 0))
+            while time.monotonic() < deadline:
+                self._check_stop(job)
+                await asyncio.sleep(min(0.05, self._interval))
+            self._check_stop(job)
+            if job.kind == task_pb.JobKind.PLANNING:
+                plan = self.o.plan_text or plan_yaml(int(rules.get("plan") or self.o.plan_tasks))
+            elif "fail" in rules or random.random() < self.o.fail_rate:
+                status, error = S.FAILED, "the simulated agent exited with status 1"
+        except Stopped:
+            status = S.STOPPED
+            await out.write("[sim] stopped on request\n")
+        await out.flush()
+        await self.report(job, status, error=error, plan=plan)
+
+    async def ask(self, job: worker_pb.Job, out: _Output) -> str | None:
+        await out.flush()
+        asked = await self.client.request_tty_input(
+            worker_pb.RequestTtyInputRequest(
+                worker_id=self.worker_id,
+                session_id=job.session_id,
+                lease_token=job.lease_token,
+                prompt="Which branch should I use?",
+                input_type=session_pb.TtyInputType.TEXT,
+            ),
+            headers=self._headers(),
+        )
+        if asked.request is None:
+            return None
+        while True:
+            self._check_stop(job)
+            waited = await self.client.wait_tty_input(
+                worker_pb.WaitTtyInputRequest(
+                    worker_id=self.worker_id,
+                    session_id=job.session_id,
+                    lease_token=job.lease_token,
+                    request_id=asked.request.id,
+                    wait_ms=min(self.o.tty_answer_wait_ms, 1_000),
+                ),
+                headers=self._headers(),
+            )
+            if waited.request is None or waited.request.status != session_pb.TtyInputStatus.PENDING:
+                return waited.response
+
+    async def report(
+        self, job: worker_pb.Job, status: int, *, error: str | None, plan: str | None
+    ) -> None:
+        try:
+            await self.client.report_status(
+                worker_pb.ReportStatusRequest(
+                    worker_id=self.worker_id,
+                    session_id=job.session_id,
+                    lease_token=job.lease_token,
+                    status=status,  # type: ignore[arg-type]
+                    error=error,
+                    plan_yaml=plan,
+                ),
+                headers=self._headers(),
+            )
+        except ConnectError as e:
+            self.stats.refused += 1
+            log.warning("report on %s refused: %s", job.session_id, e.code.name)
+            return
+        if status == S.SUCCEEDED:
+            self.stats.succeeded += 1
+        elif status == S.FAILED:
+            self.stats.failed += 1
+        else:
+            self.stats.stopped += 1
+
+
+class _Output:
+    """Buffers output and ships it in numbered chunks every ``chunk_interval`` seconds."""
+
+    def __init__(self, worker: SimWorker, job: worker_pb.Job) -> None:
+        self.w, self.job = worker, job
+        self.buffer: list[str] = []
+        self.sequence = 0
+        self.last_flush = time.monotonic()
+
+    async def write(self, text: str) -> None:
+        self.buffer.append(text)
+        self.w.stats.lines += text.count("\n")
+        if time.monotonic() - self.last_flush >= self.w.o.chunk_interval:
+            await self.flush()
+
+    async def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.buffer:
+            return
+        data, self.buffer = "".join(self.buffer), []
+        chunk = worker_pb.LogChunk(sequence=self.sequence, data=data)
+        self.sequence += 1
+        await self.w.client.append_log(
+            worker_pb.AppendLogRequest(
+                worker_id=self.w.worker_id,
+                session_id=self.job.session_id,
+                lease_token=self.job.lease_token,
+                chunks=[chunk],
+            ),
+            headers=self.w._headers(),
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]:
+    p = argparse.ArgumentParser(prog="delidev-worker-sim", description=__doc__.split("\n")[0])
+    p.add_argument("--server", default="http://127.0.0.1:54871", help="Main Server base URL")
+    p.add_argument("--name", default="sim", help="worker name (suffixed -N with --workers)")
+    p.add_argument("--workers", type=int, default=1, help="simulated workers in this process")
+    p.add_argument("--registration-token", default="", help="multi-user registration token")
+    p.add_argument("--lines", type=int, default=20, help="output lines per job")
+    p.add_argument("--lines-per-second", type=float, default=200.0, help="0 = as fast as can be")
+    p.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between uploads")
+    p.add_argument("--plan-tasks", type=int, default=3, help="tasks in a planning job's plan")
+    p.add_argument("--plan-file", default=None, help="PLAN.yaml that planning jobs report")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of jobs that fail")
+    p.add_argument("--wait-ms", type=int, default=5_000, help="long-poll wait of GetTask")
+    p.add_argument("--max-jobs", type=int, default=0, help="exit after N jobs each (0 = never)")
+    p.add_argument("--idle-exit", type=float, default=0.0, help="exit after S idle seconds")
+    p.add_argument("--report", default=None, help="write the sessions run as JSON to this file")
+    p.add_argument("--log-level", default="info")
+    a = p.parse_args(argv)
+    options = Options(
+        server=a.server,
+        name=a.name,
+        registration_token=a.registration_token,
+        lines=a.lines,
+        lines_per_second=a.lines_per_second,
+        chunk_interval=a.chunk_interval,
+        plan_tasks=a.plan_tasks,
+        plan_text=Path(a.plan_file).read_text() if a.plan_file else None,
+        fail_rate=a.fail_rate,
+        wait_ms=a.wait_ms,
+        max_jobs=a.max_jobs,
+        idle_exit=a.idle_exit,
+    )
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(message)s")
+    return options, max(1, a.workers), a.report
+
+
+def _stop_all(fleet: list[SimWorker]) -> None:
+    for worker in fleet:
+        worker.stop()
+
+
+async def run_fleet(options: Options, count: int) -> list[Stats]:
+    fleet = [
+        SimWorker(
+            Options(
+                **{**options.__dict__, "name": f"{options.name}-{i}" if count > 1 else options.name}
+            )
+        )
+        for i in range(count)
+    ]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, _stop_all, fleet)
+    try:
+        return list(await asyncio.gather(*(w.run() for w in fleet)))
+    finally:
+        await asyncio.gather(*(w.close() for w in fleet))
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, count, report = parse_args(argv)
+    try:
+        stats = asyncio.run(run_fleet(options, count))
+    except ConnectError as e:
+        print(f"delidev-worker-sim: the server refused: {e.code.name}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"delidev-worker-sim: cannot reach {options.server}: {e}", file=sys.stderr)
+        return 1
+    summary = {
+        "sessions": [s for st in stats for s in st.sessions],
+        "succeeded": sum(st.succeeded for st in stats),
+        "failed": sum(st.failed for st in stats),
+        "stopped": sum(st.stopped for st in stats),
+        "refused": sum(st.refused for st in stats),
+        "lines": sum(st.lines for st in stats),
+    }
+    if report:
+        with open(report, "w") as f:
+            json.dump(summary, f)
+    print(json.dumps({k: v for k, v in summary.items() if k != "sessions"}))
+    return 0
+
+
+def cli() -> None:
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The HTTP client's native runtime can abort while the interpreter finalises (seen with
+    # pyqwest 0.12 after many requests): everything is closed and flushed, so skip that.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    cli()

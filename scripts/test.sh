@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: lint, types, then pytest on SQLite and on PostgreSQL.
+# Usage: bash scripts/test.sh   (from a checkout; creates .venv on first use)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[dev]"
+
+ruff check .
+ruff format --check .
+mypy
+
+run_pytest() {
+  # Exit code 5 means "no tests collected": that is a failure here, not a pass.
+  python -m pytest "$@"
+}
+
+echo "== pytest on SQLite"
+DELIDEV_TEST_DATABASE=sqlite run_pytest -q
+echo "== pytest on PostgreSQL"
+DELIDEV_TEST_DATABASE=postgres run_pytest -q --ignore=tests/interop

@@ -1,0 +1,174 @@
+"""Shared fixtures.
+
+The database under test is chosen by ``DELIDEV_TEST_DATABASE``: ``sqlite`` (default) or
+``postgres``. PostgreSQL tests use a fresh database created on the server named by
+``DELIDEV_TEST_POSTGRES_URL`` (default: the machine's local cluster) and dropped at the
+end. When PostgreSQL is selected and unreachable the run fails: it never skips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from tortoise.context import TortoiseContext
+
+from delidev import db, events
+from delidev.app import create_app
+from delidev.settings import Settings
+
+BACKEND = os.environ.get("DELIDEV_TEST_DATABASE", "sqlite").lower()
+POSTGRES_ADMIN_URL = os.environ.get(
+    "DELIDEV_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+if BACKEND not in ("sqlite", "postgres"):
+    raise RuntimeError(f"DELIDEV_TEST_DATABASE must be sqlite or postgres, not {BACKEND!r}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND == "postgres":
+        return
+    skip = pytest.mark.skip(reason="PostgreSQL only: run with DELIDEV_TEST_DATABASE=postgres")
+    for item in items:
+        if "postgres_only" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header() -> str:
+    return f"delidev test database: {BACKEND}"
+
+
+def postgres_url(database: str) -> str:
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    return f"{base}/{database}"
+
+
+async def create_postgres_database() -> str:
+    name = f"delidev_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_postgres_database(name: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    if BACKEND == "sqlite":
+        path = tmp_path_factory.mktemp("db") / "delidev.db"
+        yield f"sqlite://{path}"
+        return
+    name = await create_postgres_database()
+    try:
+        yield postgres_url(name)
+    finally:
+        await drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url)
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings) -> AsyncIterator[TortoiseContext]:
+    ctx = await db.open_database(settings)
+    try:
+        yield ctx
+    finally:
+        await db.close_database(ctx)
+
+
+async def _clear(ctx: TortoiseContext) -> None:
+    apps = ctx.apps
+    assert apps is not None
+    tables = [model._meta.db_table for model in apps.get_models_iterable()]
+    conn = ctx.db()
+    if BACKEND == "postgres":
+        quoted = ", ".join(f'"{t}"' for t in tables)
+        await conn.execute_script(f"TRUNCATE {quoted} CASCADE")
+    else:
+        await conn.execute_script("PRAGMA foreign_keys=OFF")
+        for table in tables:
+            await conn.execute_script(f'DELETE FROM "{table}"')
+        await conn.execute_script("PRAGMA foreign_keys=ON")
+
+
+@pytest.fixture(autouse=True)
+async def clean_database(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Every test that touches the database starts from empty tables."""
+    if "database" not in request.fixturenames:
+        yield
+        return
+    ctx: TortoiseContext = request.getfixturevalue("database")
+    await _clear(ctx)
+    yield
+
+
+@pytest.fixture
+async def app(settings: Settings, database: TortoiseContext) -> AsyncIterator[Any]:
+    """The app; service calls made by the test itself publish into the app's event bus."""
+    application = create_app(settings)
+    token = events.bind(application.state.events)
+    try:
+        yield application
+    finally:
+        events.unbind(token)
+
+
+@pytest.fixture
+async def http(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+class SqlCounter(logging.Handler):
+    """Counts the SQL statements Tortoise sends (it logs each at DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.statements: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")):
+            self.statements.append(message)
+
+    def reset(self) -> None:
+        self.statements.clear()
+
+
+@pytest.fixture
+def sql_counter() -> Iterator[SqlCounter]:
+    logger = logging.getLogger("tortoise.db_client")
+    counter = SqlCounter()
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(old_level)
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,307 @@
+"""Real processes for end-to-end tests: servers on loopback ports and reference workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIDEV_")}
+    env.pop("DATABASE_URL", None)
+    env.update(extra)
+    return env
+
+
+class Server:
+    """One ``delidev-server`` process on a free loopback port."""
+
+    def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "delidev.cli", "serve"],
+            env=clean_env(
+                **{
+                    "DATABASE_URL": database_url,
+                    "DELIDEV_SINGLE_USER_MODE": "true",
+                    "DELIDEV_SERVER_PORT": str(self.port),
+                    "DELIDEV_LOG_LEVEL": "info",
+                    **env,
+                }
+            ),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self) -> Server:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    if (await client.get(f"{self.base}/readyz", timeout=2)).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"server did not start:\n{self.log()}")
+                await asyncio.sleep(0.1)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class Sim:
+    """A ``delidev-worker-sim`` process."""
+
+    def __init__(self, server: str, workdir: Path, name: str, *args: str) -> None:
+        self.report = workdir / f"{name}.json"
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "delidev.worker_sim",
+                "--server",
+                server,
+                "--name",
+                name,
+                "--report",
+                str(self.report),
+                "--log-level",
+                "warning",
+                *args,
+            ],
+            env=clean_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"worker sim did not finish:\n{self.log()}") from None
+        self._log.close()
+        assert code == 0, f"worker sim exited with {code}:\n{self.log()}"
+        result: dict[str, Any] = json.loads(self.report.read_text())
+        return result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+class Connect:
+    """Connect JSON calls over real HTTP."""
+
+    def __init__(self, base: str) -> None:
+        self.http = httpx.AsyncClient(base_url=base, timeout=30)
+
+    async def __call__(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = await self.http.post(
+            f"/delidev.v1.{method}",
+            content=json.dumps(body or {}),
+            headers={"content-type": "application/json"},
+        )
+        payload: dict[str, Any] = response.json() if response.content else {}
+        if response.status_code != 200:
+            raise ConnectFailure(response.status_code, payload)
+        return payload
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def group(self) -> str:
+        ws = (await self("WorkspaceService/Create", {"name": f"e2e-{time.monotonic_ns()}"}))[
+            "workspace"
+        ]["id"]
+        repo = (
+            await self(
+                "RepositoryService/Add",
+                {"workspaceId": ws, "remoteUrl": f"https://github.com/e2e/r{time.monotonic_ns()}"},
+            )
+        )["repository"]["id"]
+        group = await self(
+            "RepositoryGroupService/Create", {"workspaceId": ws, "repositoryIds": [repo]}
+        )
+        return str(group["group"]["id"])
+
+    async def unit(self, group: str, prompt: str, **extra: Any) -> dict[str, Any]:
+        created = await self(
+            "TaskService/CreateUnit", {"repositoryGroupId": group, "prompt": prompt, **extra}
+        )
+        return dict(created["task"]["unitTask"])
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        got = await self("TaskService/Get", {"taskId": task_id})
+        return dict(got["task"].get("unitTask") or got["task"]["compositeTask"])
+
+
+class ConnectFailure(Exception):
+    def __init__(self, status: int, payload: dict[str, Any]) -> None:
+        super().__init__(f"{status}: {payload}")
+        self.status = status
+        self.code = payload.get("code")
+        self.message = str(payload.get("message", ""))
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], *, within: float = 30
+) -> T:
+    """Polls ``probe`` until ``check`` holds; fails with the last value after ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if check(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached in {within} s; last value: {value!r}")
+        await asyncio.sleep(0.1)
+
+
+class GraphQLWs:
+    """A minimal GraphQL-over-WebSocket client (graphql-transport-ws or legacy graphql-ws)."""
+
+    def __init__(self, base: str, protocol: str = "graphql-transport-ws") -> None:
+        self.url = base.replace("http://", "ws://") + "/graphql"
+        self.protocol = protocol
+        self.ws: Any = None
+        self._ids = 0
+
+    async def connect(self, payload: dict[str, Any] | None = None, *, init: bool = True) -> None:
+        import websockets
+
+        self.ws = await websockets.connect(
+            self.url,
+            subprotocols=[self.protocol],  # type: ignore[list-item]
+            max_size=None,
+            ping_interval=None,
+        )
+        if init:
+            await self.send({"type": "connection_init", "payload": payload or {}})
+            ack = await self.receive()
+            assert ack["type"] == "connection_ack", ack
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def receive(self, within: float = 30) -> dict[str, Any]:
+        while True:
+            raw = await asyncio.wait_for(self.ws.recv(), within)
+            message: dict[str, Any] = json.loads(raw)
+            if message.get("type") == "ka":  # legacy keep-alive
+                continue
+            return message
+
+    async def subscribe(self, query: str, variables: dict[str, Any] | None = None) -> str:
+        self._ids += 1
+        op = str(self._ids)
+        kind = "subscribe" if self.protocol == "graphql-transport-ws" else "start"
+        await self.send(
+            {"id": op, "type": kind, "payload": {"query": query, "variables": variables or {}}}
+        )
+        return op
+
+    async def results(self, within: float = 60) -> AsyncIterator[dict[str, Any]]:
+        """Payloads of ``next`` (or ``data``) messages until the operation completes."""
+        while True:
+            message = await self.receive(within)
+            kind = message["type"]
+            if kind == "ping":
+                await self.send({"type": "pong"})
+                continue
+            if kind in ("next", "data"):
+                yield message["payload"]
+            elif kind == "complete":
+                return
+            elif kind == "error":
+                raise AssertionError(f"subscription error: {message}")
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+
+SESSION_LOG = """
+subscription($id: ID!, $from: Float!) {
+  sessionLog(sessionId: $id, fromOffset: $from) { offset data status final }
+}
+"""
+
+
+async def connect_stream(
+    base: str, method: str, body: dict[str, Any], *, within: float = 60
+) -> AsyncIterator[dict[str, Any]]:
+    """A Connect server-streaming call with the JSON codec over HTTP/1.1 (enveloped
+    messages; the end-of-stream envelope carries an error, if any)."""
+    data = json.dumps(body).encode()
+    envelope = bytes([0]) + len(data).to_bytes(4, "big") + data
+    async with (
+        httpx.AsyncClient(timeout=within) as http,
+        http.stream(
+            "POST",
+            f"{base}/delidev.v1.{method}",
+            content=envelope,
+            headers={"content-type": "application/connect+json", "connect-protocol-version": "1"},
+        ) as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        buffer = b""
+        async for chunk in response.aiter_bytes():
+            buffer += chunk
+            while len(buffer) >= 5:
+                flags, size = buffer[0], int.from_bytes(buffer[1:5], "big")
+                if len(buffer) < 5 + size:
+                    break
+                payload, buffer = buffer[5 : 5 + size], buffer[5 + size :]
+                message = json.loads(payload)
+                if flags & 0x02:
+                    if "error" in message:
+                        raise ConnectFailure(200, message["error"])
+                    return
+                yield message

@@ -1,0 +1,368 @@
+"""Live streams end to end: real server processes, real WebSocket and Connect streaming
+clients, the reference worker writing the log. On PostgreSQL the subscribers sit on one
+server process and the worker writes through another."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import websockets
+
+from tests.conftest import BACKEND
+from tests.e2e.harness import (
+    SESSION_LOG,
+    Connect,
+    GraphQLWs,
+    Server,
+    Sim,
+    connect_stream,
+    eventually,
+)
+
+STREAM = ("--lines-per-second", "400", "--chunk-interval", "0.02", "--wait-ms", "300")
+
+
+@pytest.fixture
+async def servers(e2e_database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Server, Server]]:
+    """(where clients subscribe, where the worker writes): two processes on PostgreSQL."""
+    env = {"DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "300"}
+    a = Server(e2e_database_url, tmp_path / "a.log", **env)
+    b = Server(e2e_database_url, tmp_path / "b.log", **env) if BACKEND == "postgres" else a
+    try:
+        await a.ready()
+        if b is not a:
+            await b.ready()
+        yield a, b
+    finally:
+        a.stop()
+        if b is not a:
+            b.stop()
+
+
+async def _running_session(api: Connect, prompt: str) -> tuple[str, str]:
+    group = await api.group()
+    task = await api.unit(group, prompt)
+    runs = await eventually(
+        lambda: api.task(task["id"]),
+        lambda t: t.get("latestSession", {}).get("status") == "AGENT_SESSION_STATUS_RUNNING",
+    )
+    return task["id"], runs["latestSession"]["id"]
+
+
+async def _gql_log(base: str, session_id: str, *, protocol: str, start: int = 0) -> str:
+    client = GraphQLWs(base, protocol)
+    await client.connect()
+    try:
+        text, offset = "", start
+        await client.subscribe(SESSION_LOG, {"id": session_id, "from": start})
+        async for payload in client.results():
+            assert not payload.get("errors"), payload
+            piece = payload["data"]["sessionLog"]
+            assert int(piece["offset"]) == offset, "a gap or a repeat"
+            text += piece["data"]
+            offset += len(piece["data"])
+            if piece["final"]:
+                assert piece["status"] == "SUCCEEDED"
+        return text
+    finally:
+        await client.close()
+
+
+async def _connect_log(base: str, session_id: str, start: int = 0, stop_after: int = 0) -> str:
+    text, offset, count = "", start, 0
+    async for message in connect_stream(
+        base, "SessionService/StreamLog", {"sessionId": session_id, "fromOffset": start}
+    ):
+        data = message.get("data", "")
+        assert int(message.get("offset", 0)) == offset, "a gap or a repeat"
+        text += data
+        offset += len(data)
+        count += 1
+        if stop_after and count >= stop_after:
+            break
+    return text
+
+
+async def _stored_log(api: Connect, session_id: str) -> str:
+    got = await api("SessionService/GetLog", {"sessionId": session_id})
+    assert got["complete"] is True
+    return str(got["content"])
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_subscribers_on_one_process_see_what_a_worker_writes_through_another(
+    servers: tuple[Server, Server], tmp_path: Path, protocol: str
+) -> None:
+    a, b = servers
+    api = Connect(a.base)
+    sim = Sim(b.base, tmp_path, "writer", "--idle-exit", "1", *STREAM)
+    try:
+        _, session_id = await _running_session(api, "stream [sim:lines=400]")
+        gql = asyncio.create_task(_gql_log(a.base, session_id, protocol=protocol))
+        rpc = asyncio.create_task(_connect_log(a.base, session_id))
+        # A client that drops out mid-stream and comes back with its last offset.
+        first = await _connect_log(a.base, session_id, stop_after=2)
+        resumed = await _connect_log(a.base, session_id, start=len(first))
+        await asyncio.to_thread(sim.wait, 60)
+        whole = await _stored_log(api, session_id)
+        assert whole.count("\n") >= 400
+        assert await asyncio.wait_for(gql, 60) == whole
+        assert await asyncio.wait_for(rpc, 60) == whole
+        assert first + resumed == whole
+    finally:
+        sim.kill()
+        await api.close()
+
+
+@pytest.mark.postgres_only
+async def test_streams_recover_when_the_listen_connection_is_killed(
+    servers: tuple[Server, Server], tmp_path: Path, e2e_database_url: str
+) -> None:
+    a, b = servers
+    api = Connect(a.base)
+    sim = Sim(b.base, tmp_path, "writer", "--idle-exit", "1", "--lines-per-second", "100",
+              "--chunk-interval", "0.02", "--wait-ms", "300")  # fmt: skip
+    try:
+        _, session_id = await _running_session(api, "stream [sim:lines=300]")
+        gql = asyncio.create_task(_gql_log(a.base, session_id, protocol="graphql-transport-ws"))
+        rpc = asyncio.create_task(_connect_log(a.base, session_id))
+        await asyncio.sleep(0.8)
+        conn = await asyncpg.connect(e2e_database_url)
+        try:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'delidev-events-listener' "
+                "AND datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        assert killed >= 1
+        await asyncio.to_thread(sim.wait, 60)
+        whole = await _stored_log(api, session_id)
+        assert await asyncio.wait_for(gql, 60) == whole
+        assert await asyncio.wait_for(rpc, 60) == whole
+        assert "event listener reconnected" in a.log()
+    finally:
+        sim.kill()
+        await api.close()
+
+
+async def test_two_hundred_subscribers_and_one_that_never_reads(
+    servers: tuple[Server, Server], tmp_path: Path
+) -> None:
+    a, b = servers
+    api = Connect(a.base)
+    sim = Sim(b.base, tmp_path, "writer", "--idle-exit", "1", *STREAM)
+    stalled = GraphQLWs(a.base)
+    try:
+        group = await api.group()
+        task = await api.unit(group, "stream [sim:lines=300] [sim:sleep=1]")
+        session_id = (
+            await eventually(lambda: api.task(task["id"]), lambda t: "latestSession" in t)
+        )["latestSession"]["id"]
+        await stalled.connect()
+        await stalled.subscribe(SESSION_LOG, {"id": session_id, "from": 0})  # never read
+        logs = [
+            asyncio.create_task(_gql_log(a.base, session_id, protocol="graphql-transport-ws"))
+            for _ in range(200)
+        ]
+        await asyncio.to_thread(sim.wait, 120)
+        whole = await _stored_log(api, session_id)
+        results = await asyncio.wait_for(asyncio.gather(*logs), 120)
+        assert all(r == whole for r in results)
+    finally:
+        sim.kill()
+        await stalled.close()
+        await api.close()
+
+
+async def test_task_updates_tty_questions_and_workers_are_pushed(
+    servers: tuple[Server, Server], tmp_path: Path
+) -> None:
+    a, b = servers
+    api = Connect(a.base)
+    client = GraphQLWs(a.base)
+    await client.connect()
+    sim: Sim | None = None
+    try:
+        group = await api.group()
+        workspace = (await api("RepositoryGroupService/List", {}))["groups"][0]["workspaceId"]
+        task = await api.unit(group, "ask [sim:tty] [sim:lines=2]")
+        await client.subscribe(
+            "subscription($t: ID!) { taskUpdated(taskId: $t) { taskId deleted task { "
+            "... on UnitTask { status latestSession { status } } } } }",
+            {"t": task["id"]},
+        )
+        await client.subscribe(
+            "subscription($w: ID!) { ttyInputRequested(workspaceId: $w) { id prompt status } }",
+            {"w": workspace},
+        )
+        await client.subscribe(
+            "subscription { workerUpdated { workerId deleted worker { status } } }"
+        )
+        await asyncio.sleep(0.3)
+        sim = Sim(b.base, tmp_path, "asker", "--idle-exit", "1", *STREAM)
+        seen: dict[str, list[Any]] = {"1": [], "2": [], "3": []}
+        answered = False
+        while True:
+            message = await client.receive(30)
+            if message["type"] == "ping":
+                await client.send({"type": "pong"})
+                seen.setdefault("ping", []).append(1)
+                continue
+            assert message["type"] == "next", message
+            data = message["payload"]["data"]
+            seen[message["id"]].append(data)
+            if message["id"] == "2" and not answered:
+                question = data["ttyInputRequested"]
+                assert (question["prompt"], question["status"]) == (
+                    "Which branch should I use?",
+                    "PENDING",
+                )
+                await api(
+                    "SessionService/SubmitTtyInput",
+                    {"requestId": question["id"], "response": "main"},
+                )
+                answered = True
+            if message["id"] == "1":
+                unit = data["taskUpdated"]["task"]
+                if unit and unit["status"] == "IN_REVIEW":
+                    break
+        statuses = [d["taskUpdated"]["task"]["latestSession"]["status"] for d in seen["1"]]
+        assert "RUNNING" in statuses
+        assert answered
+        assert any(d["workerUpdated"]["worker"] for d in seen["3"] if d["workerUpdated"]["worker"])
+        await asyncio.to_thread(sim.wait, 30)
+    finally:
+        if sim is not None:
+            sim.kill()
+        await client.close()
+        await api.close()
+
+
+async def test_websocket_keep_alive_and_init_timeout(e2e_database_url: str, tmp_path: Path) -> None:
+    srv = Server(
+        e2e_database_url,
+        tmp_path / "ws.log",
+        DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS="200",
+        DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS="300",
+    )
+    try:
+        await srv.ready()
+        idle = GraphQLWs(srv.base)
+        await idle.connect()
+        assert (await idle.receive(5))["type"] == "ping"  # the server pings idle clients
+        await idle.close()
+        silent = GraphQLWs(srv.base)
+        await silent.connect(init=False)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await silent.receive(5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4408
+    finally:
+        srv.stop()
+
+
+async def test_the_session_log_fast_path_answers_like_graphql_itself(
+    servers: tuple[Server, Server], tmp_path: Path
+) -> None:
+    """Plain sessionLog documents skip graphql-core per event; one with a fragment (or an
+    error) goes the ordinary way. Both must send the same messages."""
+    a, b = servers
+    api = Connect(a.base)
+    sim = Sim(b.base, tmp_path, "writer", "--idle-exit", "1", *STREAM)
+    plain = (
+        "subscription S($id: ID!) { log: sessionLog(sessionId: $id, fromOffset: 3) "
+        "{ __typename at: offset data status final } }"
+    )
+    ordinary = (
+        "subscription S($id: ID!) { log: sessionLog(sessionId: $id, fromOffset: 3) "
+        "{ __typename ... on LogChunk { at: offset data status final } } }"
+    )
+
+    async def messages(query: str, session_id: str) -> list[dict[str, Any]]:
+        client = GraphQLWs(a.base)
+        await client.connect()
+        try:
+            await client.subscribe(query, {"id": session_id})
+            return [payload async for payload in client.results()]
+        finally:
+            await client.close()
+
+    try:
+        _, session_id = await _running_session(api, "stream [sim:lines=50]")
+        await asyncio.to_thread(sim.wait, 60)
+        fast, slow = await messages(plain, session_id), await messages(ordinary, session_id)
+        assert fast == slow
+        assert fast[0]["data"]["log"]["__typename"] == "LogChunk"
+        assert fast[-1]["data"]["log"]["final"] is True
+        unknown = "00000000-0000-0000-0000-000000000001"
+        fast_err = await messages(plain, unknown)
+        slow_err = await messages(ordinary, unknown)
+        assert fast_err == slow_err
+        assert fast_err[0]["errors"][0]["extensions"]["code"] == "NOT_FOUND", fast_err
+    finally:
+        sim.kill()
+        await api.close()
+
+
+async def test_multi_user_websockets_authenticate_in_connection_init(
+    e2e_database_url: str, tmp_path: Path
+) -> None:
+    from delidev.auth.tokens import issue_access_token
+    from delidev.settings import Settings
+
+    secret = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
+    srv = Server(
+        e2e_database_url,
+        tmp_path / "mu.log",
+        DELIDEV_SINGLE_USER_MODE="false",
+        DELIDEV_JWT_SECRET=secret,
+        DELIDEV_OIDC_ISSUER_URL="https://id.example",
+        DELIDEV_OIDC_CLIENT_ID="c",
+        DELIDEV_OIDC_CLIENT_SECRET="s",
+    )
+    try:
+        await srv.ready()
+        user_id = uuid.uuid4()
+        now = "2026-01-01 00:00:00+00:00"
+        if e2e_database_url.startswith("sqlite://"):
+            import sqlite3
+
+            with sqlite3.connect(e2e_database_url.removeprefix("sqlite://")) as db:
+                db.execute(
+                    "INSERT INTO users (id, email, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    (str(user_id), "ws@example.com", now, now),
+                )
+        else:
+            conn = await asyncpg.connect(e2e_database_url)
+            try:
+                await conn.execute(
+                    "INSERT INTO users (id, email, created_at, updated_at) "
+                    "VALUES ($1, $2, now(), now())",
+                    user_id,
+                    "ws@example.com",
+                )
+            finally:
+                await conn.close()
+        token = issue_access_token(Settings(jwt_secret=secret), user_id).token
+        for payload in (None, {"authorization": "Bearer nope"}):
+            refused = GraphQLWs(srv.base)
+            await refused.connect(init=False)
+            await refused.send({"type": "connection_init", "payload": payload or {}})
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await refused.receive(5)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4403
+        welcome = GraphQLWs(srv.base)
+        await welcome.connect({"authorization": f"Bearer {token}"})  # asserts the ack
+        await welcome.subscribe("subscription { workerUpdated { workerId } }")
+        await welcome.close()
+    finally:
+        srv.stop()

@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from delidev import models as m
+from delidev.services import workspaces
+from tests.conftest import SqlCounter
+from tests.factories import make_group, make_repository, make_todo, make_workspace
+
+NESTED = """
+{
+  workspaces(limit: 100) {
+    totalCount
+    items {
+      id name
+      repositories { id name workspace { id } }
+      repositoryGroups { id repositoryIds repositories { id name } }
+    }
+  }
+  todoItems(limit: 100) { totalCount items { id repository { id name } } }
+}
+"""
+
+
+def _deep(levels: int) -> str:
+    inner = "id"
+    for _ in range(levels):
+        inner = f"repositories {{ workspace {{ {inner} }} }}"
+    return f"{{ workspaces {{ items {{ {inner} }} }} }}"
+
+
+DEEP = _deep(8)
+
+
+async def _gql(http: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:
+    response = await http.post("/graphql", json={"query": query, "variables": variables})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _populate(n: int) -> None:
+    for _ in range(n):
+        ws = await make_workspace()
+        repos = [await make_repository(ws), await make_repository(ws)]
+        await make_group(ws, repos)
+        await make_todo(repos[0])
+
+
+async def test_nested_query_statement_count_does_not_grow_with_rows(
+    http: httpx.AsyncClient, sql_counter: SqlCounter
+) -> None:
+    await _populate(2)
+    sql_counter.reset()
+    small = await _gql(http, NESTED)
+    assert "errors" not in small
+    few = len(sql_counter.statements)
+
+    await _populate(18)
+    sql_counter.reset()
+    large = await _gql(http, NESTED)
+    many = len(sql_counter.statements)
+
+    assert len(large["data"]["workspaces"]["items"]) == 20
+    groups = [g for w in large["data"]["workspaces"]["items"] for g in w["repositoryGroups"]]
+    assert all(len(g["repositories"]) == 2 for g in groups)
+    assert large["data"]["todoItems"]["totalCount"] == 20
+    assert many == few, sql_counter.statements
+    assert many <= 10
+
+
+async def test_graphiql_is_served_to_browsers(http: httpx.AsyncClient) -> None:
+    response = await http.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status_code == 200
+    assert "graphiql" in response.text.lower()
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        (DEEP, "exceeds maximum operation depth"),
+        (
+            "{ " + " ".join(f"a{i}: workspaces {{ totalCount }}" for i in range(40)) + " }",
+            "aliases",
+        ),
+        ("{ workspaces { totalCount " + "totalCount " * 6000 + "} }", "token"),
+    ],
+)
+async def test_limits(http: httpx.AsyncClient, query: str, fragment: str) -> None:
+    body = await _gql(http, query)
+    assert body.get("data") is None
+    assert fragment in body["errors"][0]["message"]
+
+
+@pytest.mark.usefixtures("database")
+@pytest.mark.parametrize(
+    ("query", "variables", "code", "field"),
+    [
+        ("query($id: ID!) { workspace(id: $id) { id } }", {"id": "nope"}, "INVALID_ARGUMENT", "id"),
+        (
+            "query($id: ID!) { workspace(id: $id) { id } }",
+            {"id": "6c1d2d07-2b1c-4d56-9c7f-0d8c3d4c1a11"},
+            "NOT_FOUND",
+            "workspace_id",
+        ),
+        ("{ todoItems(status: BOGUS) { totalCount } }", {}, "INVALID_ARGUMENT", None),
+        ("mutation { createWorkspace(input: {name: 5}) { id } }", {}, "INVALID_ARGUMENT", None),
+        ("mutation { createWorkspace(input: {}) { id } }", {}, "INVALID_ARGUMENT", None),
+        ('mutation { createWorkspace(input: {name: ""}) { id } }', {}, "INVALID_ARGUMENT", "name"),
+        ("{ workspaces { nope } }", {}, "INVALID_ARGUMENT", None),
+        ("{ workspaces(limit: -1) { totalCount } }", {}, "INVALID_ARGUMENT", "limit"),
+        (
+            "mutation($i: CreateTodoItemInput!) { createTodoItem(input: $i) { id } }",
+            {"i": {"repositoryId": "6c1d2d07-2b1c-4d56-9c7f-0d8c3d4c1a11"}},
+            "INVALID_ARGUMENT",
+            "data",
+        ),
+    ],
+)
+async def test_bad_input(
+    http: httpx.AsyncClient, query: str, variables: dict[str, Any], code: str, field: str | None
+) -> None:
+    body = await _gql(http, query, **variables)
+    error = body["errors"][0]
+    assert error["extensions"]["code"] == code
+    assert error["extensions"]["delidevCode"] in (-32602, -32003)
+    if field:
+        assert error["extensions"]["field"] == field
+    assert await m.Workspace.all().count() == 0
+
+
+async def test_unexpected_errors_are_masked(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def boom(**_: Any) -> None:
+        raise RuntimeError("token sk-live-123")
+
+    monkeypatch.setattr(workspaces, "list_workspaces", boom)
+    with caplog.at_level(logging.ERROR, logger="delidev"):
+        body = await _gql(http, "{ workspaces { totalCount } }")
+    error = body["errors"][0]
+    assert error["message"] == "internal error"
+    assert error["extensions"] == {"code": "INTERNAL", "delidevCode": -32603}
+    assert "sk-live" not in str(body)
+    assert caplog.records
+
+
+async def test_update_group_and_todo_mutations(http: httpx.AsyncClient) -> None:
+    ws = await make_workspace()
+    a, b = await make_repository(ws), await make_repository(ws)
+    group = await make_group(ws, [a], name="g")
+    body = await _gql(
+        http,
+        "mutation($i: UpdateRepositoryGroupInput!) { updateRepositoryGroup(input: $i) "
+        "{ name repositories { id } } }",
+        i={"id": str(group.id), "addRepositoryIds": [str(b.id)]},
+    )
+    result = body["data"]["updateRepositoryGroup"]
+    assert result["name"] == "g"
+    assert [r["id"] for r in result["repositories"]] == [str(a.id), str(b.id)]
+
+    body = await _gql(
+        http,
+        "mutation($i: CreateTodoItemInput!) { createTodoItem(input: $i) { id type source "
+        "data { ... on PrReviewData { prUrl changedFilesCount aiSummary } } } }",
+        i={
+            "repositoryId": str(a.id),
+            "source": "MANUAL",
+            "prReview": {
+                "prUrl": "https://github.com/a/b/pull/1",
+                "prTitle": "t",
+                "changedFilesCount": 4,
+                "aiSummary": "ok",
+            },
+        },
+    )
+    item = body["data"]["createTodoItem"]
+    assert (item["type"], item["source"]) == ("PR_REVIEW", "MANUAL")
+    assert item["data"] == {
+        "prUrl": "https://github.com/a/b/pull/1",
+        "changedFilesCount": 4,
+        "aiSummary": "ok",
+    }
+
+
+async def test_oversized_body_is_refused_before_parsing(http: httpx.AsyncClient) -> None:
+    query = "{ workspaces { totalCount } }" + " " * (2 * 1024 * 1024)
+    response = await http.post("/graphql", json={"query": query})
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "INVALID_ARGUMENT"
+
+    async def chunks() -> Any:
+        for _ in range(3):
+            yield b" " * 600_000
+
+    streamed = await http.post(
+        "/graphql", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert streamed.status_code == 413

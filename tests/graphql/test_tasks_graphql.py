@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from delidev import models as m
+from delidev.auth.principal import LOCAL_USER
+from delidev.services import tasks
+from tests.conftest import SqlCounter
+from tests.factories import finish_latest, make_group, make_repository, make_workspace
+
+PLAN = """
+tasks:
+  - id: a
+    prompt: first
+  - id: b
+    prompt: second
+    dependsOn: [a]
+"""
+
+NESTED = """
+query($first: Int) {
+  tasks(first: $first) {
+    totalCount
+    pageInfo { hasNextPage endCursor }
+    edges {
+      cursor
+      node {
+        id prompt
+        ... on UnitTask {
+          status branchName latestSession { status attempt }
+          agentTask { id sessions { id status } baseRemotes { gitBranchName } }
+        }
+        ... on CompositeTask {
+          compositeStatus: status planYaml
+          planningTask { sessions { status } }
+          nodes {
+            planId state dependsOnNodeIds
+            unitTask { id status agentTask { sessions { id } } }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+async def _gql(http: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:
+    response = await http.post("/graphql", json={"query": query, "variables": variables})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _populate(n: int) -> None:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws), await make_repository(ws)])
+    for i in range(n):
+        await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt=f"u{i}")
+        composite = await tasks.create_composite_task(
+            actor=LOCAL_USER, repository_group_id=group.id, prompt=f"c{i}"
+        )
+        await finish_latest(composite.planning_task_id, plan_yaml=PLAN)
+        await tasks.approve_task(actor=LOCAL_USER, task_id=composite.id)
+
+
+async def test_nested_task_query_statement_count_is_constant(
+    http: httpx.AsyncClient, sql_counter: SqlCounter
+) -> None:
+    await _populate(2)
+    sql_counter.reset()
+    small = await _gql(http, NESTED, first=100)
+    assert "errors" not in small, small
+    few = len(sql_counter.statements)
+    await _populate(8)
+    sql_counter.reset()
+    large = await _gql(http, NESTED, first=100)
+    assert large["data"]["tasks"]["totalCount"] == 20
+    composites = [e["node"] for e in large["data"]["tasks"]["edges"] if "nodes" in e["node"]]
+    assert len(composites) == 10
+    assert all(len(c["nodes"]) == 2 for c in composites)
+    assert {n["state"] for c in composites for n in c["nodes"]} == {"QUEUED", "WAITING"}
+    assert len(sql_counter.statements) == few, sql_counter.statements
+
+
+async def test_relay_paging(http: httpx.AsyncClient) -> None:
+    await _populate(3)  # 6 top-level tasks
+    seen: list[str] = []
+    after = None
+    while True:
+        body = await _gql(
+            http,
+            "query($after: String) { tasks(first: 4, after: $after) { totalCount "
+            "pageInfo { hasNextPage endCursor } edges { node { id } } } }",
+            after=after,
+        )
+        page = body["data"]["tasks"]
+        seen += [e["node"]["id"] for e in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert len(seen) == len(set(seen)) == 6
+    bad = await _gql(http, '{ tasks(after: "nope") { totalCount } }')
+    assert bad["errors"][0]["extensions"]["field"] == "after"
+
+
+@pytest.mark.usefixtures("database")
+async def test_review_flow_through_mutations(http: httpx.AsyncClient) -> None:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    body = await _gql(
+        http,
+        "mutation($i: CreateUnitTaskInput!) { createUnitTask(input: $i) { id status "
+        "latestSession { id status } } }",
+        i={"repositoryGroupId": str(group.id), "prompt": "Do it", "aiAgentType": "AMP"},
+    )
+    created = body["data"]["createUnitTask"]
+    assert created["status"] == "IN_PROGRESS"
+    assert created["latestSession"]["status"] == "QUEUED"
+    task = await m.UnitTask.get(id=created["id"])
+    await finish_latest(task.agent_task_id)
+    body = await _gql(
+        http,
+        "mutation($id: ID!) { approveTask(id: $id) { ... on UnitTask { status } } }",
+        id=created["id"],
+    )
+    assert body["data"]["approveTask"]["status"] == "APPROVED"
+    body = await _gql(http, "mutation($id: ID!) { approveTask(id: $id) { id } }", id=created["id"])
+    error = body["errors"][0]
+    assert error["extensions"]["code"] == "FAILED_PRECONDITION"
+    assert "approved" in error["message"]
+    body = await _gql(
+        http,
+        "mutation($id: ID!) { updateTaskStatus(id: $id, status: PR_OPEN, "
+        'linkedPrUrl: "https://github.com/a/b/pull/9") { status linkedPrUrl } }',
+        id=created["id"],
+    )
+    assert body["data"]["updateTaskStatus"] == {
+        "status": "PR_OPEN",
+        "linkedPrUrl": "https://github.com/a/b/pull/9",
+    }
+    body = await _gql(http, "query($id: ID!) { task(id: $id) { __typename id } }", id=created["id"])
+    assert body["data"]["task"]["__typename"] == "UnitTask"
+    body = await _gql(http, "mutation($id: ID!) { deleteTask(id: $id) }", id=created["id"])
+    assert body["data"]["deleteTask"] is True

@@ -1,0 +1,32 @@
+// A real OpenID provider (the npm package oidc-provider) on a loopback port, for the
+// sign-in tests. Any login name is accepted by its development login form; the account's
+// e-mail is <login>@example.com. Prints "ready" once it listens.
+import Provider from "oidc-provider";
+
+const port = Number(process.env.OIDC_PORT);
+const issuer = `http://127.0.0.1:${port}`;
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      client_id: process.env.OIDC_CLIENT_ID,
+      client_secret: process.env.OIDC_CLIENT_SECRET,
+      redirect_uris: [process.env.OIDC_REDIRECT_URI],
+      grant_types: ["authorization_code"],
+      response_types: ["code"],
+      token_endpoint_auth_method: "client_secret_post",
+    },
+  ],
+  claims: { openid: ["sub"], email: ["email", "email_verified"], profile: ["name"] },
+  async findAccount(_ctx, sub) {
+    return {
+      accountId: sub,
+      async claims() {
+        return { sub, email: `${sub}@example.com`, email_verified: true, name: `User ${sub}` };
+      },
+    };
+  },
+  cookies: { keys: ["delidev-test-cookie-key"] },
+  features: { devInteractions: { enabled: true } },
+});
+const server = provider.listen(port, "127.0.0.1", () => console.log("ready"));
+process.on("SIGTERM", () => server.close(() => process.exit(0)));

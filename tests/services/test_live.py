@@ -1,0 +1,339 @@
+"""Events and live views: the bus, after-commit publishing, log following, task updates."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from delidev import events
+from delidev import models as m
+from delidev.auth.principal import LOCAL_USER
+from delidev.errors import FailedPrecondition, NotFound
+from delidev.services import live, sessions, tasks
+from delidev.services.common import transaction
+from delidev.settings import Settings
+from tests.factories import make_group, make_repository, make_workspace, start_latest
+
+pytestmark = pytest.mark.usefixtures("database")
+Q = m.AgentSessionStatus
+
+
+@pytest.fixture
+def bus() -> Any:
+    b = events.EventBus()
+    token = events.bind(b)
+    yield b
+    events.unbind(token)
+
+
+async def _running() -> m.AgentSession:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    task = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="p")
+    return await start_latest(task.agent_task_id)
+
+
+async def _append(session: m.AgentSession, sequence: int, data: str) -> None:
+    await sessions.append_log(
+        session_id=session.id, chunks=[sessions.LogChunkIn(sequence=sequence, data=data)]
+    )
+
+
+async def _until(check: Any, within: float = 10.0) -> None:
+    """Polls a condition (the event loop may be slow on a busy machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def _collect(stream: AsyncIterator[live.LogPiece]) -> list[live.LogPiece]:
+    return [piece async for piece in stream]
+
+
+# The bus ---------------------------------------------------------------------------------
+
+
+async def test_watchers_hear_their_keys_only_and_overflow_is_flagged(bus: Any) -> None:
+    mine = bus.watch(("session", "a"))
+    other = bus.watch(("session", "b"))
+    small = bus.watch(("session", "a"), buffer=2)
+    for size in (1, 2, 3):
+        bus.publish(events.LogAppended(session_id="a", log_size=size))
+    assert [e.log_size for e in mine.drain()] == [1, 2, 3]
+    assert other.drain() == []
+    assert small.overflowed
+    assert len(small.drain()) == 2
+    for w in (mine, other, small):
+        w.close()
+    assert bus.watcher_count() == 0
+
+
+async def test_events_wait_for_the_commit_and_vanish_with_a_rollback(bus: Any) -> None:
+    watch = bus.watch(("jobs",))
+    async with transaction():
+        events.publish(events.JobQueued())
+        assert not watch.changed.is_set()  # not before the commit
+    assert len(watch.drain()) == 1
+
+    async def fail() -> None:
+        async with transaction():
+            events.publish(events.JobQueued())
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await fail()
+    assert watch.drain() == []
+
+
+def test_wire_format_round_trips_and_stays_small() -> None:
+    event = events.TtyChanged(request_id="r" * 36, session_id="s" * 36, workspace_id="w" * 36)
+    payload = events.encode(event, "origin")
+    assert len(payload) < 300
+    assert events.decode(payload) == (event, "origin")
+    assert events.decode('{"t": "FromTheFuture", "o": "x"}') is None
+    assert events.decode("not json") is None
+
+
+@pytest.mark.postgres_only
+async def test_postgres_bus_crosses_processes_and_survives_a_killed_listener(
+    settings: Settings,
+) -> None:
+    from delidev import db
+
+    dsn = db.asyncpg_dsn(settings)
+    a, b = events.PostgresEventBus(dsn), events.PostgresEventBus(dsn)
+    await a.start()
+    await b.start()
+    try:
+        watch = b.watch(("session", "s1"))
+        a.publish(events.LogAppended(session_id="s1", log_size=5))
+        assert await watch.wait(5)
+        assert watch.drain() == [events.LogAppended(session_id="s1", log_size=5)]
+        own = a.watch(("session", "s1"))
+        a.publish(events.LogAppended(session_id="s1", log_size=6))
+        assert await watch.wait(5)
+        await asyncio.sleep(0.2)
+        assert len(own.drain()) == 1  # its own NOTIFY is not delivered a second time
+
+        # Kill b's listening connection: it reconnects and tells its watchers to resync.
+        watch.drain()
+        conn = await asyncpg.connect(dsn)
+        try:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'delidev-events-listener'"
+            )
+        finally:
+            await conn.close()
+        assert killed >= 1
+        assert await watch.wait(15)
+        assert any(isinstance(e, events.Resync) for e in watch.drain())
+        await asyncio.wait_for(b.listening.wait(), 10)
+        a.publish(events.LogAppended(session_id="s1", log_size=7))
+        assert await watch.wait(5)
+        assert events.LogAppended(session_id="s1", log_size=7) in watch.drain()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+# Following a log -------------------------------------------------------------------------
+
+
+async def test_replay_then_follow_then_end(bus: Any) -> None:
+    session = await _running()
+    await _append(session, 0, "one\n")
+    feeds = live.LogFeeds(bus)
+    follower = asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
+    await asyncio.sleep(0.1)
+    await _append(session, 1, "two\n")
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    pieces = await asyncio.wait_for(follower, 5)
+    assert "".join(p.data for p in pieces) == "one\ntwo\n"
+    assert [p.offset for p in pieces if p.data] == [0, 4]
+    assert pieces[-1].final
+    assert pieces[-1].status == Q.SUCCEEDED
+    assert len(feeds) == 0  # the shared reader went with its last follower
+
+
+async def test_resuming_from_any_offset_gives_each_character_once(bus: Any) -> None:
+    session = await _running()
+    text = "".join(f"line {i}\n" for i in range(50))
+    await _append(session, 0, text[:100])
+    feeds = live.LogFeeds(bus)
+    seen = ""
+    stream = feeds.follow(actor=LOCAL_USER, session_id=session.id)
+    first = await anext(stream)
+    seen += first.data
+    await stream.aclose()  # the client drops off after the first message
+    await _append(session, 1, text[100:])
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    rest = await _collect(
+        feeds.follow(actor=LOCAL_USER, session_id=session.id, from_offset=len(seen))
+    )
+    assert seen + "".join(p.data for p in rest) == text
+
+
+async def test_many_followers_each_get_the_whole_log(bus: Any) -> None:
+    session = await _running()
+    feeds = live.LogFeeds(bus)
+    followers = [
+        asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
+        for _ in range(200)
+    ]
+    try:
+        for _ in range(400):  # until every follower has joined (each checks access first)
+            feed = feeds._feeds.get(session.id)
+            if feed is not None and feed.followers == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert len(feeds) == 1  # one reader for all of them
+        assert feeds._feeds[session.id].followers == 200
+        lines = [f"{i:05}\n" for i in range(300)]
+        for i in range(0, 300, 10):
+            await _append(session, i // 10, "".join(lines[i : i + 10]))
+        await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+        results = await asyncio.wait_for(asyncio.gather(*followers), 30)
+    finally:
+        for follower in followers:
+            follower.cancel()
+    for pieces in results:
+        assert "".join(p.data for p in pieces) == "".join(lines)
+
+
+async def test_a_follower_that_never_reads_slows_nobody(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "WINDOW_CHARS", 1000)  # a small window, to fall out of it
+    session = await _running()
+    feeds = live.LogFeeds(bus)
+    sleeper = feeds.follow(actor=LOCAL_USER, session_id=session.id)
+    reader = asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
+    await asyncio.sleep(0.1)
+    text = "".join(f"{i:09}\n" for i in range(1000))  # 10,000 characters
+    for i in range(0, 1000, 50):
+        await _append(session, i // 50, text[i * 10 : (i + 50) * 10])
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    pieces = await asyncio.wait_for(reader, 10)
+    assert "".join(p.data for p in pieces) == text
+    # The one that slept catches up from storage, missing nothing.
+    late = await _collect(sleeper)
+    assert "".join(p.data for p in late) == text
+
+
+async def test_following_a_deleted_or_unknown_session(bus: Any) -> None:
+    session = await _running()
+    feeds = live.LogFeeds(bus)
+    with pytest.raises(NotFound):
+        await _collect(feeds.follow(actor=LOCAL_USER, session_id=uuid.uuid4()))
+    follower = asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
+    await asyncio.sleep(0.1)
+    task = await m.UnitTask.get(agent_task_id=session.agent_task_id)
+    await tasks.delete_task(actor=LOCAL_USER, task_id=task.id)
+    with pytest.raises(NotFound):
+        await asyncio.wait_for(follower, 5)
+
+
+# Task, TTY and worker updates -------------------------------------------------------------
+
+
+async def test_task_updates_follow_a_task_through_its_life(bus: Any) -> None:
+    session = await _running()
+    task = await m.UnitTask.get(agent_task_id=session.agent_task_id)
+    seen: list[live.TaskUpdate] = []
+
+    async def watch() -> None:
+        async for update in live.task_updates(actor=LOCAL_USER, bus=bus, task_id=task.id):
+            seen.append(update)
+
+    def statuses() -> list[m.UnitTaskStatus]:
+        return [u.task.status for u in seen if isinstance(u.task, m.UnitTask)]
+
+    watcher = asyncio.create_task(watch())
+    await _until(lambda: bus.watcher_count() == 1)
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    await _until(lambda: m.UnitTaskStatus.IN_REVIEW in statuses())
+    await tasks.approve_task(actor=LOCAL_USER, task_id=task.id)
+    await _until(lambda: m.UnitTaskStatus.APPROVED in statuses())
+    watcher.cancel()
+    assert statuses()[-1] == m.UnitTaskStatus.APPROVED
+
+
+async def test_workspace_task_updates_and_deletion(bus: Any) -> None:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    seen: list[live.TaskUpdate] = []
+
+    async def watch() -> None:
+        async for update in live.task_updates(actor=LOCAL_USER, bus=bus, workspace_id=ws.id):
+            seen.append(update)
+
+    watcher = asyncio.create_task(watch())
+    await _until(lambda: bus.watcher_count() == 1)
+    task = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="x")
+    await _until(lambda: len(seen) >= 1)
+    await tasks.delete_task(actor=LOCAL_USER, task_id=task.id)
+    await _until(lambda: len(seen) >= 2)
+    await asyncio.sleep(0.05)  # nothing more arrives
+    watcher.cancel()
+    assert [u.task_id for u in seen] == [task.id, task.id]
+    assert seen[0].task is not None
+    assert seen[1].task is None
+
+
+async def test_a_subscriber_that_falls_behind_is_closed_with_a_reason(bus: Any) -> None:
+    ws = await make_workspace()
+    stream = live.task_updates(actor=LOCAL_USER, bus=bus, workspace_id=ws.id)
+    first = asyncio.ensure_future(anext(stream))
+    await _until(lambda: bus.watcher_count() == 1)
+    for _ in range(events.WATCH_BUFFER + 10):
+        bus.publish(events.TaskChanged(task_id=str(uuid.uuid4()), workspace_id=str(ws.id)))
+    with pytest.raises(FailedPrecondition) as info:
+        await asyncio.wait_for(first, 5)
+    assert "fell too far behind" in info.value.message
+
+
+async def test_tty_requests_are_announced(bus: Any) -> None:
+    session = await _running()
+    task = await m.UnitTask.get(agent_task_id=session.agent_task_id)
+    stream = live.tty_requests(actor=LOCAL_USER, bus=bus, workspace_id=task.workspace_id)
+    nxt = asyncio.ensure_future(anext(stream))
+    await _until(lambda: bus.watcher_count() == 1)
+    asked = await sessions.create_tty_request(
+        session_id=session.id,
+        prompt="Which branch?",
+        input_type=m.TtyInputType.TEXT,
+        expires_in=dt.timedelta(minutes=1),
+    )
+    got = await asyncio.wait_for(nxt, 5)
+    assert got.id == asked.id
+    await stream.aclose()
+
+
+async def test_a_follower_loses_access_when_the_session_stops_being_theirs(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "AUTH_RECHECK_S", 0.0)  # check before every piece
+    session = await _running()
+    feeds = live.LogFeeds(bus)
+    stream = feeds.follow(actor=LOCAL_USER, session_id=session.id)
+    follower = asyncio.ensure_future(_collect(stream))
+    await _append(session, 0, "visible\n")
+    await asyncio.sleep(0.1)
+    # The workspace moves to another owner: the local user may no longer read it.
+    task = await m.UnitTask.get(agent_task_id=session.agent_task_id)
+    other = await m.User.create(
+        email="someone@example.com", name="Someone", oidc_issuer="x", oidc_subject="y"
+    )
+    await m.Workspace.filter(id=task.workspace_id).update(user_id=other.id)
+    await _append(session, 1, "secret\n")
+    with pytest.raises(NotFound):
+        await asyncio.wait_for(follower, 5)

@@ -1,0 +1,123 @@
+"""The real server process: zero-configuration start, health, the README's calls, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+SERVER = [sys.executable, "-m", "delidev.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIDEV_")}
+    env.pop("DATABASE_URL", None)
+    env.update(HOME=str(home), **extra)
+    return env
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        SERVER,
+        env=_env(tmp_path, DELIDEV_SERVER_PORT=str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"server did not start:\n{proc.communicate()[0]}")
+            time.sleep(0.1)
+        yield base, proc, tmp_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_zero_configuration_server_answers_both_apis(
+    server: tuple[str, subprocess.Popen[str], Path],
+) -> None:
+    base, proc, home = server
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    created = httpx.post(
+        f"{base}/delidev.v1.WorkspaceService/Create",
+        content='{"name":"w"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert created.status_code == 200
+    workspace = created.json()["workspace"]
+    assert workspace["name"] == "w"
+    query = httpx.post(
+        f"{base}/graphql", json={"query": "{ workspaces { totalCount items { id } } }"}
+    )
+    assert query.json() == {
+        "data": {"workspaces": {"totalCount": 1, "items": [{"id": workspace["id"]}]}}
+    }
+    assert (home / ".delidev" / "delidev.db").exists()
+
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=20)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "DeliDev server stopped" in output
+    assert "Traceback" not in output
+
+
+def test_multi_user_without_secret_refuses_to_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        SERVER,
+        env=_env(tmp_path, DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "DELIDEV_JWT_SECRET" in result.stderr
+
+
+def test_migrate_command(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    env = _env(tmp_path, DATABASE_URL=f"sqlite://{db}", DELIDEV_SINGLE_USER_MODE="true")
+    result = subprocess.run(
+        [*SERVER, "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    check = subprocess.run(
+        [*SERVER, "check-migrations"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "migrations match the models" in check.stdout
+
+
+async def test_readyz_is_503_until_the_database_is_open(app: object) -> None:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # an ASGI app
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "starting"}

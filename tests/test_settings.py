@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from delidev.settings import Settings, SettingsError
+
+GOOD_SECRET = "f" * 16 + "0123456789abcdef0123"
+MULTI = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1/db",
+    "DELIDEV_JWT_SECRET": GOOD_SECRET,
+    "DELIDEV_OIDC_ISSUER_URL": "https://id.example.com",
+    "DELIDEV_OIDC_CLIENT_ID": "delidev",
+    "DELIDEV_OIDC_CLIENT_SECRET": "s3cr3t-value",
+}
+
+
+def test_zero_configuration_is_single_user_sqlite() -> None:
+    settings = Settings.from_env({})
+    assert settings.single_user_mode
+    assert settings.is_sqlite
+    assert settings.database_url == f"sqlite://{Path.home() / '.delidev' / 'delidev.db'}"
+    assert (settings.server_port, settings.log_level) == (54871, "info")
+
+
+def test_database_url_alone_means_multi_user() -> None:
+    with pytest.raises(SettingsError, match="DELIDEV_JWT_SECRET"):
+        Settings.from_env({"DATABASE_URL": "postgres://x@localhost/db"})
+
+
+def test_multi_user_with_everything() -> None:
+    settings = Settings.from_env(MULTI)
+    assert not settings.single_user_mode
+    assert settings.is_postgres
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "DELIDEV_JWT_SECRET",
+        "DELIDEV_OIDC_ISSUER_URL",
+        "DELIDEV_OIDC_CLIENT_ID",
+        "DELIDEV_OIDC_CLIENT_SECRET",
+    ],
+)
+def test_multi_user_names_the_missing_variable(missing: str) -> None:
+    env = {k: v for k, v in MULTI.items() if k != missing}
+    with pytest.raises(SettingsError, match=missing):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "secret", ["short", "changeme" * 5, "your-secret-key-here-xxxxxxxxxxxxxxx"]
+)
+def test_weak_or_placeholder_secret_is_refused(secret: str) -> None:
+    with pytest.raises(SettingsError, match="DELIDEV_JWT_SECRET"):
+        Settings.from_env({**MULTI, "DELIDEV_JWT_SECRET": secret})
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("DELIDEV_SERVER_PORT", "abc"),
+        ("DELIDEV_SERVER_PORT", "70000"),
+        ("DELIDEV_LOG_LEVEL", "loud"),
+        ("DELIDEV_SINGLE_USER_MODE", "maybe"),
+        ("DATABASE_URL", "mysql://x/y"),
+        ("DELIDEV_HEARTBEAT_INTERVAL_MS", "0"),
+    ],
+)
+def test_bad_values_name_the_variable(var: str, value: str) -> None:
+    env = {"DELIDEV_SINGLE_USER_MODE": "true", var: value}
+    with pytest.raises(SettingsError, match=var):
+        Settings.from_env(env)
+
+
+def test_explicit_single_user_with_a_database_url() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "sqlite:///tmp/x.db",
+            "DELIDEV_SINGLE_USER_MODE": "true",
+            "DELIDEV_LOG_LEVEL": "DEBUG",
+            "DELIDEV_CORS_ORIGINS": "https://a, https://b",
+        }
+    )
+    assert settings.single_user_mode
+    assert settings.log_level == "debug"
+    assert settings.cors_origins == ("https://a", "https://b")
