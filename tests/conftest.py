@@ -8,6 +8,7 @@ end. When PostgreSQL is selected and unreachable the run fails: it never skips.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import uuid
@@ -140,18 +141,29 @@ async def http(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 class SqlCounter(logging.Handler):
-    """Counts the SQL statements Tortoise sends (it logs each at DEBUG)."""
+    """Counts the SQL statements Tortoise sends (it logs each at DEBUG).
+
+    Only statements sent from the test's own task (and tasks it starts after ``reset``) are
+    counted: a background task left over by another test must not change the figure.
+    """
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.statements: list[str] = []
+        self._scope: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            "sql_counter_scope", default=False
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not self._scope.get():
+            return
         message = record.getMessage()
         if message.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")):
             self.statements.append(message)
 
     def reset(self) -> None:
+        """Starts counting afresh, in the calling task's context."""
+        self._scope.set(True)
         self.statements.clear()
 
 

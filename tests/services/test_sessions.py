@@ -80,7 +80,7 @@ async def test_reading_the_tail_of_a_long_log_touches_few_rows(sql_counter: SqlC
     tail = await sessions.read_log(actor=A, session_id=session.id, offset=size - 9)
     assert tail.content == "line 999\n"
     # session lookups + one seek + one scan; never the 1000 chunks
-    assert len(sql_counter.statements) <= 8
+    assert 0 < len(sql_counter.statements) <= 8
 
 
 async def test_a_window_read_from_the_start_scans_only_that_window(
