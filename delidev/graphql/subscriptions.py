@@ -138,8 +138,7 @@ class Subscription:
     async def worker_updated(self, info: GqlInfo) -> AsyncGenerator[WorkerUpdate, None]:
         """Workers registering, changing status (idle, busy, unhealthy) and leaving."""
         ctx = info.context
-        await ctx.actor()
-        async for update in live.worker_updates(bus=ctx.bus):
+        async for update in live.worker_updates(actor=await ctx.actor(), bus=ctx.bus):
             w = update.worker
             yield WorkerUpdate(
                 worker_id=strawberry.ID(str(update.worker_id)),
@@ -153,8 +152,8 @@ class Subscription:
                     status=w.status,
                     last_heartbeat=w.last_heartbeat,
                     current_task_id=None
-                    if w.current_task_id is None
-                    else strawberry.ID(str(w.current_task_id)),
+                    if update.current_task_id is None
+                    else strawberry.ID(str(update.current_task_id)),
                     registered_at=w.registered_at,
                 ),
             )

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import cast
 from uuid import UUID
 
 from delidev import events
@@ -27,6 +28,7 @@ from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import workers as worker_service
+from delidev.services.common import owner_filter
 from delidev.services.workspaces import get_workspace
 
 log = logging.getLogger(__name__)
@@ -298,9 +300,12 @@ async def tty_requests(
 class WorkerUpdate:
     worker_id: UUID
     worker: m.Worker | None  # None: it unregistered
+    current_task_id: UUID | None = None
+    """The task the worker runs, when the subscriber may see it: the fleet is shared between
+    tenants, their tasks are not."""
 
 
-async def worker_updates(*, bus: events.EventBus) -> AsyncIterator[WorkerUpdate]:
+async def worker_updates(*, actor: Principal, bus: events.EventBus) -> AsyncIterator[WorkerUpdate]:
     """Registrations, status changes and departures of workers.
 
     Raises: FailedPrecondition (the subscriber fell behind)."""
@@ -316,4 +321,33 @@ async def worker_updates(*, bus: events.EventBus) -> AsyncIterator[WorkerUpdate]
             except NotFound:
                 yield WorkerUpdate(worker_id=worker_id, worker=None)
                 continue
-            yield WorkerUpdate(worker_id=worker_id, worker=worker)
+            task_id = await _current_task(actor, worker)
+            yield WorkerUpdate(worker_id=worker_id, worker=worker, current_task_id=task_id)
+
+
+async def _current_task(actor: Principal, worker: m.Worker) -> UUID | None:
+    """The task (unit, or composite being planned) of the session the worker runs, if the
+    actor may see it."""
+    if worker.current_session_id is None:
+        return None
+    agent_id = (
+        await m.AgentSession.filter(id=worker.current_session_id)
+        .first()
+        .values_list("agent_task_id", flat=True)
+    )
+    if agent_id is None:
+        return None
+    scope = owner_filter(actor, "workspace__")
+    unit = (
+        await m.UnitTask.filter(agent_task_id=agent_id, **scope)
+        .first()
+        .values_list("id", flat=True)
+    )
+    if unit is not None:
+        return cast(UUID, unit)
+    composite = (
+        await m.CompositeTask.filter(planning_task_id=agent_id, **scope)
+        .first()
+        .values_list("id", flat=True)
+    )
+    return cast(UUID | None, composite)

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -20,47 +17,15 @@ import pytest
 from delidev import models as m
 from delidev.app import create_app
 from delidev.settings import Settings
-from tests.interop.test_typescript_interop import HERE, _free_port, _prepare_node_project, _tool
+from tests.oidc import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, browse, openid_provider
 
 pytestmark = pytest.mark.usefixtures("database")
-CLIENT_ID = "delidev-tests"
-CLIENT_SECRET = "oidc-client-secret-for-tests-only"
-REDIRECT_URI = "http://127.0.0.1:5173/auth/callback"
 
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[str]:
-    _tool("node")
-    _prepare_node_project(_tool("npm"))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "OIDC_PORT": str(port),
-        "OIDC_CLIENT_ID": CLIENT_ID,
-        "OIDC_CLIENT_SECRET": CLIENT_SECRET,
-        "OIDC_REDIRECT_URI": REDIRECT_URI,
-    }
-    proc = subprocess.Popen(
-        ["node", "oidc_provider.mjs"],
-        cwd=HERE,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.strip() == "ready":
-                break
-        else:
-            pytest.fail("the OpenID provider did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with openid_provider() as issuer:
+        yield issuer
 
 
 @pytest.fixture
@@ -89,43 +54,6 @@ async def _call(
     if token:
         headers["authorization"] = f"Bearer {token}"
     return await api.post(f"/delidev.v1.{method}", content=json.dumps(body), headers=headers)
-
-
-class _Form(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.fields: dict[str, str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form" and self.action is None:
-            self.action = a.get("action", "")
-        if tag == "input" and a.get("name"):
-            self.fields[a["name"]] = a.get("value", "")
-
-
-async def browse(login_url: str, *, login: str) -> dict[str, str]:
-    """What a browser does: follow the provider's redirects, sign in as ``login`` on its
-    login form, consent, and stop at our redirect URI. Returns its query parameters."""
-    async with httpx.AsyncClient(follow_redirects=False, timeout=10) as browser:
-        url, method, data = login_url, "GET", None
-        for _ in range(20):
-            response = await browser.request(method, url, data=data)
-            if response.is_redirect:
-                url, method, data = urljoin(url, response.headers["location"]), "GET", None
-                if url.startswith(REDIRECT_URI):
-                    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-                continue
-            assert response.status_code == 200, response.text
-            form = _Form()
-            form.feed(response.text)
-            assert form.action is not None, response.text
-            fields = dict(form.fields)
-            if "login" in fields:
-                fields.update(login=login, password="any")
-            url, method, data = urljoin(url, form.action), "POST", fields
-    raise AssertionError("the provider never sent the browser back")
 
 
 async def _sign_in(api: httpx.AsyncClient, login: str) -> dict[str, Any]:
