@@ -956,3 +956,67 @@ async def test_a_user_signed_in_through_oidc_uses_subscriptions_refreshes_and_lo
         world.alice.session = survived.json() | {"user": world.alice.session["user"]}
     finally:
         await carol.api.close()
+
+
+async def test_every_method_and_field_refuses_a_request_without_a_valid_token(
+    world: World,
+) -> None:
+    """Enforcement everywhere: each Connect method but the login ones, each GraphQL query,
+    mutation and subscription, StreamLog. (Each kind of bad token, on one method:
+    tests/test_multi_user.py.)"""
+    base = world.server.base
+    a, own = world.alice.ids, world.mallory.ids
+    header, payload, signature = str(world.alice.api.token).split(".")
+    tampered = f"{header}.{payload}.{signature[:-4]}AAAA"
+    before = await snapshot(world.database_url)
+    calls = connect_refusals(a, own) + [(m, {}) for m, _ in CONNECT_LISTS]
+    calls += [
+        ("WorkspaceService/Create", {"name": "anonymous"}),
+        ("AuthService/GetCurrentUser", {}),
+    ]
+    calls += [("AuthService/Logout", {"refreshToken": world.alice.session["refreshToken"]})]
+    calls += [
+        (f"WorkerService/{method.split('/')[1]}", {"workerId": world.worker["workerId"]})
+        for method in sorted(all_connect_methods())
+        if method.startswith("WorkerService/") and method != "WorkerService/Register"
+    ]
+    for token in (None, tampered):
+        client = Api(base, token)
+        try:
+            for method, body in calls:
+                response = await client.call(method, body)
+                assert response.status_code == 401, f"{method}: {response.text}"
+                assert response.json()["code"] == "unauthenticated", method
+            messages, end = await client.stream(
+                "SessionService/StreamLog", {"sessionId": a["session"]}
+            )
+            assert messages == []
+            assert end is not None
+            assert end["code"] == "unauthenticated", end
+            documents = graphql_refusals(a, own) + [
+                (name, doc) for name, doc in walk_documents().items()
+            ]
+            documents += [
+                ("createWorkspace", 'mutation { createWorkspace(input: {name: "x"}) { id } }')
+            ]
+            for name, document in documents:
+                body = await client.gql(document)
+                assert _code(body) == "UNAUTHENTICATED", f"{name}: {body}"
+                assert body.get("data") is None, body
+            refused = GraphQLWs(base)
+            await refused.connect(init=False)
+            await refused.send(
+                {
+                    "type": "connection_init",
+                    "payload": {"authorization": f"Bearer {token}"} if token else {},
+                }
+            )
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await refused.receive(5)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4403
+        finally:
+            await client.close()
+    assert await snapshot(world.database_url) == before
+    # Alice's refresh token survived the anonymous Logout attempts.
+    assert (await world.alice.api.call("AuthService/GetCurrentUser")).status_code == 200
