@@ -379,7 +379,8 @@ def start_server(
             sys.executable, "-m", "uvicorn", "--factory", "bench._app:make_app",
             "--app-dir", str(REPO), "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1", "--log-level", "warning", "--no-access-log",
-            "--timeout-graceful-shutdown", "5", *extra_args,
+            "--timeout-graceful-shutdown", "5",
+            "--ws", "delidev.websocket_deflate:WebSocketProtocol", *extra_args,
         ]  # fmt: skip
         with log_path.open("ab") as log:
             # Its own session: a Ctrl-C at the terminal reaches only the bench, which then

@@ -53,9 +53,11 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from delidev.app import create_app
+    from delidev.websocket_deflate import WebSocketProtocol
 
     uvicorn.run(
         create_app(settings),
+        ws=WebSocketProtocol,
         host=settings.server_host,
         port=settings.server_port,
         log_level=settings.log_level,

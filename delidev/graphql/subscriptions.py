@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import strawberry
 from graphql import GraphQLError, parse, validate
 from graphql.language import ast
+from starlette.websockets import WebSocketDisconnect
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -37,6 +41,7 @@ from delidev.graphql.task_types import (
 from delidev.graphql.types import GqlInfo
 from delidev.services import live
 from delidev.services.common import parse_id, parse_optional_id
+from delidev.websocket_deflate import SharedPrefix, shared_prefix
 
 WorkerStatus = strawberry.enum(m.WorkerStatus, name="WorkerStatus")
 
@@ -263,27 +268,25 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         try:
             if not isinstance(session, str) or not isinstance(offset, int | float):
                 raise _Fallback
+            session_id = parse_id(session, "sessionId")
             stream = self.context.feeds.follow(
-                actor=await self.context.actor(),
-                session_id=parse_id(session, "sessionId"),
-                from_offset=int(offset),
+                actor=await self.context.actor(), session_id=session_id, from_offset=int(offset)
             )
             first = await anext(stream)
         except (_Fallback, errors.DeliDevError, StopAsyncIteration):
             # Errors are reported by the ordinary path, in the ordinary form.
             await super().run_operation(operation)
             return
+        suffix = ',"id":' + json.dumps(operation.id) + "}"
         try:
             async with aclosing(stream):
                 piece: live.LogPiece | None = first
                 while piece is not None:
-                    await operation.send_operation_message(
-                        {
-                            "id": operation.id,
-                            "type": "next",
-                            "payload": {"data": {plan.root_key: _render(plan, piece)}},
-                        }
-                    )
+                    if operation.completed:
+                        return
+                    text, prefix = _next_message(plan, session_id, piece)
+                    with shared_prefix(prefix):
+                        await self._send_text(text + suffix)
                     piece = await anext(stream, None)
             await operation.send_operation_message({"id": operation.id, "type": "complete"})
         except _OperationStreamClosed:
@@ -301,9 +304,38 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             )
             await operation.send_operation_message({"id": operation.id, "type": "complete"})
 
+    async def _send_text(self, text: str) -> None:
+        """Sends an encoded message (what ``send_message`` does after encoding it)."""
+        try:
+            await self.websocket.ws.send_text(text)  # type: ignore[attr-defined]
+        except WebSocketDisconnect as exc:
+            raise WebSocketDisconnected from exc
+
 
 class _Fallback(Exception):
     pass
+
+
+# The encoded ``next`` messages of recent log pieces, shared by the followers of a session:
+# each piece is encoded (and compressed, see websocket_deflate) once, however many follow.
+_MESSAGES: dict[tuple[Any, ...], tuple[str, SharedPrefix]] = {}
+_MESSAGES_KEPT = 64
+
+
+def _next_message(plan: _LogPlan, session: UUID, piece: live.LogPiece) -> tuple[str, SharedPrefix]:
+    """The ``next`` message of ``piece`` without its closing id: ``{"type":"next",
+    "payload":...`` (the log is append-only, so text at an offset never changes)."""
+    key = (session, piece.offset, len(piece.data), piece.status, piece.final, plan.root_key,
+           plan.fields)  # fmt: skip
+    found = _MESSAGES.get(key)
+    if found is None:
+        payload = json.dumps({"data": {plan.root_key: _render(plan, piece)}})
+        text = '{"type":"next","payload":' + payload
+        found = (text, SharedPrefix(text.encode()))
+        if len(_MESSAGES) >= _MESSAGES_KEPT:
+            del _MESSAGES[next(iter(_MESSAGES))]
+        _MESSAGES[key] = found
+    return found
 
 
 def _render(plan: _LogPlan, piece: live.LogPiece) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""WebSocket compression that costs one compression per log piece, not one per follower.
+
+A log piece followed by a thousand GraphQL subscribers becomes a thousand ``next`` messages
+that differ only in their subscription id. With ordinary permessage-deflate, each connection
+compresses its copy with its own compressor, and that was half of the server's time at a
+thousand followers. Here:
+
+- the server negotiates ``server_no_context_takeover``: each message it sends is compressed
+  on its own, never referring to earlier ones (clients decode it like any other message);
+- a sender may mark the start of a message as shared (``shared_prefix``): its compressed
+  form is computed once and reused by every connection, and only the rest (the id, a few
+  bytes) is appended to each, as a stored (uncompressed) DEFLATE block.
+
+The output is ordinary permessage-deflate (RFC 7692); only who does the work changes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import zlib
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
+
+_SYNC_TAIL = b"\x00\x00\xff\xff"
+_MAX_STORED = 0xFFFF
+
+
+class SharedPrefix:
+    """The first bytes of a message that many connections send; its compressed forms (one
+    per window size and compressor setting) are kept with it."""
+
+    __slots__ = ("compressed", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.compressed: dict[tuple[int, tuple[tuple[str, Any], ...]], bytes] = {}
+
+    def compressed_for(self, window_bits: int, settings: dict[str, Any]) -> bytes:
+        key = (window_bits, tuple(sorted(settings.items())))
+        found = self.compressed.get(key)
+        if found is None:
+            encoder = zlib.compressobj(wbits=-window_bits, **settings)
+            # A sync flush ends the output on a byte boundary (with 00 00 ff ff), so more
+            # blocks can follow it.
+            found = encoder.compress(self.data) + encoder.flush(zlib.Z_SYNC_FLUSH)
+            self.compressed[key] = found
+        return found
+
+
+_shared: contextvars.ContextVar[SharedPrefix | None] = contextvars.ContextVar(
+    "delidev_ws_shared_prefix", default=None
+)
+
+
+class shared_prefix:  # noqa: N801  # used like a function: ``with shared_prefix(p):``
+    """Within this block, a message sent by this task that starts with ``prefix.data``
+    reuses its compressed form. (A class, not a generator: it runs once per message.)"""
+
+    __slots__ = ("_prefix", "_token")
+
+    def __init__(self, prefix: SharedPrefix) -> None:
+        self._prefix = prefix
+
+    def __enter__(self) -> None:
+        self._token = _shared.set(self._prefix)
+
+    def __exit__(self, *exc: object) -> None:
+        _shared.reset(self._token)
+
+
+def stored_blocks(data: bytes) -> bytes:
+    """``data`` as uncompressed DEFLATE blocks (each: a byte-aligned header, LEN, NLEN)."""
+    out = bytearray()
+    for start in range(0, len(data), _MAX_STORED):
+        piece = data[start : start + _MAX_STORED]
+        size = len(piece)
+        out += b"\x00" + size.to_bytes(2, "little") + (size ^ 0xFFFF).to_bytes(2, "little")
+        out += piece
+    return bytes(out)
+
+
+class SharedPrefixDeflate(PerMessageDeflate):
+    """permessage-deflate without context takeover on the sending side, which reuses the
+    compressed form of a shared prefix (see the module docstring)."""
+
+    def encode(self, frame: Frame) -> Frame:
+        prefix = _shared.get()
+        if (
+            prefix is not None
+            and frame.opcode is Opcode.TEXT
+            and frame.fin
+            and self.local_no_context_takeover
+            and bytes(frame.data[: len(prefix.data)]) == prefix.data
+        ):
+            head = prefix.compressed_for(self.local_max_window_bits, self.compress_settings)
+            rest = bytes(frame.data[len(prefix.data) :])
+            # The message ends with an empty stored block whose last 4 bytes (00 00 ff ff)
+            # are left out, as RFC 7692 7.2.1 requires: that leaves its header byte, 00.
+            data = head + stored_blocks(rest) + b"\x00"
+            return Frame(frame.opcode, data, True, True, frame.rsv2, frame.rsv3)
+        return super().encode(frame)
+
+
+class SharedPrefixDeflateFactory(ServerPerMessageDeflateFactory):
+    """Negotiates like uvicorn's permessage-deflate (12-bit windows, memLevel 5), with
+    ``server_no_context_takeover`` always on."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            server_no_context_takeover=True,
+            server_max_window_bits=12,
+            client_max_window_bits=12,
+            compress_settings={"memLevel": 5},
+        )
+
+    def process_request_params(self, params: Any, accepted_extensions: Any) -> Any:
+        response, negotiated = super().process_request_params(params, accepted_extensions)
+        extension = SharedPrefixDeflate(
+            negotiated.remote_no_context_takeover,
+            negotiated.local_no_context_takeover,
+            negotiated.remote_max_window_bits,
+            negotiated.local_max_window_bits,
+            negotiated.compress_settings,
+        )
+        return response, extension
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol with ``SharedPrefixDeflate`` as its
+    permessage-deflate (when compression is on)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.config.ws_per_message_deflate:
+            self.conn = ServerProtocol(
+                extensions=[SharedPrefixDeflateFactory()],
+                max_size=self.config.ws_max_size,
+                logger=self.conn.logger,
+            )

@@ -1,0 +1,114 @@
+"""The shared-prefix permessage-deflate: what it sends decodes, with websockets' own client
+decoder, to exactly what was sent, mixed with ordinary messages, across connections."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+
+import pytest
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
+from websockets.frames import Frame, Opcode
+
+from delidev.websocket_deflate import (
+    SharedPrefix,
+    SharedPrefixDeflate,
+    SharedPrefixDeflateFactory,
+    shared_prefix,
+    stored_blocks,
+)
+
+
+def _negotiate(client_offer: ClientPerMessageDeflateFactory) -> tuple[object, PerMessageDeflate]:
+    """Both ends of one negotiation: the server's extension and the client's."""
+    server = SharedPrefixDeflateFactory()
+    response, extension = server.process_request_params(client_offer.get_request_params(), [])
+    client = client_offer.process_response_params(response, [])
+    return extension, client
+
+
+def _text(data: str) -> Frame:
+    return Frame(Opcode.TEXT, data.encode())
+
+
+def _log_message(i: int, size: int) -> str:
+    rng = random.Random(i)
+    lines = "".join(f"line {rng.randrange(10**6)} of the agent's output\n" for _ in range(size))
+    return '{"type":"next","payload":' + json.dumps({"data": {"sessionLog": {"data": lines}}})
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        ClientPerMessageDeflateFactory(),  # what browsers and the websockets client send
+        ClientPerMessageDeflateFactory(client_max_window_bits=True),
+        ClientPerMessageDeflateFactory(server_max_window_bits=10),
+        ClientPerMessageDeflateFactory(client_no_context_takeover=True),
+    ],
+)
+def test_shared_and_ordinary_messages_decode_to_what_was_sent(
+    offer: ClientPerMessageDeflateFactory,
+) -> None:
+    server, client = _negotiate(offer)
+    assert isinstance(server, SharedPrefixDeflate)
+    assert server.local_no_context_takeover  # each message is compressed on its own
+    sent: list[str] = []
+    received: list[str] = []
+    # A decoder that keeps its state across messages, as a client may: it sees any message
+    # that does not end where RFC 7692 says it must.
+    persistent = zlib.decompressobj(wbits=-15)
+    kept: list[str] = []
+    for i in range(40):
+        if i % 3 == 0:  # an ordinary message (a ping, another subscription's event)
+            message = json.dumps({"type": "ping", "n": i})
+            frame = server.encode(_text(message))
+        else:
+            prefix_text = _log_message(i, size=1 + i * 37)
+            prefix = SharedPrefix(prefix_text.encode())
+            message = prefix_text + ',"id":"' + f"op-{i}" + '"}'
+            with shared_prefix(prefix):
+                frame = server.encode(_text(message))
+            assert frame.data.startswith(prefix.compressed[next(iter(prefix.compressed))])
+        assert frame.rsv1
+        sent.append(message)
+        kept.append(persistent.decompress(bytes(frame.data) + b"\x00\x00\xff\xff").decode())
+        received.append(bytes(client.decode(frame).data).decode())
+    assert received == sent
+    assert kept == sent
+
+
+def test_connections_share_the_compressed_prefix() -> None:
+    first, first_client = _negotiate(ClientPerMessageDeflateFactory())
+    second, second_client = _negotiate(ClientPerMessageDeflateFactory())
+    text = _log_message(7, size=200)
+    prefix = SharedPrefix(text.encode())
+    with shared_prefix(prefix):
+        a = first.encode(_text(text + ',"id":"a"}'))
+        b = second.encode(_text(text + ',"id":"bb"}'))
+    assert len(prefix.compressed) == 1  # compressed once for both
+    head = next(iter(prefix.compressed.values()))
+    assert a.data.startswith(head)
+    assert b.data.startswith(head)
+    assert len(head) < len(text) // 2  # and it does compress
+    assert bytes(first_client.decode(a).data).decode() == text + ',"id":"a"}'
+    assert bytes(second_client.decode(b).data).decode() == text + ',"id":"bb"}'
+
+
+def test_a_message_not_starting_with_the_prefix_is_compressed_on_its_own() -> None:
+    server, client = _negotiate(ClientPerMessageDeflateFactory())
+    prefix = SharedPrefix(b'{"type":"next","payload":{"x":1}')
+    with shared_prefix(prefix):
+        frame = server.encode(_text('{"type":"complete","id":"1"}'))
+    assert prefix.compressed == {}
+    assert bytes(client.decode(frame).data) == b'{"type":"complete","id":"1"}'
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 200_000])
+def test_stored_blocks_carry_any_length(size: int) -> None:
+    data = bytes(random.Random(size).randrange(256) for _ in range(size))
+    decoder = zlib.decompressobj(wbits=-15)
+    assert decoder.decompress(stored_blocks(data) + b"\x00\x00\x00\xff\xff") == data
