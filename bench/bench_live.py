@@ -281,7 +281,9 @@ def pct(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="delidev-bench-live-"))
     url = args.database_url or f"sqlite://{tmp / 'bench.db'}"
-    extra = () if args.compression else ("--ws-per-message-deflate", "false")
+    extra: tuple[str, ...] = () if args.compression else ("--ws-per-message-deflate", "false")
+    if args.server_procs > 1:
+        extra += ("--workers", str(args.server_procs))
     proc, port = start_server(url, tmp / "server.log", extra)
     base = f"http://127.0.0.1:{port}"
     ws_url = f"ws://127.0.0.1:{port}/graphql"
@@ -383,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--database-url", default=None, help="a throwaway PostgreSQL database")
     p.add_argument("--client-procs", type=int, default=2, help="processes the subscribers run in")
+    p.add_argument(
+        "--server-procs",
+        type=int,
+        default=1,
+        help="server processes (uvicorn --workers; more than 1 needs --database-url)",
+    )
     p.add_argument(
         "--no-compression",
         dest="compression",

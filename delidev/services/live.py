@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 from delidev import events
@@ -39,7 +39,9 @@ WINDOW_CHARS = 4 * 1024 * 1024
 # it runs by).
 RECHECK_S = 15.0
 # A follower's right to read the session is checked at the start and again this often
-# (not for every piece: a thousand followers would each query for every chunk).
+# (not for every piece: a thousand followers would each query for every chunk). The
+# followers of one session in one process share a re-check per user: one query, not one
+# per follower.
 AUTH_RECHECK_S = 30.0
 
 
@@ -66,10 +68,27 @@ class _Feed:
         self.advanced = asyncio.Event()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        # The latest access check per (user, worker?): when it started and its outcome.
+        self._checks: dict[tuple[UUID | None, bool], tuple[float, asyncio.Future[Any]]] = {}
 
     @property
     def end(self) -> int:
         return self.base + len(self.window)
+
+    async def recheck(self, actor: Principal) -> None:
+        """Checks again that ``actor`` may read the session, sharing a check that started
+        less than half an ``AUTH_RECHECK_S`` ago. Raises: NotFound."""
+        loop = asyncio.get_running_loop()
+        key = (actor.user_id, actor.is_worker)
+        latest = self._checks.get(key)
+        if latest is None or loop.time() - latest[0] >= AUTH_RECHECK_S / 2:
+            check = asyncio.ensure_future(
+                session_service.get_session(actor=actor, session_id=self.session_id)
+            )
+            latest = (loop.time(), check)
+            self._checks[key] = latest
+        # Shielded: a follower that goes away does not cancel the others' check.
+        await asyncio.shield(latest[1])
 
     def _announce(self) -> None:
         self.advanced.set()
@@ -169,7 +188,7 @@ class LogFeeds:
             offset = from_offset
             while True:
                 if loop.time() - checked_at > AUTH_RECHECK_S:
-                    await session_service.get_session(actor=actor, session_id=session_id)
+                    await feed.recheck(actor)
                     checked_at = loop.time()
                 advanced = feed.advanced
                 if offset < feed.base:  # behind the window: catch up from storage

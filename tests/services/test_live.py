@@ -337,3 +337,45 @@ async def test_a_follower_loses_access_when_the_session_stops_being_theirs(
     await _append(session, 1, "secret\n")
     with pytest.raises(NotFound):
         await asyncio.wait_for(follower, 5)
+
+
+async def test_followers_of_a_session_share_their_access_rechecks(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hundred followers re-checking every 50 ms would send two thousand queries a second;
+    the followers of one feed share one check per user instead."""
+    monkeypatch.setattr(live, "AUTH_RECHECK_S", 0.05)
+    session = await _running()
+    calls: list[uuid.UUID] = []
+    real = sessions.get_session
+
+    async def counted(**kwargs: Any) -> m.AgentSession:
+        calls.append(kwargs["session_id"])
+        return await real(**kwargs)
+
+    monkeypatch.setattr(live.session_service, "get_session", counted)
+    feeds = live.LogFeeds(bus)
+    followers = [
+        asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
+        for _ in range(100)
+    ]
+    try:
+        await _until(lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers == 100)
+        joined = len(calls)  # each follower checks once when it starts
+        assert joined >= 100
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(20):
+            await _append(session, i, f"line {i}\n")
+            await asyncio.sleep(0.03)
+        await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+        results = await asyncio.wait_for(asyncio.gather(*followers), 30)
+        elapsed = loop.time() - started
+    finally:
+        for follower in followers:
+            follower.cancel()
+    assert all("".join(p.data for p in pieces).count("\n") == 20 for pieces in results)
+    rechecks = len(calls) - joined
+    # At most one shared check per half interval, where each follower on its own would
+    # have made one per interval (about 100 times as many).
+    assert 0 < rechecks <= elapsed / (live.AUTH_RECHECK_S / 2) + 2, (rechecks, elapsed)
