@@ -62,7 +62,28 @@ _STAMP_B = re.compile(rb"ts=(\d+) seq=(\d+)")
 QUERY = "subscription($id: ID!) { sessionLog(sessionId: $id) { offset data final } }"
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's workers, with --server-procs)."""
+    pids = [pid]
+    for p in pids:
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def server_cpu_s(pid: int) -> float:
+    return sum(process_cpu_s(p) or 0.0 for p in family(pid))
+
+
 def rss_mb(pid: int) -> float:
+    """Resident memory of the server (all its processes)."""
+    return sum(_rss_mb(p) for p in family(pid))
+
+
+def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -71,7 +92,11 @@ def rss_mb(pid: int) -> float:
 
 class Api:
     def __init__(self, base: str) -> None:
-        self.http = httpx.AsyncClient(base_url=base, timeout=30)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive ends them, so that a
+        # request never goes out on a connection the server is closing.
+        self.http = httpx.AsyncClient(
+            base_url=base, timeout=30, limits=httpx.Limits(keepalive_expiry=1.0)
+        )
 
     async def __call__(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         r = await self.http.post(f"/delidev.v1.{method}", json=body)
@@ -322,7 +347,7 @@ async def run(args: argparse.Namespace) -> int:
                 if not await asyncio.to_thread(pipe.poll, 180) or pipe.recv() != "ready":
                     raise RuntimeError("a client process did not get its subscribers ready")
             await asyncio.sleep(0.5)
-            cpu0 = process_cpu_s(proc.pid) or 0.0
+            cpu0 = server_cpu_s(proc.pid)
             kids0 = sum(process_cpu_s(c.pid or 0) or 0.0 for c in children)
             t0 = time.perf_counter()
             sent = await publish(api, session_id, worker_id, lease, args.lines_per_second,
@@ -331,7 +356,7 @@ async def run(args: argparse.Namespace) -> int:
                 pipe.send(sent)
             results = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
             elapsed = time.perf_counter() - t0
-            cpu = ((process_cpu_s(proc.pid) or 0.0) - cpu0) / elapsed
+            cpu = (server_cpu_s(proc.pid) - cpu0) / elapsed
             kids = (sum(process_cpu_s(c.pid or 0) or 0.0 for c in children) - kids0) / elapsed
             for c in children:
                 c.join(10)
