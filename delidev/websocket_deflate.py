@@ -53,6 +53,16 @@ class SharedPrefix:
             self.compressed[key] = found
         return found
 
+    def compressed_by(self, extension: SharedPrefixDeflate) -> bytes:
+        """``compressed_for`` with the extension's settings (the common case, made cheap:
+        it runs once per message)."""
+        found = self.compressed.get(extension.settings_key)
+        if found is None:
+            found = self.compressed_for(
+                extension.local_max_window_bits, extension.compress_settings
+            )
+        return found
+
 
 _shared: contextvars.ContextVar[SharedPrefix | None] = contextvars.ContextVar(
     "delidev_ws_shared_prefix", default=None
@@ -90,6 +100,13 @@ class SharedPrefixDeflate(PerMessageDeflate):
     """permessage-deflate without context takeover on the sending side, which reuses the
     compressed form of a shared prefix (see the module docstring)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings_key = (
+            self.local_max_window_bits,
+            tuple(sorted(self.compress_settings.items())),
+        )
+
     def encode(self, frame: Frame) -> Frame:
         prefix = _shared.get()
         if (
@@ -97,14 +114,23 @@ class SharedPrefixDeflate(PerMessageDeflate):
             and frame.opcode is Opcode.TEXT
             and frame.fin
             and self.local_no_context_takeover
-            and bytes(frame.data[: len(prefix.data)]) == prefix.data
         ):
-            head = prefix.compressed_for(self.local_max_window_bits, self.compress_settings)
-            rest = bytes(frame.data[len(prefix.data) :])
-            # The message ends with an empty stored block whose last 4 bytes (00 00 ff ff)
-            # are left out, as RFC 7692 7.2.1 requires: that leaves its header byte, 00.
-            data = head + stored_blocks(rest) + b"\x00"
-            return Frame(frame.opcode, data, True, True, frame.rsv2, frame.rsv3)
+            data = frame.data if isinstance(frame.data, bytes) else bytes(frame.data)
+            if data.startswith(prefix.data):
+                rest = data[len(prefix.data) :]
+                size = len(rest)
+                if size <= _MAX_STORED:  # one stored block (the id: a few bytes)
+                    tail = (
+                        b"\x00" + size.to_bytes(2, "little") + (size ^ 0xFFFF).to_bytes(2, "little")
+                    )
+                    tail += rest
+                else:
+                    tail = stored_blocks(rest)
+                # The message ends with an empty stored block whose last 4 bytes
+                # (00 00 ff ff) are left out, as RFC 7692 7.2.1 requires: that leaves its
+                # header byte, 00.
+                compressed = prefix.compressed_by(self) + tail + b"\x00"
+                return Frame(frame.opcode, compressed, True, True, frame.rsv2, frame.rsv3)
         return super().encode(frame)
 
 
