@@ -3,12 +3,13 @@
     python bench/bench_live.py [--subscribers 1 100 1000] [--seconds 5] [--lines-per-second 1000]
                                [--database-url postgres://...]
 
-One real server process (``bench/_app.py``, uvicorn, one worker; a fresh SQLite file unless
-``--database-url`` names a throwaway PostgreSQL database). A worker (this process, over the
-real WorkerService) appends ``--lines-per-second`` lines in ``--chunks-per-second`` chunks
-(10: a worker that ships its output every 100 ms); every chunk's
-first line carries its send time. N WebSocket clients (graphql-transport-ws, this process)
-subscribe to ``sessionLog`` from the start. Reported per N:
+One real server (``bench/_app.py``, uvicorn with delidev-server's WebSocket protocol, one
+process or ``--server-procs``; a fresh SQLite file unless ``--database-url`` names a
+throwaway PostgreSQL database). A worker (this process, over the real WorkerService)
+appends ``--lines-per-second`` lines in ``--chunks-per-second`` chunks (10: a worker that
+ships its output every 100 ms); every chunk's first line carries its send time. N
+WebSocket clients (graphql-transport-ws, lean sans-I/O clients in ``--client-procs``
+processes) subscribe to ``sessionLog`` from the start. Reported per N:
 
 - delivered lines/s (summed over the subscribers) and publish→receive latency p50 / p99
   (AppendLog sent → the line arrives at a subscriber);
