@@ -15,7 +15,7 @@ from delidev.errors import Unauthenticated
 from delidev.events import EventBus
 from delidev.graphql.context import Context
 from delidev.graphql.schema import build_schema
-from delidev.graphql.subscriptions import handler_with_ping_interval
+from delidev.graphql.subscriptions import SignedInGraphQLWSHandler, handler_with_ping_interval
 from delidev.services.live import LogFeeds
 from delidev.settings import Settings
 
@@ -43,6 +43,7 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         self.graphql_transport_ws_handler_class = handler_with_ping_interval(
             settings.graphql_ws_ping_interval_ms / 1000
         )
+        self.graphql_ws_handler_class = SignedInGraphQLWSHandler
         self._authenticator = authenticator
         self._bus = bus
         self._feeds = feeds

@@ -27,6 +27,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
     _OperationStreamClosed,
 )
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from delidev import errors
 from delidev import models as m
@@ -39,6 +40,7 @@ from delidev.graphql.task_types import (
     task_from_model,
 )
 from delidev.graphql.types import GqlInfo
+from delidev.services import auth as auth_service
 from delidev.services import live
 from delidev.services.common import parse_id, parse_optional_id
 from delidev.websocket_deflate import SharedPrefix, shared_prefix
@@ -230,7 +232,8 @@ def _argument(node: ast.ValueNode | None, variables: dict[str, Any] | None) -> A
 
 class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with server pings, so that proxies keep idle connections open
-    (Strawberry answers the client's pings but sends none of its own), and a fast path for
+    (Strawberry answers the client's pings but sends none of its own) and a connection whose
+    token was revoked or expired is closed, and a fast path for
     ``sessionLog``: the hottest subscription (one message per log piece per follower) is
     served straight from the log feed, skipping graphql-core's per-event execution, when
     the document is plain enough (see ``_log_plan``). Anything else, and any error, takes
@@ -248,11 +251,20 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 await pinger
 
     async def _ping_forever(self) -> None:
+        """Pings, and at each ping checks that the connection's access token is still
+        valid: after a logout or once it expires, the connection is closed (4403)."""
         while True:
             await asyncio.sleep(self.ping_interval.total_seconds())
-            if self.connection_acknowledged:
+            if not self.connection_acknowledged:
+                continue
+            try:
+                await auth_service.ensure_still_signed_in(actor=await self.context.actor())
+            except errors.Unauthenticated as error:
                 with contextlib.suppress(Exception):
-                    await self.send_message({"type": "ping"})
+                    await self.websocket.close(code=4403, reason=f"Forbidden: {error.message}")
+                return
+            with contextlib.suppress(Exception):
+                await self.send_message({"type": "ping"})
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         plan = _log_plan(
@@ -310,6 +322,23 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.websocket.ws.send_text(text)  # type: ignore[attr-defined]
         except WebSocketDisconnect as exc:
             raise WebSocketDisconnected from exc
+
+
+class SignedInGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
+    """The legacy graphql-ws protocol, whose keep-alive messages also check that the
+    connection's access token is still valid (closed with 4403 otherwise)."""
+
+    async def handle_keep_alive(self) -> None:
+        assert self.keep_alive_interval
+        while True:
+            try:
+                await auth_service.ensure_still_signed_in(actor=await self.context.actor())
+            except errors.Unauthenticated as error:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(code=4403, reason=f"Forbidden: {error.message}")
+                return
+            await self.send_message({"type": "ka"})
+            await asyncio.sleep(self.keep_alive_interval)
 
 
 class _Fallback(Exception):

@@ -91,6 +91,18 @@ async def _revoke_access(jti: str, expires_at: dt.datetime) -> None:
         await m.RevokedToken.create(jti=jti, expires_at=expires_at)
 
 
+async def ensure_still_signed_in(*, actor: Principal) -> None:
+    """For long-lived streams, checked again while they run: the access token they were
+    opened with must not have expired or been revoked since (logout, a reused refresh
+    token). Other callers (single-user mode, workers) pass. Raises: Unauthenticated."""
+    if actor.kind != "user" or actor.token_id is None:
+        return
+    if actor.token_expires_at is not None and actor.token_expires_at <= _now():
+        raise Unauthenticated("access token expired: sign in again")
+    if await m.RevokedToken.exists(jti=actor.token_id):
+        raise Unauthenticated("access token revoked: sign in again")
+
+
 async def refresh_tokens(*, settings: Settings, refresh_token: str) -> TokenPair:
     """Rotates a refresh token. A reused one revokes its whole family.
 

@@ -25,6 +25,7 @@ from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
+from delidev.services import auth as auth_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import workers as worker_service
@@ -68,27 +69,33 @@ class _Feed:
         self.advanced = asyncio.Event()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        # The latest access check per (user, worker?): when it started and its outcome.
-        self._checks: dict[tuple[UUID | None, bool], tuple[float, asyncio.Future[Any]]] = {}
+        # The latest access check per (user, worker?, token): when it started, its outcome.
+        self._checks: dict[
+            tuple[UUID | None, bool, str | None], tuple[float, asyncio.Future[Any]]
+        ] = {}
 
     @property
     def end(self) -> int:
         return self.base + len(self.window)
 
     async def recheck(self, actor: Principal) -> None:
-        """Checks again that ``actor`` may read the session, sharing a check that started
-        less than half an ``AUTH_RECHECK_S`` ago. Raises: NotFound."""
+        """Checks again that ``actor`` is still signed in and may read the session, sharing a
+        check that started less than half an ``AUTH_RECHECK_S`` ago.
+
+        Raises: Unauthenticated, NotFound."""
         loop = asyncio.get_running_loop()
-        key = (actor.user_id, actor.is_worker)
+        key = (actor.user_id, actor.is_worker, actor.token_id)
         latest = self._checks.get(key)
         if latest is None or loop.time() - latest[0] >= AUTH_RECHECK_S / 2:
-            check = asyncio.ensure_future(
-                session_service.get_session(actor=actor, session_id=self.session_id)
-            )
+            check = asyncio.ensure_future(self._check(actor))
             latest = (loop.time(), check)
             self._checks[key] = latest
         # Shielded: a follower that goes away does not cancel the others' check.
         await asyncio.shield(latest[1])
+
+    async def _check(self, actor: Principal) -> None:
+        await auth_service.ensure_still_signed_in(actor=actor)
+        await session_service.get_session(actor=actor, session_id=self.session_id)
 
     def _announce(self) -> None:
         self.advanced.set()
@@ -174,9 +181,11 @@ class LogFeeds:
     ) -> AsyncGenerator[LogPiece, None]:
         """The log from ``from_offset``: what is stored, then live output until the session
         ends (a last piece with ``final`` set carries its status). The caller's access is
-        checked at the start and every ``AUTH_RECHECK_S`` while it follows.
+        checked at the start and every ``AUTH_RECHECK_S`` while it follows (a revoked or
+        expired token ends the stream).
 
-        Raises: InvalidArgument, NotFound (also for another user's session).
+        Raises: InvalidArgument, NotFound (also for another user's session),
+        Unauthenticated.
         """
         if from_offset < 0:
             from_offset = 0

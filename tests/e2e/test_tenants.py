@@ -233,6 +233,8 @@ async def world(
         DELIDEV_GRAPHQL_MAX_DEPTH="40",
         DELIDEV_GRAPHQL_MAX_TOKENS="100000",
         DELIDEV_GRAPHQL_MAX_ALIASES="1000",
+        # Each ping also re-checks the connection's token: a logout closes it quickly.
+        DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS="300",
     )
     tenants: list[Tenant] = []
     try:
@@ -753,6 +755,12 @@ async def _next(client: GraphQLWs, within: float = 15) -> dict[str, Any]:
         return message
 
 
+async def _drain(client: GraphQLWs) -> None:
+    """Reads (and answers pings) until the server closes the connection."""
+    while True:
+        await _next(client, within=10)
+
+
 async def test_subscriptions_refuse_the_other_tenants_ids(world: World) -> None:
     client = await _ws(world, world.mallory)
     try:
@@ -916,8 +924,22 @@ async def test_a_user_signed_in_through_oidc_uses_subscriptions_refreshes_and_lo
         again = await _ws(world, carol)
         await again.close()
 
-        # Logout: the access token and the refresh token stop working everywhere.
+        # Logout: the access token and the refresh token stop working everywhere, and the
+        # WebSockets opened with it (both protocols) are closed.
+        open_sockets = [await _ws(world, carol)]
+        await open_sockets[0].subscribe(
+            "subscription($w: ID!) { taskUpdated(workspaceId: $w) { taskId } }", {"w": ws["id"]}
+        )
+        legacy = GraphQLWs(base, protocol="graphql-ws")
+        await legacy.connect({"authorization": f"Bearer {carol.api.token}"})
+        open_sockets.append(legacy)
         await carol.api.ok("AuthService/Logout", {"refreshToken": refreshed["refreshToken"]})
+        for socket in open_sockets:
+            with pytest.raises(websockets.ConnectionClosed) as ended:
+                await _drain(socket)
+            assert ended.value.rcvd is not None
+            assert ended.value.rcvd.code == 4403, ended.value.rcvd
+            assert "revoked" in ended.value.rcvd.reason
         refused = await carol.api.call("WorkspaceService/List")
         assert (refused.status_code, refused.json()["code"]) == (401, "unauthenticated")
         gql = await carol.api.gql("{ workspaces { totalCount } }")

@@ -14,14 +14,15 @@ import pytest
 from delidev import events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.errors import FailedPrecondition, NotFound
-from delidev.services import live, sessions, tasks
+from delidev.errors import FailedPrecondition, NotFound, Unauthenticated
+from delidev.services import auth, live, sessions, tasks
 from delidev.services.common import transaction
 from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace, start_latest
 
 pytestmark = pytest.mark.usefixtures("database")
 Q = m.AgentSessionStatus
+SETTINGS = Settings(jwt_secret="k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd")
 
 
 @pytest.fixture
@@ -379,3 +380,26 @@ async def test_followers_of_a_session_share_their_access_rechecks(
     # At most one shared check per half interval, where each follower on its own would
     # have made one per interval (about 100 times as many).
     assert 0 < rechecks <= elapsed / (live.AUTH_RECHECK_S / 2) + 2, (rechecks, elapsed)
+
+
+async def test_a_follower_whose_token_is_revoked_is_cut_off(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "AUTH_RECHECK_S", 0.0)  # check before every piece
+    user = await m.User.create(email="ada@example.com", name="Ada")
+    pair = await auth.issue_tokens(settings=SETTINGS, user=user)
+    actor = await auth.authenticate(settings=SETTINGS, token=pair.access_token)
+    ws = await make_workspace(actor)
+    group = await make_group(ws, [await make_repository(ws, actor)], actor)
+    task = await tasks.create_unit_task(actor=actor, repository_group_id=group.id, prompt="p")
+    session = await start_latest(task.agent_task_id)
+    feeds = live.LogFeeds(bus)
+    stream = feeds.follow(actor=actor, session_id=session.id)
+    follower = asyncio.ensure_future(_collect(stream))
+    await _append(session, 0, "visible\n")
+    await asyncio.sleep(0.1)
+    assert not follower.done()
+    await auth.logout(actor=actor)
+    await _append(session, 1, "after logout\n")
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await asyncio.wait_for(follower, 5)
