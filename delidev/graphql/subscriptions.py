@@ -231,13 +231,16 @@ def _argument(node: ast.ValueNode | None, variables: dict[str, Any] | None) -> A
 
 
 class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws with server pings, so that proxies keep idle connections open
-    (Strawberry answers the client's pings but sends none of its own) and a connection whose
-    token was revoked or expired is closed, and a fast path for
-    ``sessionLog``: the hottest subscription (one message per log piece per follower) is
-    served straight from the log feed, skipping graphql-core's per-event execution, when
-    the document is plain enough (see ``_log_plan``). Anything else, and any error, takes
-    the ordinary path."""
+    """graphql-transport-ws with two additions.
+
+    - Server pings, so that proxies keep idle connections open (Strawberry answers the
+      client's pings but sends none of its own); each also re-checks the connection's token,
+      and a revoked or expired one closes the connection.
+    - A fast path for ``sessionLog``, the hottest subscription (one message per log piece
+      per follower): when the document is plain enough (see ``_log_plan``) it is served
+      straight from the log feed, skipping graphql-core's per-event execution, and each
+      piece's message is encoded (and compressed, see ``websocket_deflate``) once for all
+      followers. Anything else, and any error, takes the ordinary path."""
 
     ping_interval = timedelta(seconds=15)
 
