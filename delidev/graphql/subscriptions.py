@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Coroutine, Generator
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -284,15 +284,26 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             if not isinstance(session, str) or not isinstance(offset, int | float):
                 raise _Fallback
             session_id = parse_id(session, "sessionId")
+            suffix = ',"id":' + json.dumps(operation.id) + "}"
+
+            def push(piece: live.LogPiece) -> Awaitable[None] | None:
+                if self.operations.get(operation.id) is not operation:
+                    # The client completed it; its task is being cancelled.
+                    return _Raise(_OperationStreamClosed())
+                text, prefix = _next_message(plan, session_id, piece)
+                return send_now(self._send_text(text + suffix), prefix)
+
             stream = self.context.feeds.follow(
-                actor=await self.context.actor(), session_id=session_id, from_offset=int(offset)
+                actor=await self.context.actor(),
+                session_id=session_id,
+                from_offset=int(offset),
+                push=push,
             )
             first = await anext(stream)
         except (_Fallback, errors.DeliDevError, StopAsyncIteration):
             # Errors are reported by the ordinary path, in the ordinary form.
             await super().run_operation(operation)
             return
-        suffix = ',"id":' + json.dumps(operation.id) + "}"
         try:
             async with aclosing(stream):
                 piece: live.LogPiece | None = first
@@ -346,6 +357,54 @@ class SignedInGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
 
 class _Fallback(Exception):
     pass
+
+
+class _Raise:
+    """An awaitable that raises ``error`` (and nothing, if nobody awaits it)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise self.error
+        yield  # pragma: no cover  # makes this a generator
+
+
+def send_now(send: Coroutine[Any, Any, None], prefix: SharedPrefix) -> Awaitable[None] | None:
+    """Runs ``send`` as far as it goes without waiting, in the caller's task: None when it
+    finished (the usual case: the socket took the bytes), else a task that finishes it (the
+    connection's buffer is full: its reader is slow). An error comes back as an awaitable
+    that raises it. So one task can push a piece to many connections without waking a task
+    per connection, and a slow one holds up nobody."""
+    with shared_prefix(prefix):
+        try:
+            waiting = send.send(None)
+        except StopIteration:
+            return None
+        except BaseException as exc:  # handed to the follower, raised there
+            return _Raise(exc)
+    task = asyncio.ensure_future(_finish(send, waiting))
+    # Retrieved here too: the follower may be gone before it awaits the outcome.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
+
+
+async def _finish(send: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drives a coroutine that ``send_now`` started to its end, as a task would: it waits
+    for what the coroutine waits for, then resumes it (which sees that outcome)."""
+    try:
+        while True:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait([waiting])
+            waiting = send.send(None)
+    except StopIteration:
+        return
+    finally:
+        send.close()
 
 
 # The encoded ``next`` messages of recent log pieces, shared by the followers of a session:

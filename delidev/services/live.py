@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
@@ -56,6 +56,30 @@ class LogPiece:
     final: bool = False
 
 
+# Hands a live piece to a follower's transport at once. Returns None when the piece is
+# sent, or an awaitable that finishes sending it (the follower then goes on by itself).
+Push = Callable[[LogPiece], "Awaitable[None] | None"]
+# How many pushes the feed makes before letting other tasks run.
+PUSH_BATCH = 256
+
+
+@dataclass(eq=False, slots=True)
+class _Pushed:
+    """A caught-up follower waiting for the feed to push new output to it."""
+
+    push: Push
+    offset: int
+    joined_at: float
+    released: asyncio.Future[None]
+    pending: Awaitable[None] | None = None
+    active: bool = True
+
+    def release(self) -> None:
+        self.active = False
+        if not self.released.done():
+            self.released.set_result(None)
+
+
 class _Feed:
     def __init__(self, session_id: UUID, watch: events.Watch) -> None:
         self.session_id = session_id
@@ -69,6 +93,7 @@ class _Feed:
         self.advanced = asyncio.Event()
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.pushed: list[_Pushed] = []
         # The latest access check per (user, worker?, token): when it started, its outcome.
         self._checks: dict[
             tuple[UUID | None, bool, str | None], tuple[float, asyncio.Future[Any]]
@@ -101,6 +126,41 @@ class _Feed:
         self.advanced.set()
         self.advanced = asyncio.Event()
 
+    def join(self, push: Push, offset: int) -> _Pushed:
+        loop = asyncio.get_running_loop()
+        member = _Pushed(push, offset, loop.time(), loop.create_future())
+        self.pushed.append(member)
+        return member
+
+    async def push_new_output(self) -> None:
+        """Pushes what the window holds past each caught-up follower's offset, in order,
+        from this one task (no wake-up of a task per follower). A follower whose transport
+        could not take a piece at once, whose access is due for a re-check, or whose session
+        ended goes on by itself."""
+        members, self.pushed = self.pushed, []
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pushes = 0
+        for member in members:
+            if not member.active:
+                continue
+            while member.active and self.base <= member.offset < self.end:
+                start = member.offset - self.base
+                data = self.window[start : start + PIECE_CHARS]
+                piece = LogPiece(offset=member.offset, data=data, status=self.status)
+                member.offset += len(data)
+                member.pending = member.push(piece)
+                if member.pending is not None:
+                    member.release()
+                pushes += 1
+                if pushes % PUSH_BATCH == 0:
+                    await asyncio.sleep(0)
+            stay = member.active and member.offset == self.end and not self.final
+            if stay and now - member.joined_at < AUTH_RECHECK_S:
+                self.pushed.append(member)
+            else:
+                member.release()
+
     async def refresh(self) -> None:
         session = await m.AgentSession.get_or_none(id=self.session_id)
         if session is None:
@@ -131,6 +191,7 @@ class _Feed:
                 await self.watch.wait(RECHECK_S)
                 self.watch.drain()
                 await self.refresh()
+                await self.push_new_output()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -177,15 +238,26 @@ class LogFeeds:
             feed.task.cancel()
 
     async def follow(
-        self, *, actor: Principal, session_id: UUID, from_offset: int = 0
+        self,
+        *,
+        actor: Principal,
+        session_id: UUID,
+        from_offset: int = 0,
+        push: Push | None = None,
     ) -> AsyncGenerator[LogPiece, None]:
         """The log from ``from_offset``: what is stored, then live output until the session
         ends (a last piece with ``final`` set carries its status). The caller's access is
         checked at the start and every ``AUTH_RECHECK_S`` while it follows (a revoked or
         expired token ends the stream).
 
+        With ``push``, live output is not yielded once the follower has caught up: the
+        feed hands each new piece to ``push`` itself, in order, until ``push`` could not
+        send one at once (a slow reader), the session ends or access is due for a
+        re-check; the follower then goes on by itself. Catch-up and the final piece are
+        always yielded.
+
         Raises: InvalidArgument, NotFound (also for another user's session),
-        Unauthenticated.
+        Unauthenticated, and whatever ``push``'s pending sends raise.
         """
         if from_offset < 0:
             from_offset = 0
@@ -222,6 +294,17 @@ class LogFeeds:
                 if feed.final and offset >= feed.end:
                     yield LogPiece(offset=offset, data="", status=feed.status, final=True)
                     return
+                if push is not None and offset == feed.end:
+                    # Caught up: the feed pushes the next output straight to the transport.
+                    member = feed.join(push, offset)
+                    try:
+                        await member.released
+                    finally:
+                        member.active = False
+                    if member.pending is not None:
+                        await member.pending  # the last piece's send; raises its error
+                    offset = member.offset
+                    continue
                 await advanced.wait()
         finally:
             self._release(feed)

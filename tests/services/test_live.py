@@ -403,3 +403,64 @@ async def test_a_follower_whose_token_is_revoked_is_cut_off(
     await _append(session, 1, "after logout\n")
     with pytest.raises(Unauthenticated, match="revoked"):
         await asyncio.wait_for(follower, 5)
+
+
+async def test_pushed_followers_get_every_character_once_in_order(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caught-up followers get live output pushed by the feed. Whatever mix of pieces is
+    pushed, pushed with a send left pending (a slow reader), or yielded (catch-up, after a
+    re-check), each follower sees the log once, in order; one that leaves is pushed
+    nothing more."""
+    monkeypatch.setattr(live, "AUTH_RECHECK_S", 0.3)  # members are released to re-check
+    session = await _running()
+    feeds = live.LogFeeds(bus)
+
+    class Follower:
+        def __init__(self, slow_every: int) -> None:
+            self.received: list[tuple[int, str]] = []
+            self.pushed = 0
+            self.slow_every = slow_every
+
+        def push(self, piece: live.LogPiece) -> Any:
+            self.pushed += 1
+            if self.slow_every and self.pushed % self.slow_every == 0:
+
+                async def later() -> None:  # the socket's buffer is full for a moment
+                    await asyncio.sleep(0.02)
+                    self.received.append((piece.offset, piece.data))
+
+                return asyncio.ensure_future(later())
+            self.received.append((piece.offset, piece.data))
+            return None
+
+        async def run(self) -> None:
+            async for piece in feeds.follow(
+                actor=LOCAL_USER, session_id=session.id, push=self.push
+            ):
+                self.received.append((piece.offset, piece.data))
+
+    followers = [Follower(slow_every=k) for k in (0, 0, 1, 2, 3, 7)]
+    tasks_ = [asyncio.create_task(f.run()) for f in followers]
+    leaver = Follower(slow_every=0)
+    leaving = asyncio.create_task(leaver.run())
+    await _until(lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers == 7)
+    lines = [f"line {i:04} " + "x" * (i % 50) + "\n" for i in range(400)]
+    for i in range(0, 400, 8):
+        await _append(session, i // 8, "".join(lines[i : i + 8]))
+        if i == 80:
+            leaving.cancel()
+            pushed_before = leaver.pushed
+        await asyncio.sleep(0.01 if i % 64 else 0.35)  # some pauses outlast the re-check
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    await asyncio.wait_for(asyncio.gather(*tasks_), 30)
+    expected = "".join(lines)
+    for f in followers:
+        offsets = [o for o, _ in f.received]
+        assert offsets == sorted(offsets)
+        assert "".join(d for _, d in f.received) == expected
+        assert all(
+            o == sum(len(d) for _, d in f.received[:n]) for n, (o, _) in enumerate(f.received)
+        )
+    assert sum(f.pushed for f in followers) > 100  # the push path did the work
+    assert leaver.pushed == pushed_before  # nothing after it left
