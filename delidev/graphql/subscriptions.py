@@ -411,11 +411,22 @@ async def _finish(send: Coroutine[Any, Any, None], waiting: Any) -> None:
 # each piece is encoded (and compressed, see websocket_deflate) once, however many follow.
 _MESSAGES: dict[tuple[Any, ...], tuple[str, SharedPrefix]] = {}
 _MESSAGES_KEPT = 64
+# The last answer, checked first: the feed pushes one piece to its followers in a row.
+_LAST: tuple[object, object, object, tuple[str, SharedPrefix]] = (
+    None,
+    None,
+    None,
+    ("", SharedPrefix(b"")),
+)
 
 
 def _next_message(plan: _LogPlan, session: UUID, piece: live.LogPiece) -> tuple[str, SharedPrefix]:
     """The ``next`` message of ``piece`` without its closing id: ``{"type":"next",
     "payload":...`` (the log is append-only, so text at an offset never changes)."""
+    global _LAST
+    last_piece, last_plan, last_session, last_found = _LAST
+    if piece is last_piece and plan is last_plan and session == last_session:
+        return last_found
     key = (session, piece.offset, len(piece.data), piece.status, piece.final, plan.root_key,
            plan.fields)  # fmt: skip
     found = _MESSAGES.get(key)
@@ -426,6 +437,7 @@ def _next_message(plan: _LogPlan, session: UUID, piece: live.LogPiece) -> tuple[
         if len(_MESSAGES) >= _MESSAGES_KEPT:
             del _MESSAGES[next(iter(_MESSAGES))]
         _MESSAGES[key] = found
+    _LAST = (piece, plan, session, found)
     return found
 
 

@@ -141,14 +141,18 @@ class _Feed:
         loop = asyncio.get_running_loop()
         now = loop.time()
         pushes = 0
+        pieces: dict[int, LogPiece] = {}  # by offset: followers at one offset share a piece
         for member in members:
             if not member.active:
                 continue
             while member.active and self.base <= member.offset < self.end:
-                start = member.offset - self.base
-                data = self.window[start : start + PIECE_CHARS]
-                piece = LogPiece(offset=member.offset, data=data, status=self.status)
-                member.offset += len(data)
+                piece = pieces.get(member.offset)
+                if piece is None:
+                    start = member.offset - self.base
+                    data = self.window[start : start + PIECE_CHARS]
+                    piece = LogPiece(offset=member.offset, data=data, status=self.status)
+                    pieces[member.offset] = piece
+                member.offset += len(piece.data)
                 member.pending = member.push(piece)
                 if member.pending is not None:
                     member.release()
