@@ -58,6 +58,7 @@ class LogRead:
 
 
 def _now() -> dt.datetime:
+    """Also for ``updated_at``: a bulk ``.update()`` does not set auto_now fields."""
     return dt.datetime.now(dt.UTC)
 
 
@@ -172,7 +173,10 @@ async def stop_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
     session = await get_session(actor=actor, session_id=session_id)
     if session.status == SessionStatus.QUEUED:
         changed = await m.AgentSession.filter(id=session.id, status=SessionStatus.QUEUED).update(
-            status=SessionStatus.STOPPED, stop_requested=True, completed_at=_now()
+            status=SessionStatus.STOPPED,
+            stop_requested=True,
+            completed_at=_now(),
+            updated_at=_now(),
         )
         if changed:
             await _session_ended(session.id)
@@ -182,7 +186,7 @@ async def stop_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
         session = await m.AgentSession.get(id=session.id)
     if session.status == SessionStatus.RUNNING:
         await m.AgentSession.filter(id=session.id, status=SessionStatus.RUNNING).update(
-            stop_requested=True
+            stop_requested=True, updated_at=_now()
         )
         flagged = await m.AgentSession.get(id=session.id)
         await announce_session(flagged)
@@ -197,6 +201,7 @@ async def start_session(*, session_id: UUID, worker_id: UUID | None, lease_token
         worker_id=worker_id,
         lease_token=lease_token,
         started_at=_now(),
+        updated_at=_now(),
     )
     if not changed:
         raise FailedPrecondition(f"session {session_id} is not queued")
@@ -238,6 +243,7 @@ async def complete_session(
             failure_kind=failure_kind,
             completed_at=_now(),
             lease_token=None,
+            updated_at=_now(),
         )
         if not changed:
             fresh = await m.AgentSession.get(id=session.id)
@@ -245,7 +251,7 @@ async def complete_session(
                 f"session {session.id} cannot move from {fresh.status.value} to {status.value}"
             )
         if status == SessionStatus.SUCCEEDED and session.kind == m.JobKind.UNIT_TASK:
-            fields: dict[str, object] = {"status": m.UnitTaskStatus.IN_REVIEW}
+            fields: dict[str, object] = {"status": m.UnitTaskStatus.IN_REVIEW, "updated_at": _now()}
             if base_commit:
                 fields["base_commit"] = base_commit[:40]
             if end_commit:
@@ -274,7 +280,7 @@ async def _session_ended(session_id: UUID) -> None:
         .order_by("start_offset")
         .values_list("data", flat=True)
     )
-    fields: dict[str, object] = {"lease_token": None}
+    fields: dict[str, object] = {"lease_token": None, "updated_at": _now()}
     if chunks:
         fields["output_log"] = "".join(str(c) for c in chunks)
     await m.AgentSession.filter(id=session_id).update(**fields)
@@ -336,7 +342,7 @@ async def append_log(*, session_id: UUID, chunks: Sequence[LogChunkIn]) -> m.Age
             next_seq += 1
         if next_seq != session.log_next_sequence:
             await m.AgentSession.filter(id=session.id).update(
-                log_size=size, log_next_sequence=next_seq
+                log_size=size, log_next_sequence=next_seq, updated_at=_now()
             )
             events.publish(events.LogAppended(session_id=str(session.id), log_size=size))
         return await m.AgentSession.get(id=session.id)

@@ -7,6 +7,7 @@ on one task exactly one wins and the other gets FailedPrecondition naming both s
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,11 @@ class NodeView:
     unit_task: m.UnitTask
     depends_on: list[UUID]
     state: NodeState
+
+
+def _now() -> dt.datetime:
+    """For ``updated_at`` in bulk updates, which do not set auto_now fields."""
+    return dt.datetime.now(dt.UTC)
 
 
 # Names and branches -------------------------------------------------------------------
@@ -354,7 +360,9 @@ async def _move_unit(
         raise FailedPrecondition(
             f"task {task.id} cannot move from {task.status.value} to {to.value}"
         )
-    changed = await m.UnitTask.filter(id=task.id, status=task.status).update(status=to, **fields)
+    changed = await m.UnitTask.filter(id=task.id, status=task.status).update(
+        status=to, updated_at=_now(), **fields
+    )
     fresh = await m.UnitTask.get(id=task.id)
     if not changed:
         raise FailedPrecondition(
@@ -371,7 +379,9 @@ async def _move_composite(
         raise FailedPrecondition(
             f"composite task {task.id} cannot move from {task.status.value} to {to.value}"
         )
-    changed = await m.CompositeTask.filter(id=task.id, status=allowed_from).update(status=to)
+    changed = await m.CompositeTask.filter(id=task.id, status=allowed_from).update(
+        status=to, updated_at=_now()
+    )
     fresh = await m.CompositeTask.get(id=task.id)
     if not changed:
         raise FailedPrecondition(
@@ -518,7 +528,7 @@ async def delete_task(*, actor: Principal, task_id: UUID) -> None:
             agent_task_id__in=all_agents, status__in=list(ACTIVE)
         ).values_list("id", flat=True)
         await m.AgentSession.filter(id__in=list(active)).update(
-            status=SessionStatus.STOPPED, lease_token=None
+            status=SessionStatus.STOPPED, lease_token=None, updated_at=_now()
         )
         pending = await m.TtyInputRequest.filter(
             session__agent_task_id__in=all_agents, status=m.TtyInputStatus.PENDING
@@ -568,12 +578,12 @@ async def submit_plan(*, composite_task_id: UUID, plan_yaml: str) -> m.Composite
         parse_plan(plan_yaml)
     except InvalidArgument as exc:
         await m.CompositeTask.filter(id=composite.id, status=C.PLANNING).update(
-            plan_error=exc.message, plan_yaml=plan_yaml
+            plan_error=exc.message, plan_yaml=plan_yaml, updated_at=_now()
         )
         _task_changed(composite)
         raise
     changed = await m.CompositeTask.filter(id=composite.id, status=C.PLANNING).update(
-        status=C.PENDING_APPROVAL, plan_yaml=plan_yaml, plan_error=None
+        status=C.PENDING_APPROVAL, plan_yaml=plan_yaml, plan_error=None, updated_at=_now()
     )
     fresh = await m.CompositeTask.get(id=composite.id)
     if not changed:
@@ -687,7 +697,7 @@ async def advance_composite(composite_task_id: UUID) -> None:
         done = {n.id for n in nodes if units[n.unit_task_id].status == S.DONE}
         if len(done) == len(nodes):
             await m.CompositeTask.filter(id=composite.id, status=C.IN_PROGRESS).update(
-                status=C.DONE
+                status=C.DONE, updated_at=_now()
             )
             _task_changed(composite)
             return

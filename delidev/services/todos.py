@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -199,7 +200,10 @@ async def update_todo_status(
             f"todo item {item.id} cannot move from {item.status.value} to {status.value}"
         )
     # Compare-and-set: of two concurrent moves from one status only one wins.
-    changed = await m.TodoItem.filter(id=item.id, status=item.status).update(status=status)
+    # A bulk update does not touch auto_now fields: updated_at is set here.
+    changed = await m.TodoItem.filter(id=item.id, status=item.status).update(
+        status=status, updated_at=dt.datetime.now(dt.UTC)
+    )
     if not changed:
         current = await get_todo_item(actor=actor, item_id=item_id)
         if current.status == status:

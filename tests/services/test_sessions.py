@@ -241,3 +241,17 @@ async def test_confirm_answers_are_normalised_and_questions_time_out() -> None:
     assert (await m.TtyInputRequest.get(id=late.id)).status == m.TtyInputStatus.TIMEOUT
     with pytest.raises(FailedPrecondition):
         await sessions.submit_tty_input(actor=A, request_id=late.id, response="x")
+
+
+async def test_session_and_task_changes_advance_updated_at() -> None:
+    long_ago = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    task, session = await _running()
+    await m.AgentSession.filter(id=session.id).update(updated_at=long_ago)
+    await sessions.append_log(session_id=session.id, chunks=_chunks((0, "x")))
+    assert (await m.AgentSession.get(id=session.id)).updated_at > long_ago
+
+    await m.AgentSession.filter(id=session.id).update(updated_at=long_ago)
+    await m.UnitTask.filter(id=task.id).update(updated_at=long_ago)
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    assert (await m.AgentSession.get(id=session.id)).updated_at > long_ago
+    assert (await m.UnitTask.get(id=task.id)).updated_at > long_ago

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 
 import pytest
@@ -459,3 +460,46 @@ async def test_delete_composite_removes_nodes_and_their_tasks() -> None:
     assert await m.UnitTask.all().count() == 0
     assert await m.CompositeTaskNode.all().count() == 0
     assert await m.AgentTask.all().count() == 0
+
+
+# updated_at ------------------------------------------------------------------------------
+
+LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("state", "call"),
+    [
+        ("in_review", "approve"),
+        ("in_review", "reject"),
+        ("in_review", "request_changes"),
+        ("approved", "pr_open"),
+        ("approved", "done"),
+    ],
+)
+async def test_unit_status_changes_advance_updated_at(state: str, call: str) -> None:
+    task = await _reach(state)
+    await m.UnitTask.filter(id=task.id).update(updated_at=LONG_AGO)
+    if call == "approve":
+        await tasks.approve_task(actor=A, task_id=task.id)
+    elif call == "reject":
+        await tasks.reject_task(actor=A, task_id=task.id)
+    elif call == "request_changes":
+        await tasks.request_changes(actor=A, task_id=task.id, feedback="f")
+    else:
+        await tasks.update_task_status(
+            actor=A, task_id=task.id, status=S(call), linked_pr_url="https://x.io/pr/3"
+        )
+    assert (await m.UnitTask.get(id=task.id)).updated_at > LONG_AGO
+
+
+@pytest.mark.parametrize("call", ["approve", "reject"])
+async def test_composite_status_changes_advance_updated_at(call: str) -> None:
+    composite = await _planned()
+    assert composite.updated_at > LONG_AGO  # the plan was stored
+    await m.CompositeTask.filter(id=composite.id).update(updated_at=LONG_AGO)
+    if call == "approve":
+        await tasks.approve_task(actor=A, task_id=composite.id)
+    else:
+        await tasks.reject_task(actor=A, task_id=composite.id)
+    assert (await m.CompositeTask.get(id=composite.id)).updated_at > LONG_AGO

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 
 import pytest
@@ -185,3 +186,20 @@ async def test_list_filters_and_pages() -> None:
     assert len(page.items) == 2
     with pytest.raises(NotFound):
         await todos.list_todo_items(actor=LOCAL_USER, repository_id=uuid.uuid4())
+
+
+LONG_AGO = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("move", ["update_status", "dismiss"])
+async def test_status_changes_advance_updated_at(move: str) -> None:
+    item = await make_todo(await make_repository(await make_workspace()))
+    await m.TodoItem.filter(id=item.id).update(updated_at=LONG_AGO)
+    if move == "dismiss":
+        moved = await todos.dismiss_todo(actor=LOCAL_USER, item_id=item.id)
+    else:
+        moved = await todos.update_todo_status(
+            actor=LOCAL_USER, item_id=item.id, status=S.IN_PROGRESS
+        )
+    assert moved.updated_at > LONG_AGO
+    assert (await m.TodoItem.get(id=item.id)).updated_at > LONG_AGO
