@@ -34,9 +34,20 @@ class MigrationError(Exception):
     """Migrations could not be applied; the message says why."""
 
 
+def sqlite_path(settings: Settings) -> str:
+    """The SQLite file of a ``sqlite://`` URL, with ``~`` expanded (``:memory:`` as is)."""
+    path = settings.database_url.removeprefix("sqlite://").split("?", 1)[0]
+    return path if path in ("", ":memory:") else str(Path(path).expanduser())
+
+
 def tortoise_url(settings: Settings) -> str:
-    """The database URL in Tortoise's form (``postgresql://`` → ``postgres://``, pool size)."""
+    """The database URL in Tortoise's form: ``postgresql://`` → ``postgres://`` with the
+    pool size; a SQLite path with ``~`` expanded, as the directory is created there.
+    """
     url = settings.database_url
+    if settings.is_sqlite:
+        _, separator, query = url.partition("?")
+        return f"sqlite://{sqlite_path(settings)}{separator}{query}"
     if url.startswith("postgresql://"):
         url = "postgres://" + url.removeprefix("postgresql://")
     if settings.is_postgres:
@@ -84,9 +95,9 @@ def tortoise_config(settings: Settings) -> dict[str, Any]:
 def _ensure_sqlite_directory(settings: Settings) -> None:
     if not settings.is_sqlite:
         return
-    path = settings.database_url.removeprefix("sqlite://")
+    path = sqlite_path(settings)
     if path and path != ":memory:":
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 async def open_database(settings: Settings, *, migrate: bool | None = None) -> TortoiseContext:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+
+from tests.conftest import POSTGRES_ADMIN_URL, postgres_url
 
 SERVER = [sys.executable, "-m", "delidev.cli"]
 
@@ -30,12 +36,14 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+@contextlib.contextmanager
+def running_server(home: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A server process (cwd ``home``) that has answered /readyz with 200."""
     port = free_port()
     proc = subprocess.Popen(
         SERVER,
-        env=_env(tmp_path, DELIDEV_SERVER_PORT=str(port)),
+        env=_env(home, DELIDEV_SERVER_PORT=str(port), **env),
+        cwd=home,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -53,11 +61,26 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
                 proc.kill()
                 raise AssertionError(f"server did not start:\n{proc.communicate()[0]}")
             time.sleep(0.1)
-        yield base, proc, tmp_path
+        yield base, proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, then the whole output once the process has ended."""
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=20)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    return output
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str], Path]]:
+    with running_server(tmp_path) as (base, proc):
+        yield base, proc, tmp_path
 
 
 def test_zero_configuration_server_answers_both_apis(
@@ -81,10 +104,7 @@ def test_zero_configuration_server_answers_both_apis(
     }
     assert (home / ".delidev" / "delidev.db").exists()
 
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=20)
-    # uvicorn shuts down gracefully, then re-raises the signal it caught.
-    assert proc.returncode in (0, -signal.SIGTERM), output
+    output = stop(proc)
     assert "DeliDev server stopped" in output
     assert "Traceback" not in output
 
@@ -121,3 +141,67 @@ async def test_readyz_is_503_until_the_database_is_open(app: object) -> None:
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "starting"}
+
+
+def test_tilde_in_a_sqlite_url_means_the_home_directory(tmp_path: Path) -> None:
+    # The README's form of the default; the server's working directory is tmp_path, so a
+    # literal "~" would be a directory named "~" there (or "unable to open database file").
+    home = tmp_path
+    url = "sqlite://~/data/delidev.db"
+    with running_server(home, DATABASE_URL=url, DELIDEV_SINGLE_USER_MODE="true") as (base, proc):
+        created = httpx.post(
+            f"{base}/delidev.v1.WorkspaceService/Create",
+            content='{"name":"w"}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert created.status_code == 200, created.text
+        stop(proc)
+    assert (home / "data" / "delidev.db").exists()
+    assert not (home / "~").exists()
+
+
+@pytest.mark.parametrize(
+    ("level", "shown", "hidden"), [("warning", None, " INFO "), ("debug", " DEBUG ", None)]
+)
+def test_log_level_takes_effect(
+    tmp_path: Path, level: str, shown: str | None, hidden: str | None
+) -> None:
+    with running_server(tmp_path, DELIDEV_LOG_LEVEL=level) as (base, proc):
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        output = stop(proc)
+    if shown is not None:
+        assert shown in output
+    if hidden is not None:
+        assert hidden not in output
+    assert "Traceback" not in output
+
+
+def _postgres_admin(statement: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.postgres_only
+def test_readyz_is_503_when_the_database_goes_away(tmp_path: Path) -> None:
+    name = f"delidev_readyz_{uuid.uuid4().hex[:12]}"
+    _postgres_admin(f'CREATE DATABASE "{name}"')
+    env = {"DATABASE_URL": postgres_url(name), "DELIDEV_SINGLE_USER_MODE": "true"}
+    try:
+        with running_server(tmp_path, **env) as (base, proc):
+            assert httpx.get(f"{base}/readyz").status_code == 200
+            # Terminates the server's connections, and no new one can be opened.
+            _postgres_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+            gone = httpx.get(f"{base}/readyz", timeout=30)
+            assert gone.status_code == 503
+            assert gone.json() == {"status": "database unreachable"}
+            assert httpx.get(f"{base}/healthz").status_code == 200
+            output = stop(proc)
+        assert "readiness check failed: database unreachable" in output
+    finally:
+        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

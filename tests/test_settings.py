@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from delidev import db
 from delidev.settings import Settings, SettingsError
 
 GOOD_SECRET = "f" * 16 + "0123456789abcdef0123"
@@ -87,3 +88,13 @@ def test_explicit_single_user_with_a_database_url() -> None:
     assert settings.single_user_mode
     assert settings.log_level == "debug"
     assert settings.cors_origins == ("https://a", "https://b")
+
+
+def test_tilde_in_a_sqlite_url_is_expanded_for_tortoise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = Settings(database_url="sqlite://~/data/x.db?journal_mode=wal")
+    assert db.sqlite_path(settings) == str(tmp_path / "data" / "x.db")
+    assert db.tortoise_url(settings) == f"sqlite://{tmp_path}/data/x.db?journal_mode=wal"
+    assert db.tortoise_url(Settings(database_url="sqlite://:memory:")) == "sqlite://:memory:"
