@@ -26,6 +26,7 @@ from delidev.graphql.limits import BodySizeLimit
 from delidev.services import auth as auth_service
 from delidev.services import secrets, sessions, workers
 from delidev.services.live import LogFeeds
+from delidev.services.secret_relay import SecretRelay, relay_key
 from delidev.services.secrets import SecretStore
 from delidev.services.workers import JobSignal
 from delidev.settings import Settings
@@ -62,6 +63,12 @@ def create_app(settings: Settings) -> Starlette:
     signal = JobSignal()
     bus.subscribe(signal.on_event)
     store = SecretStore()
+    # Replicas share secrets through the bus, sealed with a key from the JWT secret.
+    relay = (
+        SecretRelay(store, bus, relay_key(settings.jwt_secret))
+        if bus.remote and settings.jwt_secret
+        else None
+    )
     feeds = LogFeeds(bus)
     state: dict[str, TortoiseContext] = {}
 
@@ -82,6 +89,13 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         state["db"] = await db.open_database(settings)
         await bus.start()
+        if relay is not None:
+            relay.request_sync()  # secrets the other replicas received before this one started
+        elif bus.remote:
+            log.warning(
+                "DELIDEV_JWT_SECRET is not set: secrets sent to this server process are not"
+                " relayed to other replicas; run one process or set it on every replica"
+            )
         sweeper = asyncio.create_task(sweep_forever(), name="delidev-sweep")
         log.info(
             "DeliDev server ready (%s mode, %s)",

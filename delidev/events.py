@@ -66,6 +66,21 @@ class SecretsArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretsRelayed:
+    """One part of a sealed message between the replicas' secret stores
+    (``services.secret_relay``): nobody watches it, the relay listens."""
+
+    sender: str
+    message: str
+    part: int
+    parts: int
+    data: str
+
+    def keys(self) -> list[Key]:
+        return []
+
+
+@dataclass(frozen=True, slots=True)
 class LogAppended:
     session_id: str
     log_size: int
@@ -116,7 +131,8 @@ class WorkerChanged:
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """Events may have been lost (the listener reconnected): re-read what you follow."""
+    """Events may have been lost (this replica's listener reconnected, or another replica
+    could not send everything it published): re-read what you follow."""
 
     def keys(self) -> list[Key]:
         return []
@@ -125,6 +141,7 @@ class Resync:
 Event = (
     JobQueued
     | SecretsArrived
+    | SecretsRelayed
     | LogAppended
     | SessionChanged
     | TaskChanged
@@ -137,11 +154,13 @@ _TYPES: dict[str, type[Any]] = {
     for t in (
         JobQueued,
         SecretsArrived,
+        SecretsRelayed,
         LogAppended,
         SessionChanged,
         TaskChanged,
         TtyChanged,
         WorkerChanged,
+        Resync,
     )
 }
 
@@ -281,6 +300,7 @@ class PostgresEventBus(EventBus):
         self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=100_000)
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncpg.Connection | None = None
+        self._dropped = False  # the outbox overflowed: the others must resynchronise
         self.listening = asyncio.Event()
         self.reconnects = 0
 
@@ -293,8 +313,11 @@ class PostgresEventBus(EventBus):
         try:
             self._outbox.put_nowait(payload)
         except asyncio.QueueFull:
-            # Readers re-read storage; the other replicas notice at their next event.
-            log.warning("event outbox full; dropping %s", type(event).__name__)
+            # The other replicas get a Resync once the outbox drains: their readers re-read
+            # storage, so nothing is lost but latency.
+            if not self._dropped:
+                log.warning("event outbox full; other replicas will be told to resynchronise")
+            self._dropped = True
 
     async def start(self) -> None:
         self._tasks = [
@@ -368,6 +391,9 @@ class PostgresEventBus(EventBus):
                 batch = [payload]
                 while not self._outbox.empty() and len(batch) < 256:
                     batch.append(self._outbox.get_nowait())
+                if self._dropped:  # published after what was dropped: the re-read sees it
+                    self._dropped = False
+                    batch.append(encode(Resync(), self.origin))
                 while True:
                     try:
                         if conn is None or conn.is_closed():

@@ -1,5 +1,5 @@
-"""Per-task secrets: held in this process's memory only, relayed from a task's owner to the
-worker that holds the task's current lease.
+"""Per-task secrets: held in the server processes' memory only, relayed from a task's owner to
+the worker that holds the task's current lease.
 
 Values never reach the database, a log line, an error message or a metric. A client sends
 them for a unit task (that task's runs) or for a composite task (its planning run and every
@@ -7,17 +7,23 @@ node's runs). They are dropped on Clear, when a unit task's run ends, when the t
 or finished (the periodic prune), and after ``SECRET_TTL`` at the latest. A job whose task
 expects secrets is not handed out until they are here (see ``ready_agent_task_ids``).
 
+With several replicas, each keeps a copy: ``services.secret_relay`` carries every change,
+sealed, to the other replicas' stores. Changes carry versions so that a late copy never
+undoes a newer change: a drop leaves a tombstone that an older set cannot cross.
+
 Worker output is masked with the values (and their base64 forms) before it is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 from uuid import UUID
 
 from delidev import events
@@ -35,6 +41,10 @@ MASK = "********"
 # reveal the value by where the masks land.
 MIN_MASKED_LENGTH = 4
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# How long a drop is remembered, so that a copy of older values relayed late cannot revive it.
+TOMBSTONE_TTL_S = 600.0
+# How long GetSecrets waits for values that another replica holds but this one has not heard of.
+RELAY_WAIT_S = 3.0
 
 _FINISHED_UNITS = {
     m.UnitTaskStatus.APPROVED,
@@ -48,10 +58,21 @@ _FINISHED_COMPOSITES = {m.CompositeTaskStatus.DONE, m.CompositeTaskStatus.REJECT
 @dataclass(slots=True)
 class _Entry:
     values: dict[str, str]
+    version: int
     stored_at: float = field(default_factory=time.monotonic)
 
     def __repr__(self) -> str:  # never print values, even in a debugger or a traceback
-        return f"_Entry(keys={sorted(self.values)})"
+        return f"_Entry(keys={sorted(self.values)}, version={self.version})"
+
+
+class Relay(Protocol):
+    """Carries a store's changes to the other replicas (``services.secret_relay``)."""
+
+    def relay_set(self, task_id: UUID, values: Mapping[str, str], version: int) -> None: ...
+
+    def relay_drop(self, task_id: UUID, version: int) -> None: ...
+
+    def request_sync(self) -> None: ...
 
 
 class SecretStore:
@@ -59,18 +80,57 @@ class SecretStore:
 
     def __init__(self, ttl: dt.timedelta = SECRET_TTL) -> None:
         self._entries: dict[UUID, _Entry] = {}
+        self._tombstones: dict[UUID, tuple[int, float]] = {}  # version, when
         self._ttl = ttl.total_seconds()
+        self._arrived: asyncio.Event | None = None
+        self.relay: Relay | None = None
 
     def __repr__(self) -> str:
         return f"SecretStore(tasks={len(self._entries)})"
 
     def put(self, task_id: UUID, values: Mapping[str, str]) -> list[str]:
+        """Adds values for a task (here and on the other replicas); returns the names held."""
         entry = self._entries.get(task_id)
         merged = {**(entry.values if entry else {}), **values}
         if len(merged) > MAX_SECRETS:
             raise InvalidArgument(f"at most {MAX_SECRETS} secrets per task", field="secrets")
-        self._entries[task_id] = _Entry(merged)
+        version = max(time.time_ns(), entry.version + 1 if entry else 0)
+        self.apply_set(task_id, merged, version)
+        if self.relay is not None:
+            self.relay.relay_set(task_id, merged, version)
         return sorted(merged)
+
+    def drop(self, task_id: UUID) -> None:
+        """Forgets a task's secrets, here and on the other replicas."""
+        version = time.time_ns()
+        self.apply_drop(task_id, version)
+        if self.relay is not None:
+            self.relay.relay_drop(task_id, version)
+
+    def discard(self, task_id: UUID) -> None:
+        """Forgets a task's secrets here only (every replica prunes on its own)."""
+        self._entries.pop(task_id, None)
+
+    def apply_set(self, task_id: UUID, values: Mapping[str, str], version: int) -> None:
+        """Holds ``values`` unless a newer set or a drop of the task is already known."""
+        tombstone = self._tombstones.get(task_id)
+        entry = self._entries.get(task_id)
+        if (tombstone is not None and tombstone[0] >= version) or (
+            entry is not None and entry.version >= version
+        ):
+            return
+        self._entries[task_id] = _Entry(dict(values), version)
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
+
+    def apply_drop(self, task_id: UUID, version: int) -> None:
+        entry = self._entries.get(task_id)
+        if entry is not None and entry.version <= version:
+            del self._entries[task_id]
+        known = self._tombstones.get(task_id)
+        if known is None or known[0] < version:
+            self._tombstones[task_id] = (version, time.monotonic())
 
     def get(self, task_id: UUID) -> dict[str, str]:
         entry = self._entries.get(task_id)
@@ -81,8 +141,23 @@ class SecretStore:
             return {}
         return dict(entry.values)
 
-    def drop(self, task_id: UUID) -> None:
-        self._entries.pop(task_id, None)
+    def snapshot(self) -> list[tuple[UUID, dict[str, str], int]]:
+        """Every task's values with their version, for a replica that asks to catch up."""
+        return [(t, dict(e.values), e.version) for t, e in self._entries.items()]
+
+    async def arrival(self, seconds: float) -> None:
+        """Waits until some task's values arrive, or ``seconds`` pass."""
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), seconds)
+        except TimeoutError:
+            return
+
+    def forget_old_tombstones(self) -> None:
+        horizon = time.monotonic() - TOMBSTONE_TTL_S
+        for task_id in [t for t, (_, when) in self._tombstones.items() if when < horizon]:
+            del self._tombstones[task_id]
 
     def task_ids(self) -> list[UUID]:
         return list(self._entries)
@@ -153,6 +228,28 @@ async def secrets_for(store: SecretStore, agent_task_id: UUID) -> dict[str, str]
     return values
 
 
+async def job_secrets(
+    store: SecretStore, agent_task_id: UUID, *, expects_secrets: bool, wait: float = RELAY_WAIT_S
+) -> dict[str, str]:
+    """The secrets for a claimed run, for its worker.
+
+    A replica other than the one the client sent them to may not have heard of them yet (the
+    relay is a few milliseconds behind, or this replica started later): when the task expects
+    secrets and none are here, ask the other replicas and wait up to ``wait`` seconds.
+    """
+    values = await secrets_for(store, agent_task_id)
+    if values or not expects_secrets or store.relay is None:
+        return values
+    store.relay.request_sync()
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        await store.arrival(left)
+        values = await secrets_for(store, agent_task_id)
+        if values:
+            break
+    return values
+
+
 async def ready_agent_task_ids(store: SecretStore) -> list[UUID]:
     """AgentTasks whose secrets have arrived, for the claim's "expects secrets" gate."""
     held = store.task_ids()
@@ -180,6 +277,7 @@ async def run_ended(store: SecretStore, agent_task_id: UUID) -> None:
 
 async def prune_secrets(store: SecretStore) -> int:
     """Drops secrets of tasks that are gone or finished, and expired ones. Returns the count."""
+    store.forget_old_tombstones()
     held = store.task_ids()
     if not held:
         return 0
@@ -197,7 +295,7 @@ async def prune_secrets(store: SecretStore) -> int:
     dropped = 0
     for task_id in held:
         if task_id not in live or not store.get(task_id):
-            store.drop(task_id)
+            store.discard(task_id)
             dropped += 1
     return dropped
 

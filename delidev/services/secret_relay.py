@@ -1,0 +1,160 @@
+"""Relays secret-store changes between the replicas of one PostgreSQL deployment.
+
+Secrets live in the server processes' memory only (``services.secrets``), yet a client may
+send them to replica A while the worker that runs the task talks to replica B. So every
+change A's store makes (a task's values set, or dropped) goes to the other replicas through
+the event bus (PostgreSQL NOTIFY), and B's store applies it to its own copy.
+
+What crosses the database server is sealed: AES-256-GCM under a key derived (HKDF-SHA256)
+from ``DELIDEV_JWT_SECRET``, which every replica shares and the database never sees. Nothing
+is stored: a NOTIFY payload is gone once delivered. The seal also authenticates, so a
+database user cannot inject values into a store. A message larger than one NOTIFY payload is
+split into parts that the receivers put back together.
+
+A replica that may have missed messages (it has just started, or its listener reconnected)
+asks the others to send what they hold (``request_sync``); versions in the store make the
+duplicates harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from delidev import events
+from delidev.services.secrets import SecretStore
+
+log = logging.getLogger(__name__)
+
+PART_CHARS = 6000  # base64 characters per NOTIFY payload, well under its 8000-byte limit
+PARTIAL_TTL_S = 60.0  # parts of a message that never completes are forgotten after this
+_AAD = b"delidev secrets relay v1"
+_NONCE_BYTES = 12
+
+
+def relay_key(secret: str) -> bytes:
+    """The relay's AES key, derived from the deployment's shared secret (key separation:
+    the JWT signing key itself is never used to encrypt)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AAD).derive(secret.encode())
+
+
+@dataclass(slots=True)
+class _Partial:
+    parts: list[str | None]
+    started: float = field(default_factory=time.monotonic)
+
+
+class SecretRelay:
+    """Links one replica's ``SecretStore`` to the others' through ``bus``."""
+
+    def __init__(self, store: SecretStore, bus: events.EventBus, key: bytes) -> None:
+        self._store = store
+        self._bus = bus
+        self._aead = AESGCM(key)
+        self.id = uuid.uuid4().hex[:12]
+        self._partial: dict[tuple[str, str], _Partial] = {}
+        self.refused = 0  # messages that did not authenticate (another key, or forged)
+        store.relay = self
+        bus.subscribe(self.on_event)
+
+    def __repr__(self) -> str:
+        return f"SecretRelay(id={self.id!r})"
+
+    # Sending ----------------------------------------------------------------------------
+
+    def relay_set(self, task_id: UUID, values: Mapping[str, str], version: int) -> None:
+        self._send({"op": "set", "task": str(task_id), "values": dict(values), "v": version})
+
+    def relay_drop(self, task_id: UUID, version: int) -> None:
+        self._send({"op": "drop", "task": str(task_id), "v": version})
+
+    def request_sync(self) -> None:
+        """Asks every other replica to send all it holds."""
+        self._send({"op": "sync"})
+
+    def _send(self, message: dict[str, object]) -> None:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = nonce + self._aead.encrypt(nonce, json.dumps(message).encode(), _AAD)
+        text = base64.b64encode(sealed).decode()
+        parts = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)]
+        message_id = uuid.uuid4().hex[:12]
+        for index, part in enumerate(parts):
+            self._bus.publish(
+                events.SecretsRelayed(
+                    sender=self.id, message=message_id, part=index, parts=len(parts), data=part
+                )
+            )
+
+    # Receiving --------------------------------------------------------------------------
+
+    def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Resync):
+            self.request_sync()  # messages may have been lost meanwhile
+            return
+        if not isinstance(event, events.SecretsRelayed) or event.sender == self.id:
+            return
+        text = self._assemble(event)
+        if text is not None:
+            self._open(text)
+
+    def _assemble(self, event: events.SecretsRelayed) -> str | None:
+        if event.parts == 1:
+            return event.data
+        if not 0 <= event.part < event.parts <= 10_000:
+            return None
+        now = time.monotonic()
+        for stale in [k for k, p in self._partial.items() if now - p.started > PARTIAL_TTL_S]:
+            del self._partial[stale]
+        key = (event.sender, event.message)
+        partial = self._partial.setdefault(key, _Partial([None] * event.parts))
+        if len(partial.parts) != event.parts:
+            del self._partial[key]
+            return None
+        partial.parts[event.part] = event.data
+        if any(p is None for p in partial.parts):
+            return None
+        del self._partial[key]
+        return "".join(p for p in partial.parts if p is not None)
+
+    def _open(self, text: str) -> None:
+        try:
+            sealed = base64.b64decode(text, validate=True)
+            plain = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _AAD)
+            message = json.loads(plain)
+            self._apply(message)
+        except (InvalidTag, binascii.Error, ValueError, KeyError, TypeError):
+            # Never log the content: it may hold values.
+            self.refused += 1
+            log.warning(
+                "ignored a relayed secrets message that does not authenticate or parse"
+                " (do all replicas share DELIDEV_JWT_SECRET?)"
+            )
+
+    def _apply(self, message: dict[str, object]) -> None:
+        op = message["op"]
+        if op == "sync":
+            for task_id, values, version in self._store.snapshot():
+                self.relay_set(task_id, values, version)
+            return
+        task_id = UUID(str(message["task"]))
+        version = int(str(message["v"]))
+        if op == "set":
+            held = message["values"]
+            if not isinstance(held, dict):
+                raise TypeError("values")
+            self._store.apply_set(task_id, {str(k): str(v) for k, v in held.items()}, version)
+        elif op == "drop":
+            self._store.apply_drop(task_id, version)

@@ -1,0 +1,170 @@
+"""Secrets relayed between replicas: every store holds the same values, sealed on the way."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import pytest
+
+from delidev import db, events
+from delidev.auth.principal import LOCAL_USER
+from delidev.services import secret_relay, secrets, tasks
+from delidev.settings import Settings
+from tests.factories import make_group, make_repository, make_workspace
+
+KEY = secret_relay.relay_key("x" * 48)
+VALUE = "sk-relay-5e0b7c9d13a24f68"
+
+
+async def _until(check: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not relayed in time"
+        await asyncio.sleep(0.02)
+
+
+def test_versions_keep_a_late_copy_from_undoing_a_newer_change() -> None:
+    store = secrets.SecretStore()
+    task = uuid.uuid4()
+    store.apply_set(task, {"K": "new"}, version=20)
+    store.apply_set(task, {"K": "old"}, version=10)  # arrives late
+    assert store.get(task) == {"K": "new"}
+    store.apply_drop(task, version=30)
+    store.apply_set(task, {"K": "older still"}, version=25)  # a sync reply sent before the drop
+    assert store.get(task) == {}
+    store.apply_set(task, {"K": "sent again"}, version=40)  # the client sends them again
+    assert store.get(task) == {"K": "sent again"}
+    store.discard(task)
+    assert task not in store
+
+
+def test_a_message_splits_into_parts_and_is_put_back_together() -> None:
+    bus = events.EventBus()
+    sent: list[events.SecretsRelayed] = []
+    bus.subscribe(lambda e: sent.append(e) if isinstance(e, events.SecretsRelayed) else None)
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, bus, KEY)
+    big = {f"K{i}": "v" * 20_000 for i in range(5)}  # ~100 KB: many NOTIFY payloads
+    task = uuid.uuid4()
+    store_a.put(task, big)
+    assert len(sent) > 10
+    assert all(len(events.encode(e, "o").encode()) < events.MAX_PAYLOAD_BYTES for e in sent)
+    assert all("vvvv" not in e.data for e in sent)  # sealed
+    # A second relay on another bus hears the parts out of order and interleaved.
+    other_bus = events.EventBus()
+    relay_b = secret_relay.SecretRelay(store_b, other_bus, KEY)
+    for event in [*sent[1::2], *sent[::2]]:
+        relay_b.on_event(event)
+    assert store_b.get(task) == big
+
+
+def test_a_message_sealed_with_another_key_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    bus_a, bus_b = events.EventBus(), events.EventBus()
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, bus_a, secret_relay.relay_key("y" * 48))
+    relay_b = secret_relay.SecretRelay(store_b, bus_b, KEY)
+    sent: list[events.Event] = []
+    bus_a.subscribe(sent.append)
+    task = uuid.uuid4()
+    store_a.put(task, {"API_KEY": VALUE})
+    forged = events.SecretsRelayed(
+        sender="z", message="m", part=0, parts=1, data="bm90IHNlYWxlZA=="
+    )
+    for event in [*sent, forged]:
+        relay_b.on_event(event)
+    assert store_b.get(task) == {}
+    assert relay_b.refused == 2
+    assert VALUE not in caplog.text
+
+
+@pytest.fixture
+async def dsn(settings: Settings) -> str:
+    return db.asyncpg_dsn(settings)
+
+
+@pytest.fixture
+async def buses(dsn: str) -> AsyncIterator[list[events.PostgresEventBus]]:
+    started: list[events.PostgresEventBus] = []
+    try:
+        for _ in range(3):
+            bus = events.PostgresEventBus(dsn)
+            started.append(bus)
+        yield started
+    finally:
+        for bus in started:
+            await bus.stop()
+
+
+@pytest.mark.postgres_only
+async def test_replicas_share_sets_and_drops_and_a_late_replica_catches_up(
+    dsn: str, buses: list[events.PostgresEventBus]
+) -> None:
+    a, b, late = buses
+    store_a, store_b, store_late = (secrets.SecretStore() for _ in range(3))
+    secret_relay.SecretRelay(store_a, a, KEY)
+    secret_relay.SecretRelay(store_b, b, KEY)
+    await a.start()
+    await b.start()
+
+    # What crosses PostgreSQL, seen by a plain listener on the channel, never holds a value.
+    seen: list[str] = []
+    spy = await asyncpg.connect(dsn)
+    await spy.add_listener(events.CHANNEL, lambda *args: seen.append(str(args[-1])))
+    try:
+        task, other = uuid.uuid4(), uuid.uuid4()
+        store_a.put(task, {"API_KEY": VALUE})
+        store_b.put(other, {"TOKEN": VALUE + "-b"})
+        await _until(lambda: store_b.get(task) == {"API_KEY": VALUE})
+        await _until(lambda: store_a.get(other) == {"TOKEN": VALUE + "-b"})
+        store_a.put(task, {"MORE": "more-value"})
+        await _until(lambda: store_b.get(task) == {"API_KEY": VALUE, "MORE": "more-value"})
+
+        # A replica that starts now asks the others and gets everything they hold.
+        late_relay = secret_relay.SecretRelay(store_late, late, KEY)
+        await late.start()
+        late_relay.request_sync()  # as the app does once its bus listens
+        await _until(lambda: store_late.get(other) == {"TOKEN": VALUE + "-b"})
+        await _until(lambda: store_late.get(task) == store_a.get(task))
+
+        # A drop on one replica (Clear, or the run ended) reaches them all.
+        store_b.drop(task)
+        await _until(lambda: store_a.get(task) == {} and store_late.get(task) == {})
+        await asyncio.sleep(0.3)
+    finally:
+        await spy.close()
+    assert seen, "the spy heard nothing"
+    assert not [p for p in seen if VALUE in p or "more-value" in p]
+
+
+@pytest.mark.postgres_only
+@pytest.mark.usefixtures("database")
+async def test_a_runs_secrets_are_awaited_from_the_replica_that_holds_them(
+    buses: list[events.PostgresEventBus],
+) -> None:
+    a, b, _ = buses
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, a, KEY)
+    secret_relay.SecretRelay(store_b, b, KEY)
+    await a.start()
+    await b.start()
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    unit = await tasks.create_unit_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="p", expects_secrets=True
+    )
+    assert (
+        await secrets.job_secrets(store_b, unit.agent_task_id, expects_secrets=True, wait=0.2) == {}
+    )
+
+    async def send_later() -> None:
+        await asyncio.sleep(0.2)
+        store_a.put(unit.id, {"API_KEY": VALUE})
+
+    sender = asyncio.create_task(send_later())
+    got = await secrets.job_secrets(store_b, unit.agent_task_id, expects_secrets=True, wait=5)
+    await sender
+    assert got == {"API_KEY": VALUE}
