@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,15 @@ def parse_remote_url(remote_url: str) -> RemoteInfo:
             raise InvalidArgument(
                 f"remote_url has an unsupported scheme {parts.scheme!r} "
                 f"(use {', '.join(_URL_SCHEMES)} or git@host:owner/name)",
+                field="remote_url",
+            )
+        web = parts.scheme.lower() in ("http", "https")
+        if parts.password is not None or (web and parts.username is not None):
+            # The URL is stored and shown to clients: a token in it would leak (ssh://git@…
+            # names a user, not a secret). The message does not echo the URL.
+            raise InvalidArgument(
+                "remote_url must not contain credentials (user:token@): "
+                "give the token to the worker as a secret",
                 field="remote_url",
             )
         host, path = parts.hostname or "", parts.path
@@ -246,6 +256,23 @@ async def _member_repositories(
     return ids
 
 
+def _new_members(group_id: UUID, repository_ids: Sequence[UUID]) -> list[m.RepositoryGroupMember]:
+    """Member rows whose ``created_at`` increases strictly in the order given.
+
+    Members are listed by ``created_at``; one bulk insert would give them all one
+    timestamp, and the order would then fall back to random ids.
+    """
+    start = dt.datetime.now(dt.UTC)
+    return [
+        m.RepositoryGroupMember(
+            group_id=group_id,
+            repository_id=rid,
+            created_at=start + dt.timedelta(microseconds=position),
+        )
+        for position, rid in enumerate(repository_ids)
+    ]
+
+
 async def create_repository_group(
     *,
     actor: Principal,
@@ -268,9 +295,7 @@ async def create_repository_group(
         )
     async with transaction():
         group = await m.RepositoryGroup.create(workspace_id=workspace.id, name=group_name)
-        await m.RepositoryGroupMember.bulk_create(
-            [m.RepositoryGroupMember(group_id=group.id, repository_id=rid) for rid in ids]
-        )
+        await m.RepositoryGroupMember.bulk_create(_new_members(group.id, ids))
     return group
 
 
@@ -310,7 +335,10 @@ async def update_repository_group(
 ) -> m.RepositoryGroup:
     """Renames (an empty name clears it) and adds or removes members.
 
-    Raises: InvalidArgument, NotFound.
+    Members of a group with tasks cannot be removed (as in ``remove_repository``): the
+    tasks' history needs them. Adding members is allowed.
+
+    Raises: InvalidArgument, NotFound, FailedPrecondition.
     """
     new_name = check_optional_text(name, "name") if name is not None else None
     async with transaction():
@@ -334,15 +362,19 @@ async def update_repository_group(
                 "a repository group needs at least one repository",
                 field="remove_repository_ids",
             )
+        if to_remove & current and await _groups_with_tasks([group.id]):
+            # remove_repository's rule: the tasks' history needs the repositories they ran on.
+            raise FailedPrecondition(
+                f"repository group {group.id} has tasks: its repositories cannot be removed "
+                "(delete those tasks first)"
+            )
         if to_remove & current:
             await m.RepositoryGroupMember.filter(
                 group_id=group.id, repository_id__in=to_remove
             ).delete()
         new_members = [rid for rid in to_add if rid not in current]
         if new_members:
-            await m.RepositoryGroupMember.bulk_create(
-                [m.RepositoryGroupMember(group_id=group.id, repository_id=r) for r in new_members]
-            )
+            await m.RepositoryGroupMember.bulk_create(_new_members(group.id, new_members))
         if name is not None:
             group.name = new_name
         await group.save(update_fields=["name", "updated_at"])

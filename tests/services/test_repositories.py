@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import pytest
+import tortoise.timezone
 
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
@@ -155,6 +156,23 @@ class TestRepositories:
         members = await repositories.group_member_ids([named.id])
         assert members[named.id] == [keep.id]
 
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "https://alice:ghp_s3cr3tT0ken@github.com/acme/widgets.git",
+            "https://ghp_s3cr3tT0ken@github.com/acme/widgets.git",
+            "ssh://git:ghp_s3cr3tT0ken@github.com/acme/widgets.git",
+        ],
+    )
+    async def test_credentials_in_the_url_are_refused_and_not_echoed(self, url: str) -> None:
+        ws = await make_workspace()
+        with pytest.raises(InvalidArgument) as info:
+            await repositories.add_repository(actor=LOCAL_USER, workspace_id=ws.id, remote_url=url)
+        assert info.value.field == "remote_url"
+        assert "must not contain credentials" in info.value.message
+        assert "s3cr3t" not in info.value.message
+        assert await m.Repository.all().count() == 0
+
     async def test_remove_refused_while_a_group_with_tasks_uses_it(self) -> None:
         ws = await make_workspace()
         repo = await make_repository(ws)
@@ -179,6 +197,27 @@ class TestGroups:
         )
         members = await repositories.group_member_ids([group.id])
         assert members[group.id] == [b.id, a.id]
+
+    async def test_members_keep_the_order_given_however_many(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        ws = await make_workspace()
+        repos = [await make_repository(ws) for _ in range(30)]
+        given = [r.id for r in reversed(repos)]
+        # A clock that does not move between the rows of one insert (coarse clocks do
+        # this): Tortoise's auto_now_add then gives every member the same created_at.
+        frozen = tortoise.timezone.now()
+        monkeypatch.setattr(tortoise.timezone, "now", lambda: frozen)
+        group = await repositories.create_repository_group(
+            actor=LOCAL_USER, workspace_id=ws.id, repository_ids=given
+        )
+        assert (await repositories.group_member_ids([group.id]))[group.id] == given
+        extra = [await make_repository(ws) for _ in range(10)]
+        await repositories.update_repository_group(
+            actor=LOCAL_USER, group_id=group.id, add_repository_ids=[r.id for r in extra]
+        )
+        members = (await repositories.group_member_ids([group.id]))[group.id]
+        assert members == [*given, *(r.id for r in extra)]
 
     async def test_members_must_belong_to_the_workspace(self) -> None:
         ws, other = await make_workspace(), await make_workspace()
@@ -233,6 +272,28 @@ class TestGroups:
         stored = await m.RepositoryGroup.get(id=group.id)
         assert stored.name == "g"
         assert (await repositories.group_member_ids([group.id]))[group.id] == [a.id]
+
+    async def test_update_cannot_remove_members_of_a_group_with_tasks(self) -> None:
+        ws = await make_workspace()
+        a, b, c = [await make_repository(ws) for _ in range(3)]
+        group = await make_group(ws, [a, b], name="busy")
+        await make_unit_task(group)
+        with pytest.raises(FailedPrecondition) as info:
+            await repositories.update_repository_group(
+                actor=LOCAL_USER, group_id=group.id, remove_repository_ids=[b.id], name="x"
+            )
+        assert str(group.id) in info.value.message
+        assert "has tasks" in info.value.message
+        assert (await repositories.group_member_ids([group.id]))[group.id] == [a.id, b.id]
+        assert (await m.RepositoryGroup.get(id=group.id)).name == "busy"
+        # The way around remove_repository's refusal stays closed.
+        with pytest.raises(FailedPrecondition):
+            await repositories.remove_repository(actor=LOCAL_USER, repository_id=b.id)
+        # Adding a member (or renaming) is still allowed.
+        await repositories.update_repository_group(
+            actor=LOCAL_USER, group_id=group.id, add_repository_ids=[c.id], name="x"
+        )
+        assert (await repositories.group_member_ids([group.id]))[group.id] == [a.id, b.id, c.id]
 
     async def test_delete_keeps_repositories_and_refuses_with_tasks(self) -> None:
         ws = await make_workspace()
