@@ -23,4 +23,4 @@ run_pytest() {
 echo "== pytest on SQLite"
 DELIDEV_TEST_DATABASE=sqlite run_pytest -q
 echo "== pytest on PostgreSQL"
-DELIDEV_TEST_DATABASE=postgres run_pytest -q --ignore=tests/interop
+DELIDEV_TEST_DATABASE=postgres run_pytest -q

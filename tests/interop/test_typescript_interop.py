@@ -2,8 +2,9 @@
 
 Runs ``npm ci`` (when ``node_modules`` is missing or older than ``package-lock.json``), the
 codegen (``npm run generate``: buf with the local protoc-gen-es plugin) and a type check in
-this directory, starts ``delidev-server`` on a free loopback port with a fresh SQLite file,
-then runs ``interop.test.ts`` (``npm test``) against it with ``DELIDEV_URL``.
+this directory, starts ``delidev-server`` on a free loopback port with a fresh database of
+the backend under test (SQLite or PostgreSQL, see ``DELIDEV_TEST_DATABASE``), then runs
+``interop.test.ts`` (``npm test``) against it with ``DELIDEV_URL``.
 
 Without Node/npm the test is skipped, except in CI (``CI`` set), where it fails.
 """
@@ -103,14 +104,14 @@ def _prepare_node_project(npm: str) -> None:
     _run([npm, "run", "typecheck"], timeout=STEP_TIMEOUT_S)
 
 
-def _server_env(database: Path, port: int) -> dict[str, str]:
+def _server_env(database_url: str, port: int) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("DELIDEV_") and key != "DATABASE_URL"
     }
     env.update(
-        DATABASE_URL=f"sqlite:///{database}",
+        DATABASE_URL=database_url,
         DELIDEV_SINGLE_USER_MODE="true",
         DELIDEV_SERVER_HOST="127.0.0.1",
         DELIDEV_SERVER_PORT=str(port),
@@ -154,7 +155,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def test_typescript_connect_client(tmp_path: Path) -> None:
+def test_typescript_connect_client(tmp_path: Path, server_database_url: str) -> None:
     _tool("node")
     npm = _tool("npm")
     _prepare_node_project(npm)
@@ -166,7 +167,7 @@ def test_typescript_connect_client(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             _server_command(),
             cwd=tmp_path,
-            env=_server_env(tmp_path / "delidev.db", port),
+            env=_server_env(server_database_url, port),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -207,7 +208,9 @@ def test_typescript_connect_client(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_typescript_task_life_cycles(tmp_path: Path, binary: bool) -> None:
+def test_typescript_task_life_cycles(
+    tmp_path: Path, server_database_url: str, binary: bool
+) -> None:
     """A unit and a composite task driven by the TypeScript client on the client side and by
     the reference worker (``delidev-worker-sim``) on the worker side, both over Connect."""
     _tool("node")
@@ -216,7 +219,6 @@ def test_typescript_task_life_cycles(tmp_path: Path, binary: bool) -> None:
 
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
-    database = tmp_path / "delidev.db"
     log = tmp_path / "server.log"
     state = tmp_path / "state.json"
     env = {
@@ -237,7 +239,7 @@ def test_typescript_task_life_cycles(tmp_path: Path, binary: bool) -> None:
         proc = subprocess.Popen(
             _server_command(),
             cwd=tmp_path,
-            env=_server_env(database, port),
+            env=_server_env(server_database_url, port),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
