@@ -46,8 +46,8 @@ def tortoise_url(settings: Settings) -> str:
     """
     url = settings.database_url
     if settings.is_sqlite:
-        _, separator, query = url.partition("?")
-        return f"sqlite://{sqlite_path(settings)}{separator}{query}"
+        _, separator, options = url.partition("?")
+        return f"sqlite://{sqlite_path(settings)}{separator}{options}"
     if url.startswith("postgresql://"):
         url = "postgres://" + url.removeprefix("postgresql://")
     if settings.is_postgres:
