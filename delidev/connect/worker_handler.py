@@ -123,12 +123,16 @@ class WorkerHandler(WorkerService):
     async def heartbeat(
         self, request: worker_pb.HeartbeatRequest, ctx: Ctx
     ) -> worker_pb.HeartbeatResponse:
-        wid = await self._worker(request.worker_id, ctx)
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        # The status a worker states is not used: the server derives it from the job it holds.
         reply = await workers.heartbeat(
             worker_id=wid,
-            status=WORKER_STATUS.to_domain(request.status, "status"),
             session_id=parse_optional_id(
                 request.session_id if request.has_field("session_id") else None, "session_id"
+            ),
+            task_id=parse_optional_id(
+                request.current_task_id if request.has_field("current_task_id") else None,
+                "current_task_id",
             ),
         )
         return worker_pb.HeartbeatResponse(

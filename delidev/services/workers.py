@@ -24,6 +24,7 @@ from uuid import UUID
 
 from tortoise import connections
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
 
 from delidev import events
 from delidev import models as m
@@ -140,95 +141,187 @@ async def authenticate_worker(*, worker_id: UUID, credential: str) -> m.Worker:
 async def heartbeat(
     *,
     worker_id: UUID,
-    status: m.WorkerStatus | None = None,
     session_id: UUID | None = None,
+    task_id: UUID | None = None,
 ) -> HeartbeatReply:
     """Records a heartbeat; the reply lists the sessions this worker must stop.
 
-    Those are its running sessions with a stop request, and the session it says it runs
-    when that is no longer its job (deleted, reassigned, ended). A worker that was marked
-    unhealthy is healthy again, but its old leases stay dead. Raises: NotFound.
+    Those are its running sessions with a stop request, and the session (or the task) it says
+    it runs when that is no longer its job (deleted, reassigned, ended). Its status follows
+    from the session it holds, never from what it says: busy with a running session, else
+    idle. A worker that was marked unhealthy is healthy again, but its old leases stay dead.
+    Raises: NotFound.
     """
-    worker = await get_worker(worker_id=worker_id)
-    holding = await m.AgentSession.filter(
-        worker_id=worker.id, status=SessionStatus.RUNNING
-    ).values_list("id", "stop_requested")
-    busy = bool(holding)
-    new_status = (
-        m.WorkerStatus.BUSY
-        if busy
-        else (m.WorkerStatus.IDLE if status != m.WorkerStatus.BUSY else m.WorkerStatus.BUSY)
-    )
-    await m.Worker.filter(id=worker.id).update(last_heartbeat=_now(), status=new_status)
-    if new_status != worker.status:
+    async with transaction():
+        # The row lock orders this against a claim, a release or a sweep for this worker:
+        # the sessions read below are the ones committed before it (PostgreSQL).
+        worker = await m.Worker.filter(id=worker_id).select_for_update().first()
+        if worker is None:
+            raise NotFound(f"worker {worker_id} not found", field="worker_id")
+        held = await m.AgentSession.filter(worker_id=worker.id, status=SessionStatus.RUNNING)
+        current = held[0] if held else None  # a unique index allows one at most
+        status = m.WorkerStatus.BUSY if current else m.WorkerStatus.IDLE
+        await m.Worker.filter(id=worker.id).update(
+            last_heartbeat=_now(),
+            status=status,
+            current_session_id=current.id if current else None,
+            current_task_id=await _unit_task_of(current),
+        )
+    if status != worker.status:
         events.publish(events.WorkerChanged(worker_id=str(worker.id)))
-    stop = [sid for sid, requested in holding if requested]
-    if session_id is not None and session_id not in {sid for sid, _ in holding}:
+    held_ids = {s.id for s in held}
+    stop = [s.id for s in held if s.stop_requested]
+    if session_id is not None and session_id not in held_ids:
         stop.append(session_id)
+    if task_id is not None:
+        last = await _last_session_on(worker.id, task_id)
+        if last is not None and last not in held_ids and last not in stop:
+            stop.append(last)
     return HeartbeatReply(worker=await get_worker(worker_id=worker.id), stop_session_ids=stop)
+
+
+async def _unit_task_of(session: m.AgentSession | None) -> UUID | None:
+    """The UnitTask a session runs for (``Worker.current_task`` refers to unit tasks only)."""
+    if session is None or session.kind == m.JobKind.PLANNING:
+        return None
+    unit = (
+        await m.UnitTask.filter(agent_task_id=session.agent_task_id)
+        .first()
+        .values_list("id", flat=True)
+    )
+    return cast(UUID | None, unit)
+
+
+async def _last_session_on(worker_id: UUID, task_id: UUID) -> UUID | None:
+    """The newest session of a task (unit, or composite being planned) this worker ran."""
+    agent_id = await m.UnitTask.filter(id=task_id).first().values_list("agent_task_id", flat=True)
+    if agent_id is None:
+        agent_id = (
+            await m.CompositeTask.filter(id=task_id)
+            .first()
+            .values_list("planning_task_id", flat=True)
+        )
+    if agent_id is None:
+        return None
+    last = (
+        await m.AgentSession.filter(agent_task_id=agent_id, worker_id=worker_id)
+        .order_by("-attempt")
+        .first()
+        .values_list("id", flat=True)
+    )
+    return cast(UUID | None, last)
 
 
 async def unregister_worker(*, worker_id: UUID) -> None:
     """Removes a worker; its running session goes back to the queue. Raises: NotFound."""
-    worker = await get_worker(worker_id=worker_id)
-    await _release_sessions([worker.id], reason="its worker unregistered")
-    await worker.delete()
+    async with transaction():
+        # Locked, a claim by this worker waits (its foreign key check needs the row) and then
+        # fails on the deleted row: no job is left running for a worker that is gone.
+        worker = await m.Worker.filter(id=worker_id).select_for_update().first()
+        if worker is None:
+            raise NotFound(f"worker {worker_id} not found", field="worker_id")
+        released = [
+            session
+            for session in await m.AgentSession.filter(
+                worker_id=worker.id, status=SessionStatus.RUNNING
+            )
+            if await _release(session, reason="its worker unregistered")
+        ]
+        await m.Worker.filter(id=worker.id).delete()
+    await _announce_released(released)
     events.publish(events.WorkerChanged(worker_id=str(worker.id)))
 
 
-async def _release_sessions(worker_ids: Sequence[UUID], *, reason: str) -> int:
-    """Running sessions of these workers → lost, and a new run of each is queued."""
-    count = 0
-    for session in await m.AgentSession.filter(
-        worker_id__in=list(worker_ids), status=SessionStatus.RUNNING
-    ):
-        async with transaction():
-            changed = await m.AgentSession.filter(
-                id=session.id, status=SessionStatus.RUNNING, lease_token=session.lease_token
-            ).update(status=SessionStatus.LOST, lease_token=None, error=reason, completed_at=_now())
-            if not changed:
-                continue
-            if not session.stop_requested:
-                await m.AgentSession.create(
-                    agent_task_id=session.agent_task_id,
-                    ai_agent_type=session.ai_agent_type,
-                    ai_agent_model=session.ai_agent_model,
-                    kind=session.kind,
-                    attempt=session.attempt + 1,
-                    status=SessionStatus.QUEUED,
-                )
-            count += 1
-        await session_service.close_pending_tty(m.TtyInputStatus.CANCELLED, session_id=session.id)
-        await m.Worker.filter(id=session.worker_id, current_session_id=session.id).update(
-            current_session_id=None
+async def _release(session: m.AgentSession, *, reason: str) -> bool:
+    """A running session → lost, and a new run of it is queued (unless it was being stopped).
+
+    A compare-and-set on its lease, run in the caller's transaction; False when it already
+    moved on (ended, or released by another replica).
+    """
+    same_worker = (
+        {"worker_id__isnull": True}
+        if session.worker_id is None
+        else {"worker_id": session.worker_id}
+    )
+    changed = await m.AgentSession.filter(
+        id=session.id, status=SessionStatus.RUNNING, lease_token=session.lease_token, **same_worker
+    ).update(status=SessionStatus.LOST, lease_token=None, error=reason, completed_at=_now())
+    if not changed:
+        return False
+    if not session.stop_requested:
+        await m.AgentSession.create(
+            agent_task_id=session.agent_task_id,
+            ai_agent_type=session.ai_agent_type,
+            ai_agent_model=session.ai_agent_model,
+            kind=session.kind,
+            attempt=session.attempt + 1,
+            status=SessionStatus.QUEUED,
         )
+    await m.Worker.filter(current_session_id=session.id).update(
+        current_session_id=None, current_task_id=None
+    )
+    return True
+
+
+async def _announce_released(released: Sequence[m.AgentSession]) -> None:
+    for session in released:
+        await session_service.close_pending_tty(m.TtyInputStatus.CANCELLED, session_id=session.id)
         await session_service.announce_session(await m.AgentSession.get(id=session.id))
-    if count:
+    if released:
         events.publish(events.JobQueued())
-    return count
 
 
 async def sweep_workers(*, heartbeat_interval: dt.timedelta) -> int:
-    """Workers silent for three intervals → unhealthy; their jobs are queued again.
+    """Workers silent for three intervals → unhealthy; the jobs they held are queued again.
 
-    Safe when every replica runs it: each change is a compare-and-set. Returns the number of
-    sessions handed back.
+    So are running jobs of any unhealthy worker (the replica that marked it may have died
+    before releasing them) and of a worker that is gone. Safe when every replica runs it:
+    each change is a compare-and-set, and a job is released only while its worker's row,
+    locked, still says unhealthy (a heartbeat that arrives in between keeps the job).
+    Returns the number of sessions handed back.
     """
     deadline = _now() - heartbeat_interval * MISSED_BEATS
-    stale = cast(
-        list[UUID],
-        await m.Worker.filter(
-            last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
-        ).values_list("id", flat=True),
+    silent = await m.Worker.filter(
+        last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
+    ).values_list("id", flat=True)
+    for worker_id in silent:
+        # Re-checked in the UPDATE: a heartbeat since the look above keeps the worker healthy.
+        marked = await m.Worker.filter(
+            id=worker_id, last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
+        ).update(status=m.WorkerStatus.UNHEALTHY)
+        if marked:
+            events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    return await _release_abandoned(started_before=deadline)
+
+
+async def _release_abandoned(*, started_before: dt.datetime) -> int:
+    """Releases running sessions whose worker is unhealthy, or gone (then only those that
+    started before ``started_before``: a session is never without a worker for long)."""
+    unhealthy = await m.Worker.filter(status=m.WorkerStatus.UNHEALTHY).values_list("id", flat=True)
+    abandoned = await m.AgentSession.filter(
+        Q(worker_id__in=list(unhealthy)) | Q(worker_id__isnull=True, started_at__lt=started_before),
+        status=SessionStatus.RUNNING,
     )
-    if not stale:
-        return 0
-    await m.Worker.filter(id__in=stale, last_heartbeat__lt=deadline).update(
-        status=m.WorkerStatus.UNHEALTHY
-    )
-    for worker_id in stale:
-        events.publish(events.WorkerChanged(worker_id=str(worker_id)))
-    return await _release_sessions(stale, reason="its worker stopped sending heartbeats")
+    released = []
+    for session in abandoned:
+        async with transaction():
+            if session.worker_id is not None:
+                still_unhealthy = (
+                    await m.Worker.filter(id=session.worker_id, status=m.WorkerStatus.UNHEALTHY)
+                    .select_for_update()
+                    .first()
+                )
+                if still_unhealthy is None:
+                    continue
+            reason = (
+                "its worker stopped sending heartbeats"
+                if session.worker_id is not None
+                else "its worker is gone"
+            )
+            if await _release(session, reason=reason):
+                released.append(session)
+    await _announce_released(released)
+    return len(released)
 
 
 # Claiming ----------------------------------------------------------------------------------
@@ -250,7 +343,9 @@ WITH claimed AS (
     )
     RETURNING *
 ), busy AS (
-    UPDATE workers SET status = 'busy', current_session_id = claimed.id, updated_at = $3
+    UPDATE workers SET status = 'busy', current_session_id = claimed.id, updated_at = $3,
+           current_task_id = (SELECT u.id FROM unit_tasks u
+                              WHERE u.agent_task_id = claimed.agent_task_id)
     FROM claimed WHERE workers.id = $1
 )
 SELECT claimed.*, a.expects_secrets,
@@ -319,17 +414,19 @@ async def _claim_once(worker_id: UUID, ready_agent_ids: Sequence[UUID]) -> Job |
             expects_secrets=bool(row["expects_secrets"]),
         )
     ready = ", ".join("?" for _ in ready_agent_ids) or "NULL"
+    stamp = now.isoformat(" ")  # as Tortoise writes it, so that comparisons with it hold
     rows = await conn.execute_query_dict(
         _CLAIM_SQLITE.format(ready=ready),
-        [str(worker_id), lease, now.isoformat(), now.isoformat(), *map(str, ready_agent_ids)],
+        [str(worker_id), lease, stamp, stamp, *map(str, ready_agent_ids)],
     )
     if not rows:
         return None
-    session_id = UUID(str(rows[0]["id"]))
+    claimed = await m.AgentSession.get(id=UUID(str(rows[0]["id"])))
     await m.Worker.filter(id=worker_id).update(
-        status=m.WorkerStatus.BUSY, current_session_id=session_id
+        status=m.WorkerStatus.BUSY,
+        current_session_id=claimed.id,
+        current_task_id=await _unit_task_of(claimed),
     )
-    claimed = await m.AgentSession.get(id=session_id)
     await session_service.announce_session(claimed)
     events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     return await describe_job(claimed)
@@ -438,7 +535,9 @@ async def report_status(
 ) -> m.AgentSession:
     """Ends the job (succeeded / failed / stopped); ``running`` is a no-op acknowledgement.
 
-    The error text is masked with the task's secrets; a unit task's secrets are dropped.
+    The error text, the PLAN.yaml and the assembled output are masked with the task's
+    secrets (the output again as a whole: a value split between two chunks escapes the
+    masking of each chunk); then a unit task's secrets are dropped.
     Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
     """
     session = await leased_session(
@@ -446,20 +545,24 @@ async def report_status(
     )
     if status == SessionStatus.RUNNING:
         return session
-    if error is not None:
-        error = secret_service.mask(error, await _secrets_of(store, session))
+    values = await _secrets_of(store, session)
     ended = await session_service.complete_session(
         session_id=session.id,
         status=status,
-        error=error,
+        error=None if error is None else secret_service.mask(error, values),
         failure_kind=failure_kind,
-        plan_yaml=plan_yaml,
+        plan_yaml=None if plan_yaml is None else secret_service.mask(plan_yaml, values),
         base_commit=base_commit,
         end_commit=end_commit,
         loaded=session,
     )
+    if values and ended.output_log:
+        masked = secret_service.mask(ended.output_log, values)
+        if masked != ended.output_log:
+            await m.AgentSession.filter(id=ended.id).update(output_log=masked)
+            ended.output_log = masked
     await m.Worker.filter(id=worker_id, current_session_id=session.id).update(
-        status=m.WorkerStatus.IDLE, current_session_id=None
+        status=m.WorkerStatus.IDLE, current_session_id=None, current_task_id=None
     )
     events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     if store is not None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.factories import make_group, make_repository, make_workspace
 pytestmark = pytest.mark.usefixtures("database")
 
 Q = m.AgentSessionStatus
+T = TypeVar("T")
 
 
 async def _tasks(n: int, **kwargs: object) -> list[m.UnitTask]:
@@ -34,6 +37,39 @@ async def _tasks(n: int, **kwargs: object) -> list[m.UnitTask]:
 
 async def _worker(name: str = "w") -> m.Worker:
     return (await workers.register_worker(name=name, endpoint_url="http://w:54872")).worker
+
+
+async def _busy_worker(name: str = "w") -> tuple[m.Worker, workers.Job]:
+    worker = await _worker(name)
+    job = await workers.claim_job(worker_id=worker.id)
+    assert job is not None
+    return worker, job
+
+
+async def _silence(worker: m.Worker) -> None:
+    """As if the worker had sent its last heartbeat an hour ago."""
+    an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    await m.Worker.filter(id=worker.id).update(last_heartbeat=an_hour_ago)
+
+
+async def _after(delay: float, call: Awaitable[T]) -> T:
+    await asyncio.sleep(delay)
+    return await call
+
+
+# Delays that shift one call against another over the few queries each of them sends: a
+# race test runs every offset and checks its invariant after each. On SQLite every query
+# waits for the one connection, so some interleavings only happen on PostgreSQL.
+OFFSETS = [i * 0.0003 for i in range(25)]
+
+
+async def _check_status_matches_job(worker_id: uuid.UUID) -> None:
+    """A healthy worker is busy exactly when it holds a running session."""
+    worker = await m.Worker.get(id=worker_id)
+    held = await m.AgentSession.filter(worker_id=worker_id, status=Q.RUNNING).first()
+    if worker.status != m.WorkerStatus.UNHEALTHY:
+        assert (worker.status == m.WorkerStatus.BUSY) == (held is not None), worker.status
+    assert worker.current_session_id == (held.id if held else None)
 
 
 async def test_register_and_authenticate() -> None:
@@ -317,3 +353,221 @@ async def test_an_unanswered_question_times_out_while_waited_for() -> None:
     finally:
         events.unbind(token)
     assert answered.status == m.TtyInputStatus.TIMEOUT
+
+
+# Races and leftovers ------------------------------------------------------------------------
+
+
+async def test_a_heartbeat_during_the_sweep_keeps_the_job() -> None:
+    await _tasks(len(OFFSETS))
+    interval = dt.timedelta(milliseconds=50)
+    for delay in OFFSETS:
+        worker, job = await _busy_worker(f"w{delay}")
+        await _silence(worker)
+        await asyncio.gather(
+            workers.sweep_workers(heartbeat_interval=interval),
+            _after(delay, workers.heartbeat(worker_id=worker.id)),
+        )
+        await _check_status_matches_job(worker.id)
+        session = await m.AgentSession.get(id=job.session.id)
+        if session.status == Q.LOST:  # only once the sweep had marked it unhealthy
+            assert session.error == "its worker stopped sending heartbeats"
+        else:
+            assert session.status == Q.RUNNING
+            assert (await m.Worker.get(id=worker.id)).status == m.WorkerStatus.BUSY
+
+
+async def test_jobs_of_an_unhealthy_worker_are_released_by_a_later_sweep() -> None:
+    (task,) = await _tasks(1)
+    worker, job = await _busy_worker()
+    # The replica that marked it died before it released the job.
+    await m.Worker.filter(id=worker.id).update(status=m.WorkerStatus.UNHEALTHY)
+    interval = dt.timedelta(hours=1)  # nobody is silent: only the leftover is handled
+    sweeps = [workers.sweep_workers(heartbeat_interval=interval) for _ in range(4)]
+    assert sum(await asyncio.gather(*sweeps)) == 1  # every replica at once: released once
+    assert await workers.sweep_workers(heartbeat_interval=interval) == 0
+    runs = await m.AgentSession.filter(agent_task_id=task.agent_task_id).order_by("attempt")
+    assert [(s.attempt, s.status) for s in runs] == [(1, Q.LOST), (2, Q.QUEUED)]
+    assert (await m.Worker.get(id=worker.id)).current_session_id is None
+    with pytest.raises(Conflict):
+        await workers.append_job_log(
+            worker_id=worker.id,
+            session_id=job.session.id,
+            lease_token=job.lease_token,
+            chunks=[sessions.LogChunkIn(sequence=0, data="late")],
+        )
+
+
+async def test_a_running_job_without_a_worker_is_released_after_the_grace() -> None:
+    (task,) = await _tasks(1)
+    worker, job = await _busy_worker()
+    # Its worker's row went away under it (the foreign key set the session's worker to NULL).
+    await m.Worker.filter(id=worker.id).delete()
+    interval = dt.timedelta(milliseconds=20)
+    assert await workers.sweep_workers(heartbeat_interval=interval) == 0  # just started
+    await asyncio.sleep(0.08)
+    assert await workers.sweep_workers(heartbeat_interval=interval) == 1
+    assert await workers.sweep_workers(heartbeat_interval=interval) == 0
+    lost = await m.AgentSession.get(id=job.session.id)
+    assert (lost.status, lost.error) == (Q.LOST, "its worker is gone")
+    queued = await m.AgentSession.filter(agent_task_id=task.agent_task_id, status=Q.QUEUED)
+    assert [s.attempt for s in queued] == [2]
+
+
+async def test_a_claim_racing_unregister_leaves_no_job_behind() -> None:
+    await _tasks(len(OFFSETS))
+    for delay in OFFSETS:
+        worker = await _worker(f"w{delay}")
+        await asyncio.gather(
+            workers.unregister_worker(worker_id=worker.id),
+            _after(delay, workers.claim_job(worker_id=worker.id)),
+            return_exceptions=True,
+        )
+        assert not await m.Worker.exists(id=worker.id)
+        orphans = await m.AgentSession.filter(status=Q.RUNNING, worker_id__isnull=True)
+        assert orphans == [], f"a job runs for a worker that is gone (delay {delay})"
+    assert await m.AgentSession.filter(status=Q.RUNNING).count() == 0
+
+
+async def test_a_heartbeat_racing_a_claim_leaves_the_worker_busy() -> None:
+    await _tasks(len(OFFSETS))
+    for delay in OFFSETS:
+        worker = await _worker(f"w{delay}")
+        job, _ = await asyncio.gather(
+            _after(delay, workers.claim_job(worker_id=worker.id)),
+            workers.heartbeat(worker_id=worker.id),
+        )
+        assert job is not None
+        await _check_status_matches_job(worker.id)
+        assert (await m.Worker.get(id=worker.id)).status == m.WorkerStatus.BUSY
+
+
+async def test_the_status_a_worker_states_does_not_count() -> None:
+    await _tasks(1)
+    worker, job = await _busy_worker()
+    await m.Worker.filter(id=worker.id).update(status=m.WorkerStatus.IDLE)  # drifted
+    assert (await workers.heartbeat(worker_id=worker.id)).worker.status == m.WorkerStatus.BUSY
+    await workers.report_status(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        status=Q.FAILED,
+        error="boom",
+    )
+    await m.Worker.filter(id=worker.id).update(status=m.WorkerStatus.BUSY)  # drifted
+    assert (await workers.heartbeat(worker_id=worker.id)).worker.status == m.WorkerStatus.IDLE
+
+
+# The worker's current task ----------------------------------------------------------------
+
+
+async def test_the_current_task_follows_claims_reports_and_releases() -> None:
+    first, second = await _tasks(2)
+    worker, job = await _busy_worker()
+    held = await m.Worker.get(id=worker.id)
+    assert (held.current_task_id, held.current_session_id) == (first.id, job.session.id)
+    await workers.report_status(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        status=Q.SUCCEEDED,
+    )
+    done = await m.Worker.get(id=worker.id)
+    assert (done.status, done.current_task_id, done.current_session_id) == (
+        m.WorkerStatus.IDLE,
+        None,
+        None,
+    )
+    again = await workers.claim_job(worker_id=worker.id)
+    assert again is not None
+    assert (await m.Worker.get(id=worker.id)).current_task_id == second.id
+    await _silence(worker)
+    assert await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1)) == 1
+    assert (await m.Worker.get(id=worker.id)).current_task_id is None
+
+
+async def test_a_heartbeat_naming_a_task_that_is_no_longer_its_job_is_told_to_stop() -> None:
+    (task,) = await _tasks(1)
+    worker, job = await _busy_worker()
+    beat = await workers.heartbeat(worker_id=worker.id, task_id=task.id)
+    assert beat.stop_session_ids == []
+    await _silence(worker)
+    await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1))
+    beat = await workers.heartbeat(worker_id=worker.id, task_id=task.id)
+    assert beat.stop_session_ids == [job.session.id]
+    assert beat.worker.current_task_id is None
+    unknown = await workers.heartbeat(worker_id=worker.id, task_id=uuid.uuid4())
+    assert unknown.stop_session_ids == []
+
+
+# Masking ---------------------------------------------------------------------------------
+
+SECRET = "sk-live-5f3a9c1e7b"
+
+
+async def test_the_error_and_the_plan_a_worker_reports_are_masked() -> None:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    composite = await tasks.create_composite_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="big"
+    )
+    (unit,) = await _tasks(1)
+    store = secrets.SecretStore()
+    for task_id in (composite.id, unit.id):
+        await secrets.send_secrets(
+            actor=LOCAL_USER, store=store, task_id=task_id, values={"TOKEN": SECRET}
+        )
+    planner, plan_job = await _busy_worker("planner")
+    runner, unit_job = await _busy_worker("runner")
+    assert plan_job.session.kind == m.JobKind.PLANNING
+    await workers.report_status(
+        worker_id=planner.id,
+        session_id=plan_job.session.id,
+        lease_token=plan_job.lease_token,
+        status=Q.SUCCEEDED,
+        plan_yaml=f'tasks:\n  - id: a\n    prompt: "use {SECRET}"\n',
+        store=store,
+    )
+    planned = await m.CompositeTask.get(id=composite.id)
+    assert planned.plan_yaml is not None
+    assert SECRET not in planned.plan_yaml
+    assert secrets.MASK in planned.plan_yaml
+    failed = await workers.report_status(
+        worker_id=runner.id,
+        session_id=unit_job.session.id,
+        lease_token=unit_job.lease_token,
+        status=Q.FAILED,
+        error=f"auth failed with {SECRET}",
+        store=store,
+    )
+    assert failed.error == f"auth failed with {secrets.MASK}"
+
+
+async def test_a_secret_split_between_two_chunks_is_masked_in_the_final_output() -> None:
+    (task,) = await _tasks(1)
+    store = secrets.SecretStore()
+    await secrets.send_secrets(
+        actor=LOCAL_USER, store=store, task_id=task.id, values={"TOKEN": SECRET}
+    )
+    worker, job = await _busy_worker()
+    half = len(SECRET) // 2
+    await workers.append_job_log(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        chunks=[
+            sessions.LogChunkIn(sequence=0, data=f"token={SECRET[:half]}"),
+            sessions.LogChunkIn(sequence=1, data=f"{SECRET[half:]}\nwhole: {SECRET}\n"),
+        ],
+        store=store,
+    )
+    done = await workers.report_status(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        status=Q.SUCCEEDED,
+        store=store,
+    )
+    assert done.output_log == f"token={secrets.MASK}\nwhole: {secrets.MASK}\n"
+    stored = await m.AgentSession.get(id=job.session.id)
+    assert stored.output_log == done.output_log
