@@ -15,7 +15,8 @@ MAX_PLAN_BYTES = 1_000_000
 
 class InvalidPlan(InvalidArgument):
     """A plan that cannot run; ``kind`` is EmptyPlan, DuplicateTaskId, InvalidDependency,
-    EmptyPrompt, CyclicDependency or Malformed."""
+    EmptyPrompt, CyclicDependency, Malformed or (checked by the task service)
+    InvalidBranchName."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}", field="plan_yaml")

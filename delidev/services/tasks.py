@@ -31,7 +31,7 @@ from delidev.services.common import (
     page_bounds,
     transaction,
 )
-from delidev.services.plans import PlanTask, parse_plan
+from delidev.services.plans import InvalidPlan, PlanTask, parse_plan
 from delidev.services.repositories import get_repository_group
 from delidev.services.workspaces import get_workspace
 
@@ -86,13 +86,16 @@ def _slug(text: str) -> str:
 def branch_name_for(
     *, task_id: UUID, explicit: str | None, template: str | None, title: str | None, prompt: str
 ) -> str:
+    """FACTS.md: the explicit name, else the template, else ``delidev/${taskId}``.
+
+    ``${taskId}`` is the whole task id: a prefix of it could name two tasks' branches alike.
+    """
     if explicit:
         return sanitize_branch(explicit)
-    short = str(task_id)[:8]
     if template:
-        filled = template.replace("${taskId}", short).replace("${slug}", _slug(title or prompt))
-        return sanitize_branch(filled)
-    return f"delidev/{short}"
+        filled = template.replace("${taskId}", str(task_id))
+        return sanitize_branch(filled.replace("${slug}", _slug(title or prompt)))
+    return f"delidev/{task_id}"
 
 
 # Lookups ----------------------------------------------------------------------------
@@ -110,10 +113,19 @@ async def get_task(*, actor: Principal, task_id: UUID) -> Task:
     raise NotFound(f"task {task_id} not found", field="task_id")
 
 
-async def get_unit_task(*, actor: Principal, task_id: UUID) -> m.UnitTask:
+async def get_unit_task(
+    *, actor: Principal, task_id: UUID, to: m.UnitTaskStatus, operation: str
+) -> m.UnitTask:
+    """A unit task of the actor, for an ``operation`` that moves unit tasks ``to`` a state.
+
+    Raises: NotFound, FailedPrecondition (a composite task, named with its state).
+    """
     task = await get_task(actor=actor, task_id=task_id)
     if not isinstance(task, m.UnitTask):
-        raise FailedPrecondition(f"task {task_id} is a composite task, not a unit task")
+        raise FailedPrecondition(
+            f"composite task {task_id} cannot move from {task.status.value} to {to.value}: "
+            f"{operation} applies to unit tasks only"
+        )
     return task
 
 
@@ -363,7 +375,9 @@ async def _move_unit(
     changed = await m.UnitTask.filter(id=task.id, status=task.status).update(
         status=to, updated_at=_now(), **fields
     )
-    fresh = await m.UnitTask.get(id=task.id)
+    fresh = await m.UnitTask.get_or_none(id=task.id)
+    if fresh is None:  # deleted since it was read
+        raise NotFound(f"task {task.id} not found", field="task_id")
     if not changed:
         raise FailedPrecondition(
             f"task {task.id} cannot move from {fresh.status.value} to {to.value}"
@@ -382,7 +396,9 @@ async def _move_composite(
     changed = await m.CompositeTask.filter(id=task.id, status=allowed_from).update(
         status=to, updated_at=_now()
     )
-    fresh = await m.CompositeTask.get(id=task.id)
+    fresh = await m.CompositeTask.get_or_none(id=task.id)
+    if fresh is None:  # deleted since it was read
+        raise NotFound(f"task {task.id} not found", field="task_id")
     if not changed:
         raise FailedPrecondition(
             f"composite task {task.id} cannot move from {fresh.status.value} to {to.value}"
@@ -403,12 +419,50 @@ async def approve_task(*, actor: Principal, task_id: UUID) -> Task:
 
 
 async def reject_task(*, actor: Principal, task_id: UUID, reason: str | None = None) -> Task:
-    """Raises: InvalidArgument, NotFound, FailedPrecondition."""
+    """A unit task in review → rejected; a composite's plan → rejected.
+
+    A composite in progress can be rejected too: that is how a user closes one whose node
+    was rejected (it would otherwise wait for that node for ever) or abandons it. Its
+    nodes' queued runs are stopped, running ones are asked to stop, and no node starts
+    any more; nodes keep their own status.
+
+    Raises: InvalidArgument, NotFound, FailedPrecondition.
+    """
     reason = check_optional_text(reason, "reason", max_length=MAX_TEXT_LENGTH)
     task = await get_task(actor=actor, task_id=task_id)
     if isinstance(task, m.UnitTask):
         return await _move_unit(task, [S.IN_REVIEW], S.REJECTED, rejection_reason=reason)
+    if task.status == C.IN_PROGRESS:
+        return await _close_composite(task)
     return await _move_composite(task, C.PENDING_APPROVAL, C.REJECTED)
+
+
+async def _close_composite(composite: m.CompositeTask) -> m.CompositeTask:
+    """in_progress → rejected, stopping the runs of its nodes."""
+    async with transaction():
+        closed = await _move_composite(composite, C.IN_PROGRESS, C.REJECTED)
+        nodes = await m.UnitTask.filter(composite_task_id=composite.id).values_list(
+            "id", "agent_task_id"
+        )
+        active = await m.AgentSession.filter(
+            agent_task_id__in=[agent_id for _, agent_id in nodes], status__in=list(ACTIVE)
+        ).values_list("id", flat=True)
+        now = _now()
+        # Queued runs stop at once; then every run that is running, also one claimed
+        # meanwhile, is asked to stop (its worker confirms).
+        await m.AgentSession.filter(id__in=list(active), status=SessionStatus.QUEUED).update(
+            status=SessionStatus.STOPPED, stop_requested=True, completed_at=now, updated_at=now
+        )
+        await m.AgentSession.filter(id__in=list(active), status=SessionStatus.RUNNING).update(
+            stop_requested=True, updated_at=now
+        )
+        changed = await m.AgentSession.filter(id__in=list(active)).values_list("id", "status")
+        for session_id, status in changed:
+            events.publish(events.SessionChanged(session_id=str(session_id), status=status))
+        for unit_id, _ in nodes:
+            workspace_id = str(composite.workspace_id)
+            events.publish(events.TaskChanged(task_id=str(unit_id), workspace_id=workspace_id))
+    return closed
 
 
 async def request_changes(*, actor: Principal, task_id: UUID, feedback: str) -> m.UnitTask:
@@ -417,7 +471,9 @@ async def request_changes(*, actor: Principal, task_id: UUID, feedback: str) -> 
     Raises: InvalidArgument, NotFound, FailedPrecondition.
     """
     feedback = check_text(feedback, "feedback", max_length=MAX_TEXT_LENGTH)
-    task = await get_unit_task(actor=actor, task_id=task_id)
+    task = await get_unit_task(
+        actor=actor, task_id=task_id, to=S.IN_PROGRESS, operation="RequestChanges"
+    )
     prompt = f"{task.prompt}\n\n## Requested changes\n\n{feedback}"
     if len(prompt) > 4 * MAX_TEXT_LENGTH:
         raise InvalidArgument("the prompt would grow too long", field="feedback")
@@ -439,7 +495,7 @@ async def update_task_status(
 
     Raises: InvalidArgument, NotFound, FailedPrecondition.
     """
-    task = await get_unit_task(actor=actor, task_id=task_id)
+    task = await get_unit_task(actor=actor, task_id=task_id, to=status, operation="UpdateStatus")
     if status == S.PR_OPEN:
         url = check_text(linked_pr_url or "", "linked_pr_url", max_length=MAX_URL_LENGTH)
         parts = urlsplit(url)
@@ -559,6 +615,18 @@ async def delete_task(*, actor: Principal, task_id: UUID) -> None:
 # Composite plans ----------------------------------------------------------------------
 
 
+def _parse_plan(plan_yaml: str) -> list[PlanTask]:
+    """``parse_plan``, plus the branch-name rule of ``create_unit_task``. Raises: InvalidPlan."""
+    plan = parse_plan(plan_yaml)
+    for item in plan:
+        if item.branch_name is not None and not sanitize_branch(item.branch_name):
+            raise InvalidPlan(
+                "InvalidBranchName",
+                f"task {item.id!r} has a branchName with no usable characters",
+            )
+    return plan
+
+
 async def submit_plan(*, composite_task_id: UUID, plan_yaml: str) -> m.CompositeTask:
     """Stores a planning run's PLAN.yaml: planning → pending_approval when valid.
 
@@ -575,7 +643,7 @@ async def submit_plan(*, composite_task_id: UUID, plan_yaml: str) -> m.Composite
             f"composite task {composite.id} is {composite.status.value}, not planning"
         )
     try:
-        parse_plan(plan_yaml)
+        _parse_plan(plan_yaml)
     except InvalidArgument as exc:
         await m.CompositeTask.filter(id=composite.id, status=C.PLANNING).update(
             plan_error=exc.message, plan_yaml=plan_yaml, updated_at=_now()
@@ -600,7 +668,7 @@ async def _approve_plan(composite: m.CompositeTask) -> m.CompositeTask:
             f"composite task {composite.id} cannot move from {composite.status.value} "
             f"to {C.IN_PROGRESS.value}"
         )
-    plan = parse_plan(composite.plan_yaml)
+    plan = _parse_plan(composite.plan_yaml)
     group = await m.RepositoryGroup.get(id=composite.repository_group_id)
     template = await _branch_template(group)
     remotes = await m.AgentTaskBaseRemote.filter(agent_task_id=composite.planning_task_id)

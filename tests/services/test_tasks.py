@@ -9,8 +9,9 @@ import pytest
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
-from delidev.services import tasks
+from delidev.services import sessions, tasks
 from delidev.services.plans import InvalidPlan
+from delidev.services.sessions import LogChunkIn
 from tests.factories import (
     finish_latest,
     latest_session,
@@ -65,7 +66,7 @@ async def test_create_unit_task_queues_a_session_with_base_remotes() -> None:
     )
     assert (task.status, task.prompt, task.title) == (S.IN_PROGRESS, "Add a button", "Button")
     assert task.workspace_id == group.workspace_id
-    assert task.branch_name == f"delidev/{str(task.id)[:8]}"
+    assert task.branch_name == f"delidev/{task.id}"
     session = await latest_session(task.agent_task_id)
     assert (session.status, session.attempt, session.kind) == (
         m.AgentSessionStatus.QUEUED,
@@ -82,8 +83,8 @@ async def test_create_unit_task_queues_a_session_with_base_remotes() -> None:
     ("explicit", "template", "expected"),
     [
         ("feat/my branch!", None, "feat/my-branch-"),
-        (None, "feature/${taskId}-${slug}", "feature/{short}-fix-the-login-page"),
-        (None, None, "delidev/{short}"),
+        (None, "feature/${taskId}-${slug}", "feature/{id}-fix-the-login-page"),
+        (None, None, "delidev/{id}"),
     ],
 )
 async def test_branch_names(explicit: str | None, template: str | None, expected: str) -> None:
@@ -95,7 +96,7 @@ async def test_branch_names(explicit: str | None, template: str | None, expected
         title="Fix the login page!",
         branch_name=explicit,
     )
-    assert task.branch_name == expected.format(short=str(task.id)[:8])
+    assert task.branch_name == expected.format(id=task.id)
 
 
 @pytest.mark.parametrize(
@@ -278,11 +279,26 @@ async def test_concurrent_approve_and_reject_have_one_winner() -> None:
 
 async def test_delete_removes_runs_logs_and_stops_running_sessions() -> None:
     task = await _unit()
+    first = await finish_latest(task.agent_task_id, m.AgentSessionStatus.FAILED, error="x")
+    await tasks.retry_task(actor=A, task_id=task.id)
     session = await start_latest(task.agent_task_id)
+    await sessions.append_log(
+        session_id=session.id,
+        chunks=[LogChunkIn(sequence=0, data="hello "), LogChunkIn(sequence=2, data="later")],
+    )
+    question = await sessions.create_tty_request(
+        session_id=session.id,
+        prompt="Continue?",
+        input_type=m.TtyInputType.CONFIRM,
+        expires_in=dt.timedelta(minutes=5),
+    )
+    assert await m.LogChunk.filter(session_id=session.id).count() == 2
     await tasks.delete_task(actor=A, task_id=task.id)
     assert not await m.UnitTask.exists(id=task.id)
     assert not await m.AgentTask.exists(id=task.agent_task_id)
-    assert not await m.AgentSession.exists(id=session.id)
+    assert not await m.AgentSession.filter(id__in=[first.id, session.id]).exists()
+    assert not await m.LogChunk.filter(session_id=session.id).exists()
+    assert not await m.TtyInputRequest.exists(id=question.id)
     with pytest.raises(NotFound):
         await tasks.get_task(actor=A, task_id=task.id)
 
@@ -503,3 +519,134 @@ async def test_composite_status_changes_advance_updated_at(call: str) -> None:
     else:
         await tasks.reject_task(actor=A, task_id=composite.id)
     assert (await m.CompositeTask.get(id=composite.id)).updated_at > LONG_AGO
+
+
+# Deleted while being moved ------------------------------------------------------------------
+
+
+@pytest.fixture
+def deleted_after_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every task is deleted right after a service function has read it: the interleaving
+    of a Delete that lands between the read and the compare-and-set of a move."""
+    read = tasks.get_task
+
+    async def read_then_delete(*, actor: Principal, task_id: uuid.UUID) -> tasks.Task:
+        task = await read(actor=actor, task_id=task_id)
+        await type(task).filter(id=task_id).delete()
+        return task
+
+    monkeypatch.setattr(tasks, "get_task", read_then_delete)
+
+
+@pytest.mark.parametrize(
+    ("state", "call"),
+    [
+        ("in_review", "approve"),
+        ("in_review", "reject"),
+        ("in_review", "request_changes"),
+        ("approved", "pr_open"),
+        ("approved", "done"),
+    ],
+)
+async def test_a_unit_task_deleted_during_a_move_is_not_found(
+    state: str, call: str, request: pytest.FixtureRequest
+) -> None:
+    task = await _reach(state)
+    request.getfixturevalue("deleted_after_read")
+    if call == "approve":
+        attempt = tasks.approve_task(actor=A, task_id=task.id)
+    elif call == "reject":
+        attempt = tasks.reject_task(actor=A, task_id=task.id)
+    elif call == "request_changes":
+        attempt = tasks.request_changes(actor=A, task_id=task.id, feedback="f")
+    else:
+        attempt = tasks.update_task_status(
+            actor=A, task_id=task.id, status=S(call), linked_pr_url="https://x.io/pr/4"
+        )
+    with pytest.raises(NotFound) as info:
+        await attempt
+    assert info.value.field == "task_id"
+
+
+@pytest.mark.parametrize("call", ["approve", "reject"])
+async def test_a_composite_deleted_during_a_move_is_not_found(
+    call: str, request: pytest.FixtureRequest
+) -> None:
+    composite = await _planned()
+    request.getfixturevalue("deleted_after_read")
+    move = tasks.approve_task if call == "approve" else tasks.reject_task
+    with pytest.raises(NotFound):
+        await move(actor=A, task_id=composite.id)
+    assert await m.CompositeTaskNode.all().count() == 0
+
+
+# Plan branch names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("branch", ["/", "//", "'  /  '"])
+async def test_a_plan_branch_name_without_usable_characters_is_an_invalid_plan(
+    branch: str,
+) -> None:
+    plan = f"tasks:\n  - id: api\n    prompt: x\n    branchName: {branch}\n"
+    composite = await _planned(plan)
+    assert composite.status == C.PLANNING
+    assert composite.plan_error is not None
+    assert composite.plan_error.startswith("InvalidBranchName")
+    assert "'api'" in composite.plan_error
+    group = await _group()
+    other = await tasks.create_composite_task(actor=A, repository_group_id=group.id, prompt="p")
+    with pytest.raises(InvalidPlan) as info:
+        await tasks.submit_plan(composite_task_id=other.id, plan_yaml=plan)
+    assert (info.value.kind, info.value.field) == ("InvalidBranchName", "plan_yaml")
+
+
+async def test_plan_branch_names_are_sanitized() -> None:
+    composite = await _planned("tasks:\n  - id: api\n    prompt: x\n    branchName: feat/a b\n")
+    await tasks.approve_task(actor=A, task_id=composite.id)
+    node = await m.UnitTask.get(composite_task_id=composite.id)
+    assert node.branch_name == "feat/a-b"
+
+
+# Closing a composite in progress -------------------------------------------------------------
+
+FOUR_NODES = """
+tasks:
+  - id: a
+    prompt: a
+  - id: b
+    prompt: b
+  - id: d
+    prompt: d
+  - id: c
+    prompt: c
+    dependsOn: [a]
+"""
+
+
+async def test_rejecting_a_composite_in_progress_closes_it_and_stops_its_runs() -> None:
+    composite = await _planned(FOUR_NODES)
+    await tasks.approve_task(actor=A, task_id=composite.id)
+    views = {v.node.plan_id: v for v in (await tasks.composite_nodes([composite.id]))[composite.id]}
+    node_a, node_b, node_d = (views[k].unit_task for k in "abd")
+    await finish_latest(node_a.agent_task_id)
+    await tasks.reject_task(actor=A, task_id=node_a.id, reason="wrong")
+    running = await start_latest(node_b.agent_task_id)
+    # Node a is rejected: c can never start, and the composite would wait for ever.
+    assert (await m.CompositeTask.get(id=composite.id)).status == C.IN_PROGRESS
+
+    closed = await tasks.reject_task(actor=A, task_id=composite.id)
+    assert isinstance(closed, m.CompositeTask)
+    assert closed.status == C.REJECTED
+    queued = await latest_session(node_d.agent_task_id)
+    assert (queued.status, queued.stop_requested) == (m.AgentSessionStatus.STOPPED, True)
+    flagged = await m.AgentSession.get(id=running.id)
+    assert (flagged.status, flagged.stop_requested) == (m.AgentSessionStatus.RUNNING, True)
+
+    # The running node's worker confirms the stop; nothing else starts.
+    await sessions.complete_session(session_id=running.id, status=m.AgentSessionStatus.STOPPED)
+    await tasks.advance_composite(composite.id)
+    assert not await m.AgentSession.exists(agent_task_id=views["c"].unit_task.agent_task_id)
+    assert (await m.CompositeTask.get(id=composite.id)).status == C.REJECTED
+    with pytest.raises(FailedPrecondition) as info:
+        await tasks.reject_task(actor=A, task_id=composite.id)
+    assert "rejected" in info.value.message
