@@ -3,19 +3,23 @@ through the real app (Connect JSON and GraphQL over HTTP)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 import pytest
 
+from delidev import db
 from delidev import models as m
 from delidev.app import create_app
-from delidev.auth.tokens import issue_access_token
+from delidev.auth.tokens import LEEWAY, issue_access_token
 from delidev.services import auth
 from delidev.settings import Settings
 
@@ -103,7 +107,7 @@ async def test_every_bad_token_is_refused(client: httpx.AsyncClient, multi: Sett
             algorithm="HS256",
         ),
         "alg none": jwt.encode(
-            {**claims, "exp": now + dt.timedelta(hours=1)}, key=None, algorithm="none"
+            {**claims, "exp": now + dt.timedelta(hours=1)}, key="", algorithm="none"
         ),
         "no jti": jwt.encode(
             {"iss": "delidev", "sub": str(user.id), "iat": now, "exp": now + dt.timedelta(hours=1)},
@@ -144,8 +148,74 @@ async def test_refresh_rotates_and_a_reused_token_revokes_the_family(
     assert _unauthenticated(again)
     revoked = await _call(client, "WorkspaceService/List", {}, second["accessToken"])
     assert _unauthenticated(revoked)
+    first_access = await _call(client, "WorkspaceService/List", {}, first.access_token)
+    assert _unauthenticated(first_access)
     unknown = await _refresh(client, "nope")
     assert _unauthenticated(unknown)
+
+
+async def _until_waiting_on_locks(conn: asyncpg.Connection, count: int) -> None:
+    for _ in range(500):
+        # Inside a transaction, pg_stat_activity is a snapshot taken once: take a new one.
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} sessions ever waited on a lock")
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_refreshes_with_one_token_revoke_the_family_for_good(
+    client: httpx.AsyncClient, multi: Settings
+) -> None:
+    user = await _user("race@example.com")
+    pair = await auth.issue_tokens(settings=multi, user=user)
+    # Hold the token's row, so that both refreshes read it unused and then queue on its
+    # lock: one claims it, the other finds it claimed (the "a concurrent refresh won" path).
+    blocker = await asyncpg.connect(db.asyncpg_dsn(multi))
+    try:
+        hold = blocker.transaction()
+        await hold.start()
+        await blocker.execute(
+            "SELECT 1 FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+            hashlib.sha256(pair.refresh_token.encode()).hexdigest(),
+        )
+        calls = [asyncio.create_task(_refresh(client, pair.refresh_token)) for _ in range(2)]
+        await _until_waiting_on_locks(blocker, 2)
+        await hold.rollback()
+        responses = await asyncio.gather(*calls)
+    finally:
+        await blocker.close()
+    won = [r for r in responses if r.status_code == 200]
+    assert len(won) == 1, [r.text for r in responses]
+    assert _unauthenticated(next(r for r in responses if r.status_code != 200))
+    # The loser's revocation stuck, and it reached the winner's new tokens as well.
+    winner = won[0].json()
+    for access in (pair.access_token, winner["accessToken"]):
+        assert _unauthenticated(await _call(client, "WorkspaceService/List", {}, access))
+    assert _unauthenticated(await _refresh(client, winner["refreshToken"]))
+    assert not await m.RefreshToken.filter(user_id=user.id, revoked_at=None).exists()
+
+
+async def test_a_family_revocation_outlives_long_lived_access_tokens(multi: Settings) -> None:
+    settings = multi.replace(jwt_expiration_hours=24 * 90)
+    user = await _user("long@example.com")
+    first = await auth.issue_tokens(settings=settings, user=user)
+    second = await auth.refresh_tokens(settings=settings, refresh_token=first.refresh_token)
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert _unauthenticated(await _refresh(client, first.refresh_token))
+        # The sweep runs long after a day has passed, but before the tokens expire.
+        await auth.purge_expired(now=second.expires_at - dt.timedelta(hours=1))
+        for pair in (first, second):
+            response = await _call(client, "WorkspaceService/List", {}, pair.access_token)
+            assert _unauthenticated(response)
+    for revoked in await m.RevokedToken.all():
+        assert revoked.expires_at >= second.expires_at + LEEWAY
 
 
 async def test_logout_revokes_the_access_and_refresh_tokens(
@@ -162,6 +232,31 @@ async def test_logout_revokes_the_access_and_refresh_tokens(
         client, "AuthService/RefreshToken", {"refreshToken": pair.refresh_token}
     )
     assert _unauthenticated(refreshed)
+    # The revocation lasts as long as the token could be accepted (its exp plus the leeway).
+    revoked = await m.RevokedToken.get()
+    assert revoked.expires_at >= pair.expires_at + LEEWAY
+
+
+async def test_logout_without_a_refresh_token_ends_the_sign_in(
+    client: httpx.AsyncClient, multi: Settings
+) -> None:
+    user = await _user("fay@example.com")
+    fresh = await auth.issue_tokens(settings=multi, user=user)
+    out = await _call(client, "AuthService/Logout", {}, fresh.access_token)
+    assert out.status_code == 200, out.text
+    assert _unauthenticated(await _refresh(client, fresh.refresh_token))
+    # After a rotation too: logging out with the newest access token ends its refresh token.
+    first = await auth.issue_tokens(settings=multi, user=user)
+    rotated = (await _refresh(client, first.refresh_token)).json()
+    other = await auth.issue_tokens(settings=multi, user=user)
+    out = await _call(client, "AuthService/Logout", {}, rotated["accessToken"])
+    assert out.status_code == 200, out.text
+    assert _unauthenticated(await _refresh(client, rotated["refreshToken"]))
+    assert _unauthenticated(
+        await _call(client, "WorkspaceService/List", {}, rotated["accessToken"])
+    )
+    # Another sign-in of the same user is not this one: it goes on.
+    assert (await _refresh(client, other.refresh_token)).status_code == 200
 
 
 async def test_tenants_see_only_their_own(client: httpx.AsyncClient, multi: Settings) -> None:

@@ -1,4 +1,5 @@
-"""Access tokens: HS256 JWTs with ``exp``, ``iat``, ``iss``, ``sub`` and ``jti``.
+"""Access tokens: HS256 JWTs with ``sub``, ``email``, ``name``, ``iat``, ``exp``, ``iss`` and
+``jti``. The profile claims are for clients to show; the server trusts only ``sub``.
 
 Verification accepts HS256 only (so ``alg: none`` and algorithm confusion fail), checks the
 signature, issuer and expiry and requires every claim. Its errors say why in general terms
@@ -31,7 +32,12 @@ class AccessToken:
 
 
 def issue_access_token(
-    settings: Settings, user_id: UUID, *, now: dt.datetime | None = None
+    settings: Settings,
+    user_id: UUID,
+    *,
+    email: str = "",
+    name: str | None = None,
+    now: dt.datetime | None = None,
 ) -> AccessToken:
     if not settings.jwt_secret:
         raise RuntimeError("access tokens need DELIDEV_JWT_SECRET")
@@ -42,6 +48,8 @@ def issue_access_token(
         {
             "iss": settings.jwt_issuer,
             "sub": str(user_id),
+            "email": email,
+            "name": name,
             "iat": issued,
             "exp": expires,
             "jti": jti,
