@@ -3,9 +3,15 @@
 ``login_url`` stores a state row (PKCE verifier, nonce, redirect URI; it expires after ten
 minutes) and returns the provider's authorization URL. ``complete_login`` consumes that row
 once, exchanges the code with the verifier, verifies the ID token against the provider's
-JWKS (signature, issuer, audience, expiry, nonce), creates or updates the user and signs them
-in (``services/auth.py``). Authlib builds the authorization request and the PKCE challenge;
-PyJWT verifies the ID token.
+JWKS (signature, issuer as the discovery document states it, audience, expiry, nonce),
+creates or updates the user and signs them in (``services/auth.py``). Authlib builds the
+authorization request and the PKCE challenge; PyJWT verifies the ID token.
+
+Anyone may ask for a login URL, so pending states are bounded: expired ones are dropped on
+the way (and by the periodic sweep, ``auth.purge_expired``), and beyond
+``MAX_PENDING_LOGINS`` the oldest are evicted. Eviction rather than refusal: a refusal would
+let a flood of anonymous requests lock every user out for ten minutes, while eviction costs
+only the slowest sign-ins a retry, and only while the flood outpaces them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from delidev.settings import Settings
 log = logging.getLogger(__name__)
 
 STATE_LIFETIME = dt.timedelta(minutes=10)
+MAX_PENDING_LOGINS = 10_000
+PKCE_VERIFIER_BYTES = 32  # 43 base64url characters
 DISCOVERY_TTL_S = 3600.0
 HTTP_TIMEOUT_S = 10.0
 # Asymmetric algorithms only: an HS256 ID token would be signed with our client secret.
@@ -46,6 +54,7 @@ class OidcClient:
     """The provider's endpoints, discovered once an hour, and its signing keys."""
 
     settings: Settings
+    max_pending_logins: int = MAX_PENDING_LOGINS
     _discovery: dict[str, Any] | None = None
     _fetched_at: float = 0.0
     _jwks: jwt.PyJWKClient | None = None
@@ -70,6 +79,11 @@ class OidcClient:
                 except (httpx.HTTPError, ValueError):
                     log.warning("OIDC discovery failed for %s", issuer, exc_info=True)
                     raise Unavailable("the sign-in provider cannot be reached") from None
+                # OIDC Discovery 4.3: the document must name the issuer it was fetched from
+                # (a trailing slash aside); ID tokens are then checked against its spelling.
+                if str(found.get("issuer") or "").rstrip("/") != issuer:
+                    log.warning("OIDC discovery at %s names another issuer", issuer)
+                    raise Unavailable("the sign-in provider is misconfigured")
                 self._discovery = found
                 self._fetched_at = time.monotonic()
                 self._jwks = jwt.PyJWKClient(str(found["jwks_uri"]), cache_keys=True)
@@ -86,8 +100,9 @@ class OidcClient:
                 field="redirect_uri",
             )
         found = await self.discovery()
+        await self._make_room()
         state = secrets.token_urlsafe(32)
-        verifier = secrets.token_urlsafe(64)
+        verifier = secrets.token_urlsafe(PKCE_VERIFIER_BYTES)
         nonce = secrets.token_urlsafe(32)
         await m.AuthState.create(
             state=state,
@@ -108,6 +123,20 @@ class OidcClient:
             code_challenge_method="S256",
         )
         return url, state
+
+    async def _make_room(self) -> None:
+        """Keeps the pending sign-ins below the cap (see the module docstring)."""
+        await m.AuthState.filter(expires_at__lt=_now()).delete()
+        excess = await m.AuthState.all().count() - self.max_pending_logins + 1
+        if excess > 0:
+            oldest = (
+                await m.AuthState.all()
+                .order_by("expires_at")
+                .limit(excess)
+                .values_list("state", flat=True)
+            )
+            await m.AuthState.filter(state__in=list(oldest)).delete()
+            log.warning("too many sign-ins in progress: evicted the %d oldest", len(oldest))
 
     async def complete_login(self, *, code: str, state: str) -> TokenPair:
         """Signs in the user the provider vouches for. Raises: InvalidArgument,
@@ -143,34 +172,19 @@ class OidcClient:
             log.info("OIDC token exchange refused with HTTP %s", response.status_code)
             raise Unauthenticated("the sign-in provider refused the code: start again")
         tokens = response.json()
-        claims = await self._verify_id_token(
-            str(tokens.get("id_token") or ""), nonce=pending.nonce or ""
+        if self._jwks is None:
+            raise Unavailable("the sign-in provider cannot be reached")
+        claims = await verify_id_token(
+            str(tokens.get("id_token") or ""),
+            jwks=self._jwks,
+            issuer=str(found["issuer"]),
+            audience=self.settings.oidc_client_id or "",
+            nonce=pending.nonce or "",
         )
         if "email" not in claims and found.get("userinfo_endpoint") and tokens.get("access_token"):
             claims = {**await self._userinfo(found, str(tokens["access_token"]), claims), **claims}
         user = await self._upsert_user(claims)
         return await issue_tokens(settings=self.settings, user=user)
-
-    async def _verify_id_token(self, id_token: str, *, nonce: str) -> dict[str, Any]:
-        if not id_token or self._jwks is None:
-            raise Unauthenticated("the sign-in provider sent no ID token")
-        jwks = self._jwks
-        try:
-            key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, id_token)
-            claims: dict[str, Any] = jwt.decode(
-                id_token,
-                key.key,
-                algorithms=ID_TOKEN_ALGORITHMS,
-                audience=self.settings.oidc_client_id,
-                issuer=(self.settings.oidc_issuer_url or "").rstrip("/"),
-                leeway=30,
-                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
-            )
-        except (jwt.PyJWTError, ValueError):
-            raise Unauthenticated("the ID token from the sign-in provider is not valid") from None
-        if not nonce or not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
-            raise Unauthenticated("the ID token from the sign-in provider is not valid")
-        return claims
 
     async def _userinfo(
         self, found: dict[str, Any], access_token: str, claims: dict[str, Any]
@@ -210,3 +224,28 @@ class OidcClient:
             user.email, user.name = email, name
             await user.save(update_fields=["email", "name", "updated_at"])
         return user
+
+
+async def verify_id_token(
+    id_token: str, *, jwks: jwt.PyJWKClient, issuer: str, audience: str, nonce: str
+) -> dict[str, Any]:
+    """The claims of an ID token signed by a key of ``jwks``, issued by ``issuer`` for
+    ``audience``, unexpired, and carrying ``nonce``. Raises: Unauthenticated."""
+    if not id_token:
+        raise Unauthenticated("the sign-in provider sent no ID token")
+    try:
+        key = await asyncio.to_thread(jwks.get_signing_key_from_jwt, id_token)
+        claims: dict[str, Any] = jwt.decode(
+            id_token,
+            key.key,
+            algorithms=ID_TOKEN_ALGORITHMS,
+            audience=audience,
+            issuer=issuer,
+            leeway=30,
+            options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+        )
+    except (jwt.PyJWTError, ValueError):
+        raise Unauthenticated("the ID token from the sign-in provider is not valid") from None
+    if not nonce or not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+        raise Unauthenticated("the ID token from the sign-in provider is not valid")
+    return claims

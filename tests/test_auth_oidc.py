@@ -1,0 +1,238 @@
+"""OIDC sign-in against a stand-in provider on a loopback port (``tests.oidc.FakeProvider``):
+every way an ID token can be wrong, the issuer as discovery states it, PKCE, the profile
+updated on sign-in, and the bound on pending sign-ins. Real HTTP and a real database; the
+real provider's happy path is in ``tests/interop/test_oidc_login.py``."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from delidev import models as m
+from delidev.app import create_app
+from delidev.errors import Unauthenticated
+from delidev.services import auth
+from delidev.services.oidc import OidcClient
+from delidev.settings import Settings
+from tests.oidc import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, FakeProvider
+
+pytestmark = pytest.mark.usefixtures("database")
+JWT_SECRET = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def multi(settings: Settings, provider: FakeProvider) -> Settings:
+    return settings.replace(
+        single_user_mode=False,
+        jwt_secret=JWT_SECRET,
+        oidc_issuer_url=provider.base_url,
+        oidc_client_id=CLIENT_ID,
+        oidc_client_secret=CLIENT_SECRET,
+        oidc_redirect_url=REDIRECT_URI,
+    )
+
+
+@pytest.fixture
+async def api(multi: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(multi))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+async def _call(api: httpx.AsyncClient, method: str, body: dict[str, Any]) -> httpx.Response:
+    return await api.post(
+        f"/delidev.v1.AuthService/{method}",
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+    )
+
+
+async def _start(api: httpx.AsyncClient) -> dict[str, str]:
+    """GetLoginUrl; returns the authorization request's query parameters."""
+    started = await _call(api, "GetLoginUrl", {"redirectUri": REDIRECT_URI})
+    assert started.status_code == 200, started.text
+    return {k: v[0] for k, v in parse_qs(urlsplit(started.json()["url"]).query).items()}
+
+
+def _claims(provider: FakeProvider, nonce: str, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": provider.issuer,
+        "sub": "subject-1",
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 300,
+        "nonce": nonce,
+        "email": "ada@example.com",
+        "name": "Ada",
+    }
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+async def _sign_in(
+    api: httpx.AsyncClient, provider: FakeProvider, **changes: Any
+) -> httpx.Response:
+    request = await _start(api)
+    provider.id_token = provider.sign(_claims(provider, request["nonce"], **changes))
+    return await _call(api, "HandleCallback", {"code": "any", "state": request["state"]})
+
+
+async def test_a_forged_or_misdirected_id_token_is_refused(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    now = int(time.time())
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forgeries: dict[str, Callable[[dict[str, Any]], str | None]] = {
+        "signed by a key not in the JWKS": lambda c: provider.sign(c, key=stranger),
+        "unknown key id": lambda c: provider.sign(c, key=stranger, kid="other"),
+        "wrong issuer": lambda c: provider.sign({**c, "iss": "https://evil.example"}),
+        "wrong audience": lambda c: provider.sign({**c, "aud": "another-client"}),
+        "expired": lambda c: provider.sign({**c, "iat": now - 7200, "exp": now - 3600}),
+        "wrong nonce": lambda c: provider.sign({**c, "nonce": "not-the-one"}),
+        "no nonce": lambda c: provider.sign({k: v for k, v in c.items() if k != "nonce"}),
+        "alg none": lambda c: jwt.encode(
+            c, key="", algorithm="none", headers={"kid": FakeProvider.KID}
+        ),
+        "HS256 with the client secret": lambda c: jwt.encode(
+            c, CLIENT_SECRET, algorithm="HS256", headers={"kid": FakeProvider.KID}
+        ),
+        "tampered payload": lambda c: _tamper(provider.sign(c)),
+        "no ID token": lambda c: None,
+    }
+    for case, forge in forgeries.items():
+        request = await _start(api)
+        provider.id_token = forge(_claims(provider, request["nonce"]))
+        refused = await _call(api, "HandleCallback", {"code": "any", "state": request["state"]})
+        assert refused.status_code == 401, case
+        assert refused.json()["code"] == "unauthenticated", case
+        if provider.id_token:
+            assert provider.id_token not in refused.text, case
+        assert await m.User.all().count() == 0, case
+        assert await m.RefreshToken.all().count() == 0, case
+    # The same flow with an honest token signs in: the refusals above are the token's fault.
+    accepted = await _sign_in(api, provider)
+    assert accepted.status_code == 200, accepted.text
+    assert await m.User.all().count() == 1
+
+
+def _tamper(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "someone-else"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+async def test_the_issuer_is_the_one_discovery_names(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    # Configured without the trailing slash, named with it by the provider (as some do):
+    # the ID token carries the provider's spelling, and that is the one to compare with.
+    provider.issuer = f"{provider.base_url}/"
+    accepted = await _sign_in(api, provider)
+    assert accepted.status_code == 200, accepted.text
+    assert (await m.User.get()).oidc_issuer == f"{provider.base_url}/"
+    refused = await _sign_in(api, provider, iss=provider.base_url)
+    assert refused.json()["code"] == "unauthenticated"
+
+
+async def test_a_discovery_document_naming_another_issuer_is_refused(
+    multi: Settings, provider: FakeProvider
+) -> None:
+    provider.issuer = "https://someone-else.example"
+    api = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(multi)), base_url="http://t"
+    )
+    async with api:
+        refused = await _call(api, "GetLoginUrl", {"redirectUri": REDIRECT_URI})
+    assert refused.json()["code"] == "unavailable"
+    assert await m.AuthState.all().count() == 0
+
+
+async def test_pkce_verifier_is_43_base64url_characters_and_the_challenge_is_s256(
+    api: httpx.AsyncClient, provider: FakeProvider, multi: Settings
+) -> None:
+    request = await _start(api)
+    verifier = (await m.AuthState.get(state=request["state"])).code_verifier
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", verifier)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    assert request["code_challenge"] == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    assert request["code_challenge_method"] == "S256"
+    provider.id_token = provider.sign(_claims(provider, request["nonce"]))
+    done = await _call(api, "HandleCallback", {"code": "c", "state": request["state"]})
+    assert done.status_code == 200, done.text
+    assert provider.token_requests[-1]["code_verifier"] == verifier
+    # The access token carries the claims FACTS.md lists.
+    access = jwt.decode(
+        done.json()["accessToken"], JWT_SECRET, algorithms=["HS256"], issuer=multi.jwt_issuer
+    )
+    assert set(access) == {"sub", "email", "name", "iat", "exp", "iss", "jti"}
+    assert (access["email"], access["name"]) == ("ada@example.com", "Ada")
+
+
+async def test_the_profile_is_updated_on_the_next_sign_in(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    first = await _sign_in(api, provider, email="ada@old.example", name="Ada Old")
+    assert first.status_code == 200, first.text
+    second = await _sign_in(api, provider, email="ada@new.example", name="Ada New")
+    assert second.status_code == 200, second.text
+    assert second.json()["user"]["id"] == first.json()["user"]["id"]
+    user = await m.User.get()
+    assert (user.email, user.name) == ("ada@new.example", "Ada New")
+    assert (second.json()["user"]["email"], second.json()["user"]["name"]) == (
+        "ada@new.example",
+        "Ada New",
+    )
+
+
+async def _pending() -> set[str]:
+    return {row["state"] for row in await m.AuthState.all().values("state")}
+
+
+async def test_expired_sign_in_states_are_purged(api: httpx.AsyncClient) -> None:
+    stale = (await _start(api))["state"]
+    fresh = (await _start(api))["state"]
+    await m.AuthState.filter(state=stale).update(
+        expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
+    assert await auth.purge_expired() >= 1
+    assert await m.AuthState.filter(state=stale).count() == 0
+    assert await m.AuthState.filter(state=fresh).count() == 1
+    # GetLoginUrl drops expired states too, without waiting for the sweep.
+    await m.AuthState.filter(state=fresh).update(
+        expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
+    newest = (await _start(api))["state"]
+    assert await _pending() == {newest}
+
+
+async def test_pending_sign_ins_are_capped_oldest_first(
+    multi: Settings, provider: FakeProvider
+) -> None:
+    client = OidcClient(multi, max_pending_logins=3)
+    states = [(await client.login_url(redirect_uri=REDIRECT_URI))[1] for _ in range(5)]
+    assert await _pending() == set(states[-3:])
+    provider.id_token = "irrelevant: the state is gone before the provider is asked"
+    with pytest.raises(Unauthenticated, match="unknown or already used"):
+        await client.complete_login(code="c", state=states[0])
+    assert provider.token_requests == []
