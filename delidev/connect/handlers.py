@@ -1,7 +1,7 @@
 """Connect handlers: parse, authenticate, call one service function, convert.
 
-Services whose issues have not landed yet keep the generated defaults, which
-answer ``unimplemented``.
+Every method of the user-facing services is implemented here; WorkerService, which
+takes worker credentials instead, lives in ``worker_handler``.
 """
 
 from __future__ import annotations
