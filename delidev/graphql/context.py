@@ -11,7 +11,7 @@ from delidev import models as m
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.events import EventBus
-from delidev.services import repositories, sessions, tasks
+from delidev.services import repositories, sessions, tasks, workspaces
 from delidev.services.live import LogFeeds
 
 
@@ -20,8 +20,7 @@ def _ordered(keys: list[UUID], found: dict[UUID, Any], default: Any = None) -> l
 
 
 async def _load_workspaces(keys: list[UUID]) -> list[m.Workspace | None]:
-    found = {w.id: w for w in await m.Workspace.filter(id__in=keys)}
-    return _ordered(keys, found)
+    return _ordered(keys, await workspaces.workspaces_by_id(keys))
 
 
 async def _load_repositories(keys: list[UUID]) -> list[m.Repository | None]:
@@ -33,10 +32,7 @@ async def _load_workspace_repositories(keys: list[UUID]) -> list[list[m.Reposito
 
 
 async def _load_workspace_groups(keys: list[UUID]) -> list[list[m.RepositoryGroup]]:
-    grouped: dict[UUID, list[m.RepositoryGroup]] = {k: [] for k in keys}
-    for group in await m.RepositoryGroup.filter(workspace_id__in=keys).order_by("created_at", "id"):
-        grouped[group.workspace_id].append(group)
-    return _ordered(keys, grouped, [])
+    return _ordered(keys, await repositories.groups_by_workspace(keys), [])
 
 
 async def _load_group_members(keys: list[UUID]) -> list[list[UUID]]:
@@ -94,8 +90,7 @@ class Context:
 
 
 async def _load_agent_tasks(keys: list[UUID]) -> list[m.AgentTask | None]:
-    found = {a.id: a for a in await m.AgentTask.filter(id__in=keys)}
-    return _ordered(keys, found)
+    return _ordered(keys, await tasks.agent_tasks_by_id(keys))
 
 
 async def _load_sessions(keys: list[UUID]) -> list[list[m.AgentSession]]:
@@ -103,10 +98,7 @@ async def _load_sessions(keys: list[UUID]) -> list[list[m.AgentSession]]:
 
 
 async def _load_remotes(keys: list[UUID]) -> list[list[m.AgentTaskBaseRemote]]:
-    grouped: dict[UUID, list[m.AgentTaskBaseRemote]] = {k: [] for k in keys}
-    for remote in await m.AgentTaskBaseRemote.filter(agent_task_id__in=keys):
-        grouped[remote.agent_task_id].append(remote)
-    return _ordered(keys, grouped, [])
+    return _ordered(keys, await tasks.base_remotes_of(keys), [])
 
 
 async def _load_nodes(keys: list[UUID]) -> list[list[tasks.NodeView]]:

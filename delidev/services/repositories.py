@@ -423,6 +423,19 @@ async def repositories_by_workspace(
     return result
 
 
+async def groups_by_workspace(
+    workspace_ids: Sequence[UUID],
+) -> dict[UUID, list[m.RepositoryGroup]]:
+    """Repository groups of each workspace, oldest first (one query; for DataLoaders)."""
+    result: dict[UUID, list[m.RepositoryGroup]] = {wid: [] for wid in workspace_ids}
+    if workspace_ids:
+        for group in await m.RepositoryGroup.filter(workspace_id__in=list(workspace_ids)).order_by(
+            "created_at", "id"
+        ):
+            result[group.workspace_id].append(group)
+    return result
+
+
 async def repositories_by_id(repository_ids: Sequence[UUID]) -> dict[UUID, m.Repository]:
     """Repositories by id (one query; for DataLoaders)."""
     if not repository_ids:

@@ -851,6 +851,24 @@ def node_state(unit: m.UnitTask, latest: m.AgentSession | None) -> NodeState:
     return NodeState.RUNNING
 
 
+async def agent_tasks_by_id(agent_task_ids: Sequence[UUID]) -> dict[UUID, m.AgentTask]:
+    """AgentTasks by id (one query; for DataLoaders)."""
+    if not agent_task_ids:
+        return {}
+    return {a.id: a for a in await m.AgentTask.filter(id__in=list(agent_task_ids))}
+
+
+async def base_remotes_of(
+    agent_task_ids: Sequence[UUID],
+) -> dict[UUID, list[m.AgentTaskBaseRemote]]:
+    """Base remotes of each AgentTask (one query; for DataLoaders)."""
+    result: dict[UUID, list[m.AgentTaskBaseRemote]] = {a: [] for a in agent_task_ids}
+    if agent_task_ids:
+        for remote in await m.AgentTaskBaseRemote.filter(agent_task_id__in=list(agent_task_ids)):
+            result[remote.agent_task_id].append(remote)
+    return result
+
+
 # Read model -----------------------------------------------------------------------------
 
 

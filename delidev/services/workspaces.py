@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 from delidev import models as m
@@ -42,6 +43,13 @@ async def get_workspace(*, actor: Principal, workspace_id: UUID) -> m.Workspace:
     if workspace is None:
         raise NotFound(f"workspace {workspace_id} not found", field="workspace_id")
     return workspace
+
+
+async def workspaces_by_id(workspace_ids: Sequence[UUID]) -> dict[UUID, m.Workspace]:
+    """Workspaces by id (one query; for DataLoaders, whose callers checked access)."""
+    if not workspace_ids:
+        return {}
+    return {w.id: w for w in await m.Workspace.filter(id__in=list(workspace_ids))}
 
 
 async def update_workspace(

@@ -317,3 +317,18 @@ class TestGroups:
         page = await repositories.list_repository_groups(actor=LOCAL_USER, workspace_id=ws.id)
         assert [g.id for g in page.items] == [g1.id, g3.id]
         assert page.total_count == 2
+
+
+@pytest.mark.usefixtures("database")
+async def test_groups_by_workspace_for_loaders() -> None:
+    ws, other, empty = await make_workspace(), await make_workspace(), await make_workspace()
+    a, b = await make_repository(ws), await make_repository(other)
+    g1 = await make_group(ws, [a])
+    g2 = await make_group(ws, [a], name="second")
+    g3 = await make_group(other, [b])
+    found = await repositories.groups_by_workspace([ws.id, other.id, empty.id])
+    assert {k: [g.id for g in v] for k, v in found.items()} == {
+        ws.id: [g1.id, g2.id],
+        other.id: [g3.id],
+        empty.id: [],
+    }

@@ -650,3 +650,13 @@ async def test_rejecting_a_composite_in_progress_closes_it_and_stops_its_runs() 
     with pytest.raises(FailedPrecondition) as info:
         await tasks.reject_task(actor=A, task_id=composite.id)
     assert "rejected" in info.value.message
+
+
+async def test_agent_tasks_and_base_remotes_for_loaders() -> None:
+    task = await _unit()
+    missing = uuid.uuid4()
+    agents = await tasks.agent_tasks_by_id([task.agent_task_id, missing])
+    assert list(agents) == [task.agent_task_id]
+    remotes = await tasks.base_remotes_of([task.agent_task_id, missing])
+    assert len(remotes[task.agent_task_id]) == 2
+    assert remotes[missing] == []

@@ -122,3 +122,11 @@ async def test_unknown_workspace_is_not_found() -> None:
     with pytest.raises(NotFound) as info:
         await workspaces.get_workspace(actor=LOCAL_USER, workspace_id=uuid.uuid4())
     assert info.value.field == "workspace_id"
+
+
+async def test_workspaces_by_id_for_loaders() -> None:
+    a, b = await make_workspace(), await make_workspace()
+    missing = uuid.uuid4()
+    found = await workspaces.workspaces_by_id([b.id, missing, a.id])
+    assert {k: v.name for k, v in found.items()} == {a.id: a.name, b.id: b.name}
+    assert await workspaces.workspaces_by_id([]) == {}
