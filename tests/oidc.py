@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -38,8 +39,9 @@ def _node_modules() -> None:
 
 
 @contextmanager
-def openid_provider() -> Iterator[str]:
-    """Starts the provider and yields its issuer URL; stops it on exit."""
+def openid_provider(accounts_file: Path | None = None) -> Iterator[str]:
+    """Starts the provider and yields its issuer URL; stops it on exit. ``accounts_file``
+    (JSON, read at every sign-in) overrides the e-mail and name of the logins it names."""
     node = _tool("node")
     _node_modules()
     port = _free_port()
@@ -49,6 +51,7 @@ def openid_provider() -> Iterator[str]:
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": CLIENT_SECRET,
         "OIDC_REDIRECT_URI": REDIRECT_URI,
+        "OIDC_ACCOUNTS_FILE": str(accounts_file or ""),
     }
     proc = subprocess.Popen(
         [node, "oidc_provider.mjs"],

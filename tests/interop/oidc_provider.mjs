@@ -1,7 +1,16 @@
 // A real OpenID provider (the npm package oidc-provider) on a loopback port, for the
 // sign-in tests. Any login name is accepted by its development login form; the account's
-// e-mail is <login>@example.com. Prints "ready" once it listens.
+// e-mail is <login>@example.com and its name "User <login>", unless the JSON file named by
+// OIDC_ACCOUNTS_FILE (read at every sign-in) gives others: {"<login>": {"email", "name"}}.
+// Prints "ready" once it listens.
+import { existsSync, readFileSync } from "node:fs";
 import Provider from "oidc-provider";
+
+function profile(sub) {
+  const file = process.env.OIDC_ACCOUNTS_FILE;
+  const accounts = file && existsSync(file) ? JSON.parse(readFileSync(file, "utf8")) : {};
+  return { email: `${sub}@example.com`, name: `User ${sub}`, ...accounts[sub] };
+}
 
 const port = Number(process.env.OIDC_PORT);
 const issuer = `http://127.0.0.1:${port}`;
@@ -21,7 +30,7 @@ const provider = new Provider(issuer, {
     return {
       accountId: sub,
       async claims() {
-        return { sub, email: `${sub}@example.com`, email_verified: true, name: `User ${sub}` };
+        return { sub, email_verified: true, ...profile(sub) };
       },
     };
   },

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,8 +24,14 @@ pytestmark = pytest.mark.usefixtures("database")
 
 
 @pytest.fixture(scope="module")
-def provider() -> Iterator[str]:
-    with openid_provider() as issuer:
+def accounts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Profile overrides the provider reads at every sign-in (see oidc_provider.mjs)."""
+    return tmp_path_factory.mktemp("oidc") / "accounts.json"
+
+
+@pytest.fixture(scope="module")
+def provider(accounts_file: Path) -> Iterator[str]:
+    with openid_provider(accounts_file) as issuer:
         yield issuer
 
 
@@ -141,3 +148,25 @@ async def test_an_expired_state_is_refused(api: httpx.AsyncClient) -> None:
     )
     assert late.json()["code"] == "unauthenticated"
     assert "too long" in late.json()["message"]
+
+
+def _override_profiles(path: Path, accounts: dict[str, dict[str, str]]) -> None:
+    """What the provider says about these logins from their next sign-in on (a tiny file:
+    written synchronously)."""
+    path.write_text(json.dumps(accounts))
+
+
+async def test_a_changed_profile_is_updated_on_the_next_sign_in(
+    api: httpx.AsyncClient, accounts_file: Path
+) -> None:
+    first = await _sign_in(api, "gus")
+    assert (first["user"]["email"], first["user"]["name"]) == ("gus@example.com", "User gus")
+    _override_profiles(accounts_file, {"gus": {"email": "gus@new.example", "name": "Gus"}})
+    try:
+        second = await _sign_in(api, "gus")
+    finally:
+        _override_profiles(accounts_file, {})
+    assert second["user"]["id"] == first["user"]["id"]
+    assert (second["user"]["email"], second["user"]["name"]) == ("gus@new.example", "Gus")
+    user = await m.User.get(id=first["user"]["id"])
+    assert (user.email, user.name) == ("gus@new.example", "Gus")
