@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,9 +17,11 @@ from pyqwest.testing import ASGITransport
 from delidev import models as m
 from delidev.app import create_app
 from delidev.auth.principal import LOCAL_USER
-from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
+from delidev.connect.gen.delidev.v1 import secrets_pb, session_pb, task_pb, worker_pb
+from delidev.connect.gen.delidev.v1.secrets_connect import SecretsServiceClient
+from delidev.connect.gen.delidev.v1.task_connect import TaskServiceClient
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
-from delidev.services import sessions, tasks
+from delidev.services import sessions, tasks, workers
 from delidev.settings import Settings
 from tests.clients import connect_codecs
 from tests.factories import make_group, make_repository, make_workspace
@@ -210,3 +214,192 @@ async def test_multi_user_mode_needs_worker_credentials(database: Any) -> None:
     ok = await client.heartbeat(beat, headers={"authorization": f"Bearer {reg.credential}"})
     assert ok.status == worker_pb.WorkerStatus.IDLE
     await client.close()
+
+
+# Failures and stale leases over the wire ------------------------------------------------
+
+
+@dataclass
+class Wire:
+    workers: WorkerServiceClient
+    tasks: TaskServiceClient
+    secrets: SecretsServiceClient
+
+
+@pytest.fixture(params=["json", "binary"])
+async def wire(request: pytest.FixtureRequest, app: Any) -> AsyncIterator[Wire]:
+    http = Client(ASGITransport(app, http_version=HTTPVersion.HTTP1))
+    codec = connect_codecs()[request.param]
+    clients = Wire(
+        workers=WorkerServiceClient("http://test", http_client=http, codec=codec),
+        tasks=TaskServiceClient("http://test", http_client=http, codec=codec),
+        secrets=SecretsServiceClient("http://test", http_client=http, codec=codec),
+    )
+    yield clients
+    for client in (clients.workers, clients.tasks, clients.secrets):
+        await client.close()
+
+
+async def _register(wire: Wire, name: str) -> str:
+    reg = await wire.workers.register(
+        worker_pb.RegisterWorkerRequest(name=name, endpoint_url="http://127.0.0.1:54872")
+    )
+    return reg.worker_id
+
+
+async def _claim(wire: Wire, worker_id: str) -> worker_pb.Job:
+    job = (await wire.workers.get_task(worker_pb.ClaimJobRequest(worker_id=worker_id))).job
+    assert job is not None
+    return job
+
+
+async def _log(session_id: str) -> str:
+    return (await sessions.read_log(actor=LOCAL_USER, session_id=session_id)).content
+
+
+async def _refused(call: Any) -> ConnectError:
+    with pytest.raises(ConnectError) as info:
+        await call
+    return info.value
+
+
+async def test_a_reported_failure_shows_on_the_task(wire: Wire) -> None:
+    task = await _unit()
+    wid = await _register(wire, "w1")
+    job = await _claim(wire, wid)
+    await wire.workers.report_status(
+        worker_pb.ReportStatusRequest(
+            worker_id=wid,
+            session_id=job.session_id,
+            lease_token=job.lease_token,
+            status=S.FAILED,
+            error="agent exited with status 2",
+            failure_kind=worker_pb.FailureKind.AGENT_CRASHED,
+        )
+    )
+    got = (await wire.tasks.get(task_pb.GetTaskRequest(task_id=str(task.id)))).task
+    assert got is not None
+    assert got.task is not None
+    assert got.task.field == "unit_task"
+    unit = got.task.value
+    assert isinstance(unit, task_pb.UnitTask)
+    assert unit.status == task_pb.UnitTaskStatus.IN_PROGRESS  # the enum has no "failed"
+    assert unit.latest_session is not None
+    assert unit.latest_session.id == job.session_id
+    assert unit.latest_session.status == S.FAILED
+    assert unit.latest_session.error == "agent exited with status 2"
+    stored = await m.AgentSession.get(id=job.session_id)
+    assert stored.failure_kind == "agent_crashed"
+    beat = await wire.workers.heartbeat(worker_pb.HeartbeatRequest(worker_id=wid))
+    assert beat.status == worker_pb.WorkerStatus.IDLE
+
+
+async def test_calls_under_a_lease_taken_away_are_refused_and_change_nothing(wire: Wire) -> None:
+    task = await _unit()
+    await wire.secrets.send(
+        secrets_pb.SendSecretsRequest(task_id=str(task.id), secrets={"TOKEN": "sk-wire-12345"})
+    )
+    old = await _register(wire, "old")
+    job = await _claim(wire, old)
+    lease = {"worker_id": old, "session_id": job.session_id, "lease_token": job.lease_token}
+    await wire.workers.append_log(
+        worker_pb.AppendLogRequest(**lease, chunks=[worker_pb.LogChunk(sequence=0, data="one\n")])
+    )
+    asked = await wire.workers.request_tty_input(
+        worker_pb.RequestTtyInputRequest(
+            **lease, prompt="Go on?", input_type=session_pb.TtyInputType.CONFIRM
+        )
+    )
+    assert asked.request is not None
+    # The worker falls silent: the sweep hands its job to another worker.
+    await m.Worker.filter(id=old).update(
+        last_heartbeat=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    )
+    assert await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1)) == 1
+    new = await _register(wire, "new")
+    retry = await _claim(wire, new)
+    assert retry.session_id != job.session_id
+    await wire.workers.heartbeat(worker_pb.HeartbeatRequest(worker_id=old))  # back, lease dead
+
+    refusals = [
+        wire.workers.append_log(
+            worker_pb.AppendLogRequest(
+                **lease, chunks=[worker_pb.LogChunk(sequence=1, data="two\n")]
+            )
+        ),
+        wire.workers.append_log(  # a retry of a chunk already stored is refused as well
+            worker_pb.AppendLogRequest(
+                **lease, chunks=[worker_pb.LogChunk(sequence=0, data="one\n")]
+            )
+        ),
+        wire.workers.get_secrets(worker_pb.GetSecretsRequest(**lease)),
+        wire.workers.request_tty_input(
+            worker_pb.RequestTtyInputRequest(
+                **lease, prompt="Still there?", input_type=session_pb.TtyInputType.TEXT
+            )
+        ),
+        wire.workers.wait_tty_input(
+            worker_pb.WaitTtyInputRequest(**lease, request_id=asked.request.id, wait_ms=50)
+        ),
+    ]
+    for call in refusals:
+        error = await _refused(call)
+        assert error.code == Code.ABORTED, error
+        assert "lease" in error.message
+        assert "sk-wire" not in error.message
+    lost = await m.AgentSession.get(id=job.session_id)
+    assert (lost.status, lost.log_size, lost.log_next_sequence) == (m.AgentSessionStatus.LOST, 4, 1)
+    assert await _log(job.session_id) == "one\n"
+    assert await _log(retry.session_id) == ""
+    questions = await m.TtyInputRequest.filter(session_id=job.session_id)
+    assert [q.status for q in questions] == [m.TtyInputStatus.CANCELLED]
+    # The worker holding the job now gets the secrets.
+    fresh = await wire.workers.get_secrets(
+        worker_pb.GetSecretsRequest(
+            worker_id=new, session_id=retry.session_id, lease_token=retry.lease_token
+        )
+    )
+    assert dict(fresh.secrets) == {"TOKEN": "sk-wire-12345"}
+
+
+async def test_late_calls_after_a_stop_are_refused(wire: Wire) -> None:
+    task = await _unit()
+    wid = await _register(wire, "w1")
+    job = await _claim(wire, wid)
+    lease = {"worker_id": wid, "session_id": job.session_id, "lease_token": job.lease_token}
+    await wire.workers.append_log(
+        worker_pb.AppendLogRequest(**lease, chunks=[worker_pb.LogChunk(sequence=0, data="x\n")])
+    )
+    await sessions.stop_session(actor=LOCAL_USER, session_id=job.session_id)
+    beat = await wire.workers.heartbeat(
+        worker_pb.HeartbeatRequest(worker_id=wid, session_id=job.session_id)
+    )
+    assert list(beat.stop_session_ids) == [job.session_id]
+    stopped = await wire.workers.report_status(
+        worker_pb.ReportStatusRequest(**lease, status=S.STOPPED)
+    )
+    assert stopped.session.status == S.STOPPED
+
+    late = [
+        wire.workers.report_status(worker_pb.ReportStatusRequest(**lease, status=S.SUCCEEDED)),
+        wire.workers.append_log(
+            worker_pb.AppendLogRequest(
+                **lease, chunks=[worker_pb.LogChunk(sequence=1, data="late\n")]
+            )
+        ),
+        wire.workers.get_secrets(worker_pb.GetSecretsRequest(**lease)),
+        wire.workers.request_tty_input(
+            worker_pb.RequestTtyInputRequest(
+                **lease, prompt="Hello?", input_type=session_pb.TtyInputType.TEXT
+            )
+        ),
+    ]
+    for call in late:
+        assert (await _refused(call)).code == Code.ABORTED
+    session = await m.AgentSession.get(id=job.session_id)
+    assert (session.status, session.output_log) == (m.AgentSessionStatus.STOPPED, "x\n")
+    assert await _log(job.session_id) == "x\n"
+    assert (await m.UnitTask.get(id=task.id)).status == m.UnitTaskStatus.IN_PROGRESS
+    assert not await m.TtyInputRequest.exists(session_id=job.session_id)
+    beat = await wire.workers.heartbeat(worker_pb.HeartbeatRequest(worker_id=wid))
+    assert beat.status == worker_pb.WorkerStatus.IDLE
