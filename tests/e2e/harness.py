@@ -34,15 +34,23 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class Server:
-    """One ``delidev-server`` process on a free loopback port."""
+    """One ``delidev-server`` process on a free loopback port.
 
-    def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
+    ``prelude``: Python statements the process runs before it serves, for a test that
+    needs a module constant changed (``"from delidev.services import live; live.X = 1"``).
+    """
+
+    def __init__(self, database_url: str, log_path: Path, *, prelude: str = "", **env: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("w")
+        command = ["-m", "delidev.cli", "serve"]
+        if prelude:
+            serve = "import sys\nfrom delidev.cli import main\nsys.exit(main(['serve']))"
+            command = ["-c", f"{prelude}\n{serve}"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "delidev.cli", "serve"],
+            [sys.executable, *command],
             env=clean_env(
                 **{
                     "DATABASE_URL": database_url,
@@ -139,14 +147,16 @@ class Sim:
 class Connect:
     """Connect JSON calls over real HTTP."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, token: str | None = None) -> None:
         self.http = httpx.AsyncClient(base_url=base, timeout=30)
+        self.token = token
 
     async def __call__(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        headers = {"content-type": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
         response = await self.http.post(
-            f"/delidev.v1.{method}",
-            content=json.dumps(body or {}),
-            headers={"content-type": "application/json"},
+            f"/delidev.v1.{method}", content=json.dumps(body or {}), headers=headers
         )
         payload: dict[str, Any] = response.json() if response.content else {}
         if response.status_code != 200:
@@ -182,6 +192,52 @@ class Connect:
         return dict(got["task"].get("unitTask") or got["task"]["compositeTask"])
 
 
+class Worker:
+    """A worker driven by the test itself: it claims one job and writes exactly what the
+    test asks, when it asks (the reference worker follows its own script)."""
+
+    def __init__(self, base: str, registration_token: str | None = None) -> None:
+        self.api = Connect(base, registration_token)
+        self.lease: dict[str, str] = {}
+        self.sequence = 0
+
+    async def claim(self, task_id: str) -> str:
+        """Registers and runs the job of ``task_id`` (the only one queued); its session id."""
+        registered = await self.api(
+            "WorkerService/Register",
+            {"name": f"w-{task_id[:8]}", "endpointUrl": "http://127.0.0.1:9"},
+        )
+        self.api.token = registered["credential"] or self.api.token
+        claimed = await self.api(
+            "WorkerService/GetTask", {"workerId": registered["workerId"], "waitMs": 10_000}
+        )
+        job = claimed["job"]
+        assert job["taskId"] == task_id, job
+        self.lease = {
+            "workerId": registered["workerId"],
+            "sessionId": job["sessionId"],
+            "leaseToken": job["leaseToken"],
+        }
+        return str(job["sessionId"])
+
+    async def write(self, *texts: str) -> None:
+        """Appends each text as the next chunk of the log."""
+        chunks = []
+        for text in texts:
+            chunks.append({"sequence": self.sequence, "data": text})
+            self.sequence += 1
+        await self.api("WorkerService/AppendLog", {**self.lease, "chunks": chunks})
+
+    async def finish(self) -> None:
+        await self.api(
+            "WorkerService/ReportStatus",
+            {**self.lease, "status": "AGENT_SESSION_STATUS_SUCCEEDED"},
+        )
+
+    async def close(self) -> None:
+        await self.api.close()
+
+
 class ConnectFailure(Exception):
     def __init__(self, status: int, payload: dict[str, Any]) -> None:
         super().__init__(f"{status}: {payload}")
@@ -213,7 +269,11 @@ class GraphQLWs:
         self.ws: Any = None
         self._ids = 0
 
-    async def connect(self, payload: dict[str, Any] | None = None, *, init: bool = True) -> None:
+    async def connect(
+        self, payload: dict[str, Any] | None = None, *, init: bool = True, **options: Any
+    ) -> None:
+        """Opens the socket (``options`` go to ``websockets.connect``) and, with ``init``,
+        sends ``connection_init`` and waits for its ack."""
         import websockets
 
         self.ws = await websockets.connect(
@@ -221,6 +281,7 @@ class GraphQLWs:
             subprotocols=[self.protocol],  # type: ignore[list-item]
             max_size=None,
             ping_interval=None,
+            **options,
         )
         if init:
             await self.send({"type": "connection_init", "payload": payload or {}})
