@@ -28,6 +28,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     _OperationStreamClosed,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 
 from delidev import errors
 from delidev import models as m
@@ -339,8 +340,34 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 
 class SignedInGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
-    """The legacy graphql-ws protocol, whose keep-alive messages also check that the
-    connection's access token is still valid (closed with 4403 otherwise)."""
+    """The legacy graphql-ws protocol with two additions.
+
+    - Its keep-alive messages also check that the connection's access token is still
+      valid (closed with 4403 otherwise).
+    - ``connection_init`` must come within the view's ``connection_init_wait_timeout``, as
+      in graphql-transport-ws (the legacy protocol sets no limit): a connection that stays
+      silent is closed with the same code, 4408."""
+
+    _init_received = False
+
+    async def handle(self) -> None:
+        timer = asyncio.create_task(self._close_unless_initialised())
+        try:
+            await super().handle()
+        finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await timer
+
+    async def _close_unless_initialised(self) -> None:
+        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
+        if not self._init_received:
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code=4408, reason="Connection initialisation timeout")
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        self._init_received = True
+        await super().handle_connection_init(message)
 
     async def handle_keep_alive(self) -> None:
         assert self.keep_alive_interval
