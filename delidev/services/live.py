@@ -63,16 +63,23 @@ Push = Callable[[LogPiece], "Awaitable[None] | None"]
 PUSH_BATCH = 256
 
 
+def _recheck_due(checked_at: float, now: float) -> bool:
+    """Whether a follower whose access was last checked at ``checked_at`` must be checked
+    again before it gets more output."""
+    return now - checked_at >= AUTH_RECHECK_S
+
+
 @dataclass(eq=False, slots=True)
 class _Pushed:
     """A caught-up follower waiting for the feed to push new output to it."""
 
     push: Push
-    offset: int
-    joined_at: float
+    offset: int  # advanced only once ``push`` took the piece
+    checked_at: float  # when the follower's access was last checked
     released: asyncio.Future[None]
     pending: Awaitable[None] | None = None
     active: bool = True
+    failed: bool = False  # ``push`` raised: the follower goes on without it
 
     def release(self) -> None:
         self.active = False
@@ -103,9 +110,10 @@ class _Feed:
     def end(self) -> int:
         return self.base + len(self.window)
 
-    async def recheck(self, actor: Principal) -> None:
+    async def recheck(self, actor: Principal) -> float:
         """Checks again that ``actor`` is still signed in and may read the session, sharing a
-        check that started less than half an ``AUTH_RECHECK_S`` ago.
+        check that started less than half an ``AUTH_RECHECK_S`` ago. Returns when the check
+        it relied on started: the next one is due ``AUTH_RECHECK_S`` after that.
 
         Raises: Unauthenticated, NotFound."""
         loop = asyncio.get_running_loop()
@@ -117,6 +125,7 @@ class _Feed:
             self._checks[key] = latest
         # Shielded: a follower that goes away does not cancel the others' check.
         await asyncio.shield(latest[1])
+        return latest[0]
 
     async def _check(self, actor: Principal) -> None:
         await auth_service.ensure_still_signed_in(actor=actor)
@@ -126,44 +135,64 @@ class _Feed:
         self.advanced.set()
         self.advanced = asyncio.Event()
 
-    def join(self, push: Push, offset: int) -> _Pushed:
-        loop = asyncio.get_running_loop()
-        member = _Pushed(push, offset, loop.time(), loop.create_future())
+    def join(self, push: Push, offset: int, checked_at: float) -> _Pushed:
+        member = _Pushed(push, offset, checked_at, asyncio.get_running_loop().create_future())
         self.pushed.append(member)
         return member
 
     async def push_new_output(self) -> None:
         """Pushes what the window holds past each caught-up follower's offset, in order,
         from this one task (no wake-up of a task per follower). A follower whose transport
-        could not take a piece at once, whose access is due for a re-check, or whose session
-        ended goes on by itself."""
+        could not take a piece at once, whose access is due for a re-check (it is checked
+        before it gets more), whose ``push`` raised, or whose session ended goes on by
+        itself. Whatever happens to the round, each follower is parked again or released."""
         members, self.pushed = self.pushed, []
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        pushes = 0
         pieces: dict[int, LogPiece] = {}  # by offset: followers at one offset share a piece
-        for member in members:
-            if not member.active:
-                continue
-            while member.active and self.base <= member.offset < self.end:
-                piece = pieces.get(member.offset)
-                if piece is None:
-                    start = member.offset - self.base
-                    data = self.window[start : start + PIECE_CHARS]
-                    piece = LogPiece(offset=member.offset, data=data, status=self.status)
-                    pieces[member.offset] = piece
-                member.offset += len(piece.data)
-                member.pending = member.push(piece)
-                if member.pending is not None:
+        pushes = 0
+        settled = 0  # members[:settled] are parked again or released
+        try:
+            for member in members:
+                try:
+                    while (
+                        member.active
+                        and self.base <= member.offset < self.end
+                        and not _recheck_due(member.checked_at, loop.time())
+                    ):
+                        piece = self._piece_at(member.offset, pieces)
+                        member.pending = member.push(piece)
+                        member.offset += len(piece.data)
+                        if member.pending is not None:
+                            member.release()
+                        pushes += 1
+                        if pushes % PUSH_BATCH == 0:
+                            await asyncio.sleep(0)
+                except Exception:
+                    log.exception("pushing log output of session %s failed", self.session_id)
+                    member.failed = True
+                stay = (
+                    member.active
+                    and not member.failed
+                    and member.offset == self.end
+                    and not self.final
+                    and not _recheck_due(member.checked_at, loop.time())
+                )
+                if stay:
+                    self.pushed.append(member)
+                else:
                     member.release()
-                pushes += 1
-                if pushes % PUSH_BATCH == 0:
-                    await asyncio.sleep(0)
-            stay = member.active and member.offset == self.end and not self.final
-            if stay and now - member.joined_at < AUTH_RECHECK_S:
-                self.pushed.append(member)
-            else:
+                settled += 1
+        finally:
+            for member in members[settled:]:  # the round was cancelled
                 member.release()
+
+    def _piece_at(self, offset: int, pieces: dict[int, LogPiece]) -> LogPiece:
+        piece = pieces.get(offset)
+        if piece is None:
+            start = offset - self.base
+            data = self.window[start : start + PIECE_CHARS]
+            piece = pieces[offset] = LogPiece(offset=offset, data=data, status=self.status)
+        return piece
 
     async def refresh(self) -> None:
         session = await m.AgentSession.get_or_none(id=self.session_id)
@@ -257,24 +286,24 @@ class LogFeeds:
         With ``push``, live output is not yielded once the follower has caught up: the
         feed hands each new piece to ``push`` itself, in order, until ``push`` could not
         send one at once (a slow reader), the session ends or access is due for a
-        re-check; the follower then goes on by itself. Catch-up and the final piece are
-        always yielded.
+        re-check (no piece is pushed before it); the follower then goes on by itself. If
+        ``push`` raises, the piece it failed to take is yielded and so is the rest.
+        Catch-up and the final piece are always yielded.
 
         Raises: InvalidArgument, NotFound (also for another user's session),
         Unauthenticated, and whatever ``push``'s pending sends raise.
         """
         if from_offset < 0:
             from_offset = 0
-        await session_service.get_session(actor=actor, session_id=session_id)
         loop = asyncio.get_running_loop()
         checked_at = loop.time()
+        await session_service.get_session(actor=actor, session_id=session_id)
         feed = await self._acquire(session_id)
         try:
             offset = from_offset
             while True:
-                if loop.time() - checked_at > AUTH_RECHECK_S:
-                    await feed.recheck(actor)
-                    checked_at = loop.time()
+                if _recheck_due(checked_at, loop.time()):
+                    checked_at = await feed.recheck(actor)
                 advanced = feed.advanced
                 if offset < feed.base:  # behind the window: catch up from storage
                     session = await m.AgentSession.get_or_none(id=session_id)
@@ -300,7 +329,7 @@ class LogFeeds:
                     return
                 if push is not None and offset == feed.end:
                     # Caught up: the feed pushes the next output straight to the transport.
-                    member = feed.join(push, offset)
+                    member = feed.join(push, offset, checked_at)
                     try:
                         await member.released
                     finally:
@@ -308,6 +337,8 @@ class LogFeeds:
                     if member.pending is not None:
                         await member.pending  # the last piece's send; raises its error
                     offset = member.offset
+                    if member.failed:
+                        push = None  # the rest comes from this generator
                     continue
                 await advanced.wait()
         finally:
