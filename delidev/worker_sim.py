@@ -29,10 +29,12 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
@@ -40,6 +42,16 @@ from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 
 log = logging.getLogger("delidev.worker_sim")
 S = task_pb.AgentSessionStatus
+T = TypeVar("T")
+# Worth another try: the server (or the way to it) is briefly down or overloaded. Any other
+# refusal of a call about a job (a stale lease above all) ends that job.
+TRANSIENT = {
+    Code.UNAVAILABLE,
+    Code.DEADLINE_EXCEEDED,
+    Code.RESOURCE_EXHAUSTED,
+    Code.UNKNOWN,
+    Code.INTERNAL,
+}
 _DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([^\]]*))?\]")
 
 
@@ -72,6 +84,11 @@ class Options:
     max_jobs: int = 0
     idle_exit: float = 0.0
     tty_answer_wait_ms: int = 25_000
+    retry_base: float = 0.2
+    """First back-off after a transient error, in seconds; it doubles up to ``retry_max``."""
+    retry_max: float = 10.0
+    job_call_attempts: int = 5
+    """Tries of one call about a job before the job is given up."""
 
 
 @dataclass
@@ -81,6 +98,11 @@ class Stats:
     failed: int = 0
     stopped: int = 0
     refused: int = 0
+    """Jobs the server took away (a call about them was refused) or whose report it refused."""
+    abandoned: int = 0
+    """Jobs given up after transient errors that did not pass."""
+    errors: int = 0
+    """Transient errors (retried)."""
     lines: int = 0
 
 
@@ -88,16 +110,33 @@ class Stopped(Exception):
     """The server asked this worker to stop the job it runs."""
 
 
+class JobLost(Exception):
+    """A call about the job was refused (the lease is gone) or kept failing: drop the job."""
+
+    def __init__(self, what: str, reason: str, *, refused: bool) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.refused = refused
+
+
+def _transient(error: Exception) -> bool:
+    return not isinstance(error, ConnectError) or error.code in TRANSIENT
+
+
+def _describe(error: Exception) -> str:
+    return error.code.name if isinstance(error, ConnectError) else type(error).__name__
+
+
 class SimWorker:
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, client: WorkerServiceClient | None = None) -> None:
         self.o = options
-        self.client = WorkerServiceClient(options.server.rstrip("/"), timeout_ms=60_000)
+        self.client = client or WorkerServiceClient(options.server.rstrip("/"), timeout_ms=60_000)
         self.stats = Stats()
         self.worker_id = ""
         self._credential = ""
         self._interval = 30.0
         self._stop_requested: set[str] = set()
         self._closing = asyncio.Event()
+        self._failures = 0  # transient failures in a row, for the back-off
 
     def _headers(self) -> Mapping[str, str]:
         token = self._credential or self.o.registration_token
@@ -132,6 +171,11 @@ class SimWorker:
                 await asyncio.wait_for(self._closing.wait(), self._interval)
 
     async def run(self) -> Stats:
+        """Claims and runs jobs until ``stop``, ``max_jobs`` or ``idle_exit``.
+
+        Only the first registration can fail it: after that a refused call ends its job and
+        a failing one is retried with back-off.
+        """
         await self.register()
         current: dict[str, str] = {}
         beats = asyncio.create_task(self._heartbeats(current))
@@ -140,17 +184,14 @@ class SimWorker:
             while not self._closing.is_set():
                 if self.o.max_jobs and len(self.stats.sessions) >= self.o.max_jobs:
                     break
-                claimed = await self.client.get_task(
-                    worker_pb.ClaimJobRequest(worker_id=self.worker_id, wait_ms=self.o.wait_ms),
-                    headers=self._headers(),
-                )
-                if claimed.job is None:
+                job = await self.claim()
+                if job is None:
                     if self.o.idle_exit and time.monotonic() - idle_since >= self.o.idle_exit:
                         break
                     continue
-                current["session"] = claimed.job.session_id
+                current["session"] = job.session_id
                 try:
-                    await self.run_job(claimed.job)
+                    await self.run_job(job)
                 finally:
                     current.clear()
                 idle_since = time.monotonic()
@@ -158,6 +199,52 @@ class SimWorker:
             self._closing.set()
             await beats
         return self.stats
+
+    async def claim(self) -> worker_pb.Job | None:
+        """The next job, or None (none came within ``wait_ms``, or the call failed and the
+        back-off is over). A server that no longer knows this worker gets it registered anew."""
+        try:
+            claimed = await self.client.get_task(
+                worker_pb.ClaimJobRequest(worker_id=self.worker_id, wait_ms=self.o.wait_ms),
+                headers=self._headers(),
+            )
+        except Exception as e:
+            self.stats.errors += 1
+            log.warning("%s: claiming failed: %s", self.o.name, _describe(e))
+            await self._back_off()
+            if isinstance(e, ConnectError) and e.code in (Code.NOT_FOUND, Code.UNAUTHENTICATED):
+                with contextlib.suppress(Exception):
+                    await self.register()
+            return None
+        self._failures = 0
+        return claimed.job
+
+    async def _back_off(self) -> None:
+        """Waits before the next try: doubling from ``retry_base`` up to ``retry_max``, with
+        jitter so that a fleet does not come back in step."""
+        delay = min(self.o.retry_max, self.o.retry_base * 2**self._failures)
+        self._failures = min(self._failures + 1, 30)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), delay * random.uniform(0.5, 1.0))
+
+    async def _job_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One call about a job: transient errors are retried (with back-off) a few times;
+        a refusal, or errors that do not pass, raise JobLost."""
+        for attempt in range(1, self.o.job_call_attempts + 1):
+            try:
+                result = await call()
+            except Exception as e:
+                if not _transient(e):
+                    raise JobLost(what, _describe(e), refused=True) from None
+                self.stats.errors += 1
+                if attempt == self.o.job_call_attempts:
+                    raise JobLost(what, _describe(e), refused=False) from None
+                log.warning("%s: %s failed (%s), retrying", self.o.name, what, _describe(e))
+                await self._back_off()
+            else:
+                self._failures = 0
+                return result
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Finish the current job, then leave."""
@@ -178,17 +265,51 @@ class SimWorker:
             raise Stopped
 
     async def run_job(self, job: worker_pb.Job) -> None:
+        """Runs one job to its report. A job the server took away ends here: it is logged
+        and counted, and the worker goes back to claiming."""
         self.stats.sessions.append(job.session_id)
-        rules = directives(job.prompt)
-        secrets: dict[str, str] = {}
-        if job.has_secrets:
-            got = await self.client.get_secrets(
-                worker_pb.GetSecretsRequest(
+        try:
+            status, error, plan = await self._work(job)
+            await self.report(job, status, error=error, plan=plan)
+        except JobLost as lost:
+            log.warning("%s: job %s ended: %s", self.o.name, job.session_id, lost)
+            if lost.refused:
+                self.stats.refused += 1
+                return
+            self.stats.abandoned += 1
+            await self._give_up(job, str(lost))
+
+    async def _give_up(self, job: worker_pb.Job, reason: str) -> None:
+        """Tries once to report the job failed. If that fails too, the job stays ours on the
+        server, and a later GetTask hands it back to be run again."""
+        with contextlib.suppress(Exception):
+            await self.client.report_status(
+                worker_pb.ReportStatusRequest(
                     worker_id=self.worker_id,
                     session_id=job.session_id,
                     lease_token=job.lease_token,
+                    status=S.FAILED,
+                    error=f"the worker gave up after errors talking to the server ({reason})",
+                    failure_kind=worker_pb.FailureKind.OTHER,
                 ),
                 headers=self._headers(),
+            )
+
+    async def _work(self, job: worker_pb.Job) -> tuple[int, str | None, str | None]:
+        """Does the job; returns the status, error and plan to report. Raises: JobLost."""
+        rules = directives(job.prompt)
+        secrets: dict[str, str] = {}
+        if job.has_secrets:
+            got = await self._job_call(
+                "GetSecrets",
+                lambda: self.client.get_secrets(
+                    worker_pb.GetSecretsRequest(
+                        worker_id=self.worker_id,
+                        session_id=job.session_id,
+                        lease_token=job.lease_token,
+                    ),
+                    headers=self._headers(),
+                ),
             )
             secrets = dict(got.secrets)
         out = _Output(self, job)
@@ -223,33 +344,40 @@ class SimWorker:
             status = S.STOPPED
             await out.write("[sim] stopped on request\n")
         await out.flush()
-        await self.report(job, status, error=error, plan=plan)
+        return status, error, plan
 
     async def ask(self, job: worker_pb.Job, out: _Output) -> str | None:
         await out.flush()
-        asked = await self.client.request_tty_input(
-            worker_pb.RequestTtyInputRequest(
-                worker_id=self.worker_id,
-                session_id=job.session_id,
-                lease_token=job.lease_token,
-                prompt="Which branch should I use?",
-                input_type=session_pb.TtyInputType.TEXT,
-            ),
-            headers=self._headers(),
-        )
-        if asked.request is None:
-            return None
-        while True:
-            self._check_stop(job)
-            waited = await self.client.wait_tty_input(
-                worker_pb.WaitTtyInputRequest(
+        asked = await self._job_call(
+            "RequestTtyInput",
+            lambda: self.client.request_tty_input(
+                worker_pb.RequestTtyInputRequest(
                     worker_id=self.worker_id,
                     session_id=job.session_id,
                     lease_token=job.lease_token,
-                    request_id=asked.request.id,
-                    wait_ms=min(self.o.tty_answer_wait_ms, 1_000),
+                    prompt="Which branch should I use?",
+                    input_type=session_pb.TtyInputType.TEXT,
                 ),
                 headers=self._headers(),
+            ),
+        )
+        if asked.request is None:
+            return None
+        request_id = asked.request.id
+        while True:
+            self._check_stop(job)
+            waited = await self._job_call(
+                "WaitTtyInput",
+                lambda: self.client.wait_tty_input(
+                    worker_pb.WaitTtyInputRequest(
+                        worker_id=self.worker_id,
+                        session_id=job.session_id,
+                        lease_token=job.lease_token,
+                        request_id=request_id,
+                        wait_ms=min(self.o.tty_answer_wait_ms, 1_000),
+                    ),
+                    headers=self._headers(),
+                ),
             )
             if waited.request is None or waited.request.status != session_pb.TtyInputStatus.PENDING:
                 return waited.response
@@ -257,8 +385,10 @@ class SimWorker:
     async def report(
         self, job: worker_pb.Job, status: int, *, error: str | None, plan: str | None
     ) -> None:
-        try:
-            await self.client.report_status(
+        """Raises: JobLost (the report was refused, or kept failing)."""
+        await self._job_call(
+            "ReportStatus",
+            lambda: self.client.report_status(
                 worker_pb.ReportStatusRequest(
                     worker_id=self.worker_id,
                     session_id=job.session_id,
@@ -268,11 +398,8 @@ class SimWorker:
                     plan_yaml=plan,
                 ),
                 headers=self._headers(),
-            )
-        except ConnectError as e:
-            self.stats.refused += 1
-            log.warning("report on %s refused: %s", job.session_id, e.code.name)
-            return
+            ),
+        )
         if status == S.SUCCEEDED:
             self.stats.succeeded += 1
         elif status == S.FAILED:
@@ -303,14 +430,18 @@ class _Output:
         data, self.buffer = "".join(self.buffer), []
         chunk = worker_pb.LogChunk(sequence=self.sequence, data=data)
         self.sequence += 1
-        await self.w.client.append_log(
-            worker_pb.AppendLogRequest(
-                worker_id=self.w.worker_id,
-                session_id=self.job.session_id,
-                lease_token=self.job.lease_token,
-                chunks=[chunk],
+        # A retry sends the same sequence number: the server stores a chunk once.
+        await self.w._job_call(
+            "AppendLog",
+            lambda: self.w.client.append_log(
+                worker_pb.AppendLogRequest(
+                    worker_id=self.w.worker_id,
+                    session_id=self.job.session_id,
+                    lease_token=self.job.lease_token,
+                    chunks=[chunk],
+                ),
+                headers=self.w._headers(),
             ),
-            headers=self.w._headers(),
         )
 
 
@@ -332,6 +463,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]
     p.add_argument("--report", default=None, help="write the sessions run as JSON to this file")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
+    if not 0.0 <= a.fail_rate <= 1.0:
+        p.error("--fail-rate must be between 0 and 1")
     options = Options(
         server=a.server,
         name=a.name,
@@ -355,22 +488,28 @@ def _stop_all(fleet: list[SimWorker]) -> None:
         worker.stop()
 
 
-async def run_fleet(options: Options, count: int) -> list[Stats]:
-    fleet = [
-        SimWorker(
-            Options(
-                **{**options.__dict__, "name": f"{options.name}-{i}" if count > 1 else options.name}
-            )
-        )
-        for i in range(count)
-    ]
+async def run_fleet(
+    options: Options,
+    count: int,
+    make_client: Callable[[Options], WorkerServiceClient] | None = None,
+) -> list[Stats]:
+    """Runs ``count`` workers in this process until each reaches its own limits."""
+    fleet = []
+    for i in range(count):
+        name = f"{options.name}-{i}" if count > 1 else options.name
+        each = Options(**{**options.__dict__, "name": name})
+        fleet.append(SimWorker(each, make_client(each) if make_client else None))
     loop = asyncio.get_running_loop()
+    handled = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, _stop_all, fleet)
+            handled.append(sig)
     try:
         return list(await asyncio.gather(*(w.run() for w in fleet)))
     finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
         await asyncio.gather(*(w.close() for w in fleet))
 
 
@@ -390,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         "failed": sum(st.failed for st in stats),
         "stopped": sum(st.stopped for st in stats),
         "refused": sum(st.refused for st in stats),
+        "abandoned": sum(st.abandoned for st in stats),
+        "errors": sum(st.errors for st in stats),
         "lines": sum(st.lines for st in stats),
     }
     if report:
