@@ -87,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        log.debug("configuration: %r", settings)
         state["db"] = await db.open_database(settings)
         await bus.start()
         if relay is not None:

@@ -15,8 +15,11 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Tortoise logs every SQL statement with its values at DEBUG: keep it out of the log.
-    logging.getLogger("tortoise").setLevel(max(logging.INFO, logging.getLogger().level))
+    # The database layers log every SQL statement with its values at DEBUG (a TTY password
+    # answer, a user's email): keep them out of the log whatever the level.
+    floor = max(logging.INFO, logging.getLogger().level)
+    for name in ("tortoise", "aiosqlite", "asyncpg"):
+        logging.getLogger(name).setLevel(floor)
 
 
 def main(argv: list[str] | None = None) -> int:

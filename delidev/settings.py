@@ -24,7 +24,10 @@ def default_database_url() -> str:
     return f"sqlite://{Path.home() / '.delidev' / 'delidev.db'}"
 
 
-@dataclass(frozen=True, kw_only=True)
+_SECRET_FIELDS = frozenset({"jwt_secret", "oidc_client_secret", "worker_registration_token"})
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
 class Settings:
     database_url: str = field(default_factory=default_database_url)
     """``sqlite:///abs/path``, ``sqlite://relative/path`` or ``postgres://user@host/db``."""
@@ -71,6 +74,18 @@ class Settings:
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith(("postgres://", "postgresql://"))
+
+    def __repr__(self) -> str:
+        """Every setting, secrets shown only as set or unset (safe for a log or a traceback)."""
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS:
+                value = "<set>" if value else "<unset>"
+            elif f.name == "database_url":
+                value = _without_password(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # dataclass kwargs
@@ -184,6 +199,14 @@ class Settings:
         settings = cls(**kwargs)  # type: ignore[arg-type]  # values typed per attribute above
         settings.validate()
         return settings
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def _parse_bool(var: str, value: str) -> bool:

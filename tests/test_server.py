@@ -176,6 +176,20 @@ def test_log_level_takes_effect(
     assert "Traceback" not in output
 
 
+def test_debug_logs_carry_no_sql_values(tmp_path: Path) -> None:
+    marker = "private-name-4e1f0a9c"
+    with running_server(tmp_path, DELIDEV_LOG_LEVEL="debug") as (base, proc):
+        created = httpx.post(
+            f"{base}/delidev.v1.WorkspaceService/Create",
+            json={"name": marker},
+            headers={"Content-Type": "application/json"},
+        )
+        assert created.status_code == 200, created.text
+        output = stop(proc)
+    assert " DEBUG delidev.app: configuration: Settings(" in output
+    assert marker not in output
+
+
 def _postgres_admin(statement: str) -> None:
     async def run() -> None:
         conn = await asyncpg.connect(POSTGRES_ADMIN_URL)

@@ -98,3 +98,19 @@ def test_tilde_in_a_sqlite_url_is_expanded_for_tortoise(
     assert db.sqlite_path(settings) == str(tmp_path / "data" / "x.db")
     assert db.tortoise_url(settings) == f"sqlite://{tmp_path}/data/x.db?journal_mode=wal"
     assert db.tortoise_url(Settings(database_url="sqlite://:memory:")) == "sqlite://:memory:"
+
+
+def test_repr_shows_no_secret() -> None:
+    settings = Settings(
+        database_url="postgres://app:db-pass-93ab@127.0.0.1:5432/delidev",
+        single_user_mode=False,
+        jwt_secret="jwt-secret-value-0123456789abcdef0123",
+        oidc_client_secret="oidc-secret-value",
+        worker_registration_token="worker-token-value",
+    )
+    text = repr(settings)
+    for secret in ("db-pass-93ab", "jwt-secret-value", "oidc-secret-value", "worker-token-value"):
+        assert secret not in text
+    assert "jwt_secret='<set>'" in text
+    assert "postgres://app:***@127.0.0.1:5432/delidev" in text
+    assert "oidc_client_id=None" in text

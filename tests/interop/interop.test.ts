@@ -206,7 +206,7 @@ for (const codec of CODECS) {
         const unit = created.task?.task.value as UnitTask;
         assert.equal(unit.status, UnitTaskStatus.IN_PROGRESS);
         assert.equal(unit.title, "Docs");
-        assert.equal(unit.branchName, `delidev/${unit.id.slice(0, 8)}`);
+        assert.equal(unit.branchName, `delidev/${unit.id}`);
         assert.equal(unit.latestSession?.status, AgentSessionStatus.QUEUED);
         assert.equal(unit.agentTask?.aiAgentType, AiAgentType.AIDER);
         assert.equal(unit.agentTask?.baseRemotes.length, 1);
