@@ -255,6 +255,8 @@ async def test_logout_without_a_refresh_token_ends_the_sign_in(
     assert _unauthenticated(
         await _call(client, "WorkspaceService/List", {}, rotated["accessToken"])
     )
+    # The access token issued before the rotation belongs to the same sign-in: it ends too.
+    assert _unauthenticated(await _call(client, "WorkspaceService/List", {}, first.access_token))
     # Another sign-in of the same user is not this one: it goes on.
     assert (await _refresh(client, other.refresh_token)).status_code == 200
 

@@ -593,5 +593,9 @@ class AuthHandler(_Handler, AuthService):
         return auth_pb.GetCurrentUserResponse(user=_user_message(user))
 
     async def logout(self, request: auth_pb.LogoutRequest, ctx: Ctx) -> auth_pb.LogoutResponse:
-        await auth.logout(actor=await self.actor(ctx), refresh_token=request.refresh_token or None)
+        await auth.logout(
+            settings=self._settings,
+            actor=await self.actor(ctx),
+            refresh_token=request.refresh_token or None,
+        )
         return auth_pb.LogoutResponse()

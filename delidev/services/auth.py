@@ -158,10 +158,13 @@ async def refresh_tokens(*, settings: Settings, refresh_token: str) -> TokenPair
     raise Unauthenticated("refresh token already used: every session of it is revoked")
 
 
-async def logout(*, actor: Principal, refresh_token: str | None = None) -> None:
-    """Ends the caller's sign-in: revokes the access token and every refresh token of its
-    family (and of ``refresh_token``'s, when it is the caller's). In single-user mode there
-    is no sign-in, and nothing to do.
+async def logout(
+    *, settings: Settings, actor: Principal, refresh_token: str | None = None
+) -> None:
+    """Ends the caller's sign-in: revokes the access token, and every refresh token and
+    every access token issued in its family (and in ``refresh_token``'s, when it is the
+    caller's), so that no earlier token of the sign-in outlives it. In single-user mode
+    there is no sign-in, and nothing to do.
 
     Raises: Unauthenticated (a worker, or no access token).
     """
@@ -177,7 +180,7 @@ async def logout(*, actor: Principal, refresh_token: str | None = None) -> None:
             user_id=actor.user_id,
         )
     for family_id in {row["family_id"] for row in await families.values("family_id")}:
-        await _revoke_refresh_tokens(family_id)
+        await _revoke_family(settings=settings, family_id=family_id)
 
 
 LOCAL_USER_ID = UUID(int=0)

@@ -399,7 +399,7 @@ async def test_a_follower_whose_token_is_revoked_is_cut_off(
     await _append(session, 0, "visible\n")
     await asyncio.sleep(0.1)
     assert not follower.done()
-    await auth.logout(actor=actor)
+    await auth.logout(settings=SETTINGS, actor=actor)
     await _append(session, 1, "after logout\n")
     with pytest.raises(Unauthenticated, match="revoked"):
         await asyncio.wait_for(follower, 5)
