@@ -161,11 +161,12 @@ async def heartbeat(
         held = await m.AgentSession.filter(worker_id=worker.id, status=SessionStatus.RUNNING)
         current = held[0] if held else None  # a unique index allows one at most
         status = m.WorkerStatus.BUSY if current else m.WorkerStatus.IDLE
+        unchanged = current is not None and current.id == worker.current_session_id
         await m.Worker.filter(id=worker.id).update(
             last_heartbeat=_now(),
             status=status,
             current_session_id=current.id if current else None,
-            current_task_id=await _unit_task_of(current),
+            current_task_id=worker.current_task_id if unchanged else await _unit_task_of(current),
         )
     if status != worker.status:
         events.publish(events.WorkerChanged(worker_id=str(worker.id)))
