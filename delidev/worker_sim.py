@@ -460,6 +460,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]
     p.add_argument("--wait-ms", type=int, default=5_000, help="long-poll wait of GetTask")
     p.add_argument("--max-jobs", type=int, default=0, help="exit after N jobs each (0 = never)")
     p.add_argument("--idle-exit", type=float, default=0.0, help="exit after S idle seconds")
+    p.add_argument(
+        "--retry-max", type=float, default=10.0, help="longest back-off after errors, seconds"
+    )
     p.add_argument("--report", default=None, help="write the sessions run as JSON to this file")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
@@ -478,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]
         wait_ms=a.wait_ms,
         max_jobs=a.max_jobs,
         idle_exit=a.idle_exit,
+        retry_base=min(0.2, a.retry_max),
+        retry_max=a.retry_max,
     )
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(message)s")
     return options, max(1, a.workers), a.report

@@ -103,6 +103,58 @@ async def test_a_fleet_runs_every_job_exactly_once(e2e_database_url: str, tmp_pa
             srv.stop()
 
 
+async def test_reference_workers_ride_out_a_server_restart(
+    e2e_database_url: str, tmp_path: Path
+) -> None:
+    first = Server(e2e_database_url, tmp_path / "first.log")
+    await first.ready()
+    api = Connect(first.base)
+    group = await api.group()
+    before = await api.unit(group, "before the restart")
+    sims = Sim(
+        first.base,
+        tmp_path,
+        "riders",
+        "--workers",
+        "2",
+        "--wait-ms",
+        "300",
+        "--idle-exit",
+        "10",
+        "--retry-max",
+        "0.3",
+        *FAST,
+    )
+    second: Server | None = None
+    try:
+        await eventually(
+            lambda: api.task(before["id"]),
+            lambda t: t["status"] == "UNIT_TASK_STATUS_IN_REVIEW",
+        )
+        first.stop()  # every call of the workers fails while no server listens
+        await asyncio.sleep(1.0)
+        assert sims.proc.poll() is None, sims.log()
+        second = Server(
+            e2e_database_url, tmp_path / "second.log", DELIDEV_SERVER_PORT=str(first.port)
+        )
+        second.base = first.base
+        await second.ready()
+        after = await api.unit(group, "after the restart")
+        await eventually(
+            lambda: api.task(after["id"]),
+            lambda t: t["status"] == "UNIT_TASK_STATUS_IN_REVIEW",
+        )
+        report = await asyncio.to_thread(sims.wait, 60)
+    finally:
+        sims.kill()
+        first.stop()
+        if second is not None:
+            second.stop()
+        await api.close()
+    assert (report["succeeded"], report["refused"], report["abandoned"]) == (2, 0, 0)
+    assert report["errors"] > 0
+
+
 async def test_a_killed_worker_loses_its_job_to_another(
     server: Server, api: Connect, tmp_path: Path
 ) -> None:
