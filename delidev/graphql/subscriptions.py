@@ -281,6 +281,9 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             return
         session = _argument(plan.session_arg, operation.variables)
         offset = _argument(plan.offset_arg, operation.variables) or 0
+        # Whether a message went out: until then an error takes the ordinary path (which
+        # runs the subscription again, from its start), and afterwards it must not.
+        sent = False
         try:
             if not isinstance(session, str) or not isinstance(offset, int | float):
                 raise _Fallback
@@ -288,10 +291,12 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             suffix = ',"id":' + json.dumps(operation.id) + "}"
 
             def push(piece: live.LogPiece) -> Awaitable[None] | None:
+                nonlocal sent
                 if self.operations.get(operation.id) is not operation:
                     # The client completed it; its task is being cancelled.
                     return _Raise(_OperationStreamClosed())
                 text, prefix = _next_message(plan, session_id, piece)
+                sent = True
                 return send_now(self._send_text(text + suffix), prefix)
 
             stream = self.context.feeds.follow(
@@ -300,25 +305,24 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 from_offset=int(offset),
                 push=push,
             )
-            first = await anext(stream)
-        except (_Fallback, errors.DeliDevError, StopAsyncIteration):
-            # Errors are reported by the ordinary path, in the ordinary form.
-            await super().run_operation(operation)
-            return
-        try:
             async with aclosing(stream):
-                piece: live.LogPiece | None = first
-                while piece is not None:
+                async for piece in stream:
                     if operation.completed:
                         return
                     text, prefix = _next_message(plan, session_id, piece)
+                    sent = True
                     with shared_prefix(prefix):
                         await self._send_text(text + suffix)
-                    piece = await anext(stream, None)
             await operation.send_operation_message({"id": operation.id, "type": "complete"})
         except _OperationStreamClosed:
             return
-        except errors.DeliDevError as error:  # e.g. the session was deleted meanwhile
+        except _Fallback:
+            await super().run_operation(operation)
+        except errors.DeliDevError as error:
+            if not sent:  # reported by the ordinary path, in the ordinary form
+                await super().run_operation(operation)
+                return
+            # E.g. access was lost or the session deleted while it was followed.
             formatted = format_error(
                 GraphQLError(error.message, path=[plan.root_key], original_error=error)
             )

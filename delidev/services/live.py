@@ -297,6 +297,7 @@ class LogFeeds:
             from_offset = 0
         loop = asyncio.get_running_loop()
         checked_at = loop.time()
+        await auth_service.ensure_still_signed_in(actor=actor)
         await session_service.get_session(actor=actor, session_id=session_id)
         feed = await self._acquire(session_id)
         try:

@@ -144,6 +144,7 @@ async def test_a_pushed_follower_gets_nothing_after_its_token_is_revoked_once_a_
             session_id = await _session(api, worker)
             await client.connect({"authorization": f"Bearer {token.token}"})
             await client.subscribe(SESSION_LOG, {"id": session_id, "from": 0})
+            await asyncio.sleep(0.5)  # caught up and parked: what follows is pushed
             await worker.write("visible\n")
             first = await client.receive(15)
             assert first["payload"]["data"]["sessionLog"]["data"] == "visible\n", first
