@@ -162,8 +162,10 @@ async def heartbeat(
         current = held[0] if held else None  # a unique index allows one at most
         status = m.WorkerStatus.BUSY if current else m.WorkerStatus.IDLE
         unchanged = current is not None and current.id == worker.current_session_id
+        now = _now()
         await m.Worker.filter(id=worker.id).update(
-            last_heartbeat=_now(),
+            last_heartbeat=now,
+            updated_at=now,
             status=status,
             current_session_id=current.id if current else None,
             current_task_id=worker.current_task_id if unchanged else await _unit_task_of(current),
@@ -246,7 +248,13 @@ async def _release(session: m.AgentSession, *, reason: str) -> bool:
     )
     changed = await m.AgentSession.filter(
         id=session.id, status=SessionStatus.RUNNING, lease_token=session.lease_token, **same_worker
-    ).update(status=SessionStatus.LOST, lease_token=None, error=reason, completed_at=_now())
+    ).update(
+        status=SessionStatus.LOST,
+        lease_token=None,
+        error=reason,
+        completed_at=_now(),
+        updated_at=_now(),
+    )
     if not changed:
         return False
     if not session.stop_requested:
@@ -259,7 +267,7 @@ async def _release(session: m.AgentSession, *, reason: str) -> bool:
             status=SessionStatus.QUEUED,
         )
     await m.Worker.filter(current_session_id=session.id).update(
-        current_session_id=None, current_task_id=None
+        current_session_id=None, current_task_id=None, updated_at=_now()
     )
     return True
 
@@ -289,7 +297,7 @@ async def sweep_workers(*, heartbeat_interval: dt.timedelta) -> int:
         # Re-checked in the UPDATE: a heartbeat since the look above keeps the worker healthy.
         marked = await m.Worker.filter(
             id=worker_id, last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
-        ).update(status=m.WorkerStatus.UNHEALTHY)
+        ).update(status=m.WorkerStatus.UNHEALTHY, updated_at=_now())
         if marked:
             events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     return await _release_abandoned(started_before=deadline)
@@ -425,6 +433,7 @@ async def _claim_once(worker_id: UUID, ready_agent_ids: Sequence[UUID]) -> Job |
     claimed = await m.AgentSession.get(id=UUID(str(rows[0]["id"])))
     await m.Worker.filter(id=worker_id).update(
         status=m.WorkerStatus.BUSY,
+        updated_at=_now(),
         current_session_id=claimed.id,
         current_task_id=await _unit_task_of(claimed),
     )
@@ -560,10 +569,13 @@ async def report_status(
     if values and ended.output_log:
         masked = secret_service.mask(ended.output_log, values)
         if masked != ended.output_log:
-            await m.AgentSession.filter(id=ended.id).update(output_log=masked)
+            await m.AgentSession.filter(id=ended.id).update(output_log=masked, updated_at=_now())
             ended.output_log = masked
     await m.Worker.filter(id=worker_id, current_session_id=session.id).update(
-        status=m.WorkerStatus.IDLE, current_session_id=None, current_task_id=None
+        status=m.WorkerStatus.IDLE,
+        current_session_id=None,
+        current_task_id=None,
+        updated_at=_now(),
     )
     events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     if store is not None:
@@ -612,14 +624,18 @@ async def get_job_secrets(
     lease_token: str,
     store: secret_service.SecretStore,
 ) -> dict[str, str]:
-    """The secrets of the leased job's task (empty when none were sent).
+    """The secrets of the leased job's task (empty when none were sent). Values sent through
+    another replica that have not reached this one yet are waited for, briefly.
 
     Raises: Conflict (stale lease).
     """
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
-    return await _secrets_of(store, session)
+    agent = await m.AgentTask.get_or_none(id=session.agent_task_id).only("id", "expects_secrets")
+    return await secret_service.job_secrets(
+        store, session.agent_task_id, expects_secrets=agent is not None and agent.expects_secrets
+    )
 
 
 async def ask_tty_input(

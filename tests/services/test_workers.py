@@ -571,3 +571,31 @@ async def test_a_secret_split_between_two_chunks_is_masked_in_the_final_output()
     assert done.output_log == f"token={secrets.MASK}\nwhole: {secrets.MASK}\n"
     stored = await m.AgentSession.get(id=job.session.id)
     assert stored.output_log == done.output_log
+
+
+async def test_worker_and_session_changes_advance_updated_at() -> None:
+    await _tasks(1)
+    worker = await _worker()
+    an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+
+    async def age() -> None:
+        await m.Worker.filter(id=worker.id).update(updated_at=an_hour_ago)
+        await m.AgentSession.all().update(updated_at=an_hour_ago)
+
+    async def advanced() -> bool:
+        return (await m.Worker.get(id=worker.id)).updated_at > an_hour_ago
+
+    await age()
+    job = await workers.claim_job(worker_id=worker.id)
+    assert job is not None
+    assert await advanced()
+    await age()
+    await workers.heartbeat(worker_id=worker.id, session_id=job.session.id)
+    assert await advanced()
+    await age()
+    await _silence(worker)
+    assert await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1)) == 1
+    assert await advanced()
+    lost = await m.AgentSession.get(id=job.session.id)
+    assert lost.status == Q.LOST
+    assert lost.updated_at > an_hour_ago
