@@ -158,9 +158,7 @@ async def refresh_tokens(*, settings: Settings, refresh_token: str) -> TokenPair
     raise Unauthenticated("refresh token already used: every session of it is revoked")
 
 
-async def logout(
-    *, settings: Settings, actor: Principal, refresh_token: str | None = None
-) -> None:
+async def logout(*, settings: Settings, actor: Principal, refresh_token: str | None = None) -> None:
     """Ends the caller's sign-in: revokes the access token, and every refresh token and
     every access token issued in its family (and in ``refresh_token``'s, when it is the
     caller's), so that no earlier token of the sign-in outlives it. In single-user mode
