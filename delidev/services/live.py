@@ -389,11 +389,12 @@ async def task_updates(
     """Each change of one task, or of any task of a workspace (status, sessions, nodes).
 
     Every event is re-read with the caller's permissions; a deleted task comes as an update
-    without a task (and ends a one-task subscription). Raises: InvalidArgument, NotFound,
-    FailedPrecondition (the subscriber fell behind).
+    without a task (and ends a one-task subscription). Raises: InvalidArgument,
+    Unauthenticated, NotFound, FailedPrecondition (the subscriber fell behind).
     """
     if (task_id is None) == (workspace_id is None):
         raise InvalidArgument("give exactly one of task_id and workspace_id", field="task_id")
+    await auth_service.ensure_still_signed_in(actor=actor)
     if task_id is not None:
         await task_service.get_task(actor=actor, task_id=task_id)
         watch = bus.watch(("task", str(task_id)))
@@ -426,7 +427,8 @@ async def tty_requests(
 ) -> AsyncIterator[m.TtyInputRequest]:
     """Questions asked in the workspace, as they are asked.
 
-    Raises: NotFound, FailedPrecondition (the subscriber fell behind)."""
+    Raises: Unauthenticated, NotFound, FailedPrecondition (the subscriber fell behind)."""
+    await auth_service.ensure_still_signed_in(actor=actor)
     await get_workspace(actor=actor, workspace_id=workspace_id)
     watch = bus.watch(("workspace-tty", str(workspace_id)))
 
@@ -455,7 +457,8 @@ class WorkerUpdate:
 async def worker_updates(*, actor: Principal, bus: events.EventBus) -> AsyncIterator[WorkerUpdate]:
     """Registrations, status changes and departures of workers.
 
-    Raises: FailedPrecondition (the subscriber fell behind)."""
+    Raises: Unauthenticated, FailedPrecondition (the subscriber fell behind)."""
+    await auth_service.ensure_still_signed_in(actor=actor)
     watch = bus.watch(("workers",))
 
     def ids_of(event: events.Event) -> list[str]:

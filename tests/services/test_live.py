@@ -464,3 +464,21 @@ async def test_pushed_followers_get_every_character_once_in_order(
         )
     assert sum(f.pushed for f in followers) > 100  # the push path did the work
     assert leaver.pushed == pushed_before  # nothing after it left
+
+
+async def test_update_subscriptions_opened_after_logout_are_refused(bus: Any) -> None:
+    user = await m.User.create(email="bo@example.com", name="Bo")
+    pair = await auth.issue_tokens(settings=SETTINGS, user=user)
+    actor = await auth.authenticate(settings=SETTINGS, token=pair.access_token)
+    ws = await make_workspace(actor)
+    group = await make_group(ws, [await make_repository(ws, actor)], actor)
+    task = await tasks.create_unit_task(actor=actor, repository_group_id=group.id, prompt="p")
+    await auth.logout(settings=SETTINGS, actor=actor)  # the connection's actor is now stale
+    for stream in (
+        live.task_updates(actor=actor, bus=bus, task_id=task.id),
+        live.task_updates(actor=actor, bus=bus, workspace_id=ws.id),
+        live.tty_requests(actor=actor, bus=bus, workspace_id=ws.id),
+        live.worker_updates(actor=actor, bus=bus),
+    ):
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await asyncio.wait_for(anext(stream), 5)
