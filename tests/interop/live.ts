@@ -1,7 +1,9 @@
 // Live streams through the real npm clients: graphql-ws (WebSocket, graphql-transport-ws)
 // and Connect-ES server streaming (JSON and binary), all following one session's log from
-// the start while a worker writes it, plus taskUpdated until the task is in review.
-// Prints {"graphql": ..., "connectJson": ..., "connectBinary": ..., "taskStatuses": [...]}.
+// the start while a worker writes it, plus taskUpdated until the task is in review. Two more
+// followers (one per API) drop their stream every few thousand characters and resume from
+// the offset they reached. Prints {"graphql": ..., "connectJson": ..., "connectBinary": ...,
+// "connectResumed": ..., "graphqlResumed": ..., "reconnects": {...}, "taskStatuses": [...]}.
 import assert from "node:assert/strict";
 import { createClient as createConnectClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -23,6 +25,34 @@ async function connectLog(binary: boolean): Promise<string> {
     text += message.data;
   }
   return text;
+}
+
+const CUT_EVERY = 3000; // characters between two deliberate disconnections
+
+async function connectLogResumed(): Promise<[string, number]> {
+  const transport = createConnectTransport({ baseUrl, httpVersion: "1.1" });
+  const sessions = createConnectClient(SessionService, transport);
+  let text = "";
+  let reconnects = 0;
+  for (;;) {
+    const abort = new AbortController();
+    const cutAt = text.length + CUT_EVERY;
+    try {
+      const stream = sessions.streamLog(
+        { sessionId, fromOffset: BigInt(text.length) },
+        { signal: abort.signal },
+      );
+      for await (const message of stream) {
+        assert.equal(Number(message.offset), text.length, "a gap or a repeat after resuming");
+        text += message.data;
+        if (text.length >= cutAt) abort.abort();
+      }
+      return [text, reconnects];
+    } catch (error) {
+      if (!abort.signal.aborted) throw error;
+      reconnects += 1;
+    }
+  }
 }
 
 interface LogChunk {
@@ -62,6 +92,49 @@ function graphqlLog(): Promise<string> {
   });
 }
 
+function graphqlLogResumed(): Promise<[string, number]> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    let reconnects = 0;
+    const follow = (): void => {
+      const cutAt = text.length + CUT_EVERY;
+      let done = false;
+      const dispose = gql.subscribe<{ sessionLog: LogChunk }>(
+        {
+          query:
+            "subscription($id: ID!, $from: Float!) {" +
+            " sessionLog(sessionId: $id, fromOffset: $from) { offset data final } }",
+          variables: { id: sessionId, from: text.length },
+        },
+        {
+          next: (result) => {
+            if (done) return;
+            if (result.errors) return reject(new Error(JSON.stringify(result.errors)));
+            const chunk = result.data!.sessionLog;
+            if (chunk.offset !== text.length) return reject(new Error("a gap or a repeat"));
+            text += chunk.data;
+            if (chunk.final) {
+              done = true;
+              return resolve([text, reconnects]);
+            }
+            if (text.length >= cutAt) {
+              done = true;
+              dispose();
+              reconnects += 1;
+              follow();
+            }
+          },
+          error: reject,
+          complete: () => {
+            if (!done) resolve([text, reconnects]);
+          },
+        },
+      );
+    };
+    follow();
+  });
+}
+
 function taskStatuses(): Promise<string[]> {
   return new Promise((resolve, reject) => {
     const seen: string[] = [];
@@ -87,11 +160,24 @@ function taskStatuses(): Promise<string[]> {
   });
 }
 
-const [graphql, connectJson, connectBinary, statuses] = await Promise.all([
-  graphqlLog(),
-  connectLog(false),
-  connectLog(true),
-  taskStatuses(),
-]);
+const [graphql, connectJson, connectBinary, [connectResumed, connectCuts], [graphqlResumed, graphqlCuts], statuses] =
+  await Promise.all([
+    graphqlLog(),
+    connectLog(false),
+    connectLog(true),
+    connectLogResumed(),
+    graphqlLogResumed(),
+    taskStatuses(),
+  ]);
 await gql.dispose();
-console.log(JSON.stringify({ graphql, connectJson, connectBinary, taskStatuses: statuses }));
+console.log(
+  JSON.stringify({
+    graphql,
+    connectJson,
+    connectBinary,
+    connectResumed,
+    graphqlResumed,
+    reconnects: { connect: connectCuts, graphql: graphqlCuts },
+    taskStatuses: statuses,
+  }),
+);

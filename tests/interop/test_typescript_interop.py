@@ -262,7 +262,8 @@ def test_typescript_task_life_cycles(
 async def test_typescript_live_streams(tmp_path: Path) -> None:
     """graphql-ws (npm) and Connect-ES streaming subscribe on server process A while the
     reference worker writes the log through process B, both on one PostgreSQL database:
-    each client sees every character once, in order, and taskUpdated reaches IN_REVIEW."""
+    each client sees every character once, in order, also one that drops its stream every
+    few thousand characters and resumes from its last offset; taskUpdated reaches IN_REVIEW."""
     _tool("node")
     npm = _tool("npm")
     _prepare_node_project(npm)
@@ -311,4 +312,8 @@ async def test_typescript_live_streams(tmp_path: Path) -> None:
     assert seen["graphql"] == stored["content"]
     assert seen["connectJson"] == stored["content"]
     assert seen["connectBinary"] == stored["content"]
+    assert seen["connectResumed"] == stored["content"]
+    assert seen["graphqlResumed"] == stored["content"]
+    assert seen["reconnects"]["connect"] >= 2, seen["reconnects"]
+    assert seen["reconnects"]["graphql"] >= 2, seen["reconnects"]
     assert seen["taskStatuses"][-1] == "IN_REVIEW"
