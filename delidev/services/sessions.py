@@ -272,9 +272,18 @@ async def complete_session(
     return ended
 
 
-async def _session_ended(session_id: UUID) -> None:
-    """Pending questions are cancelled, the lease ends and the output lands in ``output_log``."""
+async def end_questions(session_id: UUID) -> None:
+    """A run ended: its pending questions are cancelled, and password answers are erased
+    (they were kept only for the worker of that run to read)."""
     await close_pending_tty(m.TtyInputStatus.CANCELLED, session_id=session_id)
+    await m.TtyInputRequest.filter(
+        session_id=session_id, input_type=m.TtyInputType.PASSWORD, response__isnull=False
+    ).update(response=None)
+
+
+async def _session_ended(session_id: UUID) -> None:
+    """Questions are closed, the lease ends and the output lands in ``output_log``."""
+    await end_questions(session_id)
     chunks = (
         await m.LogChunk.filter(session_id=session_id, start_offset__gte=0)
         .order_by("start_offset")

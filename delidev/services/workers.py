@@ -274,7 +274,7 @@ async def _release(session: m.AgentSession, *, reason: str) -> bool:
 
 async def _announce_released(released: Sequence[m.AgentSession]) -> None:
     for session in released:
-        await session_service.close_pending_tty(m.TtyInputStatus.CANCELLED, session_id=session.id)
+        await session_service.end_questions(session.id)
         await session_service.announce_session(await m.AgentSession.get(id=session.id))
     if released:
         events.publish(events.JobQueued())

@@ -216,6 +216,13 @@ async def test_password_answers_are_never_shown() -> None:
     answered = await sessions.submit_tty_input(actor=A, request_id=request.id, response=" s3cret ")
     assert sessions.visible_response(answered) is None
     assert answered.response == " s3cret "  # kept verbatim for the worker
+    text = await _ask(session, m.TtyInputType.TEXT)
+    await sessions.submit_tty_input(actor=A, request_id=text.id, response="plain")
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    # The run is over: nobody needs the password any more, so it is erased.
+    assert (await m.TtyInputRequest.get(id=request.id)).response is None
+    assert (await m.TtyInputRequest.get(id=request.id)).status == m.TtyInputStatus.RESPONDED
+    assert (await m.TtyInputRequest.get(id=text.id)).response == "plain"
 
 
 @pytest.mark.parametrize(

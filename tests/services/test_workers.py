@@ -599,3 +599,22 @@ async def test_worker_and_session_changes_advance_updated_at() -> None:
     lost = await m.AgentSession.get(id=job.session.id)
     assert lost.status == Q.LOST
     assert lost.updated_at > an_hour_ago
+
+
+async def test_a_lost_runs_password_answer_is_erased() -> None:
+    await _tasks(1)
+    worker, job = await _busy_worker()
+    question = await workers.ask_tty_input(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        prompt="Passphrase?",
+        input_type=m.TtyInputType.PASSWORD,
+        options=[],
+        expires_in=dt.timedelta(minutes=5),
+    )
+    await sessions.submit_tty_input(actor=LOCAL_USER, request_id=question.id, response="pw-91")
+    assert (await m.TtyInputRequest.get(id=question.id)).response == "pw-91"
+    await _silence(worker)
+    assert await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1)) == 1
+    assert (await m.TtyInputRequest.get(id=question.id)).response is None
