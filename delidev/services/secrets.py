@@ -318,3 +318,29 @@ def mask(text: str, values: Mapping[str, str]) -> str:
             if form in text:
                 text = text.replace(form, MASK)
     return text
+
+
+def mask_seam(before: str, after: str, values: Mapping[str, str]) -> tuple[str, str]:
+    """Masks the secret values (plain or base64) that straddle two consecutive pieces of
+    output, each masked on its own already. Lengths stay as they are (the first piece sits
+    at fixed offsets): every character of a straddling value becomes ``*``."""
+    if not values or not before or not after:
+        return before, after
+    for value in values.values():
+        if len(value) < MIN_MASKED_LENGTH:
+            continue
+        for form in _forms(value):
+            reach = len(form) - 1
+            while True:
+                head = before[-reach:]
+                window = head + after[:reach]
+                start = window.find(form)
+                while start != -1 and not start < len(head) < start + len(form):
+                    start = window.find(form, start + 1)
+                if start == -1:
+                    break
+                in_before = len(head) - start
+                in_after = len(form) - in_before
+                before = before[: len(before) - in_before] + "*" * in_before
+                after = "*" * in_after + after[in_after:]
+    return before, after

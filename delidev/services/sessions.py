@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
@@ -298,8 +298,17 @@ async def _session_ended(session_id: UUID) -> None:
 # Logs -----------------------------------------------------------------------------------
 
 
-async def append_log(*, session_id: UUID, chunks: Sequence[LogChunkIn]) -> m.AgentSession:
+async def append_log(
+    *,
+    session_id: UUID,
+    chunks: Sequence[LogChunkIn],
+    seam: Callable[[str, str], tuple[str, str]] | None = None,
+) -> m.AgentSession:
     """Stores numbered chunks; returns the session with its new size and next sequence.
+
+    ``seam`` sees each pair of neighbouring chunks as a chunk takes its place after the
+    previous one, and may change both without changing their lengths (secret masking: a
+    value split between two chunks).
 
     Raises: InvalidArgument, NotFound, FailedPrecondition (the session is not running).
     """
@@ -344,11 +353,26 @@ async def append_log(*, session_id: UUID, chunks: Sequence[LogChunkIn]) -> m.Age
             ).order_by("sequence")
         }
         size, next_seq = session.log_size, session.log_next_sequence
+        previous = None
+        if seam is not None and next_seq in pending and size:
+            previous = (
+                await m.LogChunk.filter(session_id=session.id, start_offset__gte=0)
+                .order_by("-start_offset")
+                .first()
+            )
         while next_seq in pending:
             ready = pending[next_seq]
-            await m.LogChunk.filter(id=ready.id).update(start_offset=size)
+            placed: dict[str, object] = {"start_offset": size}
+            if seam is not None and previous is not None:
+                before, after = seam(previous.data, ready.data)
+                if before != previous.data:
+                    await m.LogChunk.filter(id=previous.id).update(data=before)
+                if after != ready.data:
+                    placed["data"] = ready.data = after
+            await m.LogChunk.filter(id=ready.id).update(**placed)
             size += len(ready.data)
             next_seq += 1
+            previous = ready
         if next_seq != session.log_next_sequence:
             await m.AgentSession.filter(id=session.id).update(
                 log_size=size, log_next_sequence=next_seq, updated_at=_now()

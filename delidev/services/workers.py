@@ -608,13 +608,17 @@ async def append_job_log(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
     values = await _secrets_of(store, session)
-    if values:
-        mask = secret_service.mask
-        chunks = [
-            session_service.LogChunkIn(sequence=c.sequence, data=mask(c.data, values))
-            for c in chunks
-        ]
-    return await session_service.append_log(session_id=session_id, chunks=chunks)
+    if not values:
+        return await session_service.append_log(session_id=session_id, chunks=chunks)
+    mask = secret_service.mask
+    masked = [
+        session_service.LogChunkIn(sequence=c.sequence, data=mask(c.data, values)) for c in chunks
+    ]
+    return await session_service.append_log(
+        session_id=session_id,
+        chunks=masked,
+        seam=lambda before, after: secret_service.mask_seam(before, after, values),
+    )
 
 
 async def get_job_secrets(

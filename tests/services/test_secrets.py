@@ -209,3 +209,17 @@ def test_masking() -> None:
     text = f"{VALUE} {b64url} abc {VALUE}{VALUE}"
     assert secrets.mask(text, values) == f"{secrets.MASK} {secrets.MASK} abc {secrets.MASK * 2}"
     assert secrets.mask("nothing here", values) == "nothing here"
+
+
+@pytest.mark.parametrize("cut", range(1, len(VALUE)))
+def test_a_value_split_anywhere_is_masked_at_the_seam(cut: int) -> None:
+    before, after = f"key: {VALUE[:cut]}", f"{VALUE[cut:]} and {VALUE[:3]}\n"
+    masked_before, masked_after = secrets.mask_seam(before, after, {"K": VALUE})
+    assert (len(masked_before), len(masked_after)) == (len(before), len(after))
+    assert masked_before + masked_after == f"key: {'*' * len(VALUE)} and {VALUE[:3]}\n"
+
+
+def test_the_seam_leaves_other_text_alone() -> None:
+    assert secrets.mask_seam("abc sk-li", "ne x", {"K": VALUE}) == ("abc sk-li", "ne x")
+    assert secrets.mask_seam("x", "y", {}) == ("x", "y")
+    assert secrets.mask_seam("", VALUE, {"K": VALUE}) == ("", VALUE)  # whole values: mask()

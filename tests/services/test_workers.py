@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import itertools
 import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -543,7 +545,7 @@ async def test_the_error_and_the_plan_a_worker_reports_are_masked() -> None:
     assert failed.error == f"auth failed with {secrets.MASK}"
 
 
-async def test_a_secret_split_between_two_chunks_is_masked_in_the_final_output() -> None:
+async def test_a_secret_split_between_two_chunks_is_masked_where_it_is_stored() -> None:
     (task,) = await _tasks(1)
     store = secrets.SecretStore()
     await secrets.send_secrets(
@@ -568,9 +570,41 @@ async def test_a_secret_split_between_two_chunks_is_masked_in_the_final_output()
         status=Q.SUCCEEDED,
         store=store,
     )
-    assert done.output_log == f"token={secrets.MASK}\nwhole: {secrets.MASK}\n"
+    # Split between two chunks, the value is masked character for character (the first
+    # chunk keeps its length, so no offset moves): in the chunks and in the final log.
+    expected = f"token={'*' * len(SECRET)}\nwhole: {secrets.MASK}\n"
+    assert done.output_log == expected
     stored = await m.AgentSession.get(id=job.session.id)
     assert stored.output_log == done.output_log
+    read = await sessions.read_log(actor=LOCAL_USER, session_id=job.session.id)
+    assert read.content == expected
+
+
+async def test_a_secret_split_between_chunks_that_arrive_out_of_order_is_masked() -> None:
+    (task,) = await _tasks(1)
+    store = secrets.SecretStore()
+    await secrets.send_secrets(
+        actor=LOCAL_USER, store=store, task_id=task.id, values={"TOKEN": SECRET}
+    )
+    worker, job = await _busy_worker()
+    b64 = base64.b64encode(SECRET.encode()).decode()
+    text = f"a {SECRET} b {b64} c\n"
+    cuts = [0, 5, len(text) - 9, len(text)]  # inside the value, inside its base64 form
+    parts = [text[i:j] for i, j in itertools.pairwise(cuts)]
+    for sequence in (2, 0, 1):  # the last chunk first, then the first, then the middle
+        await workers.append_job_log(
+            worker_id=worker.id,
+            session_id=job.session.id,
+            lease_token=job.lease_token,
+            chunks=[sessions.LogChunkIn(sequence=sequence, data=parts[sequence])],
+            store=store,
+        )
+    read = await sessions.read_log(actor=LOCAL_USER, session_id=job.session.id)
+    assert SECRET[:4] not in read.content
+    assert SECRET[-4:] not in read.content
+    assert b64[:6] not in read.content
+    assert read.content.startswith("a ")
+    assert read.content.endswith(" c\n")
 
 
 async def test_worker_and_session_changes_advance_updated_at() -> None:
