@@ -3,9 +3,12 @@ decoder, to exactly what was sent, mixed with ordinary messages, across connecti
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import zlib
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from websockets.extensions.permessage_deflate import (
@@ -13,8 +16,11 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
 )
 from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from delidev.websocket_deflate import (
+    FrameWriter,
     SharedPrefix,
     SharedPrefixDeflate,
     SharedPrefixDeflateFactory,
@@ -112,3 +118,56 @@ def test_stored_blocks_carry_any_length(size: int) -> None:
     data = bytes(random.Random(size).randrange(256) for _ in range(size))
     decoder = zlib.decompressobj(wbits=-15)
     assert decoder.decompress(stored_blocks(data) + b"\x00\x00\x00\xff\xff") == data
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _open_connection(extensions: list[PerMessageDeflate]) -> Any:
+    """A stand-in for uvicorn's protocol object: the attributes ``FrameWriter`` reads."""
+    conn = ServerProtocol()
+    conn.state = State.OPEN
+    conn.extensions = list(extensions)
+    writable = asyncio.Event()
+    writable.set()
+    return SimpleNamespace(
+        conn=conn, transport=_Transport(), writable=writable, close_sent=False, disconnected=False
+    )
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["deflate", "plain"])
+@pytest.mark.parametrize("size", [1, 3, 2_000])  # frames under 126, under 64 KiB, over
+def test_the_frame_writer_writes_what_websockets_would(compressed: bool, size: int) -> None:
+    server, _ = _negotiate(ClientPerMessageDeflateFactory())
+    protocol = _open_connection([server] if compressed else [])
+    text = _log_message(size, size=size)
+    prefix = SharedPrefix(text.encode())
+    closing = b',"id":"op-1"}'
+    assert FrameWriter(protocol).write_text(prefix, closing)
+    with shared_prefix(prefix):
+        protocol.conn.send_text(prefix.data + closing)
+    assert protocol.transport.written == [b"".join(protocol.conn.data_to_send())]
+
+
+def test_the_frame_writer_leaves_a_full_or_closing_connection_to_the_ordinary_path() -> None:
+    prefix = SharedPrefix(b'{"type":"next"')
+    for change in (
+        lambda p: p.writable.clear(),
+        lambda p: setattr(p, "close_sent", True),
+        lambda p: setattr(p, "disconnected", True),
+        lambda p: setattr(p.transport, "closing", True),
+        lambda p: setattr(p.conn, "state", State.CLOSING),
+    ):
+        protocol = _open_connection([])
+        change(protocol)
+        assert not FrameWriter(protocol).write_text(prefix, b"}")
+        assert protocol.transport.written == []

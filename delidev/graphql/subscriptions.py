@@ -44,7 +44,7 @@ from delidev.graphql.types import GqlInfo
 from delidev.services import auth as auth_service
 from delidev.services import live
 from delidev.services.common import parse_id, parse_optional_id
-from delidev.websocket_deflate import SharedPrefix, shared_prefix
+from delidev.websocket_deflate import FrameWriter, SharedPrefix, shared_prefix
 
 WorkerStatus = strawberry.enum(m.WorkerStatus, name="WorkerStatus")
 
@@ -289,6 +289,8 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 raise _Fallback
             session_id = parse_id(session, "sessionId")
             suffix = ',"id":' + json.dumps(operation.id) + "}"
+            closing = suffix.encode()
+            writer = FrameWriter.of(self.websocket.ws.scope)  # type: ignore[attr-defined]  # Starlette's WebSocket behind Strawberry's adapter
 
             def push(piece: live.LogPiece) -> Awaitable[None] | None:
                 nonlocal sent
@@ -297,6 +299,8 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                     return _Raise(_OperationStreamClosed())
                 text, prefix = _next_message(plan, session_id, piece)
                 sent = True
+                if writer is not None and writer.write_text(prefix, closing):
+                    return None
                 return send_now(self._send_text(text + suffix), prefix)
 
             stream = self.context.feeds.follow(
