@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from delidev.auth.authenticator import Authenticator
 from delidev.connect import handlers
 from delidev.connect.codecs import CODECS
+from delidev.connect.fast_unary import UnaryFastPath
 from delidev.connect.gen.delidev.v1.auth_connect import AuthServiceASGIApplication
 from delidev.connect.gen.delidev.v1.repository_connect import (
     RepositoryGroupServiceASGIApplication,
@@ -30,6 +31,9 @@ from delidev.settings import Settings
 
 # Requests above this size are refused by the Connect runtime (resource_exhausted).
 READ_MAX_BYTES = 4 * 1024 * 1024
+# Services whose calls may wait long (long polls): their calls keep the runtime's watch for
+# a client that goes away (see ``fast_unary``).
+WAITING_SERVICES = frozenset({"/delidev.v1.WorkerService"})
 
 
 class ConnectDispatch:
@@ -52,15 +56,24 @@ class ConnectDispatch:
         self._services = {
             a.path: a for a in connect_apps(authenticator, settings, signal, store, feeds)
         }
+        self._fast = {
+            path: UnaryFastPath(a)
+            for path, a in self._services.items()
+            if path not in WAITING_SERVICES
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith("/delidev.v1."):
-                service = self._services.get(path[: path.find("/", 1)])
+                prefix = path[: path.find("/", 1)]
+                service = self._services.get(prefix)
                 if service is not None:
                     if _is_unary(scope):
                         send = _with_content_length(send)
+                        fast = self._fast.get(prefix)
+                        if fast is not None and await fast(scope, receive, send):
+                            return
                     await service(scope, receive, send)
                     return
         await self.app(scope, receive, send)

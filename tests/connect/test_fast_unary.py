@@ -1,0 +1,143 @@
+"""The lean unary path answers exactly as the Connect runtime does.
+
+A request with ``Connect-Timeout-Ms`` always takes the runtime's own path; the same request
+without it takes ``fast_unary``. Both answers must match: status, headers, body.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from delidev.connect import fast_unary
+from delidev.connect.codecs import StrictJSONCodec
+from delidev.connect.gen.delidev.v1 import workspace_pb
+from delidev.connect.routes import READ_MAX_BYTES
+from tests.factories import make_repository, make_workspace
+
+pytestmark = pytest.mark.usefixtures("database")
+
+JSON = "application/json"
+PROTO = "application/proto"
+
+
+async def _both(
+    http: httpx.AsyncClient, method: str, body: bytes, headers: dict[str, str]
+) -> tuple[httpx.Response, httpx.Response]:
+    url = f"/delidev.v1.{method}"
+    fast = await http.post(url, content=body, headers=headers)
+    runtime = await http.post(url, content=body, headers={**headers, "Connect-Timeout-Ms": "60000"})
+    return fast, runtime
+
+
+def _same(fast: httpx.Response, runtime: httpx.Response) -> None:
+    assert fast.status_code == runtime.status_code
+    assert fast.headers.multi_items() == runtime.headers.multi_items()
+    assert fast.content == runtime.content
+
+
+def _get(workspace_id: str) -> bytes:
+    return workspace_pb.GetWorkspaceRequest(workspace_id=workspace_id).to_binary()
+
+
+async def test_answers_match_the_runtimes(http: httpx.AsyncClient) -> None:
+    ws = await make_workspace()
+    for _ in range(30):
+        await make_repository(ws)
+    wid = str(ws.id)
+    cases: list[tuple[str, bytes, dict[str, str]]] = [
+        ("WorkspaceService/Get", json.dumps({"workspaceId": wid}).encode(), {}),
+        ("WorkspaceService/Get", _get(wid), {"Content-Type": PROTO}),
+        ("WorkspaceService/List", b"{}", {"Connect-Protocol-Version": "1"}),
+        ("RepositoryService/List", json.dumps({"workspaceId": wid}).encode(), {}),
+        # compressed answers (the list is large enough to be worth it) and requests
+        (
+            "RepositoryService/List",
+            json.dumps({"workspaceId": wid}).encode(),
+            {"Accept-Encoding": "gzip"},
+        ),
+        (
+            "WorkspaceService/Get",
+            gzip.compress(json.dumps({"workspaceId": wid}).encode()),
+            {"Content-Encoding": "gzip"},
+        ),
+        ("WorkspaceService/Get", b"{}", {"Content-Encoding": "br-unknown"}),
+        # errors: ours (through the interceptor) and the runtime's (decoding, limits)
+        ("WorkspaceService/Get", b'{"workspaceId": "6c1d2d07-2b1c-4d56-9c7f-0d8c3d4c1a11"}', {}),
+        ("WorkspaceService/Get", b'{"workspaceId": "nope"}', {}),
+        ("WorkspaceService/Get", b'{"workspaceId":', {}),
+        ("WorkspaceService/Get", b'{"nmae": 1}', {}),
+        ("WorkspaceService/Get", b"\xff\x00garbage", {"Content-Type": PROTO}),
+        (
+            "WorkspaceService/Update",
+            b'{"workspaceId": "6c1d2d07-2b1c-4d56-9c7f-0d8c3d4c1a11"}',
+            {},
+        ),
+        ("WorkspaceService/Get", b"{}", {"Connect-Protocol-Version": "2"}),
+        ("WorkspaceService/Create", b'{"name": "' + b"x" * READ_MAX_BYTES + b'"}', {}),
+    ]
+    for method, body, extra in cases:
+        headers = {"Content-Type": JSON, **extra}
+        fast, runtime = await _both(http, method, body, headers)
+        _same(fast, runtime)
+
+
+async def test_only_plain_calls_take_it(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[str] = []
+    original = fast_unary.UnaryFastPath.__call__
+
+    async def spy(self: Any, scope: Any, receive: Any, send: Any) -> bool:
+        taken = await original(self, scope, receive, send)
+        if taken:
+            served.append(scope["path"])
+        return taken
+
+    monkeypatch.setattr(fast_unary.UnaryFastPath, "__call__", spy)
+    ws = await make_workspace()
+    body = json.dumps({"workspaceId": str(ws.id)}).encode()
+    for headers in (
+        {"Content-Type": JSON},
+        {"Content-Type": PROTO},
+        {"Content-Type": JSON, "Connect-Timeout-Ms": "1000"},  # a deadline: the runtime's
+        {"Content-Type": "application/json; charset=utf-8"},  # unusual: the runtime's
+    ):
+        sent = _get(str(ws.id)) if headers["Content-Type"] == PROTO else body
+        response = await http.post(
+            "/delidev.v1.WorkspaceService/Get", content=sent, headers=headers
+        )
+        assert response.status_code == 200, response.text
+    # Long polls keep the runtime's watch for a client that leaves.
+    await http.post(
+        "/delidev.v1.WorkerService/Heartbeat",
+        content=b'{"workerId": "6c1d2d07-2b1c-4d56-9c7f-0d8c3d4c1a11"}',
+        headers={"Content-Type": JSON},
+    )
+    assert served == ["/delidev.v1.WorkspaceService/Get"] * 2
+
+
+async def test_an_unexpected_error_is_logged_and_masked(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = await make_workspace()
+
+    def broken(*_: object) -> bytes:
+        raise RuntimeError("secret detail of a broken encoder")
+
+    monkeypatch.setattr(StrictJSONCodec, "encode", broken)
+    caplog.set_level(logging.ERROR)
+    response = await http.post(
+        "/delidev.v1.WorkspaceService/Get",
+        content=json.dumps({"workspaceId": str(ws.id)}).encode(),
+        headers={"Content-Type": JSON},
+    )
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal"
+    assert "secret detail" not in response.text
+    assert "secret detail of a broken encoder" in caplog.text
