@@ -16,7 +16,18 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import ASTValidationRule, ValueNode, VariableDefinitionNode, VariableNode
+from graphql import (
+    ArgumentNode,
+    ASTValidationRule,
+    GraphQLSyntaxError,
+    ObjectFieldNode,
+    ValueNode,
+    VariableDefinitionNode,
+    VariableNode,
+    Visitor,
+    parse,
+    visit,
+)
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
 from strawberry.extensions import SchemaExtension
@@ -82,6 +93,31 @@ def _variable_name(error: GraphQLError) -> str | None:
     return None
 
 
+def _argument_path(error: GraphQLError) -> str | None:
+    """The argument (and input fields) holding a bad value typed into the document itself,
+    dotted (``input.name``): graphql-core points at the value, not at its name."""
+    value = next((n for n in error.nodes or () if isinstance(n, ValueNode)), None)
+    if value is None or value.loc is None or error.source is None:
+        return None
+    start = value.loc.start
+    try:
+        document = parse(error.source)
+    except GraphQLSyntaxError:
+        return None
+    names: list[str] = []
+
+    class Enclosing(Visitor):
+        def enter(self, node: Any, *_: Any) -> None:
+            if not isinstance(node, ArgumentNode | ObjectFieldNode):
+                return
+            where = node.value.loc
+            if where is not None and where.start <= start < where.end:
+                names.append(node.name.value)
+
+    visit(document, Enclosing())
+    return ".".join(names) or None
+
+
 def format_error(error: GraphQLError) -> GraphQLError:
     if error.original_error is None and "delidevCode" in (error.extensions or {}):
         return error  # formatted already (a result seen by two hooks)
@@ -113,9 +149,9 @@ def format_error(error: GraphQLError) -> GraphQLError:
             "code": "INVALID_ARGUMENT",
             "delidevCode": errors.InvalidArgument.code,
         }
-        variable = _variable_name(error)
-        if variable is not None:
-            extensions["field"] = variable
+        field = _variable_name(error) or _argument_path(error)
+        if field is not None:
+            extensions["field"] = field
         # Built afresh, without original_error: no traceback travels with the answer.
         return GraphQLError(
             message,
