@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +93,25 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+@asynccontextmanager
+async def server_pair(
+    database_url: str, tmp_path: Path, *, two: bool, prelude: str = "", **env: str
+) -> AsyncIterator[tuple[Server, Server]]:
+    """(where clients subscribe, with ``prelude``; where the worker writes): two server
+    processes on one database when ``two`` (PostgreSQL), else one serving both roles."""
+    a = Server(database_url, tmp_path / "a.log", prelude=prelude, **env)
+    b = Server(database_url, tmp_path / "b.log", **env) if two else a
+    try:
+        await a.ready()
+        if b is not a:
+            await b.ready()
+        yield a, b
+    finally:
+        a.stop()
+        if b is not a:
+            b.stop()
 
 
 class Sim:

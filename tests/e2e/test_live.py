@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     Sim,
     connect_stream,
     eventually,
+    server_pair,
 )
 
 STREAM = ("--lines-per-second", "400", "--chunk-interval", "0.02", "--wait-ms", "300")
@@ -32,17 +33,9 @@ STREAM = ("--lines-per-second", "400", "--chunk-interval", "0.02", "--wait-ms", 
 async def servers(e2e_database_url: str, tmp_path: Path) -> AsyncIterator[tuple[Server, Server]]:
     """(where clients subscribe, where the worker writes): two processes on PostgreSQL."""
     env = {"DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "300"}
-    a = Server(e2e_database_url, tmp_path / "a.log", **env)
-    b = Server(e2e_database_url, tmp_path / "b.log", **env) if BACKEND == "postgres" else a
-    try:
-        await a.ready()
-        if b is not a:
-            await b.ready()
-        yield a, b
-    finally:
-        a.stop()
-        if b is not a:
-            b.stop()
+    two = BACKEND == "postgres"
+    async with server_pair(e2e_database_url, tmp_path, two=two, **env) as pair:
+        yield pair
 
 
 async def _running_session(api: Connect, prompt: str) -> tuple[str, str]:

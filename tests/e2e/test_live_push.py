@@ -14,8 +14,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import asyncpg
@@ -23,7 +22,7 @@ import pytest
 import websockets
 
 from tests.conftest import BACKEND
-from tests.e2e.harness import SESSION_LOG, Connect, GraphQLWs, Server, Worker
+from tests.e2e.harness import SESSION_LOG, Connect, GraphQLWs, Server, Worker, server_pair
 
 # Clients never wait for a server ping in these tests; a long interval keeps the pings'
 # own token check out of the way of the feed's.
@@ -31,22 +30,12 @@ QUIET = {"DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "600000"}
 PROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
 
 
-@asynccontextmanager
-async def _servers(
+def _servers(
     database_url: str, tmp_path: Path, *, prelude: str = "", **env: str
-) -> AsyncIterator[tuple[Server, Server]]:
+) -> AbstractAsyncContextManager[tuple[Server, Server]]:
     """(where clients subscribe, with ``prelude``; where the worker writes)."""
-    a = Server(database_url, tmp_path / "a.log", prelude=prelude, **{**QUIET, **env})
-    b = Server(database_url, tmp_path / "b.log", **{**QUIET, **env}) if BACKEND == "postgres" else a
-    try:
-        await a.ready()
-        if b is not a:
-            await b.ready()
-        yield a, b
-    finally:
-        a.stop()
-        if b is not a:
-            b.stop()
+    two = BACKEND == "postgres"
+    return server_pair(database_url, tmp_path, two=two, prelude=prelude, **{**QUIET, **env})
 
 
 async def _session(api: Connect, worker: Worker) -> str:
