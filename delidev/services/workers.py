@@ -306,9 +306,9 @@ async def sweep_workers(*, heartbeat_interval: dt.timedelta) -> int:
 async def _release_abandoned(*, started_before: dt.datetime) -> int:
     """Releases running sessions whose worker is unhealthy, or gone (then only those that
     started before ``started_before``: a session is never without a worker for long)."""
-    unhealthy = await m.Worker.filter(status=m.WorkerStatus.UNHEALTHY).values_list("id", flat=True)
     abandoned = await m.AgentSession.filter(
-        Q(worker_id__in=list(unhealthy)) | Q(worker_id__isnull=True, started_at__lt=started_before),
+        Q(worker__status=m.WorkerStatus.UNHEALTHY)
+        | Q(worker_id__isnull=True, started_at__lt=started_before),
         status=SessionStatus.RUNNING,
     )
     released = []
