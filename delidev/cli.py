@@ -7,14 +7,13 @@ import asyncio
 import logging
 import sys
 
+from delidev import logs
 from delidev.settings import Settings, SettingsError
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, max_value_chars: int) -> None:
+    # One line per record whatever a request sent: values escaped and bounded (logs.py).
+    logs.install(level=level, max_value_chars=max_value_chars)
     # The database layers log every SQL statement with its values at DEBUG (a TTY password
     # answer, a user's email): keep them out of the log whatever the level.
     floor = max(logging.INFO, logging.getLogger().level)
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"delidev-server: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_max_value_chars)
 
     command = args.command or "serve"
     if command == "serve":

@@ -66,6 +66,12 @@ class Settings:
     graphql_ws_init_timeout_ms: int = 10_000
     """A GraphQL WebSocket must send ``connection_init`` within this time (else 4408)."""
     migrate_on_start: bool = True
+    log_max_value_chars: int = 1_000
+    """Each value in a log line (an argument, an exception's message) is cut to this many
+    characters; control characters in it are always escaped."""
+    auth_max_token_chars: int = 4_096
+    """The longest OIDC authorization code, refresh token or access token a request may
+    carry; a longer one is refused (``invalid_argument``) before it is looked at."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -112,6 +118,10 @@ class Settings:
         ):
             if amount <= 0:
                 raise SettingsError(f"{var} must be positive")
+        if self.log_max_value_chars < 80:
+            raise SettingsError("DELIDEV_LOG_MAX_VALUE_CHARS must be at least 80")
+        if self.auth_max_token_chars < 512:
+            raise SettingsError("DELIDEV_AUTH_MAX_TOKEN_CHARS must be at least 512")
         if self.single_user_mode:
             return
         if not self.jwt_secret:
@@ -174,6 +184,8 @@ class Settings:
             "DELIDEV_GRAPHQL_MAX_BODY_BYTES": "graphql_max_body_bytes",
             "DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "graphql_ws_ping_interval_ms",
             "DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS": "graphql_ws_init_timeout_ms",
+            "DELIDEV_LOG_MAX_VALUE_CHARS": "log_max_value_chars",
+            "DELIDEV_AUTH_MAX_TOKEN_CHARS": "auth_max_token_chars",
         }
         for var, attr in ints.items():
             value = env.get(var, "").strip()

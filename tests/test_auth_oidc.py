@@ -96,6 +96,31 @@ async def _sign_in(
     return await _call(api, "HandleCallback", {"code": "any", "state": request["state"]})
 
 
+async def test_a_malformed_code_or_state_is_an_invalid_argument(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    """Refused before the database or a log sees them; the pending sign-in is untouched."""
+    request = await _start(api)
+    forged_line = "x\n2026-12-04 09:00:00,000 CRITICAL delidev.app: forged"
+    cases = {
+        "state": ["s" * 256, "a\x00b", forged_line, "\x1b[2J", "é", "y" * 3_000_000, ""],
+        "code": ["c" * 4097, "a\x00b", forged_line, "\x7f", ""],
+    }
+    for field, values in cases.items():
+        for value in values:
+            body = {"code": "any", "state": request["state"], field: value}
+            refused = await _call(api, "HandleCallback", body)
+            assert refused.status_code == 400, (field, value[:20], refused.text[:200])
+            error = refused.json()
+            assert error["code"] == "invalid_argument", error
+            assert field in error["message"]
+            assert len(refused.content) < 1_000  # the value is not echoed
+    assert await m.AuthState.filter(state=request["state"]).exists()
+    provider.id_token = provider.sign(_claims(provider, request["nonce"]))
+    done = await _call(api, "HandleCallback", {"code": "c", "state": request["state"]})
+    assert done.status_code == 200, done.text
+
+
 async def test_a_forged_or_misdirected_id_token_is_refused(
     api: httpx.AsyncClient, provider: FakeProvider
 ) -> None:
@@ -185,8 +210,10 @@ async def test_pkce_verifier_is_43_base64url_characters_and_the_challenge_is_s25
     access = jwt.decode(
         done.json()["accessToken"], JWT_SECRET, algorithms=["HS256"], issuer=multi.jwt_issuer
     )
-    assert set(access) == {"sub", "email", "name", "iat", "exp", "iss", "jti"}
+    assert set(access) == {"sub", "sid", "email", "name", "iat", "exp", "iss", "jti"}
     assert (access["email"], access["name"]) == ("ada@example.com", "Ada")
+    # ``sid`` names the sign-in: the family of the refresh token issued with it.
+    assert access["sid"] == str((await m.RefreshToken.get()).family_id)
 
 
 async def test_the_profile_is_updated_on_the_next_sign_in(

@@ -18,8 +18,10 @@ class Principal:
     user_id: UUID | None = None
     worker_id: UUID | None = None
     token_id: str | None = None
-    """The ``jti`` of the access token the request came with (for logout)."""
+    """The ``jti`` of the access token the request came with."""
     token_expires_at: dt.datetime | None = None
+    session_id: UUID | None = None
+    """The sign-in the access token belongs to (its refresh-token family): logout ends it."""
 
     @property
     def is_worker(self) -> bool:

@@ -28,7 +28,7 @@ from delidev.models.tasks import (
     UnitTaskAutoFixTask,
 )
 from delidev.models.todos import TodoItem
-from delidev.models.users import AuthState, RefreshToken, RevokedToken, User
+from delidev.models.users import AuthState, RefreshToken, User
 from delidev.models.workers import Worker
 from delidev.models.workspaces import Repository, RepositoryGroup, RepositoryGroupMember, Workspace
 
@@ -49,7 +49,6 @@ __all__ = [
     "Repository",
     "RepositoryGroup",
     "RepositoryGroupMember",
-    "RevokedToken",
     "TodoItem",
     "TodoItemSource",
     "TodoItemStatus",

@@ -46,6 +46,7 @@ class RefreshToken(Model):
     token_hash = fields.CharField(max_length=64, unique=True)
     family_id = fields.UUIDField(db_index=True)
     access_jti = fields.CharField(max_length=64, null=True)
+    """The access token issued with this refresh token (for an audit; not checked)."""
     created_at = fields.DatetimeField(auto_now_add=True)
     expires_at = fields.DatetimeField()
     used_at = fields.DatetimeField(null=True)
@@ -56,14 +57,3 @@ class RefreshToken(Model):
     class Meta:
         table = "refresh_tokens"
         indexes = (("user_id",),)
-
-
-class RevokedToken(Model):
-    """An access token revoked before its expiry (logout), by ``jti``."""
-
-    jti = fields.CharField(max_length=64, primary_key=True)
-    expires_at = fields.DatetimeField(db_index=True)
-    created_at = fields.DatetimeField(auto_now_add=True)
-
-    class Meta:
-        table = "revoked_tokens"

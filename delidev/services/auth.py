@@ -1,32 +1,37 @@
 """Sign-in sessions of multi-user mode: access tokens, refresh tokens, logout.
 
 A sign-in yields an access token (a JWT, ``auth/tokens.py``) and an opaque refresh token
-stored hashed. Refreshing rotates: the old refresh token is used up and a new one of the
-same family is issued. Presenting a used or revoked refresh token again revokes the whole
-family (someone else has a copy): every refresh token of it, and every access token issued
-with them, until that access token would have expired anyway. Logout ends the sign-in: the
-access token is revoked (by ``jti``) and no refresh token of its family works any more.
-Tokens never appear in logs or error messages.
+stored hashed. The sign-in is the refresh token's *family*: refreshing rotates (the old
+refresh token is used up and a new one of the same family is issued), and every access
+token names its family in the ``sid`` claim. An access token is accepted only while its
+family holds an unrevoked refresh token of its user, so a token signed with the secret but
+never issued here (an unknown ``sid``) is refused, and ending a sign-in ends every token of
+it at once, on every replica: the check reads the database on each request (one indexed
+query, as cheap as the revoked-``jti`` and user lookups it replaced).
+
+Presenting a used or revoked refresh token again revokes the whole family (someone else has
+a copy). Logout revokes the caller's family. Tokens never appear in logs or error messages.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
-from tortoise.expressions import Q
-
 from delidev import models as m
 from delidev.auth.principal import Principal
-from delidev.auth.tokens import LEEWAY, issue_access_token, verify_access_token
-from delidev.errors import NotFound, Unauthenticated
+from delidev.auth.tokens import issue_access_token, verify_access_token
+from delidev.errors import InvalidArgument, NotFound, Unauthenticated
 from delidev.services.common import transaction
 from delidev.settings import Settings
 
 REFRESH_LIFETIME = dt.timedelta(days=30)
+_SIGNED_OUT = "sign-in ended (signed out, or revoked): sign in again"
+_VSCHAR = re.compile("[\x20-\x7e]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +50,37 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_token_text(value: str, *, field: str, limit: int) -> None:
+    """A code, state or token from a request: present, at most ``limit`` characters, and
+    printable ASCII only (OAuth 2.0's VSCHAR, RFC 6749 appendix A). Checked before the value
+    reaches the database, a hash or a log. Raises: InvalidArgument."""
+    if not value:
+        raise InvalidArgument(f"{field} is required", field=field)
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{field} is too long ({len(value)} characters, at most {limit})", field=field
+        )
+    if not _VSCHAR.fullmatch(value):
+        raise InvalidArgument(
+            f"{field} may hold only printable ASCII characters (no control characters)",
+            field=field,
+        )
+
+
 async def issue_tokens(
     *, settings: Settings, user: m.User, family_id: UUID | None = None
 ) -> TokenPair:
-    """A fresh access token and refresh token for a signed-in user."""
-    access = issue_access_token(settings, user.id, email=user.email, name=user.name)
+    """A fresh access token and refresh token for a signed-in user: a new sign-in, or the
+    next pair of the sign-in ``family_id``."""
+    family_id = family_id or uuid4()
+    access = issue_access_token(
+        settings, user.id, session_id=family_id, email=user.email, name=user.name
+    )
     refresh = secrets.token_urlsafe(32)
     await m.RefreshToken.create(
         user_id=user.id,
         token_hash=_hash(refresh),
-        family_id=family_id or uuid4(),
+        family_id=family_id,
         access_jti=access.jti,
         expires_at=_now() + REFRESH_LIFETIME,
     )
@@ -66,23 +92,30 @@ async def issue_tokens(
     )
 
 
+async def _signed_in(*, user_id: UUID, session_id: UUID) -> bool:
+    """Whether the sign-in is one this server holds and has not ended: a refresh token of
+    the family, of this user, not revoked. One indexed query (``family_id``); it also
+    answers whether the user still exists (their refresh tokens go with them)."""
+    return await m.RefreshToken.exists(family_id=session_id, user_id=user_id, revoked_at=None)
+
+
 async def authenticate(*, settings: Settings, token: str) -> Principal:
     """The user an access token speaks for. Raises: Unauthenticated."""
     access = verify_access_token(settings, token)
-    if await m.RevokedToken.exists(jti=access.jti):
-        raise Unauthenticated("access token revoked: sign in again")
-    if not await m.User.exists(id=access.user_id):
-        raise Unauthenticated("access token not accepted")
+    if not await _signed_in(user_id=access.user_id, session_id=access.session_id):
+        raise Unauthenticated(_SIGNED_OUT)
     return Principal(
         kind="user",
         user_id=access.user_id,
         token_id=access.jti,
         token_expires_at=access.expires_at,
+        session_id=access.session_id,
     )
 
 
-async def _revoke_refresh_tokens(family_id: UUID) -> None:
-    """Revokes every refresh token of a family.
+async def _revoke_family(family_id: UUID) -> None:
+    """Ends a sign-in: revokes every refresh token of the family, and with them every access
+    token issued for it (``authenticate`` looks for an unrevoked member).
 
     Repeats until a pass finds nothing left: on PostgreSQL a rotation committing meanwhile
     adds a member this UPDATE cannot see (it waits on the row the rotation locked, then
@@ -93,53 +126,29 @@ async def _revoke_refresh_tokens(family_id: UUID) -> None:
         pass
 
 
-async def _revoke_family(*, settings: Settings, family_id: UUID) -> None:
-    """Someone else has a copy of a refresh token: ends every session of its family."""
-    await _revoke_refresh_tokens(family_id)
-    # An access token may be accepted until its exp plus the leeway: the revocation must
-    # outlive that, or the sweep would bring the token back to life.
-    lifetime = dt.timedelta(hours=settings.jwt_expiration_hours) + LEEWAY
-    members = await m.RefreshToken.filter(family_id=family_id).values_list(
-        "access_jti", "created_at"
-    )
-    # The row is written after the token is issued (its iat is rounded down to the
-    # second), so created_at + lifetime is never before the token's own exp.
-    revocations = [
-        m.RevokedToken(jti=jti, expires_at=issued + lifetime) for jti, issued in members if jti
-    ]
-    await m.RevokedToken.bulk_create(revocations, ignore_conflicts=True)
-
-
-async def _revoke_access(jti: str, expires_at: dt.datetime) -> None:
-    await m.RevokedToken.bulk_create(
-        [m.RevokedToken(jti=jti, expires_at=expires_at + LEEWAY)], ignore_conflicts=True
-    )
-
-
 async def ensure_still_signed_in(*, actor: Principal) -> None:
     """For long-lived streams, checked again while they run: the access token they were
-    opened with must not have expired or been revoked since (logout, a reused refresh
+    opened with must not have expired, nor its sign-in ended since (logout, a reused refresh
     token). Other callers (single-user mode, workers) pass. Raises: Unauthenticated."""
-    if actor.kind != "user" or actor.token_id is None:
+    if actor.kind != "user" or actor.user_id is None or actor.session_id is None:
         return
     if actor.token_expires_at is not None and actor.token_expires_at <= _now():
         raise Unauthenticated("access token expired: sign in again")
-    if await m.RevokedToken.exists(jti=actor.token_id):
-        raise Unauthenticated("access token revoked: sign in again")
+    if not await _signed_in(user_id=actor.user_id, session_id=actor.session_id):
+        raise Unauthenticated(_SIGNED_OUT)
 
 
 async def refresh_tokens(*, settings: Settings, refresh_token: str) -> TokenPair:
     """Rotates a refresh token. A reused one revokes its whole family.
 
-    Raises: Unauthenticated.
+    Raises: InvalidArgument (not a refresh token's form), Unauthenticated.
     """
-    if not refresh_token or len(refresh_token) > 512:
-        raise Unauthenticated("refresh token not accepted")
+    check_token_text(refresh_token, field="refresh_token", limit=settings.auth_max_token_chars)
     stored = await m.RefreshToken.get_or_none(token_hash=_hash(refresh_token))
     if stored is None:
         raise Unauthenticated("refresh token not accepted")
     if stored.used_at is not None or stored.revoked_at is not None:
-        await _revoke_family(settings=settings, family_id=stored.family_id)
+        await _revoke_family(stored.family_id)
         raise Unauthenticated("refresh token already used: every session of it is revoked")
     if stored.expires_at <= _now():
         raise Unauthenticated("refresh token expired: sign in again")
@@ -154,31 +163,32 @@ async def refresh_tokens(*, settings: Settings, refresh_token: str) -> TokenPair
             return await issue_tokens(settings=settings, user=user, family_id=stored.family_id)
     # A concurrent refresh (or a logout) used it first: that is a reuse too. Revoked outside
     # the transaction above, so that raising cannot roll the revocation back.
-    await _revoke_family(settings=settings, family_id=stored.family_id)
+    await _revoke_family(stored.family_id)
     raise Unauthenticated("refresh token already used: every session of it is revoked")
 
 
 async def logout(*, settings: Settings, actor: Principal, refresh_token: str | None = None) -> None:
-    """Ends the caller's sign-in: revokes the access token, and every refresh token and
-    every access token issued in its family (and in ``refresh_token``'s, when it is the
-    caller's), so that no earlier token of the sign-in outlives it. In single-user mode
-    there is no sign-in, and nothing to do.
+    """Ends the caller's sign-in: every access and refresh token of it (and of
+    ``refresh_token``'s sign-in, when that is the caller's) stops working at once. In
+    single-user mode there is no sign-in, and nothing to do.
 
-    Raises: Unauthenticated (a worker, or no access token).
+    Raises: InvalidArgument (``refresh_token`` not a refresh token's form), Unauthenticated
+    (a worker, or no access token).
     """
     if actor.kind == "local":
         return
-    if actor.user_id is None or actor.token_id is None or actor.token_expires_at is None:
+    if actor.user_id is None or actor.session_id is None:
         raise Unauthenticated("logout needs a signed-in user")
-    await _revoke_access(actor.token_id, actor.token_expires_at)
-    families = m.RefreshToken.filter(user_id=actor.user_id, access_jti=actor.token_id)
+    families = {actor.session_id}
     if refresh_token:
-        families = m.RefreshToken.filter(
-            Q(access_jti=actor.token_id) | Q(token_hash=_hash(refresh_token)),
-            user_id=actor.user_id,
+        check_token_text(refresh_token, field="refresh_token", limit=settings.auth_max_token_chars)
+        other = await m.RefreshToken.get_or_none(
+            token_hash=_hash(refresh_token), user_id=actor.user_id
         )
-    for family_id in {row["family_id"] for row in await families.values("family_id")}:
-        await _revoke_family(settings=settings, family_id=family_id)
+        if other is not None:
+            families.add(other.family_id)
+    for family_id in families:
+        await _revoke_family(family_id)
 
 
 LOCAL_USER_ID = UUID(int=0)
@@ -203,10 +213,8 @@ async def get_current_user(*, actor: Principal) -> m.User:
 
 
 async def purge_expired(*, now: dt.datetime | None = None) -> int:
-    """Drops revocations, refresh tokens and sign-in states past their expiry (the periodic
-    sweep)."""
+    """Drops refresh tokens and sign-in states past their expiry (the periodic sweep)."""
     now = now or _now()
-    gone = await m.RevokedToken.filter(expires_at__lt=now).delete()
-    gone += await m.RefreshToken.filter(expires_at__lt=now).delete()
+    gone = await m.RefreshToken.filter(expires_at__lt=now).delete()
     gone += await m.AuthState.filter(expires_at__lt=now).delete()
     return gone

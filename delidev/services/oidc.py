@@ -31,12 +31,13 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from delidev import models as m
 from delidev.errors import InvalidArgument, Unauthenticated, Unavailable
-from delidev.services.auth import TokenPair, issue_tokens
+from delidev.services.auth import TokenPair, check_token_text, issue_tokens
 from delidev.settings import Settings
 
 log = logging.getLogger(__name__)
 
 STATE_LIFETIME = dt.timedelta(minutes=10)
+STATE_MAX_CHARS = 255  # the column's size; the states we issue have 43
 MAX_PENDING_LOGINS = 10_000
 PKCE_VERIFIER_BYTES = 32  # 43 base64url characters
 DISCOVERY_TTL_S = 3600.0
@@ -141,10 +142,8 @@ class OidcClient:
     async def complete_login(self, *, code: str, state: str) -> TokenPair:
         """Signs in the user the provider vouches for. Raises: InvalidArgument,
         Unauthenticated, Unavailable."""
-        if not code:
-            raise InvalidArgument("code is required", field="code")
-        if not state:
-            raise InvalidArgument("state is required", field="state")
+        check_token_text(code, field="code", limit=self.settings.auth_max_token_chars)
+        check_token_text(state, field="state", limit=STATE_MAX_CHARS)
         pending = await m.AuthState.get_or_none(state=state)
         # Used once: only the caller that deletes the row goes on.
         if pending is None or not await m.AuthState.filter(state=state).delete():

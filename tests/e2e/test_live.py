@@ -25,6 +25,7 @@ from tests.e2e.harness import (
     eventually,
     server_pair,
 )
+from tests.e2e.sign_in import sign_in
 
 STREAM = ("--lines-per-second", "400", "--chunk-interval", "0.02", "--wait-ms", "300")
 
@@ -308,9 +309,6 @@ async def test_the_session_log_fast_path_answers_like_graphql_itself(
 async def test_multi_user_websockets_authenticate_in_connection_init(
     e2e_database_url: str, tmp_path: Path
 ) -> None:
-    from delidev.auth.tokens import issue_access_token
-    from delidev.settings import Settings
-
     secret = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
     srv = Server(
         e2e_database_url,
@@ -344,7 +342,7 @@ async def test_multi_user_websockets_authenticate_in_connection_init(
                 )
             finally:
                 await conn.close()
-        token = issue_access_token(Settings(jwt_secret=secret), user_id).token
+        token = await sign_in(e2e_database_url, secret, user_id)
         for payload in (None, {"authorization": "Bearer nope"}):
             refused = GraphQLWs(srv.base)
             await refused.connect(init=False)

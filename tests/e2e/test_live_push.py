@@ -23,6 +23,7 @@ import websockets
 
 from tests.conftest import BACKEND
 from tests.e2e.harness import SESSION_LOG, Connect, GraphQLWs, Server, Worker, server_pair
+from tests.e2e.sign_in import sign_in
 
 # Clients never wait for a server ping in these tests; a long interval keeps the pings'
 # own token check out of the way of the feed's.
@@ -112,9 +113,6 @@ async def test_a_pushed_follower_gets_nothing_after_its_token_is_revoked_once_a_
 ) -> None:
     """Access is re-checked every ``AUTH_RECHECK_S`` (1 s here), counted from the last check,
     and before the feed pushes anything once a check is due."""
-    from delidev.auth.tokens import issue_access_token
-    from delidev.settings import Settings
-
     multi_user = {
         "DELIDEV_SINGLE_USER_MODE": "false",
         "DELIDEV_JWT_SECRET": SECRET,
@@ -125,13 +123,13 @@ async def test_a_pushed_follower_gets_nothing_after_its_token_is_revoked_once_a_
     }
     prelude = f"from delidev.services import live\nlive.AUTH_RECHECK_S = {RECHECK_S}"
     async with _servers(e2e_database_url, tmp_path, prelude=prelude, **multi_user) as (a, b):
-        token = issue_access_token(Settings(jwt_secret=SECRET), await _add_user(e2e_database_url))
-        api = Connect(a.base, token.token)
+        token = await sign_in(e2e_database_url, SECRET, await _add_user(e2e_database_url))
+        api = Connect(a.base, token)
         worker = Worker(b.base, REGISTRATION)
         client = GraphQLWs(a.base)
         try:
             session_id = await _session(api, worker)
-            await client.connect({"authorization": f"Bearer {token.token}"})
+            await client.connect({"authorization": f"Bearer {token}"})
             await client.subscribe(SESSION_LOG, {"id": session_id, "from": 0})
             await asyncio.sleep(0.5)  # caught up and parked: what follows is pushed
             await worker.write("visible\n")

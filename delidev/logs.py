@@ -1,0 +1,170 @@
+"""Log lines a request cannot forge or bloat.
+
+Values logged by this package and by the libraries under it (uvicorn, Tortoise, the Connect
+runtime) can come from a request: a path, an OIDC ``state``, an exception whose message
+quotes a bad value. ``SafeFormatter`` writes every record as one line of its own: control
+characters (newline, CR, ESC, NUL…) in the message, in each argument and in exception
+messages are escaped (``\\n``, ``\\x1b``), and each argument and exception message is cut to
+``max_value_chars`` characters with a note of how much was left out. Tracebacks keep their
+structure (the frames come from the code, not the request): only the exception messages in
+them are escaped and cut.
+
+Hand-written because the logging libraries on offer (structlog, python-json-logger) change
+the log's format and escape nothing by themselves in plain text; this keeps the format and
+adds the two guarantees.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import re
+import textwrap
+import traceback
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators (which
+# some log viewers break lines at).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_MAX_CHAIN = 10  # exceptions shown of one cause / context chain
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as an escape sequence."""
+    return _CONTROL.sub(_escape_char, text)
+
+
+def bound(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[{len(text) - limit} more characters]"
+
+
+def clean(text: str, limit: int) -> str:
+    """Cut first, so that escaping a huge value does not cost a pass over all of it."""
+    return escape(bound(text, limit))
+
+
+class _Shown:
+    """An argument as ``%s`` and ``%r`` show it, escaped and bounded."""
+
+    __slots__ = ("_limit", "_value")
+
+    def __init__(self, value: object, limit: int) -> None:
+        self._value = value
+        self._limit = limit
+
+    def __str__(self) -> str:
+        return clean(str(self._value), self._limit)
+
+    def __repr__(self) -> str:
+        return clean(repr(self._value), self._limit)
+
+
+def _shown(value: object, limit: int) -> object:
+    # Numbers stay themselves, so that %d and %.2f keep working; they cannot carry text.
+    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+        return value
+    return _Shown(value, limit)
+
+
+class SafeFormatter(logging.Formatter):
+    """Writes each record as one line (plus a traceback whose messages are escaped)."""
+
+    def __init__(self, fmt: str = LOG_FORMAT, *, max_value_chars: int) -> None:
+        super().__init__(fmt)
+        self.max_value_chars = max_value_chars
+
+    def format(self, record: logging.LogRecord) -> str:
+        safe = logging.makeLogRecord(record.__dict__)
+        safe.msg = self._message(record)
+        safe.args = None
+        safe.exc_text = None
+        if record.exc_info and record.exc_info[1] is not None:
+            safe.exc_text = self._traceback(record.exc_info[1])
+        safe.exc_info = None  # stack_info stays: it holds frames of the code only
+        return super().format(safe)
+
+    def _message(self, record: logging.LogRecord) -> str:
+        limit = self.max_value_chars
+        args = record.args
+        template = str(record.msg)
+        if not args:
+            # A message without arguments may itself be a value (``log.info(text)``).
+            return clean(template, limit)
+        shown: tuple[object, ...] | Mapping[str, object]
+        if isinstance(args, Mapping):
+            shown = {key: _shown(value, limit) for key, value in args.items()}
+        else:
+            shown = tuple(_shown(value, limit) for value in args)
+        try:
+            message = template % shown
+        except (TypeError, ValueError):  # a bad format string: still a line, not a crash
+            message = f"{template} {shown!r}"
+        # The template comes from the code; escaping once more covers one built at run time.
+        return escape(message)
+
+    def _traceback(self, error: BaseException) -> str:
+        """The traceback as Python prints it, each exception message escaped and bounded."""
+        parts: list[str] = []
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen and len(seen) < _MAX_CHAIN:
+            seen.add(id(current))
+            parts.append(self._one(current, current.__traceback__))
+            cause = current.__cause__
+            if cause is not None:
+                parts.append(
+                    "\nThe above exception was the direct cause of the following exception:\n\n"
+                )
+                current = cause
+            elif current.__context__ is not None and not current.__suppress_context__:
+                parts.append(
+                    "\nDuring handling of the above exception, another exception occurred:\n\n"
+                )
+                current = current.__context__
+            else:
+                current = None
+        # Python prints the innermost cause first.
+        return "".join(reversed(parts)).rstrip("\n")
+
+    def _one(self, error: BaseException, tb: TracebackType | None) -> str:
+        frames = "".join(traceback.format_tb(tb)) if tb is not None else ""
+        kind = type(error)
+        name = kind.__qualname__
+        if kind.__module__ not in ("builtins", "__main__"):
+            name = f"{kind.__module__}.{name}"
+        try:
+            text = str(error)
+        except Exception:  # a broken __str__ must not lose the record
+            text = "<exception str() failed>"
+        line = f"{name}: {clean(text, self.max_value_chars)}" if text else name
+        notes: Any = getattr(error, "__notes__", None)
+        if isinstance(notes, list | tuple):
+            line += "".join(f"\n{clean(str(n), self.max_value_chars)}" for n in notes)
+        head = "Traceback (most recent call last):\n" if frames else ""
+        text = f"{head}{frames}{line}\n"
+        if isinstance(error, BaseExceptionGroup):
+            for number, member in enumerate(error.exceptions[:_MAX_CHAIN], 1):
+                shown = textwrap.indent(self._traceback(member), "  | ")
+                text += f"  +---------------- {number} ----------------\n{shown}\n"
+        return text
+
+
+def install(*, level: str, max_value_chars: int) -> None:
+    """Sends every record to stderr through a ``SafeFormatter``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter(max_value_chars=max_value_chars))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -1,0 +1,97 @@
+"""The log formatter: whatever a value holds, a record is one line (its traceback aside), with
+no control character and no value longer than the bound. The end-to-end proof against a real
+server process is in ``tests/e2e/test_log_injection.py``."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from delidev.logs import SafeFormatter
+
+LIMIT = 100
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+formatter = SafeFormatter(max_value_chars=LIMIT)
+
+
+def _record(
+    msg: object, args: object = None, exc: BaseException | None = None
+) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    return logging.LogRecord("delidev.test", logging.ERROR, __file__, 1, msg, args, exc_info)  # type: ignore[arg-type]
+
+
+def _raised(message: str) -> BaseException:
+    try:
+        try:
+            raise KeyError(message)
+        except KeyError as inner:
+            raise ValueError(message) from inner
+    except ValueError as outer:
+        return outer
+
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=400)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=texts, other=texts)
+def test_any_argument_gives_one_bounded_line(value: str, other: str) -> None:
+    line = formatter.format(_record("state %s then %r and %d", (value, other, 7)))
+    assert "\n" not in line
+    assert not CONTROL.search(line)
+    # Each value escaped (at most 6 characters per character) after it was cut to LIMIT.
+    assert len(line) < 200 + 2 * (6 * LIMIT + 40)
+    assert line.endswith(" and 7")
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=texts)
+def test_a_message_without_arguments_is_a_value_too(value: str) -> None:
+    line = formatter.format(_record(value))
+    assert "\n" not in line
+    assert not CONTROL.search(line)
+    assert len(line) < 200 + 6 * LIMIT + 40
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=texts)
+def test_exception_messages_cannot_add_lines(value: str) -> None:
+    text = formatter.format(_record("unexpected error in %s", ("X/Y",), _raised(value)))
+    lines = text.split("\n")
+    assert not CONTROL.search(text.replace("\n", ""))
+    # Every line is the record's own, a frame of the code, or one of the two exception
+    # lines (the message of each escaped onto it).
+    assert lines[0].endswith("ERROR delidev.test: unexpected error in X/Y")
+    exception_lines = [line for line in lines[1:] if not line.startswith(("  ", "Traceback"))]
+    assert [line.split(":", 1)[0] for line in exception_lines if line] == [
+        "KeyError",
+        "The above exception was the direct cause of the following exception",
+        "ValueError",
+    ]
+    assert all(len(line) < 6 * LIMIT + 100 for line in exception_lines)
+
+
+def test_a_forged_line_stays_on_the_real_one() -> None:
+    forged = "x\n2026-12-04 09:00:00,000 CRITICAL delidev.app: database wiped\x1b[2J"
+    line = formatter.format(_record("state %s", (forged,)))
+    assert line.endswith(
+        "state x\\n2026-12-04 09:00:00,000 CRITICAL delidev.app: database wiped\\x1b[2J"
+    )
+
+
+def test_a_huge_value_is_cut_and_says_so() -> None:
+    line = formatter.format(_record("state %s", ("y" * 3_000_000,)))
+    assert line.endswith("y" * LIMIT + f"…[{3_000_000 - LIMIT} more characters]")
+    text = formatter.format(_record("boom", None, _raised("z" * 3_000_000)))
+    assert len(text) < 4_000
+
+
+def test_numbers_and_mappings_keep_their_formats() -> None:
+    assert formatter.format(_record("%d items, %.1f s", (3, 2.25))).endswith("3 items, 2.2 s")
+    assert formatter.format(_record("%(who)s left", ({"who": "a\nb"},))).endswith("a\\nb left")
+    # A broken call is still one line, not an exception in the logging machinery.
+    assert formatter.format(_record("%d", ("not a number\n",))).count("\n") == 0
