@@ -100,10 +100,10 @@ class SafeFormatter(logging.Formatter):
     def _message(self, record: logging.LogRecord) -> str:
         limit = self.max_value_chars
         args = record.args
-        template = str(record.msg)
+        # The template may itself be a value (``log.info(text)``, an f-string): bounded too.
+        template = bound(str(record.msg), limit)
         if not args:
-            # A message without arguments may itself be a value (``log.info(text)``).
-            return clean(template, limit)
+            return escape(template)
         shown: tuple[object, ...] | Mapping[str, object]
         if isinstance(args, Mapping):
             shown = {key: _shown(value, limit) for key, value in args.items()}

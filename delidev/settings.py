@@ -118,8 +118,8 @@ class Settings:
         ):
             if amount <= 0:
                 raise SettingsError(f"{var} must be positive")
-        if self.log_max_value_chars < 80:
-            raise SettingsError("DELIDEV_LOG_MAX_VALUE_CHARS must be at least 80")
+        if self.log_max_value_chars < 200:
+            raise SettingsError("DELIDEV_LOG_MAX_VALUE_CHARS must be at least 200")
         if self.auth_max_token_chars < 512:
             raise SettingsError("DELIDEV_AUTH_MAX_TOKEN_CHARS must be at least 512")
         if self.single_user_mode:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from delidev.logs import SafeFormatter
+from delidev.settings import Settings, SettingsError
 
 LIMIT = 100
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -95,3 +97,21 @@ def test_numbers_and_mappings_keep_their_formats() -> None:
     assert formatter.format(_record("%(who)s left", ({"who": "a\nb"},))).endswith("a\\nb left")
     # A broken call is still one line, not an exception in the logging machinery.
     assert formatter.format(_record("%d", ("not a number\n",))).count("\n") == 0
+
+
+def test_a_template_built_from_a_value_is_bounded_too() -> None:
+    built = "state " + "q" * 1_000_000 + " %s"
+    line = formatter.format(_record(built, ("\n",)))
+    assert "\n" not in line
+    assert len(line) < 200 + 6 * LIMIT + 40
+
+
+def test_the_bounds_are_settings() -> None:
+    env = {"DELIDEV_SINGLE_USER_MODE": "true"}
+    read = Settings.from_env(
+        {**env, "DELIDEV_LOG_MAX_VALUE_CHARS": "300", "DELIDEV_AUTH_MAX_TOKEN_CHARS": "8192"}
+    )
+    assert (read.log_max_value_chars, read.auth_max_token_chars) == (300, 8192)
+    for var in ("DELIDEV_LOG_MAX_VALUE_CHARS", "DELIDEV_AUTH_MAX_TOKEN_CHARS"):
+        with pytest.raises(SettingsError, match=var):
+            Settings.from_env({**env, var: "10"})

@@ -15,7 +15,8 @@ class Authenticator:
     """Single-user mode: every caller is the local user (auth is off, as the spec says).
 
     Multi-user mode: a bearer access token, checked by ``verify`` (the app passes the auth
-    service's, which also looks at revocations). Without one, everything is refused.
+    service's, which also checks that the token's sign-in is held and not ended). Without
+    one, everything is refused.
     """
 
     def __init__(self, settings: Settings, verify: Verify | None = None) -> None:
