@@ -105,8 +105,13 @@ async def test_a_user_signs_in_uses_the_apis_refreshes_and_logs_out(
     new_token = refreshed.json()["accessToken"]
     out = await _call(api, "AuthService/Logout", {}, new_token)
     assert out.status_code == 200
-    refused = await _call(api, "WorkspaceService/List", {}, new_token)
-    assert refused.json()["code"] == "unauthenticated"
+    # Logout ends the sign-in: its tokens from before the refresh too; the other sign-in
+    # of the same user goes on.
+    for ended in (new_token, token):
+        refused = await _call(api, "WorkspaceService/List", {}, ended)
+        assert refused.json()["code"] == "unauthenticated"
+    still = await _call(api, "WorkspaceService/List", {}, again["accessToken"])
+    assert still.status_code == 200, still.text
 
 
 async def test_the_login_refuses_replays_forgeries_and_foreign_redirects(
