@@ -26,9 +26,10 @@ from types import TracebackType
 from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators (which
-# some log viewers break lines at).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 and C1 control characters, DEL, the Unicode line and paragraph separators (which some
+# log viewers break lines at), and lone surrogates (a JSON string may hold one; the stream
+# could not encode it, and logging would print the whole record to stderr as an error).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _MAX_CHAIN = 10  # exceptions shown of one cause / context chain
 

@@ -71,7 +71,8 @@ class Settings:
     characters; control characters in it are always escaped."""
     auth_max_token_chars: int = 4_096
     """The longest OIDC authorization code, refresh token or access token a request may
-    carry; a longer one is refused (``invalid_argument``) before it is looked at."""
+    carry; a longer one is refused before it is looked at (``invalid_argument``; an access
+    token, a credential, ``unauthenticated``)."""
 
     @property
     def is_sqlite(self) -> bool:
