@@ -21,7 +21,7 @@ import numbers
 import re
 import textwrap
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -68,10 +68,19 @@ class _Shown:
         self._limit = limit
 
     def __str__(self) -> str:
-        return clean(str(self._value), self._limit)
+        return clean(_text(str, self._value), self._limit)
 
     def __repr__(self) -> str:
-        return clean(repr(self._value), self._limit)
+        return clean(_text(repr, self._value), self._limit)
+
+
+def _text(show: Callable[[object], str], value: object) -> str:
+    # A broken __str__ must not turn the record into logging's own error report, which
+    # prints the message and its arguments to stderr unescaped.
+    try:
+        return show(value)
+    except Exception:
+        return f"<{type(value).__name__}: {show.__name__}() failed>"
 
 
 def _shown(value: object, limit: int) -> object:
@@ -102,7 +111,7 @@ class SafeFormatter(logging.Formatter):
         limit = self.max_value_chars
         args = record.args
         # The template may itself be a value (``log.info(text)``, an f-string): bounded too.
-        template = bound(str(record.msg), limit)
+        template = bound(_text(str, record.msg), limit)
         if not args:
             return escape(template)
         shown: tuple[object, ...] | Mapping[str, object]
@@ -112,7 +121,7 @@ class SafeFormatter(logging.Formatter):
             shown = tuple(_shown(value, limit) for value in args)
         try:
             message = template % shown
-        except (TypeError, ValueError):  # a bad format string: still a line, not a crash
+        except Exception:  # a bad format string: still a line, not logging's error report
             message = f"{template} {shown!r}"
         # The template comes from the code; escaping once more covers one built at run time.
         return escape(message)
@@ -147,10 +156,7 @@ class SafeFormatter(logging.Formatter):
         name = kind.__qualname__
         if kind.__module__ not in ("builtins", "__main__"):
             name = f"{kind.__module__}.{name}"
-        try:
-            text = str(error)
-        except Exception:  # a broken __str__ must not lose the record
-            text = "<exception str() failed>"
+        text = _text(str, error)
         line = f"{name}: {clean(text, self.max_value_chars)}" if text else name
         notes: Any = getattr(error, "__notes__", None)
         if isinstance(notes, list | tuple):

@@ -122,3 +122,14 @@ def test_the_bounds_are_settings() -> None:
 def test_every_line_can_be_written_as_utf8(value: str) -> None:
     text = formatter.format(_record("value %s", (value,), _raised(value)))
     text.encode("utf-8")  # a lone surrogate would fail here, and logging would dump the record
+
+
+def test_a_broken_value_still_gives_a_line() -> None:
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no\nway")
+
+        __repr__ = __str__
+
+    line = formatter.format(_record("value %s %r", (Broken(), Broken())))
+    assert line.endswith("value <Broken: str() failed> <Broken: repr() failed>")
