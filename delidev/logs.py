@@ -9,9 +9,9 @@ messages are escaped (``\\n``, ``\\x1b``), and each argument and exception messa
 structure (the frames come from the code, not the request): only the exception messages in
 them are escaped and cut.
 
-Hand-written because the logging libraries on offer (structlog, python-json-logger) change
-the log's format and escape nothing by themselves in plain text; this keeps the format and
-adds the two guarantees.
+Hand-written: structlog or python-json-logger would escape by moving the log to key-value or
+JSON lines, a change of format for everyone who reads it; this keeps the format and adds the
+two guarantees to it.
 """
 
 from __future__ import annotations
