@@ -9,6 +9,12 @@ once, and keeps a bounded window of recent text in memory. A follower reads from
 at its own offset; one that fell behind the window (or asked for older output) reads from
 storage until it is back in it. So a follower that does not read slows nobody, and every
 follower gets every character once, in order, from any offset.
+
+Each piece carries the offset to resume from (``next_offset``). It is ``offset + len(data)``
+except for the marker of a range dropped by the log's size cap (see services/sessions.py),
+which stands for the whole range: the window holds contiguous text only, so when the feed's
+read meets a marker the window starts again past the range, and followers before it get
+the marker from storage.
 """
 
 from __future__ import annotations

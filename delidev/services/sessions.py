@@ -556,7 +556,7 @@ async def read_stored_log(session: m.AgentSession, *, offset: int, limit: int) -
     size = session.log_size
     start = pos = min(offset, size)
     pieces: list[str] = []
-    got = 0
+    got = stalled = 0
     while got < want and pos < size:
         first = (
             await m.LogChunk.filter(
@@ -595,7 +595,11 @@ async def read_stored_log(session: m.AgentSession, *, offset: int, limit: int) -
             if got >= want:
                 break
         if pos == moved:
-            break
+            # Only a cut committed between our two statements leaves a hole without its
+            # marker: look again once (the cut's deletions and marker commit together).
+            stalled += 1
+            if stalled > 1:
+                break
     content = "".join(pieces)
     return LogRead(
         content=content,
