@@ -73,6 +73,15 @@ class Settings:
     """The longest OIDC authorization code, refresh token or access token a request may
     carry; a longer one is refused before it is looked at (``invalid_argument``; an access
     token, a credential, ``unauthenticated``)."""
+    log_max_chars: int = 16 * 1024 * 1024
+    """A session's output log keeps at most this many characters (code points): its first
+    half and its latest output; what lies between is dropped and replaced by a marker line."""
+    log_chunk_max_chars: int = 1024 * 1024
+    """A worker's log chunk holds at most this many characters (else invalid_argument)."""
+    log_sequence_window: int = 1024
+    """A log chunk may arrive at most this many sequence numbers ahead of the next one the
+    log expects (else invalid_argument); chunks waiting for earlier ones hold at most
+    ``log_max_chars`` characters in total."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -123,6 +132,15 @@ class Settings:
             raise SettingsError("DELIDEV_LOG_MAX_VALUE_CHARS must be at least 200")
         if self.auth_max_token_chars < 512:
             raise SettingsError("DELIDEV_AUTH_MAX_TOKEN_CHARS must be at least 512")
+        if self.log_chunk_max_chars <= 0 or self.log_sequence_window <= 0:
+            raise SettingsError(
+                "DELIDEV_LOG_CHUNK_MAX_CHARS and DELIDEV_LOG_SEQUENCE_WINDOW must be positive"
+            )
+        if self.log_max_chars < 2 * self.log_chunk_max_chars:
+            raise SettingsError(
+                "DELIDEV_LOG_MAX_CHARS must be at least twice DELIDEV_LOG_CHUNK_MAX_CHARS "
+                "(the log keeps its head and its latest chunks)"
+            )
         if self.single_user_mode:
             return
         if not self.jwt_secret:
@@ -187,6 +205,9 @@ class Settings:
             "DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS": "graphql_ws_init_timeout_ms",
             "DELIDEV_LOG_MAX_VALUE_CHARS": "log_max_value_chars",
             "DELIDEV_AUTH_MAX_TOKEN_CHARS": "auth_max_token_chars",
+            "DELIDEV_LOG_MAX_CHARS": "log_max_chars",
+            "DELIDEV_LOG_CHUNK_MAX_CHARS": "log_chunk_max_chars",
+            "DELIDEV_LOG_SEQUENCE_WINDOW": "log_sequence_window",
         }
         for var, attr in ints.items():
             value = env.get(var, "").strip()

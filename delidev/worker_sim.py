@@ -9,6 +9,7 @@ What a job does can be steered from its prompt with directives:
 
 - ``[sim:fail]``: report a failure instead of success;
 - ``[sim:lines=N]``: print N lines (default ``--lines``);
+- ``[sim:unicode]``: the lines hold emoji, combining marks, CJK and right-to-left text;
 - ``[sim:sleep=S]``: work S seconds before reporting (a long job, to stop or kill);
 - ``[sim:hang-first]``: the first attempt works until it is stopped (or the worker killed);
 - ``[sim:tty]``: ask a text question and print the answer's length (never the answer);
@@ -53,6 +54,13 @@ TRANSIENT = {
     Code.INTERNAL,
 }
 _DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([^\]]*))?\]")
+
+
+# Text whose length differs in code points, UTF-16 units and bytes (client offset bugs).
+UNICODE_LINE = (
+    " emoji \U0001f600 caf\u00e9 e\u0301\u0301 \u4e2d\u6587"
+    " \U0001f468\u200d\U0001f469\u200d\U0001f467 \u05e9\u05dc\u05d5\u05dd"
+)
 
 
 def directives(prompt: str) -> dict[str, str]:
@@ -322,9 +330,10 @@ class SimWorker:
                     await out.write(f"{key}={value}\n")
             count = int(rules.get("lines") or self.o.lines)
             pause = 1 / self.o.lines_per_second if self.o.lines_per_second > 0 else 0.0
+            flavour = UNICODE_LINE if "unicode" in rules else ""
             for i in range(count):
                 self._check_stop(job)
-                await out.write(f"line {i + 1} of {count}: working on {job.session_id}\n")
+                await out.write(f"line {i + 1} of {count}: working on {job.session_id}{flavour}\n")
                 if pause:
                     await asyncio.sleep(pause)
             if "tty" in rules:

@@ -595,9 +595,11 @@ class ConnectTaskApi(ConnectApi):
         )
         return str(res.session.status.name)
 
-    async def get_log(self, session_id: str, offset: int = 0) -> tuple[str, int]:
+    async def get_log(self, session_id: str, offset: int = 0, limit: int = 0) -> tuple[str, int]:
         res = await self._call(
-            self.sessions.get_log(session_pb.GetLogRequest(session_id=session_id, offset=offset))
+            self.sessions.get_log(
+                session_pb.GetLogRequest(session_id=session_id, offset=offset, limit=limit)
+            )
         )
         return res.content, res.next_offset
 
@@ -760,12 +762,13 @@ class GraphQLTaskApi(GraphQLApi):
         )
         return str(data["stopSession"]["status"])
 
-    async def get_log(self, session_id: str, offset: int = 0) -> tuple[str, int]:
+    async def get_log(self, session_id: str, offset: int = 0, limit: int = 0) -> tuple[str, int]:
         data = await self.execute(
-            "query($id: ID!, $o: Int!) { session(id: $id) { log(offset: $o) "
+            "query($id: ID!, $o: Int!, $l: Int!) { session(id: $id) { log(offset: $o, limit: $l) "
             "{ content nextOffset } } }",
             id=session_id,
             o=offset,
+            l=limit,
         )
         log = data["session"]["log"]
         return log["content"], log["nextOffset"]

@@ -469,6 +469,7 @@ class SessionHandler(_Handler, SessionService):
                 offset=piece.offset,
                 data=piece.data,
                 status=convert.SESSION_STATUS.to_proto(piece.status),
+                next_offset=piece.next_offset,
             )
 
     async def stop(

@@ -86,6 +86,7 @@ class WorkerHandler(WorkerService):
         self._signal = signal
         self._store = store
         self._interval_ms = settings.heartbeat_interval_ms
+        self._log_limits = sessions.LogLimits.of(settings)
 
     async def _worker(self, worker_id: str, ctx: Ctx, *, check: bool = True) -> UUID:
         """The calling worker's id. In single-user mode there is no credential to check;
@@ -194,6 +195,7 @@ class WorkerHandler(WorkerService):
             lease_token=request.lease_token,
             chunks=[sessions.LogChunkIn(sequence=c.sequence, data=c.data) for c in request.chunks],
             store=self._store,
+            limits=self._log_limits,
         )
         return worker_pb.AppendLogResponse(
             next_sequence=session.log_next_sequence, log_size=session.log_size

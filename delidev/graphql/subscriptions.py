@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Awaitable, Coroutine, Generator
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import strawberry
@@ -49,15 +49,24 @@ from delidev.websocket_deflate import FrameWriter, SharedPrefix, shared_prefix
 WorkerStatus = strawberry.enum(m.WorkerStatus, name="WorkerStatus")
 
 
-@strawberry.type
+@strawberry.type(
+    description="A piece of a session's log. Offsets count Unicode code points (not UTF-16 "
+    "units: an emoji is 1); resume with `nextOffset`, never with a count of your own. The "
+    "last event of a finished session has `final` set, empty `data` and the status the "
+    "session ended with."
+)
 class LogChunk:
-    """``data`` starts at character ``offset`` of the log. The last event of a finished
-    session has ``final`` set, empty ``data`` and the status the session ended with."""
-
-    offset: float  # a log may outgrow GraphQL's 32-bit Int
-    data: str
+    # Float: a log's offsets may outgrow GraphQL's 32-bit Int.
+    offset: float = strawberry.field(description="Offset of `data` in the log (code points).")
+    data: str = strawberry.field(
+        description="Output, or the marker line of a dropped range (see `nextOffset`)."
+    )
     status: AgentSessionStatus  # type: ignore[valid-type]  # strawberry.enum result
     final: bool
+    next_offset: float = strawberry.field(
+        description="Offset to resume from (`fromOffset`) after this piece: `offset` plus the "
+        "code points of `data`, or the end of a dropped range whose marker `data` holds."
+    )
 
 
 @strawberry.type
@@ -93,7 +102,16 @@ def _fresh(info: GqlInfo) -> None:
 class Subscription:
     @strawberry.subscription
     async def session_log(
-        self, info: GqlInfo, session_id: strawberry.ID, from_offset: float = 0
+        self,
+        info: GqlInfo,
+        session_id: strawberry.ID,
+        from_offset: Annotated[
+            float,
+            strawberry.argument(
+                description="Offset (code points) to start from: 0, or the `nextOffset` of "
+                "the last piece received."
+            ),
+        ] = 0,
     ) -> AsyncGenerator[LogChunk, None]:
         """The log from ``fromOffset`` (stored output first), then live, until it ends."""
         ctx = info.context
@@ -103,7 +121,11 @@ class Subscription:
             from_offset=int(from_offset),
         ):
             yield LogChunk(
-                offset=piece.offset, data=piece.data, status=piece.status, final=piece.final
+                offset=piece.offset,
+                data=piece.data,
+                status=piece.status,
+                final=piece.final,
+                next_offset=piece.next_offset,
             )
 
     @strawberry.subscription
@@ -177,7 +199,7 @@ class _LogPlan:
     offset_arg: ast.ValueNode | None
 
 
-_PLAIN_FIELDS = {"offset", "data", "status", "final", "__typename"}
+_PLAIN_FIELDS = {"offset", "data", "status", "final", "nextOffset", "__typename"}
 
 
 @functools.lru_cache(maxsize=256)
@@ -462,8 +484,10 @@ def _next_message(plan: _LogPlan, session: UUID, piece: live.LogPiece) -> tuple[
     last_piece, last_plan, last_session, last_found = _LAST
     if piece is last_piece and plan is last_plan and session == last_session:
         return last_found
-    key = (session, piece.offset, len(piece.data), piece.status, piece.final, plan.root_key,
-           plan.fields)  # fmt: skip
+    # The text at an offset never changes, except a dropped range's marker, which moves
+    # next_offset whenever it changes.
+    key = (session, piece.offset, len(piece.data), piece.next_offset, piece.status, piece.final,
+           plan.root_key, plan.fields)  # fmt: skip
     found = _MESSAGES.get(key)
     if found is None:
         payload = json.dumps({"data": {plan.root_key: _render(plan, piece)}})
@@ -482,6 +506,7 @@ def _render(plan: _LogPlan, piece: live.LogPiece) -> dict[str, Any]:
         "data": piece.data,
         "status": piece.status.name,
         "final": piece.final,
+        "nextOffset": float(piece.next_offset),
         "__typename": "LogChunk",
     }
     return {key: values[name] for key, name in plan.fields}

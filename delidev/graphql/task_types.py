@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Annotated
 from uuid import UUID
 
 import strawberry
@@ -35,12 +36,22 @@ class BaseRemote:
     git_branch_name: str
 
 
-@strawberry.type
+@strawberry.type(
+    description="Part of a session's log. Offsets count Unicode code points (not UTF-16 "
+    "units: an emoji is 1); read on from `nextOffset`, never from a count of your own."
+)
 class SessionLog:
-    content: str
-    offset: int
-    next_offset: int
-    complete: bool
+    content: str = strawberry.field(
+        description="Output from `offset`; where output was dropped because the log outgrew "
+        "its cap, one marker line says how much."
+    )
+    offset: int = strawberry.field(description="Offset of `content` in the log (code points).")
+    next_offset: int = strawberry.field(
+        description="Offset to read next: the end of `content`, or past a dropped range."
+    )
+    complete: bool = strawberry.field(
+        description="The session ended and `content` reaches the end of its log."
+    )
 
 
 @strawberry.type
@@ -55,7 +66,9 @@ class AgentSession:
     error: str | None
     worker_id: strawberry.ID | None
     stop_requested: bool
-    log_size: int
+    log_size: int = strawberry.field(
+        description="End offset of the output log (code points; dropped output still counts)."
+    )
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -80,7 +93,19 @@ class AgentSession:
         )
 
     @strawberry.field
-    async def log(self, info: GqlInfo, offset: int = 0, limit: int = 0) -> SessionLog:
+    async def log(
+        self,
+        info: GqlInfo,
+        offset: Annotated[
+            int, strawberry.argument(description="Offset (code points) to read from.")
+        ] = 0,
+        limit: Annotated[
+            int,
+            strawberry.argument(
+                description="At most about this many code points (0: all, capped)."
+            ),
+        ] = 0,
+    ) -> SessionLog:
         read = await session_service.read_log(
             actor=await info.context.actor(),
             session_id=UUID(self.id),

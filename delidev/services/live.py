@@ -9,6 +9,12 @@ once, and keeps a bounded window of recent text in memory. A follower reads from
 at its own offset; one that fell behind the window (or asked for older output) reads from
 storage until it is back in it. So a follower that does not read slows nobody, and every
 follower gets every character once, in order, from any offset.
+
+Each piece carries the offset to resume from (``next_offset``). It is ``offset + len(data)``
+except for the marker of a range dropped by the log's size cap (see services/sessions.py),
+which stands for the whole range: the window holds contiguous text only, so when the feed's
+read meets a marker the window starts again past the range, and followers before it get
+the marker from storage.
 """
 
 from __future__ import annotations
@@ -48,11 +54,14 @@ AUTH_RECHECK_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class LogPiece:
-    """``data`` starts at character ``offset`` of the log; the last piece has ``final`` set."""
+    """``data`` starts at offset ``offset`` of the log (code points) and the next piece at
+    ``next_offset``: ``offset + len(data)``, or further when ``data`` is the marker of a
+    dropped range. The last piece has ``final`` set."""
 
     offset: int
     data: str
     status: m.AgentSessionStatus
+    next_offset: int
     final: bool = False
 
 
@@ -161,7 +170,7 @@ class _Feed:
                     ):
                         piece = self._piece_at(member.offset, pieces)
                         member.pending = member.push(piece)
-                        member.offset += len(piece.data)
+                        member.offset = piece.next_offset
                         if member.pending is not None:
                             member.release()
                         pushes += 1
@@ -191,7 +200,9 @@ class _Feed:
         if piece is None:
             start = offset - self.base
             data = self.window[start : start + PIECE_CHARS]
-            piece = pieces[offset] = LogPiece(offset=offset, data=data, status=self.status)
+            piece = pieces[offset] = LogPiece(
+                offset=offset, data=data, status=self.status, next_offset=offset + len(data)
+            )
         return piece
 
     async def refresh(self) -> None:
@@ -208,6 +219,12 @@ class _Feed:
             )
             if not read.content:
                 break
+            if read.next_offset - read.offset != len(read.content):
+                # The read met the marker of a dropped range: the window holds text only, so
+                # it starts again past the range, and followers before it read storage.
+                self.window = ""
+                self.base = read.next_offset
+                continue
             self.window += read.content
         if len(self.window) > WINDOW_CHARS:
             cut = len(self.window) - WINDOW_CHARS // 2
@@ -314,19 +331,31 @@ class LogFeeds:
                         session, offset=offset, limit=PIECE_CHARS
                     )
                     if read.content:
-                        yield LogPiece(offset=offset, data=read.content, status=read.status)
+                        yield LogPiece(
+                            offset=offset,
+                            data=read.content,
+                            status=read.status,
+                            next_offset=read.next_offset,
+                        )
                         offset = read.next_offset
                         continue
                 if feed.base <= offset < feed.end:
                     start = offset - feed.base
                     data = feed.window[start : start + PIECE_CHARS]
-                    yield LogPiece(offset=offset, data=data, status=feed.status)
+                    yield LogPiece(
+                        offset=offset,
+                        data=data,
+                        status=feed.status,
+                        next_offset=offset + len(data),
+                    )
                     offset += len(data)
                     continue
                 if feed.gone:
                     raise NotFound(f"session {session_id} was deleted", field="session_id")
                 if feed.final and offset >= feed.end:
-                    yield LogPiece(offset=offset, data="", status=feed.status, final=True)
+                    yield LogPiece(
+                        offset=offset, data="", status=feed.status, next_offset=offset, final=True
+                    )
                     return
                 if push is not None and offset == feed.end:
                     # Caught up: the feed pushes the next output straight to the transport.

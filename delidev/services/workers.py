@@ -599,6 +599,7 @@ async def append_job_log(
     lease_token: str,
     chunks: Sequence[session_service.LogChunkIn],
     store: secret_service.SecretStore | None = None,
+    limits: session_service.LogLimits = session_service.LogLimits(),  # noqa: B008  # frozen
 ) -> m.AgentSession:
     """Stores output of the leased job, masked with the task's secrets.
 
@@ -609,7 +610,7 @@ async def append_job_log(
     )
     values = await _secrets_of(store, session)
     if not values:
-        return await session_service.append_log(session_id=session_id, chunks=chunks)
+        return await session_service.append_log(session_id=session_id, chunks=chunks, limits=limits)
     mask = secret_service.mask
     masked = [
         session_service.LogChunkIn(sequence=c.sequence, data=mask(c.data, values)) for c in chunks
@@ -618,6 +619,7 @@ async def append_job_log(
         session_id=session_id,
         chunks=masked,
         seam=lambda before, after: secret_service.mask_seam(before, after, values),
+        limits=limits,
     )
 
 

@@ -11,7 +11,7 @@ from pyqwest.testing import ASGITransport
 
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.connect.gen.delidev.v1 import session_pb
+from delidev.connect.gen.delidev.v1 import session_pb, task_pb
 from delidev.connect.gen.delidev.v1.session_connect import SessionServiceClient
 from delidev.services import sessions, tasks
 from tests.clients import connect_codecs
@@ -82,3 +82,44 @@ async def test_resume_from_an_offset_gives_each_byte_once(client: Any) -> None:
     assert "".join(x.data for x in first) == whole
     assert "".join(x.data for x in resumed) == whole[9:]
     assert resumed[0].offset == 9
+
+
+# Emoji (astral, and a ZWJ sequence), combining marks, CJK, Hangul, right-to-left text.
+NON_ASCII = [
+    f"{i} emoji 😀 café e\u0301\u0301 中文字 한국어 👨\u200d👩\u200d👧 שלום\n" for i in range(6)
+]
+
+
+async def test_resuming_from_next_offset_after_a_drop_gives_non_ascii_text_exactly(
+    client: Any,
+) -> None:
+    session = await _running()
+    await sessions.append_log(
+        session_id=session.id,
+        chunks=[sessions.LogChunkIn(sequence=i, data=d) for i, d in enumerate(NON_ASCII[:3])],
+    )
+    text, offset = "", 0
+    stream = client.stream_log(session_pb.StreamLogRequest(session_id=str(session.id)))
+    async for message in stream:  # the client drops off after the first message
+        assert message.offset == offset
+        text += message.data
+        offset = message.next_offset
+        break
+    await stream.aclose()
+    await sessions.append_log(
+        session_id=session.id,
+        chunks=[sessions.LogChunkIn(sequence=i, data=NON_ASCII[i]) for i in range(3, 6)],
+    )
+    await sessions.complete_session(session_id=session.id, status=m.AgentSessionStatus.SUCCEEDED)
+    last = None
+    async for message in client.stream_log(
+        session_pb.StreamLogRequest(session_id=str(session.id), from_offset=offset)
+    ):
+        assert message.offset == offset, "a gap or a repeat"
+        text += message.data
+        offset = message.next_offset
+        last = message
+    assert text == "".join(NON_ASCII)
+    assert last is not None
+    assert (last.data, last.next_offset) == ("", len(text))  # code points, not UTF-16 units
+    assert last.status == task_pb.AgentSessionStatus.SUCCEEDED

@@ -350,7 +350,7 @@ class GraphQLWs:
 
 SESSION_LOG = """
 subscription($id: ID!, $from: Float!) {
-  sessionLog(sessionId: $id, fromOffset: $from) { offset data status final }
+  sessionLog(sessionId: $id, fromOffset: $from) { offset nextOffset data status final }
 }
 """
 

@@ -60,7 +60,7 @@ async def _gql_log(base: str, session_id: str, *, protocol: str, start: int = 0)
             piece = payload["data"]["sessionLog"]
             assert int(piece["offset"]) == offset, "a gap or a repeat"
             text += piece["data"]
-            offset += len(piece["data"])
+            offset = int(piece["nextOffset"])  # never a count of our own
             if piece["final"]:
                 assert piece["status"] == "SUCCEEDED"
         return text
@@ -68,19 +68,22 @@ async def _gql_log(base: str, session_id: str, *, protocol: str, start: int = 0)
         await client.close()
 
 
-async def _connect_log(base: str, session_id: str, start: int = 0, stop_after: int = 0) -> str:
+async def _connect_log(
+    base: str, session_id: str, start: int = 0, stop_after: int = 0
+) -> tuple[str, int]:
+    """The text streamed from ``start``, and the offset to resume from."""
     text, offset, count = "", start, 0
     async for message in connect_stream(
         base, "SessionService/StreamLog", {"sessionId": session_id, "fromOffset": start}
     ):
-        data = message.get("data", "")
+        # int64 fields are JSON strings, and left out when zero.
         assert int(message.get("offset", 0)) == offset, "a gap or a repeat"
-        text += data
-        offset += len(data)
+        text += message.get("data", "")
+        offset = int(message.get("nextOffset", 0))
         count += 1
         if stop_after and count >= stop_after:
             break
-    return text
+    return text, offset
 
 
 async def _stored_log(api: Connect, session_id: str) -> str:
@@ -97,17 +100,19 @@ async def test_subscribers_on_one_process_see_what_a_worker_writes_through_anoth
     api = Connect(a.base)
     sim = Sim(b.base, tmp_path, "writer", "--idle-exit", "1", *STREAM)
     try:
-        _, session_id = await _running_session(api, "stream [sim:lines=400]")
+        # Emoji, combining marks, CJK: lengths differ in code points, UTF-16 units, bytes.
+        _, session_id = await _running_session(api, "stream [sim:lines=400] [sim:unicode]")
         gql = asyncio.create_task(_gql_log(a.base, session_id, protocol=protocol))
         rpc = asyncio.create_task(_connect_log(a.base, session_id))
-        # A client that drops out mid-stream and comes back with its last offset.
-        first = await _connect_log(a.base, session_id, stop_after=2)
-        resumed = await _connect_log(a.base, session_id, start=len(first))
+        # A client that drops out mid-stream and comes back with the next offset it was given.
+        first, resume_at = await _connect_log(a.base, session_id, stop_after=2)
+        resumed, _ = await _connect_log(a.base, session_id, start=resume_at)
         await asyncio.to_thread(sim.wait, 60)
         whole = await _stored_log(api, session_id)
         assert whole.count("\n") >= 400
+        assert whole.count("\U0001f600 caf\u00e9 e\u0301\u0301 \u4e2d\u6587") >= 400
         assert await asyncio.wait_for(gql, 60) == whole
-        assert await asyncio.wait_for(rpc, 60) == whole
+        assert (await asyncio.wait_for(rpc, 60))[0] == whole
         assert first + resumed == whole
     finally:
         sim.kill()
@@ -140,7 +145,7 @@ async def test_streams_recover_when_the_listen_connection_is_killed(
         await asyncio.to_thread(sim.wait, 60)
         whole = await _stored_log(api, session_id)
         assert await asyncio.wait_for(gql, 60) == whole
-        assert await asyncio.wait_for(rpc, 60) == whole
+        assert (await asyncio.wait_for(rpc, 60))[0] == whole
         assert "event listener reconnected" in a.log()
     finally:
         sim.kill()
@@ -273,11 +278,11 @@ async def test_the_session_log_fast_path_answers_like_graphql_itself(
     sim = Sim(b.base, tmp_path, "writer", "--idle-exit", "1", *STREAM)
     plain = (
         "subscription S($id: ID!) { log: sessionLog(sessionId: $id, fromOffset: 3) "
-        "{ __typename at: offset data status final } }"
+        "{ __typename at: offset data status final next: nextOffset } }"
     )
     ordinary = (
         "subscription S($id: ID!) { log: sessionLog(sessionId: $id, fromOffset: 3) "
-        "{ __typename ... on LogChunk { at: offset data status final } } }"
+        "{ __typename ... on LogChunk { at: offset data status final next: nextOffset } } }"
     )
 
     async def messages(query: str, session_id: str) -> list[dict[str, Any]]:
@@ -290,7 +295,7 @@ async def test_the_session_log_fast_path_answers_like_graphql_itself(
             await client.close()
 
     try:
-        _, session_id = await _running_session(api, "stream [sim:lines=50]")
+        _, session_id = await _running_session(api, "stream [sim:lines=50] [sim:unicode]")
         await asyncio.to_thread(sim.wait, 60)
         fast, slow = await messages(plain, session_id), await messages(ordinary, session_id)
         assert fast == slow

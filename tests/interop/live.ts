@@ -2,8 +2,12 @@
 // and Connect-ES server streaming (JSON and binary), all following one session's log from
 // the start while a worker writes it, plus taskUpdated until the task is in review. Two more
 // followers (one per API) drop their stream every few thousand characters and resume from
-// the offset they reached. Prints {"graphql": ..., "connectJson": ..., "connectBinary": ...,
-// "connectResumed": ..., "graphqlResumed": ..., "reconnects": {...}, "taskStatuses": [...]}.
+// the offset they reached. The output holds emoji, combining marks and CJK: offsets count
+// code points, which JavaScript strings do not, so the clients never count: they check each
+// message's offset against the previous message's nextOffset and resume from it.
+// Prints {"graphql": ..., "connectJson": ..., "connectBinary": ...,
+// "connectResumed": ..., "graphqlResumed": ..., "pagedJson": ..., "pagedBinary": ...,
+// "reconnects": {...}, "taskStatuses": [...]} (paged: GetLog read in small pages at the end).
 import assert from "node:assert/strict";
 import { createClient as createConnectClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -20,9 +24,11 @@ async function connectLog(binary: boolean): Promise<string> {
   const transport = createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: binary });
   const sessions = createConnectClient(SessionService, transport);
   let text = "";
+  let next = 0n;
   for await (const message of sessions.streamLog({ sessionId, fromOffset: 0n })) {
-    assert.equal(Number(message.offset), text.length, "a gap or a repeat in StreamLog");
+    assert.equal(message.offset, next, "a gap or a repeat in StreamLog");
     text += message.data;
+    next = message.nextOffset;
   }
   return text;
 }
@@ -33,18 +39,17 @@ async function connectLogResumed(): Promise<[string, number]> {
   const transport = createConnectTransport({ baseUrl, httpVersion: "1.1" });
   const sessions = createConnectClient(SessionService, transport);
   let text = "";
+  let next = 0n;
   let reconnects = 0;
   for (;;) {
     const abort = new AbortController();
     const cutAt = text.length + CUT_EVERY;
     try {
-      const stream = sessions.streamLog(
-        { sessionId, fromOffset: BigInt(text.length) },
-        { signal: abort.signal },
-      );
+      const stream = sessions.streamLog({ sessionId, fromOffset: next }, { signal: abort.signal });
       for await (const message of stream) {
-        assert.equal(Number(message.offset), text.length, "a gap or a repeat after resuming");
+        assert.equal(message.offset, next, "a gap or a repeat after resuming");
         text += message.data;
+        next = message.nextOffset;
         if (text.length >= cutAt) abort.abort();
       }
       return [text, reconnects];
@@ -57,6 +62,7 @@ async function connectLogResumed(): Promise<[string, number]> {
 
 interface LogChunk {
   offset: number;
+  nextOffset: number;
   data: string;
   final: boolean;
   status: string;
@@ -71,18 +77,21 @@ const gql = createGraphQLClient({
 function graphqlLog(): Promise<string> {
   return new Promise((resolve, reject) => {
     let text = "";
+    let next = 0;
     gql.subscribe<{ sessionLog: LogChunk }>(
       {
         query:
-          "subscription($id: ID!) { sessionLog(sessionId: $id) { offset data final status } }",
+          "subscription($id: ID!) {" +
+          " sessionLog(sessionId: $id) { offset nextOffset data final status } }",
         variables: { id: sessionId },
       },
       {
         next: (result) => {
           if (result.errors) return reject(new Error(JSON.stringify(result.errors)));
           const chunk = result.data!.sessionLog;
-          if (chunk.offset !== text.length) return reject(new Error("a gap or a repeat"));
+          if (chunk.offset !== next) return reject(new Error("a gap or a repeat"));
           text += chunk.data;
+          next = chunk.nextOffset;
           if (chunk.final) assert.equal(chunk.status, "SUCCEEDED");
         },
         error: reject,
@@ -95,6 +104,7 @@ function graphqlLog(): Promise<string> {
 function graphqlLogResumed(): Promise<[string, number]> {
   return new Promise((resolve, reject) => {
     let text = "";
+    let next = 0;
     let reconnects = 0;
     const follow = (): void => {
       const cutAt = text.length + CUT_EVERY;
@@ -103,16 +113,17 @@ function graphqlLogResumed(): Promise<[string, number]> {
         {
           query:
             "subscription($id: ID!, $from: Float!) {" +
-            " sessionLog(sessionId: $id, fromOffset: $from) { offset data final } }",
-          variables: { id: sessionId, from: text.length },
+            " sessionLog(sessionId: $id, fromOffset: $from) { offset nextOffset data final } }",
+          variables: { id: sessionId, from: next },
         },
         {
           next: (result) => {
             if (done) return;
             if (result.errors) return reject(new Error(JSON.stringify(result.errors)));
             const chunk = result.data!.sessionLog;
-            if (chunk.offset !== text.length) return reject(new Error("a gap or a repeat"));
+            if (chunk.offset !== next) return reject(new Error("a gap or a repeat"));
             text += chunk.data;
+            next = chunk.nextOffset;
             if (chunk.final) {
               done = true;
               return resolve([text, reconnects]);
@@ -170,8 +181,27 @@ const [graphql, connectJson, connectBinary, [connectResumed, connectCuts], [grap
     taskStatuses(),
   ]);
 await gql.dispose();
+
+// GetLog in small pages, each asked from the previous page's nextOffset.
+async function getLogPaged(binary: boolean): Promise<string> {
+  const transport = createConnectTransport({ baseUrl, httpVersion: "1.1", useBinaryFormat: binary });
+  const sessions = createConnectClient(SessionService, transport);
+  let text = "";
+  let offset = 0n;
+  for (;;) {
+    const page = await sessions.getLog({ sessionId, offset, limit: 997n });
+    assert.equal(page.offset, offset, "GetLog answered from another offset");
+    if (!page.content) return text;
+    text += page.content;
+    offset = page.nextOffset;
+  }
+}
+const [pagedJson, pagedBinary] = await Promise.all([getLogPaged(false), getLogPaged(true)]);
+
 console.log(
   JSON.stringify({
+    pagedJson,
+    pagedBinary,
     graphql,
     connectJson,
     connectBinary,

@@ -263,7 +263,9 @@ async def test_typescript_live_streams(tmp_path: Path) -> None:
     """graphql-ws (npm) and Connect-ES streaming subscribe on server process A while the
     reference worker writes the log through process B, both on one PostgreSQL database:
     each client sees every character once, in order, also one that drops its stream every
-    few thousand characters and resumes from its last offset; taskUpdated reaches IN_REVIEW."""
+    few thousand characters and resumes from the last message's next offset; taskUpdated
+    reaches IN_REVIEW. The output holds emoji, combining marks and CJK, whose lengths differ
+    in code points (the offsets' unit) and UTF-16 units (JavaScript's ``length``)."""
     _tool("node")
     npm = _tool("npm")
     _prepare_node_project(npm)
@@ -275,7 +277,7 @@ async def test_typescript_live_streams(tmp_path: Path) -> None:
         for server in servers:
             await server.ready()
         group = await api.group()
-        task = await api.unit(group, "live [sim:lines=300]")
+        task = await api.unit(group, "live [sim:lines=300] [sim:unicode]")
         session_id = task["latestSession"]["id"]
         env = {
             **os.environ,
@@ -309,11 +311,14 @@ async def test_typescript_live_streams(tmp_path: Path) -> None:
     seen = json.loads(stdout.strip().splitlines()[-1])
     assert stored["complete"] is True
     assert stored["content"].count("\n") >= 300
+    assert stored["content"].count("\U0001f600 caf\u00e9 e\u0301\u0301 \u4e2d\u6587") >= 300
     assert seen["graphql"] == stored["content"]
     assert seen["connectJson"] == stored["content"]
     assert seen["connectBinary"] == stored["content"]
     assert seen["connectResumed"] == stored["content"]
     assert seen["graphqlResumed"] == stored["content"]
+    assert seen["pagedJson"] == stored["content"]
+    assert seen["pagedBinary"] == stored["content"]
     assert seen["reconnects"]["connect"] >= 2, seen["reconnects"]
     assert seen["reconnects"]["graphql"] >= 2, seen["reconnects"]
     assert seen["taskStatuses"][-1] == "IN_REVIEW"

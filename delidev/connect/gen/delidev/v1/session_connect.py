@@ -36,7 +36,8 @@ class SessionService(Protocol):
 
     def stream_log(self, request: StreamLogRequest, ctx: RequestContext[StreamLogRequest, StreamLogResponse], /) -> AsyncIterator[StreamLogResponse]:
         """
-        Replays the stored log from from_offset, then follows it live until the session ends.
+        Replays the stored log from from_offset, then follows it live until the session ends
+        (the last message has empty data and the final status). Resume with next_offset.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -178,7 +179,8 @@ class SessionServiceClient(ConnectClient):
         timeout_ms: int | None = None,
     ) -> AsyncIterator[StreamLogResponse]:
         """
-        Replays the stored log from from_offset, then follows it live until the session ends.
+        Replays the stored log from from_offset, then follows it live until the session ends
+        (the last message has empty data and the final status). Resume with next_offset.
         """
         return self.execute_server_stream(
             request=request,
@@ -280,7 +282,8 @@ class SessionServiceSync(Protocol):
 
     def stream_log(self, request: StreamLogRequest, ctx: RequestContext[StreamLogRequest, StreamLogResponse], /) -> Iterator[StreamLogResponse]:
         """
-        Replays the stored log from from_offset, then follows it live until the session ends.
+        Replays the stored log from from_offset, then follows it live until the session ends
+        (the last message has empty data and the final status). Resume with next_offset.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -420,7 +423,8 @@ class SessionServiceClientSync(ConnectClientSync):
         timeout_ms: int | None = None,
     ) -> Iterator[StreamLogResponse]:
         """
-        Replays the stored log from from_offset, then follows it live until the session ends.
+        Replays the stored log from from_offset, then follows it live until the session ends
+        (the last message has empty data and the final status). Resume with next_offset.
         """
         return self.execute_server_stream(
             request=request,

@@ -184,13 +184,13 @@ class GetLogRequest(Message[_GetLogRequestFields]):
             string session_id = 1;
             ```
         offset:
-            Byte offset to start from; 0 = the start.
+            Offset (code points) to start from; 0 = the start.
 
             ```proto
             int64 offset = 2;
             ```
         limit:
-            At most this many bytes; 0 = everything from offset.
+            At most about this many code points; 0 = everything from offset (capped).
 
             ```proto
             int64 limit = 3;
@@ -228,11 +228,13 @@ class GetLogResponse(Message[_GetLogResponseFields]):
             string content = 1;
             ```
         offset:
+            Offset (code points) where content starts.
+
             ```proto
             int64 offset = 2;
             ```
         next_offset:
-            Offset to ask for next.
+            Offset to ask for next (the end of content, or past a dropped range).
 
             ```proto
             int64 next_offset = 3;
@@ -284,6 +286,8 @@ class StreamLogRequest(Message[_StreamLogRequestFields]):
             string session_id = 1;
             ```
         from_offset:
+            Offset (code points) to start from: 0, or the next_offset of the last message received.
+
             ```proto
             int64 from_offset = 2;
             ```
@@ -304,7 +308,7 @@ class StreamLogRequest(Message[_StreamLogRequestFields]):
         session_id: str
         from_offset: int
 
-_StreamLogResponseFields: TypeAlias = Literal["offset", "data", "status"]
+_StreamLogResponseFields: TypeAlias = Literal["offset", "data", "status", "next_offset"]
 
 class StreamLogResponse(Message[_StreamLogResponseFields]):
     """
@@ -314,7 +318,7 @@ class StreamLogResponse(Message[_StreamLogResponseFields]):
 
     Attributes:
         offset:
-            Byte offset of data in the session's log.
+            Offset (code points) of data in the session's log.
 
             ```proto
             int64 offset = 1;
@@ -327,9 +331,15 @@ class StreamLogResponse(Message[_StreamLogResponseFields]):
             ```proto
             delidev.v1.AgentSessionStatus status = 3;
             ```
+        next_offset:
+            Offset to resume from after this message (StreamLogRequest.from_offset).
+
+            ```proto
+            int64 next_offset = 4;
+            ```
     """
 
-    __slots__ = ("offset", "data", "status")
+    __slots__ = ("offset", "data", "status", "next_offset")
 
     if TYPE_CHECKING:
 
@@ -339,12 +349,14 @@ class StreamLogResponse(Message[_StreamLogResponseFields]):
             offset: int = 0,
             data: str = "",
             status: AgentSessionStatus | None = None,
+            next_offset: int = 0,
         ) -> None:
             pass
 
         offset: int
         data: str
         status: AgentSessionStatus
+        next_offset: int
 
 _StopSessionRequestFields: TypeAlias = Literal["session_id"]
 
@@ -628,7 +640,7 @@ class TtyInputStatus(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x18delidev/v1/session.proto\x12\ndelidev.v1\x1a\x15delidev/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\x85\x04\n\x0fTtyInputRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n\x07task_id\x18\x02 \x01(\tR\x06taskId\x12\x1d\n\nsession_id\x18\x03 \x01(\tR\tsessionId\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x127\n\ninput_type\x18\x05 \x01(\x0e2\x18.delidev.v1.TtyInputTypeR\tinputType\x12\x18\n\x07options\x18\x06 \x03(\tR\x07options\x122\n\x06status\x18\x07 \x01(\x0e2\x1a.delidev.v1.TtyInputStatusR\x06status\x12\x1f\n\x08response\x18\x08 \x01(\tH\x00R\x08response\x88\x01\x01\x129\n\ncreated_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12B\n\x0cresponded_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampH\x01R\x0brespondedAt\x88\x01\x01\x12>\n\nexpires_at\x18\x0b \x01(\x0b2\x1a.google.protobuf.TimestampH\x02R\texpiresAt\x88\x01\x01B\x0b\n\t_responseB\x0f\n\r_responded_atB\r\n\x0b_expires_at"2\n\x11GetSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId"H\n\x12GetSessionResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"\\\n\rGetLogRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x14\n\x05limit\x18\x03 \x01(\x03R\x05limit"\xb7\x01\n\x0eGetLogResponse\x12\x18\n\x07content\x18\x01 \x01(\tR\x07content\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x1f\n\x0bnext_offset\x18\x03 \x01(\x03R\nnextOffset\x12\x1a\n\x08complete\x18\x04 \x01(\x08R\x08complete\x126\n\x06status\x18\x05 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status"R\n\x10StreamLogRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n\x0bfrom_offset\x18\x02 \x01(\x03R\nfromOffset"w\n\x11StreamLogResponse\x12\x16\n\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n\x04data\x18\x02 \x01(\tR\x04data\x126\n\x06status\x18\x03 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status"3\n\x12StopSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId"I\n\x13StopSessionResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"R\n\x15SubmitTtyInputRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x1a\n\x08response\x18\x02 \x01(\tR\x08response"O\n\x16SubmitTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request"\xda\x01\n\x1bListTtyInputRequestsRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x07task_id\x18\x02 \x01(\tR\x06taskId\x12\x1d\n\nsession_id\x18\x03 \x01(\tR\tsessionId\x122\n\x06status\x18\x04 \x01(\x0e2\x1a.delidev.v1.TtyInputStatusR\x06status\x12\x14\n\x05limit\x18\x05 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x06 \x01(\x05R\x06offset"x\n\x1cListTtyInputRequestsResponse\x127\n\x08requests\x18\x01 \x03(\x0b2\x1b.delidev.v1.TtyInputRequestR\x08requests\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount*\x9b\x01\n\x0cTtyInputType\x12\x1e\n\x1aTTY_INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13TTY_INPUT_TYPE_TEXT\x10\x01\x12\x19\n\x15TTY_INPUT_TYPE_SELECT\x10\x02\x12\x1a\n\x16TTY_INPUT_TYPE_CONFIRM\x10\x03\x12\x1b\n\x17TTY_INPUT_TYPE_PASSWORD\x10\x04*\xae\x01\n\x0eTtyInputStatus\x12 \n\x1cTTY_INPUT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18TTY_INPUT_STATUS_PENDING\x10\x01\x12\x1e\n\x1aTTY_INPUT_STATUS_RESPONDED\x10\x02\x12\x1c\n\x18TTY_INPUT_STATUS_TIMEOUT\x10\x03\x12\x1e\n\x1aTTY_INPUT_STATUS_CANCELLED\x10\x042\xf0\x03\n\x0eSessionService\x12?\n\x06GetLog\x12\x19.delidev.v1.GetLogRequest\x1a\x1a.delidev.v1.GetLogResponse\x12J\n\tStreamLog\x12\x1c.delidev.v1.StreamLogRequest\x1a\x1d.delidev.v1.StreamLogResponse0\x01\x12G\n\x04Stop\x12\x1e.delidev.v1.StopSessionRequest\x1a\x1f.delidev.v1.StopSessionResponse\x12W\n\x0eSubmitTtyInput\x12!.delidev.v1.SubmitTtyInputRequest\x1a".delidev.v1.SubmitTtyInputResponse\x12D\n\x03Get\x12\x1d.delidev.v1.GetSessionRequest\x1a\x1e.delidev.v1.GetSessionResponse\x12i\n\x14ListTtyInputRequests\x12\'.delidev.v1.ListTtyInputRequestsRequest\x1a(.delidev.v1.ListTtyInputRequestsResponseb\x06proto3',
+    b'\n\x18delidev/v1/session.proto\x12\ndelidev.v1\x1a\x15delidev/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\x85\x04\n\x0fTtyInputRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n\x07task_id\x18\x02 \x01(\tR\x06taskId\x12\x1d\n\nsession_id\x18\x03 \x01(\tR\tsessionId\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x127\n\ninput_type\x18\x05 \x01(\x0e2\x18.delidev.v1.TtyInputTypeR\tinputType\x12\x18\n\x07options\x18\x06 \x03(\tR\x07options\x122\n\x06status\x18\x07 \x01(\x0e2\x1a.delidev.v1.TtyInputStatusR\x06status\x12\x1f\n\x08response\x18\x08 \x01(\tH\x00R\x08response\x88\x01\x01\x129\n\ncreated_at\x18\t \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12B\n\x0cresponded_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampH\x01R\x0brespondedAt\x88\x01\x01\x12>\n\nexpires_at\x18\x0b \x01(\x0b2\x1a.google.protobuf.TimestampH\x02R\texpiresAt\x88\x01\x01B\x0b\n\t_responseB\x0f\n\r_responded_atB\r\n\x0b_expires_at"2\n\x11GetSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId"H\n\x12GetSessionResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"\\\n\rGetLogRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x14\n\x05limit\x18\x03 \x01(\x03R\x05limit"\xb7\x01\n\x0eGetLogResponse\x12\x18\n\x07content\x18\x01 \x01(\tR\x07content\x12\x16\n\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x1f\n\x0bnext_offset\x18\x03 \x01(\x03R\nnextOffset\x12\x1a\n\x08complete\x18\x04 \x01(\x08R\x08complete\x126\n\x06status\x18\x05 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status"R\n\x10StreamLogRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n\x0bfrom_offset\x18\x02 \x01(\x03R\nfromOffset"\x98\x01\n\x11StreamLogResponse\x12\x16\n\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n\x04data\x18\x02 \x01(\tR\x04data\x126\n\x06status\x18\x03 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status\x12\x1f\n\x0bnext_offset\x18\x04 \x01(\x03R\nnextOffset"3\n\x12StopSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId"I\n\x13StopSessionResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"R\n\x15SubmitTtyInputRequest\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x1a\n\x08response\x18\x02 \x01(\tR\x08response"O\n\x16SubmitTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request"\xda\x01\n\x1bListTtyInputRequestsRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x07task_id\x18\x02 \x01(\tR\x06taskId\x12\x1d\n\nsession_id\x18\x03 \x01(\tR\tsessionId\x122\n\x06status\x18\x04 \x01(\x0e2\x1a.delidev.v1.TtyInputStatusR\x06status\x12\x14\n\x05limit\x18\x05 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x06 \x01(\x05R\x06offset"x\n\x1cListTtyInputRequestsResponse\x127\n\x08requests\x18\x01 \x03(\x0b2\x1b.delidev.v1.TtyInputRequestR\x08requests\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount*\x9b\x01\n\x0cTtyInputType\x12\x1e\n\x1aTTY_INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13TTY_INPUT_TYPE_TEXT\x10\x01\x12\x19\n\x15TTY_INPUT_TYPE_SELECT\x10\x02\x12\x1a\n\x16TTY_INPUT_TYPE_CONFIRM\x10\x03\x12\x1b\n\x17TTY_INPUT_TYPE_PASSWORD\x10\x04*\xae\x01\n\x0eTtyInputStatus\x12 \n\x1cTTY_INPUT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18TTY_INPUT_STATUS_PENDING\x10\x01\x12\x1e\n\x1aTTY_INPUT_STATUS_RESPONDED\x10\x02\x12\x1c\n\x18TTY_INPUT_STATUS_TIMEOUT\x10\x03\x12\x1e\n\x1aTTY_INPUT_STATUS_CANCELLED\x10\x042\xf0\x03\n\x0eSessionService\x12?\n\x06GetLog\x12\x19.delidev.v1.GetLogRequest\x1a\x1a.delidev.v1.GetLogResponse\x12J\n\tStreamLog\x12\x1c.delidev.v1.StreamLogRequest\x1a\x1d.delidev.v1.StreamLogResponse0\x01\x12G\n\x04Stop\x12\x1e.delidev.v1.StopSessionRequest\x1a\x1f.delidev.v1.StopSessionResponse\x12W\n\x0eSubmitTtyInput\x12!.delidev.v1.SubmitTtyInputRequest\x1a".delidev.v1.SubmitTtyInputResponse\x12D\n\x03Get\x12\x1d.delidev.v1.GetSessionRequest\x1a\x1e.delidev.v1.GetSessionResponse\x12i\n\x14ListTtyInputRequests\x12\'.delidev.v1.ListTtyInputRequestsRequest\x1a(.delidev.v1.ListTtyInputRequestsResponseb\x06proto3',
     [
         task_pb.desc(),
         timestamp_pb.desc(),

@@ -110,7 +110,8 @@ class AgentSession(Message[_AgentSessionFields]):
             bool stop_requested = 10;
             ```
         log_size:
-            Bytes of output stored so far.
+            End offset of the output log in code points (see session.proto; output dropped by the
+            size cap still counts).
 
             ```proto
             int64 log_size = 11;

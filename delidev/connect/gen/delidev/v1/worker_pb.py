@@ -662,12 +662,16 @@ class LogChunk(Message[_LogChunkFields]):
 
     Attributes:
         sequence:
-            Consecutive from 0; a chunk already stored is ignored.
+            Consecutive from 0; a chunk already stored is ignored. A chunk may arrive before the
+            ones it follows, up to DELIDEV_LOG_SEQUENCE_WINDOW sequence numbers ahead of
+            next_sequence (further is invalid_argument).
 
             ```proto
             int64 sequence = 1;
             ```
         data:
+            At most DELIDEV_LOG_CHUNK_MAX_CHARS code points, no NUL.
+
             ```proto
             string data = 2;
             ```
@@ -750,6 +754,8 @@ class AppendLogResponse(Message[_AppendLogResponseFields]):
             int64 next_sequence = 1;
             ```
         log_size:
+            Size of the log in code points (see session.proto): the offset its next output gets.
+
             ```proto
             int64 log_size = 2;
             ```
