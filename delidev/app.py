@@ -27,7 +27,7 @@ from delidev.services import auth as auth_service
 from delidev.services import secrets, sessions, workers
 from delidev.services.live import LogFeeds
 from delidev.services.secret_relay import SecretRelay, relay_key
-from delidev.services.secrets import SecretStore
+from delidev.services.secrets import SecretLimits, SecretStore
 from delidev.services.workers import JobSignal
 from delidev.settings import Settings
 
@@ -62,10 +62,21 @@ def create_app(settings: Settings) -> Starlette:
     )
     signal = JobSignal()
     bus.subscribe(signal.on_event)
-    store = SecretStore()
+    store = SecretStore(
+        limits=SecretLimits(
+            keys_per_task=settings.secrets_max_keys,
+            bytes_per_task=settings.secrets_max_task_bytes,
+            bytes_per_user=settings.secrets_max_user_bytes,
+        )
+    )
     # Replicas share secrets through the bus, sealed with a key from the JWT secret.
     relay = (
-        SecretRelay(store, bus, relay_key(settings.jwt_secret))
+        SecretRelay(
+            store,
+            bus,
+            relay_key(settings.jwt_secret),
+            max_age=settings.secrets_relay_max_age_ms / 1000,
+        )
         if bus.remote and settings.jwt_secret
         else None
     )

@@ -82,6 +82,15 @@ class Settings:
     """A log chunk may arrive at most this many sequence numbers ahead of the next one the
     log expects (else invalid_argument); chunks waiting for earlier ones hold at most
     ``log_max_chars`` characters in total."""
+    secrets_max_keys: int = 64
+    """Secrets one task holds at most (names)."""
+    secrets_max_task_bytes: int = 64 * 1024
+    """Bytes (names and values, UTF-8) one task's secrets hold at most."""
+    secrets_max_user_bytes: int = 1024 * 1024
+    """Bytes (names and values, UTF-8) all of one user's tasks hold at most, per replica."""
+    secrets_relay_max_age_ms: int = 120_000
+    """Sealed secret-relay messages older than this (or as far ahead, between replicas'
+    clocks) are refused as possible replays; at most 300000."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -141,6 +150,15 @@ class Settings:
                 "DELIDEV_LOG_MAX_CHARS must be at least twice DELIDEV_LOG_CHUNK_MAX_CHARS "
                 "(the log keeps its head and its latest chunks)"
             )
+        for var, amount in (
+            ("DELIDEV_SECRETS_MAX_KEYS", self.secrets_max_keys),
+            ("DELIDEV_SECRETS_MAX_TASK_BYTES", self.secrets_max_task_bytes),
+            ("DELIDEV_SECRETS_MAX_USER_BYTES", self.secrets_max_user_bytes),
+        ):
+            if amount <= 0:
+                raise SettingsError(f"{var} must be positive")
+        if not 0 < self.secrets_relay_max_age_ms <= 300_000:
+            raise SettingsError("DELIDEV_SECRETS_RELAY_MAX_AGE_MS must be between 1 and 300000")
         if self.single_user_mode:
             return
         if not self.jwt_secret:
@@ -208,6 +226,10 @@ class Settings:
             "DELIDEV_LOG_MAX_CHARS": "log_max_chars",
             "DELIDEV_LOG_CHUNK_MAX_CHARS": "log_chunk_max_chars",
             "DELIDEV_LOG_SEQUENCE_WINDOW": "log_sequence_window",
+            "DELIDEV_SECRETS_MAX_KEYS": "secrets_max_keys",
+            "DELIDEV_SECRETS_MAX_TASK_BYTES": "secrets_max_task_bytes",
+            "DELIDEV_SECRETS_MAX_USER_BYTES": "secrets_max_user_bytes",
+            "DELIDEV_SECRETS_RELAY_MAX_AGE_MS": "secrets_relay_max_age_ms",
         }
         for var, attr in ints.items():
             value = env.get(var, "").strip()

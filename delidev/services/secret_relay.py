@@ -12,14 +12,23 @@ database user cannot inject values into a store. A message larger than one NOTIF
 split into parts that the receivers put back together.
 
 A replica that may have missed messages (it has just started, or its listener reconnected)
-asks the others to send what they hold (``request_sync``); versions in the store make the
-duplicates harmless.
+asks the others to send what they hold, and the drops they remember (``request_sync``);
+versions in the store make the duplicates harmless.
+
+Replays: whoever can read the channel can send a captured message again, and once the
+store's tombstone for a drop is gone (``TOMBSTONE_TTL_S``) a replayed older "set" would bring
+the dropped values back. So each sealed message carries its sender, a sequence number of that
+sender and the time it was sealed: a message older than ``max_age`` (or as far in the
+future) is refused, and so is one whose sequence number that sender already used (a sliding
+window of ``WINDOW`` numbers, as in IPsec's anti-replay check). ``max_age`` stays well under
+the tombstones' life, so any message still accepted cannot cross a drop.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import logging
 import os
@@ -35,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from delidev import events
-from delidev.services.secrets import SecretStore
+from delidev.services.secrets import TOMBSTONE_TTL_S, SecretStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,8 @@ PART_CHARS = 6000  # base64 characters per NOTIFY payload, well under its 8000-b
 PARTIAL_TTL_S = 60.0  # parts of a message that never completes are forgotten after this
 _AAD = b"delidev secrets relay v1"
 _NONCE_BYTES = 12
+MAX_AGE_S = 120.0  # the default of DELIDEV_SECRETS_RELAY_MAX_AGE_MS
+WINDOW = 1024  # sequence numbers of one sender remembered below its highest
 
 
 def relay_key(secret: str) -> bytes:
@@ -57,16 +68,52 @@ class _Partial:
     started: float = field(default_factory=time.monotonic)
 
 
+@dataclass(slots=True)
+class _Seen:
+    """The sequence numbers of one sender seen lately: the highest, and a bitmap of the
+    ``WINDOW`` numbers below it (bit i: ``highest - 1 - i``)."""
+
+    highest: int
+    below: int = 0
+    heard: float = field(default_factory=time.monotonic)
+
+    def first_time(self, seq: int) -> bool:
+        """Records ``seq``; False when it was seen, or is too far behind to tell."""
+        self.heard = time.monotonic()
+        if seq > self.highest:
+            shift = seq - self.highest
+            self.below = (
+                ((self.below << shift) | (1 << (shift - 1))) & ((1 << WINDOW) - 1)
+                if shift <= WINDOW
+                else 0
+            )
+            self.highest = seq
+            return True
+        bit = self.highest - seq - 1
+        if bit < 0 or bit >= WINDOW or (self.below >> bit) & 1:
+            return False
+        self.below |= 1 << bit
+        return True
+
+
 class SecretRelay:
     """Links one replica's ``SecretStore`` to the others' through ``bus``."""
 
-    def __init__(self, store: SecretStore, bus: events.EventBus, key: bytes) -> None:
+    def __init__(
+        self, store: SecretStore, bus: events.EventBus, key: bytes, *, max_age: float = MAX_AGE_S
+    ) -> None:
+        if not 0 < max_age <= TOMBSTONE_TTL_S / 2:
+            raise ValueError(f"max_age must be positive and at most {TOMBSTONE_TTL_S / 2} s")
         self._store = store
         self._bus = bus
         self._aead = AESGCM(key)
         self.id = uuid.uuid4().hex[:12]
         self._partial: dict[tuple[str, str], _Partial] = {}
+        self._sequence = itertools.count()
+        self._max_age_ns = int(max_age * 1e9)
+        self._seen: dict[str, _Seen] = {}
         self.refused = 0  # messages that did not authenticate (another key, or forged)
+        self.replayed = 0  # authentic messages refused as too old or seen before
         store.relay = self
         bus.subscribe(self.on_event)
 
@@ -75,8 +122,16 @@ class SecretRelay:
 
     # Sending ----------------------------------------------------------------------------
 
-    def relay_set(self, task_id: UUID, values: Mapping[str, str], version: int) -> None:
-        self._send({"op": "set", "task": str(task_id), "values": dict(values), "v": version})
+    def relay_set(self, task_id: UUID, values: Mapping[str, str], version: int, owner: str) -> None:
+        self._send(
+            {
+                "op": "set",
+                "task": str(task_id),
+                "values": dict(values),
+                "v": version,
+                "owner": owner,
+            }
+        )
 
     def relay_drop(self, task_id: UUID, version: int) -> None:
         self._send({"op": "drop", "task": str(task_id), "v": version})
@@ -86,6 +141,7 @@ class SecretRelay:
         self._send({"op": "sync"})
 
     def _send(self, message: dict[str, object]) -> None:
+        message |= {"from": self.id, "seq": next(self._sequence), "at": time.time_ns()}
         nonce = os.urandom(_NONCE_BYTES)
         sealed = nonce + self._aead.encrypt(nonce, json.dumps(message).encode(), _AAD)
         text = base64.b64encode(sealed).decode()
@@ -134,7 +190,8 @@ class SecretRelay:
             sealed = base64.b64decode(text, validate=True)
             plain = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _AAD)
             message = json.loads(plain)
-            self._apply(message)
+            if self._fresh(message):
+                self._apply(message)
         except (InvalidTag, binascii.Error, ValueError, KeyError, TypeError):
             # Never log the content: it may hold values.
             self.refused += 1
@@ -143,11 +200,37 @@ class SecretRelay:
                 " (do all replicas share DELIDEV_JWT_SECRET?)"
             )
 
+    def _fresh(self, message: dict[str, object]) -> bool:
+        """Whether an authentic message is new: sealed lately, and its sender's sequence
+        number not used before. Refusals are counted and logged (without content)."""
+        sender, seq, sealed_at = str(message["from"]), int(str(message["seq"])), message["at"]
+        if sender == self.id:
+            return False  # our own, sent back
+        now = time.time_ns()
+        horizon = time.monotonic() - 2 * self._max_age_ns / 1e9
+        for gone in [s for s, seen in self._seen.items() if seen.heard < horizon]:
+            del self._seen[gone]  # whatever it sent before is too old by now
+        if not isinstance(sealed_at, int) or abs(now - sealed_at) > self._max_age_ns:
+            reason = "too old (or its sender's clock is off)"
+        else:
+            seen = self._seen.get(sender)
+            if seen is None:
+                self._seen[sender] = _Seen(highest=seq)
+                return True
+            if seen.first_time(seq):
+                return True
+            reason = "a replay of one already received"
+        self.replayed += 1
+        log.warning("ignored a relayed secrets message: %s", reason)
+        return False
+
     def _apply(self, message: dict[str, object]) -> None:
         op = message["op"]
         if op == "sync":
-            for task_id, values, version in self._store.snapshot():
-                self.relay_set(task_id, values, version)
+            for task_id, values, version, owner in self._store.snapshot():
+                self.relay_set(task_id, values, version, owner)
+            for task_id, version in self._store.tombstones():
+                self.relay_drop(task_id, version)
             return
         task_id = UUID(str(message["task"]))
         version = int(str(message["v"]))
@@ -155,6 +238,11 @@ class SecretRelay:
             held = message["values"]
             if not isinstance(held, dict):
                 raise TypeError("values")
-            self._store.apply_set(task_id, {str(k): str(v) for k, v in held.items()}, version)
+            self._store.apply_set(
+                task_id,
+                {str(k): str(v) for k, v in held.items()},
+                version,
+                owner=str(message.get("owner", "")),
+            )
         elif op == "drop":
             self._store.apply_drop(task_id, version)

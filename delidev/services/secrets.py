@@ -21,7 +21,7 @@ import base64
 import datetime as dt
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
@@ -35,12 +35,15 @@ from delidev.services import tasks as task_service
 MAX_SECRETS = 64
 MAX_KEY_LENGTH = 128
 MAX_VALUE_BYTES = 64 * 1024
+MAX_TASK_BYTES = 64 * 1024
+MAX_USER_BYTES = 1024 * 1024
 SECRET_TTL = dt.timedelta(hours=24)
 MASK = "********"
 # Shorter values are not masked: masking "a" or "42" would mangle ordinary output and
 # reveal the value by where the masks land.
 MIN_MASKED_LENGTH = 4
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_ENCODABLE = re.compile(r"[^\ud800-\udfff]*")  # UTF-8 cannot encode a lone surrogate
 # How long a drop is remembered, so that a copy of older values relayed late cannot revive it.
 TOMBSTONE_TTL_S = 600.0
 # How long GetSecrets waits for values that another replica holds but this one has not heard of.
@@ -55,11 +58,31 @@ _FINISHED_UNITS = {
 _FINISHED_COMPOSITES = {m.CompositeTaskStatus.DONE, m.CompositeTaskStatus.REJECTED}
 
 
+@dataclass(frozen=True, slots=True)
+class SecretLimits:
+    """What one store holds at most (the settings ``secrets_max_*``)."""
+
+    keys_per_task: int = MAX_SECRETS
+    bytes_per_task: int = MAX_TASK_BYTES
+    """Names and values of one task, in UTF-8."""
+    bytes_per_user: int = MAX_USER_BYTES
+    """Names and values of all of one user's tasks, in UTF-8 (every replica holds a copy)."""
+
+
+def _size(values: Mapping[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
+
+
 @dataclass(slots=True)
 class _Entry:
     values: dict[str, str]
     version: int
+    owner: str  # the user who sent them ("" for the local user of single-user mode)
+    size: int = 0
     stored_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.size = _size(self.values)
 
     def __repr__(self) -> str:  # never print values, even in a debugger or a traceback
         return f"_Entry(keys={sorted(self.values)}, version={self.version})"
@@ -68,7 +91,9 @@ class _Entry:
 class Relay(Protocol):
     """Carries a store's changes to the other replicas (``services.secret_relay``)."""
 
-    def relay_set(self, task_id: UUID, values: Mapping[str, str], version: int) -> None: ...
+    def relay_set(
+        self, task_id: UUID, values: Mapping[str, str], version: int, owner: str
+    ) -> None: ...
 
     def relay_drop(self, task_id: UUID, version: int) -> None: ...
 
@@ -78,26 +103,48 @@ class Relay(Protocol):
 class SecretStore:
     """Secrets by task id (unit or composite), in memory."""
 
-    def __init__(self, ttl: dt.timedelta = SECRET_TTL) -> None:
+    def __init__(self, ttl: dt.timedelta = SECRET_TTL, limits: SecretLimits | None = None) -> None:
         self._entries: dict[UUID, _Entry] = {}
         self._tombstones: dict[UUID, tuple[int, float]] = {}  # version, when
+        self._owned: dict[str, int] = {}  # bytes held per owner
         self._ttl = ttl.total_seconds()
+        self.limits = limits or SecretLimits()
         self._arrived: asyncio.Event | None = None
         self.relay: Relay | None = None
 
     def __repr__(self) -> str:
         return f"SecretStore(tasks={len(self._entries)})"
 
-    def put(self, task_id: UUID, values: Mapping[str, str]) -> list[str]:
-        """Adds values for a task (here and on the other replicas); returns the names held."""
+    def put(self, task_id: UUID, values: Mapping[str, str], *, owner: str = "") -> list[str]:
+        """Adds values for a task (here and on the other replicas); returns the names held.
+
+        Raises: InvalidArgument (over a limit; then nothing changes).
+        """
         entry = self._entries.get(task_id)
         merged = {**(entry.values if entry else {}), **values}
-        if len(merged) > MAX_SECRETS:
-            raise InvalidArgument(f"at most {MAX_SECRETS} secrets per task", field="secrets")
+        limits = self.limits
+        if len(merged) > limits.keys_per_task:
+            raise InvalidArgument(
+                f"at most {limits.keys_per_task} secrets per task", field="secrets"
+            )
+        size = _size(merged)
+        if size > limits.bytes_per_task:
+            raise InvalidArgument(
+                f"a task's secrets (names and values) hold at most {limits.bytes_per_task}"
+                f" bytes; these would hold {size}",
+                field="secrets",
+            )
+        others = self._owned.get(owner, 0) - (entry.size if entry and entry.owner == owner else 0)
+        if others + size > limits.bytes_per_user:
+            raise InvalidArgument(
+                f"your tasks' secrets hold at most {limits.bytes_per_user} bytes in all"
+                f" ({others} held for other tasks): clear some first",
+                field="secrets",
+            )
         version = max(time.time_ns(), entry.version + 1 if entry else 0)
-        self.apply_set(task_id, merged, version)
+        self.apply_set(task_id, merged, version, owner=owner)
         if self.relay is not None:
-            self.relay.relay_set(task_id, merged, version)
+            self.relay.relay_set(task_id, merged, version, owner)
         return sorted(merged)
 
     def drop(self, task_id: UUID) -> None:
@@ -109,9 +156,20 @@ class SecretStore:
 
     def discard(self, task_id: UUID) -> None:
         """Forgets a task's secrets here only (every replica prunes on its own)."""
-        self._entries.pop(task_id, None)
+        self._remove(task_id)
 
-    def apply_set(self, task_id: UUID, values: Mapping[str, str], version: int) -> None:
+    def _remove(self, task_id: UUID) -> None:
+        entry = self._entries.pop(task_id, None)
+        if entry is not None:
+            left = self._owned.get(entry.owner, 0) - entry.size
+            if left > 0:
+                self._owned[entry.owner] = left
+            else:
+                self._owned.pop(entry.owner, None)
+
+    def apply_set(
+        self, task_id: UUID, values: Mapping[str, str], version: int, *, owner: str = ""
+    ) -> None:
         """Holds ``values`` unless a newer set or a drop of the task is already known."""
         tombstone = self._tombstones.get(task_id)
         entry = self._entries.get(task_id)
@@ -119,7 +177,9 @@ class SecretStore:
             entry is not None and entry.version >= version
         ):
             return
-        self._entries[task_id] = _Entry(dict(values), version)
+        self._remove(task_id)
+        held = self._entries[task_id] = _Entry(dict(values), version, owner)
+        self._owned[owner] = self._owned.get(owner, 0) + held.size
         if self._arrived is not None:
             self._arrived.set()
             self._arrived = None
@@ -127,7 +187,7 @@ class SecretStore:
     def apply_drop(self, task_id: UUID, version: int) -> None:
         entry = self._entries.get(task_id)
         if entry is not None and entry.version <= version:
-            del self._entries[task_id]
+            self._remove(task_id)
         known = self._tombstones.get(task_id)
         if known is None or known[0] < version:
             self._tombstones[task_id] = (version, time.monotonic())
@@ -137,13 +197,22 @@ class SecretStore:
         if entry is None:
             return {}
         if time.monotonic() - entry.stored_at > self._ttl:
-            del self._entries[task_id]
+            self._remove(task_id)
             return {}
         return dict(entry.values)
 
-    def snapshot(self) -> list[tuple[UUID, dict[str, str], int]]:
-        """Every task's values with their version, for a replica that asks to catch up."""
-        return [(t, dict(e.values), e.version) for t, e in self._entries.items()]
+    def snapshot(self) -> list[tuple[UUID, dict[str, str], int, str]]:
+        """Every task's values with their version and owner, for a replica catching up."""
+        return [(t, dict(e.values), e.version, e.owner) for t, e in self._entries.items()]
+
+    def tombstones(self) -> list[tuple[UUID, int]]:
+        """The drops still remembered (task, version), for a replica catching up: a copy of
+        older values that reaches it late must not revive them there."""
+        return [(t, version) for t, (version, _) in self._tombstones.items()]
+
+    def held_bytes(self, owner: str) -> int:
+        """What one user's tasks hold here, names and values in UTF-8."""
+        return self._owned.get(owner, 0)
 
     async def arrival(self, seconds: float) -> None:
         """Waits until some task's values arrive, or ``seconds`` pass."""
@@ -166,11 +235,11 @@ class SecretStore:
         return task_id in self._entries
 
 
-def _check(values: Mapping[str, str]) -> dict[str, str]:
+def _check(values: Mapping[str, str], limits: SecretLimits) -> dict[str, str]:
     if not values:
         raise InvalidArgument("secrets must not be empty", field="secrets")
-    if len(values) > MAX_SECRETS:
-        raise InvalidArgument(f"at most {MAX_SECRETS} secrets per task", field="secrets")
+    if len(values) > limits.keys_per_task:
+        raise InvalidArgument(f"at most {limits.keys_per_task} secrets per task", field="secrets")
     for key, value in values.items():
         if len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
             # The key is safe to name; the value never is.
@@ -181,6 +250,13 @@ def _check(values: Mapping[str, str]) -> dict[str, str]:
             )
         if not value:
             raise InvalidArgument(f"secret {key} has an empty value", field="secrets")
+        if "\x00" in value:
+            raise InvalidArgument(f"secret {key} must not contain NUL characters", field="secrets")
+        if not _ENCODABLE.fullmatch(value):
+            raise InvalidArgument(
+                f"secret {key} is not valid Unicode text (it holds a lone surrogate)",
+                field="secrets",
+            )
         if len(value.encode()) > MAX_VALUE_BYTES:
             raise InvalidArgument(
                 f"secret {key} is larger than {MAX_VALUE_BYTES} bytes", field="secrets"
@@ -195,9 +271,9 @@ async def send_secrets(
 
     Raises: InvalidArgument, NotFound.
     """
-    checked = _check(values)
+    checked = _check(values, store.limits)
     await task_service.get_task(actor=actor, task_id=task_id)
-    keys = store.put(task_id, checked)
+    keys = store.put(task_id, checked, owner=str(actor.user_id or ""))
     events.publish(events.SecretsArrived(task_id=str(task_id)))
     return keys
 
@@ -301,46 +377,111 @@ async def prune_secrets(store: SecretStore) -> int:
 
 
 def _forms(value: str) -> list[str]:
+    """What of ``value`` gets masked: the value, and its base64 and url-safe base64 forms.
+
+    Base64 of a longer byte string that holds the value encodes it differently depending on
+    where the value starts modulo 3 bytes; only the characters whose six bits all come from
+    the value are fixed. So, as GitHub's masker does, each alphabet gets the whole encoding
+    (the value encoded on its own) and the stable inner part for each of the three shifts.
+    Longest first, so that a longer form is masked before a part of it.
+    """
     raw = value.encode()
-    forms = {value, base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
-    forms |= {f.rstrip("=") for f in list(forms)}
+    forms = {value}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(raw).decode()
+        forms |= {whole, whole.rstrip("=")}
+        for shift in (0, 1, 2):
+            encoded = encode(bytes(shift) + raw).decode()
+            first = -(-8 * shift // 6)  # the first character with no bit of the shift
+            end = 8 * (shift + len(raw)) // 6  # the last one with no bit of what follows
+            forms.add(encoded[first:end])
     return sorted((f for f in forms if len(f) >= MIN_MASKED_LENGTH), key=len, reverse=True)
+
+
+def _all_forms(values: Mapping[str, str]) -> list[str]:
+    forms = {f for v in values.values() if len(v) >= MIN_MASKED_LENGTH for f in _forms(v)}
+    return sorted(forms, key=len, reverse=True)
+
+
+def _replace(text: str, forms: Sequence[str]) -> str:
+    for form in forms:
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
 
 
 def mask(text: str, values: Mapping[str, str]) -> str:
     """The text with every secret value (plain or base64) replaced by a mask."""
     if not values or not text:
         return text
-    for value in values.values():
-        if len(value) < MIN_MASKED_LENGTH:
-            continue
-        for form in _forms(value):
-            if form in text:
-                text = text.replace(form, MASK)
-    return text
+    return _replace(text, _all_forms(values))
 
 
-def mask_seam(before: str, after: str, values: Mapping[str, str]) -> tuple[str, str]:
-    """Masks the secret values (plain or base64) that straddle two consecutive pieces of
-    output, each masked on its own already. Lengths stay as they are (the first piece sits
-    at fixed offsets): every character of a straddling value becomes ``*``."""
-    if not values or not before or not after:
-        return before, after
-    for value in values.values():
-        if len(value) < MIN_MASKED_LENGTH:
-            continue
-        for form in _forms(value):
-            reach = len(form) - 1
-            while True:
-                head = before[-reach:]
-                window = head + after[:reach]
-                start = window.find(form)
-                while start != -1 and not start < len(head) < start + len(form):
-                    start = window.find(form, start + 1)
-                if start == -1:
+# A form's first characters looked for at once when finding where a held-back end begins.
+_PROBE = 16
+# Candidate starts checked per form before holding back all that could be one (a value made
+# to repeat itself, e.g. "aaaa…", would otherwise cost quadratic time).
+_MAX_CANDIDATES = 64
+
+
+class OutputMasker:
+    """Masks a run's output as it arrives, for any chunking.
+
+    A value split over several chunks is only seen whole once they are joined, so the
+    output is placed in the log up to a point where no value can still be starting: what
+    follows it (an end that is the beginning of some form, never longer than the longest
+    form) is held back, joined to the next chunk, masked and placed with it. Nothing placed
+    ever changes afterwards, so offsets stay put and live followers see exactly what is
+    stored. The held-back end is placed when the run ends (it is no value: only the start of
+    one).
+    """
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._forms = _all_forms(values)
+        self._reach = max((len(f) for f in self._forms), default=1) - 1
+
+    def __repr__(self) -> str:  # never print values
+        return f"OutputMasker(forms={len(self._forms)})"
+
+    def mask(self, text: str) -> str:
+        """One chunk, masked on its own: what ``feed`` expects."""
+        return _replace(text, self._forms)
+
+    def feed(self, held: str, data: str) -> tuple[str, str]:
+        """The next chunk (masked on its own already) after the end held back so far.
+
+        Returns what to place now and what to hold back.
+        """
+        if held:
+            # A form that starts in ``held`` ends within ``reach`` characters of ``data``;
+            # the rest of ``data`` was masked with the chunk.
+            data = _replace(held + data[: self._reach], self._forms) + data[self._reach :]
+        keep = self._held_back(data)
+        return data[: len(data) - keep], data[len(data) - keep :]
+
+    def _held_back(self, text: str) -> int:
+        """The length of the longest end of ``text`` that is the beginning of a form."""
+        size, best = len(text), 0
+        for form in self._forms:
+            reach = min(len(form) - 1, size)
+            if reach <= best:
+                if len(form) - 1 <= best:
+                    break  # the forms are longest first: none can hold back more
+                continue
+            probe = min(_PROBE, reach)
+            # An end at least ``probe`` long starts with the form's first ``probe`` characters.
+            at, candidates = text.find(form[:probe], size - reach), 0
+            while at != -1 and size - at > best:
+                if form.startswith(text[at:]):
+                    best = size - at
                     break
-                in_before = len(head) - start
-                in_after = len(form) - in_before
-                before = before[: len(before) - in_before] + "*" * in_before
-                after = "*" * in_after + after[in_after:]
-    return before, after
+                candidates += 1
+                if candidates >= _MAX_CANDIDATES:
+                    best = reach  # too many near misses: hold back all that could be one
+                    break
+                at = text.find(form[:probe], at + 1)
+            for length in range(min(probe - 1, reach), best, -1):
+                if text.endswith(form[:length]):
+                    best = length
+                    break
+        return best

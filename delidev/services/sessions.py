@@ -6,7 +6,8 @@ count Unicode code points (Python's ``len``), the unit of both APIs; every read 
 message carries the offset to read next, so no client counts. Chunks may arrive twice or
 out of order: a chunk whose sequence number is already stored is ignored, and one that
 arrives ahead of a gap waits (offset -1) until the gap is filled, within a window of
-sequence numbers.
+sequence numbers. Secret masking may hold back the end of the output (an unplaced row,
+``HELD_SEQUENCE``) until the next chunk or the end of the run: placed text never changes.
 
 A log larger than ``LogLimits.max_chars`` is cut as GitLab cuts job logs, but keeping both
 ends: its head (whole chunks within the first half of the cap) stays, and so do its latest
@@ -51,6 +52,9 @@ MAX_CHUNKS_PER_CALL = 1_000
 MAX_READ_CHARS = 4_000_000
 PENDING_OFFSET = -1
 CUT_SEQUENCE = -1  # the marker chunk of a cut log (workers' sequence numbers start at 0)
+# The unplaced row (offset -1, like a chunk ahead of a gap) that keeps the end of the output a
+# ``hold`` function held back (see ``append_log``) until the next chunk or the end of the run.
+HELD_SEQUENCE = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +277,7 @@ async def complete_session(
     if session.kind == m.JobKind.PLANNING and status == SessionStatus.SUCCEEDED and not plan_yaml:
         raise InvalidArgument("a successful planning run must carry plan_yaml", field="plan_yaml")
     async with transaction():
+        await _place_held_output(session.id)
         changed = await m.AgentSession.filter(id=session.id, status=SessionStatus.RUNNING).update(
             status=status,
             error=error,
@@ -333,6 +338,23 @@ async def _session_ended(session_id: UUID) -> None:
     await m.AgentSession.filter(id=session_id).update(**fields)
 
 
+async def _place_held_output(session_id: UUID) -> None:
+    """The run ends: the end of its output that ``append_log`` held back (only the start of
+    what could have been a secret value) takes its place at the end of the log. Run in the
+    transaction that ends the run, before its status changes: a follower that sees the run
+    ended has the whole log (a lost run keeps it back)."""
+    session = await m.AgentSession.filter(id=session_id).select_for_update().first()
+    held = await m.LogChunk.get_or_none(
+        session_id=session_id, sequence=HELD_SEQUENCE, start_offset=PENDING_OFFSET
+    )
+    if session is None or held is None:
+        return
+    size = session.log_size + len(held.data)
+    await m.LogChunk.filter(id=held.id).update(start_offset=session.log_size)
+    await m.AgentSession.filter(id=session_id).update(log_size=size, updated_at=_now())
+    events.publish(events.LogAppended(session_id=str(session_id), log_size=size))
+
+
 # Logs -----------------------------------------------------------------------------------
 
 
@@ -340,14 +362,15 @@ async def append_log(
     *,
     session_id: UUID,
     chunks: Sequence[LogChunkIn],
-    seam: Callable[[str, str], tuple[str, str]] | None = None,
+    hold: Callable[[str, str], tuple[str, str]] | None = None,
     limits: LogLimits = LogLimits(),  # frozen, so one shared default is safe
 ) -> m.AgentSession:
     """Stores numbered chunks; returns the session with its new size and next sequence.
 
-    ``seam`` sees each pair of neighbouring chunks as a chunk takes its place after the
-    previous one, and may change both without changing their lengths (secret masking: a
-    value split between two chunks). A log that outgrows ``limits.max_chars`` is cut (see
+    ``hold`` sees, in order, each chunk that takes its place after the text it held back
+    before, and returns what to place now and what to hold back (secret masking: the end of
+    the output may be the start of a value that the next chunk completes). What is held
+    back is placed when the run ends. A log that outgrows ``limits.max_chars`` is cut (see
     the module docstring).
 
     Raises: InvalidArgument (a bad chunk, or one too far ahead of the log), NotFound,
@@ -367,7 +390,7 @@ async def append_log(
             return session
         _check_window(incoming, session.log_next_sequence, limits)
         pending = await _store_pending(session, incoming)
-        size, next_seq = await _place_pending(session, pending, seam)
+        size, next_seq = await _place_pending(session, pending, hold)
         _check_waiting(pending, next_seq, limits)
         if next_seq != session.log_next_sequence:
             if size > limits.max_chars:
@@ -444,31 +467,31 @@ async def _store_pending(
 async def _place_pending(
     session: m.AgentSession,
     pending: dict[int, m.LogChunk],
-    seam: Callable[[str, str], tuple[str, str]] | None,
+    hold: Callable[[str, str], tuple[str, str]] | None,
 ) -> tuple[int, int]:
-    """Gives offsets to the run of chunks that now follows the stored log without a gap;
-    returns the new size and next sequence."""
+    """Gives offsets to the run of chunks that now follows the stored log without a gap
+    (after what ``hold`` held back before it, and without what it holds back now); returns
+    the new size and next sequence."""
+    held_row = pending.pop(HELD_SEQUENCE, None)
+    held = held_row.data if held_row is not None else ""
     size, next_seq = session.log_size, session.log_next_sequence
-    previous = None
-    if seam is not None and next_seq in pending and size:
-        previous = (
-            await m.LogChunk.filter(session_id=session.id, start_offset__gte=0)
-            .order_by("-start_offset")
-            .first()
-        )
     while next_seq in pending:
         ready = pending[next_seq]
+        data, held = hold(held, ready.data) if hold is not None else (held + ready.data, "")
         placed: dict[str, object] = {"start_offset": size}
-        if seam is not None and previous is not None:
-            before, after = seam(previous.data, ready.data)
-            if before != previous.data:
-                await m.LogChunk.filter(id=previous.id).update(data=before)
-            if after != ready.data:
-                placed["data"] = ready.data = after
+        if data != ready.data:
+            placed["data"] = ready.data = data
         await m.LogChunk.filter(id=ready.id).update(**placed)
-        size += len(ready.data)
+        size += len(data)
         next_seq += 1
-        previous = ready
+    if held_row is not None and not held:
+        await m.LogChunk.filter(id=held_row.id).delete()
+    elif held_row is not None and held != held_row.data:
+        await m.LogChunk.filter(id=held_row.id).update(data=held)
+    elif held_row is None and held:
+        await m.LogChunk.create(
+            session_id=session.id, sequence=HELD_SEQUENCE, start_offset=PENDING_OFFSET, data=held
+        )
     return size, next_seq
 
 

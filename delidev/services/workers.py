@@ -545,9 +545,9 @@ async def report_status(
 ) -> m.AgentSession:
     """Ends the job (succeeded / failed / stopped); ``running`` is a no-op acknowledgement.
 
-    The error text, the PLAN.yaml and the assembled output are masked with the task's
-    secrets (the output again as a whole: a value split between two chunks escapes the
-    masking of each chunk); then a unit task's secrets are dropped.
+    Every text the worker sends (error, PLAN.yaml, commits) is masked with the task's
+    secrets, and the assembled output once more as a whole; then a unit task's secrets are
+    dropped.
     Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
     """
     session = await leased_session(
@@ -562,8 +562,8 @@ async def report_status(
         error=None if error is None else secret_service.mask(error, values),
         failure_kind=failure_kind,
         plan_yaml=None if plan_yaml is None else secret_service.mask(plan_yaml, values),
-        base_commit=base_commit,
-        end_commit=end_commit,
+        base_commit=None if base_commit is None else secret_service.mask(base_commit, values),
+        end_commit=None if end_commit is None else secret_service.mask(end_commit, values),
         loaded=session,
     )
     if values and ended.output_log:
@@ -611,15 +611,12 @@ async def append_job_log(
     values = await _secrets_of(store, session)
     if not values:
         return await session_service.append_log(session_id=session_id, chunks=chunks, limits=limits)
-    mask = secret_service.mask
+    masker = secret_service.OutputMasker(values)
     masked = [
-        session_service.LogChunkIn(sequence=c.sequence, data=mask(c.data, values)) for c in chunks
+        session_service.LogChunkIn(sequence=c.sequence, data=masker.mask(c.data)) for c in chunks
     ]
     return await session_service.append_log(
-        session_id=session_id,
-        chunks=masked,
-        seam=lambda before, after: secret_service.mask_seam(before, after, values),
-        limits=limits,
+        session_id=session_id, chunks=masked, hold=masker.feed, limits=limits
     )
 
 

@@ -46,7 +46,8 @@ def test_a_message_splits_into_parts_and_is_put_back_together() -> None:
     bus = events.EventBus()
     sent: list[events.SecretsRelayed] = []
     bus.subscribe(lambda e: sent.append(e) if isinstance(e, events.SecretsRelayed) else None)
-    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    roomy = secrets.SecretLimits(bytes_per_task=1 << 20, bytes_per_user=1 << 20)
+    store_a, store_b = secrets.SecretStore(limits=roomy), secrets.SecretStore(limits=roomy)
     secret_relay.SecretRelay(store_a, bus, KEY)
     big = {f"K{i}": "v" * 20_000 for i in range(5)}  # ~100 KB: many NOTIFY payloads
     task = uuid.uuid4()

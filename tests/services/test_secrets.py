@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import inspect
+import itertools
 import logging
 import uuid
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tortoise.models import Model
 
 from delidev import models as m
@@ -16,8 +20,6 @@ from delidev.auth.principal import LOCAL_USER
 from delidev.errors import Conflict, InvalidArgument, NotFound
 from delidev.services import plans, secrets, sessions, tasks, workers
 from tests.factories import make_group, make_repository, make_workspace
-
-pytestmark = pytest.mark.usefixtures("database")
 
 Q = m.AgentSessionStatus
 VALUE = "sk-live-7f3a9c2e51d84b6f"
@@ -51,6 +53,7 @@ async def _every_stored_value() -> str:
     return "\n".join(rows)
 
 
+@pytest.mark.usefixtures("database")
 async def test_only_the_leased_worker_reads_them_and_they_are_stored_nowhere(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -121,6 +124,7 @@ async def test_only_the_leased_worker_reads_them_and_they_are_stored_nowhere(
     assert await workers.claim_job(worker_id=other.id, store=store) is None
 
 
+@pytest.mark.usefixtures("database")
 async def test_clear_and_validation() -> None:
     store = secrets.SecretStore()
     task = await _unit(expects_secrets=True)
@@ -151,6 +155,7 @@ async def test_clear_and_validation() -> None:
     assert VALUE not in repr(store)
 
 
+@pytest.mark.usefixtures("database")
 async def test_a_composites_secrets_reach_its_planner_and_its_nodes_until_it_is_finished() -> None:
     store = secrets.SecretStore()
     composite = await tasks.create_composite_task(
@@ -195,6 +200,7 @@ async def test_a_composites_secrets_reach_its_planner_and_its_nodes_until_it_is_
     assert composite.id not in store
 
 
+@pytest.mark.usefixtures("database")
 async def test_expired_secrets_are_dropped() -> None:
     store = secrets.SecretStore(ttl=dt.timedelta(0))
     task = await _unit()
@@ -211,15 +217,110 @@ def test_masking() -> None:
     assert secrets.mask("nothing here", values) == "nothing here"
 
 
-@pytest.mark.parametrize("cut", range(1, len(VALUE)))
-def test_a_value_split_anywhere_is_masked_at_the_seam(cut: int) -> None:
-    before, after = f"key: {VALUE[:cut]}", f"{VALUE[cut:]} and {VALUE[:3]}\n"
-    masked_before, masked_after = secrets.mask_seam(before, after, {"K": VALUE})
-    assert (len(masked_before), len(masked_after)) == (len(before), len(after))
-    assert masked_before + masked_after == f"key: {'*' * len(VALUE)} and {VALUE[:3]}\n"
+def _leaks(value: str) -> set[str]:
+    """What of a value must never show: the value, and base64 (both alphabets) of it at any
+    byte offset in a longer string: the characters whose bits all come from the value."""
+    raw = value.encode()
+    shown = {value}
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        for shift in range(3):
+            blob = encode(b"\xa5" * shift + raw + b"\x5a").decode()
+            start, stop = 8 * shift, 8 * (shift + len(raw))
+            shown.add("".join(c for j, c in enumerate(blob) if start <= 6 * j <= stop - 6))
+    return {f for f in shown if len(f) >= secrets.MIN_MASKED_LENGTH}
 
 
-def test_the_seam_leaves_other_text_alone() -> None:
-    assert secrets.mask_seam("abc sk-li", "ne x", {"K": VALUE}) == ("abc sk-li", "ne x")
-    assert secrets.mask_seam("x", "y", {}) == ("x", "y")
-    assert secrets.mask_seam("", VALUE, {"K": VALUE}) == ("", VALUE)  # whole values: mask()
+@pytest.mark.parametrize("prefix", [b"", b"x", b"xy", b"xyz"])
+@pytest.mark.parametrize("suffix", [b"", b"!", b"tail"])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_base64_of_a_value_at_any_offset_is_masked(
+    prefix: bytes, suffix: bytes, encode: Callable[[bytes], bytes]
+) -> None:
+    value = "s3cr3t-\u00e9t\u00e9-?>~" + VALUE  # non-ASCII, and '+' '/' in its base64
+    blob = encode(prefix + value.encode() + suffix).decode()
+    masked = secrets.mask(f"data: {blob}\n", {"K": value})
+    assert secrets.MASK in masked
+    for leak in _leaks(value):
+        assert leak not in masked, (prefix, suffix)
+
+
+def _feed(masker: secrets.OutputMasker, chunks: list[str]) -> tuple[list[str], str]:
+    """What a log receives chunk by chunk, and what is held back at the end."""
+    placed, held = [], ""
+    for chunk in chunks:
+        now, held = masker.feed(held, masker.mask(chunk))
+        placed.append(now)
+    return placed, held
+
+
+@pytest.mark.parametrize("cuts", [(1, 2), (5, 6), (5, 9, 13), tuple(range(1, 40))])
+def test_a_value_split_over_several_chunks_is_masked_whole(cuts: tuple[int, ...]) -> None:
+    text = f"key={VALUE} and {VALUE[:3]}\n"
+    chunks = [text[i:j] for i, j in itertools.pairwise([0, *cuts, len(text)])]
+    placed, held = _feed(secrets.OutputMasker({"K": VALUE}), chunks)
+    assert "".join(placed) + held == f"key={secrets.MASK} and {VALUE[:3]}\n"
+    assert held == ""  # a line's end is no value's start
+
+
+def test_only_what_could_start_a_value_is_held_back() -> None:
+    masker = secrets.OutputMasker({"K": VALUE})
+    assert masker.feed("", "plain text") == ("plain text", "")
+    assert masker.feed("", f"key={VALUE[:9]}") == ("key=", VALUE[:9])
+    assert masker.feed(VALUE[:9], "nothing more") == (f"{VALUE[:9]}nothing more", "")
+    assert masker.feed("", "x") == ("x", "")
+    # A value made to repeat itself costs no quadratic time: all that could start it waits.
+    periodic = secrets.OutputMasker({"K": "ab" * 500 + "c"})
+    placed, held = periodic.feed("", "ab" * 2000 + "a")
+    assert placed + held == "ab" * 2000 + "a"
+    assert len(held) <= 1000
+    assert secrets.OutputMasker({}).feed("held", "more") == ("heldmore", "")
+
+
+_CHARS = st.characters(
+    codec="utf-8", exclude_characters="*\x00", categories=["L", "N", "P", "S", "Zs"]
+)
+_FILLER = st.text(
+    alphabet=st.one_of(_CHARS, st.sampled_from("\n=:/+ab\U0001f600\u0301\u4e2d")),
+    max_size=30,
+)
+
+
+@st.composite
+def _output(draw: st.DrawFn) -> tuple[dict[str, str], list[str]]:
+    """Secrets, and a run's output that shows them in every way, cut into random chunks."""
+    values = draw(
+        st.dictionaries(
+            st.sampled_from(["A", "B", "C"]),
+            st.text(alphabet=_CHARS, min_size=secrets.MIN_MASKED_LENGTH, max_size=40),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    shown = st.sampled_from(sorted(values.values()))
+    encoded = st.builds(
+        lambda encode, before, value, after: encode(before + value.encode() + after).decode(),
+        st.sampled_from([base64.b64encode, base64.urlsafe_b64encode]),
+        st.binary(max_size=4),
+        shown,
+        st.binary(max_size=4),
+    )
+    text = "".join(draw(st.lists(st.one_of(_FILLER, shown, encoded), min_size=1, max_size=8)))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=len(text))))
+    return values, [text[i:j] for i, j in itertools.pairwise([0, *cuts, len(text)])]
+
+
+@given(_output())
+@settings(max_examples=300, deadline=None)
+def test_streamed_output_never_shows_a_value_whatever_the_chunking(
+    case: tuple[dict[str, str], list[str]],
+) -> None:
+    values, chunks = case
+    masker = secrets.OutputMasker(values)
+    placed, held = _feed(masker, chunks)
+    log = "".join(placed) + held
+    for value in values.values():
+        for leak in _leaks(value):
+            assert leak not in log
+    assert len(held) < max(len(base64.b64encode(v.encode())) for v in values.values())
+    # Nothing but the values changes.
+    assert secrets.mask(log, values) == log
