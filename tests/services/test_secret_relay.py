@@ -82,6 +82,84 @@ def test_a_message_sealed_with_another_key_is_ignored(caplog: pytest.LogCaptureF
     assert VALUE not in caplog.text
 
 
+def _capture(bus: events.EventBus) -> list[events.SecretsRelayed]:
+    sent: list[events.SecretsRelayed] = []
+    bus.subscribe(lambda e: sent.append(e) if isinstance(e, events.SecretsRelayed) else None)
+    return sent
+
+
+def test_a_replay_is_refused_even_once_the_tombstone_is_gone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus_a = events.EventBus()
+    sent = _capture(bus_a)
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, bus_a, KEY)
+    relay_b = secret_relay.SecretRelay(store_b, events.EventBus(), KEY)
+    task = uuid.uuid4()
+    store_a.put(task, {"API_KEY": VALUE})
+    captured = list(sent)  # someone who reads the channel keeps a copy
+    for event in captured:
+        relay_b.on_event(event)
+    assert store_b.get(task) == {"API_KEY": VALUE}
+    store_a.drop(task)
+    for event in sent[len(captured) :]:
+        relay_b.on_event(event)
+    assert store_b.get(task) == {}
+    monkeypatch.setattr(secrets, "TOMBSTONE_TTL_S", -1.0)
+    store_b.forget_old_tombstones()  # the drop is forgotten: only the replay check is left
+    for event in captured:
+        relay_b.on_event(event)
+    assert store_b.get(task) == {}
+    assert (relay_b.replayed, relay_b.refused) == (1, 0)
+    assert "a replay of one already received" in caplog.text
+    # A replica that never saw it refuses it too once it is older than max_age.
+    relay_c = secret_relay.SecretRelay(store_c := secrets.SecretStore(), events.EventBus(), KEY)
+    later = time.time_ns() + int((secret_relay.MAX_AGE_S + 1) * 1e9)
+    monkeypatch.setattr(secret_relay.time, "time_ns", lambda: later)
+    for event in captured:
+        relay_c.on_event(event)
+    assert store_c.get(task) == {}
+    assert relay_c.replayed == 1
+    assert "too old" in caplog.text
+    assert VALUE not in caplog.text
+
+
+def test_each_message_is_taken_once_in_whatever_order_it_arrives() -> None:
+    bus_a = events.EventBus()
+    sent = _capture(bus_a)
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, bus_a, KEY)
+    relay_b = secret_relay.SecretRelay(store_b, events.EventBus(), KEY)
+    held = {uuid.uuid4(): {"K": f"value-{i}"} for i in range(3)}
+    for task, values in held.items():
+        store_a.put(task, values, owner="u1")
+    for event in reversed(sent):
+        relay_b.on_event(event)
+    assert {t: store_b.get(t) for t in held} == held
+    assert store_b.held_bytes("u1") == store_a.held_bytes("u1") == 3 * len("Kvalue-0")
+    for event in sent:
+        relay_b.on_event(event)
+    assert relay_b.replayed == 3
+
+
+def test_a_replica_that_starts_learns_the_drops_and_a_replayed_set_cannot_cross_them() -> None:
+    bus = events.EventBus()
+    sent = _capture(bus)
+    store_a, store_c = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, bus, KEY)
+    task = uuid.uuid4()
+    store_a.put(task, {"API_KEY": VALUE})
+    captured = list(sent)
+    store_a.drop(task)
+    relay_c = secret_relay.SecretRelay(store_c, bus, KEY)  # starts after the drop
+    relay_c.request_sync()
+    for event in captured:  # fresh, and never seen by this replica: only the drop stops it
+        relay_c.on_event(event)
+    assert store_c.get(task) == {}
+    assert relay_c.replayed == 0
+
+
 @pytest.fixture
 async def dsn(settings: Settings) -> str:
     return db.asyncpg_dsn(settings)
@@ -169,3 +247,34 @@ async def test_a_runs_secrets_are_awaited_from_the_replica_that_holds_them(
     got = await secrets.job_secrets(store_b, unit.agent_task_id, expects_secrets=True, wait=5)
     await sender
     assert got == {"API_KEY": VALUE}
+
+
+@pytest.mark.postgres_only
+async def test_a_message_replayed_through_postgres_is_refused(
+    dsn: str, buses: list[events.PostgresEventBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, _ = buses
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, a, KEY)
+    relay_b = secret_relay.SecretRelay(store_b, b, KEY)
+    await a.start()
+    await b.start()
+    heard: list[str] = []
+    spy = await asyncpg.connect(dsn)  # a database user who reads the channel
+    await spy.add_listener(events.CHANNEL, lambda *args: heard.append(str(args[-1])))
+    try:
+        task = uuid.uuid4()
+        store_a.put(task, {"API_KEY": VALUE})
+        await _until(lambda: store_b.get(task) == {"API_KEY": VALUE} and bool(heard))
+        captured = list(heard)
+        store_a.drop(task)
+        await _until(lambda: store_b.get(task) == {})
+        monkeypatch.setattr(secrets, "TOMBSTONE_TTL_S", -1.0)
+        store_b.forget_old_tombstones()
+        for payload in captured:
+            await spy.execute("SELECT pg_notify($1, $2)", events.CHANNEL, payload)
+        await _until(lambda: relay_b.replayed >= 1)
+        assert store_b.get(task) == {}
+        assert relay_b.refused == 0
+    finally:
+        await spy.close()

@@ -156,6 +156,60 @@ async def test_clear_and_validation() -> None:
 
 
 @pytest.mark.usefixtures("database")
+async def test_nul_and_lone_surrogates_are_refused_and_named() -> None:
+    store = secrets.SecretStore()
+    task = await _unit(expects_secrets=True)
+    for values, says in (
+        ({"K": "ab\x00cd"}, "secret K must not contain NUL"),
+        ({"K": "ab\ud800cd"}, "secret K is not valid Unicode"),
+        ({"K\x00": "value"}, "secret name 'K\\x00' must be"),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            await secrets.send_secrets(
+                actor=LOCAL_USER, store=store, task_id=task.id, values=values
+            )
+        assert says in info.value.message
+        assert info.value.field == "secrets"
+        assert "ab" not in info.value.message  # never the value
+    assert task.id not in store
+
+
+@pytest.mark.usefixtures("database")
+async def test_held_secrets_are_capped_per_task_and_per_user() -> None:
+    limits = secrets.SecretLimits(keys_per_task=3, bytes_per_task=100, bytes_per_user=150)
+    store = secrets.SecretStore(limits=limits)
+    first, second = await _unit(), await _unit()
+
+    async def send(task: m.UnitTask, values: dict[str, str]) -> list[str]:
+        return await secrets.send_secrets(
+            actor=LOCAL_USER, store=store, task_id=task.id, values=values
+        )
+
+    assert await send(first, {"A": "x" * 59}) == ["A"]  # 60 bytes
+    refusals = {
+        "at most 3 secrets per task": {"B": "1", "C": "2", "D": "3"},
+        "hold at most 100 bytes; these would hold 101": {"B": "y" * 40},
+    }
+    for says, values in refusals.items():
+        with pytest.raises(InvalidArgument) as info:
+            await send(first, values)
+        assert says in info.value.message
+    assert store.get(first.id) == {"A": "x" * 59}  # unchanged by a refusal
+    assert await send(second, {"B": "z" * 89}) == ["B"]  # 150 bytes in all
+    with pytest.raises(InvalidArgument) as info:
+        await send(second, {"C": "1"})
+    assert "at most 150 bytes in all (60 held for other tasks)" in info.value.message
+    assert store.get(second.id) == {"B": "z" * 89}
+    # Another user has room of their own; replacing a value counts the new size only.
+    store.put(uuid.uuid4(), {"A": "w" * 99}, owner="someone else")
+    assert await send(first, {"A": "v" * 9}) == ["A"]
+    assert store.held_bytes("") == 10 + 90
+    await secrets.clear_secrets(actor=LOCAL_USER, store=store, task_id=second.id)
+    assert store.held_bytes("") == 10
+    assert await send(second, {"B": "z" * 89, "C": "c" * 9}) == ["B", "C"]
+
+
+@pytest.mark.usefixtures("database")
 async def test_a_composites_secrets_reach_its_planner_and_its_nodes_until_it_is_finished() -> None:
     store = secrets.SecretStore()
     composite = await tasks.create_composite_task(
