@@ -167,4 +167,5 @@ def create_app(settings: Settings) -> Starlette:
     )
     # For in-process callers of the services (tests, tools): publish into this app's bus.
     app.state.events = bus
+    app.state.secrets = store
     return app

@@ -114,3 +114,28 @@ def test_repr_shows_no_secret() -> None:
     assert "jwt_secret='<set>'" in text
     assert "postgres://app:***@127.0.0.1:5432/delidev" in text
     assert "oidc_client_id=None" in text
+
+
+def test_secret_limits_are_read_and_checked() -> None:
+    settings = Settings.from_env(
+        {
+            "DELIDEV_SECRETS_MAX_KEYS": "8",
+            "DELIDEV_SECRETS_MAX_TASK_BYTES": "4096",
+            "DELIDEV_SECRETS_MAX_USER_BYTES": "65536",
+            "DELIDEV_SECRETS_RELAY_MAX_AGE_MS": "30000",
+        }
+    )
+    assert (
+        settings.secrets_max_keys,
+        settings.secrets_max_task_bytes,
+        settings.secrets_max_user_bytes,
+        settings.secrets_relay_max_age_ms,
+    ) == (8, 4096, 65536, 30000)
+    defaults = Settings.from_env({})
+    assert (defaults.secrets_max_task_bytes, defaults.secrets_max_user_bytes) == (65536, 1048576)
+    for var, value in (
+        ("DELIDEV_SECRETS_MAX_USER_BYTES", "0"),
+        ("DELIDEV_SECRETS_RELAY_MAX_AGE_MS", "600000"),  # past the drops' memory (600 s)
+    ):
+        with pytest.raises(SettingsError, match=var):
+            Settings.from_env({var: value})

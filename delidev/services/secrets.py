@@ -11,7 +11,12 @@ With several replicas, each keeps a copy: ``services.secret_relay`` carries ever
 sealed, to the other replicas' stores. Changes carry versions so that a late copy never
 undoes a newer change: a drop leaves a tombstone that an older set cannot cross.
 
-Worker output is masked with the values (and their base64 forms) before it is stored.
+What they may hold is bounded (``SecretLimits``: names, and bytes per task and per user);
+values never hold NUL.
+
+Everything a worker sends is masked with the values (and their base64 forms, see
+``_forms``) before it is stored; its output, which arrives in chunks, through
+``OutputMasker``, which is right for any chunking.
 """
 
 from __future__ import annotations

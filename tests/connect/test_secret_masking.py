@@ -12,18 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyqwest import Client, HTTPVersion
 from pyqwest.testing import ASGITransport
 
 from delidev import models as m
+from delidev.app import create_app
 from delidev.auth.principal import LOCAL_USER
 from delidev.connect.gen.delidev.v1 import secrets_pb, session_pb, task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.secrets_connect import SecretsServiceClient
 from delidev.connect.gen.delidev.v1.session_connect import SessionServiceClient
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.services import secrets, tasks
+from delidev.settings import Settings
 from tests.clients import GraphQLTaskApi, connect_codecs
 from tests.factories import make_group, make_repository, make_workspace
 
@@ -235,3 +239,43 @@ async def test_a_live_follower_gets_the_log_as_stored_when_a_value_spans_many_ch
     assert all(expected.startswith(r) for r in reads)
     offsets = [o for o, _ in received]
     assert offsets == sorted(offsets)
+
+
+# Sending secrets: limits and bad values over the wire ----------------------------------
+
+
+@pytest.mark.usefixtures("database")
+async def test_send_refuses_too_much_and_nul_clearly_and_holds_nothing(
+    settings: Settings,
+) -> None:
+    app = create_app(settings.replace(secrets_max_task_bytes=1000, secrets_max_user_bytes=1500))
+    http = Client(ASGITransport(app, http_version=HTTPVersion.HTTP1))
+    client = SecretsServiceClient("http://test", http_client=http, codec=connect_codecs()["json"])
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    first, second = [
+        await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="p")
+        for _ in range(2)
+    ]
+    try:
+        cases = [
+            (first.id, {"BIG": "x" * 1000}, "hold at most 1000 bytes; these would hold 1003"),
+            (first.id, {"K": "a\x00b"}, "secret K must not contain NUL"),
+            (first.id, {"K": "v" * 999}, None),
+            (second.id, {"K": "v" * 600}, "at most 1500 bytes in all (1000 held for other"),
+        ]
+        for task_id, values, refusal in cases:
+            request = secrets_pb.SendSecretsRequest(task_id=str(task_id), secrets=values)
+            if refusal is None:
+                assert list((await client.send(request)).keys) == ["K"]
+                continue
+            with pytest.raises(ConnectError) as info:
+                await client.send(request)
+            assert info.value.code == Code.INVALID_ARGUMENT
+            assert refusal in info.value.message
+            assert "xxxx" not in info.value.message
+        store = app.state.secrets
+        assert store.get(first.id) == {"K": "v" * 999}
+        assert store.get(second.id) == {}
+    finally:
+        await client.close()
