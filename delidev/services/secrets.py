@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -382,7 +384,8 @@ async def prune_secrets(store: SecretStore) -> int:
 
 
 def _forms(value: str) -> list[str]:
-    """What of ``value`` gets masked: the value, and its base64 and url-safe base64 forms.
+    """What of ``value`` gets masked: the value, its base64 and url-safe base64 forms, and
+    the value as written inside a JSON string or a URL (escaped), as GitHub's masker does.
 
     Base64 of a longer byte string that holds the value encodes it differently depending on
     where the value starts modulo 3 bytes; only the characters whose six bits all come from
@@ -391,7 +394,13 @@ def _forms(value: str) -> list[str]:
     Longest first, so that a longer form is masked before a part of it.
     """
     raw = value.encode()
-    forms = {value}
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value, safe=""),
+    }
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         whole = encode(raw).decode()
         forms |= {whole, whole.rstrip("=")}

@@ -104,7 +104,10 @@ async def _get_log(clients: Clients, session_id: str) -> str:
 
 
 async def _stored_chunks(session_id: str) -> str:
-    rows = await m.LogChunk.filter(session_id=session_id).order_by("start_offset", "sequence")
+    """Every stored row of the log in log order: the placed chunks, then what is held back,
+    then the chunks waiting for a gap to close."""
+    rows = await m.LogChunk.filter(session_id=session_id)
+    rows.sort(key=lambda r: (r.start_offset < 0, r.start_offset, r.sequence))
     return "".join(r.data for r in rows)
 
 

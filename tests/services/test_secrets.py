@@ -6,7 +6,9 @@ import base64
 import datetime as dt
 import inspect
 import itertools
+import json
 import logging
+import urllib.parse
 import uuid
 from collections.abc import Callable
 
@@ -296,6 +298,21 @@ def test_base64_of_a_value_at_any_offset_is_masked(
     assert secrets.MASK in masked
     for leak in _leaks(value):
         assert leak not in masked, (prefix, suffix)
+
+
+def test_a_value_escaped_in_json_or_a_url_is_masked() -> None:
+    value = 'p@ss "w\\rd" \u00e9/+&'
+    shown = [
+        json.dumps({"password": value}),
+        json.dumps({"password": value}, ensure_ascii=False),
+        f"https://u:{urllib.parse.quote(value, safe='')}@host/",
+        f"?q={urllib.parse.quote_plus(value)}&x=1",
+    ]
+    for text in shown:
+        masked = secrets.mask(text, {"K": value})
+        assert secrets.MASK in masked, text
+        assert "p@ss" not in masked, text
+        assert "p%40ss" not in masked, text
 
 
 def _feed(masker: secrets.OutputMasker, chunks: list[str]) -> tuple[list[str], str]:
