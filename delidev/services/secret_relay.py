@@ -21,7 +21,8 @@ the dropped values back. So each sealed message carries its sender, a sequence n
 sender and the time it was sealed: a message older than ``max_age`` (or as far in the
 future) is refused, and so is one whose sequence number that sender already used (a sliding
 window of ``WINDOW`` numbers, as in IPsec's anti-replay check). ``max_age`` stays well under
-the tombstones' life, so any message still accepted cannot cross a drop.
+the tombstones' life, so any message still accepted cannot cross a drop. Drops are exempt:
+their version keeps them from removing anything set after them.
 """
 
 from __future__ import annotations
@@ -190,7 +191,9 @@ class SecretRelay:
             sealed = base64.b64decode(text, validate=True)
             plain = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _AAD)
             message = json.loads(plain)
-            if self._fresh(message):
+            # A drop is applied whatever its age: its version keeps it from removing anything
+            # set after it, so a late or replayed one is harmless (and a late one is needed).
+            if message.get("op") == "drop" or self._fresh(message):
                 self._apply(message)
         except (InvalidTag, binascii.Error, ValueError, KeyError, TypeError):
             # Never log the content: it may hold values.

@@ -122,6 +122,11 @@ def test_a_replay_is_refused_even_once_the_tombstone_is_gone(
     assert store_c.get(task) == {}
     assert relay_c.replayed == 1
     assert "too old" in caplog.text
+    # A late drop still counts (it removes nothing set after it).
+    store_c.apply_set(task, {"API_KEY": "old"}, version=1)
+    for event in sent[len(captured) :]:
+        relay_c.on_event(event)
+    assert store_c.get(task) == {}
     assert VALUE not in caplog.text
 
 
