@@ -395,3 +395,37 @@ def test_streamed_output_never_shows_a_value_whatever_the_chunking(
     assert len(held) < max(len(base64.b64encode(v.encode())) for v in values.values())
     # Nothing but the values changes.
     assert secrets.mask(log, values) == log
+
+
+@pytest.mark.usefixtures("database")
+async def test_held_back_output_and_a_cut_log_live_side_by_side() -> None:
+    store = secrets.SecretStore()
+    task = await _unit(expects_secrets=True)
+    await secrets.send_secrets(actor=LOCAL_USER, store=store, task_id=task.id, values={"K": VALUE})
+    worker = await _worker()
+    job = await workers.claim_job(worker_id=worker.id, store=store)
+    assert job is not None
+    text = "".join(f"line {i} {VALUE}\n" for i in range(20)) + f"end {VALUE[:5]}"
+    pieces = [text[i : i + 7] for i in range(0, len(text), 7)]  # a value spans 4+ chunks
+    for sequence, piece in enumerate(pieces):
+        await workers.append_job_log(
+            worker_id=worker.id,
+            session_id=job.session.id,
+            lease_token=job.lease_token,
+            chunks=[sessions.LogChunkIn(sequence=sequence, data=piece)],
+            store=store,
+            limits=sessions.LogLimits(max_chars=200, chunk_max_chars=20),
+        )
+    ended = await workers.report_status(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        status=Q.SUCCEEDED,
+        store=store,
+    )
+    log = (await sessions.read_log(actor=LOCAL_USER, session_id=job.session.id)).content
+    assert "characters of output dropped here" in log
+    assert log.startswith(f"line 0 {secrets.MASK}\n")
+    assert log.endswith(f"line 19 {secrets.MASK}\nend {VALUE[:5]}")
+    assert VALUE not in log
+    assert ended.output_log == log
