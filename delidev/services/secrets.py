@@ -41,8 +41,8 @@ from delidev.services import tasks as task_service
 
 MAX_SECRETS = 64
 MAX_KEY_LENGTH = 128
-MAX_VALUE_BYTES = 64 * 1024
 MAX_TASK_BYTES = 64 * 1024
+MAX_VALUE_BYTES = MAX_TASK_BYTES  # a value alone may fill its task's share
 MAX_USER_BYTES = 1024 * 1024
 SECRET_TTL = dt.timedelta(hours=24)
 MASK = "********"
@@ -264,9 +264,9 @@ def _check(values: Mapping[str, str], limits: SecretLimits) -> dict[str, str]:
                 f"secret {key} is not valid Unicode text (it holds a lone surrogate)",
                 field="secrets",
             )
-        if len(value.encode()) > MAX_VALUE_BYTES:
+        if len(value.encode()) > limits.bytes_per_task:
             raise InvalidArgument(
-                f"secret {key} is larger than {MAX_VALUE_BYTES} bytes", field="secrets"
+                f"secret {key} is larger than {limits.bytes_per_task} bytes", field="secrets"
             )
     return dict(values)
 
