@@ -429,3 +429,30 @@ async def test_held_back_output_and_a_cut_log_live_side_by_side() -> None:
     assert log.endswith(f"line 19 {secrets.MASK}\nend {VALUE[:5]}")
     assert VALUE not in log
     assert ended.output_log == log
+
+
+@pytest.mark.usefixtures("database")
+async def test_the_commits_a_worker_reports_are_masked_before_they_are_stored() -> None:
+    store = secrets.SecretStore()
+    task = await _unit(expects_secrets=True)
+    await secrets.send_secrets(actor=LOCAL_USER, store=store, task_id=task.id, values={"K": VALUE})
+    worker = await _worker()
+    job = await workers.claim_job(worker_id=worker.id, store=store)
+    assert job is not None
+    shifted = base64.b64encode(b"x" + VALUE.encode()).decode()
+    await workers.report_status(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        status=Q.SUCCEEDED,
+        base_commit=VALUE,
+        end_commit=shifted,
+        store=store,
+    )
+    unit = await m.UnitTask.get(id=task.id)
+    assert unit.base_commit == secrets.MASK
+    assert unit.end_commit is not None
+    assert secrets.MASK in unit.end_commit
+    stored = await _every_stored_value()
+    assert VALUE not in stored
+    assert shifted[2:-4] not in stored
