@@ -612,8 +612,10 @@ async def append_job_log(
     if not values:
         return await session_service.append_log(session_id=session_id, chunks=chunks, limits=limits)
     masker = secret_service.OutputMasker(values)
+    texts = await masker.mask_each([c.data for c in chunks])
     masked = [
-        session_service.LogChunkIn(sequence=c.sequence, data=masker.mask(c.data)) for c in chunks
+        session_service.LogChunkIn(sequence=c.sequence, data=t)
+        for c, t in zip(chunks, texts, strict=True)
     ]
     return await session_service.append_log(
         session_id=session_id, chunks=masked, hold=masker.feed, limits=limits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import inspect
@@ -456,3 +457,20 @@ async def test_the_commits_a_worker_reports_are_masked_before_they_are_stored() 
     stored = await _every_stored_value()
     assert VALUE not in stored
     assert shifted[2:-4] not in stored
+
+
+async def test_a_large_batch_is_masked_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    masker = secrets.OutputMasker({"K": VALUE})
+    texts = [f"a {VALUE} b", "plain"]
+    assert await masker.mask_each(texts) == [f"a {secrets.MASK} b", "plain"]
+    threads: list[object] = []
+    real = asyncio.to_thread
+
+    async def spy(func: Callable[[], list[str]]) -> list[str]:
+        threads.append(func)
+        return await real(func)
+
+    monkeypatch.setattr(secrets.asyncio, "to_thread", spy)
+    monkeypatch.setattr(secrets, "OFFLOAD_WORK", 10)
+    assert await masker.mask_each(texts) == [f"a {secrets.MASK} b", "plain"]
+    assert len(threads) == 1
