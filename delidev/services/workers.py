@@ -567,7 +567,7 @@ async def report_status(
         loaded=session,
     )
     if values and ended.output_log:
-        masked = secret_service.mask(ended.output_log, values)
+        (masked,) = await secret_service.OutputMasker(values).mask_each([ended.output_log])
         if masked != ended.output_log:
             await m.AgentSession.filter(id=ended.id).update(output_log=masked, updated_at=_now())
             ended.output_log = masked
