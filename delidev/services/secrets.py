@@ -127,6 +127,7 @@ class SecretStore:
 
         Raises: InvalidArgument (over a limit; then nothing changes).
         """
+        self.get(task_id)  # drops them if expired: expired values are not merged again
         entry = self._entries.get(task_id)
         merged = {**(entry.values if entry else {}), **values}
         limits = self.limits

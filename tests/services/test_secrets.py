@@ -264,6 +264,13 @@ async def test_expired_secrets_are_dropped() -> None:
     await secrets.send_secrets(actor=LOCAL_USER, store=store, task_id=task.id, values={"K": VALUE})
     assert store.get(task.id) == {}
     assert task.id not in store
+    # Expired values are not merged into the next send, nor counted against the user.
+    await secrets.send_secrets(actor=LOCAL_USER, store=store, task_id=task.id, values={"K": VALUE})
+    keys = await secrets.send_secrets(
+        actor=LOCAL_USER, store=store, task_id=task.id, values={"N": "new-value"}
+    )
+    assert keys == ["N"]
+    assert store.held_bytes("") == len("Nnew-value")
 
 
 def test_masking() -> None:
