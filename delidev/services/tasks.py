@@ -304,7 +304,7 @@ async def list_tasks(
     limit: int | None = None,
     offset: int | None = None,
 ) -> Page[Task]:
-    """Unit and composite tasks, newest first (ties broken by id).
+    """Unit and composite tasks, oldest first (ties broken by id), as every list is.
 
     ``kind`` is "unit", "composite" or None for both. A status filter of one kind leaves
     out the other kind. Nodes of composite tasks are left out unless ``include_nodes``.
@@ -339,11 +339,11 @@ async def list_tasks(
     window = offset + limit
     if want_unit:
         total += await unit_query.count()
-        merged.extend(await unit_query.order_by("-created_at", "-id").limit(window))
+        merged.extend(await unit_query.order_by("created_at", "id").limit(window))
     if want_composite:
         total += await composite_query.count()
-        merged.extend(await composite_query.order_by("-created_at", "-id").limit(window))
-    merged.sort(key=lambda t: (t.created_at, str(t.id)), reverse=True)
+        merged.extend(await composite_query.order_by("created_at", "id").limit(window))
+    merged.sort(key=lambda t: (t.created_at, str(t.id)))
     return Page(items=merged[offset:window], total_count=total)
 
 

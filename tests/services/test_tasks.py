@@ -303,7 +303,7 @@ async def test_delete_removes_runs_logs_and_stops_running_sessions() -> None:
         await tasks.get_task(actor=A, task_id=task.id)
 
 
-async def test_list_filters_and_pages_newest_first() -> None:
+async def test_list_filters_and_pages_oldest_first() -> None:
     group = await _group()
     other = await _group()
     created = [
@@ -317,7 +317,7 @@ async def test_list_filters_and_pages_newest_first() -> None:
     await finish_latest(created[0].agent_task_id)
 
     page = await tasks.list_tasks(actor=A, repository_group_id=group.id)
-    assert [t.id for t in page.items] == [composite.id, *[t.id for t in reversed(created)]]
+    assert [t.id for t in page.items] == [*[t.id for t in created], composite.id]
     assert page.total_count == 5
     units = await tasks.list_tasks(actor=A, workspace_id=group.workspace_id, kind="unit")
     assert units.total_count == 4
@@ -326,7 +326,7 @@ async def test_list_filters_and_pages_newest_first() -> None:
     planning = await tasks.list_tasks(actor=A, composite_status=C.PLANNING)
     assert [t.id for t in planning.items] == [composite.id]
     second = await tasks.list_tasks(actor=A, repository_group_id=group.id, limit=2, offset=2)
-    assert [t.id for t in second.items] == [created[2].id, created[1].id]
+    assert [t.id for t in second.items] == [created[2].id, created[3].id]
     with pytest.raises(InvalidArgument):
         await tasks.list_tasks(actor=A, kind="weird")
 
