@@ -19,6 +19,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import cast
 from uuid import UUID
 
@@ -76,6 +77,16 @@ class JobSignal:
     async def wait(generation: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(generation.wait(), seconds)
+
+
+class FailureKind(StrEnum):
+    """Why a run failed, as its worker reports it (stored in ``AgentSession.failure_kind``)."""
+
+    CONTAINER_START = "container_start"
+    AGENT_CRASHED = "agent_crashed"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,7 +548,7 @@ async def report_status(
     lease_token: str,
     status: m.AgentSessionStatus,
     error: str | None = None,
-    failure_kind: str | None = None,
+    failure_kind: FailureKind | None = None,
     plan_yaml: str | None = None,
     base_commit: str | None = None,
     end_commit: str | None = None,
@@ -550,6 +561,10 @@ async def report_status(
     masking of each chunk); then a unit task's secrets are dropped.
     Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
     """
+    if failure_kind is not None and failure_kind not in set(FailureKind):
+        raise InvalidArgument(
+            f"failure_kind has an unknown value {str(failure_kind)[:32]!r}", field="failure_kind"
+        )
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
@@ -560,7 +575,7 @@ async def report_status(
         session_id=session.id,
         status=status,
         error=None if error is None else secret_service.mask(error, values),
-        failure_kind=failure_kind,
+        failure_kind=None if failure_kind is None else FailureKind(failure_kind).value,
         plan_yaml=None if plan_yaml is None else secret_service.mask(plan_yaml, values),
         base_commit=base_commit,
         end_commit=end_commit,

@@ -1,0 +1,92 @@
+"""WorkerService edge cases on the wire (JSON and binary): what a worker may not do."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from pyqwest import Client, HTTPVersion
+from pyqwest.testing import ASGITransport
+
+from delidev import models as m
+from delidev.auth.principal import LOCAL_USER
+from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
+from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
+from delidev.services import tasks
+from tests.clients import connect_codecs
+from tests.factories import make_group, make_repository, make_workspace
+
+S = task_pb.AgentSessionStatus
+
+
+@dataclass
+class Wire:
+    workers: WorkerServiceClient
+
+
+@pytest.fixture(params=["json", "binary"])
+async def wire(request: pytest.FixtureRequest, app: Any) -> AsyncIterator[Wire]:
+    http = Client(ASGITransport(app, http_version=HTTPVersion.HTTP1))
+    client = WorkerServiceClient(
+        "http://test", http_client=http, codec=connect_codecs()[request.param]
+    )
+    yield Wire(workers=client)
+    await client.close()
+
+
+async def _unit(prompt: str = "Do it") -> m.UnitTask:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    return await tasks.create_unit_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt=prompt
+    )
+
+
+async def _register(wire: Wire, name: str = "w") -> str:
+    reg = await wire.workers.register(
+        worker_pb.RegisterWorkerRequest(name=name, endpoint_url="http://127.0.0.1:54872")
+    )
+    return reg.worker_id
+
+
+async def _claim(wire: Wire, worker_id: str) -> worker_pb.Job | None:
+    return (await wire.workers.get_task(worker_pb.ClaimJobRequest(worker_id=worker_id))).job
+
+
+async def _refused(call: Any) -> ConnectError:
+    with pytest.raises(ConnectError) as info:
+        await call
+    return info.value
+
+
+async def test_an_unknown_failure_kind_is_refused_and_the_run_goes_on(wire: Wire) -> None:
+    await _unit()
+    wid = await _register(wire)
+    job = await _claim(wire, wid)
+    assert job is not None
+    error = await _refused(
+        wire.workers.report_status(
+            worker_pb.ReportStatusRequest(
+                worker_id=wid,
+                session_id=job.session_id,
+                lease_token=job.lease_token,
+                status=S.FAILED,
+                error="boom",
+                failure_kind=worker_pb.FailureKind(9999),
+            )
+        )
+    )
+    assert error.code == Code.INVALID_ARGUMENT
+    assert "failure_kind" in error.message
+    assert "9999" in error.message
+    session = await m.AgentSession.get(id=job.session_id)
+    assert (session.status, session.failure_kind, session.error) == (
+        m.AgentSessionStatus.RUNNING,
+        None,
+        None,
+    )
+    assert session.lease_token == job.lease_token
