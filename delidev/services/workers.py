@@ -29,7 +29,13 @@ from tortoise.expressions import Q
 
 from delidev import events
 from delidev import models as m
-from delidev.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
+from delidev.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
@@ -347,7 +353,9 @@ async def _release_abandoned(*, started_before: dt.datetime) -> int:
 # Claiming ----------------------------------------------------------------------------------
 
 # One statement claims the oldest claimable session, marks the worker busy and returns what
-# the job description needs (everything but the base remotes). The partial unique index
+# the job description needs (everything but the base remotes). A worker marked unhealthy
+# claims nothing until a heartbeat makes it healthy again: the sweep would only take the job
+# back (and queue yet another run of it). The partial unique index
 # ``agent_sessions_one_running_per_worker`` (see db.EXTRA_INDEXES) refuses a second running
 # session for one worker, so two GetTask calls of one worker at once cannot both claim.
 _CLAIM_PG = """
@@ -357,6 +365,7 @@ WITH claimed AS (
     WHERE id = (
         SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
         WHERE s.status = 'queued' AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
+          AND EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND w.status <> 'unhealthy')
         ORDER BY s.created_at, s.id
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED
@@ -366,7 +375,7 @@ WITH claimed AS (
     UPDATE workers SET status = 'busy', current_session_id = claimed.id, updated_at = $3,
            current_task_id = (SELECT u.id FROM unit_tasks u
                               WHERE u.agent_task_id = claimed.agent_task_id)
-    FROM claimed WHERE workers.id = $1
+    FROM claimed WHERE workers.id = $1 AND workers.status <> 'unhealthy'
 )
 SELECT claimed.*, a.expects_secrets,
        u.id AS unit_id, u.prompt AS unit_prompt, u.title AS unit_title, u.branch_name,
@@ -387,7 +396,9 @@ UPDATE agent_sessions SET status = 'running', worker_id = ?, lease_token = ?,
        started_at = ?, updated_at = ?
 WHERE id = (
     SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
-    WHERE s.status = 'queued' AND (a.expects_secrets = 0 OR a.id IN ({ready}))
+    WHERE s.status = 'queued'
+      AND EXISTS (SELECT 1 FROM workers w WHERE w.id = ? AND w.status <> 'unhealthy')
+      AND (a.expects_secrets = 0 OR a.id IN ({ready}))
     ORDER BY s.created_at, s.id
     LIMIT 1
 )
@@ -437,12 +448,13 @@ async def _claim_once(worker_id: UUID, ready_agent_ids: Sequence[UUID]) -> Job |
     stamp = now.isoformat(" ")  # as Tortoise writes it, so that comparisons with it hold
     rows = await conn.execute_query_dict(
         _CLAIM_SQLITE.format(ready=ready),
-        [str(worker_id), lease, stamp, stamp, *map(str, ready_agent_ids)],
+        [str(worker_id), lease, stamp, stamp, str(worker_id), *map(str, ready_agent_ids)],
     )
     if not rows:
         return None
     claimed = await m.AgentSession.get(id=UUID(str(rows[0]["id"])))
-    await m.Worker.filter(id=worker_id).update(
+    # Marked unhealthy since the claim: it stays so (the sweep takes the job back).
+    await m.Worker.filter(id=worker_id, status__not=m.WorkerStatus.UNHEALTHY).update(
         status=m.WorkerStatus.BUSY,
         updated_at=_now(),
         current_session_id=claimed.id,
@@ -469,8 +481,9 @@ async def claim_job(
 
     A worker holds at most one job: asking again returns the job it holds. A job whose task
     expects secrets is handed out only once they are in ``store``. Waits up to ``wait``
-    (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``.
-    Raises: NotFound.
+    (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``. A worker marked
+    unhealthy claims nothing until a heartbeat makes it healthy again.
+    Raises: NotFound, FailedPrecondition (the worker is unhealthy).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait.total_seconds(), MAX_WAIT_MS / 1000)
@@ -485,10 +498,15 @@ async def claim_job(
         if job is not None:
             return job
         if not checked:  # the slow path, once: an unknown worker, or the job it holds
-            await get_worker(worker_id=worker_id)
+            worker = await get_worker(worker_id=worker_id)
             held = await _held_job(worker_id)
             if held is not None:
                 return held
+            if worker.status == m.WorkerStatus.UNHEALTHY:
+                raise FailedPrecondition(
+                    f"worker {worker_id} is unhealthy (it missed its heartbeats): "
+                    "send a Heartbeat before claiming jobs"
+                )
             checked = True
         remaining = deadline - loop.time()
         if remaining <= 0 or generation is None:

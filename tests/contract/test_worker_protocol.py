@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
-from delidev.services import tasks
+from delidev.services import tasks, workers
 from tests.clients import connect_codecs
 from tests.factories import make_group, make_repository, make_workspace
 
@@ -90,3 +91,32 @@ async def test_an_unknown_failure_kind_is_refused_and_the_run_goes_on(wire: Wire
         None,
     )
     assert session.lease_token == job.lease_token
+
+
+async def test_an_unhealthy_worker_claims_nothing_until_it_beats_again(wire: Wire) -> None:
+    """Before, a silent worker that kept calling GetTask claimed the job each time and the
+    sweep took it back each time: a lost run per round. Now it is told to beat first."""
+    task = await _unit()
+    wid = await _register(wire)
+    an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    await m.Worker.filter(id=wid).update(last_heartbeat=an_hour_ago)
+    interval = dt.timedelta(seconds=30)
+    for _ in range(5):
+        assert await workers.sweep_workers(heartbeat_interval=interval) == 0
+        assert (await m.Worker.get(id=wid)).status == m.WorkerStatus.UNHEALTHY
+        error = await _refused(
+            wire.workers.get_task(worker_pb.ClaimJobRequest(worker_id=wid, wait_ms=0))
+        )
+        assert error.code == Code.FAILED_PRECONDITION
+        assert "unhealthy" in error.message
+        assert "Heartbeat" in error.message
+    runs = await m.AgentSession.filter(agent_task_id=task.agent_task_id)
+    assert [(s.attempt, s.status, s.worker_id) for s in runs] == [
+        (1, m.AgentSessionStatus.QUEUED, None)
+    ]
+    beat = await wire.workers.heartbeat(worker_pb.HeartbeatRequest(worker_id=wid))
+    assert beat.status == worker_pb.WorkerStatus.IDLE
+    job = await _claim(wire, wid)
+    assert job is not None
+    assert job.task_id == str(task.id)
+    assert (await m.Worker.get(id=wid)).status == m.WorkerStatus.BUSY
