@@ -14,17 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
+from typing import ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from tortoise import connections
-from tortoise.exceptions import IntegrityError
+from tortoise.exceptions import DoesNotExist, IntegrityError
 from tortoise.expressions import Q
 
 from delidev import events
@@ -41,6 +42,8 @@ from delidev.services import sessions as session_service
 from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
 
 SessionStatus = m.AgentSessionStatus
+P = ParamSpec("P")
+R = TypeVar("R")
 MISSED_BEATS = 3
 MAX_WAIT_MS = 30_000
 # Safety net for wake-ups this process cannot see (a job queued through another replica).
@@ -559,6 +562,29 @@ async def leased_session(*, worker_id: UUID, session_id: UUID, lease_token: str)
     return session
 
 
+def _lease_bound(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """For a call about a leased job: when it fails because the job moved on after its lease
+    was checked (the sweep released it, a user stopped it, its task was deleted), the lease
+    is checked again and the call refused as a stale lease (Conflict), as it would have been
+    a moment later. So a worker always hears "aborted" for a job it lost, however close the
+    race (issue 9: FailedPrecondition or NotFound came through before)."""
+
+    @functools.wraps(call)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except (FailedPrecondition, NotFound, DoesNotExist):
+            await leased_session(
+                worker_id=cast(UUID, kwargs["worker_id"]),
+                session_id=cast(UUID, kwargs["session_id"]),
+                lease_token=cast(str, kwargs["lease_token"]),
+            )
+            raise  # the lease holds: the failure has another cause
+
+    return checked
+
+
+@_lease_bound
 async def report_status(
     *,
     worker_id: UUID,
@@ -625,6 +651,7 @@ async def _secrets_of(
     return await secret_service.secrets_for(store, session.agent_task_id)
 
 
+@_lease_bound
 async def append_job_log(
     *,
     worker_id: UUID,
@@ -675,6 +702,7 @@ async def get_job_secrets(
     )
 
 
+@_lease_bound
 async def ask_tty_input(
     *,
     worker_id: UUID,
@@ -708,6 +736,7 @@ async def ask_tty_input(
 TTY_POLL_S = 0.2  # without an event bus (a service called outside an app)
 
 
+@_lease_bound
 async def wait_tty_answer(
     *,
     worker_id: UUID,

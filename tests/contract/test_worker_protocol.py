@@ -15,7 +15,7 @@ from pyqwest.testing import ASGITransport
 
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
+from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.services import tasks, workers
 from tests.clients import connect_codecs
@@ -120,3 +120,72 @@ async def test_an_unhealthy_worker_claims_nothing_until_it_beats_again(wire: Wir
     assert job is not None
     assert job.task_id == str(task.id)
     assert (await m.Worker.get(id=wid)).status == m.WorkerStatus.BUSY
+
+
+LEASE_CALLS = ["append_log", "report_status", "request_tty_input"]
+
+
+def _lease_call(call: str, wid: str, job: worker_pb.Job) -> Any:
+    if call == "append_log":
+        return worker_pb.AppendLogRequest(
+            worker_id=wid,
+            session_id=job.session_id,
+            lease_token=job.lease_token,
+            chunks=[worker_pb.LogChunk(sequence=0, data="out\n")],
+        )
+    if call == "report_status":
+        return worker_pb.ReportStatusRequest(
+            worker_id=wid,
+            session_id=job.session_id,
+            lease_token=job.lease_token,
+            status=S.FAILED,
+            error="boom",
+        )
+    return worker_pb.RequestTtyInputRequest(
+        worker_id=wid,
+        session_id=job.session_id,
+        lease_token=job.lease_token,
+        prompt="Branch?",
+        input_type=session_pb.TtyInputType.TEXT,
+    )
+
+
+@pytest.mark.parametrize("taken_by", ["sweep", "delete"])
+@pytest.mark.parametrize("call", LEASE_CALLS)
+async def test_a_lease_taken_away_during_the_call_is_refused_with_aborted(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch, call: str, taken_by: str
+) -> None:
+    """The job is taken away (the sweep releases it, or its task is deleted) right after the
+    call checked its lease and before it acts: the call is refused with aborted, as if it had
+    come a moment later, never with failed_precondition or not_found."""
+    task = await _unit()
+    wid = await _register(wire)
+    job = await _claim(wire, wid)
+    assert job is not None
+    check = workers.leased_session
+    taken: list[int] = []
+
+    async def then_take_it_away(**kwargs: Any) -> m.AgentSession:
+        session = await check(**kwargs)
+        if not taken:
+            if taken_by == "sweep":
+                an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+                await m.Worker.filter(id=wid).update(last_heartbeat=an_hour_ago)
+                taken.append(
+                    await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1))
+                )
+            else:
+                await tasks.delete_task(actor=LOCAL_USER, task_id=task.id)
+                taken.append(1)
+        return session
+
+    monkeypatch.setattr(workers, "leased_session", then_take_it_away)
+    error = await _refused(getattr(wire.workers, call)(_lease_call(call, wid, job)))
+    assert taken == [1]
+    assert (error.code, error.message) == (
+        Code.ABORTED,
+        f"the lease on session {job.session_id} is no longer current "
+        "(reassigned, stopped, finished or deleted)",
+    )
+    assert not await m.LogChunk.filter(session_id=job.session_id).exists()
+    assert not await m.TtyInputRequest.filter(session_id=job.session_id).exists()
