@@ -592,7 +592,10 @@ async def delete_task(*, actor: Principal, task_id: UUID) -> None:
         await m.TtyInputRequest.filter(id__in=[p[0] for p in pending]).update(
             status=m.TtyInputStatus.CANCELLED
         )
-        await task.delete()  # a composite's nodes and node unit tasks go with it (CASCADE)
+        # A composite's nodes and node unit tasks go with it (CASCADE). Nothing deleted: a
+        # concurrent delete won (this transaction's changes are rolled back).
+        if not await type(task).filter(id=task.id).delete():
+            raise NotFound(f"task {task.id} not found", field="task_id")
         await m.AgentTask.filter(id__in=all_agents).delete()
         workspace = str(task.workspace_id)
         for session_id in active:
@@ -676,7 +679,10 @@ async def _approve_plan(composite: m.CompositeTask) -> m.CompositeTask:
         moved = await _move_composite(composite, C.PENDING_APPROVAL, C.IN_PROGRESS)
         await _create_nodes(moved, plan, template=template, remotes=remotes)
     await advance_composite(moved.id)
-    return await m.CompositeTask.get(id=moved.id)
+    fresh = await m.CompositeTask.get_or_none(id=moved.id)
+    if fresh is None:  # deleted since it was approved
+        raise NotFound(f"task {moved.id} not found", field="task_id")
+    return fresh
 
 
 async def _create_nodes(
@@ -881,13 +887,21 @@ class TaskBundle:
     sessions: dict[UUID, list[m.AgentSession]]
     auto_fix: dict[UUID, list[UUID]]
     nodes: dict[UUID, list[NodeView]]
+    gone: frozenset[UUID] = frozenset()
+    """Tasks deleted while the bundle was read: their rows are partly missing."""
 
     def latest(self, agent_task_id: UUID) -> m.AgentSession | None:
         runs = self.sessions.get(agent_task_id) or []
         return runs[-1] if runs else None
 
+    def shown(self, items: Sequence[Task]) -> list[Task]:
+        """``items`` without those deleted while the bundle was read."""
+        return [t for t in items if t.id not in self.gone]
+
 
 async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
+    """Everything needed to show ``items``; tasks deleted meanwhile are named in ``gone``
+    (a concurrent delete removes their AgentTasks between our reads)."""
     composite_ids = [t.id for t in items if isinstance(t, m.CompositeTask)]
     nodes = await composite_nodes(composite_ids)
     units = [t for t in items if isinstance(t, m.UnitTask)]
@@ -910,6 +924,34 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
             remotes[remote.agent_task_id].append(remote)
         for session in await m.AgentSession.filter(agent_task_id__in=ids).order_by("attempt"):
             sessions[session.agent_task_id].append(session)
+
+    def agents_of(unit: m.UnitTask) -> list[UUID]:
+        return [unit.agent_task_id, *auto_fix.get(unit.id, [])]
+
+    def complete(task: Task) -> bool:
+        if isinstance(task, m.UnitTask):
+            needed = agents_of(task)
+        else:
+            needed = [task.planning_task_id]
+            needed += [a for v in nodes.get(task.id, []) for a in agents_of(v.unit_task)]
+        return all(a in agents for a in needed)
+
     return TaskBundle(
-        agents=agents, remotes=remotes, sessions=sessions, auto_fix=auto_fix, nodes=nodes
+        agents=agents,
+        remotes=remotes,
+        sessions=sessions,
+        auto_fix=auto_fix,
+        nodes=nodes,
+        gone=frozenset(t.id for t in items if not complete(t)),
     )
+
+
+async def load_task_view(task: Task) -> TaskBundle:
+    """What showing one task needs, just after it was read or changed.
+
+    Raises: NotFound (the task was deleted meanwhile, e.g. by a concurrent DeleteTask).
+    """
+    bundle = await load_task_bundle([task])
+    if task.id in bundle.gone:
+        raise NotFound(f"task {task.id} not found (it was deleted)", field="task_id")
+    return bundle
