@@ -539,7 +539,8 @@ async def retry_task(*, actor: Principal, task_id: UUID) -> Task:
             )
     async with transaction():
         # Lock the AgentTask so that two retries cannot both queue a run.
-        await m.AgentTask.filter(id=agent_id).select_for_update().first()
+        if await m.AgentTask.filter(id=agent_id).select_for_update().first() is None:
+            raise NotFound(f"task {task.id} not found", field="task_id")  # deleted meanwhile
         latest = (await latest_sessions([agent_id])).get(agent_id)
         failed_plan = isinstance(task, m.CompositeTask) and task.plan_error is not None
         if (

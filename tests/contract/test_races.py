@@ -18,7 +18,8 @@ from delidev import models as m
 from tests.clients import ApiError, ConnectTaskApi, GraphQLTaskApi, connect_codecs
 from tests.factories import finish_latest, make_group, make_repository, make_workspace
 
-ROUNDS = 20
+ROUNDS = 12
+Q = m.AgentSessionStatus
 LOSER = {"NOT_FOUND", "FAILED_PRECONDITION"}
 # GraphQL reads the task's AgentTask and runs too: the fields a client would show.
 TASK_FIELDS = "id ... on UnitTask { status agentTask { id sessions { id } } latestSession { id } }"
@@ -43,6 +44,7 @@ def _answer(api: Any, answer: str, task_id: str) -> Awaitable[Any]:
             "request_changes": ("requestChanges", 'feedback: "more"'),
             "approve": ("approveTask", ""),
             "reject": ("rejectTask", 'reason: "no"'),
+            "retry": ("retryTask", ""),
             "delete": ("deleteTask", None),
         }[answer]
         if args is None:
@@ -68,14 +70,16 @@ async def _outcome(turns: int, call: Awaitable[Any]) -> str:
     return "OK"
 
 
-@pytest.mark.parametrize("answer", ["request_changes", "approve", "reject", "delete"])
+@pytest.mark.parametrize("answer", ["request_changes", "approve", "reject", "retry", "delete"])
 async def test_delete_racing_a_review_answer(api: Any, answer: str) -> None:
     ws = await make_workspace()
     group = await make_group(ws, [await make_repository(ws)])
     seen: Counter[tuple[str, str]] = Counter()
     for turns in range(ROUNDS):
         task = await api.create_unit(str(group.id), "p")
-        await finish_latest((await m.UnitTask.get(id=task["id"])).agent_task_id)  # in review
+        agent_id = (await m.UnitTask.get(id=task["id"])).agent_task_id
+        # In review; for a retry, its run failed.
+        await finish_latest(agent_id, Q.FAILED if answer == "retry" else Q.SUCCEEDED)
         # Half the rounds start the answer first, half the delete.
         first, second = (turns, 0) if turns % 2 else (0, turns)
         answered, deleted = await asyncio.gather(
