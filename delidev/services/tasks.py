@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
 from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
@@ -20,6 +19,7 @@ from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
+from delidev.services import cascade
 from delidev.services.common import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -572,48 +572,12 @@ async def delete_task(*, actor: Principal, task_id: UUID) -> None:
         )
     async with transaction():
         if isinstance(task, m.UnitTask):
-            units = [task]
-            agent_ids = [task.agent_task_id]
+            removed = await cascade.remove_tasks(units=[task], composites=[])
         else:
-            units = list(await m.UnitTask.filter(composite_task_id=task.id))
-            agent_ids = [task.planning_task_id, *(u.agent_task_id for u in units)]
-        fix_ids = await m.UnitTaskAutoFixTask.filter(
-            unit_task_id__in=[u.id for u in units]
-        ).values_list("agent_task_id", flat=True)
-        all_agents = [*agent_ids, *cast(list[UUID], fix_ids)]
-        active = await m.AgentSession.filter(
-            agent_task_id__in=all_agents, status__in=list(ACTIVE)
-        ).values_list("id", flat=True)
-        await m.AgentSession.filter(id__in=list(active)).update(
-            status=SessionStatus.STOPPED, lease_token=None, updated_at=_now()
-        )
-        pending = await m.TtyInputRequest.filter(
-            session__agent_task_id__in=all_agents, status=m.TtyInputStatus.PENDING
-        ).values_list("id", "session_id")
-        await m.TtyInputRequest.filter(id__in=[p[0] for p in pending]).update(
-            status=m.TtyInputStatus.CANCELLED
-        )
-        # A composite's nodes and node unit tasks go with it (CASCADE). Nothing deleted: a
-        # concurrent delete won (this transaction's changes are rolled back).
-        if not await type(task).filter(id=task.id).delete():
+            nodes = await m.UnitTask.filter(composite_task_id=task.id)
+            removed = await cascade.remove_tasks(units=nodes, composites=[task])
+        if not removed:  # a concurrent delete came first; this one's changes roll back
             raise NotFound(f"task {task.id} not found", field="task_id")
-        await m.AgentTask.filter(id__in=all_agents).delete()
-        workspace = str(task.workspace_id)
-        for session_id in active:
-            events.publish(
-                events.SessionChanged(session_id=str(session_id), status=SessionStatus.STOPPED)
-            )
-        for request_id, session_id in pending:
-            events.publish(
-                events.TtyChanged(
-                    request_id=str(request_id), session_id=str(session_id), workspace_id=workspace
-                )
-            )
-        gone_ids = (
-            [task.id, *(u.id for u in units)] if isinstance(task, m.CompositeTask) else [task.id]
-        )
-        for gone in gone_ids:
-            events.publish(events.TaskChanged(task_id=str(gone), workspace_id=workspace))
 
 
 # Composite plans ----------------------------------------------------------------------
