@@ -792,7 +792,9 @@ async def composite_nodes(composite_task_ids: Sequence[UUID]) -> dict[UUID, list
         depends[node_id].append(dep_id)
     latest = await latest_sessions([u.agent_task_id for u in units.values()])
     for node in nodes:
-        unit = units[node.unit_task_id]
+        unit = units.get(node.unit_task_id)
+        if unit is None:  # its composite was deleted between the two reads
+            continue
         result[node.composite_task_id].append(
             NodeView(
                 node=node,
