@@ -290,7 +290,7 @@ _KINDS = {task_pb.TaskKind.UNIT: "unit", task_pb.TaskKind.COMPOSITE: "composite"
 
 class TaskHandler(_Handler, TaskService):
     async def _task(self, task: tasks.Task) -> task_pb.Task:
-        bundle = await tasks.load_task_bundle([task])
+        bundle = await tasks.load_task_view(task)
         return convert.task(task, bundle)
 
     async def create_unit(
@@ -359,7 +359,7 @@ class TaskHandler(_Handler, TaskService):
         bundle = await tasks.load_task_bundle(page.items)
         end = offset + len(page.items)
         return task_pb.ListTasksResponse(
-            tasks=[convert.task(t, bundle) for t in page.items],
+            tasks=[convert.task(t, bundle) for t in bundle.shown(page.items)],
             total_count=page.total_count,
             next_page_token=encode_cursor(end) if end < page.total_count else "",
         )

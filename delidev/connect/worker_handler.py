@@ -27,13 +27,7 @@ from delidev.settings import Settings
 Ctx = RequestContext[Any, Any]
 
 WORKER_STATUS = convert.EnumMap(m.WorkerStatus, worker_pb.WorkerStatus)
-FAILURE_KINDS = {
-    worker_pb.FailureKind.CONTAINER_START: "container_start",
-    worker_pb.FailureKind.AGENT_CRASHED: "agent_crashed",
-    worker_pb.FailureKind.TIMEOUT: "timeout",
-    worker_pb.FailureKind.OUT_OF_MEMORY: "out_of_memory",
-    worker_pb.FailureKind.OTHER: "other",
-}
+FAILURE_KIND = convert.EnumMap(workers.FailureKind, worker_pb.FailureKind)
 
 
 def _bearer(ctx: Ctx) -> str:
@@ -170,14 +164,13 @@ class WorkerHandler(WorkerService):
         status = convert.SESSION_STATUS.to_domain(request.status, "status")
         if status is None:
             raise InvalidArgument("status is required", field="status")
-        kind = worker_pb.FailureKind(request.failure_kind) if int(request.failure_kind) else None
         session = await workers.report_status(
             worker_id=wid,
             session_id=parse_id(request.session_id, "session_id"),
             lease_token=request.lease_token,
             status=status,
             error=request.error if request.has_field("error") else None,
-            failure_kind=FAILURE_KINDS.get(kind) if kind is not None else None,
+            failure_kind=FAILURE_KIND.to_domain(request.failure_kind, "failure_kind"),
             plan_yaml=request.plan_yaml if request.has_field("plan_yaml") else None,
             base_commit=request.base_commit if request.has_field("base_commit") else None,
             end_commit=request.end_commit if request.has_field("end_commit") else None,

@@ -10,6 +10,7 @@ from uuid import UUID
 import strawberry
 
 from delidev import models as m
+from delidev.errors import NotFound
 from delidev.graphql.types import GqlInfo
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
@@ -152,7 +153,8 @@ class AgentTask:
 
 async def _agent_task(info: GqlInfo, agent_id: UUID) -> AgentTask:
     agent = await info.context.loaders.tasks.agent_task.load(agent_id)
-    assert agent is not None  # a task always has its AgentTask (RESTRICT)
+    if agent is None:  # the task was deleted since the query read it (a concurrent delete)
+        raise NotFound("the task was deleted", field="id")
     return AgentTask.from_model(agent)
 
 

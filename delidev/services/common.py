@@ -26,6 +26,11 @@ MAX_PAGE_SIZE = 500
 MAX_NAME_LENGTH = 255
 MAX_TEXT_LENGTH = 100_000
 MAX_URL_LENGTH = 2_048
+# The highest paging offset: the range of the int32 ``offset`` fields (Connect) and of a
+# GraphQL Int. A cursor is bounded alike, so no position from outside overflows the 64-bit
+# integers of SQLite and PostgreSQL once a page size is added to it.
+MAX_OFFSET = 2**31 - 1
+MAX_CURSOR_LENGTH = 64  # ours are about 24 characters
 
 
 @contextlib.asynccontextmanager
@@ -68,8 +73,8 @@ def page_bounds(limit: int | None, offset: int | None) -> tuple[int, int]:
     offset = offset or 0
     if limit < 0 or limit > MAX_PAGE_SIZE:
         raise InvalidArgument(f"limit must be between 0 and {MAX_PAGE_SIZE}", field="limit")
-    if offset < 0:
-        raise InvalidArgument("offset must not be negative", field="offset")
+    if offset < 0 or offset > MAX_OFFSET:
+        raise InvalidArgument(f"offset must be between 0 and {MAX_OFFSET}", field="offset")
     return limit, offset
 
 
@@ -92,10 +97,12 @@ def encode_cursor(offset: int) -> str:
 def decode_cursor(cursor: str, field: str) -> int:
     """The position a cursor from ``encode_cursor`` stands for. Raises: InvalidArgument."""
     try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = raw.partition(":")
         offset = int(value)
-        if kind != "offset" or offset < 0:
+        if kind != "offset" or not 0 <= offset < MAX_OFFSET:
             raise ValueError
     except ValueError:
         raise InvalidArgument(f"{field} is not a cursor this server issued", field=field) from None

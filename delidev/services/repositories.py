@@ -336,7 +336,9 @@ async def update_repository_group(
     """Renames (an empty name clears it) and adds or removes members.
 
     Members of a group with tasks cannot be removed (as in ``remove_repository``): the
-    tasks' history needs them. Adding members is allowed.
+    tasks' history needs them. Adding members is allowed. Removing an id that is not a
+    member is a no-op, like adding one that is: a call that changes nothing leaves the group
+    untouched (``updated_at`` too), so that a retried call is harmless.
 
     Raises: InvalidArgument, NotFound, FailedPrecondition.
     """
@@ -375,9 +377,11 @@ async def update_repository_group(
         new_members = [rid for rid in to_add if rid not in current]
         if new_members:
             await m.RepositoryGroupMember.bulk_create(_new_members(group.id, new_members))
-        if name is not None:
+        renamed = name is not None and new_name != group.name
+        if renamed:
             group.name = new_name
-        await group.save(update_fields=["name", "updated_at"])
+        if renamed or final != current:
+            await group.save(update_fields=["name", "updated_at"])
     return group
 
 

@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
 from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
@@ -20,6 +19,7 @@ from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
+from delidev.services import cascade
 from delidev.services.common import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -304,7 +304,7 @@ async def list_tasks(
     limit: int | None = None,
     offset: int | None = None,
 ) -> Page[Task]:
-    """Unit and composite tasks, newest first (ties broken by id).
+    """Unit and composite tasks, oldest first (ties broken by id), as every list is.
 
     ``kind`` is "unit", "composite" or None for both. A status filter of one kind leaves
     out the other kind. Nodes of composite tasks are left out unless ``include_nodes``.
@@ -339,11 +339,11 @@ async def list_tasks(
     window = offset + limit
     if want_unit:
         total += await unit_query.count()
-        merged.extend(await unit_query.order_by("-created_at", "-id").limit(window))
+        merged.extend(await unit_query.order_by("created_at", "id").limit(window))
     if want_composite:
         total += await composite_query.count()
-        merged.extend(await composite_query.order_by("-created_at", "-id").limit(window))
-    merged.sort(key=lambda t: (t.created_at, str(t.id)), reverse=True)
+        merged.extend(await composite_query.order_by("created_at", "id").limit(window))
+    merged.sort(key=lambda t: (t.created_at, str(t.id)))
     return Page(items=merged[offset:window], total_count=total)
 
 
@@ -539,7 +539,8 @@ async def retry_task(*, actor: Principal, task_id: UUID) -> Task:
             )
     async with transaction():
         # Lock the AgentTask so that two retries cannot both queue a run.
-        await m.AgentTask.filter(id=agent_id).select_for_update().first()
+        if await m.AgentTask.filter(id=agent_id).select_for_update().first() is None:
+            raise NotFound(f"task {task.id} not found", field="task_id")  # deleted meanwhile
         latest = (await latest_sessions([agent_id])).get(agent_id)
         failed_plan = isinstance(task, m.CompositeTask) and task.plan_error is not None
         if (
@@ -571,45 +572,12 @@ async def delete_task(*, actor: Principal, task_id: UUID) -> None:
         )
     async with transaction():
         if isinstance(task, m.UnitTask):
-            units = [task]
-            agent_ids = [task.agent_task_id]
+            removed = await cascade.remove_tasks(units=[task], composites=[])
         else:
-            units = list(await m.UnitTask.filter(composite_task_id=task.id))
-            agent_ids = [task.planning_task_id, *(u.agent_task_id for u in units)]
-        fix_ids = await m.UnitTaskAutoFixTask.filter(
-            unit_task_id__in=[u.id for u in units]
-        ).values_list("agent_task_id", flat=True)
-        all_agents = [*agent_ids, *cast(list[UUID], fix_ids)]
-        active = await m.AgentSession.filter(
-            agent_task_id__in=all_agents, status__in=list(ACTIVE)
-        ).values_list("id", flat=True)
-        await m.AgentSession.filter(id__in=list(active)).update(
-            status=SessionStatus.STOPPED, lease_token=None, updated_at=_now()
-        )
-        pending = await m.TtyInputRequest.filter(
-            session__agent_task_id__in=all_agents, status=m.TtyInputStatus.PENDING
-        ).values_list("id", "session_id")
-        await m.TtyInputRequest.filter(id__in=[p[0] for p in pending]).update(
-            status=m.TtyInputStatus.CANCELLED
-        )
-        await task.delete()  # a composite's nodes and node unit tasks go with it (CASCADE)
-        await m.AgentTask.filter(id__in=all_agents).delete()
-        workspace = str(task.workspace_id)
-        for session_id in active:
-            events.publish(
-                events.SessionChanged(session_id=str(session_id), status=SessionStatus.STOPPED)
-            )
-        for request_id, session_id in pending:
-            events.publish(
-                events.TtyChanged(
-                    request_id=str(request_id), session_id=str(session_id), workspace_id=workspace
-                )
-            )
-        gone_ids = (
-            [task.id, *(u.id for u in units)] if isinstance(task, m.CompositeTask) else [task.id]
-        )
-        for gone in gone_ids:
-            events.publish(events.TaskChanged(task_id=str(gone), workspace_id=workspace))
+            nodes = await m.UnitTask.filter(composite_task_id=task.id)
+            removed = await cascade.remove_tasks(units=nodes, composites=[task])
+        if not removed:  # a concurrent delete came first; this one's changes roll back
+            raise NotFound(f"task {task.id} not found", field="task_id")
 
 
 # Composite plans ----------------------------------------------------------------------
@@ -676,7 +644,10 @@ async def _approve_plan(composite: m.CompositeTask) -> m.CompositeTask:
         moved = await _move_composite(composite, C.PENDING_APPROVAL, C.IN_PROGRESS)
         await _create_nodes(moved, plan, template=template, remotes=remotes)
     await advance_composite(moved.id)
-    return await m.CompositeTask.get(id=moved.id)
+    fresh = await m.CompositeTask.get_or_none(id=moved.id)
+    if fresh is None:  # deleted since it was approved
+        raise NotFound(f"task {moved.id} not found", field="task_id")
+    return fresh
 
 
 async def _create_nodes(
@@ -821,7 +792,9 @@ async def composite_nodes(composite_task_ids: Sequence[UUID]) -> dict[UUID, list
         depends[node_id].append(dep_id)
     latest = await latest_sessions([u.agent_task_id for u in units.values()])
     for node in nodes:
-        unit = units[node.unit_task_id]
+        unit = units.get(node.unit_task_id)
+        if unit is None:  # its composite was deleted between the two reads
+            continue
         result[node.composite_task_id].append(
             NodeView(
                 node=node,
@@ -881,13 +854,21 @@ class TaskBundle:
     sessions: dict[UUID, list[m.AgentSession]]
     auto_fix: dict[UUID, list[UUID]]
     nodes: dict[UUID, list[NodeView]]
+    gone: frozenset[UUID] = frozenset()
+    """Tasks deleted while the bundle was read: their rows are partly missing."""
 
     def latest(self, agent_task_id: UUID) -> m.AgentSession | None:
         runs = self.sessions.get(agent_task_id) or []
         return runs[-1] if runs else None
 
+    def shown(self, items: Sequence[Task]) -> list[Task]:
+        """``items`` without those deleted while the bundle was read."""
+        return [t for t in items if t.id not in self.gone]
+
 
 async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
+    """Everything needed to show ``items``; tasks deleted meanwhile are named in ``gone``
+    (a concurrent delete removes their AgentTasks between our reads)."""
     composite_ids = [t.id for t in items if isinstance(t, m.CompositeTask)]
     nodes = await composite_nodes(composite_ids)
     units = [t for t in items if isinstance(t, m.UnitTask)]
@@ -910,6 +891,34 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
             remotes[remote.agent_task_id].append(remote)
         for session in await m.AgentSession.filter(agent_task_id__in=ids).order_by("attempt"):
             sessions[session.agent_task_id].append(session)
+
+    def agents_of(unit: m.UnitTask) -> list[UUID]:
+        return [unit.agent_task_id, *auto_fix.get(unit.id, [])]
+
+    def complete(task: Task) -> bool:
+        if isinstance(task, m.UnitTask):
+            needed = agents_of(task)
+        else:
+            needed = [task.planning_task_id]
+            needed += [a for v in nodes.get(task.id, []) for a in agents_of(v.unit_task)]
+        return all(a in agents for a in needed)
+
     return TaskBundle(
-        agents=agents, remotes=remotes, sessions=sessions, auto_fix=auto_fix, nodes=nodes
+        agents=agents,
+        remotes=remotes,
+        sessions=sessions,
+        auto_fix=auto_fix,
+        nodes=nodes,
+        gone=frozenset(t.id for t in items if not complete(t)),
     )
+
+
+async def load_task_view(task: Task) -> TaskBundle:
+    """What showing one task needs, just after it was read or changed.
+
+    Raises: NotFound (the task was deleted meanwhile, e.g. by a concurrent DeleteTask).
+    """
+    bundle = await load_task_bundle([task])
+    if task.id in bundle.gone:
+        raise NotFound(f"task {task.id} not found (it was deleted)", field="task_id")
+    return bundle

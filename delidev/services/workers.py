@@ -14,26 +14,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from enum import StrEnum
+from typing import ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from tortoise import connections
-from tortoise.exceptions import IntegrityError
+from tortoise.exceptions import DoesNotExist, IntegrityError
 from tortoise.expressions import Q
 
 from delidev import events
 from delidev import models as m
-from delidev.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
+from delidev.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
 
 SessionStatus = m.AgentSessionStatus
+P = ParamSpec("P")
+R = TypeVar("R")
 MISSED_BEATS = 3
 MAX_WAIT_MS = 30_000
 # Safety net for wake-ups this process cannot see (a job queued through another replica).
@@ -76,6 +86,16 @@ class JobSignal:
     async def wait(generation: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(generation.wait(), seconds)
+
+
+class FailureKind(StrEnum):
+    """Why a run failed, as its worker reports it (stored in ``AgentSession.failure_kind``)."""
+
+    CONTAINER_START = "container_start"
+    AGENT_CRASHED = "agent_crashed"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    OTHER = "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +356,9 @@ async def _release_abandoned(*, started_before: dt.datetime) -> int:
 # Claiming ----------------------------------------------------------------------------------
 
 # One statement claims the oldest claimable session, marks the worker busy and returns what
-# the job description needs (everything but the base remotes). The partial unique index
+# the job description needs (everything but the base remotes). A worker marked unhealthy
+# claims nothing until a heartbeat makes it healthy again: the sweep would only take the job
+# back (and queue yet another run of it). The partial unique index
 # ``agent_sessions_one_running_per_worker`` (see db.EXTRA_INDEXES) refuses a second running
 # session for one worker, so two GetTask calls of one worker at once cannot both claim.
 _CLAIM_PG = """
@@ -346,6 +368,7 @@ WITH claimed AS (
     WHERE id = (
         SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
         WHERE s.status = 'queued' AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
+          AND EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND w.status <> 'unhealthy')
         ORDER BY s.created_at, s.id
         LIMIT 1
         FOR UPDATE OF s SKIP LOCKED
@@ -355,7 +378,7 @@ WITH claimed AS (
     UPDATE workers SET status = 'busy', current_session_id = claimed.id, updated_at = $3,
            current_task_id = (SELECT u.id FROM unit_tasks u
                               WHERE u.agent_task_id = claimed.agent_task_id)
-    FROM claimed WHERE workers.id = $1
+    FROM claimed WHERE workers.id = $1 AND workers.status <> 'unhealthy'
 )
 SELECT claimed.*, a.expects_secrets,
        u.id AS unit_id, u.prompt AS unit_prompt, u.title AS unit_title, u.branch_name,
@@ -376,7 +399,9 @@ UPDATE agent_sessions SET status = 'running', worker_id = ?, lease_token = ?,
        started_at = ?, updated_at = ?
 WHERE id = (
     SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
-    WHERE s.status = 'queued' AND (a.expects_secrets = 0 OR a.id IN ({ready}))
+    WHERE s.status = 'queued'
+      AND EXISTS (SELECT 1 FROM workers w WHERE w.id = ? AND w.status <> 'unhealthy')
+      AND (a.expects_secrets = 0 OR a.id IN ({ready}))
     ORDER BY s.created_at, s.id
     LIMIT 1
 )
@@ -426,12 +451,13 @@ async def _claim_once(worker_id: UUID, ready_agent_ids: Sequence[UUID]) -> Job |
     stamp = now.isoformat(" ")  # as Tortoise writes it, so that comparisons with it hold
     rows = await conn.execute_query_dict(
         _CLAIM_SQLITE.format(ready=ready),
-        [str(worker_id), lease, stamp, stamp, *map(str, ready_agent_ids)],
+        [str(worker_id), lease, stamp, stamp, str(worker_id), *map(str, ready_agent_ids)],
     )
     if not rows:
         return None
     claimed = await m.AgentSession.get(id=UUID(str(rows[0]["id"])))
-    await m.Worker.filter(id=worker_id).update(
+    # Marked unhealthy since the claim: it stays so (the sweep takes the job back).
+    await m.Worker.filter(id=worker_id, status__not=m.WorkerStatus.UNHEALTHY).update(
         status=m.WorkerStatus.BUSY,
         updated_at=_now(),
         current_session_id=claimed.id,
@@ -458,8 +484,9 @@ async def claim_job(
 
     A worker holds at most one job: asking again returns the job it holds. A job whose task
     expects secrets is handed out only once they are in ``store``. Waits up to ``wait``
-    (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``.
-    Raises: NotFound.
+    (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``. A worker marked
+    unhealthy claims nothing until a heartbeat makes it healthy again.
+    Raises: NotFound, FailedPrecondition (the worker is unhealthy).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait.total_seconds(), MAX_WAIT_MS / 1000)
@@ -474,10 +501,15 @@ async def claim_job(
         if job is not None:
             return job
         if not checked:  # the slow path, once: an unknown worker, or the job it holds
-            await get_worker(worker_id=worker_id)
+            worker = await get_worker(worker_id=worker_id)
             held = await _held_job(worker_id)
             if held is not None:
                 return held
+            if worker.status == m.WorkerStatus.UNHEALTHY:
+                raise FailedPrecondition(
+                    f"worker {worker_id} is unhealthy (it missed its heartbeats): "
+                    "send a Heartbeat before claiming jobs"
+                )
             checked = True
         remaining = deadline - loop.time()
         if remaining <= 0 or generation is None:
@@ -530,6 +562,29 @@ async def leased_session(*, worker_id: UUID, session_id: UUID, lease_token: str)
     return session
 
 
+def _lease_bound(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """For a call about a leased job: when it fails because the job moved on after its lease
+    was checked (the sweep released it, a user stopped it, its task was deleted), the lease
+    is checked again and the call refused as a stale lease (Conflict), as it would have been
+    a moment later. So a worker always hears "aborted" for a job it lost, however close the
+    race (issue 9: FailedPrecondition or NotFound came through before)."""
+
+    @functools.wraps(call)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except (FailedPrecondition, NotFound, DoesNotExist):
+            await leased_session(
+                worker_id=cast(UUID, kwargs["worker_id"]),
+                session_id=cast(UUID, kwargs["session_id"]),
+                lease_token=cast(str, kwargs["lease_token"]),
+            )
+            raise  # the lease holds: the failure has another cause
+
+    return checked
+
+
+@_lease_bound
 async def report_status(
     *,
     worker_id: UUID,
@@ -537,7 +592,7 @@ async def report_status(
     lease_token: str,
     status: m.AgentSessionStatus,
     error: str | None = None,
-    failure_kind: str | None = None,
+    failure_kind: FailureKind | None = None,
     plan_yaml: str | None = None,
     base_commit: str | None = None,
     end_commit: str | None = None,
@@ -550,6 +605,10 @@ async def report_status(
     dropped.
     Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
     """
+    if failure_kind is not None and failure_kind not in set(FailureKind):
+        raise InvalidArgument(
+            f"failure_kind has an unknown value {str(failure_kind)[:32]!r}", field="failure_kind"
+        )
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
@@ -560,7 +619,7 @@ async def report_status(
         session_id=session.id,
         status=status,
         error=None if error is None else secret_service.mask(error, values),
-        failure_kind=failure_kind,
+        failure_kind=None if failure_kind is None else FailureKind(failure_kind).value,
         plan_yaml=None if plan_yaml is None else secret_service.mask(plan_yaml, values),
         base_commit=None if base_commit is None else secret_service.mask(base_commit, values),
         end_commit=None if end_commit is None else secret_service.mask(end_commit, values),
@@ -592,6 +651,7 @@ async def _secrets_of(
     return await secret_service.secrets_for(store, session.agent_task_id)
 
 
+@_lease_bound
 async def append_job_log(
     *,
     worker_id: UUID,
@@ -643,6 +703,7 @@ async def get_job_secrets(
     )
 
 
+@_lease_bound
 async def ask_tty_input(
     *,
     worker_id: UUID,
@@ -676,6 +737,7 @@ async def ask_tty_input(
 TTY_POLL_S = 0.2  # without an event bus (a service called outside an app)
 
 
+@_lease_bound
 async def wait_tty_answer(
     *,
     worker_id: UUID,

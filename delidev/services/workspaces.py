@@ -8,6 +8,7 @@ from uuid import UUID
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import NotFound
+from delidev.services import cascade
 from delidev.services.common import (
     MAX_TEXT_LENGTH,
     Page,
@@ -81,23 +82,16 @@ async def delete_workspace(*, actor: Principal, workspace_id: UUID) -> None:
     """Deletes the workspace with everything under it: repositories, groups, todo
     items, tasks with their agent runs, logs and TTY requests.
 
+    Announced as deleting each task would be: its active runs stop (their followers and
+    workers hear at once), its questions are cancelled, every task reads as deleted.
+
     Raises: NotFound.
     """
     async with transaction():
         workspace = await get_workspace(actor=actor, workspace_id=workspace_id)
-        unit_agent_ids = await m.UnitTask.filter(workspace_id=workspace.id).values_list(
-            "agent_task_id", flat=True
-        )
-        fix_agent_ids = await m.UnitTaskAutoFixTask.filter(
-            unit_task__workspace_id=workspace.id
-        ).values_list("agent_task_id", flat=True)
-        planning_ids = await m.CompositeTask.filter(workspace_id=workspace.id).values_list(
-            "planning_task_id", flat=True
-        )
         # Tasks hold their repository group with ON DELETE RESTRICT, so they go first.
-        await m.UnitTask.filter(workspace_id=workspace.id).delete()
-        await m.CompositeTask.filter(workspace_id=workspace.id).delete()
-        agent_ids = {*unit_agent_ids, *fix_agent_ids, *planning_ids}
-        if agent_ids:
-            await m.AgentTask.filter(id__in=agent_ids).delete()
+        await cascade.remove_tasks(
+            units=await m.UnitTask.filter(workspace_id=workspace.id),
+            composites=await m.CompositeTask.filter(workspace_id=workspace.id),
+        )
         await workspace.delete()

@@ -146,3 +146,20 @@ async def test_errors_are_the_same_on_every_transport(
         "todos": await m.TodoItem.all().count(),
     }
     assert after == before
+
+
+async def test_a_group_update_that_changes_nothing_leaves_the_group_untouched(api: Any) -> None:
+    """Removing ids that are not members (unknown ones too), adding members it has and
+    naming it as it is named are no-ops: nothing is written, updated_at stays."""
+    ws = await api.create_workspace("w")
+    repo = await api.add_repository(ws["id"], "https://github.com/a/b")
+    group = await api.create_group(ws["id"], [repo["id"]], name="g")
+    before = await m.RepositoryGroup.get(id=group["id"])
+    unknown = str(uuid.uuid4())
+    same = await api.update_group(group["id"], name="g", add=[repo["id"]], remove=[unknown])
+    assert (same["name"], same["repository_ids"]) == ("g", [repo["id"]])
+    after = await m.RepositoryGroup.get(id=group["id"])
+    assert (after.name, after.updated_at) == (before.name, before.updated_at)
+    renamed = await api.update_group(group["id"], name="h")
+    assert renamed["name"] == "h"
+    assert (await m.RepositoryGroup.get(id=group["id"])).name == "h"

@@ -202,3 +202,13 @@ async def test_reject_and_read_the_log(api: Any) -> None:
     with pytest.raises(ApiError) as info:
         await api.get_log(str(uuid.uuid4()))
     assert info.value.code == "NOT_FOUND"
+
+
+async def test_tasks_are_listed_oldest_first(api: Any) -> None:
+    """README: every list is ordered oldest first; unit and composite tasks interleave."""
+    group = await _group()
+    first = await api.create_unit(str(group.id), "first")
+    second = await api.create_composite(str(group.id), "second")
+    third = await api.create_unit(str(group.id), "third")
+    listed = await api.list_tasks(str(group.workspace_id))
+    assert listed == ([first["id"], second["id"], third["id"]], 3)

@@ -25,6 +25,7 @@ from delidev.auth.principal import LOCAL_USER
 from delidev.connect.gen.delidev.v1 import task_pb
 from delidev.connect.gen.delidev.v1.common_pb import AiAgentType, ErrorInfo
 from delidev.services import sessions, tasks
+from delidev.services.common import encode_cursor
 from tests.factories import make_group, make_repository, make_workspace, start_latest
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -129,6 +130,7 @@ UPDATE_STATUS = (
 )
 LIST_TASKS = "query($s: UnitTaskStatus) { tasks(unitStatus: $s) { totalCount } }"
 LIST_TTY = "query($s: TtyInputStatus) { ttyInputRequests(status: $s) { totalCount } }"
+AFTER = "query($a: String) { tasks(after: $a) { totalCount } }"
 GET_LOG = "query($id: ID!) { session(id: $id) { log { content } } }"
 SUBMIT_TTY = 'mutation($id: ID!) { submitTtyInput(requestId: $id, response: "main") { status } }'
 
@@ -158,6 +160,20 @@ def _unit(**fields: Any) -> Build:
 
 def _without_group(**fields: Any) -> Build:
     return lambda w: {"prompt": "p", **fields}
+
+
+def _cursor_case(name: str, cursor: str) -> Case:
+    return Case(
+        f"cursor-offset-{name}",
+        "INVALID_ARGUMENT",
+        Side(
+            "TaskService/List",
+            lambda w: {"pageToken": cursor},
+            "page_token",
+            "not a cursor this server issued",
+        ),
+        Side(AFTER, lambda w: {"a": cursor}, "after", "not a cursor"),
+    )
 
 
 CASES = [
@@ -227,6 +243,16 @@ CASES = [
         Side("TaskService/List", lambda w: {"unitStatus": "NOPE"}, "unit_status", "'NOPE'"),
         Side(LIST_TASKS, lambda w: {"s": "NOPE"}, "s", "UnitTaskStatus"),
     ),
+    # Past what a 64-bit integer holds, SQLite and PostgreSQL would overflow.
+    *[
+        _cursor_case(name, cursor)
+        for name, cursor in [
+            ("2^63", encode_cursor(2**63)),
+            ("2^31", encode_cursor(2**31)),
+            ("negative", encode_cursor(-1)),
+            ("overlong", encode_cursor(1) + "A" * 100),
+        ]
+    ],
     Case(
         "unknown-tty-status-filter",
         "INVALID_ARGUMENT",

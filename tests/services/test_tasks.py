@@ -9,7 +9,8 @@ import pytest
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
-from delidev.services import sessions, tasks
+from delidev.services import cascade, sessions, tasks
+from delidev.services.common import transaction
 from delidev.services.plans import InvalidPlan
 from delidev.services.sessions import LogChunkIn
 from tests.factories import (
@@ -303,7 +304,7 @@ async def test_delete_removes_runs_logs_and_stops_running_sessions() -> None:
         await tasks.get_task(actor=A, task_id=task.id)
 
 
-async def test_list_filters_and_pages_newest_first() -> None:
+async def test_list_filters_and_pages_oldest_first() -> None:
     group = await _group()
     other = await _group()
     created = [
@@ -317,7 +318,7 @@ async def test_list_filters_and_pages_newest_first() -> None:
     await finish_latest(created[0].agent_task_id)
 
     page = await tasks.list_tasks(actor=A, repository_group_id=group.id)
-    assert [t.id for t in page.items] == [composite.id, *[t.id for t in reversed(created)]]
+    assert [t.id for t in page.items] == [*[t.id for t in created], composite.id]
     assert page.total_count == 5
     units = await tasks.list_tasks(actor=A, workspace_id=group.workspace_id, kind="unit")
     assert units.total_count == 4
@@ -326,7 +327,7 @@ async def test_list_filters_and_pages_newest_first() -> None:
     planning = await tasks.list_tasks(actor=A, composite_status=C.PLANNING)
     assert [t.id for t in planning.items] == [composite.id]
     second = await tasks.list_tasks(actor=A, repository_group_id=group.id, limit=2, offset=2)
-    assert [t.id for t in second.items] == [created[2].id, created[1].id]
+    assert [t.id for t in second.items] == [created[2].id, created[3].id]
     with pytest.raises(InvalidArgument):
         await tasks.list_tasks(actor=A, kind="weird")
 
@@ -660,3 +661,43 @@ async def test_agent_tasks_and_base_remotes_for_loaders() -> None:
     remotes = await tasks.base_remotes_of([task.agent_task_id, missing])
     assert len(remotes[task.agent_task_id]) == 2
     assert remotes[missing] == []
+
+
+# Races with a delete, made deterministic ----------------------------------------------------
+
+
+async def test_a_task_deleted_after_it_was_read_is_not_found_when_shown() -> None:
+    group = await _group()
+    task = await tasks.create_unit_task(actor=A, repository_group_id=group.id, prompt="p")
+    kept = await tasks.create_unit_task(actor=A, repository_group_id=group.id, prompt="q")
+    page = await tasks.list_tasks(actor=A, workspace_id=group.workspace_id)
+    await tasks.delete_task(actor=A, task_id=task.id)  # between the read and the showing
+    bundle = await tasks.load_task_bundle(page.items)
+    assert bundle.gone == {task.id}
+    assert [t.id for t in bundle.shown(page.items)] == [kept.id]
+    with pytest.raises(NotFound) as info:
+        await tasks.load_task_view(task)
+    assert info.value.field == "task_id"
+    assert (await tasks.load_task_view(kept)).agents.keys() == {kept.agent_task_id}
+
+
+async def test_a_composite_whose_nodes_went_away_is_not_shown() -> None:
+    group = await _group()
+    composite = await tasks.create_composite_task(actor=A, repository_group_id=group.id, prompt="c")
+    await finish_latest(composite.planning_task_id, plan_yaml="tasks:\n  - id: a\n    prompt: x\n")
+    approved = await tasks.approve_task(actor=A, task_id=composite.id)
+    await tasks.delete_task(actor=A, task_id=composite.id)
+    assert (await tasks.load_task_bundle([approved])).gone == {composite.id}
+
+
+async def test_removing_a_task_a_concurrent_delete_removed_deletes_nothing() -> None:
+    """What makes the second of two racing deletes NotFound (delete_task checks the count)."""
+    group = await _group()
+    task = await tasks.create_unit_task(actor=A, repository_group_id=group.id, prompt="p")
+    read = await tasks.get_task(actor=A, task_id=task.id)
+    assert isinstance(read, m.UnitTask)
+    await tasks.delete_task(actor=A, task_id=task.id)
+    async with transaction():
+        assert await cascade.remove_tasks(units=[read], composites=[]) == 0
+    with pytest.raises(NotFound):
+        await tasks.delete_task(actor=A, task_id=task.id)

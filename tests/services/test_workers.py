@@ -13,7 +13,7 @@ import pytest
 from delidev import events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
+from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from delidev.services import secrets, sessions, tasks, workers
 from tests.factories import make_group, make_repository, make_workspace
 
@@ -652,3 +652,47 @@ async def test_a_lost_runs_password_answer_is_erased() -> None:
     await _silence(worker)
     assert await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1)) == 1
     assert (await m.TtyInputRequest.get(id=question.id)).response is None
+
+
+# Unhealthy workers, unknown failure kinds ---------------------------------------------------
+
+
+async def test_an_unhealthy_worker_claims_nothing_until_a_heartbeat() -> None:
+    (task,) = await _tasks(1)
+    worker = await _worker()
+    await m.Worker.filter(id=worker.id).update(status=m.WorkerStatus.UNHEALTHY)
+    signal = workers.JobSignal()
+    for wait in (dt.timedelta(0), dt.timedelta(milliseconds=20)):
+        with pytest.raises(FailedPrecondition) as info:
+            await workers.claim_job(worker_id=worker.id, wait=wait, signal=signal)
+        assert "unhealthy" in info.value.message
+    queued = await m.AgentSession.get(agent_task_id=task.agent_task_id)
+    assert (queued.status, queued.worker_id) == (Q.QUEUED, None)
+    assert (await m.Worker.get(id=worker.id)).status == m.WorkerStatus.UNHEALTHY
+    await workers.heartbeat(worker_id=worker.id)
+    job = await workers.claim_job(worker_id=worker.id)
+    assert job is not None
+    assert job.session.id == queued.id
+
+
+async def test_an_unknown_failure_kind_is_refused() -> None:
+    await _tasks(1)
+    worker, job = await _busy_worker()
+    with pytest.raises(InvalidArgument) as info:
+        await workers.report_status(
+            worker_id=worker.id,
+            session_id=job.session.id,
+            lease_token=job.lease_token,
+            status=Q.FAILED,
+            failure_kind="bogus",  # type: ignore[arg-type]  # what a careless caller sends
+        )
+    assert info.value.field == "failure_kind"
+    assert (await m.AgentSession.get(id=job.session.id)).status == Q.RUNNING
+    ended = await workers.report_status(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        status=Q.FAILED,
+        failure_kind=workers.FailureKind.OUT_OF_MEMORY,
+    )
+    assert ended.failure_kind == "out_of_memory"

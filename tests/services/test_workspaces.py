@@ -63,7 +63,8 @@ async def test_list_pages_in_creation_order_with_total() -> None:
 
 
 @pytest.mark.parametrize(
-    ("limit", "offset", "field"), [(-1, 0, "limit"), (501, 0, "limit"), (10, -1, "offset")]
+    ("limit", "offset", "field"),
+    [(-1, 0, "limit"), (501, 0, "limit"), (10, -1, "offset"), (10, 2**31, "offset")],
 )
 async def test_list_rejects_bad_paging(limit: int, offset: int, field: str) -> None:
     with pytest.raises(InvalidArgument) as info:

@@ -1,0 +1,76 @@
+"""Removing tasks with everything under them, announced as it happens.
+
+One place for what DeleteTask and DeleteWorkspace both do (a workspace once went away in
+silence: subscribers of its tasks and followers of its runs were never told). Kept apart
+from ``tasks`` and ``workspaces`` because each of those imports the other's lookups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import cast
+from uuid import UUID
+
+from delidev import events
+from delidev import models as m
+
+ACTIVE = (m.AgentSessionStatus.QUEUED, m.AgentSessionStatus.RUNNING)
+
+
+async def remove_tasks(
+    *,
+    units: Sequence[m.UnitTask],
+    composites: Sequence[m.CompositeTask],
+) -> int:
+    """Removes these tasks (a composite's nodes must be among ``units``) with their runs,
+    logs and TTY questions, inside the caller's transaction, and publishes (after its commit)
+    what a follower must hear: each active run stopped, each pending question cancelled, each
+    task changed (it reads as deleted). Runs are stopped first so that their workers' leases
+    are dead. Returns how many task rows were deleted (0: a concurrent delete came first).
+    """
+    unit_ids = [u.id for u in units]
+    fix_ids = await m.UnitTaskAutoFixTask.filter(unit_task_id__in=unit_ids).values_list(
+        "agent_task_id", flat=True
+    )
+    agent_ids = [
+        *(u.agent_task_id for u in units),
+        *(c.planning_task_id for c in composites),
+        *cast(list[UUID], fix_ids),
+    ]
+    active = await m.AgentSession.filter(
+        agent_task_id__in=agent_ids, status__in=list(ACTIVE)
+    ).values_list("id", flat=True)
+    now = dt.datetime.now(dt.UTC)
+    await m.AgentSession.filter(id__in=list(active)).update(
+        status=m.AgentSessionStatus.STOPPED, lease_token=None, updated_at=now
+    )
+    pending = await m.TtyInputRequest.filter(
+        session__agent_task_id__in=agent_ids, status=m.TtyInputStatus.PENDING
+    ).values_list("id", "session_id", "workspace_id")
+    await m.TtyInputRequest.filter(id__in=[p[0] for p in pending]).update(
+        status=m.TtyInputStatus.CANCELLED
+    )
+    deleted = await m.UnitTask.filter(id__in=unit_ids).delete()
+    deleted += await m.CompositeTask.filter(id__in=[c.id for c in composites]).delete()
+    if agent_ids:
+        await m.AgentTask.filter(id__in=agent_ids).delete()
+    for session_id in active:
+        events.publish(
+            events.SessionChanged(
+                session_id=str(session_id), status=m.AgentSessionStatus.STOPPED.value
+            )
+        )
+    for request_id, session_id, workspace_id in pending:
+        events.publish(
+            events.TtyChanged(
+                request_id=str(request_id),
+                session_id=str(session_id),
+                workspace_id=str(workspace_id),
+            )
+        )
+    gone: list[m.UnitTask | m.CompositeTask] = [*composites, *units]
+    for task in gone:
+        workspace_id = str(task.workspace_id)
+        events.publish(events.TaskChanged(task_id=str(task.id), workspace_id=workspace_id))
+    return deleted
