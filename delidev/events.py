@@ -130,6 +130,16 @@ class WorkerChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkspaceDeleted:
+    """A workspace is gone (after each of its tasks was announced): its subscriptions end."""
+
+    workspace_id: str
+
+    def keys(self) -> list[Key]:
+        return [("workspace-tasks", self.workspace_id), ("workspace-tty", self.workspace_id)]
+
+
+@dataclass(frozen=True, slots=True)
 class Resync:
     """Events may have been lost (this replica's listener reconnected, or another replica
     could not send everything it published): re-read what you follow."""
@@ -147,6 +157,7 @@ Event = (
     | TaskChanged
     | TtyChanged
     | WorkerChanged
+    | WorkspaceDeleted
     | Resync
 )
 _TYPES: dict[str, type[Any]] = {
@@ -160,6 +171,7 @@ _TYPES: dict[str, type[Any]] = {
         TaskChanged,
         TtyChanged,
         WorkerChanged,
+        WorkspaceDeleted,
         Resync,
     )
 }

@@ -387,7 +387,11 @@ class TaskUpdate:
 async def _updates(
     watch: events.Watch, ids_of: Callable[[events.Event], list[str]]
 ) -> AsyncIterator[list[UUID]]:
-    """Batches of ids named by the watch's events, in order, without repeats in a batch."""
+    """Batches of ids named by the watch's events, in order, without repeats in a batch.
+
+    Ends after the batch that holds a ``WorkspaceDeleted``: the workspace's tasks were
+    announced before it, and nothing in it can change any more.
+    """
     with watch:
         while True:
             await watch.wait()
@@ -398,7 +402,9 @@ async def _updates(
                     "subscribe again"
                 )
             ids: list[UUID] = []
+            gone = False
             for event in batch:
+                gone = gone or isinstance(event, events.WorkspaceDeleted)
                 for raw in ids_of(event):
                     with contextlib.suppress(ValueError):
                         uid = UUID(raw)
@@ -406,6 +412,8 @@ async def _updates(
                             ids.append(uid)
             if ids:
                 yield ids
+            if gone:
+                return
 
 
 async def task_updates(

@@ -301,12 +301,14 @@ async def complete_session(
                 agent_task_id=session.agent_task_id, status=m.UnitTaskStatus.IN_PROGRESS
             ).update(**fields)
     if status == SessionStatus.SUCCEEDED and session.kind == m.JobKind.PLANNING:
-        composite = await m.CompositeTask.get(planning_task_id=session.agent_task_id)
-        # An invalid plan is kept on the composite as plan_error; Retry re-plans.
-        with contextlib.suppress(InvalidArgument):
-            await task_service.submit_plan(
-                composite_task_id=composite.id, plan_yaml=plan_yaml or ""
-            )
+        composite = await m.CompositeTask.get_or_none(planning_task_id=session.agent_task_id)
+        # An invalid plan is kept on the composite as plan_error; Retry re-plans. A composite
+        # deleted while its planning run ended has nothing to keep the plan on.
+        if composite is not None:
+            with contextlib.suppress(InvalidArgument, NotFound):
+                await task_service.submit_plan(
+                    composite_task_id=composite.id, plan_yaml=plan_yaml or ""
+                )
     await _session_ended(session.id)
     ended = await m.AgentSession.get(id=session.id)
     await announce_session(ended)

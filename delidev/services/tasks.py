@@ -621,7 +621,9 @@ async def submit_plan(*, composite_task_id: UUID, plan_yaml: str) -> m.Composite
     changed = await m.CompositeTask.filter(id=composite.id, status=C.PLANNING).update(
         status=C.PENDING_APPROVAL, plan_yaml=plan_yaml, plan_error=None, updated_at=_now()
     )
-    fresh = await m.CompositeTask.get(id=composite.id)
+    fresh = await m.CompositeTask.get_or_none(id=composite.id)
+    if fresh is None:
+        raise NotFound(f"composite task {composite.id} not found")
     if not changed:
         raise FailedPrecondition(
             f"composite task {composite.id} is {fresh.status.value}, not planning"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
+from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import NotFound
@@ -95,3 +96,4 @@ async def delete_workspace(*, actor: Principal, workspace_id: UUID) -> None:
             composites=await m.CompositeTask.filter(workspace_id=workspace.id),
         )
         await workspace.delete()
+        events.publish(events.WorkspaceDeleted(workspace_id=str(workspace.id)))

@@ -126,7 +126,9 @@ async def test_deleting_a_workspace_announces_every_task_and_run(
         assert await asyncio.wait_for(follower, GUARD_S) == Code.NOT_FOUND
         await asyncio.wait_for(task_sub, GUARD_S)  # a deleted task ends its subscription
         assert [(u.task_id, u.task) for u in one_task] == [(running.id, None)]
-        await _until(lambda: {u.task_id for u in whole_workspace} == task_ids)
+        # The workspace subscription hears every task as deleted, then ends.
+        await asyncio.wait_for(workspace_sub, GUARD_S)
+        assert {u.task_id for u in whole_workspace} == task_ids
         assert all(u.task is None for u in whole_workspace)
     finally:
         unsubscribe()
@@ -135,3 +137,28 @@ async def test_deleting_a_workspace_announces_every_task_and_run(
         await asyncio.gather(task_sub, workspace_sub, follower, return_exceptions=True)
     assert not await m.AgentTask.exists()
     assert not await m.AgentSession.exists()
+
+
+async def test_deleting_an_empty_workspace_ends_its_subscriptions(app: Any, api: Any) -> None:
+    ws = await make_workspace()
+    bus: events.EventBus = app.state.events
+
+    async def drain(updates: Any) -> list[Any]:
+        return [u async for u in updates]
+
+    watchers = bus.watcher_count()
+    tasks_sub = asyncio.create_task(
+        drain(live.task_updates(actor=LOCAL_USER, bus=bus, workspace_id=ws.id))
+    )
+    tty_sub = asyncio.create_task(
+        drain(live.tty_requests(actor=LOCAL_USER, bus=bus, workspace_id=ws.id))
+    )
+    await _until(lambda: bus.watcher_count() >= watchers + 2)
+    try:
+        await api.delete_workspace(str(ws.id))
+        assert await asyncio.wait_for(tasks_sub, GUARD_S) == []
+        assert await asyncio.wait_for(tty_sub, GUARD_S) == []
+    finally:
+        for pending in (tasks_sub, tty_sub):
+            pending.cancel()
+        await asyncio.gather(tasks_sub, tty_sub, return_exceptions=True)
