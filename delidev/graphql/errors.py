@@ -12,6 +12,7 @@ Every error gets ``extensions.code`` (a Connect-style code name), ``extensions.d
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from graphql import (
     ArgumentNode,
     ASTValidationRule,
+    DocumentNode,
+    GraphQLSchema,
     GraphQLSyntaxError,
     ObjectFieldNode,
     ValueNode,
@@ -31,9 +34,11 @@ from graphql import (
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import validate_document
 from strawberry.types.execution import ExecutionResult
 
 from delidev import errors
+from delidev.graphql.limits import DocumentLimits, check_document, start_budget
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +180,27 @@ def format_error(error: GraphQLError) -> GraphQLError:
 class Guard(SchemaExtension):
     """Query limits and error mapping in one extension (each extension costs hook calls).
 
-    Before the operation: the token limit for the parser and the depth / alias rules for
-    validation. After it: every error rewritten with ``format_error``.
+    Parsing (with the token limit), the document limits (``limits.check_document``, linear
+    in the document, before any validation rule runs) and validation are cached per query
+    text: dashboards send the same few documents over and over. A document that fails to
+    parse is left to Strawberry's own parser (same options), which reports the error where
+    this extension can map it. After the operation, every error is rewritten with
+    ``format_error``.
     """
 
-    def __init__(self, *, max_tokens: int, rules: tuple[type[ASTValidationRule], ...]) -> None:
+    def __init__(
+        self,
+        *,
+        max_tokens: int,
+        limits: DocumentLimits,
+        rules: tuple[type[ASTValidationRule], ...],
+        max_response_bytes: int,
+    ) -> None:
         self._max_tokens = max_tokens
+        self._max_response_bytes = max_response_bytes
+        self._limits = limits
         self._rules = rules
+        self._errors: list[GraphQLError] | None = None
 
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context
@@ -192,9 +211,55 @@ class Guard(SchemaExtension):
         if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
             result.errors = [format_error(e) for e in result.errors]
 
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.graphql_document is None and context.query:
+            document, errors = _checked(
+                context.schema._schema,
+                context.query,
+                self._max_tokens,
+                self._limits,
+                context.validation_rules,
+            )
+            if document is not None:
+                context.graphql_document = document
+                self._errors = errors
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        if self._errors is not None:
+            # Strawberry skips its own validation when errors are set already.
+            self.execution_context.pre_execution_errors = list(self._errors)
+        yield
+
+    def on_execute(self) -> Iterator[None]:
+        start_budget(self._max_response_bytes)
+        yield
+
     def on_stream_result(self, result: Any) -> Iterator[None]:
         """Each result of a subscription (or of an operation sent over a WebSocket)."""
         errors_ = getattr(result, "errors", None)
         if errors_:
             result.errors = [format_error(e) for e in errors_]
         yield
+        start_budget(self._max_response_bytes)  # for the next event
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked(
+    schema: GraphQLSchema,
+    query: str,
+    max_tokens: int,
+    limits: DocumentLimits,
+    rules: tuple[type[ASTValidationRule], ...],
+) -> tuple[DocumentNode | None, list[GraphQLError]]:
+    """The parsed document (None if it does not parse) and the errors of the limits, or
+    else of validation (Strawberry's rules included)."""
+    try:
+        document = parse(query, max_tokens=max_tokens)
+    except GraphQLError:
+        return None, []
+    too_much = check_document(document, limits)
+    if too_much is not None:
+        return document, [too_much]
+    return document, validate_document(schema, document, rules)

@@ -9,6 +9,7 @@ from uuid import UUID
 import strawberry
 
 from delidev import models as m
+from delidev.graphql.limits import LogReadBudget
 from delidev.graphql.types import GqlInfo
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
@@ -79,7 +80,7 @@ class AgentSession:
             completed_at=s.completed_at,
         )
 
-    @strawberry.field
+    @strawberry.field(extensions=[LogReadBudget()])
     async def log(self, info: GqlInfo, offset: int = 0, limit: int = 0) -> SessionLog:
         read = await session_service.read_log(
             actor=await info.context.actor(),
