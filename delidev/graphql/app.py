@@ -21,14 +21,15 @@ from typing import Any
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from strawberry.asgi import GraphQL, ASGIWebSocketAdapter
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
-from strawberry.types.unset import UNSET, UnsetType
+from strawberry.types.unset import UnsetType
 
 from delidev import errors
 from delidev.auth.authenticator import Authenticator
@@ -98,7 +99,7 @@ class DeliDevWebSocketAdapter(ASGIWebSocketAdapter):
 
 
 class DeliDevGraphQL(GraphQL[Context, None]):
-    websocket_adapter_class = DeliDevWebSocketAdapter  # type: ignore[assignment]  # narrower
+    websocket_adapter_class = DeliDevWebSocketAdapter
 
     def __init__(
         self,
@@ -160,7 +161,7 @@ class DeliDevGraphQL(GraphQL[Context, None]):
             raise HTTPException(400, "a GraphQL request must be a JSON object")
         return value
 
-    async def execute_single(  # noqa: PLR0913  # Strawberry's signature
+    async def execute_single(  # Strawberry's signature
         self,
         request: Request,
         request_adapter: AsyncHTTPRequestAdapter,
@@ -189,13 +190,13 @@ class DeliDevGraphQL(GraphQL[Context, None]):
                 raise HTTPException(
                     400, "subscriptions are served over WebSocket only (ws://.../graphql)"
                 ) from None
-            raise HTTPException(
-                400, error.as_http_error_reason(request_adapter.method)
-            ) from None
+            raise HTTPException(400, error.as_http_error_reason(request_adapter.method)) from None
         except MissingQueryError:
             raise HTTPException(400, "no GraphQL query found in the request") from None
 
-    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
         response = await super().process_result(request, result)
         if wants_graphql_response(request) and _is_request_error(result):
             # GraphQL-over-HTTP: the request was not well-formed, nothing ran.
@@ -203,23 +204,22 @@ class DeliDevGraphQL(GraphQL[Context, None]):
             request.state.graphql_status = 400
         return response
 
-    async def run(
-        self,
-        request: Request | WebSocket,
-        context: Context = UNSET,
-        root_value: Any = UNSET,
-    ) -> Response | WebSocket:
-        if isinstance(request, WebSocket):
-            return await super().run(request, context, root_value)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
         try:
-            response = await super().run(request, context, root_value)
+            response = await self.run(request)
         except HTTPException as error:
             refusal = _HTTP_ERRORS.get(error.status_code, errors.InvalidArgument)
-            response = Response(
-                error_body(error.reason, refusal), status_code=error.status_code
-            )
-        if response.media_type == "text/html":
-            return response  # GraphiQL
+            response = Response(error_body(error.reason, refusal), status_code=error.status_code)
+        if response.media_type != "text/html":  # GraphiQL's page
+            response = self._finish(request, response)
+        await response(scope, receive, send)
+
+    def _finish(self, request: Request, response: Response) -> Response:
+        """The answer's size, status and media type, as the rules above say."""
         if len(response.body) > self.max_response_bytes:
             response = Response(
                 error_body(

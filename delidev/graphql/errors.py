@@ -33,7 +33,9 @@ from graphql import (
 )
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.schema.schema import validate_document
 from strawberry.types.execution import ExecutionResult
 
@@ -66,6 +68,11 @@ def graphql_code(error_type: type[errors.DeliDevError]) -> str:
     return "INTERNAL"
 
 
+# What Strawberry raises about the operation asked for (none, an unknown one, or one of a
+# kind the transport does not run): the caller's business, with a message about it.
+_REQUEST_ERRORS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+
+
 def _request_error_cause(error: GraphQLError) -> tuple[bool, BaseException | None]:
     """Whether graphql-core raised ``error`` about the request, and the exception of a
     scalar's own code beneath it, if any.
@@ -79,6 +86,8 @@ def _request_error_cause(error: GraphQLError) -> tuple[bool, BaseException | Non
     the field, never at a value.
     """
     cause = error.original_error
+    if isinstance(cause, _REQUEST_ERRORS):
+        return True, None  # e.g. a query sent where only subscriptions run (legacy graphql-ws)
     depth = 0
     while isinstance(cause, GraphQLError):
         cause, depth = cause.original_error, depth + 1

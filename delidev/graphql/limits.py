@@ -188,15 +188,20 @@ def _spreads(node: ast.SelectionSetNode) -> Iterator[str]:
         for selection in stack.pop().selections:
             if isinstance(selection, ast.FragmentSpreadNode):
                 yield selection.name.value
-            elif selection.selection_set is not None:  # type: ignore[union-attr]  # field / inline fragment
-                stack.append(selection.selection_set)  # type: ignore[union-attr]
+            elif (
+                isinstance(selection, ast.FieldNode | ast.InlineFragmentNode)
+                and selection.selection_set is not None
+            ):
+                stack.append(selection.selection_set)
 
 
 def _fragment_costs(definitions: list[ast.FragmentDefinitionNode]) -> dict[str, Cost]:
     """Each fragment priced once, after the fragments it spreads (a fragment in a cycle is
     priced with the cycle cut: validation refuses cycles)."""
     by_name = {d.name.value: d for d in definitions}
-    needs = {name: [n for n in _spreads(d.selection_set) if n in by_name] for name, d in by_name.items()}
+    needs = {
+        name: [n for n in _spreads(d.selection_set) if n in by_name] for name, d in by_name.items()
+    }
     costs: dict[str, Cost] = {}
     visiting: set[str] = set()
     for start in by_name:

@@ -80,7 +80,7 @@ class AgentSession:
             completed_at=s.completed_at,
         )
 
-    @strawberry.field(extensions=[LogReadBudget()])
+    @strawberry.field(extensions=[LogReadBudget()])  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
     async def log(self, info: GqlInfo, offset: int = 0, limit: int = 0) -> SessionLog:
         read = await session_service.read_log(
             actor=await info.context.actor(),
