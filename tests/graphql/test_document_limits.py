@@ -7,6 +7,7 @@ which expand every spread (fine on small documents)."""
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from strawberry.extensions.max_aliases import count_fields_with_alias
 from strawberry.extensions.query_depth_limiter import determine_depth
 
+from delidev.graphql import errors as guard
 from delidev.graphql import limits
 from delidev.graphql.limits import Cost, DocumentLimits, check_document, document_costs
 
@@ -56,7 +58,7 @@ def test_the_check_visits_each_node_once(monkeypatch: pytest.MonkeyPatch) -> Non
     steps = []
     for levels in (10, 40):
         calls = 0
-        check_document(parse(doubling(levels)), LIMITS.__class__(12, 30, 2_000, 1_000))
+        check_document(parse(doubling(levels)), DocumentLimits(12, 30, 2_000, 1_000))
         steps.append(calls)
     assert steps[1] <= 4 * steps[0] + 10, steps
 
@@ -183,3 +185,38 @@ async def test_introspection_queries_pass_the_depth_limit(http: httpx.AsyncClien
 
     response = await http.post("/graphql", json={"query": get_introspection_query()})
     assert "errors" not in response.json(), response.text
+
+
+@pytest.mark.usefixtures("database")
+async def test_large_new_documents_are_validated_off_the_event_loop(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """graphql-core's overlapping-fields rule is quadratic (until a budget makes it give
+    up): a document within the limits can take a second to validate, which must not be a
+    second of the event loop's time."""
+    threads: list[str] = []
+
+    def spying(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    original = guard.check
+    monkeypatch.setattr(guard, "check", spying)
+    small = "{ workspaces { totalCount } }"
+    large = "{ workspaces { items { " + "repositories { name } " * 120 + "} } }"
+    assert len(large) > guard.INLINE_CHARS
+    for query in (small, large, large):  # the second large one comes from the cache
+        response = await http.post("/graphql", json={"query": query})
+        assert "errors" not in response.json(), response.text
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("graphql-validate")
+    assert len(threads) == 2
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_document_too_complex_to_validate_says_so(http: httpx.AsyncClient) -> None:
+    query = "{ workspaces { items { " + "repositories { name } " * 600 + "} } }"
+    response = await http.post("/graphql", json={"query": query})
+    (error,) = response.json()["errors"]
+    assert error["message"].startswith("the document is too complex to validate")
+    assert error["extensions"]["code"] == "INVALID_ARGUMENT"
