@@ -47,16 +47,16 @@ def _finite(text: str) -> float:
 def decode(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> object:
     """The value of JSON text ``data``. Raises: BadJSON."""
     if isinstance(data, bytes | bytearray):
+        raw = bytes(data)
         try:
-            raw = bytes(data)
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise BadJSON("the body is not valid UTF-8") from None
     else:
         text = data
-        raw = b""
+        raw = text.encode("utf-8", "surrogatepass")
     try:
-        check_json_depth(raw or text, max_depth)
+        check_json_depth(raw, max_depth)
     except TooDeep as error:
         raise BadJSON(str(error)) from None
     try:
@@ -65,8 +65,7 @@ def decode(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> object:
         raise BadJSON(f"not valid JSON: {error.msg} at position {error.pos}") from None
     except RecursionError:  # pragma: no cover  # the depth check comes first
         raise BadJSON(f"JSON nests deeper than {max_depth} levels") from None
-    probe = raw or text.encode("utf-8", "surrogatepass")
-    if _SURROGATE.search(probe) and _holds_lone_surrogate(value):
+    if _SURROGATE.search(raw) and _holds_lone_surrogate(value):
         raise BadJSON("JSON strings must be valid Unicode (a lone \\uD800-\\uDFFF escape)")
     return value
 
