@@ -41,7 +41,7 @@ def test_json_round_trips_unless_it_holds_a_lone_surrogate(
     data: str | bytes = text.encode("utf-8", "surrogatepass") if as_bytes else text
     if _has_surrogate(value):
         # Escaped, it decodes to a lone surrogate; raw, its bytes are not UTF-8.
-        with pytest.raises(wire.BadJSON, match="valid Unicode|not valid UTF-8"):
+        with pytest.raises(wire.BadJSON, match=r"valid Unicode|not valid UTF-8"):
             wire.decode(data)
     else:
         assert wire.decode(data) == value
