@@ -92,10 +92,11 @@ class DeliDevWebSocketAdapter(ASGIWebSocketAdapter):
                 await self.close(4400, f"a message is larger than {limit} characters")
                 return
             try:
-                yield wire.decode(text)
+                message = wire.decode(text)
             except wire.BadJSON as error:
                 await self.close(4400, str(error))
                 return
+            yield message
 
 
 class DeliDevGraphQL(GraphQL[Context, None]):

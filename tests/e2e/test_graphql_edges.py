@@ -109,6 +109,7 @@ MALFORMED: list[tuple[str, Any]] = [
     ("binary", lambda p: b'{"type": "ping"}'),
     ("deep nesting", lambda p: '{"type": "ping", "x": ' + "[" * 20_000 + "]" * 20_000 + "}"),
     ("NaN", lambda p: '{"type": "ping", "x": NaN}'),
+    ("too large", lambda p: '{"type": "ping", "x": "' + "y" * 1_100_000 + '"}'),
     ("a lone surrogate", lambda p: '{"type": "ping", "x": "\\ud800"}'),
     ("no type", lambda p: '{"id": "1"}'),
     ("an unknown type", lambda p: json.dumps({"type": "x" * 10_000})),
