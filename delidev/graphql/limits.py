@@ -1,6 +1,7 @@
 """Limits on GraphQL requests: the body's size (pure ASGI middleware that refuses an
-over-large body before anyone reads it) and the document's shape (depth, aliases, fields,
-fragments), computed in time linear in the document before it is validated."""
+over-large body before anyone reads it), the document's shape (depth, aliases, fields,
+fragments; computed in time linear in the document, before it is validated) and the size
+of the answer (a budget that fields able to return megabytes draw on before they read)."""
 
 from __future__ import annotations
 
