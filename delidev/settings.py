@@ -60,7 +60,8 @@ class Settings:
     graphql_max_aliases: int = 30
     graphql_max_body_bytes: int = 1_048_576
     """GraphQL requests with a larger body are refused (413) before they are parsed."""
-    graphql_graphiql: bool = True
+    graphql_graphiql: bool | None = None
+    """Serve GraphiQL on ``GET /graphql``; unset: on in single-user mode only."""
     graphql_ws_ping_interval_ms: int = 15_000
     """The server pings idle GraphQL WebSockets this often, so proxies keep them open."""
     graphql_ws_init_timeout_ms: int = 10_000
@@ -91,6 +92,15 @@ class Settings:
     secrets_relay_max_age_ms: int = 120_000
     """Sealed secret-relay messages older than this (or as far ahead, between replicas'
     clocks) are refused as possible replays; at most 300000."""
+    graphql_max_fields: int = 2_000
+    """GraphQL documents selecting more fields (fragments expanded) are refused."""
+    graphql_max_fragments: int = 100
+    """GraphQL documents defining more fragments are refused."""
+    graphql_max_response_bytes: int = 8 * 1_048_576
+    """A GraphQL answer over HTTP larger than this is refused (as are log reads that would
+    make it so) with an error saying to read in pages."""
+    graphql_introspection: bool | None = None
+    """Schema introspection over GraphQL; unset: on in single-user mode only."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -134,6 +144,9 @@ class Settings:
         for var, amount in (
             ("DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS", self.graphql_ws_ping_interval_ms),
             ("DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS", self.graphql_ws_init_timeout_ms),
+            ("DELIDEV_GRAPHQL_MAX_FIELDS", self.graphql_max_fields),
+            ("DELIDEV_GRAPHQL_MAX_FRAGMENTS", self.graphql_max_fragments),
+            ("DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES", self.graphql_max_response_bytes),
         ):
             if amount <= 0:
                 raise SettingsError(f"{var} must be positive")
@@ -230,6 +243,9 @@ class Settings:
             "DELIDEV_SECRETS_MAX_TASK_BYTES": "secrets_max_task_bytes",
             "DELIDEV_SECRETS_MAX_USER_BYTES": "secrets_max_user_bytes",
             "DELIDEV_SECRETS_RELAY_MAX_AGE_MS": "secrets_relay_max_age_ms",
+            "DELIDEV_GRAPHQL_MAX_FIELDS": "graphql_max_fields",
+            "DELIDEV_GRAPHQL_MAX_FRAGMENTS": "graphql_max_fragments",
+            "DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES": "graphql_max_response_bytes",
         }
         for var, attr in ints.items():
             value = env.get(var, "").strip()
@@ -248,6 +264,7 @@ class Settings:
         for var, attr in (
             ("DELIDEV_GRAPHIQL", "graphql_graphiql"),
             ("DELIDEV_MIGRATE_ON_START", "migrate_on_start"),
+            ("DELIDEV_GRAPHQL_INTROSPECTION", "graphql_introspection"),
         ):
             value = env.get(var, "").strip()
             if value:

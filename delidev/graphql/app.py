@@ -1,26 +1,107 @@
+"""The GraphQL view: Strawberry's ASGI view with DeliDev's rules at the edges.
+
+- Request bodies, ``variables`` and WebSocket messages are decoded by ``wire.decode``
+  (nesting, UTF-8, finite numbers, valid Unicode) and must be JSON objects; anything else
+  is refused with 400 (a WebSocket: closed 4400), and a reason.
+- Every refusal of the HTTP layer is a GraphQL error body with ``extensions.code``.
+- ``Accept: application/graphql-response+json`` gets that media type and, as the
+  GraphQL-over-HTTP specification says, 400 without ``data`` when the request did not
+  parse, validate or coerce; ``application/json`` keeps answering 200.
+- Subscriptions are served over WebSocket only; an answer larger than
+  ``graphql_max_response_bytes`` is refused.
+"""
+
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
+from delidev import errors
 from delidev.auth.authenticator import Authenticator
 from delidev.errors import Unauthenticated
 from delidev.events import EventBus
+from delidev.graphql import wire
 from delidev.graphql.context import Context
+from delidev.graphql.errors import graphql_code
 from delidev.graphql.schema import build_schema
 from delidev.graphql.subscriptions import SignedInGraphQLWSHandler, handler_with_ping_interval
 from delidev.services.live import LogFeeds
 from delidev.settings import Settings
 
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+
+# The HTTP layer's refusals (Strawberry raises HTTPException) as GraphQL error codes.
+_HTTP_ERRORS: dict[int, type[errors.DeliDevError]] = {
+    400: errors.InvalidArgument,
+    404: errors.NotFound,
+    405: errors.Unimplemented,
+}
+
+
+def graphiql_enabled(settings: Settings) -> bool:
+    """GraphiQL: on in single-user mode, off in multi-user mode, unless DELIDEV_GRAPHIQL
+    says otherwise."""
+    if settings.graphql_graphiql is None:
+        return settings.single_user_mode
+    return settings.graphql_graphiql
+
+
+def wants_graphql_response(request: Request) -> bool:
+    """Whether the client accepts ``application/graphql-response+json`` (preferred over
+    ``application/json`` when both are accepted, as the specification recommends)."""
+    return GRAPHQL_RESPONSE in request.headers.get("accept", "")
+
+
+def error_body(message: str, error: type[errors.DeliDevError], **extra: Any) -> bytes:
+    extensions = {"code": graphql_code(error), "delidevCode": error.code, **extra}
+    body = {"errors": [{"message": message, "extensions": extensions}]}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class DeliDevWebSocketAdapter(ASGIWebSocketAdapter):
+    """Reads each message through ``wire.decode``: a message that is not text, is larger
+    than the body limit or is not acceptable JSON closes the connection (4400, with the
+    reason), on both protocols (the legacy one would silently skip bad JSON)."""
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object]:
+        limit = self.view.max_message_bytes  # type: ignore[attr-defined]  # DeliDevGraphQL
+        while self.ws.application_state != WebSocketState.DISCONNECTED:
+            try:
+                text = await self.ws.receive_text()
+            except KeyError:
+                await self.close(4400, "WebSocket messages must be text")
+                return
+            except WebSocketDisconnect:
+                return
+            if len(text) > limit:
+                await self.close(4400, f"a message is larger than {limit} characters")
+                return
+            try:
+                message = wire.decode(text)
+            except wire.BadJSON as error:
+                await self.close(4400, str(error))
+                return
+            yield message
+
 
 class DeliDevGraphQL(GraphQL[Context, None]):
+    websocket_adapter_class = DeliDevWebSocketAdapter
+
     def __init__(
         self,
         settings: Settings,
@@ -31,7 +112,7 @@ class DeliDevGraphQL(GraphQL[Context, None]):
     ) -> None:
         super().__init__(
             build_schema(settings),
-            graphql_ide="graphiql" if settings.graphql_graphiql else None,
+            graphql_ide="graphiql" if graphiql_enabled(settings) else None,
             allowed_origins=settings.cors_origins,
             # legacy graphql-ws: its own keep-alive ("ka") messages
             keep_alive=True,
@@ -44,6 +125,8 @@ class DeliDevGraphQL(GraphQL[Context, None]):
             settings.graphql_ws_ping_interval_ms / 1000
         )
         self.graphql_ws_handler_class = SignedInGraphQLWSHandler
+        self.max_message_bytes = settings.graphql_max_body_bytes
+        self.max_response_bytes = settings.graphql_max_response_bytes
         self._authenticator = authenticator
         self._bus = bus
         self._feeds = feeds
@@ -63,6 +146,99 @@ class DeliDevGraphQL(GraphQL[Context, None]):
     async def get_root_value(self, request: Request | WebSocket) -> Any:
         return None
 
+    # --- HTTP -----------------------------------------------------------------------
+
+    def decode_json(self, data: str | bytes) -> object:
+        return wire.decode(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """A request body (or its ``variables`` / ``extensions`` given in the URL): a JSON
+        object, or a list (refused: batching is off)."""
+        try:
+            value = wire.decode(data)
+        except wire.BadJSON as error:
+            raise HTTPException(400, f"the request is not acceptable JSON: {error}") from None
+        if not isinstance(value, dict | list):
+            raise HTTPException(400, "a GraphQL request must be a JSON object")
+        return value
+
+    async def execute_single(  # Strawberry's signature
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: Any,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """As Strawberry's, except that subscriptions are refused: they are served over
+        WebSocket (over HTTP they would run as a query and fail inside)."""
+        allowed = OperationType.from_http(request_adapter.method) - {OperationType.SUBSCRIPTION}
+        try:
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except CannotGetOperationTypeError as error:
+            raise HTTPException(400, error.as_http_error_reason()) from None
+        except InvalidOperationTypeError as error:
+            if error.operation_type is OperationType.SUBSCRIPTION:
+                raise HTTPException(
+                    400, "subscriptions are served over WebSocket only (ws://.../graphql)"
+                ) from None
+            raise HTTPException(400, error.as_http_error_reason(request_adapter.method)) from None
+        except MissingQueryError:
+            raise HTTPException(400, "no GraphQL query found in the request") from None
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        response = await super().process_result(request, result)
+        if wants_graphql_response(request) and _is_request_error(result):
+            # GraphQL-over-HTTP: the request was not well-formed, nothing ran.
+            response.pop("data", None)
+            request.state.graphql_status = 400
+        return response
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self.run(request)
+        except HTTPException as error:
+            refusal = _HTTP_ERRORS.get(error.status_code, errors.InvalidArgument)
+            response = Response(error_body(error.reason, refusal), status_code=error.status_code)
+        if response.media_type != "text/html":  # GraphiQL's page
+            response = self._finish(request, response)
+        await response(scope, receive, send)
+
+    def _finish(self, request: Request, response: Response) -> Response:
+        """The answer's size, status and media type, as the rules above say."""
+        if len(response.body) > self.max_response_bytes:
+            response = Response(
+                error_body(
+                    f"the answer is larger than {self.max_response_bytes} bytes "
+                    "(DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES): select less, or read logs in "
+                    "pages with offset and limit",
+                    errors.InvalidArgument,
+                )
+            )
+        status = getattr(request.state, "graphql_status", None)
+        if status is not None:
+            response.status_code = status
+        media = GRAPHQL_RESPONSE if wants_graphql_response(request) else "application/json"
+        response.headers["content-type"] = media
+        return response
+
+    # --- WebSocket ------------------------------------------------------------------
+
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """A WebSocket authenticates once, in its ``connection_init`` payload
         (``{"authorization": "Bearer <token>"}``; browsers cannot set headers), or with the
@@ -78,3 +254,14 @@ class DeliDevGraphQL(GraphQL[Context, None]):
                 {"code": "UNAUTHENTICATED", "message": error.message}
             ) from None
         return None
+
+
+def _is_request_error(result: ExecutionResult) -> bool:
+    """Whether ``result`` says the request itself was bad (did not parse, validate or
+    coerce its variables): nothing ran, and every error is the caller's."""
+    if result.data is not None or not result.errors:
+        return False
+    return all(
+        e.path is None and (e.extensions or {}).get("code") == "INVALID_ARGUMENT"
+        for e in result.errors
+    )

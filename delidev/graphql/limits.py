@@ -1,11 +1,24 @@
-"""Pure ASGI middleware that refuses over-large request bodies before anyone reads them."""
+"""Limits on GraphQL requests: the body's size (pure ASGI middleware that refuses an
+over-large body before anyone reads it), the document's shape (depth, aliases, fields,
+fragments; computed in time linear in the document, before it is validated) and the size
+of the answer (a budget that fields able to return megabytes draw on before they read)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
+from graphql import GraphQLError
+from graphql.language import ast
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.extensions import FieldExtension
+from strawberry.extensions.field_extension import AsyncExtensionResolver
+from strawberry.types import Info
+
+from delidev.errors import InvalidArgument
 
 
 class BodyTooLarge(Exception):
@@ -77,3 +90,225 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+
+# --- Limits on the document, checked after parsing and before validation -----------------
+#
+# Written by hand because the limiters Strawberry ships (QueryDepthLimiter,
+# MaxAliasesLimiter) expand every fragment spread afresh: fragments that each spread the
+# previous one twice cost 2^n, and a < 1 KB document held the event loop for minutes.
+# Here each fragment is costed once (memoised, in dependency order, without recursion
+# on fragments) and spreads reuse its cost, so the check is linear in the document. The
+# counts it returns are those of the fully expanded document (they may be astronomically
+# large; Python's integers keep them exact and the fragment cap bounds their size).
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentLimits:
+    max_depth: int
+    max_aliases: int
+    max_fields: int
+    max_fragments: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Of a selection set, with every fragment spread expanded."""
+
+    depth: int = 0
+    """Fields nested below the set's own fields (a set of leaves: 0), introspection
+    fields (``__schema``...) not counted, as Strawberry's depth limiter counts."""
+    aliases: int = 0
+    fields: int = 0
+
+
+_NO_COST = Cost()
+
+
+def _combine(costs: list[Cost]) -> Cost:
+    if not costs:
+        return _NO_COST
+    return Cost(
+        depth=max(c.depth for c in costs),
+        aliases=sum(c.aliases for c in costs),
+        fields=sum(c.fields for c in costs),
+    )
+
+
+def _selection_set_cost(node: ast.SelectionSetNode | None, fragments: dict[str, Cost]) -> Cost:
+    """The cost of ``node``, each spread priced from ``fragments`` (an unknown or not yet
+    priced fragment costs nothing: validation refuses such documents anyway).
+
+    Iterative (an explicit stack), so that a deeply nested document cannot exhaust
+    Python's recursion limit; each node is visited once."""
+    if node is None:
+        return _NO_COST
+    # A frame: (the field owning the set, or None; its selections; costs found so far)
+    root: list[Cost] = []
+    stack: list[tuple[ast.FieldNode | None, Iterator[ast.SelectionNode], list[Cost]]] = [
+        (None, iter(node.selections), root)
+    ]
+    while stack:
+        owner, selections, found = stack[-1]
+        selection = next(selections, None)
+        if selection is None:
+            stack.pop()
+            if stack:
+                stack[-1][2].append(_field_cost(owner, _combine(found)))
+            continue
+        if isinstance(selection, ast.FieldNode):
+            if selection.selection_set is None:
+                found.append(_field_cost(selection, _NO_COST))
+            else:
+                stack.append((selection, iter(selection.selection_set.selections), []))
+        elif isinstance(selection, ast.InlineFragmentNode):
+            stack.append((None, iter(selection.selection_set.selections), []))
+        elif isinstance(selection, ast.FragmentSpreadNode):
+            found.append(fragments.get(selection.name.value, _NO_COST))
+    return _combine(root)
+
+
+def _field_cost(field: ast.FieldNode | None, inner: Cost) -> Cost:
+    """A field's cost from that of its selections; ``None`` stands for an inline fragment
+    (it adds nothing of its own)."""
+    if field is None:
+        return inner
+    introspection = field.name.value.startswith("__")
+    nested = field.selection_set is not None and not introspection
+    return Cost(
+        depth=inner.depth + 1 if nested else 0,
+        aliases=inner.aliases + (field.alias is not None),
+        fields=inner.fields + 1,
+    )
+
+
+def _spreads(node: ast.SelectionSetNode) -> Iterator[str]:
+    """Names of the fragments spread anywhere in ``node`` (iteratively)."""
+    stack = [node]
+    while stack:
+        for selection in stack.pop().selections:
+            if isinstance(selection, ast.FragmentSpreadNode):
+                yield selection.name.value
+            elif (
+                isinstance(selection, ast.FieldNode | ast.InlineFragmentNode)
+                and selection.selection_set is not None
+            ):
+                stack.append(selection.selection_set)
+
+
+def _fragment_costs(definitions: list[ast.FragmentDefinitionNode]) -> dict[str, Cost]:
+    """Each fragment priced once, after the fragments it spreads (a fragment in a cycle is
+    priced with the cycle cut: validation refuses cycles)."""
+    by_name = {d.name.value: d for d in definitions}
+    needs = {
+        name: [n for n in _spreads(d.selection_set) if n in by_name] for name, d in by_name.items()
+    }
+    costs: dict[str, Cost] = {}
+    visiting: set[str] = set()
+    for start in by_name:
+        if start in costs:
+            continue
+        stack = [(start, iter(needs[start]))]
+        visiting.add(start)
+        while stack:
+            name, pending = stack[-1]
+            nxt = next(pending, None)
+            if nxt is None:
+                stack.pop()
+                visiting.discard(name)
+                costs[name] = _selection_set_cost(by_name[name].selection_set, costs)
+            elif nxt not in costs and nxt not in visiting:
+                visiting.add(nxt)
+                stack.append((nxt, iter(needs[nxt])))
+    return costs
+
+
+def document_costs(document: ast.DocumentNode) -> list[tuple[ast.OperationDefinitionNode, Cost]]:
+    """The cost of each operation of ``document``; time linear in the document."""
+    fragments = [d for d in document.definitions if isinstance(d, ast.FragmentDefinitionNode)]
+    costs = _fragment_costs(fragments)
+    return [
+        (d, _selection_set_cost(d.selection_set, costs))
+        for d in document.definitions
+        if isinstance(d, ast.OperationDefinitionNode)
+    ]
+
+
+def check_document(document: ast.DocumentNode, limits: DocumentLimits) -> GraphQLError | None:
+    """The first limit ``document`` exceeds, as an error to answer with (else None)."""
+    fragments = sum(isinstance(d, ast.FragmentDefinitionNode) for d in document.definitions)
+    if fragments > limits.max_fragments:
+        return GraphQLError(
+            f"{fragments} fragments defined. Allowed: {limits.max_fragments}",
+            extensions={"field": "query"},
+        )
+    operations = document_costs(document)
+    for operation, cost in operations:
+        if cost.depth > limits.max_depth:
+            name = operation.name.value if operation.name else "anonymous"
+            return GraphQLError(
+                f"'{name}' exceeds maximum operation depth of {limits.max_depth}",
+                nodes=[operation],
+            )
+    aliases = sum(cost.aliases for _, cost in operations)
+    if aliases > limits.max_aliases:
+        return GraphQLError(f"{aliases} aliases found. Allowed: {limits.max_aliases}")
+    fields = sum(cost.fields for _, cost in operations)
+    if fields > limits.max_fields:
+        return GraphQLError(
+            f"{fields} fields selected (fragments expanded). Allowed: {limits.max_fields}"
+        )
+    return None
+
+
+# --- The size of the answer ----------------------------------------------------------------
+
+
+class ResponseBudget:
+    """Bytes the answer to one operation (or one subscription event) may still take.
+
+    Fields that can return megabytes (a session's ``log``) reserve their size before they
+    read, so thirty aliased log reads are refused instead of filling memory; the HTTP
+    view also checks the encoded answer as a whole."""
+
+    __slots__ = ("max_bytes", "used")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def reserve(self, amount: int, *, field: str) -> None:
+        """Raises: InvalidArgument when ``amount`` more would exceed the budget."""
+        if self.used + amount > self.max_bytes:
+            raise InvalidArgument(
+                f"the answer would be larger than {self.max_bytes} bytes "
+                "(DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES): read logs in pages with "
+                "`offset` and `limit`, or fewer at a time",
+                field=field,
+            )
+        self.used += amount
+
+
+# Per task: every operation (HTTP request, WebSocket operation) runs in a task of its own,
+# and its resolvers in tasks that copy the context.
+_BUDGET: ContextVar[ResponseBudget | None] = ContextVar("graphql_response_budget", default=None)
+
+
+def start_budget(max_bytes: int) -> None:
+    _BUDGET.set(ResponseBudget(max_bytes))
+
+
+class LogReadBudget(FieldExtension):
+    """Reserves what a ``log(offset, limit)`` read can return (the session's log size
+    past ``offset``, at most ``limit`` characters) before the resolver reads it."""
+
+    async def resolve_async(
+        self, next_: AsyncExtensionResolver, source: Any, info: Info[Any, Any], **kwargs: Any
+    ) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            offset = kwargs.get("offset") or 0
+            limit = kwargs.get("limit") or 0
+            size = max(0, int(source.log_size) - max(0, offset))
+            budget.reserve(min(size, limit) if limit > 0 else size, field="log")
+        return await next_(source, info, **kwargs)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 
 import strawberry
-from graphql import ASTValidationRule
+from graphql import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from graphql.error import GraphQLError
-from strawberry.extensions import ParserCache, ValidationCache
-from strawberry.extensions.max_aliases import create_validator as aliases_validator
-from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 from strawberry.types import ExecutionContext
 
 from delidev import models as m
 from delidev.errors import InvalidArgument
 from delidev.graphql.errors import Guard
+from delidev.graphql.limits import DocumentLimits
 from delidev.graphql.subscriptions import Subscription
 from delidev.graphql.task_types import (
     AgentSession,
@@ -550,12 +548,24 @@ class Schema(strawberry.Schema):
         return None
 
 
+def introspection_enabled(settings: Settings) -> bool:
+    """Schema introspection: on in single-user mode, off in multi-user mode (anyone may call
+    /graphql there), unless DELIDEV_GRAPHQL_INTROSPECTION says otherwise."""
+    if settings.graphql_introspection is None:
+        return settings.single_user_mode
+    return settings.graphql_introspection
+
+
 def build_schema(settings: Settings) -> Schema:
-    # The limit rules are built once: the validation cache keys on the rule classes, and
-    # QueryDepthLimiter / MaxAliasesLimiter would build new ones for every request.
-    limit_rules: tuple[type[ASTValidationRule], ...] = (
-        depth_validator(settings.graphql_max_depth, None),
-        aliases_validator(settings.graphql_max_aliases),
+    # The rules are built once: the validation cache keys on the rule classes.
+    rules: tuple[type[ASTValidationRule], ...] = ()
+    if not introspection_enabled(settings):
+        rules = (NoSchemaIntrospectionCustomRule,)
+    limits = DocumentLimits(
+        max_depth=settings.graphql_max_depth,
+        max_aliases=settings.graphql_max_aliases,
+        max_fields=settings.graphql_max_fields,
+        max_fragments=settings.graphql_max_fragments,
     )
     return Schema(
         query=Query,
@@ -563,10 +573,11 @@ def build_schema(settings: Settings) -> Schema:
         subscription=Subscription,
         types=[UnitTask, CompositeTask],
         extensions=[
-            lambda: Guard(max_tokens=settings.graphql_max_tokens, rules=limit_rules),
-            # Dashboards send the same few documents over and over: parse and validate
-            # each once (validation is most of the cost of a small query).
-            lambda: ParserCache(maxsize=1024),
-            lambda: ValidationCache(maxsize=1024),
+            lambda: Guard(
+                max_tokens=settings.graphql_max_tokens,
+                limits=limits,
+                rules=rules,
+                max_response_bytes=settings.graphql_max_response_bytes,
+            ),
         ],
     )

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 from collections.abc import AsyncGenerator, Awaitable, Coroutine, Generator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -27,8 +28,12 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
     _OperationStreamClosed,
 )
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import Message
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage,
+    OperationMessage,
+)
 
 from delidev import errors
 from delidev import models as m
@@ -41,6 +46,7 @@ from delidev.graphql.task_types import (
     task_from_model,
 )
 from delidev.graphql.types import GqlInfo
+from delidev.graphql.wire import message_problem
 from delidev.services import auth as auth_service
 from delidev.services import live
 from delidev.services.common import parse_id, parse_optional_id
@@ -115,6 +121,8 @@ class Subscription:
     ) -> AsyncGenerator[LogChunk, None]:
         """The log from ``fromOffset`` (stored output first), then live, until it ends."""
         ctx = info.context
+        if not math.isfinite(from_offset):
+            raise errors.InvalidArgument("fromOffset must be a finite number", field="fromOffset")
         async for piece in ctx.feeds.follow(
             actor=await ctx.actor(),
             session_id=parse_id(session_id, "sessionId"),
@@ -200,12 +208,17 @@ class _LogPlan:
 
 
 _PLAIN_FIELDS = {"offset", "data", "status", "final", "nextOffset", "__typename"}
+_PLAN_MAX_CHARS = 2_000
+"""Longer documents are not plain enough for the fast path (and are parsed by the ordinary
+path, under the token limit)."""
 
 
 @functools.lru_cache(maxsize=256)
 def _log_plan(schema: Any, query: str, operation_name: str | None) -> _LogPlan | None:
     """The plan for a document that holds exactly one subscription selecting only plain
     fields of ``sessionLog`` (no fragments, no directives), valid against the schema."""
+    if len(query) > _PLAN_MAX_CHARS:
+        return None
     try:
         document = parse(query)
     except GraphQLError:
@@ -292,6 +305,15 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             with contextlib.suppress(Exception):
                 await self.send_message({"type": "ping"})
 
+    async def handle_message(self, message: Message) -> None:
+        """Strawberry's, after a check of the message's shape: a malformed message (not an
+        object, a payload that is not one, no string query...) closes with 4400."""
+        problem = message_problem(message, "graphql-transport-ws")
+        if problem is not None:
+            await self.websocket.close(code=4400, reason=problem)
+            return
+        await super().handle_message(message)
+
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         plan = _log_plan(
             self.schema._schema,  # type: ignore[attr-defined]  # the graphql-core schema
@@ -309,6 +331,8 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         try:
             if not isinstance(session, str) or not isinstance(offset, int | float):
                 raise _Fallback
+            if not math.isfinite(offset):
+                raise _Fallback  # the ordinary path reports it
             session_id = parse_id(session, "sessionId")
             suffix = ',"id":' + json.dumps(operation.id) + "}"
             closing = suffix.encode()
@@ -394,6 +418,15 @@ class SignedInGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
         if not self._init_received:
             with contextlib.suppress(Exception):
                 await self.websocket.close(code=4408, reason="Connection initialisation timeout")
+
+    async def handle_message(self, message: OperationMessage) -> None:
+        """Strawberry's, after a check of the message's shape: a malformed message (or one
+        of an unknown type, which Strawberry would skip) closes with 4400."""
+        problem = message_problem(message, "graphql-ws")
+        if problem is not None:
+            await self.websocket.close(code=4400, reason=problem)
+            return
+        await super().handle_message(message)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         self._init_received = True

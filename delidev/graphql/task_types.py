@@ -11,6 +11,7 @@ import strawberry
 
 from delidev import models as m
 from delidev.errors import NotFound
+from delidev.graphql.limits import LogReadBudget
 from delidev.graphql.types import GqlInfo
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
@@ -93,7 +94,7 @@ class AgentSession:
             completed_at=s.completed_at,
         )
 
-    @strawberry.field
+    @strawberry.field(extensions=[LogReadBudget()])  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
     async def log(
         self,
         info: GqlInfo,
