@@ -151,10 +151,10 @@ WATCHDOG = Watchdog()
 
 
 @pytest.fixture
-def loop_watchdog() -> Iterator[Watchdog]:
+def loop_watchdog() -> Watchdog:
     """The session's watchdog; arm it with ``loop_watchdog.armed()`` around the calls to watch."""
     WATCHDOG.take()
-    yield WATCHDOG
+    return WATCHDOG
 
 
 @pytest.hookimpl(wrapper=True)

@@ -17,6 +17,7 @@ from delidev import models as m
 from delidev.app import create_app
 from delidev.services import auth
 from delidev.settings import Settings
+from tests.e2e.conftest import e2e_database_url  # noqa: F401  # the real-server run
 from tests.fuzz import harness as h
 from tests.loop_watchdog import Watchdog
 
@@ -120,8 +121,17 @@ async def world(
         )
         checker = h.Checker(secrets, tap, loop_watchdog)
         world = World(
-            mode, app, http, api, app_settings, attacker, owner, protected, playground,
-            secrets, checker,
+            mode,
+            app,
+            http,
+            api,
+            app_settings,
+            attacker,
+            owner,
+            protected,
+            playground,
+            secrets,
+            checker,
         )
         world.before = await h.snapshot(api, owner, protected)
         try:

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import threading
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -223,6 +224,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "\n".join(_describe(e) for e in exc.exceptions)
     notes = [n for n in getattr(exc, "__notes__", []) if "Falsifying" in n or "value=" in n]
+    if not isinstance(exc, Finding):  # a fault of the suite itself: show where
+        notes += traceback.format_tb(exc.__traceback__)[-2:]
     return f"{type(exc).__name__}: {_clip(str(exc), 800)}" + "".join(
         f"\n    {_clip(n, 800)}" for n in notes
     )
@@ -284,9 +287,9 @@ async def seed(
     h = owner.headers
     n = next(_names)
     rows = Rows()
-    rows.workspace = (await api("WorkspaceService/Create", {"name": f"fz-ws-{n}"}, h))[
-        "workspace"
-    ]["id"]
+    rows.workspace = (await api("WorkspaceService/Create", {"name": f"fz-ws-{n}"}, h))["workspace"][
+        "id"
+    ]
     rows.repository = (
         await api(
             "RepositoryService/Add",
@@ -306,8 +309,10 @@ async def seed(
             "TodoService/Create",
             {
                 "repositoryId": rows.repository,
-                "issueTriage": {"issueUrl": f"https://github.com/fz/r{n}/issues/1",
-                                "issueTitle": "fuzz"},
+                "issueTriage": {
+                    "issueUrl": f"https://github.com/fz/r{n}/issues/1",
+                    "issueTitle": "fuzz",
+                },
             },
             h,
         )
@@ -352,8 +357,11 @@ async def seed(
         )
         if finish:
             done = (
-                {"status": "AGENT_SESSION_STATUS_FAILED", "error": "fuzz: no plan",
-                 "failureKind": "FAILURE_KIND_OTHER"}
+                {
+                    "status": "AGENT_SESSION_STATUS_FAILED",
+                    "error": "fuzz: no plan",
+                    "failureKind": "FAILURE_KIND_OTHER",
+                }
                 if job.get("kind") == "JOB_KIND_PLANNING"
                 else {"status": "AGENT_SESSION_STATUS_SUCCEEDED"}
             )

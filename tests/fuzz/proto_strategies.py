@@ -55,12 +55,30 @@ INT_RANGES: dict[ScalarType, tuple[int, int]] = {
     ScalarType.FIXED64: (0, 2**64 - 1),
 }
 INT64_TYPES = frozenset(
-    {ScalarType.INT64, ScalarType.SINT64, ScalarType.SFIXED64, ScalarType.UINT64, ScalarType.FIXED64}
+    {
+        ScalarType.INT64,
+        ScalarType.SINT64,
+        ScalarType.SFIXED64,
+        ScalarType.UINT64,
+        ScalarType.FIXED64,
+    }
 )
 
 # Text: ordinary, then the characters that break things (NUL, lone surrogates, newlines that
 # forge log lines, right-to-left marks, emoji, combining marks), and long values.
-HOSTILE_CHARS = ["\x00", "\ud800", "\udfff", "\n", "\r\n", "\u202e", "😀", "e\u0301", "'", '"', "\\"]
+HOSTILE_CHARS = [
+    "\x00",
+    "\ud800",
+    "\udfff",
+    "\n",
+    "\r\n",
+    "\u202e",
+    "😀",
+    "e\u0301",
+    "'",
+    '"',
+    "\\",
+]
 hostile_text = st.one_of(
     st.text(max_size=20),
     st.text(st.characters(codec=None), max_size=20),  # lone surrogates included
@@ -134,12 +152,11 @@ class Values:
                 continue
             members = list(oneof.fields)
             parts.append(
-                st.lists(st.sampled_from(members), max_size=2, unique_by=lambda f: f.number).flatmap(
+                st.lists(
+                    st.sampled_from(members), max_size=2, unique_by=lambda f: f.number
+                ).flatmap(
                     lambda chosen, d=depth: st.tuples(
-                        *(
-                            st.tuples(self._json_key(f), self.json_field(f, d))
-                            for f in chosen
-                        )
+                        *(st.tuples(self._json_key(f), self.json_field(f, d)) for f in chosen)
                     ).map(dict)
                 )
             )
@@ -165,7 +182,9 @@ class Values:
         if isinstance(value, DescFieldValueEnum):
             return st.one_of(self._json_element(value.enum, depth), wrong)
         assert isinstance(value, DescFieldValueScalar)
-        return st.one_of(self._json_element(value.scalar, depth), self._json_element(value.scalar, depth), wrong)
+        return st.one_of(
+            self._json_element(value.scalar, depth), self._json_element(value.scalar, depth), wrong
+        )
 
     def _json_element(
         self, element: DescMessage | DescEnum | ScalarType, depth: int
@@ -277,7 +296,9 @@ class Values:
             raw = st.one_of(text, text, st.binary(max_size=32))  # invalid UTF-8 too
             return st.one_of(raw.map(lambda b: _len_field(number, b)), wrong_type)
         if element == ScalarType.BYTES:
-            return st.one_of(st.binary(max_size=64).map(lambda b: _len_field(number, b)), wrong_type)
+            return st.one_of(
+                st.binary(max_size=64).map(lambda b: _len_field(number, b)), wrong_type
+            )
         if element == ScalarType.BOOL:
             return st.one_of(
                 st.sampled_from([0, 1, 2, 2**64 - 1]).map(lambda v: _varint_field(number, v)),
@@ -477,9 +498,7 @@ def _mangle_wire(body: bytes) -> st.SearchStrategy[bytes]:
 def deep_wire_nesting(desc: DescMessage) -> st.SearchStrategy[bytes]:
     """A message field nested in itself far deeper than the schema allows (when the message
     has a message field), or an unknown length-delimited field nested the same way."""
-    number = next(
-        (f.number for f in desc.fields if isinstance(f.value, DescFieldValueMessage)), 15
-    )
+    number = next((f.number for f in desc.fields if isinstance(f.value, DescFieldValueMessage)), 15)
     cap = known_failures.MAX_WIRE_NESTING
 
     def nest(depth: int) -> bytes:
@@ -489,4 +508,3 @@ def deep_wire_nesting(desc: DescMessage) -> st.SearchStrategy[bytes]:
         return body
 
     return st.integers(min_value=min(cap, 64), max_value=cap).map(nest)
-

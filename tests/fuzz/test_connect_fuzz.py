@@ -9,7 +9,6 @@ import asyncio
 import importlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from hypothesis import strategies as st
@@ -132,6 +131,8 @@ async def fuzz_method(world: World, method: Method, codec: str) -> str | None:
                     )
             except TimeoutError:
                 raise h.Finding(f"{what}: no answer in {HANG_S:.0f} s") from None
+            except Exception as exc:  # raised through the in-process transport: a 500
+                raise h.Finding(f"{what}: the app raised {type(exc).__name__}: {exc}") from None
         world.checker.answer(what, response.status_code, response.content)
         if method.streaming and _stream_error(response.content) in ("internal", "unknown"):
             raise h.Finding(f"{what}: stream ended with {_stream_error(response.content)}")
