@@ -1,0 +1,37 @@
+"""The event-loop watchdog catches a callback that computes for too long, and only that."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.loop_watchdog import Watchdog
+
+
+def _compute(seconds: float) -> None:
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+async def test_a_callback_computing_for_80_ms_is_reported(loop_watchdog: Watchdog) -> None:
+    with loop_watchdog.armed("the test"):
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        asyncio.get_running_loop().call_soon(_compute, 0.080)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    stalls = loop_watchdog.take()
+    assert len(stalls) == 1
+    assert stalls[0].cpu_s >= 0.080
+    assert "_compute" in stalls[0].callback
+    assert stalls[0].context == "the test"
+
+
+async def test_waiting_and_short_callbacks_are_not(loop_watchdog: Watchdog) -> None:
+    with loop_watchdog.armed():
+        await asyncio.sleep(0.1)  # waiting holds nothing
+        for _ in range(20):
+            asyncio.get_running_loop().call_soon(_compute, 0.002)
+            await asyncio.sleep(0)
+    assert loop_watchdog.take() == []
+    assert asyncio.Handle._run.__name__ == "_run"  # disarmed: asyncio is itself again
