@@ -63,6 +63,8 @@ class Watchdog:
     context: str = ""
     callbacks: int = 0
     _depth: int = 0
+    _arms: int = 0
+    _last_context: str = ""
     _gc_cpu: float = 0.0
     _gc_started: float | None = None
     _thread: int | None = None
@@ -70,26 +72,32 @@ class Watchdog:
 
     @contextlib.contextmanager
     def armed(self, context: str = "") -> Iterator[Watchdog]:
-        """Watches every callback the loop of the calling thread runs until the block ends."""
+        """Records every callback over the limit that the loop of the calling thread runs
+        while the block is open, even in part (the callback running now counts from its
+        start)."""
+        self.install()
         previous = self.context
         self.context = context
+        self._last_context = context
         self._depth += 1
-        if self._depth == 1:
-            self._install()
+        self._arms += 1
         try:
             yield self
         finally:
             self._depth -= 1
             self.context = previous
-            if self._depth == 0:
-                self._uninstall()
 
     def take(self) -> list[Stall]:
         """The stalls recorded since the last call (CPU time over the limit)."""
         taken, self.stalls = self.stalls, []
         return taken
 
-    def _install(self) -> None:
+    def install(self) -> None:
+        """Wraps ``asyncio.Handle._run`` (once, until ``uninstall``). It stays installed
+        between armed blocks: a callback that starts before a block and runs the whole
+        request inside it (an in-process ASGI call that never waits) must be measured."""
+        if self._original is not None:
+            return
         self._thread = threading.get_ident()
         self._original = asyncio.Handle._run
         original = self._original
@@ -99,22 +107,25 @@ class Watchdog:
             if threading.get_ident() != watchdog._thread:
                 original(handle)
                 return
+            armed = watchdog._depth > 0
+            arms = watchdog._arms
             gc_before = watchdog._gc_cpu
             cpu = time.thread_time()
             wall = time.perf_counter()
             try:
                 original(handle)
             finally:
-                cpu_s = time.thread_time() - cpu - (watchdog._gc_cpu - gc_before)
-                wall_s = time.perf_counter() - wall
-                watchdog.callbacks += 1
-                if wall_s > watchdog.limit_s:
-                    watchdog._record(handle, cpu_s, wall_s)
+                if armed or watchdog._depth > 0 or watchdog._arms != arms:
+                    cpu_s = time.thread_time() - cpu - (watchdog._gc_cpu - gc_before)
+                    wall_s = time.perf_counter() - wall
+                    watchdog.callbacks += 1
+                    if wall_s > watchdog.limit_s:
+                        watchdog._record(handle, cpu_s, wall_s)
 
         asyncio.Handle._run = timed_run  # type: ignore[method-assign]  # the point of it
         gc.callbacks.append(self._on_gc)
 
-    def _uninstall(self) -> None:
+    def uninstall(self) -> None:
         if self._original is not None:
             asyncio.Handle._run = self._original  # type: ignore[method-assign]
             self._original = None
@@ -131,7 +142,7 @@ class Watchdog:
             self._gc_started = None
 
     def _record(self, handle: asyncio.Handle, cpu_s: float, wall_s: float) -> None:
-        stall = Stall(_describe(handle), cpu_s, wall_s, self.context)
+        stall = Stall(_describe(handle), cpu_s, wall_s, self.context or self._last_context)
         if cpu_s > self.limit_s:
             self.stalls.append(stall)
             self.history.append(stall)
@@ -180,6 +191,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "loop_watchdog: fail the test if a callback holds the event loop for more than 50 ms "
         "of CPU (tests/loop_watchdog.py)",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    WATCHDOG.uninstall()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

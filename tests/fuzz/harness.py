@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,6 +44,7 @@ EXAMPLES_PER_TARGET = int(os.environ.get("DELIDEV_FUZZ_EXAMPLES", "12"))
 """Inputs per Connect method and codec (and per GraphQL operation kind, times ``GRAPHQL_SCALE``);
 the whole suite stays within a few minutes per database on two cores. Raise it to explore."""
 GRAPHQL_SCALE = 8
+SHRINK = os.environ.get("DELIDEV_FUZZ_SHRINK", "") == "1"
 MAX_ERROR_BODY = 4096
 """An error answer longer than this echoes request values unbounded."""
 MAX_LOG_LINE = 2048
@@ -88,6 +90,19 @@ def fuzz_settings() -> hypothesis_settings:
 
 class Finding(AssertionError):
     """One rule broken by one input."""
+
+
+_KINDS: dict[str, type[Finding]] = {}
+
+
+def finding(kind: str, message: str) -> Finding:
+    """A ``Finding`` of a class of its own per ``kind``: Hypothesis tells bugs apart by
+    exception type and line, so each kind of failure is shrunk and reported on its own
+    instead of the first one hiding the rest."""
+    kind = re.sub(r"\W+", "_", kind)[:80]
+    if kind not in _KINDS:
+        _KINDS[kind] = type(f"Finding_{kind}", (Finding,), {})
+    return _KINDS[kind](message)
 
 
 @dataclass
@@ -144,18 +159,22 @@ class Checker:
         text = body.decode("utf-8", "replace")
         code = _error_code(text)
         if status >= 500 and code not in self.allowed_5xx:
-            raise Finding(f"{what}: HTTP {status} {code or ''}: {_clip(text)}")
+            raise finding(
+                f"http-{status}-{code}", f"{what}: HTTP {status} {code or ''}: {_clip(text)}"
+            )
         if TRACEBACK.search(text):
-            raise Finding(f"{what}: traceback in the answer: {_clip(text)}")
+            raise finding("traceback", f"{what}: traceback in the answer: {_clip(text)}")
         if FILE_PATH.search(text):
-            raise Finding(f"{what}: file path in the answer: {_clip(text)}")
+            raise finding("path", f"{what}: file path in the answer: {_clip(text)}")
         if status >= 400 and SQL.search(text):
-            raise Finding(f"{what}: SQL or database error text in the answer: {_clip(text)}")
+            raise finding("sql", f"{what}: SQL or database error text in the answer: {_clip(text)}")
         for secret in self.secrets.values:
             if secret in text:
-                raise Finding(f"{what}: a secret ({secret[:4]}…) in the answer")
+                raise finding("secret", f"{what}: a secret ({secret[:4]}…) in the answer")
         if status >= 400 and len(body) > MAX_ERROR_BODY:
-            raise Finding(f"{what}: error answer of {len(body)} bytes echoes the input")
+            raise finding(
+                "long-error", f"{what}: error answer of {len(body)} bytes echoes the input"
+            )
         self.server_side(what)
 
     def server_side(self, what: str) -> None:
@@ -164,17 +183,42 @@ class Checker:
             line = self.logs.format(record)
             message = record.getMessage()
             if record.exc_info or record.levelno >= logging.ERROR:
-                raise Finding(f"{what}: logged {record.levelname} {_clip(line, 600)}")
+                raise finding(
+                    f"log-{record.levelname}-{record.name}-{_origin(record)}",
+                    f"{what}: logged {record.levelname} {_clip(line, 600)}",
+                )
             if "\n" in message or "\r" in message:
-                raise Finding(f"{what}: multi-line (forgeable) log line {_clip(line)}")
+                raise finding(
+                    "log-multiline", f"{what}: multi-line (forgeable) log line {_clip(line)}"
+                )
             if len(message) > MAX_LOG_LINE:
-                raise Finding(f"{what}: log line of {len(message)} characters (unbounded)")
+                raise finding(
+                    "log-long", f"{what}: log line of {len(message)} characters (unbounded)"
+                )
             for secret in self.secrets.values:
                 if secret in line:
-                    raise Finding(f"{what}: a secret ({secret[:4]}…) in a log line")
+                    raise finding("log-secret", f"{what}: a secret ({secret[:4]}…) in a log line")
         stalls = self.watchdog.take()
         if stalls:
-            raise Finding(f"{what}: {stalls[0]}")
+            raise finding("loop-stall", f"{what}: {stalls[0]}")
+
+
+def _origin(record: logging.LogRecord) -> str:
+    """Where the logged exception was raised (file and line), to tell failures apart."""
+    if not record.exc_info or record.exc_info[2] is None:
+        return ""
+    last = traceback.extract_tb(record.exc_info[2])[-1]
+    return f"{type(record.exc_info[1]).__name__}-{Path(last.filename).name}-{last.lineno}"
+
+
+def raised(what: str, exc: BaseException) -> Finding:
+    """The app raised through the in-process transport (a real server answers 500)."""
+    last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f"{Path(last.filename).name}:{last.lineno}" if last else ""
+    return finding(
+        f"raised-{type(exc).__name__}-{where}",
+        f"{what}: the app raised {type(exc).__name__} at {where}: {_clip(str(exc))}",
+    )
 
 
 def _error_code(text: str) -> str:
@@ -202,11 +246,26 @@ async def run_examples(
     send: Callable[[Any], Awaitable[None]],
     settings: hypothesis_settings | None = None,
 ) -> str | None:
-    """Runs ``send`` on Hypothesis examples of ``strategy``; the failure report or None."""
+    """Runs ``send`` on Hypothesis examples of ``strategy``; the failure report or None.
+
+    By default every example of the budget runs and each kind of finding is reported once,
+    with the shortest input that showed it: Hypothesis stops generating soon after a first
+    failure, and on code with several bugs the first would hide the others. With
+    ``DELIDEV_FUZZ_SHRINK=1`` a finding fails the example instead, and Hypothesis shrinks it
+    to a minimal input (to study one failure)."""
     loop = asyncio.get_running_loop()
+    found: dict[str, tuple[int, str]] = {}
 
     def example(value: Any) -> None:
-        asyncio.run_coroutine_threadsafe(send(value), loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(send(value), loop).result()
+        except Finding as exc:
+            if SHRINK:
+                raise
+            kind = type(exc).__name__
+            size = len(repr(value))
+            if kind not in found or size < found[kind][0]:
+                found[kind] = (size, f"{kind}: {_clip(str(exc), 800)}")
 
     prop = (settings or fuzz_settings())(given(strategy)(example))
 
@@ -215,6 +274,8 @@ async def run_examples(
             prop()
         except BaseException as exc:  # the report of a failing property is the result
             return f"{name}: {_describe(exc)}"
+        if found:
+            return f"{name}:\n" + "\n".join(f"  {report}" for _, report in found.values())
         return None
 
     return await asyncio.to_thread(run)

@@ -130,12 +130,14 @@ async def fuzz_method(world: World, method: Method, codec: str) -> str | None:
                         },
                     )
             except TimeoutError:
-                raise h.Finding(f"{what}: no answer in {HANG_S:.0f} s") from None
+                raise h.finding("hang", f"{what}: no answer in {HANG_S:.0f} s") from None
             except Exception as exc:  # raised through the in-process transport: a 500
-                raise h.Finding(f"{what}: the app raised {type(exc).__name__}: {exc}") from None
+                raise h.raised(what, exc) from None
         world.checker.answer(what, response.status_code, response.content)
         if method.streaming and _stream_error(response.content) in ("internal", "unknown"):
-            raise h.Finding(f"{what}: stream ended with {_stream_error(response.content)}")
+            raise h.finding(
+                "stream-internal", f"{what}: stream ended with {_stream_error(response.content)}"
+            )
 
     return await h.run_examples(f"{method.path} [{codec}]", strategy, send)
 

@@ -23,6 +23,7 @@ from wsproto.utilities import LocalProtocolError
 
 from delidev.graphql.schema import build_schema
 from tests.fuzz import harness as h
+from tests.fuzz import known_failures
 from tests.fuzz.conftest import World
 from tests.fuzz.proto_strategies import any_json, deep_nesting, hostile_text
 
@@ -83,7 +84,11 @@ def _check_graphql_errors(what: str, body: bytes) -> None:
     for error in errors or []:
         code = (error.get("extensions") or {}).get("code") if isinstance(error, dict) else None
         if not isinstance(code, str):
-            raise h.Finding(f"{what}: an error without extensions.code: {h.show(error, 300)}")
+            message = str(error.get("message", "")) if isinstance(error, dict) else ""
+            raise h.finding(
+                f"no-code-{' '.join(message.split()[:2])}",
+                f"{what}: an error without extensions.code: {h.show(error, 300)}",
+            )
 
 
 async def _post(world: World, what: str, content: bytes, headers: dict[str, str]) -> None:
@@ -94,9 +99,9 @@ async def _post(world: World, what: str, content: bytes, headers: dict[str, str]
             async with asyncio.timeout(HANG_S):
                 response = await world.http.post("/graphql", content=content, headers=headers)
         except TimeoutError:
-            raise h.Finding(f"{what}: no answer in {HANG_S:.0f} s") from None
+            raise h.finding("hang", f"{what}: no answer in {HANG_S:.0f} s") from None
         except Exception as exc:  # raised through the in-process transport: a 500
-            raise h.Finding(f"{what}: the app raised {type(exc).__name__}: {exc}") from None
+            raise h.raised(what, exc) from None
     world.checker.answer(what, response.status_code, response.content)
     _check_graphql_errors(what, response.content)
 
@@ -133,6 +138,14 @@ async def test_graphql_operations(world: World, kind: str) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+def fragment_bomb(depth: int) -> str:
+    """A small document whose fragments each spread the previous one twice: 2**depth
+    selections once expanded (issue 9 item 2)."""
+    lines = ["fragment F0 on Query { workspaces { totalCount } }"]
+    lines += [f"fragment F{i} on Query {{ ...F{i - 1} ...F{i - 1} }}" for i in range(1, depth + 1)]
+    return "\n".join([f"query {{ ...F{depth} }}", *lines])
+
+
 def _bodies(world: World) -> st.SearchStrategy[tuple[bytes, str]]:
     """Whole request bodies that are not what a GraphQL client sends."""
     query = st.sampled_from(
@@ -155,7 +168,12 @@ def _bodies(world: World) -> st.SearchStrategy[tuple[bytes, str]]:
         optional={"variables": st.one_of(variables, any_json(2)), "operationName": any_json(1)},
     ).map(lambda r: json.dumps(r).encode())
     json_type = st.sampled_from(["application/json", "application/json; charset=utf-8"])
+    deepest = known_failures.MAX_FRAGMENT_DEPTH
+    bombs = st.one_of(st.just(deepest), st.integers(2, deepest)).map(
+        lambda n: json.dumps({"query": fragment_bomb(n)}).encode()
+    )
     return st.one_of(
+        st.tuples(bombs, json_type),
         st.tuples(request, json_type),
         st.tuples(any_json(6).map(lambda v: json.dumps(v).encode()), json_type),
         st.tuples(deep_nesting().map(str.encode), json_type),
@@ -256,11 +274,12 @@ async def _ws_round(world: World, what: str, auth: dict[str, str], messages: lis
             for exc in _leaves(group):
                 assert isinstance(exc, WebSocketDisconnect)
                 if exc.code in BAD_CLOSE_CODES or exc.code < 1000:
-                    raise h.Finding(
-                        f"{what}: socket closed with {exc.code} {h.show(exc.reason)}"
+                    raise h.finding(
+                        f"ws-close-{exc.code}-{' '.join(str(exc.reason).split()[:3])}",
+                        f"{what}: socket closed with {exc.code} {h.show(exc.reason)}",
                     ) from None
         except* TimeoutError:
-            raise h.Finding(f"{what}: no answer in {HANG_S:.0f} s") from None
+            raise h.finding("hang", f"{what}: no answer in {HANG_S:.0f} s") from None
     world.checker.server_side(what)
 
 

@@ -52,9 +52,12 @@ async def test_a_real_server_survives_the_fuzz(e2e_database_url: str, tmp_path: 
                             )
                             what = f"{method.path} [{codec}, real server] {h.show(body)}"
                             if response.status_code >= 500:
-                                raise h.Finding(f"{what}: HTTP {response.status_code}")
+                                raise h.finding(
+                                    f"http-{response.status_code}",
+                                    f"{what}: HTTP {response.status_code}",
+                                )
                             if server.proc.poll() is not None:
-                                raise h.Finding(f"{what}: the server process died")
+                                raise h.finding("died", f"{what}: the server process died")
 
                         settings = h.fuzz_settings()
                         failure = await h.run_examples(

@@ -34,4 +34,15 @@ async def test_waiting_and_short_callbacks_are_not(loop_watchdog: Watchdog) -> N
             asyncio.get_running_loop().call_soon(_compute, 0.002)
             await asyncio.sleep(0)
     assert loop_watchdog.take() == []
-    assert asyncio.Handle._run.__name__ == "_run"  # disarmed: asyncio is itself again
+
+
+async def test_a_request_that_never_waits_is_measured_too(loop_watchdog: Watchdog) -> None:
+    """An in-process ASGI call may run whole inside the callback that armed the watchdog."""
+    loop_watchdog.install()
+    await asyncio.sleep(0)  # the next step of this task runs through the wrapped callback
+    with loop_watchdog.armed("inline"):
+        _compute(0.080)
+    await asyncio.sleep(0)
+    stalls = loop_watchdog.take()
+    assert len(stalls) == 1
+    assert stalls[0].cpu_s >= 0.080
