@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from tests.loop_watchdog import Watchdog
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-EXAMPLES_PER_TARGET = int(os.environ.get("DELIDEV_FUZZ_EXAMPLES", "12"))
+EXAMPLES_PER_TARGET = int(os.environ.get("DELIDEV_FUZZ_EXAMPLES", "16"))
 """Inputs per Connect method and codec (and per GraphQL operation kind, times ``GRAPHQL_SCALE``);
 the whole suite stays within a few minutes per database on two cores. Raise it to explore."""
 GRAPHQL_SCALE = 8

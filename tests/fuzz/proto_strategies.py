@@ -100,6 +100,10 @@ hostile_text = st.one_of(
         ]
     ),
     st.integers(256, 70_000).map(lambda n: "x" * n),  # long (the body limit is megabytes)
+    # page tokens of the shape the server hands out, holding offsets it never would
+    st.one_of(st.integers(), st.sampled_from([2**63, -1, 2**64])).map(
+        lambda n: base64.urlsafe_b64encode(f"offset:{n}".encode()).decode().rstrip("=")
+    ),
 )
 
 
@@ -119,7 +123,8 @@ class Values:
     def __init__(self, ids: Sequence[str]) -> None:
         self.ids = list(ids)
         id_like = st.sampled_from(self.ids) if self.ids else st.nothing()
-        self.text = st.one_of(id_like, id_like, st.uuids().map(str), hostile_text)
+        self.id_text = st.one_of(id_like, id_like, st.uuids().map(str), hostile_text)
+        self.text = st.one_of(hostile_text, hostile_text, id_like)
 
     # JSON --------------------------------------------------------------------------------
 
@@ -171,7 +176,11 @@ class Values:
         value = member.value
         wrong = any_json(3)
         if isinstance(value, DescFieldValueList):
-            element = self._json_element(value.element, depth)
+            element = (
+                self.id_text
+                if value.element == ScalarType.STRING and _names_an_id(member)
+                else self._json_element(value.element, depth)
+            )
             return st.one_of(st.lists(element, max_size=4), wrong)
         if isinstance(value, DescFieldValueMap):
             keys = self._json_map_key(value.key)
@@ -182,9 +191,10 @@ class Values:
         if isinstance(value, DescFieldValueEnum):
             return st.one_of(self._json_element(value.enum, depth), wrong)
         assert isinstance(value, DescFieldValueScalar)
-        return st.one_of(
-            self._json_element(value.scalar, depth), self._json_element(value.scalar, depth), wrong
-        )
+        if value.scalar == ScalarType.STRING and _names_an_id(member):
+            return st.one_of(self.id_text, self.id_text, wrong)
+        element = self._json_element(value.scalar, depth)
+        return st.one_of(element, element, wrong)
 
     def _json_element(
         self, element: DescMessage | DescEnum | ScalarType, depth: int
@@ -278,6 +288,9 @@ class Values:
         if isinstance(value, DescFieldValueEnum):
             return self._wire_element(number, value.enum, depth)
         assert isinstance(value, DescFieldValueScalar)
+        if value.scalar == ScalarType.STRING and _names_an_id(member):
+            ids = self.id_text.map(lambda s: s.encode("utf-8", "surrogatepass"))
+            return st.one_of(ids.map(lambda b: _len_field(number, b)), _wrong_wire(number))
         return self._wire_element(number, value.scalar, depth)
 
     def _wire_element(
@@ -341,6 +354,12 @@ class Values:
 
 
 # JSON helpers ----------------------------------------------------------------------------
+
+
+def _names_an_id(member: DescField) -> bool:
+    """A string field that holds ids (``task_id``, ``repository_ids``): mostly real ids,
+    so the input reaches the service; other strings get mostly hostile text."""
+    return member.name.endswith(("_id", "_ids"))
 
 
 def _synthetic(oneof: Any) -> bool:

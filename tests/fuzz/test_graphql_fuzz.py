@@ -154,6 +154,7 @@ def _bodies(world: World) -> st.SearchStrategy[tuple[bytes, str]]:
             "query($id: ID!) { workspace(id: $id) { id name } }",
             "query($s: String) { tasks(after: $s) { totalCount } }",
             "subscription { workerUpdated { __typename } }",
+            "mutation($s: String!) { createWorkspace(input: {name: $s}) { id } }",
             "{",
             "",
         ]
@@ -161,6 +162,7 @@ def _bodies(world: World) -> st.SearchStrategy[tuple[bytes, str]]:
     variables = st.one_of(
         st.dictionaries(st.sampled_from(["id", "s", "x"]), any_json(4), max_size=3),
         st.sampled_from([{"s": "\ud800"}, {"id": "\x00"}, {"s": 1e308}]),
+        hostile_text.map(lambda v: {"s": v, "id": v}),
         deep_nesting().map(lambda n: {"s": json.loads(n)}),
     )
     request = st.fixed_dictionaries(

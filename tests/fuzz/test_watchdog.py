@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.loop_watchdog import Watchdog
 
 
@@ -46,3 +48,31 @@ async def test_a_request_that_never_waits_is_measured_too(loop_watchdog: Watchdo
     stalls = loop_watchdog.take()
     assert len(stalls) == 1
     assert stalls[0].cpu_s >= 0.080
+
+
+def test_the_marker_fails_a_test_that_holds_the_loop(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import asyncio, time
+        import pytest
+
+        def compute(seconds):
+            start = time.thread_time()
+            while time.thread_time() - start < seconds:
+                pass
+
+        @pytest.mark.loop_watchdog
+        async def test_holds():
+            compute(0.080)
+            await asyncio.sleep(0)
+
+        @pytest.mark.loop_watchdog
+        async def test_waits():
+            await asyncio.sleep(0.080)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "tests.loop_watchdog", "-o", "asyncio_mode=auto", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*event loop held for more than 50 ms*", "*FAILED*test_holds*"])
