@@ -26,7 +26,7 @@ import threading
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 from hypothesis import HealthCheck, Phase, given
+from hypothesis import example as hypothesis_example
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -245,8 +246,10 @@ async def run_examples(
     strategy: st.SearchStrategy[Any],
     send: Callable[[Any], Awaitable[None]],
     settings: hypothesis_settings | None = None,
+    explicit: Sequence[Any] = (),
 ) -> str | None:
-    """Runs ``send`` on Hypothesis examples of ``strategy``; the failure report or None.
+    """Runs ``send`` on Hypothesis examples of ``strategy`` (after the ``explicit`` ones);
+    the failure report or None.
 
     By default every example of the budget runs and each kind of finding is reported once,
     with the shortest input that showed it: Hypothesis stops generating soon after a first
@@ -267,7 +270,10 @@ async def run_examples(
             if kind not in found or size < found[kind][0]:
                 found[kind] = (size, f"{kind}: {_clip(str(exc), 800)}")
 
-    prop = (settings or fuzz_settings())(given(strategy)(example))
+    prop = given(strategy)(example)
+    for value in reversed(explicit):
+        prop = hypothesis_example(value)(prop)
+    prop = (settings or fuzz_settings())(prop)
 
     def run() -> str | None:
         try:

@@ -244,6 +244,125 @@ class Values:
             return st.sampled_from(["true", "false", "1", "yes"])
         return st.one_of(_int_values(key).map(str), st.text(max_size=5))
 
+    # Boundary values ---------------------------------------------------------------------
+
+    def boundary_bodies(self, desc: DescMessage, codec: str) -> list[bytes]:
+        """One body per theme, every field of the message set: real ids in id fields, and
+        in the others the theme's value (long text, NUL, a lone surrogate, a forged log
+        line, out-of-range numbers, an unknown enum number, the wrong type). Random inputs
+        rarely set every field at once; these run first, in every run."""
+        encode = self._boundary_json if codec == "json" else self._boundary_wire
+        return [encode(desc, theme, MAX_MESSAGE_DEPTH) for theme in THEMES]
+
+    def _boundary_value(self, member: DescField, element: Any, theme: str) -> Any:
+        if element == ScalarType.STRING:
+            if _names_an_id(member) and theme != "wrong_type":
+                return self.ids[0] if self.ids else "00000000-0000-0000-0000-000000000000"
+            return THEME_TEXT.get(theme, "fuzz")
+        if isinstance(element, DescEnum):
+            return 9999 if theme in ("unknown_enum", "huge_int") else element.values[-1].number
+        if element == ScalarType.BOOL:
+            return True
+        if element in (ScalarType.DOUBLE, ScalarType.FLOAT):
+            return {"huge_int": 1e308, "negative": -1.0}.get(theme, 1.0)
+        if element == ScalarType.BYTES:
+            return b"\xff" * (300 if theme == "long" else 1)
+        if isinstance(element, ScalarType):
+            low, high = INT_RANGES[element]
+            return {"huge_int": high + 1, "negative": low - 1 if low else -1}.get(theme, 1)
+        raise TypeError(element)
+
+    def _boundary_json(self, desc: DescMessage, theme: str, depth: int) -> bytes:
+        return _dumps(self._boundary_object(desc, theme, depth))
+
+    def _boundary_object(self, desc: DescMessage, theme: str, depth: int) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        seen_oneofs: set[str] = set()
+        for member in desc.fields:
+            value = member.value
+            oneof = getattr(value, "oneof", None)
+            if oneof is not None and not _synthetic(oneof):
+                if oneof.name in seen_oneofs:
+                    continue
+                seen_oneofs.add(oneof.name)
+            if theme == "wrong_type":
+                body[member.json_name] = {"fuzz": [1]}
+                continue
+            body[member.json_name] = self._boundary_json_value(member, value, theme, depth)
+        return body
+
+    def _boundary_json_value(self, member: DescField, value: Any, theme: str, depth: int) -> Any:
+        if isinstance(value, DescFieldValueList):
+            return [self._boundary_json_element(member, value.element, theme, depth)]
+        if isinstance(value, DescFieldValueMap):
+            key = "k" if value.key == ScalarType.STRING else "1"
+            return {key: self._boundary_json_element(member, value.value, theme, depth)}
+        if isinstance(value, DescFieldValueMessage):
+            return self._boundary_json_element(member, value.message, theme, depth)
+        if isinstance(value, DescFieldValueEnum):
+            return self._boundary_json_element(member, value.enum, theme, depth)
+        return self._boundary_json_element(member, value.scalar, theme, depth)
+
+    def _boundary_json_element(
+        self, member: DescField, element: Any, theme: str, depth: int
+    ) -> Any:
+        if isinstance(element, DescMessage):
+            return self._boundary_object(element, theme, depth - 1) if depth > 0 else {}
+        value = self._boundary_value(member, element, theme)
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode()
+        if isinstance(value, int) and not isinstance(value, bool) and element in INT64_TYPES:
+            return str(value)
+        return value
+
+    def _boundary_wire(self, desc: DescMessage, theme: str, depth: int) -> bytes:
+        out = b""
+        for member in desc.fields:
+            value = member.value
+            number = member.number
+            if theme == "wrong_type":
+                out += _tag(number, 5) + b"\xff\xff\xff\xff"
+                continue
+            if isinstance(value, DescFieldValueMap):
+                key = self._boundary_wire_element(member, 1, value.key, theme, depth)
+                item = self._boundary_wire_element(member, 2, value.value, theme, depth)
+                out += _len_field(number, key + item)
+                continue
+            element = (
+                value.element
+                if isinstance(value, DescFieldValueList)
+                else value.message
+                if isinstance(value, DescFieldValueMessage)
+                else value.enum
+                if isinstance(value, DescFieldValueEnum)
+                else value.scalar
+            )
+            out += self._boundary_wire_element(member, number, element, theme, depth)
+        return out
+
+    def _boundary_wire_element(
+        self, member: DescField, number: int, element: Any, theme: str, depth: int
+    ) -> bytes:
+        if isinstance(element, DescMessage):
+            inner = self._boundary_wire(element, theme, depth - 1) if depth > 0 else b""
+            return _len_field(number, inner)
+        value = self._boundary_value(member, element, theme)
+        if isinstance(value, str):
+            return _len_field(number, value.encode("utf-8", "surrogatepass"))
+        if isinstance(value, bytes):
+            return _len_field(number, value)
+        if isinstance(value, float):
+            if element == ScalarType.FLOAT:
+                return _tag(number, 5) + struct.pack("<f", max(min(value, 3e38), -3e38))
+            return _tag(number, 1) + struct.pack("<d", value)
+        if element in (ScalarType.FIXED32, ScalarType.SFIXED32):
+            return _tag(number, 5) + (int(value) & 0xFFFFFFFF).to_bytes(4, "little")
+        if element in (ScalarType.FIXED64, ScalarType.SFIXED64):
+            return _tag(number, 1) + (int(value) & (2**64 - 1)).to_bytes(8, "little")
+        if element in (ScalarType.SINT32, ScalarType.SINT64):
+            return _varint_field(number, _zigzag(int(value)))
+        return _varint_field(number, int(value))
+
     # Binary ------------------------------------------------------------------------------
 
     def binary_body(self, desc: DescMessage) -> st.SearchStrategy[bytes]:
@@ -354,6 +473,24 @@ class Values:
 
 
 # JSON helpers ----------------------------------------------------------------------------
+
+
+THEMES = (
+    "long",
+    "nul",
+    "surrogate",
+    "newline",
+    "huge_int",
+    "negative",
+    "unknown_enum",
+    "wrong_type",
+)
+THEME_TEXT = {
+    "long": "x" * 300,  # over the 255 characters of most columns
+    "nul": "a\x00b",
+    "surrogate": "\ud800",
+    "newline": "a\nCRITICAL forged log line",
+}
 
 
 def _names_an_id(member: DescField) -> bool:

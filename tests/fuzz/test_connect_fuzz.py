@@ -139,7 +139,10 @@ async def fuzz_method(world: World, method: Method, codec: str) -> str | None:
                 "stream-internal", f"{what}: stream ended with {_stream_error(response.content)}"
             )
 
-    return await h.run_examples(f"{method.path} [{codec}]", strategy, send)
+    explicit = [
+        (body, world.attacker.headers, "ok") for body in values.boundary_bodies(method.input, codec)
+    ]
+    return await h.run_examples(f"{method.path} [{codec}]", strategy, send, explicit=explicit)
 
 
 @pytest.mark.parametrize("codec", ["json", "binary"])
