@@ -122,12 +122,12 @@ class Watchdog:
                     if wall_s > watchdog.limit_s:
                         watchdog._record(handle, cpu_s, wall_s)
 
-        asyncio.Handle._run = timed_run  # type: ignore[method-assign]  # the point of it
+        asyncio.Handle._run = timed_run  # type: ignore[method-assign,assignment]  # the point
         gc.callbacks.append(self._on_gc)
 
     def uninstall(self) -> None:
         if self._original is not None:
-            asyncio.Handle._run = self._original  # type: ignore[method-assign]
+            asyncio.Handle._run = self._original  # type: ignore[method-assign,assignment]
             self._original = None
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)

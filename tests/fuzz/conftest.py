@@ -21,8 +21,6 @@ from tests.e2e.conftest import e2e_database_url  # noqa: F401  # the real-server
 from tests.fuzz import harness as h
 from tests.loop_watchdog import Watchdog
 
-pytestmark = pytest.mark.usefixtures("database")
-
 
 @dataclass
 class World:

@@ -117,12 +117,11 @@ async def _fuzz_operations(world: World, kind: str, mode: Mode) -> str | None:
         body = json.dumps({"query": document}).encode()
         await _post(world, what, body, {"content-type": "application/json", **auth})
 
-    settings = h.fuzz_settings()
     return await h.run_examples(
         f"graphql {kind} ({mode.name.lower()})",
         strategy,
         send,
-        h.hypothesis_settings(settings, max_examples=settings.max_examples * h.GRAPHQL_SCALE),
+        h.budget(h.EXAMPLES_PER_TARGET * h.GRAPHQL_SCALE),
     )
 
 
@@ -206,12 +205,11 @@ async def test_graphql_malformed_bodies(world: World) -> None:
         headers = {"content-type": content_type, "accept": accept, **auth}
         await _post(world, what, body, headers)
 
-    settings = h.fuzz_settings()
     failure = await h.run_examples(
         "graphql bodies",
         strategy,
         send,
-        h.hypothesis_settings(settings, max_examples=settings.max_examples * h.GRAPHQL_SCALE),
+        h.budget(h.EXAMPLES_PER_TARGET * h.GRAPHQL_SCALE),
     )
     await world.alive()
     await world.unchanged()
@@ -224,11 +222,10 @@ async def test_graphql_malformed_bodies(world: World) -> None:
 @asynccontextmanager
 async def _socket(world: World) -> AsyncIterator[AsyncWebSocketSession]:
     transport = ASGIWebSocketTransport(world.app, initial_receive_timeout=HANG_S)
-    async with (
-        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
-        aconnect_ws("/graphql", client, subprotocols=[WS_PROTOCOL]) as ws,
-    ):
-        yield ws
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        ws: AsyncWebSocketSession
+        async with aconnect_ws("/graphql", client, subprotocols=[WS_PROTOCOL]) as ws:
+            yield ws
 
 
 async def _until_pong(world: World, what: str, ws: AsyncWebSocketSession) -> list[Any]:
@@ -239,7 +236,7 @@ async def _until_pong(world: World, what: str, ws: AsyncWebSocketSession) -> lis
         await ws.send_json({"type": "ping"})
     except LocalProtocolError:  # the server is closing: its close frame tells why
         await ws.receive_text(timeout=HANG_S)
-    seen = []
+    seen: list[Any] = []
     while True:
         raw = await ws.receive_text(timeout=HANG_S)
         world.checker.answer(what, 200, raw.encode())
@@ -314,12 +311,11 @@ async def test_graphql_subscriptions(world: World) -> None:
         subscribe = {"id": "1", "type": "subscribe", "payload": {"query": document}}
         await _ws_round(world, what, auth, [json.dumps(subscribe)])
 
-    settings = h.fuzz_settings()
     failure = await h.run_examples(
         "graphql subscriptions",
         strategy,
         send,
-        h.hypothesis_settings(settings, max_examples=settings.max_examples * 2),
+        h.budget(h.EXAMPLES_PER_TARGET * 2),
     )
     await world.alive()
     await world.unchanged()
@@ -365,12 +361,11 @@ async def test_graphql_websocket_messages(world: World) -> None:
         what = f"graphql ws [{world.mode}-user] {h.show(messages, 400)}"
         await _ws_round(world, what, auth, messages)
 
-    settings = h.fuzz_settings()
     failure = await h.run_examples(
         "graphql ws messages",
         strategy,
         send,
-        h.hypothesis_settings(settings, max_examples=settings.max_examples * 2),
+        h.budget(h.EXAMPLES_PER_TARGET * 2),
     )
     await world.alive()
     await world.unchanged()

@@ -59,12 +59,11 @@ async def test_a_real_server_survives_the_fuzz(e2e_database_url: str, tmp_path: 
                             if server.proc.poll() is not None:
                                 raise h.finding("died", f"{what}: the server process died")
 
-                        settings = h.fuzz_settings()
                         failure = await h.run_examples(
                             f"{method.path} [{codec}, real server]",
                             bodies,
                             send,
-                            h.hypothesis_settings(settings, max_examples=EXAMPLES_PER_METHOD),
+                            h.budget(EXAMPLES_PER_METHOD),
                         )
                         if failure:
                             failures.append(failure)
