@@ -5,6 +5,7 @@ log. Afterwards the process is alive and answers."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -28,6 +29,59 @@ MULTI_USER = {
 }
 
 
+def _died(server: Server) -> str:
+    code = server.proc.returncode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    return f"the server process died ({how})"
+
+
+async def _fuzz(http: httpx.AsyncClient, server: Server, mode: str, values: Values) -> list[str]:
+    """Every method, both codecs, against the process; stops early if it dies."""
+    # multi-user: the provider is unreachable on purpose, so "unavailable" is the right answer
+    allowed_5xx = {503} if mode == "multi" else set()
+    failures = []
+    for method in (m for methods in SERVICES.values() for m in methods):
+        for codec in ("json", "binary"):
+
+            async def send(body: bytes, method: Method = method, codec: str = codec) -> None:
+                h.count("server")
+                what = f"{method.path} [{codec}, {mode}-user server] {h.show(body)}"
+                try:
+                    response = await http.post(
+                        method.path,
+                        content=_envelope(body, "ok") if method.streaming else body,
+                        headers={
+                            "content-type": _content_type(codec, method.streaming),
+                            "connect-protocol-version": "1",
+                        },
+                    )
+                except httpx.TransportError as exc:
+                    if server.proc.poll() is not None:
+                        raise h.finding("died", f"{what}: {_died(server)}") from None
+                    raise h.finding("transport", f"{what}: {type(exc).__name__}") from None
+                if response.status_code >= 500 and response.status_code not in allowed_5xx:
+                    raise h.finding(
+                        f"http-{response.status_code}", f"{what}: HTTP {response.status_code}"
+                    )
+                if server.proc.poll() is not None:
+                    raise h.finding("died", f"{what}: {_died(server)}")
+
+            failure = await h.run_examples(
+                f"{method.path} [{codec}, {mode}-user server]",
+                values.json_body(method.input)
+                if codec == "json"
+                else values.binary_body(method.input),
+                send,
+                h.budget(EXAMPLES_PER_METHOD),
+                explicit=values.boundary_bodies(method.input, codec),
+            )
+            if failure:
+                failures.append(failure)
+            if server.proc.poll() is not None:
+                return failures
+    return failures
+
+
 @pytest.mark.parametrize("mode", ["single", "multi"])
 async def test_a_real_server_survives_the_fuzz(
     e2e_database_url: str, tmp_path: Path, mode: str
@@ -36,71 +90,25 @@ async def test_a_real_server_survives_the_fuzz(
     server = await Server(
         e2e_database_url, tmp_path / "server.log", DELIDEV_LOG_LEVEL="info", **env
     ).ready()
-    # multi-user: the provider is unreachable on purpose, so "unavailable" is the right answer
-    allowed_5xx = {503} if mode == "multi" else set()
     try:
         async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
-            api = h.Api(http)
             ids = [h.fresh_id()]
             if mode == "single":
-                workspace = await api("WorkspaceService/Create", {"name": "fz-real"})
-                ids = [workspace["workspace"]["id"]]
-            values = Values(ids)
-            failures = []
-            for methods in SERVICES.values():
-                for method in methods:
-                    for codec in ("json", "binary"):
-                        bodies = (
-                            values.json_body(method.input)
-                            if codec == "json"
-                            else values.binary_body(method.input)
-                        )
-
-                        async def send(
-                            body: bytes, method: Method = method, codec: str = codec
-                        ) -> None:
-                            h.count("server")
-                            content = _envelope(body, "ok") if method.streaming else body
-                            response = await http.post(
-                                method.path,
-                                content=content,
-                                headers={
-                                    "content-type": _content_type(codec, method.streaming),
-                                    "connect-protocol-version": "1",
-                                },
-                            )
-                            what = f"{method.path} [{codec}, {mode}-user server] {h.show(body)}"
-                            if (
-                                response.status_code >= 500
-                                and response.status_code not in allowed_5xx
-                            ):
-                                raise h.finding(
-                                    f"http-{response.status_code}",
-                                    f"{what}: HTTP {response.status_code}",
-                                )
-                            if server.proc.poll() is not None:
-                                raise h.finding("died", f"{what}: the server process died")
-
-                        failure = await h.run_examples(
-                            f"{method.path} [{codec}, {mode}-user server]",
-                            bodies,
-                            send,
-                            h.budget(EXAMPLES_PER_METHOD),
-                            explicit=values.boundary_bodies(method.input, codec),
-                        )
-                        if failure:
-                            failures.append(failure)
-                        if server.proc.poll() is not None:
-                            break
-            if not known_failures.SKIP_PROCESS_CRASHES:
+                created = await h.Api(http)("WorkspaceService/Create", {"name": "fz-real"})
+                ids = [created["workspace"]["id"]]
+            failures = await _fuzz(http, server, mode, Values(ids))
+            if not known_failures.SKIP_PROCESS_CRASHES and server.proc.poll() is None:
                 # issue 9 item 1, exactly as reported
-                await http.post(
-                    "/delidev.v1.AuthService/GetCurrentUser",
-                    content=b"[" * 15_000 + b"]" * 15_000,
-                    headers={"content-type": "application/json"},
-                )
-            assert server.proc.poll() is None, "the server process died:\n" + server.log()[-3000:]
-            assert (await http.get("/healthz")).status_code == 200
+                with contextlib.suppress(httpx.TransportError):
+                    await http.post(
+                        "/delidev.v1.AuthService/GetCurrentUser",
+                        content=b"[" * 15_000 + b"]" * 15_000,
+                        headers={"content-type": "application/json"},
+                    )
+            if server.proc.poll() is not None:
+                failures.append(_died(server))
+            else:
+                assert (await http.get("/healthz")).status_code == 200
     finally:
         server.stop()
     log = server.log()
