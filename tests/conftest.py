@@ -29,6 +29,10 @@ BACKEND = os.environ.get("DELIDEV_TEST_DATABASE", "sqlite").lower()
 POSTGRES_ADMIN_URL = os.environ.get(
     "DELIDEV_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+# The event-loop watchdog: ``@pytest.mark.loop_watchdog`` or the ``loop_watchdog`` fixture;
+# pytester runs its own test in a subprocess.
+pytest_plugins = ("tests.loop_watchdog", "pytester")
+
 if BACKEND not in ("sqlite", "postgres"):
     raise RuntimeError(f"DELIDEV_TEST_DATABASE must be sqlite or postgres, not {BACKEND!r}")
 
