@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +52,9 @@ async def test_a_request_that_never_waits_is_measured_too(loop_watchdog: Watchdo
     assert stalls[0].cpu_s >= 0.080
 
 
-def test_the_marker_fails_a_test_that_holds_the_loop(pytester: pytest.Pytester) -> None:
+def test_the_marker_fails_a_test_that_holds_the_loop(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(
         """
         import asyncio, time
@@ -70,6 +74,11 @@ def test_the_marker_fails_a_test_that_holds_the_loop(pytester: pytest.Pytester) 
         async def test_waits():
             await asyncio.sleep(0.080)
         """
+    )
+    # The inner run imports the plugin from this checkout, wherever pytest runs it.
+    root = str(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     )
     result = pytester.runpytest_subprocess(
         "-p", "tests.loop_watchdog", "-o", "asyncio_mode=auto", "-p", "no:cacheprovider"
