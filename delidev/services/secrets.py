@@ -218,6 +218,10 @@ class SecretStore:
         older values that reaches it late must not revive them there."""
         return [(t, version) for t, (version, _) in self._tombstones.items()]
 
+    def dropped(self, task_id: UUID) -> bool:
+        """Whether this replica remembers the task's secrets being dropped."""
+        return task_id in self._tombstones
+
     def held_bytes(self, owner: str) -> int:
         """What one user's tasks hold here, names and values in UTF-8."""
         return self._owned.get(owner, 0)
@@ -332,6 +336,28 @@ async def job_secrets(
         if values:
             break
     return values
+
+
+async def output_secrets(
+    store: SecretStore, agent_task_id: UUID, *, wait: float = RELAY_WAIT_S
+) -> dict[str, str]:
+    """The secrets a run's output is masked with.
+
+    A worker may send output to a replica that has not heard of the task's secrets yet (it
+    claimed the job on another one): when the task expects secrets and this replica has
+    neither them nor a record of their drop, they are waited for as ``job_secrets`` does,
+    so that output is never stored unmasked for want of a relay message.
+    """
+    values = await secrets_for(store, agent_task_id)
+    if values or store.relay is None:
+        return values
+    agent = await m.AgentTask.get_or_none(id=agent_task_id).only("id", "expects_secrets")
+    if agent is None or not agent.expects_secrets:
+        return values
+    unit_id, composite_id = await _owners(agent_task_id)
+    if any(store.dropped(owner) for owner in (unit_id, composite_id) if owner is not None):
+        return values
+    return await job_secrets(store, agent_task_id, expects_secrets=True, wait=wait)
 
 
 async def ready_agent_task_ids(store: SecretStore) -> list[UUID]:

@@ -648,7 +648,7 @@ async def _secrets_of(
     """The secrets a run sees (what its output is masked with); none without a store."""
     if store is None:
         return {}
-    return await secret_service.secrets_for(store, session.agent_task_id)
+    return await secret_service.output_secrets(store, session.agent_task_id)
 
 
 @_lease_bound

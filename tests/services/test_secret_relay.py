@@ -255,6 +255,48 @@ async def test_a_runs_secrets_are_awaited_from_the_replica_that_holds_them(
 
 
 @pytest.mark.postgres_only
+@pytest.mark.usefixtures("database")
+async def test_output_sent_to_another_replica_waits_for_the_secrets_it_is_masked_with(
+    buses: list[events.PostgresEventBus],
+) -> None:
+    a, b, _ = buses
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, a, KEY)
+    secret_relay.SecretRelay(store_b, b, KEY)
+    await a.start()
+    await b.start()
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    unit = await tasks.create_unit_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="p", expects_secrets=True
+    )
+    plain = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="q")
+
+    async def send_later() -> None:
+        await asyncio.sleep(0.2)
+        store_a.put(unit.id, {"API_KEY": VALUE})
+
+    # The worker claimed on A and sends its first output to B before the relay got there.
+    sender = asyncio.create_task(send_later())
+    got = await secrets.output_secrets(store_b, unit.agent_task_id, wait=5)
+    await sender
+    assert got == {"API_KEY": VALUE}
+
+    # Secrets dropped (Clear, or the run ended) are not waited for again, nor are a task's
+    # that expects none: a guard far below the wait shows neither call waits for it.
+    store_a.drop(unit.id)
+    await _until(lambda: store_b.dropped(unit.id))
+    assert (
+        await asyncio.wait_for(secrets.output_secrets(store_b, unit.agent_task_id, wait=600), 30)
+        == {}
+    )
+    assert (
+        await asyncio.wait_for(secrets.output_secrets(store_b, plain.agent_task_id, wait=600), 30)
+        == {}
+    )
+
+
+@pytest.mark.postgres_only
 async def test_a_message_replayed_through_postgres_is_refused(
     dsn: str, buses: list[events.PostgresEventBus], monkeypatch: pytest.MonkeyPatch
 ) -> None:
