@@ -11,10 +11,13 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.http.websocket_origin import normalize_origin
 from tortoise.context import TortoiseContext
 
 from delidev import db, events
@@ -34,6 +37,30 @@ from delidev.settings import Settings
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+"""Names every server answers to, whatever DELIDEV_ALLOWED_HOSTS says."""
+_ANY_ADDRESS = ("", "0.0.0.0", "::")  # wildcard addresses: they name no host
+# Browsers may send these on a cross-origin call (Connect, gRPC-Web, GraphQL) and read
+# those: the lists connect-es documents, plus authorization for our bearer tokens.
+CORS_ALLOW_HEADERS = (
+    "authorization",
+    "content-type",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-accept-encoding",
+    "connect-content-encoding",
+    "grpc-timeout",
+    "x-grpc-web",
+    "x-user-agent",
+)
+CORS_EXPOSE_HEADERS = (
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "connect-content-encoding",
+    "content-encoding",
+)
+CORS_MAX_AGE_S = 7200  # the most Chromium caches a preflight for
 
 
 class BindEvents:
@@ -46,6 +73,23 @@ class BindEvents:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         events.bind(self._bus)
         await self.app(scope, receive, send)
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """``Host`` names served: loopback, ``server_host`` unless it is a wildcard address, and
+    DELIDEV_ALLOWED_HOSTS. Any other name is refused (400), so that a page on a rebound DNS
+    name cannot reach a single-user server, which has no sign-in."""
+    hosts = [*LOOPBACK_HOSTS, *settings.allowed_hosts]
+    if settings.server_host not in _ANY_ADDRESS:
+        host = settings.server_host
+        hosts.append(f"[{host}]" if ":" in host else host)
+    return hosts
+
+
+def cors_origins(settings: Settings) -> list[str]:
+    """DELIDEV_CORS_ORIGINS in the form browsers send (the WebSocket origin check compares
+    the same form)."""
+    return [o if o == "*" else (normalize_origin(o) or o) for o in settings.cors_origins]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -97,6 +141,12 @@ def create_app(settings: Settings) -> Starlette:
                 "DELIDEV_JWT_SECRET is not set: secrets sent to this server process are not"
                 " relayed to other replicas; run one process or set it on every replica"
             )
+        if settings.server_host in _ANY_ADDRESS and not settings.allowed_hosts:
+            log.warning(
+                "listening on every address, but DELIDEV_ALLOWED_HOSTS is empty: only"
+                " requests addressed to %s are answered",
+                ", ".join(LOOPBACK_HOSTS),
+            )
         sweeper = asyncio.create_task(sweep_forever(), name="delidev-sweep")
         log.info(
             "DeliDev server ready (%s mode, %s)",
@@ -143,6 +193,15 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings)),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors_origins(settings),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=list(CORS_ALLOW_HEADERS),
+                expose_headers=list(CORS_EXPOSE_HEADERS),
+                max_age=CORS_MAX_AGE_S,
+            ),
             Middleware(BindEvents, bus=bus),
             Middleware(
                 ConnectDispatch,

@@ -84,7 +84,8 @@ async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url)
+    # httpx's ASGI clients here send ``Host: test``: allowed like a configured name.
+    return Settings(database_url=database_url, allowed_hosts=("test",))
 
 
 @pytest.fixture(scope="session")
