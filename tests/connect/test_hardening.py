@@ -19,9 +19,13 @@ from hypothesis import strategies as st
 from tortoise.context import TortoiseContext
 
 from delidev import events
+from delidev import models as m
 from delidev.app import create_app
+from delidev.auth.principal import LOCAL_USER
 from delidev.nesting import MAX_JSON_DEPTH
+from delidev.services import tasks
 from delidev.settings import Settings
+from tests.factories import make_group, make_repository, make_workspace
 
 JSON = {"content-type": "application/json"}
 DEEP = b"[" * 15_000 + b"]" * 15_000
@@ -103,9 +107,7 @@ async def test_deep_json_over_grpc_web_is_refused(http: httpx.AsyncClient) -> No
     ("path", "body", "content_type"),
     [
         pytest.param(UNARY, DEEP_GROUPS, "application/proto", id="unary"),
-        pytest.param(
-            STREAM, _envelope(DEEP_GROUPS), "application/connect+proto", id="stream"
-        ),
+        pytest.param(STREAM, _envelope(DEEP_GROUPS), "application/connect+proto", id="stream"),
     ],
 )
 async def test_deeply_nested_binary_groups_are_invalid_argument(
@@ -243,4 +245,55 @@ async def test_other_methods_and_media_types_get_clean_answers(
     for path in paths:
         response = await http.request(method, path, content=b"{}", headers=headers)
         assert response.status_code == status, (path, response.text)
+    _no_errors_logged(caplog)
+
+
+async def _connect(http: httpx.AsyncClient, method: str, body: dict[str, Any]) -> Any:
+    response = await http.post(f"/delidev.v1.{method}", json=body)
+    return response.json()
+
+
+@pytest.mark.parametrize(
+    ("plan", "fragment"),
+    [
+        # Six levels of aliases: half a million strings once the title is made text.
+        (
+            "l0: &l0 [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]\n" for i in range(1, 6))
+            + "tasks: [{id: a, prompt: go, title: *l5}]",
+            "YAML alias at line 2",
+        ),
+        ("tasks: " + "[" * 5_000, "not valid YAML"),
+        ("tasks: [{id: a, prompt: go, x: " + "[" * 20 + "]" * 20 + "}]", "deeper than 16"),
+    ],
+)
+async def test_a_hostile_plan_is_refused_through_report_status(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, plan: str, fragment: str
+) -> None:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    composite = await tasks.create_composite_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="plan it"
+    )
+    worker = await _connect(
+        http, "WorkerService/Register", {"name": "planner", "endpointUrl": "http://127.0.0.1:1"}
+    )
+    job = (await _connect(http, "WorkerService/GetTask", {"workerId": worker["workerId"]}))["job"]
+    lease = {
+        "workerId": worker["workerId"],
+        "sessionId": job["sessionId"],
+        "leaseToken": job["leaseToken"],
+    }
+    # The run itself succeeded; the plan is refused and kept as the composite's plan error.
+    reported = await _connect(
+        http,
+        "WorkerService/ReportStatus",
+        {**lease, "status": "AGENT_SESSION_STATUS_SUCCEEDED", "planYaml": plan},
+    )
+    assert reported["session"]["status"] == "AGENT_SESSION_STATUS_SUCCEEDED", reported
+    stored = await m.CompositeTask.get(id=composite.id)
+    assert stored.status == m.CompositeTaskStatus.PLANNING
+    assert stored.plan_error is not None
+    assert stored.plan_error.startswith("Malformed: ")
+    assert fragment in stored.plan_error
     _no_errors_logged(caplog)

@@ -248,4 +248,3 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
         return False
     finally:
         sock.settimeout(WAIT_S)
-
