@@ -7,6 +7,7 @@ the log. The process-level proof (a real server that stays alive) is in
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -76,6 +77,17 @@ async def test_deep_json_is_refused_before_parsing(
         f"request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
     )
     _no_errors_logged(caplog)
+
+
+async def test_deep_json_behind_compression_is_refused(http: httpx.AsyncClient) -> None:
+    """Decompressed first (within the 4 MiB read limit), then checked like any body."""
+    response = await http.post(
+        UNARY,
+        content=gzip.compress(b"[" * 2_000_000),
+        headers={**JSON, "content-encoding": "gzip"},
+    )
+    assert response.status_code == 400
+    assert "deeper than" in response.json()["message"]
 
 
 async def test_deep_json_in_a_server_stream_is_refused(

@@ -174,6 +174,29 @@ async def test_websocket_handshakes_follow_host_and_origin(
     assert await asyncio.to_thread(_websocket_handshake, server.port, host, origin) == status
 
 
+async def test_the_header_timeout_leaves_an_upgraded_websocket_alone(server: Server) -> None:
+    def handshake_then_wait() -> tuple[bytes, bool]:
+        key = base64.b64encode(os.urandom(16)).decode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+            sock.sendall(
+                (
+                    f"GET /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws"
+                    "\r\n\r\n"
+                ).encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            # Past the header deadline (the WebSocket's own init timeout is 10 s).
+            return head, _closed_within(sock, HEADER_TIMEOUT_MS * 3 / 1000)
+
+    head, closed = await asyncio.to_thread(handshake_then_wait)
+    assert _status(head) == 101
+    assert not closed
+
+
 def _held_open(port: int, first: bytes, trickle: bytes = b"") -> bytes:
     """Opens a connection, sends ``first``, then ``trickle`` a byte every 50 ms, and returns
     what the server wrote until it closed the connection (a recv that times out after
