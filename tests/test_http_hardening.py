@@ -12,6 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from tortoise.context import TortoiseContext
 
 from delidev import events
@@ -166,6 +169,39 @@ async def test_a_foreign_host_is_refused(
             else:
                 assert response.status_code == status, (host, response.text)
                 assert response.text == "Invalid host header"
+
+
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+_name = st.one_of(
+    st.sampled_from(["localhost", "LocalHost", "127.0.0.1", "[::1]", "delidev.example.test"]),
+    st.lists(_label, min_size=1, max_size=4).map(".".join),
+    st.sampled_from(["localhost", "127.0.0.1", "delidev.example.test"]).flatmap(
+        lambda name: _label.map(lambda label: f"{label}.{name}")  # a rebinding look-alike
+    ),
+)
+_port = st.none() | st.integers(min_value=0, max_value=65535)
+
+
+@pytest.fixture
+async def configured_host(settings: Settings, database: TortoiseContext) -> AsyncIterator[Any]:
+    async for client in _client(settings.replace(allowed_hosts=("delidev.example.test",))):
+        yield client
+
+
+@hypothesis_settings(
+    max_examples=150,
+    derandomize=True,  # the same inputs on every run; explore with --hypothesis-seed
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # one app for all inputs
+)
+@given(name=_name, port=_port)
+async def test_a_host_is_served_exactly_when_it_is_allowed(
+    configured_host: httpx.AsyncClient, name: str, port: int | None
+) -> None:
+    allowed = {"localhost", "127.0.0.1", "[::1]", "delidev.example.test"}
+    host = name if port is None else f"{name}:{port}"
+    response = await configured_host.get("/healthz", headers={"host": host})
+    assert response.status_code == (200 if name.lower() in allowed else 400), host
 
 
 @pytest.mark.parametrize(
