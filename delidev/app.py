@@ -78,7 +78,13 @@ class BindEvents:
 def allowed_hosts(settings: Settings) -> list[str]:
     """``Host`` names served: loopback, ``server_host`` unless it is a wildcard address, and
     DELIDEV_ALLOWED_HOSTS. Any other name is refused (400), so that a page on a rebound DNS
-    name cannot reach a single-user server, which has no sign-in."""
+    name cannot reach a single-user server, which has no sign-in.
+
+    In multi-user mode without DELIDEV_ALLOWED_HOSTS every name is served: each call there
+    carries a bearer token, which a page on another site does not have (nothing rides on
+    cookies), and such a server usually sits behind a proxy under a name of its own."""
+    if not settings.single_user_mode and not settings.allowed_hosts:
+        return ["*"]
     hosts = [*LOOPBACK_HOSTS, *settings.allowed_hosts]
     if settings.server_host not in _ANY_ADDRESS:
         host = settings.server_host
@@ -141,7 +147,11 @@ def create_app(settings: Settings) -> Starlette:
                 "DELIDEV_JWT_SECRET is not set: secrets sent to this server process are not"
                 " relayed to other replicas; run one process or set it on every replica"
             )
-        if settings.server_host in _ANY_ADDRESS and not settings.allowed_hosts:
+        if (
+            settings.single_user_mode
+            and settings.server_host in _ANY_ADDRESS
+            and not settings.allowed_hosts
+        ):
             log.warning(
                 "listening on every address, but DELIDEV_ALLOWED_HOSTS is empty: only"
                 " requests addressed to %s are answered",

@@ -81,7 +81,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     """Names the server answers to (``Host`` header, any port) besides loopback names and
     ``server_host``: refuses DNS rebinding. ``*.example.com`` matches its subdomains,
-    ``*`` any name."""
+    ``*`` any name. Empty in multi-user mode: any name (calls carry bearer tokens)."""
     header_timeout_ms: int = 10_000
     """A connection must complete its request headers within this time, else it is answered
     408 and closed."""

@@ -160,7 +160,7 @@ async def test_a_discovery_document_naming_another_issuer_is_refused(
 ) -> None:
     provider.issuer = "https://someone-else.example"
     api = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(multi)), base_url="http://test"
+        transport=httpx.ASGITransport(app=create_app(multi)), base_url="http://t"
     )
     async with api:
         refused = await _call(api, "GetLoginUrl", {"redirectUri": REDIRECT_URI})

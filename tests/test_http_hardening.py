@@ -24,6 +24,7 @@ from delidev.settings import Settings, SettingsError
 APP_ORIGIN = "http://localhost:5173"
 UNARY = "/delidev.v1.WorkspaceService/List"
 STREAM = "/delidev.v1.SessionService/StreamLog"
+JWT_SECRET = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
 MULTI = {
     "single_user_mode": False,
     "oidc_issuer_url": "https://id.example.test",
@@ -149,8 +150,8 @@ async def test_a_foreign_host_is_refused(
     settings: Settings, database: TortoiseContext, path: str, mode: str
 ) -> None:
     changes: dict[str, Any] = {"allowed_hosts": ()}
-    if mode == "multi":
-        changes |= {**MULTI, "jwt_secret": "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"}
+    if mode == "multi":  # where the check is on once names are configured
+        changes = {**MULTI, "jwt_secret": JWT_SECRET, "allowed_hosts": ("delidev.example.test",)}
     async for client in _client(settings.replace(**changes)):
         for host, status in (
             ("rebound.attacker.test", 400),
@@ -202,6 +203,16 @@ async def test_a_host_is_served_exactly_when_it_is_allowed(
     host = name if port is None else f"{name}:{port}"
     response = await configured_host.get("/healthz", headers={"host": host})
     assert response.status_code == (200 if name.lower() in allowed else 400), host
+
+
+async def test_multi_user_mode_serves_any_host_until_names_are_configured(
+    settings: Settings, database: TortoiseContext
+) -> None:
+    multi = settings.replace(**MULTI, jwt_secret=JWT_SECRET, allowed_hosts=())
+    assert allowed_hosts(multi) == ["*"]
+    async for client in _client(multi):
+        response = await client.get("/healthz", headers={"host": "delidev.example.test"})
+        assert response.status_code == 200
 
 
 @pytest.mark.parametrize(

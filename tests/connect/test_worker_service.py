@@ -188,7 +188,6 @@ async def test_multi_user_mode_needs_worker_credentials(database: Any) -> None:
         database_url="sqlite://unused",
         single_user_mode=False,
         jwt_secret="Xq7pL2vR9mK4sT8wN3bF6hJ1cD5gZ0yA",
-        allowed_hosts=("test",),
         oidc_issuer_url="https://id",
         oidc_client_id="c",
         oidc_client_secret="s",
