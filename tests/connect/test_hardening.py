@@ -309,3 +309,47 @@ async def test_a_hostile_plan_is_refused_through_report_status(
     assert stored.plan_error.startswith("Malformed: ")
     assert fragment in stored.plan_error
     _no_errors_logged(caplog)
+
+
+async def test_tty_options_and_todo_data_are_bounded(http: httpx.AsyncClient) -> None:
+    """The other JSON the server stores from outside: typed by the proto (no nesting),
+    bounded in count and length, refused with the field named."""
+    ws = await make_workspace()
+    repo = await make_repository(ws)
+    group = await make_group(ws, [repo])
+    await tasks.create_unit_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="ask", title="T"
+    )
+    worker = await _connect(
+        http, "WorkerService/Register", {"name": "asker", "endpointUrl": "http://127.0.0.1:1"}
+    )
+    job = (await _connect(http, "WorkerService/GetTask", {"workerId": worker["workerId"]}))["job"]
+    lease = {
+        "workerId": worker["workerId"],
+        "sessionId": job["sessionId"],
+        "leaseToken": job["leaseToken"],
+    }
+    for options in (["o"] * 101, ["o" * 1_001]):
+        error = await _connect(
+            http,
+            "WorkerService/RequestTtyInput",
+            {**lease, "prompt": "pick", "inputType": "TTY_INPUT_TYPE_SELECT", "options": options},
+        )
+        assert error["code"] == "invalid_argument", error
+    for labels in (["l"] * 101, ["l" * 1_001]):
+        error = await _connect(
+            http,
+            "TodoService/Create",
+            {
+                "repositoryId": str(repo.id),
+                "issueTriage": {
+                    "issueUrl": "https://github.com/a/b/issues/1",
+                    "issueTitle": "t",
+                    "suggestedLabels": labels,
+                },
+            },
+        )
+        assert error["code"] == "invalid_argument", error
+        assert "suggested_labels" in error["message"]
+    assert await m.TodoItem.all().count() == 0
+    assert await m.TtyInputRequest.all().count() == 0
