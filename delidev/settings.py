@@ -43,7 +43,8 @@ class Settings:
     single_user_mode: bool = True
     """Auth disabled: every request acts as the one local user."""
     jwt_secret: str | None = None
-    """HS256 secret for access tokens (multi-user mode; at least 32 characters)."""
+    """HS256 secret for access tokens (multi-user mode): at least 32 random characters,
+    guessable ones are refused (``validate``)."""
     jwt_issuer: str = "delidev"
     jwt_expiration_hours: int = 24
     oidc_issuer_url: str | None = None

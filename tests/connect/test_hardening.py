@@ -2,7 +2,7 @@
 
 Each answer is a clean Connect (or HTTP) error, never a crash, a 5xx or a traceback in
 the log. The process-level proof (a real server that stays alive) is in
-``tests/e2e/test_hardening.py``.
+``tests/e2e/test_connect_hardening.py``.
 """
 
 from __future__ import annotations
