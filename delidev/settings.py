@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 from delidev.nesting import MAX_JSON_DEPTH
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-_PLACEHOLDER_WORDS = ("change", "secret", "example", "placeholder", "default", "xxx", "todo")
+# Long enough that random text never holds one by chance (``xxx`` could, in base64 output:
+# repeats like it are zxcvbn's to find).
+_PLACEHOLDER_WORDS = ("change", "secret", "example", "placeholder", "default")
 MIN_SECRET_LENGTH = 32
 MIN_SECRET_GUESSES_LOG10 = 24
 """zxcvbn's estimate for the JWT secret, log10 of guesses: 10^24 is about 80 bits. Random

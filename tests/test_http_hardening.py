@@ -278,6 +278,11 @@ def test_random_jwt_secrets_pass(seed: int) -> None:
         Settings(**MULTI, jwt_secret=secret).validate()
 
 
+def test_a_random_secret_may_hold_a_short_run_or_word() -> None:
+    Settings(**MULTI, jwt_secret="Kq3xxxZ8mP2vL9rT4wN7bF1hJ6cD0gYa").validate()
+    Settings(**MULTI, jwt_secret="h8TodoQ2mZ7vL4rX9wN1bF6kJ3cD5gYa").validate()
+
+
 def test_openssl_rand_output_passes() -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
