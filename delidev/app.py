@@ -37,6 +37,7 @@ from delidev.settings import Settings
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """Names every server answers to, whatever DELIDEV_ALLOWED_HOSTS says."""
 _ANY_ADDRESS = ("", "0.0.0.0", "::")  # wildcard addresses: they name no host
@@ -73,6 +74,21 @@ class BindEvents:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         events.bind(self._bus)
         await self.app(scope, receive, send)
+
+
+class HostCheck:
+    """Starlette's ``TrustedHostMiddleware`` for everything but the health probes, which
+    orchestrators send to a pod's address and which tell a rebound page nothing."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self._app = app
+        self._checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in PROBE_PATHS:
+            await self._app(scope, receive, send)
+        else:
+            await self._checked(scope, receive, send)
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -203,7 +219,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings)),
+            Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
             Middleware(
                 CORSMiddleware,
                 allow_origins=cors_origins(settings),

@@ -132,7 +132,6 @@ async def test_only_loopback_and_configured_hosts_are_served(
     server: Server, host: str, status: int
 ) -> None:
     for path, method, body in (
-        ("/healthz", "GET", b""),
         ("/delidev.v1.AuthService/GetCurrentUser", "POST", b"{}"),
         ("/graphql", "POST", b'{"query": "{ __typename }"}'),
     ):
