@@ -51,9 +51,13 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
 
 
 async def _alive(server: Server) -> None:
+    """The process still serves, and nothing so far wrote a traceback to its log."""
     assert server.proc.poll() is None, server.log()
     async with httpx.AsyncClient(base_url=server.base) as client:
         assert (await client.get("/healthz")).status_code == 200
+    log = server.log()
+    assert "Traceback" not in log, log
+    assert "Exception in ASGI application" not in log, log
 
 
 async def test_deep_json_is_refused_and_the_server_lives(server: Server) -> None:
@@ -92,9 +96,6 @@ async def test_plain_grpc_is_refused_without_a_traceback(server: Server) -> None
             assert response.status_code == 415
             assert response.headers["grpc-status"] == "12"
     await _alive(server)
-    log = server.log()
-    assert "Traceback" not in log
-    assert "Exception in ASGI application" not in log
 
 
 def _exchange(port: int, request: bytes) -> bytes:
@@ -141,6 +142,7 @@ async def test_only_loopback_and_configured_hosts_are_served(
         ).encode() + body
         head = await asyncio.to_thread(_exchange, server.port, request)
         assert _status(head) == status, (path, head)
+    await _alive(server)
 
 
 def _websocket_handshake(port: int, host: str, origin: str | None = None) -> int:
