@@ -78,17 +78,67 @@ class BindEvents:
 
 class HostCheck:
     """Starlette's ``TrustedHostMiddleware`` for everything but the health probes, which
-    orchestrators send to a pod's address and which tell a rebound page nothing."""
+    orchestrators send to a pod's address and which tell a rebound page nothing.
+
+    A ``Host`` that names one of the exact names allowed passes on a byte comparison: the
+    middleware's parsing costs as much as a third of a small Connect call. Anything else
+    (wildcards, odd forms, foreign names) is the middleware's to judge.
+    """
 
     def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
         self._app = app
         self._checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
+        self._any = "*" in allowed_hosts
+        self._exact = frozenset(h.lower().encode() for h in allowed_hosts if "*" not in h)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in PROBE_PATHS:
+        if scope["type"] not in ("http", "websocket"):  # lifespan
+            await self._app(scope, receive, send)
+            return
+        probe = scope["type"] == "http" and scope["path"] in PROBE_PATHS
+        if self._any or probe or self._exactly_allowed(scope):
             await self._app(scope, receive, send)
         else:
             await self._checked(scope, receive, send)
+
+    def _exactly_allowed(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+                colon = value.rfind(b":")
+                if colon > value.rfind(b"]"):  # a port follows (not a colon of IPv6)
+                    host, port = value[:colon], value[colon + 1 :]
+                    if not port.isdigit():
+                        return False
+                return host.lower() in self._exact
+        return False
+
+
+class BrowserAccess:
+    """Starlette's ``CORSMiddleware`` for requests a browser may have sent cross-origin:
+    those with an ``Origin`` header, and every GET (a cache must see ``Vary: Origin`` on
+    GraphQL GET answers). A POST without ``Origin`` is no browser's cross-origin call and
+    its answer is not cached: it skips the middleware, which would cost a quarter of a
+    small Connect call."""
+
+    def __init__(self, app: ASGIApp, allow_origins: list[str]) -> None:
+        self._app = app
+        self._cors = CORSMiddleware(
+            app,
+            allow_origins=allow_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=list(CORS_ALLOW_HEADERS),
+            expose_headers=list(CORS_EXPOSE_HEADERS),
+            max_age=CORS_MAX_AGE_S,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            scope["method"] != "POST" or any(n == b"origin" for n, _ in scope["headers"])
+        ):
+            await self._cors(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -220,14 +270,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=cors_origins(settings),
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=list(CORS_ALLOW_HEADERS),
-                expose_headers=list(CORS_EXPOSE_HEADERS),
-                max_age=CORS_MAX_AGE_S,
-            ),
+            Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
             Middleware(BindEvents, bus=bus),
             Middleware(
                 ConnectDispatch,

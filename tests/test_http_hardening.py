@@ -207,6 +207,26 @@ async def test_a_host_is_served_exactly_when_it_is_allowed(
     assert (await configured_host.get("/healthz", headers={"host": host})).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("localhost:080", 200),
+        ("[::1]", 200),
+        ("[::1]:80", 200),
+        ("localhost:abc", 400),
+        ("localhost:", 400),
+        ("[::1]:", 400),
+        ("::1", 400),
+        ("localhost.", 400),
+        ("localhost:80:80", 400),
+        ("127.0.0.1 ", 400),
+    ],
+)
+async def test_odd_host_forms(configured_host: httpx.AsyncClient, host: str, status: int) -> None:
+    response = await configured_host.post(UNARY, json={}, headers={"host": host})
+    assert response.status_code == status
+
+
 async def test_multi_user_mode_serves_any_host_until_names_are_configured(
     settings: Settings, database: TortoiseContext
 ) -> None:
@@ -338,3 +358,11 @@ def test_front_door_settings_from_the_environment() -> None:
         64,
         10_000,
     )
+
+
+async def test_get_answers_vary_by_origin_for_caches(browser: httpx.AsyncClient) -> None:
+    """A GET (GraphQL queries, GraphiQL) may be cached: the answer says it depends on
+    Origin even when none was sent, so a cache never serves it to another origin."""
+    response = await browser.get("/graphql", params={"query": "{ __typename }"})
+    assert response.status_code == 200, response.text
+    assert "origin" in response.headers["vary"].lower()
