@@ -11,10 +11,13 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.http.websocket_origin import normalize_origin
 from tortoise.context import TortoiseContext
 
 from delidev import db, events
@@ -34,6 +37,31 @@ from delidev.settings import Settings
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+"""Names every server answers to, whatever DELIDEV_ALLOWED_HOSTS says."""
+_ANY_ADDRESS = ("", "0.0.0.0", "::")  # wildcard addresses: they name no host
+# Browsers may send these on a cross-origin call (Connect, gRPC-Web, GraphQL) and read
+# those: the lists connect-es documents, plus authorization for our bearer tokens.
+CORS_ALLOW_HEADERS = (
+    "authorization",
+    "content-type",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-accept-encoding",
+    "connect-content-encoding",
+    "grpc-timeout",
+    "x-grpc-web",
+    "x-user-agent",
+)
+CORS_EXPOSE_HEADERS = (
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "connect-content-encoding",
+    "content-encoding",
+)
+CORS_MAX_AGE_S = 7200  # the most Chromium caches a preflight for
 
 
 class BindEvents:
@@ -46,6 +74,94 @@ class BindEvents:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         events.bind(self._bus)
         await self.app(scope, receive, send)
+
+
+class HostCheck:
+    """Starlette's ``TrustedHostMiddleware`` for everything but the health probes, which
+    orchestrators send to a pod's address and which tell a rebound page nothing.
+
+    A ``Host`` that names one of the exact names allowed passes on a byte comparison: the
+    middleware's parsing costs as much as a third of a small Connect call. Anything else
+    (wildcards, odd forms, foreign names) is the middleware's to judge.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self._app = app
+        self._checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
+        self._any = "*" in allowed_hosts
+        self._exact = frozenset(h.lower().encode() for h in allowed_hosts if "*" not in h)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):  # lifespan
+            await self._app(scope, receive, send)
+            return
+        probe = scope["type"] == "http" and scope["path"] in PROBE_PATHS
+        if self._any or probe or self._exactly_allowed(scope):
+            await self._app(scope, receive, send)
+        else:
+            await self._checked(scope, receive, send)
+
+    def _exactly_allowed(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+                colon = value.rfind(b":")
+                if colon > value.rfind(b"]"):  # a port follows (not a colon of IPv6)
+                    host, port = value[:colon], value[colon + 1 :]
+                    if not port.isdigit():
+                        return False
+                return host.lower() in self._exact
+        return False
+
+
+class BrowserAccess:
+    """Starlette's ``CORSMiddleware`` for requests a browser may have sent cross-origin:
+    those with an ``Origin`` header, and every GET (a cache must see ``Vary: Origin`` on
+    GraphQL GET answers). A POST without ``Origin`` is no browser's cross-origin call and
+    its answer is not cached: it skips the middleware, which would cost a quarter of a
+    small Connect call."""
+
+    def __init__(self, app: ASGIApp, allow_origins: list[str]) -> None:
+        self._app = app
+        self._cors = CORSMiddleware(
+            app,
+            allow_origins=allow_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=list(CORS_ALLOW_HEADERS),
+            expose_headers=list(CORS_EXPOSE_HEADERS),
+            max_age=CORS_MAX_AGE_S,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            scope["method"] != "POST" or any(n == b"origin" for n, _ in scope["headers"])
+        ):
+            await self._cors(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """``Host`` names served: loopback, ``server_host`` unless it is a wildcard address, and
+    DELIDEV_ALLOWED_HOSTS. Any other name is refused (400), so that a page on a rebound DNS
+    name cannot reach a single-user server, which has no sign-in.
+
+    In multi-user mode without DELIDEV_ALLOWED_HOSTS every name is served: each call there
+    carries a bearer token, which a page on another site does not have (nothing rides on
+    cookies), and such a server usually sits behind a proxy under a name of its own."""
+    if not settings.single_user_mode and not settings.allowed_hosts:
+        return ["*"]
+    hosts = [*LOOPBACK_HOSTS, *settings.allowed_hosts]
+    if settings.server_host not in _ANY_ADDRESS:
+        host = settings.server_host
+        hosts.append(f"[{host}]" if ":" in host else host)
+    return hosts
+
+
+def cors_origins(settings: Settings) -> list[str]:
+    """DELIDEV_CORS_ORIGINS in the form browsers send (the WebSocket origin check compares
+    the same form)."""
+    return [o if o == "*" else (normalize_origin(o) or o) for o in settings.cors_origins]
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -108,6 +224,16 @@ def create_app(settings: Settings) -> Starlette:
                 "DELIDEV_JWT_SECRET is not set: secrets sent to this server process are not"
                 " relayed to other replicas; run one process or set it on every replica"
             )
+        if (
+            settings.single_user_mode
+            and settings.server_host in _ANY_ADDRESS
+            and not settings.allowed_hosts
+        ):
+            log.warning(
+                "listening on every address, but DELIDEV_ALLOWED_HOSTS is empty: only"
+                " requests addressed to %s are answered",
+                ", ".join(LOOPBACK_HOSTS),
+            )
         sweeper = asyncio.create_task(sweep_forever(), name="delidev-sweep")
         log.info(
             "DeliDev server ready (%s mode, %s)",
@@ -154,6 +280,8 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
+            Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
             Middleware(BindEvents, bus=bus),
             Middleware(
                 ConnectDispatch,

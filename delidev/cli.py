@@ -55,10 +55,12 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from delidev.app import create_app
+    from delidev.header_timeout import with_header_timeout
     from delidev.websocket_deflate import WebSocketProtocol
 
     uvicorn.run(
         create_app(settings),
+        http=with_header_timeout(settings.header_timeout_ms / 1000),
         ws=WebSocketProtocol,
         host=settings.server_host,
         port=settings.server_port,

@@ -10,10 +10,21 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from delidev.nesting import MAX_JSON_DEPTH
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-_PLACEHOLDER_WORDS = ("change", "secret", "example", "placeholder", "default", "xxx", "todo")
+# Long enough that random text never holds one by chance (``xxx`` could, in base64 output:
+# repeats like it are zxcvbn's to find).
+_PLACEHOLDER_WORDS = ("change", "secret", "example", "placeholder", "default")
 MIN_SECRET_LENGTH = 32
+MIN_SECRET_GUESSES_LOG10 = 24
+"""zxcvbn's estimate for the JWT secret, log10 of guesses: 10^24 is about 80 bits. Random
+text scores about one digit per character (32 random hex digits: 27 to 32)."""
+_ZXCVBN_MAX_LENGTH = 72  # zxcvbn refuses longer input; a prefix that long shows the pattern
+MAX_JSON_DEPTH_LIMIT = 256
+"""Highest DELIDEV_MAX_JSON_DEPTH: protobuf-py's parser recurses once per level."""
 
 
 class SettingsError(Exception):
@@ -34,7 +45,8 @@ class Settings:
     single_user_mode: bool = True
     """Auth disabled: every request acts as the one local user."""
     jwt_secret: str | None = None
-    """HS256 secret for access tokens (multi-user mode; at least 32 characters)."""
+    """HS256 secret for access tokens (multi-user mode): at least 32 random characters,
+    guessable ones are refused (``validate``)."""
     jwt_issuer: str = "delidev"
     jwt_expiration_hours: int = 24
     oidc_issuer_url: str | None = None
@@ -101,6 +113,16 @@ class Settings:
     make it so) with an error saying to read in pages."""
     graphql_introspection: bool | None = None
     """Schema introspection over GraphQL; unset: on in single-user mode only."""
+    max_json_depth: int = MAX_JSON_DEPTH
+    """Deepest nesting of arrays and objects in a Connect JSON request; deeper ones are
+    refused (invalid_argument) before they are parsed."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Names the server answers to (``Host`` header, any port) besides loopback names and
+    ``server_host``: refuses DNS rebinding. ``*.example.com`` matches its subdomains,
+    ``*`` any name. Empty in multi-user mode: any name (calls carry bearer tokens)."""
+    header_timeout_ms: int = 10_000
+    """A connection must complete its request headers within this time, else it is answered
+    408 and closed."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -147,6 +169,7 @@ class Settings:
             ("DELIDEV_GRAPHQL_MAX_FIELDS", self.graphql_max_fields),
             ("DELIDEV_GRAPHQL_MAX_FRAGMENTS", self.graphql_max_fragments),
             ("DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES", self.graphql_max_response_bytes),
+            ("DELIDEV_HEADER_TIMEOUT_MS", self.header_timeout_ms),
         ):
             if amount <= 0:
                 raise SettingsError(f"{var} must be positive")
@@ -172,18 +195,13 @@ class Settings:
                 raise SettingsError(f"{var} must be positive")
         if not 0 < self.secrets_relay_max_age_ms <= 300_000:
             raise SettingsError("DELIDEV_SECRETS_RELAY_MAX_AGE_MS must be between 1 and 300000")
+        self._validate_http()
+        if self.jwt_secret:  # also in single-user mode, where it seals the secret relay
+            _check_secret_strength(self.jwt_secret)
         if self.single_user_mode:
             return
         if not self.jwt_secret:
             raise SettingsError("DELIDEV_JWT_SECRET is required in multi-user mode")
-        lowered = self.jwt_secret.lower()
-        if len(self.jwt_secret) < MIN_SECRET_LENGTH or any(
-            word in lowered for word in _PLACEHOLDER_WORDS
-        ):
-            raise SettingsError(
-                f"DELIDEV_JWT_SECRET looks weak or like a placeholder: use at least "
-                f"{MIN_SECRET_LENGTH} random characters (e.g. `openssl rand -hex 32`)"
-            )
         for name, value in (
             ("DELIDEV_OIDC_ISSUER_URL", self.oidc_issuer_url),
             ("DELIDEV_OIDC_CLIENT_ID", self.oidc_client_id),
@@ -191,6 +209,26 @@ class Settings:
         ):
             if not value:
                 raise SettingsError(f"{name} is required in multi-user mode")
+
+    def _validate_http(self) -> None:
+        if not 0 < self.max_json_depth <= MAX_JSON_DEPTH_LIMIT:
+            raise SettingsError(
+                f"DELIDEV_MAX_JSON_DEPTH must be between 1 and {MAX_JSON_DEPTH_LIMIT}"
+            )
+        for host in self.allowed_hosts:
+            name = host[2:] if host.startswith("*.") else host
+            port = ":" in name and not name.startswith("[")  # IPv6 literals come bracketed
+            if host != "*" and (not name or "*" in name or "/" in name or port):
+                raise SettingsError(
+                    f"DELIDEV_ALLOWED_HOSTS: {host!r} is not a host name (without a port),"
+                    " '*.domain' or '*'"
+                )
+        for origin in self.cors_origins:
+            if origin != "*" and not _is_origin(origin):
+                raise SettingsError(
+                    f"DELIDEV_CORS_ORIGINS: {origin!r} is not an origin like"
+                    " 'https://app.example.com' or 'http://localhost:5173' (no path)"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -246,6 +284,8 @@ class Settings:
             "DELIDEV_GRAPHQL_MAX_FIELDS": "graphql_max_fields",
             "DELIDEV_GRAPHQL_MAX_FRAGMENTS": "graphql_max_fragments",
             "DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES": "graphql_max_response_bytes",
+            "DELIDEV_MAX_JSON_DEPTH": "max_json_depth",
+            "DELIDEV_HEADER_TIMEOUT_MS": "header_timeout_ms",
         }
         for var, attr in ints.items():
             value = env.get(var, "").strip()
@@ -257,6 +297,7 @@ class Settings:
         for var, attr in (
             ("DELIDEV_ALLOWED_REDIRECT_URIS", "allowed_redirect_uris"),
             ("DELIDEV_CORS_ORIGINS", "cors_origins"),
+            ("DELIDEV_ALLOWED_HOSTS", "allowed_hosts"),
         ):
             value = env.get(var, "").strip()
             if value:
@@ -272,6 +313,37 @@ class Settings:
         settings = cls(**kwargs)  # type: ignore[arg-type]  # values typed per attribute above
         settings.validate()
         return settings
+
+
+def _check_secret_strength(secret: str) -> None:
+    """Refuses a JWT secret that is short, a placeholder, or guessable (repeats, sequences,
+    keyboard walks, words: zxcvbn's estimate, which random text passes)."""
+    from zxcvbn import zxcvbn  # loads its word lists: only when a secret is checked
+
+    lowered = secret.lower()
+    weak = len(secret) < MIN_SECRET_LENGTH or any(w in lowered for w in _PLACEHOLDER_WORDS)
+    if not weak:
+        estimate = zxcvbn(secret[:_ZXCVBN_MAX_LENGTH])
+        weak = float(estimate["guesses_log10"]) < MIN_SECRET_GUESSES_LOG10
+    if weak:
+        raise SettingsError(
+            f"DELIDEV_JWT_SECRET looks weak or like a placeholder: use at least "
+            f"{MIN_SECRET_LENGTH} random characters (e.g. `openssl rand -hex 32`)"
+        )
+
+
+def _is_origin(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username)
+    )
 
 
 def _without_password(url: str) -> str:

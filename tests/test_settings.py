@@ -7,7 +7,7 @@ import pytest
 from delidev import db
 from delidev.settings import Settings, SettingsError
 
-GOOD_SECRET = "f" * 16 + "0123456789abcdef0123"
+GOOD_SECRET = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b"  # as random as `openssl rand -hex`
 MULTI = {
     "DATABASE_URL": "postgres://postgres@127.0.0.1/db",
     "DELIDEV_JWT_SECRET": GOOD_SECRET,

@@ -1,7 +1,11 @@
 """Request codecs that refuse what they cannot read with invalid_argument and the field name.
 
 JSON requests are strict: unknown fields and unknown enum names are refused, so that a
-typo never passes silently as "not given".
+typo never passes silently as "not given". Their nesting is bounded before protobuf-py's
+native parser sees them (it recurses once per level and overflows the C stack on a deep
+body: the process dies); a binary body nests only as deep as the schema allows, and
+protobuf-py refuses deeper groups itself (``RecursionError``), which is answered as any
+malformed body is.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from connectrpc.errors import ConnectError
 from protobuf import DescFieldValueEnum, DescFieldValueMessage, DescMessage, Message
 
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
+from delidev.nesting import MAX_JSON_DEPTH, TooDeep, check_json_depth
 
 M = TypeVar("M", bound=Message[Any])
 
@@ -73,6 +78,9 @@ def _json_error(exc: Exception, message_class: type[Message[Any]], data: bytes) 
 
 
 class StrictJSONCodec(Codec[Message[Any], Any]):
+    def __init__(self, max_depth: int = MAX_JSON_DEPTH) -> None:
+        self._max_depth = max_depth
+
     def name(self) -> str:
         return "json"
 
@@ -80,6 +88,12 @@ class StrictJSONCodec(Codec[Message[Any], Any]):
         return message.to_json().encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
+        try:
+            check_json_depth(data, self._max_depth)
+        except TooDeep as exc:
+            raise _invalid(
+                f"request body nests arrays and objects deeper than {exc.limit} levels"
+            ) from None
         try:
             return message_class.from_json(data, ignore_unknown_fields=False)
         except Exception as exc:
@@ -96,10 +110,12 @@ class BinaryCodec(Codec[Message[Any], Any]):
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
         try:
             return message_class.from_binary(data)
-        except Exception:
+        except Exception:  # also RecursionError: groups nested past protobuf-py's limit
             raise _invalid(
                 f"request body is not a valid protobuf {message_class.desc().type_name}"
             ) from None
 
 
-CODECS: list[Codec[Any, Any]] = [BinaryCodec(), StrictJSONCodec()]
+def server_codecs(*, max_json_depth: int = MAX_JSON_DEPTH) -> list[Codec[Any, Any]]:
+    """The codecs every Connect app serves (``max_json_depth``: see ``Settings``)."""
+    return [BinaryCodec(), StrictJSONCodec(max_json_depth)]

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delidev.auth.authenticator import Authenticator
 from delidev.connect import handlers
-from delidev.connect.codecs import CODECS
+from delidev.connect.codecs import server_codecs
 from delidev.connect.fast_unary import UnaryFastPath
 from delidev.connect.gen.delidev.v1.auth_connect import AuthServiceASGIApplication
 from delidev.connect.gen.delidev.v1.repository_connect import (
@@ -34,6 +34,17 @@ READ_MAX_BYTES = 4 * 1024 * 1024
 # Services whose calls may wait long (long polls): their calls keep the runtime's watch for
 # a client that goes away (see ``fast_unary``).
 WAITING_SERVICES = frozenset({"/delidev.v1.WorkerService"})
+# What a plain gRPC call (HTTP/2 with trailers, which uvicorn cannot send) gets instead of
+# the runtime's RuntimeError and a traceback in the log: 415 for HTTP, and the status a
+# gRPC client reads (12 = unimplemented) with a message it shows.
+_GRPC_UNSUPPORTED = b"gRPC is not served here: use the Connect protocol or gRPC-Web"
+_GRPC_UNSUPPORTED_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_GRPC_UNSUPPORTED)).encode()),
+    (b"accept-post", b"application/json, application/proto"),
+    (b"grpc-status", b"12"),
+    (b"grpc-message", b"gRPC%20is%20not%20served%20here%3A%20use%20Connect%20or%20gRPC-Web"),
+]
 
 
 class ConnectDispatch:
@@ -69,6 +80,9 @@ class ConnectDispatch:
                 prefix = path[: path.find("/", 1)]
                 service = self._services.get(prefix)
                 if service is not None:
+                    if _is_plain_grpc(scope):
+                        await _refuse_grpc(send)
+                        return
                     if _is_unary(scope):
                         send = _with_content_length(send)
                         fast = self._fast.get(prefix)
@@ -84,6 +98,22 @@ def _is_unary(scope: Scope) -> bool:
         if name == b"content-type":
             return bool(value.startswith((b"application/json", b"application/proto")))
     return False
+
+
+def _is_plain_grpc(scope: Scope) -> bool:
+    if "http.response.trailers" in scope.get("extensions", {}):
+        return False  # a server that can send trailers: the runtime serves gRPC
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.startswith(b"application/grpc") and not value.startswith(
+                b"application/grpc-web"
+            )
+    return False
+
+
+async def _refuse_grpc(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 415, "headers": _GRPC_UNSUPPORTED_HEADERS})
+    await send({"type": "http.response.body", "body": _GRPC_UNSUPPORTED})
 
 
 def _with_content_length(send: Send) -> Send:
@@ -120,45 +150,46 @@ def connect_apps(
     feeds: LogFeeds,
 ) -> list[ConnectASGIApplication[Any]]:
     interceptors = [ErrorInterceptor()]
+    codecs = server_codecs(max_json_depth=settings.max_json_depth)
     apps: list[ConnectASGIApplication[Any]] = [
         WorkspaceServiceASGIApplication(
             handlers.WorkspaceHandler(authenticator),
             interceptors=interceptors,
             read_max_bytes=READ_MAX_BYTES,
-            codecs=CODECS,
+            codecs=codecs,
         ),
         RepositoryServiceASGIApplication(
             handlers.RepositoryHandler(authenticator),
             interceptors=interceptors,
             read_max_bytes=READ_MAX_BYTES,
-            codecs=CODECS,
+            codecs=codecs,
         ),
         RepositoryGroupServiceASGIApplication(
             handlers.RepositoryGroupHandler(authenticator),
             interceptors=interceptors,
             read_max_bytes=READ_MAX_BYTES,
-            codecs=CODECS,
+            codecs=codecs,
         ),
         TodoServiceASGIApplication(
             handlers.TodoHandler(authenticator),
             interceptors=interceptors,
             read_max_bytes=READ_MAX_BYTES,
-            codecs=CODECS,
+            codecs=codecs,
         ),
         TaskServiceASGIApplication(
-            handlers.TaskHandler(authenticator), interceptors=interceptors, codecs=CODECS
+            handlers.TaskHandler(authenticator), interceptors=interceptors, codecs=codecs
         ),
         SessionServiceASGIApplication(
-            handlers.SessionHandler(authenticator, feeds), interceptors=interceptors, codecs=CODECS
+            handlers.SessionHandler(authenticator, feeds), interceptors=interceptors, codecs=codecs
         ),
         WorkerServiceASGIApplication(
-            WorkerHandler(settings, signal, store), interceptors=interceptors, codecs=CODECS
+            WorkerHandler(settings, signal, store), interceptors=interceptors, codecs=codecs
         ),
         SecretsServiceASGIApplication(
-            handlers.SecretsHandler(authenticator, store), interceptors=interceptors, codecs=CODECS
+            handlers.SecretsHandler(authenticator, store), interceptors=interceptors, codecs=codecs
         ),
         AuthServiceASGIApplication(
-            handlers.AuthHandler(authenticator, settings), interceptors=interceptors, codecs=CODECS
+            handlers.AuthHandler(authenticator, settings), interceptors=interceptors, codecs=codecs
         ),
     ]
     return apps

@@ -1,4 +1,11 @@
-"""PLAN.yaml: parsing and validation of a composite task's plan."""
+"""PLAN.yaml: parsing and validation of a composite task's plan.
+
+A plan comes from a worker, so its YAML is walked as a stream of events (libyaml's
+parser: iterative, and fast) before anything is built from it: an alias (``*name``) is
+refused, since the plan format needs none and a few of them expand to billions of nodes
+("billion laughs") when a value is later turned into text; so is nesting deeper than a
+plan can use, or more nodes than its task limit allows. Only then is the document built.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,14 @@ from delidev.errors import InvalidArgument
 
 MAX_PLAN_TASKS = 1_000
 MAX_PLAN_BYTES = 1_000_000
+MAX_PLAN_DEPTH = 16
+"""Deepest nesting of mappings and lists; a plan needs four (tasks, a task, dependsOn)."""
+MAX_PLAN_NODES = 100 * MAX_PLAN_TASKS
+"""YAML nodes (scalars, lists, mappings) in one plan: room for long dependsOn lists."""
+
+# libyaml when PyYAML was built with it (its wheels are): the pure-Python parser needs
+# seconds for a large plan, and minutes for a deep one.
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class InvalidPlan(InvalidArgument):
@@ -37,7 +52,8 @@ def parse_plan(text: str) -> list[PlanTask]:
     if len(text.encode()) > MAX_PLAN_BYTES:
         raise InvalidPlan("Malformed", f"the plan is larger than {MAX_PLAN_BYTES} bytes")
     try:
-        document = yaml.safe_load(text)
+        _check_shape(text)
+        document = yaml.load(text, Loader=_Loader)  # a safe loader (see _Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -54,6 +70,38 @@ def parse_plan(text: str) -> list[PlanTask]:
     tasks = [_task(i, raw) for i, raw in enumerate(raw_tasks)]
     validate_plan(tasks)
     return tasks
+
+
+def _check_shape(text: str) -> None:
+    """Refuses aliases, deep nesting and too many nodes before the document is built.
+    Raises: InvalidPlan, yaml.YAMLError."""
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            raise InvalidPlan(
+                "Malformed", f"the plan uses a YAML alias{_at(event)}; plans take none"
+            )
+        if isinstance(event, yaml.NodeEvent):  # scalars, and the start of lists and mappings
+            nodes += 1
+            if nodes > MAX_PLAN_NODES:
+                raise InvalidPlan(
+                    "Malformed", f"the plan has more than {MAX_PLAN_NODES} YAML nodes"
+                )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_PLAN_DEPTH:
+                raise InvalidPlan(
+                    "Malformed",
+                    f"the plan nests lists and mappings deeper than {MAX_PLAN_DEPTH} levels"
+                    f"{_at(event)}",
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _at(event: yaml.Event) -> str:
+    mark = event.start_mark
+    return f" at line {mark.line + 1}" if mark is not None else ""
 
 
 def _task(index: int, raw: object) -> PlanTask:

@@ -187,7 +187,7 @@ async def test_multi_user_mode_needs_worker_credentials(database: Any) -> None:
     settings = Settings(
         database_url="sqlite://unused",
         single_user_mode=False,
-        jwt_secret="0123456789abcdef0123456789abcdef-x",
+        jwt_secret="Xq7pL2vR9mK4sT8wN3bF6hJ1cD5gZ0yA",
         oidc_issuer_url="https://id",
         oidc_client_id="c",
         oidc_client_secret="s",

@@ -13,7 +13,8 @@ from tests.e2e.harness import Connect, Server, Sim
 pytestmark = pytest.mark.postgres_only
 
 SECRET = "sk-replica-8d2f61a0c7e94b35"
-RELAY_SECRET = "e2e-relay-" + "7c" * 20  # every replica shares it, as a deployment would
+# Every replica shares it, as a deployment would.
+RELAY_SECRET = "e2e-relay-Qm4Tz8Wc2Lp6Rv0Xk3Jb7Nh5Fs9Dg1Ya"
 FAST = ("--lines", "3", "--lines-per-second", "0", "--chunk-interval", "0")
 
 

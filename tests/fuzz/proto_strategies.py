@@ -6,7 +6,7 @@ hostile, for both codecs:
   (scalars in and out of range, int64 as strings, NaN and Infinity, enums by name, by number
   and unknown, base64 and broken base64, nested messages, lists, maps, oneofs with zero, one
   or two members set), then hostile variations: a wrong JSON type for a field, unknown
-  fields, lone surrogates, NUL, deep nesting (bounded by ``known_failures``), a body that is
+  fields, lone surrogates, NUL, deep nesting (bounded by ``bounds``), a body that is
   not an object, not JSON or not UTF-8.
 - Binary: protobuf wire format written field by field from the descriptor (so values the
   Python runtime would refuse to encode can be sent: invalid UTF-8 in strings, 10-byte
@@ -38,7 +38,7 @@ from protobuf import (
     ScalarType,
 )
 
-from tests.fuzz import known_failures
+from tests.fuzz import bounds
 
 MAX_MESSAGE_DEPTH = 3
 """Nested messages are generated this deep (the schema's own recursion, not hostile nesting)."""
@@ -550,9 +550,8 @@ def _hostile_json_extras() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-def deep_nesting() -> st.SearchStrategy[str]:
-    """Arrays or objects nested deeper than any parser should follow, up to the known cap."""
-    cap = known_failures.MAX_JSON_NESTING
+def deep_nesting(cap: int = bounds.MAX_JSON_NESTING) -> st.SearchStrategy[str]:
+    """Arrays or objects nested deeper than any parser should follow, up to ``cap``."""
     depth = st.integers(min_value=min(cap, 64), max_value=cap)
     return st.one_of(
         depth.map(lambda n: "[" * n + "]" * n),
@@ -659,7 +658,7 @@ def deep_wire_nesting(desc: DescMessage) -> st.SearchStrategy[bytes]:
     """A message field nested in itself far deeper than the schema allows (when the message
     has a message field), or an unknown length-delimited field nested the same way."""
     number = next((f.number for f in desc.fields if isinstance(f.value, DescFieldValueMessage)), 15)
-    cap = known_failures.MAX_WIRE_NESTING
+    cap = bounds.MAX_WIRE_NESTING
 
     def nest(depth: int) -> bytes:
         body = b""

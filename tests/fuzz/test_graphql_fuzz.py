@@ -22,8 +22,8 @@ from hypothesis_graphql import Mode, mutations, queries
 from wsproto.utilities import LocalProtocolError
 
 from delidev.graphql.schema import build_schema
+from tests.fuzz import bounds
 from tests.fuzz import harness as h
-from tests.fuzz import known_failures
 from tests.fuzz.conftest import World
 from tests.fuzz.proto_strategies import any_json, deep_nesting, hostile_text
 
@@ -177,14 +177,14 @@ def _bodies(world: World) -> st.SearchStrategy[tuple[bytes, str]]:
         st.dictionaries(st.sampled_from(["id", "s", "x"]), any_json(4), max_size=3),
         st.sampled_from([{"s": "\ud800"}, {"id": "\x00"}, {"s": 1e308}]),
         hostile_text.map(lambda v: {"s": v, "id": v}),
-        deep_nesting().map(lambda n: {"s": json.loads(n)}),
+        deep_nesting(bounds.MAX_PARSED_NESTING).map(lambda n: {"s": json.loads(n)}),
     )
     request = st.fixed_dictionaries(
         {"query": query},
         optional={"variables": st.one_of(variables, any_json(2)), "operationName": any_json(1)},
     ).map(lambda r: json.dumps(r).encode())
     json_type = st.sampled_from(["application/json", "application/json; charset=utf-8"])
-    deepest = known_failures.MAX_FRAGMENT_DEPTH
+    deepest = bounds.MAX_FRAGMENT_DEPTH
     bombs = st.one_of(st.just(deepest), st.integers(2, deepest)).map(
         lambda n: json.dumps({"query": fragment_bomb(n)}).encode()
     )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from delidev.services import plans
 from delidev.services.plans import InvalidPlan, parse_plan
 
 
@@ -75,3 +76,51 @@ def test_cycle_message_names_the_path() -> None:
             "  - id: b\n    prompt: y\n    dependsOn: [a]"
         )
     assert "a → b → a" in info.value.message or "b → a → b" in info.value.message
+
+
+def _bomb(levels: int, field: str = "title") -> str:
+    """A plan whose ``field`` is an alias that expands to 9**levels strings."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    lines.append(f"tasks: [{{id: a, prompt: go, {field}: *l{levels - 1}}}]")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("field", ["title", "branchName", "prompt", "dependsOn"])
+def test_yaml_aliases_are_refused_before_anything_is_built(field: str) -> None:
+    """Nine levels: 387 million strings once expanded ("billion laughs")."""
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(_bomb(9, field))
+    assert info.value.kind == "Malformed"
+    assert "YAML alias at line 2" in info.value.message
+
+
+def test_anchors_without_aliases_are_plain_values() -> None:
+    (task,) = parse_plan("tasks:\n  - id: &x a\n    prompt: go")
+    assert task.id == "a"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("tasks: " + "[" * 5_000, "not valid YAML"),  # libyaml's own limit, or ours
+        ("tasks: " + "[" * 17 + "]" * 17, f"deeper than {plans.MAX_PLAN_DEPTH} levels"),
+        ("tasks:\n" + "".join(f"{' ' * i}- \n" for i in range(0, 40, 2)), "deeper than"),
+        (
+            "tasks:\n  - id: a\n    prompt: go\n    x: [" + "1, " * plans.MAX_PLAN_NODES + "]",
+            f"more than {plans.MAX_PLAN_NODES} YAML nodes",
+        ),
+    ],
+)
+def test_deep_or_huge_plans_are_malformed(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidPlan) as info:
+        parse_plan(text)
+    assert info.value.kind == "Malformed"
+    assert fragment in info.value.message
+
+
+def test_a_plan_at_the_depth_limit_is_parsed() -> None:
+    nested = "[" * (plans.MAX_PLAN_DEPTH - 3) + "]" * (plans.MAX_PLAN_DEPTH - 3)
+    (task,) = parse_plan(f"tasks:\n  - id: a\n    prompt: go\n    extra: {nested}")
+    assert task.id == "a"
