@@ -7,6 +7,7 @@ on one task exactly one wins and the other gets FailedPrecondition naming both s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
@@ -31,7 +32,7 @@ from delidev.services.common import (
     page_bounds,
     transaction,
 )
-from delidev.services.plans import InvalidPlan, PlanTask, parse_plan
+from delidev.services.plans import MAX_PLAN_BYTES, InvalidPlan, PlanTask, parse_plan
 from delidev.services.repositories import get_repository_group
 from delidev.services.workspaces import get_workspace
 
@@ -611,10 +612,13 @@ async def submit_plan(*, composite_task_id: UUID, plan_yaml: str) -> m.Composite
             f"composite task {composite.id} is {composite.status.value}, not planning"
         )
     try:
-        _parse_plan(plan_yaml)
+        # A plan near the size limit takes a while to parse: not on the event loop.
+        await asyncio.to_thread(_parse_plan, plan_yaml)
     except InvalidArgument as exc:
+        # An oversized plan is not kept: the error says what was wrong with it.
+        kept = plan_yaml if len(plan_yaml.encode()) <= MAX_PLAN_BYTES else None
         await m.CompositeTask.filter(id=composite.id, status=C.PLANNING).update(
-            plan_error=exc.message, plan_yaml=plan_yaml, updated_at=_now()
+            plan_error=exc.message, plan_yaml=kept, updated_at=_now()
         )
         _task_changed(composite)
         raise

@@ -9,7 +9,7 @@ import pytest
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
-from delidev.services import cascade, sessions, tasks
+from delidev.services import cascade, plans, sessions, tasks
 from delidev.services.common import transaction
 from delidev.services.plans import InvalidPlan
 from delidev.services.sessions import LogChunkIn
@@ -441,6 +441,20 @@ async def test_submit_plan_raises_the_named_error() -> None:
     with pytest.raises(InvalidPlan) as info:
         await tasks.submit_plan(composite_task_id=composite.id, plan_yaml="tasks: []")
     assert info.value.kind == "EmptyPlan"
+
+
+async def test_an_oversized_plan_is_refused_and_not_kept() -> None:
+    group = await _group()
+    composite = await tasks.create_composite_task(actor=A, repository_group_id=group.id, prompt="p")
+    huge = "tasks:\n" + "  - id: a\n    prompt: " + "x" * (plans.MAX_PLAN_BYTES + 1) + "\n"
+    with pytest.raises(InvalidPlan) as info:
+        await tasks.submit_plan(composite_task_id=composite.id, plan_yaml=huge)
+    assert info.value.kind == "Malformed"
+    fresh = await m.CompositeTask.get(id=composite.id)
+    assert fresh.status == C.PLANNING
+    assert fresh.plan_yaml is None
+    assert fresh.plan_error is not None
+    assert "larger than" in fresh.plan_error
 
 
 async def test_reject_plan_and_illegal_composite_moves() -> None:
