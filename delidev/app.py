@@ -23,11 +23,11 @@ from tortoise.context import TortoiseContext
 from delidev import db, events
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
+from delidev.background import Sweeper
 from delidev.connect.routes import ConnectDispatch
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
 from delidev.services import auth as auth_service
-from delidev.services import secrets, sessions, workers
 from delidev.services.live import LogFeeds
 from delidev.services.secret_relay import SecretRelay, relay_key
 from delidev.services.secrets import SecretLimits, SecretStore
@@ -199,18 +199,11 @@ def create_app(settings: Settings) -> Starlette:
     feeds = LogFeeds(bus)
     state: dict[str, TortoiseContext] = {}
 
-    async def sweep_forever() -> None:
-        events.bind(bus)
-        interval = dt.timedelta(milliseconds=settings.heartbeat_interval_ms)
-        while True:
-            await asyncio.sleep(interval.total_seconds())
-            try:
-                await workers.sweep_workers(heartbeat_interval=interval)
-                await sessions.expire_tty_requests()
-                await secrets.prune_secrets(store)
-                await auth_service.purge_expired()
-            except Exception:
-                log.exception("background sweep failed; retrying at the next interval")
+    sweeper = Sweeper(
+        bus=bus,
+        store=store,
+        heartbeat_interval=dt.timedelta(milliseconds=settings.heartbeat_interval_ms),
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -234,7 +227,7 @@ def create_app(settings: Settings) -> Starlette:
                 " requests addressed to %s are answered",
                 ", ".join(LOOPBACK_HOSTS),
             )
-        sweeper = asyncio.create_task(sweep_forever(), name="delidev-sweep")
+        sweeping = asyncio.create_task(sweeper.run_forever(), name="delidev-sweep")
         log.info(
             "DeliDev server ready (%s mode, %s)",
             "single-user" if settings.single_user_mode else "multi-user",
@@ -243,9 +236,9 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            sweeper.cancel()
+            sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+                await sweeping
             await bus.stop()
             await db.close_database(state.pop("db"))
             log.info("DeliDev server stopped")
@@ -295,5 +288,6 @@ def create_app(settings: Settings) -> Starlette:
     )
     # For in-process callers of the services (tests, tools): publish into this app's bus.
     app.state.events = bus
+    app.state.sweeper = sweeper
     app.state.secrets = store
     return app

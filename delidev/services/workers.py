@@ -300,16 +300,17 @@ async def _announce_released(released: Sequence[m.AgentSession]) -> None:
         events.publish(events.JobQueued())
 
 
-async def sweep_workers(*, heartbeat_interval: dt.timedelta) -> int:
+async def sweep_workers(*, heartbeat_interval: dt.timedelta, now: dt.datetime | None = None) -> int:
     """Workers silent for three intervals → unhealthy; the jobs they held are queued again.
 
     So are running jobs of any unhealthy worker (the replica that marked it may have died
     before releasing them) and of a worker that is gone. Safe when every replica runs it:
     each change is a compare-and-set, and a job is released only while its worker's row,
     locked, still says unhealthy (a heartbeat that arrives in between keeps the job).
-    Returns the number of sessions handed back.
+    Returns the number of sessions handed back. ``now``: the time of the sweep (tests pass
+    a later one instead of waiting).
     """
-    deadline = _now() - heartbeat_interval * MISSED_BEATS
+    deadline = (now or _now()) - heartbeat_interval * MISSED_BEATS
     silent = await m.Worker.filter(
         last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
     ).values_list("id", flat=True)

@@ -198,10 +198,11 @@ async def test_a_silent_worker_loses_its_job_and_its_lease() -> None:
     worker = await _worker()
     job = await workers.claim_job(worker_id=worker.id)
     assert job is not None
-    interval = dt.timedelta(milliseconds=20)
+    interval = dt.timedelta(seconds=30)
     assert await workers.sweep_workers(heartbeat_interval=interval) == 0
-    await asyncio.sleep(0.08)
-    assert await workers.sweep_workers(heartbeat_interval=interval) == 1
+    # Three intervals later (an injected clock, not a sleep) it has missed its beats.
+    later = dt.datetime.now(dt.UTC) + interval * 3 + dt.timedelta(seconds=1)
+    assert await workers.sweep_workers(heartbeat_interval=interval, now=later) == 1
     assert (await m.Worker.get(id=worker.id)).status == m.WorkerStatus.UNHEALTHY
     lost = await m.AgentSession.get(id=job.session.id)
     assert (lost.status, lost.lease_token) == (Q.LOST, None)
