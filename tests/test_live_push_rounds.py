@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -14,6 +13,7 @@ from delidev import events
 from delidev.auth.principal import LOCAL_USER
 from delidev.services import live, sessions, tasks
 from tests.factories import make_group, make_repository, make_workspace, start_latest
+from tests.waiting import until
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -24,14 +24,6 @@ def bus() -> Iterator[events.EventBus]:
     token = events.bind(b)
     yield b
     events.unbind(token)
-
-
-async def _until(check: Any, within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_cancelled_round_releases_the_followers_it_had_not_reached(
@@ -61,14 +53,14 @@ async def test_a_cancelled_round_releases_the_followers_it_had_not_reached(
 
     followers = [asyncio.create_task(follow(n)) for n in range(5)]
     try:
-        await _until(lambda: (f := feeds._feeds.get(session.id)) is not None and len(f.pushed) == 5)
+        await until(lambda: (f := feeds._feeds.get(session.id)) is not None and len(f.pushed) == 5)
         feed = feeds._feeds[session.id]
         await sessions.append_log(
             session_id=session.id, chunks=[sessions.LogChunkIn(sequence=0, data="hello\n")]
         )
-        await _until(lambda: feed.task is not None and feed.task.done())
+        await until(lambda: feed.task is not None and feed.task.done())
         # Those pushed to before the cut got the piece once; the others read it themselves.
-        await _until(lambda: all(r == [(0, "hello\n")] for r in received))
+        await until(lambda: all(r == [(0, "hello\n")] for r in received))
         await asyncio.sleep(0.05)
         assert all(r == [(0, "hello\n")] for r in received), received
     finally:

@@ -8,7 +8,7 @@ once with not_found (before, it ended only at its next periodic re-check, ~15 s 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +26,7 @@ from delidev.connect.gen.delidev.v1.session_connect import SessionServiceClient
 from delidev.services import live, tasks
 from tests.clients import ConnectApi, GraphQLApi, connect_codecs
 from tests.factories import finish_latest, make_group, make_repository, make_workspace, start_latest
+from tests.waiting import until
 
 PLAN = "tasks:\n  - id: a\n    prompt: first\n  - id: b\n    prompt: second\n    dependsOn: [a]\n"
 GUARD_S = 10.0  # only against a hang: the announcements are checked as events, not timed
@@ -50,14 +51,6 @@ async def session_client(app: Any) -> AsyncIterator[SessionServiceClient]:
     client = SessionServiceClient("http://test", http_client=http, codec=connect_codecs()["json"])
     yield client
     await client.close()
-
-
-async def _until(check: Callable[[], bool]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + GUARD_S
-    while not check():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_deleting_a_workspace_announces_every_task_and_run(
@@ -110,7 +103,7 @@ async def test_deleting_a_workspace_announces_every_task_and_run(
     task_sub = asyncio.create_task(follow(one_task, task_id=running.id))
     workspace_sub = asyncio.create_task(follow(whole_workspace, workspace_id=ws.id))
     follower = asyncio.create_task(stream_log())
-    await _until(lambda: bus.watcher_count() >= watchers + 3)
+    await until(lambda: bus.watcher_count() >= watchers + 3)
     try:
         await api.delete_workspace(str(ws.id))
 
@@ -153,7 +146,7 @@ async def test_deleting_an_empty_workspace_ends_its_subscriptions(app: Any, api:
     tty_sub = asyncio.create_task(
         drain(live.tty_requests(actor=LOCAL_USER, bus=bus, workspace_id=ws.id))
     )
-    await _until(lambda: bus.watcher_count() >= watchers + 2)
+    await until(lambda: bus.watcher_count() >= watchers + 2)
     try:
         await api.delete_workspace(str(ws.id))
         assert await asyncio.wait_for(tasks_sub, GUARD_S) == []

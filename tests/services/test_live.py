@@ -19,6 +19,7 @@ from delidev.services import auth, live, sessions, tasks
 from delidev.services.common import transaction
 from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace, start_latest
+from tests.waiting import until
 
 pytestmark = pytest.mark.usefixtures("database")
 Q = m.AgentSessionStatus
@@ -44,15 +45,6 @@ async def _append(session: m.AgentSession, sequence: int, data: str) -> None:
     await sessions.append_log(
         session_id=session.id, chunks=[sessions.LogChunkIn(sequence=sequence, data=data)]
     )
-
-
-async def _until(check: Any, within: float = 10.0) -> None:
-    """Polls a condition (the event loop may be slow on a busy machine)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def _collect(stream: AsyncIterator[live.LogPiece]) -> list[live.LogPiece]:
@@ -259,11 +251,11 @@ async def test_task_updates_follow_a_task_through_its_life(bus: Any) -> None:
         return [u.task.status for u in seen if isinstance(u.task, m.UnitTask)]
 
     watcher = asyncio.create_task(watch())
-    await _until(lambda: bus.watcher_count() == 1)
+    await until(lambda: bus.watcher_count() == 1)
     await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
-    await _until(lambda: m.UnitTaskStatus.IN_REVIEW in statuses())
+    await until(lambda: m.UnitTaskStatus.IN_REVIEW in statuses())
     await tasks.approve_task(actor=LOCAL_USER, task_id=task.id)
-    await _until(lambda: m.UnitTaskStatus.APPROVED in statuses())
+    await until(lambda: m.UnitTaskStatus.APPROVED in statuses())
     watcher.cancel()
     assert statuses()[-1] == m.UnitTaskStatus.APPROVED
 
@@ -278,11 +270,11 @@ async def test_workspace_task_updates_and_deletion(bus: Any) -> None:
             seen.append(update)
 
     watcher = asyncio.create_task(watch())
-    await _until(lambda: bus.watcher_count() == 1)
+    await until(lambda: bus.watcher_count() == 1)
     task = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="x")
-    await _until(lambda: len(seen) >= 1)
+    await until(lambda: len(seen) >= 1)
     await tasks.delete_task(actor=LOCAL_USER, task_id=task.id)
-    await _until(lambda: len(seen) >= 2)
+    await until(lambda: len(seen) >= 2)
     await asyncio.sleep(0.05)  # nothing more arrives
     watcher.cancel()
     assert [u.task_id for u in seen] == [task.id, task.id]
@@ -294,7 +286,7 @@ async def test_a_subscriber_that_falls_behind_is_closed_with_a_reason(bus: Any) 
     ws = await make_workspace()
     stream = live.task_updates(actor=LOCAL_USER, bus=bus, workspace_id=ws.id)
     first = asyncio.ensure_future(anext(stream))
-    await _until(lambda: bus.watcher_count() == 1)
+    await until(lambda: bus.watcher_count() == 1)
     for _ in range(events.WATCH_BUFFER + 10):
         bus.publish(events.TaskChanged(task_id=str(uuid.uuid4()), workspace_id=str(ws.id)))
     with pytest.raises(FailedPrecondition) as info:
@@ -307,7 +299,7 @@ async def test_tty_requests_are_announced(bus: Any) -> None:
     task = await m.UnitTask.get(agent_task_id=session.agent_task_id)
     stream = live.tty_requests(actor=LOCAL_USER, bus=bus, workspace_id=task.workspace_id)
     nxt = asyncio.ensure_future(anext(stream))
-    await _until(lambda: bus.watcher_count() == 1)
+    await until(lambda: bus.watcher_count() == 1)
     asked = await sessions.create_tty_request(
         session_id=session.id,
         prompt="Which branch?",
@@ -361,7 +353,7 @@ async def test_followers_of_a_session_share_their_access_rechecks(
         for _ in range(100)
     ]
     try:
-        await _until(lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers == 100)
+        await until(lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers == 100)
         joined = len(calls)  # each follower checks once when it starts
         assert joined >= 100
         loop = asyncio.get_running_loop()
@@ -444,7 +436,7 @@ async def test_pushed_followers_get_every_character_once_in_order(
     tasks_ = [asyncio.create_task(f.run()) for f in followers]
     leaver = Follower(slow_every=0)
     leaving = asyncio.create_task(leaver.run())
-    await _until(lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers == 7)
+    await until(lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers == 7)
     lines = [f"line {i:04} " + "x" * (i % 50) + "\n" for i in range(400)]
     for i in range(0, 400, 8):
         await _append(session, i // 8, "".join(lines[i : i + 8]))

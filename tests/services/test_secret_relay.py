@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -15,16 +15,10 @@ from delidev.auth.principal import LOCAL_USER
 from delidev.services import secret_relay, secrets, tasks
 from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace
+from tests.waiting import until
 
 KEY = secret_relay.relay_key("x" * 48)
 VALUE = "sk-relay-5e0b7c9d13a24f68"
-
-
-async def _until(check: Callable[[], bool], seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not relayed in time"
-        await asyncio.sleep(0.02)
 
 
 def test_versions_keep_a_late_copy_from_undoing_a_newer_change() -> None:
@@ -202,21 +196,21 @@ async def test_replicas_share_sets_and_drops_and_a_late_replica_catches_up(
         task, other = uuid.uuid4(), uuid.uuid4()
         store_a.put(task, {"API_KEY": VALUE})
         store_b.put(other, {"TOKEN": VALUE + "-b"})
-        await _until(lambda: store_b.get(task) == {"API_KEY": VALUE})
-        await _until(lambda: store_a.get(other) == {"TOKEN": VALUE + "-b"})
+        await until(lambda: store_b.get(task) == {"API_KEY": VALUE})
+        await until(lambda: store_a.get(other) == {"TOKEN": VALUE + "-b"})
         store_a.put(task, {"MORE": "more-value"})
-        await _until(lambda: store_b.get(task) == {"API_KEY": VALUE, "MORE": "more-value"})
+        await until(lambda: store_b.get(task) == {"API_KEY": VALUE, "MORE": "more-value"})
 
         # A replica that starts now asks the others and gets everything they hold.
         late_relay = secret_relay.SecretRelay(store_late, late, KEY)
         await late.start()
         late_relay.request_sync()  # as the app does once its bus listens
-        await _until(lambda: store_late.get(other) == {"TOKEN": VALUE + "-b"})
-        await _until(lambda: store_late.get(task) == store_a.get(task))
+        await until(lambda: store_late.get(other) == {"TOKEN": VALUE + "-b"})
+        await until(lambda: store_late.get(task) == store_a.get(task))
 
         # A drop on one replica (Clear, or the run ended) reaches them all.
         store_b.drop(task)
-        await _until(lambda: store_a.get(task) == {} and store_late.get(task) == {})
+        await until(lambda: store_a.get(task) == {} and store_late.get(task) == {})
         await asyncio.sleep(0.3)
     finally:
         await spy.close()
@@ -285,7 +279,7 @@ async def test_output_sent_to_another_replica_waits_for_the_secrets_it_is_masked
     # Secrets dropped (Clear, or the run ended) are not waited for again, nor are a task's
     # that expects none: a guard far below the wait shows neither call waits for it.
     store_a.drop(unit.id)
-    await _until(lambda: store_b.dropped(unit.id))
+    await until(lambda: store_b.dropped(unit.id))
     assert (
         await asyncio.wait_for(secrets.output_secrets(store_b, unit.agent_task_id, wait=600), 30)
         == {}
@@ -312,15 +306,15 @@ async def test_a_message_replayed_through_postgres_is_refused(
     try:
         task = uuid.uuid4()
         store_a.put(task, {"API_KEY": VALUE})
-        await _until(lambda: store_b.get(task) == {"API_KEY": VALUE} and bool(heard))
+        await until(lambda: store_b.get(task) == {"API_KEY": VALUE} and bool(heard))
         captured = list(heard)
         store_a.drop(task)
-        await _until(lambda: store_b.get(task) == {})
+        await until(lambda: store_b.get(task) == {})
         monkeypatch.setattr(secrets, "TOMBSTONE_TTL_S", -1.0)
         store_b.forget_old_tombstones()
         for payload in captured:
             await spy.execute("SELECT pg_notify($1, $2)", events.CHANNEL, payload)
-        await _until(lambda: relay_b.replayed >= 1)
+        await until(lambda: relay_b.replayed >= 1)
         assert store_b.get(task) == {}
         assert relay_b.refused == 0
     finally:
