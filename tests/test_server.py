@@ -10,15 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_URL, postgres_url
+from tests.conftest import create_postgres_database, drop_postgres_database, postgres_url
 
 SERVER = [sys.executable, "-m", "delidev.cli"]
 
@@ -190,27 +188,15 @@ def test_debug_logs_carry_no_sql_values(tmp_path: Path) -> None:
     assert marker not in output
 
 
-def _postgres_admin(statement: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 @pytest.mark.postgres_only
 def test_readyz_is_503_when_the_database_goes_away(tmp_path: Path) -> None:
-    name = f"delidev_readyz_{uuid.uuid4().hex[:12]}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
+    name = asyncio.run(create_postgres_database())
     env = {"DATABASE_URL": postgres_url(name), "DELIDEV_SINGLE_USER_MODE": "true"}
     try:
         with running_server(tmp_path, **env) as (base, proc):
             assert httpx.get(f"{base}/readyz").status_code == 200
             # Terminates the server's connections, and no new one can be opened.
-            _postgres_admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+            asyncio.run(drop_postgres_database(name))
             gone = httpx.get(f"{base}/readyz", timeout=30)
             assert gone.status_code == 503
             assert gone.json() == {"status": "database unreachable"}
@@ -218,4 +204,4 @@ def test_readyz_is_503_when_the_database_goes_away(tmp_path: Path) -> None:
             output = stop(proc)
         assert "readiness check failed: database unreachable" in output
     finally:
-        _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        asyncio.run(drop_postgres_database(name))
