@@ -121,3 +121,16 @@ async def test_a_session_deleted_while_it_stops_is_not_found_not_internal(
         await api.stop_session(task["latest_session"]["id"])
     assert (info.value.code, info.value.delidev_code) == ("NOT_FOUND", errors.NotFound.code)
     assert info.value.message == "agent session not found (it may have just been deleted)"
+
+
+async def _add_twice(email: str) -> None:
+    async with transaction():
+        await m.User.create(email=email)
+        await m.User.create(email=email)
+
+
+async def test_a_violated_constraint_in_a_transaction_is_a_conflict(database: Any) -> None:
+    with pytest.raises(errors.Conflict, match=r"^the change conflicted") as info:
+        await _add_twice("twice@example.com")
+    assert "twice@example.com" not in str(info.value)
+    assert not await m.User.exists(email="twice@example.com")  # rolled back

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,14 +14,16 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from tortoise.backends.base.client import BaseDBAsyncClient
-from tortoise.exceptions import DoesNotExist
+from tortoise.exceptions import DoesNotExist, IntegrityError
 from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from delidev import events
 from delidev.auth.principal import Principal
-from delidev.errors import InvalidArgument, NotFound, PermissionDenied
+from delidev.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Model)
@@ -48,22 +51,30 @@ def orm_errors() -> Iterator[None]:
     """Translates what Tortoise raises about rows into domain errors, like httpx's
     ``map_httpcore_exceptions``: a row that is gone (deleted by a concurrent call between a
     check and a ``Model.get()``) is NotFound naming its kind, never an internal error, and
-    the ORM's text (which may name tables) stays here. ``transaction()`` applies it to its
-    body; ``get_row`` to a single read outside one.
+    the ORM's text (which may name tables and hold the values sent) stays here.
+    ``transaction()`` applies it to its body; ``get_row`` to a single read outside one.
+
+    A unique or foreign key violation that reaches it (a row added or deleted by a
+    concurrent call since the checks) is a Conflict, which clients may retry. Services that
+    know what a violation means (an AlreadyExists) catch it themselves, before this.
     """
     try:
         yield
     except DoesNotExist as error:
         what = _kind(error.model) if error.model is not None else "object"
         raise NotFound(f"{what} not found (it may have just been deleted)") from None
+    except IntegrityError as error:
+        # The driver's text can hold the values sent: only the kind of failure is logged.
+        log.warning("%s in a transaction, answered as Conflict", type(error.__cause__).__name__)
+        raise Conflict("the change conflicted with a concurrent one: try again") from None
 
 
 @contextlib.asynccontextmanager
 async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
     """A database transaction whose events are published once it has committed.
 
-    Raises: NotFound for a row a ``Model.get()`` in the body did not find (``orm_errors``);
-    the transaction is rolled back.
+    Raises: NotFound for a row a ``Model.get()`` in the body did not find, Conflict for a
+    constraint it violated (``orm_errors``); the transaction is rolled back.
     """
     async with events.after_commit(), in_transaction() as connection:
         with orm_errors():
