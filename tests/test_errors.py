@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import ast
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,43 @@ async def test_a_violated_constraint_in_a_transaction_is_a_conflict(database: An
         await _add_twice("twice@example.com")
     assert "twice@example.com" not in str(info.value)
     assert not await m.User.exists(email="twice@example.com")  # rolled back
+
+
+def _bare_model_gets(tree: ast.AST) -> Iterator[int]:
+    """Lines of ``m.Model.get(...)`` calls not inside ``async with transaction()``."""
+
+    def visit(node: ast.AST, guarded: bool) -> Iterator[int]:
+        if isinstance(node, ast.AsyncWith):
+            guarded = guarded or any(
+                isinstance(item.context_expr, ast.Call)
+                and isinstance(item.context_expr.func, ast.Name)
+                and item.context_expr.func.id == "transaction"
+                for item in node.items
+            )
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and isinstance(node.func.value, ast.Attribute)
+            and isinstance(node.func.value.value, ast.Name)
+            and node.func.value.value.id == "m"
+            and not guarded
+        ):
+            yield node.lineno
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child, guarded)
+
+    return visit(tree, False)
+
+
+def test_every_model_get_in_the_services_is_under_the_boundary(repo_root: Path) -> None:
+    # Outside a transaction, a row read that may be gone goes through get_row (or
+    # get_or_none + NotFound): DoesNotExist must not reach a transport as internal.
+    services = repo_root / "delidev" / "services"
+    bare = [
+        f"{path.name}:{line}"
+        for path in sorted(services.glob("*.py"))
+        for line in _bare_model_gets(ast.parse(path.read_text()))
+    ]
+    assert bare == []
+    assert list(_bare_model_gets(ast.parse("async def f():\n    await m.Worker.get(id=1)"))) == [2]
