@@ -1,8 +1,11 @@
 """Domain errors: the only exceptions the service layer raises.
 
-Each error carries the numeric code of the specification; each transport maps
-every class here to its own code in exactly one table
-(``delidev/connect/interceptors.py``, ``delidev/graphql/errors.py``).
+Each error carries the numeric code of the specification (``code``), written here only:
+a transport that needs a number reads it from the class of the same meaning
+(``InvalidArgument.code``), and ``tests/test_errors.py`` refuses a ``-32xxx`` anywhere else.
+Each transport maps every class here to its own code in exactly one table
+(``delidev/connect/interceptors.py``, ``delidev/graphql/errors.py``). What the ORM raises
+becomes one of these in one place too: ``delidev/services/common.py::orm_errors``.
 A message is safe to show to the caller: it never holds a secret or a trace.
 
     DeliDevError

@@ -20,6 +20,7 @@ from connectrpc.errors import ConnectError
 from protobuf import DescFieldValueEnum, DescFieldValueMessage, DescMessage, Message
 
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
+from delidev.errors import InvalidArgument
 from delidev.nesting import MAX_JSON_DEPTH, TooDeep, check_json_depth
 
 M = TypeVar("M", bound=Message[Any])
@@ -55,7 +56,9 @@ def _enum_field(desc: DescMessage, enum_name: str, payload: Any, bad: str, depth
 
 def _invalid(message: str, field: str = "") -> ConnectError:
     return ConnectError(
-        Code.INVALID_ARGUMENT, message, details=[ErrorInfo(delidev_code=-32602, field=field)]
+        Code.INVALID_ARGUMENT,
+        message,
+        details=[ErrorInfo(delidev_code=InvalidArgument.code, field=field)],
     )
 
 

@@ -38,16 +38,17 @@ CONNECT_CODES: dict[type[errors.DeliDevError], Code] = {
     errors.Internal: Code.INTERNAL,
 }
 
-# Spec codes for errors raised by the Connect runtime itself (bad body, unknown method...).
-_SPEC_CODES: dict[Code, int] = {
-    Code.INVALID_ARGUMENT: -32602,
-    Code.UNIMPLEMENTED: -32601,
-    Code.UNAUTHENTICATED: -32001,
-    Code.PERMISSION_DENIED: -32002,
-    Code.NOT_FOUND: -32003,
-    Code.UNAVAILABLE: -32004,
-    Code.FAILED_PRECONDITION: -32005,
-    Code.ABORTED: -32005,
+# For errors raised by the Connect runtime itself (bad body, unknown method...): the domain
+# error of the same meaning, whose spec code travels with them. Any other code is internal.
+_RUNTIME_ERRORS: dict[Code, type[errors.DeliDevError]] = {
+    Code.INVALID_ARGUMENT: errors.InvalidArgument,
+    Code.UNIMPLEMENTED: errors.Unimplemented,
+    Code.UNAUTHENTICATED: errors.Unauthenticated,
+    Code.PERMISSION_DENIED: errors.PermissionDenied,
+    Code.NOT_FOUND: errors.NotFound,
+    Code.UNAVAILABLE: errors.WorkerUnavailable,
+    Code.FAILED_PRECONDITION: errors.FailedPrecondition,
+    Code.ABORTED: errors.Conflict,
 }
 
 
@@ -74,10 +75,12 @@ def to_connect_error(exc: BaseException, method: str) -> ConnectError:
         return ConnectError(
             exc.code,
             message,
-            details=[ErrorInfo(delidev_code=_SPEC_CODES.get(exc.code, -32603))],
+            details=[ErrorInfo(delidev_code=_RUNTIME_ERRORS.get(exc.code, errors.Internal).code)],
         )
     log.error("unexpected error in %s", method, exc_info=exc)
-    return ConnectError(Code.INTERNAL, "internal error", details=[ErrorInfo(delidev_code=-32603)])
+    return ConnectError(
+        Code.INTERNAL, "internal error", details=[ErrorInfo(delidev_code=errors.Internal.code)]
+    )
 
 
 class ErrorInterceptor:

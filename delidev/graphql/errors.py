@@ -186,7 +186,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
         source=error.source,
         positions=error.positions,
         path=error.path,
-        extensions={"code": "INTERNAL", "delidevCode": -32603},
+        extensions={"code": "INTERNAL", "delidevCode": errors.Internal.code},
     )
 
 

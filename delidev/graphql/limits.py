@@ -74,7 +74,7 @@ class BodySizeLimit:
             "errors": [
                 {
                     "message": f"request body is larger than {self.max_bytes} bytes",
-                    "extensions": {"code": "INVALID_ARGUMENT", "delidevCode": -32602},
+                    "extensions": {"code": "INVALID_ARGUMENT", "delidevCode": InvalidArgument.code},
                 }
             ]
         }

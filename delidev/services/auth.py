@@ -26,6 +26,7 @@ from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.auth.tokens import issue_access_token, verify_access_token
 from delidev.errors import InvalidArgument, NotFound, Unauthenticated
+from delidev.services.common import now as _now
 from delidev.services.common import transaction
 from delidev.settings import Settings
 
@@ -40,10 +41,6 @@ class TokenPair:
     refresh_token: str
     expires_at: dt.datetime
     user: m.User
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _hash(token: str) -> str:

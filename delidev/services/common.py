@@ -1,22 +1,29 @@
-"""Helpers shared by the service modules: ids, text checks, paging, tenant scope."""
+"""Helpers shared by the service modules: ids, text checks, paging, tenant scope, the
+clock, and the one place where what the ORM raises becomes a domain error (``orm_errors``)."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import datetime as dt
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import DoesNotExist, IntegrityError
 from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from delidev import events
 from delidev.auth.principal import Principal
-from delidev.errors import InvalidArgument, PermissionDenied
+from delidev.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Model)
@@ -33,11 +40,59 @@ MAX_OFFSET = 2**31 - 1
 MAX_CURSOR_LENGTH = 64  # ours are about 24 characters
 
 
+def now() -> dt.datetime:
+    """The current time, in UTC. Also for ``updated_at`` in bulk ``.update()`` calls, which
+    do not set auto_now fields."""
+    return dt.datetime.now(dt.UTC)
+
+
+@contextlib.contextmanager
+def orm_errors() -> Iterator[None]:
+    """Translates what Tortoise raises about rows into domain errors, like httpx's
+    ``map_httpcore_exceptions``: a row that is gone (deleted by a concurrent call between a
+    check and a ``Model.get()``) is NotFound naming its kind, never an internal error, and
+    the ORM's text (which may name tables and hold the values sent) stays here.
+    ``transaction()`` applies it to its body; ``get_row`` to a single read outside one.
+
+    A unique or foreign key violation that reaches it (a row added or deleted by a
+    concurrent call since the checks) is a Conflict, which clients may retry. Services that
+    know what a violation means (an AlreadyExists) catch it themselves, before this.
+    """
+    try:
+        yield
+    except DoesNotExist as error:
+        what = _kind(error.model) if error.model is not None else "object"
+        raise NotFound(f"{what} not found (it may have just been deleted)") from None
+    except IntegrityError as error:
+        # The driver's text can hold the values sent: only the kind of failure is logged.
+        log.warning("%s in a transaction, answered as Conflict", type(error.__cause__).__name__)
+        raise Conflict("the change conflicted with a concurrent one: try again") from None
+
+
 @contextlib.asynccontextmanager
 async def transaction() -> AsyncIterator[BaseDBAsyncClient]:
-    """A database transaction whose events are published once it has committed."""
+    """A database transaction whose events are published once it has committed.
+
+    Raises: NotFound for a row a ``Model.get()`` in the body did not find, Conflict for a
+    constraint it violated (``orm_errors``); the transaction is rolled back.
+    """
     async with events.after_commit(), in_transaction() as connection:
-        yield connection
+        with orm_errors():
+            yield connection
+
+
+async def get_row(model: type[M], /, **where: Any) -> M:
+    """``model.get(**where)``, with a missing row as NotFound (``orm_errors``).
+
+    Raises: NotFound.
+    """
+    with orm_errors():
+        return await model.get(**where)
+
+
+def _kind(model: type[Model]) -> str:
+    """``AgentSession`` → ``agent session``: the caller's word for a row's kind."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", model.__name__).lower()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from delidev import models as m
 from delidev.errors import InvalidArgument, Unauthenticated, Unavailable
 from delidev.services.auth import TokenPair, check_token_text, issue_tokens
+from delidev.services.common import now as _now
 from delidev.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ DISCOVERY_TTL_S = 3600.0
 HTTP_TIMEOUT_S = 10.0
 # Asymmetric algorithms only: an HS256 ID token would be signed with our client secret.
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass

@@ -36,11 +36,13 @@ from delidev.services.common import (
     MAX_TEXT_LENGTH,
     Page,
     check_text,
+    get_row,
     owner_filter,
     page_bounds,
     paginate,
     transaction,
 )
+from delidev.services.common import now as _now
 from delidev.services.workspaces import get_workspace
 from delidev.settings import Settings
 
@@ -95,11 +97,6 @@ class LogRead:
     next_offset: int
     complete: bool
     status: m.AgentSessionStatus
-
-
-def _now() -> dt.datetime:
-    """Also for ``updated_at``: a bulk ``.update()`` does not set auto_now fields."""
-    return dt.datetime.now(dt.UTC)
 
 
 # Lookups ------------------------------------------------------------------------------
@@ -220,15 +217,15 @@ async def stop_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
         )
         if changed:
             await _session_ended(session.id)
-            stopped = await m.AgentSession.get(id=session.id)
+            stopped = await get_row(m.AgentSession, id=session.id)
             await announce_session(stopped)
             return stopped
-        session = await m.AgentSession.get(id=session.id)
+        session = await get_row(m.AgentSession, id=session.id)
     if session.status == SessionStatus.RUNNING:
         await m.AgentSession.filter(id=session.id, status=SessionStatus.RUNNING).update(
             stop_requested=True, updated_at=_now()
         )
-        flagged = await m.AgentSession.get(id=session.id)
+        flagged = await get_row(m.AgentSession, id=session.id)
         await announce_session(flagged)
         return flagged
     raise FailedPrecondition(f"session {session.id} already ended ({session.status.value})")
@@ -245,7 +242,7 @@ async def start_session(*, session_id: UUID, worker_id: UUID | None, lease_token
     )
     if not changed:
         raise FailedPrecondition(f"session {session_id} is not queued")
-    await announce_session(await m.AgentSession.get(id=session_id))
+    await announce_session(await get_row(m.AgentSession, id=session_id))
 
 
 async def complete_session(
@@ -287,7 +284,7 @@ async def complete_session(
             updated_at=_now(),
         )
         if not changed:
-            fresh = await m.AgentSession.get(id=session.id)
+            fresh = await get_row(m.AgentSession, id=session.id)
             raise FailedPrecondition(
                 f"session {session.id} cannot move from {fresh.status.value} to {status.value}"
             )
@@ -310,7 +307,7 @@ async def complete_session(
                     composite_task_id=composite.id, plan_yaml=plan_yaml or ""
                 )
     await _session_ended(session.id)
-    ended = await m.AgentSession.get(id=session.id)
+    ended = await get_row(m.AgentSession, id=session.id)
     await announce_session(ended)
     return ended
 
@@ -401,7 +398,7 @@ async def append_log(
                 log_size=size, log_next_sequence=next_seq, updated_at=_now()
             )
             events.publish(events.LogAppended(session_id=str(session.id), log_size=size))
-        return await m.AgentSession.get(id=session.id)
+        return await get_row(m.AgentSession, id=session.id)
 
 
 def _check_chunks(chunks: Sequence[LogChunkIn], limits: LogLimits) -> None:
@@ -749,7 +746,7 @@ async def submit_tty_input(
     changed = await m.TtyInputRequest.filter(id=request.id, status=m.TtyInputStatus.PENDING).update(
         status=m.TtyInputStatus.RESPONDED, response=answer, responded_at=_now()
     )
-    fresh = await m.TtyInputRequest.get(id=request.id)
+    fresh = await get_row(m.TtyInputRequest, id=request.id)
     if not changed:
         raise FailedPrecondition(
             f"TTY input request {request.id} is {fresh.status.value}: it takes no answer"

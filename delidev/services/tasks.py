@@ -8,7 +8,6 @@ on one task exactly one wins and the other gets FailedPrecondition naming both s
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,12 @@ from delidev.services.common import (
     Page,
     check_optional_text,
     check_text,
+    get_row,
     owner_filter,
     page_bounds,
     transaction,
 )
+from delidev.services.common import now as _now
 from delidev.services.plans import MAX_PLAN_BYTES, InvalidPlan, PlanTask, parse_plan
 from delidev.services.repositories import get_repository_group
 from delidev.services.workspaces import get_workspace
@@ -64,11 +65,6 @@ class NodeView:
     unit_task: m.UnitTask
     depends_on: list[UUID]
     state: NodeState
-
-
-def _now() -> dt.datetime:
-    """For ``updated_at`` in bulk updates, which do not set auto_now fields."""
-    return dt.datetime.now(dt.UTC)
 
 
 # Names and branches -------------------------------------------------------------------
@@ -515,7 +511,7 @@ async def update_task_status(
 
 
 async def _queue_next_session(agent_task_id: UUID, *, kind: m.JobKind) -> m.AgentSession:
-    agent = await m.AgentTask.get(id=agent_task_id)
+    agent = await get_row(m.AgentTask, id=agent_task_id)
     last = await m.AgentSession.filter(agent_task_id=agent.id).order_by("-attempt").first()
     return await _queue_session(agent, kind=kind, attempt=(last.attempt + 1) if last else 1)
 
@@ -643,7 +639,7 @@ async def _approve_plan(composite: m.CompositeTask) -> m.CompositeTask:
             f"to {C.IN_PROGRESS.value}"
         )
     plan = _parse_plan(composite.plan_yaml)
-    group = await m.RepositoryGroup.get(id=composite.repository_group_id)
+    group = await get_row(m.RepositoryGroup, id=composite.repository_group_id)
     template = await _branch_template(group)
     remotes = await m.AgentTaskBaseRemote.filter(agent_task_id=composite.planning_task_id)
     async with transaction():
@@ -663,7 +659,7 @@ async def _create_nodes(
     template: str | None,
     remotes: Sequence[m.AgentTaskBaseRemote],
 ) -> None:
-    planner = await m.AgentTask.get(id=composite.planning_task_id)
+    planner = await get_row(m.AgentTask, id=composite.planning_task_id)
     agents = [
         m.AgentTask(
             id=uuid4(),

@@ -39,7 +39,8 @@ from delidev.errors import (
 )
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
-from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
+from delidev.services.common import MAX_URL_LENGTH, check_text, get_row, transaction
+from delidev.services.common import now as _now
 
 SessionStatus = m.AgentSessionStatus
 P = ParamSpec("P")
@@ -48,10 +49,6 @@ MISSED_BEATS = 3
 MAX_WAIT_MS = 30_000
 # Safety net for wake-ups this process cannot see (a job queued through another replica).
 RECHECK_S = 1.0
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def hash_credential(credential: str) -> str:
@@ -295,7 +292,7 @@ async def _release(session: m.AgentSession, *, reason: str) -> bool:
 async def _announce_released(released: Sequence[m.AgentSession]) -> None:
     for session in released:
         await session_service.end_questions(session.id)
-        await session_service.announce_session(await m.AgentSession.get(id=session.id))
+        await session_service.announce_session(await get_row(m.AgentSession, id=session.id))
     if released:
         events.publish(events.JobQueued())
 
@@ -456,7 +453,7 @@ async def _claim_once(worker_id: UUID, ready_agent_ids: Sequence[UUID]) -> Job |
     )
     if not rows:
         return None
-    claimed = await m.AgentSession.get(id=UUID(str(rows[0]["id"])))
+    claimed = await get_row(m.AgentSession, id=UUID(str(rows[0]["id"])))
     # Marked unhealthy since the claim: it stays so (the sweep takes the job back).
     await m.Worker.filter(id=worker_id, status__not=m.WorkerStatus.UNHEALTHY).update(
         status=m.WorkerStatus.BUSY,
@@ -519,7 +516,7 @@ async def claim_job(
 
 
 async def describe_job(session: m.AgentSession) -> Job:
-    agent = await m.AgentTask.get(id=session.agent_task_id)
+    agent = await get_row(m.AgentTask, id=session.agent_task_id)
     remotes = list(
         await m.AgentTaskBaseRemote.filter(agent_task_id=agent.id).order_by("git_remote_dir_path")
     )
