@@ -23,6 +23,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from delidev import websocket_deflate
+from delidev.settings import Settings, SettingsError
 from delidev.websocket_deflate import (
     FrameWriter,
     SharedPrefix,
@@ -206,3 +207,10 @@ def test_a_missing_internal_falls_back_to_uvicorns_protocol_with_one_warning(
     from uvicorn.config import WS_PROTOCOLS
 
     assert websocket_deflate.ORDINARY_PROTOCOL in WS_PROTOCOLS
+
+
+def test_the_setting_reads_from_the_environment() -> None:
+    assert Settings.from_env({}).ws_deflate_bypass is True
+    assert Settings.from_env({"DELIDEV_WS_DEFLATE_BYPASS": "off"}).ws_deflate_bypass is False
+    with pytest.raises(SettingsError, match="DELIDEV_WS_DEFLATE_BYPASS must be true or false"):
+        Settings.from_env({"DELIDEV_WS_DEFLATE_BYPASS": "maybe"})

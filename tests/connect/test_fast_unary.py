@@ -23,7 +23,7 @@ from delidev.connect import fast_unary
 from delidev.connect.codecs import StrictJSONCodec
 from delidev.connect.gen.delidev.v1 import workspace_pb
 from delidev.connect.routes import READ_MAX_BYTES
-from delidev.settings import Settings
+from delidev.settings import Settings, SettingsError
 from tests.factories import make_repository, make_workspace
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -222,3 +222,10 @@ async def test_an_unexpected_error_is_logged_and_masked(
     assert response.json()["code"] == "internal"
     assert "secret detail" not in response.text
     assert "secret detail of a broken encoder" in caplog.text
+
+
+def test_the_setting_reads_from_the_environment() -> None:
+    assert Settings.from_env({}).connect_fast_path is True
+    assert Settings.from_env({"DELIDEV_CONNECT_FAST_PATH": "false"}).connect_fast_path is False
+    with pytest.raises(SettingsError, match="DELIDEV_CONNECT_FAST_PATH must be true or false"):
+        Settings.from_env({"DELIDEV_CONNECT_FAST_PATH": "sometimes"})
