@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import uvicorn.config
-import uvicorn.protocols.websockets.websockets_sansio_impl as _sansio
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -48,8 +47,14 @@ _SYNC_TAIL = b"\x00\x00\xff\xff"
 # The scope extension under which a connection's protocol object is found.
 PROTOCOL_EXTENSION = "delidev.websocket.protocol"
 _MAX_STORED = 0xFFFF
-# uvicorn's ordinary protocol, used when ours is off or cannot be used.
-ORDINARY_PROTOCOL = "websockets-sansio"
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    # uvicorn's ordinary protocol, used when ours is off or cannot be used.
+    ORDINARY_PROTOCOL = "websockets-sansio"
+except ImportError:  # a uvicorn without it: ``missing_internals`` says so
+    WebSocketsSansIOProtocol = object  # type: ignore[misc,assignment]  # never served then
+    ORDINARY_PROTOCOL = "auto"
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +73,9 @@ _CONFIG_ATTRIBUTES = ("ws_per_message_deflate", "ws_max_size")
 def missing_internals() -> list[str]:
     """The uvicorn internals ``WebSocketProtocol`` uses that this uvicorn lacks (none with
     the pinned version)."""
-    base = getattr(_sansio, "WebSocketsSansIOProtocol", None)
-    if base is None:
-        return ["uvicorn...websockets_sansio_impl.WebSocketsSansIOProtocol"]
+    base: Any = WebSocketsSansIOProtocol
+    if base is object:
+        return ["uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"]
     missing = [f"WebSocketsSansIOProtocol.{m}" for m in _SANSIO_METHODS if not hasattr(base, m)]
     for method, names in _SANSIO_ATTRIBUTES.items():
         code = getattr(getattr(base, method, None), "__code__", None)
@@ -224,7 +229,7 @@ class SharedPrefixDeflateFactory(ServerPerMessageDeflateFactory):
         return response, extension
 
 
-class WebSocketProtocol(_sansio.WebSocketsSansIOProtocol):
+class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with ``SharedPrefixDeflate`` as its
     permessage-deflate (when compression is on), which shows itself to the app in the
     scope's extensions so that ``FrameWriter`` can find it."""

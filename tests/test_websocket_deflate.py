@@ -9,6 +9,8 @@ import asyncio
 import json
 import logging
 import random
+import subprocess
+import sys
 import zlib
 from types import SimpleNamespace
 from typing import Any
@@ -214,3 +216,21 @@ def test_the_setting_reads_from_the_environment() -> None:
     assert Settings.from_env({"DELIDEV_WS_DEFLATE_BYPASS": "off"}).ws_deflate_bypass is False
     with pytest.raises(SettingsError, match="DELIDEV_WS_DEFLATE_BYPASS must be true or false"):
         Settings.from_env({"DELIDEV_WS_DEFLATE_BYPASS": "maybe"})
+
+
+def test_a_uvicorn_without_the_sansio_protocol_still_serves() -> None:
+    """Its module gone (a later uvicorn): the module still imports, and uvicorn picks its
+    own protocol. (A process of its own: the import is what is tested.)"""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig()\n"
+        "sys.modules['uvicorn.protocols.websockets.websockets_sansio_impl'] = None\n"
+        "from delidev import websocket_deflate as w\n"
+        "import delidev.graphql.subscriptions\n"
+        "print(w.missing_internals(), w.protocol_class(True))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "WebSocketsSansIOProtocol'] auto" in done.stdout
+    assert done.stderr.count("WebSocket compression bypass off") == 1
