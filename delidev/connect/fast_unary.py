@@ -46,8 +46,7 @@ from starlette.types import Receive, Scope, Send
 log = logging.getLogger(__name__)
 
 _CODEC_NAMES = {b"application/json": "json", b"application/proto": "proto"}
-# What is used of the runtime's private pieces: (object, attributes), and of a
-# ConnectASGIApplication instance.
+# The private attributes used of a ConnectASGIApplication (see ``missing_internals``).
 _APP_ATTRIBUTES = (
     "_resolved_endpoints",
     "_resolve_endpoints",
