@@ -56,12 +56,12 @@ def _serve(settings: Settings) -> int:
 
     from delidev.app import create_app
     from delidev.header_timeout import with_header_timeout
-    from delidev.websocket_deflate import WebSocketProtocol
+    from delidev.websocket_deflate import protocol_class
 
     uvicorn.run(
         create_app(settings),
         http=with_header_timeout(settings.header_timeout_ms / 1000),
-        ws=WebSocketProtocol,
+        ws=protocol_class(settings.ws_deflate_bypass),
         host=settings.server_host,
         port=settings.server_port,
         log_level=settings.log_level,

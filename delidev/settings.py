@@ -123,6 +123,12 @@ class Settings:
     header_timeout_ms: int = 10_000
     """A connection must complete its request headers within this time, else it is answered
     408 and closed."""
+    connect_fast_path: bool = True
+    """Serve plain Connect unary calls by the lean path of ``connect/fast_unary.py`` (it uses
+    connectrpc internals); off: every call takes connectrpc's ordinary path."""
+    ws_deflate_bypass: bool = True
+    """Serve WebSockets with ``websocket_deflate.py``'s protocol (compresses a log piece once
+    for all followers, uses uvicorn internals); off: uvicorn's ordinary protocol."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -306,6 +312,8 @@ class Settings:
             ("DELIDEV_GRAPHIQL", "graphql_graphiql"),
             ("DELIDEV_MIGRATE_ON_START", "migrate_on_start"),
             ("DELIDEV_GRAPHQL_INTROSPECTION", "graphql_introspection"),
+            ("DELIDEV_CONNECT_FAST_PATH", "connect_fast_path"),
+            ("DELIDEV_WS_DEFLATE_BYPASS", "ws_deflate_bypass"),
         ):
             value = env.get(var, "").strip()
             if value:

@@ -17,16 +17,24 @@ The output is ordinary permessage-deflate (RFC 7692); only who does the work cha
 itself and hands the bytes to the connection's transport, skipping the ASGI, uvicorn and
 websockets layers (about half the cost of a send), whenever the connection is open and its
 buffer is not full; otherwise the caller sends the ordinary way.
+
+``WebSocketProtocol`` subclasses uvicorn's non-public websockets-sansio protocol and reads
+its private state; uvicorn's version is pinned (pyproject.toml). ``missing_internals``
+checks that what it uses is there; ``protocol_class`` (used by ``delidev.cli``) falls back
+to uvicorn's ordinary protocol, with one warning, when it is not or when
+``DELIDEV_WS_DEFLATE_BYPASS`` is off: then ``FrameWriter.of`` finds no writer and messages
+are sent and compressed the ordinary way (slower, same messages).
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+import uvicorn.config
 from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
     ServerPerMessageDeflateFactory,
@@ -39,6 +47,60 @@ _SYNC_TAIL = b"\x00\x00\xff\xff"
 # The scope extension under which a connection's protocol object is found.
 PROTOCOL_EXTENSION = "delidev.websocket.protocol"
 _MAX_STORED = 0xFFFF
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    # uvicorn's ordinary protocol, used when ours is off or cannot be used.
+    ORDINARY_PROTOCOL = "websockets-sansio"
+except ImportError:  # a uvicorn without it: ``missing_internals`` says so
+    WebSocketsSansIOProtocol = object  # type: ignore[misc,assignment]  # never served then
+    ORDINARY_PROTOCOL = "auto"
+
+log = logging.getLogger(__name__)
+
+# What ``WebSocketProtocol`` and ``FrameWriter`` use of uvicorn's protocol: methods of the
+# class, and attributes its methods set on the instance (read from their code, since there
+# is no instance before a connection).
+_SANSIO_METHODS = ("__init__", "connection_made", "handle_connect", "run_asgi")
+_SANSIO_ATTRIBUTES = {
+    "__init__": ("config", "conn", "close_sent", "disconnected", "writable"),
+    "connection_made": ("transport",),
+    "handle_connect": ("scope", "handshake_complete", "run_asgi"),
+}
+_CONFIG_ATTRIBUTES = ("ws_per_message_deflate", "ws_max_size")
+
+
+def missing_internals() -> list[str]:
+    """The uvicorn internals ``WebSocketProtocol`` uses that this uvicorn lacks (none with
+    the pinned version)."""
+    base: Any = WebSocketsSansIOProtocol
+    if base is object:
+        return ["uvicorn.protocols.websockets.websockets_sansio_impl.WebSocketsSansIOProtocol"]
+    missing = [f"WebSocketsSansIOProtocol.{m}" for m in _SANSIO_METHODS if not hasattr(base, m)]
+    for method, names in _SANSIO_ATTRIBUTES.items():
+        code = getattr(getattr(base, method, None), "__code__", None)
+        used = code.co_names if code is not None else ()
+        missing += [f"WebSocketsSansIOProtocol.{n}" for n in names if n not in used]
+    config_names = uvicorn.config.Config.__init__.__code__.co_names
+    missing += [f"uvicorn Config.{n}" for n in _CONFIG_ATTRIBUTES if n not in config_names]
+    return missing
+
+
+def protocol_class(enabled: bool) -> type[Any] | str:
+    """What uvicorn's ``ws`` option gets: ``WebSocketProtocol`` when ``enabled`` and this
+    uvicorn has what it uses; else uvicorn's ordinary protocol (with one warning when it
+    was wanted but cannot be used)."""
+    if not enabled:
+        return ORDINARY_PROTOCOL
+    missing = missing_internals()
+    if missing:
+        log.warning(
+            "WebSocket compression bypass off: this uvicorn lacks %s; using uvicorn's "
+            "ordinary protocol (works, slower with many followers)",
+            ", ".join(missing),
+        )
+        return ORDINARY_PROTOCOL
+    return WebSocketProtocol
 
 
 class SharedPrefix:

@@ -1,11 +1,16 @@
 """The shared-prefix permessage-deflate: what it sends decodes, with websockets' own client
-decoder, to exactly what was sent, mixed with ordinary messages, across connections."""
+decoder, to exactly what was sent, mixed with ordinary messages, across connections; and the
+check of the uvicorn internals its protocol uses. (With the bypass on, off, or off for want
+of an internal, on a real server: tests/e2e/test_websocket_deflate_bypass.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
+import subprocess
+import sys
 import zlib
 from types import SimpleNamespace
 from typing import Any
@@ -19,11 +24,14 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from delidev import websocket_deflate
+from delidev.settings import Settings, SettingsError
 from delidev.websocket_deflate import (
     FrameWriter,
     SharedPrefix,
     SharedPrefixDeflate,
     SharedPrefixDeflateFactory,
+    WebSocketProtocol,
     shared_prefix,
     stored_blocks,
 )
@@ -171,3 +179,58 @@ def test_the_frame_writer_leaves_a_full_or_closing_connection_to_the_ordinary_pa
         change(protocol)
         assert not FrameWriter(protocol).write_text(prefix, b"}")
         assert protocol.transport.written == []
+
+
+def test_the_pinned_uvicorn_has_every_internal_the_protocol_uses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    assert websocket_deflate.missing_internals() == []
+    assert websocket_deflate.protocol_class(True) is WebSocketProtocol
+    assert websocket_deflate.protocol_class(False) == websocket_deflate.ORDINARY_PROTOCOL
+    assert caplog.records == []
+
+
+def test_a_missing_internal_falls_back_to_uvicorns_protocol_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a uvicorn that renamed an attribute its protocol sets in ``__init__`` looks like.
+    attributes = dict(websocket_deflate._SANSIO_ATTRIBUTES)
+    attributes["__init__"] = (*attributes["__init__"], "renamed_in_a_later_uvicorn")
+    monkeypatch.setattr(websocket_deflate, "_SANSIO_ATTRIBUTES", attributes)
+    assert websocket_deflate.missing_internals() == [
+        "WebSocketsSansIOProtocol.renamed_in_a_later_uvicorn"
+    ]
+    caplog.set_level(logging.WARNING)
+    assert websocket_deflate.protocol_class(True) == websocket_deflate.ORDINARY_PROTOCOL
+    assert len(caplog.records) == 1
+    assert "renamed_in_a_later_uvicorn" in caplog.records[0].getMessage()
+    # uvicorn knows the name it falls back to.
+    from uvicorn.config import WS_PROTOCOLS
+
+    assert websocket_deflate.ORDINARY_PROTOCOL in WS_PROTOCOLS
+
+
+def test_the_setting_reads_from_the_environment() -> None:
+    assert Settings.from_env({}).ws_deflate_bypass is True
+    assert Settings.from_env({"DELIDEV_WS_DEFLATE_BYPASS": "off"}).ws_deflate_bypass is False
+    with pytest.raises(SettingsError, match="DELIDEV_WS_DEFLATE_BYPASS must be true or false"):
+        Settings.from_env({"DELIDEV_WS_DEFLATE_BYPASS": "maybe"})
+
+
+def test_a_uvicorn_without_the_sansio_protocol_still_serves() -> None:
+    """Its module gone (a later uvicorn): the module still imports, and uvicorn picks its
+    own protocol. (A process of its own: the import is what is tested.)"""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig()\n"
+        "sys.modules['uvicorn.protocols.websockets.websockets_sansio_impl'] = None\n"
+        "from delidev import websocket_deflate as w\n"
+        "import delidev.graphql.subscriptions\n"
+        "print(w.missing_internals(), w.protocol_class(True))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "WebSocketsSansIOProtocol'] auto" in done.stdout
+    assert done.stderr.count("WebSocket compression bypass off") == 1

@@ -10,8 +10,11 @@ encoding), so the bytes on the wire are the same. Anything else goes to the runt
 
 Not taken for services whose calls may wait a long time (``WorkerService``: long polls),
 where the disconnect watch matters. It leans on connectrpc internals; the version is
-pinned, and ``tests/connect/test_fast_unary.py`` compares both paths' answers byte for
-byte so that an upgrade that changes them fails there.
+pinned (pyproject.toml), and ``tests/connect/test_fast_unary.py`` compares both paths'
+answers byte for byte so that an upgrade that changes them fails there. ``missing_internals``
+checks at app start that every internal used is there; when one is not (or
+``DELIDEV_CONNECT_FAST_PATH`` is off), ``connect/routes.py`` logs one warning and every call
+takes the runtime's ordinary path (slower, same answers).
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ import asyncio
 import logging
 from typing import Any
 
-from connectrpc._compression import negotiate_compression
-from connectrpc._protocol import HTTPError
-from connectrpc._protocol_connect import ConnectServerProtocol
-from connectrpc._server_async import (
-    _process_headers,
-    _RequestReceiver,
-    _ResponseSender,
-    _UnaryResponse,
-)
-from connectrpc._server_shared import EndpointUnary
+try:  # private modules: their absence means the fast path is off (see missing_internals)
+    from connectrpc._compression import negotiate_compression
+    from connectrpc._protocol import HTTPError
+    from connectrpc._protocol_connect import ConnectServerProtocol
+    from connectrpc._server_async import (
+        _process_headers,
+        _RequestReceiver,
+        _ResponseSender,
+        _UnaryResponse,
+    )
+    from connectrpc._server_shared import EndpointUnary
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as error:
+    _IMPORT_ERROR = str(error)
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
@@ -37,8 +45,36 @@ from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-_CONNECT = ConnectServerProtocol()
 _CODEC_NAMES = {b"application/json": "json", b"application/proto": "proto"}
+# The private attributes used of a ConnectASGIApplication (see ``missing_internals``).
+_APP_ATTRIBUTES = (
+    "_resolved_endpoints",
+    "_resolve_endpoints",
+    "_service",
+    "_metadata_interceptors",
+    "_codecs",
+    "_compressions",
+    "_read_post_request",
+    "_handle_error",
+)
+
+
+def missing_internals(app: ConnectASGIApplication[Any]) -> list[str]:
+    """The connectrpc internals this module uses that are not there (none with the pinned
+    version), for the Connect app ``app``."""
+    if _IMPORT_ERROR is not None:
+        return [_IMPORT_ERROR]
+    missing = [f"ConnectASGIApplication.{a}" for a in _APP_ATTRIBUTES if not hasattr(app, a)]
+    for owner, names in (
+        (ConnectServerProtocol, ("create_request_context",)),
+        (_UnaryResponse, ("send",)),
+        (EndpointUnary, ("function", "method")),
+    ):
+        fields = getattr(owner, "__dataclass_fields__", {})
+        missing += [
+            f"{owner.__name__}.{n}" for n in names if not hasattr(owner, n) and n not in fields
+        ]
+    return missing
 
 
 class UnaryFastPath:
@@ -47,6 +83,7 @@ class UnaryFastPath:
     def __init__(self, app: ConnectASGIApplication[Any]) -> None:
         self._app: Any = app  # its internals are used, see the module docstring
         self._endpoints: dict[str, EndpointUnary[Any, Any]] | None = None
+        self._connect = ConnectServerProtocol()
 
     def _unary_endpoints(self) -> dict[str, EndpointUnary[Any, Any]]:
         if self._endpoints is None:
@@ -84,7 +121,7 @@ class UnaryFastPath:
         ctx = None
         try:
             client = scope.get("client")
-            ctx = _CONNECT.create_request_context(
+            ctx = self._connect.create_request_context(
                 endpoint.method,
                 "POST",
                 scope.get("scheme", "http"),
@@ -103,6 +140,6 @@ class UnaryFastPath:
                 # Past our interceptor (encoding the response, say): logged, never shown.
                 log.error("unexpected error answering %s", scope["path"], exc_info=error)
                 error = ConnectError(Code.INTERNAL, "internal error")
-            if not await app._handle_error(error, ctx, _CONNECT, sender):
+            if not await app._handle_error(error, ctx, self._connect, sender):
                 log.warning("could not finish the response to %s", scope["path"])
         return True

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delidev.auth.authenticator import Authenticator
-from delidev.connect import handlers
+from delidev.connect import fast_unary, handlers
 from delidev.connect.codecs import server_codecs
 from delidev.connect.fast_unary import UnaryFastPath
 from delidev.connect.gen.delidev.v1.auth_connect import AuthServiceASGIApplication
@@ -28,6 +29,8 @@ from delidev.services.live import LogFeeds
 from delidev.services.secrets import SecretStore
 from delidev.services.workers import JobSignal
 from delidev.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Requests above this size are refused by the Connect runtime (resource_exhausted).
 READ_MAX_BYTES = 4 * 1024 * 1024
@@ -67,11 +70,7 @@ class ConnectDispatch:
         self._services = {
             a.path: a for a in connect_apps(authenticator, settings, signal, store, feeds)
         }
-        self._fast = {
-            path: UnaryFastPath(a)
-            for path, a in self._services.items()
-            if path not in WAITING_SERVICES
-        }
+        self._fast = _fast_paths(self._services, settings.connect_fast_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -91,6 +90,24 @@ class ConnectDispatch:
                     await service(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+def _fast_paths(
+    services: dict[str, ConnectASGIApplication[Any]], enabled: bool
+) -> dict[str, UnaryFastPath]:
+    """The lean unary path of each service that may take it: none when it is turned off, or
+    (with one warning) when this connectrpc lacks an internal it uses."""
+    if not enabled:
+        return {}
+    missing = sorted({m for a in services.values() for m in fast_unary.missing_internals(a)})
+    if missing:
+        log.warning(
+            "Connect fast path off: this connectrpc lacks %s; every call takes the "
+            "runtime's ordinary path (works, slower)",
+            ", ".join(missing),
+        )
+        return {}
+    return {path: UnaryFastPath(a) for path, a in services.items() if path not in WAITING_SERVICES}
 
 
 def _is_unary(scope: Scope) -> bool:

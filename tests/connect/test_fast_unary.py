@@ -1,7 +1,9 @@
 """The lean unary path answers exactly as the Connect runtime does.
 
 A request with ``Connect-Timeout-Ms`` always takes the runtime's own path; the same request
-without it takes ``fast_unary``. Both answers must match: status, headers, body.
+without it takes ``fast_unary``. Both answers must match: status, headers, body. Every test
+also runs with the fast path turned off (``DELIDEV_CONNECT_FAST_PATH``) and with it off
+because an internal it uses is missing (a newer connectrpc, simulated).
 """
 
 from __future__ import annotations
@@ -9,21 +11,48 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
+from delidev import events
+from delidev.app import create_app
 from delidev.connect import fast_unary
 from delidev.connect.codecs import StrictJSONCodec
 from delidev.connect.gen.delidev.v1 import workspace_pb
 from delidev.connect.routes import READ_MAX_BYTES
+from delidev.settings import Settings, SettingsError
 from tests.factories import make_repository, make_workspace
 
 pytestmark = pytest.mark.usefixtures("database")
 
 JSON = "application/json"
 PROTO = "application/proto"
+FAST, OFF, MISSING = "fast", "off", "missing"
+
+
+def _missing(app: object) -> list[str]:
+    return ["connectrpc._server_async._UnaryResponse"]
+
+
+@pytest.fixture(params=[FAST, OFF, MISSING])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == MISSING:
+        monkeypatch.setattr(fast_unary, "missing_internals", _missing)
+    return str(request.param)
+
+
+@pytest.fixture
+async def app(settings: Settings, database: object, mode: str) -> AsyncIterator[Any]:
+    """The app, with the fast path on, turned off, or off for want of an internal."""
+    application = create_app(settings.replace(connect_fast_path=mode != OFF))
+    token = events.bind(application.state.events)
+    try:
+        yield application
+    finally:
+        events.unbind(token)
 
 
 async def _both(
@@ -45,12 +74,8 @@ def _get(workspace_id: str) -> bytes:
     return workspace_pb.GetWorkspaceRequest(workspace_id=workspace_id).to_binary()
 
 
-async def test_answers_match_the_runtimes(http: httpx.AsyncClient) -> None:
-    ws = await make_workspace()
-    for _ in range(30):
-        await make_repository(ws)
-    wid = str(ws.id)
-    cases: list[tuple[str, bytes, dict[str, str]]] = [
+def _cases(wid: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    return [
         ("WorkspaceService/Get", json.dumps({"workspaceId": wid}).encode(), {}),
         ("WorkspaceService/Get", _get(wid), {"Content-Type": PROTO}),
         ("WorkspaceService/List", b"{}", {"Connect-Protocol-Version": "1"}),
@@ -81,14 +106,67 @@ async def test_answers_match_the_runtimes(http: httpx.AsyncClient) -> None:
         ("WorkspaceService/Get", b"{}", {"Connect-Protocol-Version": "2"}),
         ("WorkspaceService/Create", b'{"name": "' + b"x" * READ_MAX_BYTES + b'"}', {}),
     ]
-    for method, body, extra in cases:
+
+
+async def _workspace_with_repositories() -> str:
+    ws = await make_workspace()
+    for _ in range(30):
+        await make_repository(ws)
+    return str(ws.id)
+
+
+async def test_answers_match_the_runtimes(http: httpx.AsyncClient) -> None:
+    for method, body, extra in _cases(await _workspace_with_repositories()):
         headers = {"Content-Type": JSON, **extra}
         fast, runtime = await _both(http, method, body, headers)
         _same(fast, runtime)
 
 
+async def _post(app: Any, method: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await client.post(f"/delidev.v1.{method}", content=body, headers=headers)
+
+
+async def test_a_missing_internal_means_the_ordinary_path_and_one_warning(
+    settings: Settings,
+    database: object,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wid = await _workspace_with_repositories()
+    working = create_app(settings)
+    # Starlette builds the middleware (and so makes the check) on the first call.
+    assert (await _post(working, "WorkspaceService/List", b"{}", {"Content-Type": JSON})).is_success
+    monkeypatch.setattr(fast_unary, "missing_internals", _missing)
+    caplog.set_level(logging.WARNING)
+    fallback = create_app(settings)
+    served: list[str] = []
+    original = fast_unary.UnaryFastPath.__call__
+
+    async def spy(self: Any, scope: Any, receive: Any, send: Any) -> bool:
+        served.append(scope["path"])
+        return await original(self, scope, receive, send)
+
+    monkeypatch.setattr(fast_unary.UnaryFastPath, "__call__", spy)
+    cases = _cases(wid)
+    for method, body, extra in cases:
+        headers = {"Content-Type": JSON, **extra}
+        # The same answers as those of an app whose fast path works.
+        _same(
+            await _post(fallback, method, body, headers),
+            await _post(working, method, body, headers),
+        )
+    # Only the working app's calls were offered to the fast path.
+    assert len(served) == len(cases)
+    warnings = [r for r in caplog.records if r.name == "delidev.connect.routes"]
+    assert len(warnings) == 1  # one, however many calls
+    assert "Connect fast path off" in warnings[0].getMessage()
+    assert "_UnaryResponse" in warnings[0].getMessage()
+
+
 async def test_only_plain_calls_take_it(
-    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     served: list[str] = []
     original = fast_unary.UnaryFastPath.__call__
@@ -119,9 +197,12 @@ async def test_only_plain_calls_take_it(
         content=b'{"workerId": "6c1d2d07-2b1c-4d56-9c7f-0d8c3d4c1a11"}',
         headers={"Content-Type": JSON},
     )
-    assert served == ["/delidev.v1.WorkspaceService/Get"] * 2
+    assert served == (["/delidev.v1.WorkspaceService/Get"] * 2 if mode == FAST else [])
 
 
+# The fast path's own error handling: with it off, the runtime's path raises such an error
+# to the server (which answers 500 and logs it).
+@pytest.mark.parametrize("mode", [FAST], indirect=True)
 async def test_an_unexpected_error_is_logged_and_masked(
     http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -141,3 +222,10 @@ async def test_an_unexpected_error_is_logged_and_masked(
     assert response.json()["code"] == "internal"
     assert "secret detail" not in response.text
     assert "secret detail of a broken encoder" in caplog.text
+
+
+def test_the_setting_reads_from_the_environment() -> None:
+    assert Settings.from_env({}).connect_fast_path is True
+    assert Settings.from_env({"DELIDEV_CONNECT_FAST_PATH": "false"}).connect_fast_path is False
+    with pytest.raises(SettingsError, match="DELIDEV_CONNECT_FAST_PATH must be true or false"):
+        Settings.from_env({"DELIDEV_CONNECT_FAST_PATH": "sometimes"})
