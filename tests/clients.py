@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 from connectrpc.codec import Codec
 from connectrpc.errors import ConnectError
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from httpx_ws.transport import ASGIWebSocketTransport
 from pyqwest import Client, HTTPVersion
 from pyqwest.testing import ASGITransport
 
@@ -48,6 +50,23 @@ def _snake(value: Any) -> Any:
     if isinstance(value, list):
         return [_snake(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class LogFollowed:
+    """A followed log, through any transport: its text, the offset after it, and the status
+    the session ended with (``SUCCEEDED``...)."""
+
+    data: str
+    end: int
+    status: str
+
+
+WS_PROTOCOL = "graphql-transport-ws"
+FOLLOW_LOG = (
+    "subscription($id: ID!, $o: Float!) { sessionLog(sessionId: $id, fromOffset: $o) "
+    "{ offset data status final nextOffset } }"
+)
 
 
 class ConnectApi:
@@ -302,6 +321,7 @@ class GraphQLApi:
     name = "graphql"
 
     def __init__(self, app: Any) -> None:
+        self._app = app
         self._http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://test"
         )
@@ -603,6 +623,21 @@ class ConnectTaskApi(ConnectApi):
         )
         return res.content, res.next_offset
 
+    async def follow_log(self, session_id: str, from_offset: int = 0) -> LogFollowed:
+        """SessionService.StreamLog to its end (the session must end for it to return)."""
+
+        async def read() -> LogFollowed:
+            data, end, status = [], from_offset, ""
+            request = session_pb.StreamLogRequest(session_id=session_id, from_offset=from_offset)
+            async for piece in self.sessions.stream_log(request):
+                data.append(piece.data)
+                end = piece.next_offset
+                status = piece.status.name.removeprefix("AGENT_SESSION_STATUS_")
+            return LogFollowed("".join(data), end, status)
+
+        result: LogFollowed = await self._call(read())
+        return result
+
     async def submit_tty(self, request_id: str, response: str) -> dict[str, Any]:
         res = await self._call(
             self.sessions.submit_tty_input(
@@ -772,6 +807,52 @@ class GraphQLTaskApi(GraphQLApi):
         )
         log = data["session"]["log"]
         return log["content"], log["nextOffset"]
+
+    async def follow_log(self, session_id: str, from_offset: int = 0) -> LogFollowed:
+        """The ``sessionLog`` subscription over the GraphQL WebSocket (graphql-transport-ws)
+        to its end (the session must end for it to return)."""
+        transport = ASGIWebSocketTransport(self._app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            ws: AsyncWebSocketSession
+            async with aconnect_ws("/graphql", client, subprotocols=[WS_PROTOCOL]) as ws:
+                outcome = await self._follow(ws, session_id, from_offset)
+        # Raised outside the socket's task group, which would wrap it in an ExceptionGroup.
+        if isinstance(outcome, ApiError):
+            raise outcome
+        return outcome
+
+    @staticmethod
+    async def _follow(
+        ws: AsyncWebSocketSession, session_id: str, from_offset: int
+    ) -> LogFollowed | ApiError:
+        await ws.send_json({"type": "connection_init", "payload": {}})
+        ack = await ws.receive_json()
+        assert ack["type"] == "connection_ack", ack
+        variables = {"id": session_id, "o": from_offset}
+        payload = {"query": FOLLOW_LOG, "variables": variables}
+        await ws.send_json({"id": "1", "type": "subscribe", "payload": payload})
+        data, end, status = [], from_offset, ""
+        while True:
+            message = await ws.receive_json()
+            if message["type"] == "ping":
+                await ws.send_json({"type": "pong"})
+                continue
+            if message["type"] == "complete":
+                return LogFollowed("".join(data), end, status)
+            body = message["payload"]
+            if message["type"] == "error" or body.get("errors"):
+                error = (body if isinstance(body, list) else body["errors"])[0]
+                ext = error.get("extensions") or {}
+                return ApiError(
+                    code=ext.get("code", ""),
+                    delidev_code=ext.get("delidevCode", 0),
+                    field=ext.get("field", ""),
+                    message=error["message"],
+                )
+            piece = body["data"]["sessionLog"]
+            data.append(piece["data"])
+            end = int(piece["nextOffset"])
+            status = piece["status"]
 
     async def submit_tty(self, request_id: str, response: str) -> dict[str, Any]:
         data = await self.execute(

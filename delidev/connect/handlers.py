@@ -457,8 +457,6 @@ class SessionHandler(_Handler, SessionService):
     async def stream_log(
         self, request: session_pb.StreamLogRequest, ctx: Ctx
     ) -> AsyncIterator[session_pb.StreamLogResponse]:
-        if request.from_offset < 0:
-            raise InvalidArgument("from_offset must not be negative", field="from_offset")
         async for piece in self._feeds.follow(
             actor=await self.actor(ctx),
             session_id=parse_id(request.session_id, "session_id"),
