@@ -208,7 +208,12 @@ class ConnectApi:
         )
 
     async def create_issue_todo(
-        self, repository_id: str, issue_url: str, issue_title: str, labels: list[str] | None = None
+        self,
+        repository_id: str,
+        issue_url: str,
+        issue_title: str,
+        labels: list[str] | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
         from protobuf import Oneof
 
@@ -216,6 +221,7 @@ class ConnectApi:
             self.todos.create(
                 todo_pb.CreateTodoItemRequest(
                     repository_id=repository_id,
+                    source=todo_pb.TodoItemSource[source or "UNSPECIFIED"],
                     data=Oneof(
                         "issue_triage",
                         todo_pb.IssueTriageData(
@@ -458,7 +464,12 @@ class GraphQLApi:
         await self.execute("mutation($id: ID!) { deleteRepositoryGroup(id: $id) }", id=group_id)
 
     async def create_issue_todo(
-        self, repository_id: str, issue_url: str, issue_title: str, labels: list[str] | None = None
+        self,
+        repository_id: str,
+        issue_url: str,
+        issue_title: str,
+        labels: list[str] | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
         data = await self.execute(
             "mutation($i: CreateTodoItemInput!) "
@@ -470,6 +481,7 @@ class GraphQLApi:
                     "issueTitle": issue_title,
                     "suggestedLabels": labels or [],
                 },
+                **({} if source is None else {"source": source}),
             },
         )
         return _gql_todo(data["createTodoItem"])

@@ -235,7 +235,7 @@ class TodoHandler(_Handler, TodoService):
             actor=await self.actor(ctx),
             repository_id=parse_id(request.repository_id, "repository_id"),
             data=convert.todo_data_from_request(request.data),
-            source=source or m.TodoItemSource.AUTO,
+            source=source,
         )
         return todo_pb.CreateTodoItemResponse(item=(await self._items([item]))[0])
 

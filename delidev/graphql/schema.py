@@ -9,7 +9,6 @@ from graphql import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from graphql.error import GraphQLError
 from strawberry.types import ExecutionContext
 
-from delidev import models as m
 from delidev.errors import InvalidArgument
 from delidev.graphql.errors import Guard
 from delidev.graphql.limits import DocumentLimits
@@ -115,7 +114,9 @@ class PrReviewInput:
 @strawberry.input(description="Exactly one of issueTriage and prReview.")
 class CreateTodoItemInput:
     repository_id: strawberry.ID
-    source: TodoItemSource = m.TodoItemSource.AUTO  # type: ignore[valid-type]  # enum
+    source: TodoItemSource | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        default=None, description="Where the item came from; AUTO when left out or null."
+    )
     issue_triage: IssueTriageInput | None = None
     pr_review: PrReviewInput | None = None
 
