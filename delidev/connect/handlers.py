@@ -35,7 +35,7 @@ from delidev.connect.gen.delidev.v1.session_connect import SessionService
 from delidev.connect.gen.delidev.v1.task_connect import TaskService
 from delidev.connect.gen.delidev.v1.todo_connect import TodoService
 from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceService
-from delidev.errors import FailedPrecondition, InvalidArgument
+from delidev.errors import InvalidArgument
 from delidev.services import (
     auth,
     live,
@@ -551,8 +551,7 @@ class AuthHandler(_Handler, AuthService):
         self._oidc = oidc.OidcClient(settings)
 
     def _multi_user(self) -> None:
-        if self._settings.single_user_mode:
-            raise FailedPrecondition("the server runs in single-user mode: there is no sign-in")
+        auth.ensure_sign_in_enabled(settings=self._settings)
 
     async def get_login_url(
         self, request: auth_pb.GetLoginUrlRequest, ctx: Ctx

@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.auth.tokens import issue_access_token, verify_access_token
-from delidev.errors import InvalidArgument, NotFound, Unauthenticated
+from delidev.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from delidev.services.common import transaction
 from delidev.settings import Settings
 
@@ -40,6 +40,15 @@ class TokenPair:
     refresh_token: str
     expires_at: dt.datetime
     user: m.User
+
+
+def ensure_sign_in_enabled(*, settings: Settings) -> None:
+    """Sign-in (the OIDC login) exists only in multi-user mode, whatever the transport.
+
+    Raises: FailedPrecondition.
+    """
+    if settings.single_user_mode:
+        raise FailedPrecondition("the server runs in single-user mode: there is no sign-in")
 
 
 def _now() -> dt.datetime:
