@@ -584,6 +584,17 @@ class ConnectTaskApi(ConnectApi):
         res = await self._call(self.tasks.list(task_pb.ListTasksRequest(workspace_id=workspace_id)))
         return [_unit(t)["id"] for t in res.tasks], res.total_count
 
+    async def list_tasks_page(
+        self, workspace_id: str, limit: int, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """One page of tasks after cursor ``after``, and the cursor to ask for the next
+        page with (None at the end): TaskService.List's page_token / next_page_token."""
+        request = task_pb.ListTasksRequest(
+            workspace_id=workspace_id, limit=limit, page_token=after or ""
+        )
+        res = await self._call(self.tasks.list(request))
+        return [_unit(t)["id"] for t in res.tasks], res.next_page_token or None
+
     async def approve(self, task_id: str) -> dict[str, Any]:
         res = await self._call(self.tasks.approve(task_pb.ApproveTaskRequest(task_id=task_id)))
         return _unit(res.task)
@@ -734,6 +745,23 @@ class GraphQLTaskApi(GraphQLApi):
         )
         page = data["tasks"]
         return [e["node"]["id"] for e in page["edges"]], page["totalCount"]
+
+    async def list_tasks_page(
+        self, workspace_id: str, limit: int, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """One page of tasks after cursor ``after``, and the cursor to ask for the next
+        page with (None at the end): ``tasks(first:, after:)`` and its ``pageInfo``."""
+        data = await self.execute(
+            "query($w: ID, $f: Int, $a: String) { tasks(workspaceId: $w, first: $f, after: $a) "
+            "{ pageInfo { hasNextPage endCursor } edges { node { id } } } }",
+            w=workspace_id,
+            f=limit,
+            a=after,
+        )
+        page = data["tasks"]
+        info = page["pageInfo"]
+        ids = [e["node"]["id"] for e in page["edges"]]
+        return ids, info["endCursor"] if info["hasNextPage"] else None
 
     async def _mutate(self, name: str, args: str, **variables: Any) -> dict[str, Any]:
         fields = UNIT_ONLY if name in ("requestChanges", "updateTaskStatus") else UNIT_FIELDS

@@ -47,7 +47,12 @@ from delidev.services import (
     todos,
     workspaces,
 )
-from delidev.services.common import decode_cursor, encode_cursor, parse_id, parse_optional_id
+from delidev.services.common import (
+    next_page_cursor,
+    page_start,
+    parse_id,
+    parse_optional_id,
+)
 from delidev.settings import Settings
 
 Ctx = RequestContext[Any, Any]
@@ -337,11 +342,8 @@ class TaskHandler(_Handler, TaskService):
         kind = task_pb.TaskKind(request.kind) if int(request.kind) else None
         if kind is not None and kind not in _KINDS:
             raise InvalidArgument(f"kind has an unknown value {int(request.kind)}", field="kind")
-        offset = (
-            decode_cursor(request.page_token, "page_token")
-            if request.page_token
-            else request.offset
-        )
+        start = page_start(request.page_token, "page_token")
+        offset = request.offset if start is None else start
         page = await tasks.list_tasks(
             actor=await self.actor(ctx),
             workspace_id=parse_optional_id(request.workspace_id, "workspace_id"),
@@ -357,11 +359,10 @@ class TaskHandler(_Handler, TaskService):
             offset=offset,
         )
         bundle = await tasks.load_task_bundle(page.items)
-        end = offset + len(page.items)
         return task_pb.ListTasksResponse(
             tasks=[convert.task(t, bundle) for t in bundle.shown(page.items)],
             total_count=page.total_count,
-            next_page_token=encode_cursor(end) if end < page.total_count else "",
+            next_page_token=next_page_cursor(offset, len(page.items), page.total_count) or "",
         )
 
     async def update_status(
