@@ -42,6 +42,14 @@ class TokenPair:
     user: m.User
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def ensure_sign_in_enabled(*, settings: Settings) -> None:
     """Sign-in (the OIDC login) exists only in multi-user mode, whatever the transport.
 
@@ -49,14 +57,6 @@ def ensure_sign_in_enabled(*, settings: Settings) -> None:
     """
     if settings.single_user_mode:
         raise FailedPrecondition("the server runs in single-user mode: there is no sign-in")
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def check_token_text(value: str, *, field: str, limit: int) -> None:
