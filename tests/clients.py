@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 from connectrpc.codec import Codec
 from connectrpc.errors import ConnectError
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from httpx_ws.transport import ASGIWebSocketTransport
 from pyqwest import Client, HTTPVersion
 from pyqwest.testing import ASGITransport
 
@@ -48,6 +50,23 @@ def _snake(value: Any) -> Any:
     if isinstance(value, list):
         return [_snake(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class LogFollowed:
+    """A followed log, through any transport: its text, the offset after it, and the status
+    the session ended with (``SUCCEEDED``...)."""
+
+    data: str
+    end: int
+    status: str
+
+
+WS_PROTOCOL = "graphql-transport-ws"
+FOLLOW_LOG = (
+    "subscription($id: ID!, $o: Float!) { sessionLog(sessionId: $id, fromOffset: $o) "
+    "{ offset data status final nextOffset } }"
+)
 
 
 class ConnectApi:
@@ -189,7 +208,12 @@ class ConnectApi:
         )
 
     async def create_issue_todo(
-        self, repository_id: str, issue_url: str, issue_title: str, labels: list[str] | None = None
+        self,
+        repository_id: str,
+        issue_url: str,
+        issue_title: str,
+        labels: list[str] | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
         from protobuf import Oneof
 
@@ -197,6 +221,7 @@ class ConnectApi:
             self.todos.create(
                 todo_pb.CreateTodoItemRequest(
                     repository_id=repository_id,
+                    source=todo_pb.TodoItemSource[source or "UNSPECIFIED"],
                     data=Oneof(
                         "issue_triage",
                         todo_pb.IssueTriageData(
@@ -302,6 +327,7 @@ class GraphQLApi:
     name = "graphql"
 
     def __init__(self, app: Any) -> None:
+        self._app = app
         self._http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://test"
         )
@@ -438,7 +464,12 @@ class GraphQLApi:
         await self.execute("mutation($id: ID!) { deleteRepositoryGroup(id: $id) }", id=group_id)
 
     async def create_issue_todo(
-        self, repository_id: str, issue_url: str, issue_title: str, labels: list[str] | None = None
+        self,
+        repository_id: str,
+        issue_url: str,
+        issue_title: str,
+        labels: list[str] | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
         data = await self.execute(
             "mutation($i: CreateTodoItemInput!) "
@@ -450,6 +481,7 @@ class GraphQLApi:
                     "issueTitle": issue_title,
                     "suggestedLabels": labels or [],
                 },
+                **({} if source is None else {"source": source}),
             },
         )
         return _gql_todo(data["createTodoItem"])
@@ -552,6 +584,17 @@ class ConnectTaskApi(ConnectApi):
         res = await self._call(self.tasks.list(task_pb.ListTasksRequest(workspace_id=workspace_id)))
         return [_unit(t)["id"] for t in res.tasks], res.total_count
 
+    async def list_tasks_page(
+        self, workspace_id: str, limit: int, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """One page of tasks after cursor ``after``, and the cursor to ask for the next
+        page with (None at the end): TaskService.List's page_token / next_page_token."""
+        request = task_pb.ListTasksRequest(
+            workspace_id=workspace_id, limit=limit, page_token=after or ""
+        )
+        res = await self._call(self.tasks.list(request))
+        return [_unit(t)["id"] for t in res.tasks], res.next_page_token or None
+
     async def approve(self, task_id: str) -> dict[str, Any]:
         res = await self._call(self.tasks.approve(task_pb.ApproveTaskRequest(task_id=task_id)))
         return _unit(res.task)
@@ -602,6 +645,21 @@ class ConnectTaskApi(ConnectApi):
             )
         )
         return res.content, res.next_offset
+
+    async def follow_log(self, session_id: str, from_offset: int = 0) -> LogFollowed:
+        """SessionService.StreamLog to its end (the session must end for it to return)."""
+
+        async def read() -> LogFollowed:
+            data, end, status = [], from_offset, ""
+            request = session_pb.StreamLogRequest(session_id=session_id, from_offset=from_offset)
+            async for piece in self.sessions.stream_log(request):
+                data.append(piece.data)
+                end = piece.next_offset
+                status = piece.status.name.removeprefix("AGENT_SESSION_STATUS_")
+            return LogFollowed("".join(data), end, status)
+
+        result: LogFollowed = await self._call(read())
+        return result
 
     async def submit_tty(self, request_id: str, response: str) -> dict[str, Any]:
         res = await self._call(
@@ -688,6 +746,23 @@ class GraphQLTaskApi(GraphQLApi):
         page = data["tasks"]
         return [e["node"]["id"] for e in page["edges"]], page["totalCount"]
 
+    async def list_tasks_page(
+        self, workspace_id: str, limit: int, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """One page of tasks after cursor ``after``, and the cursor to ask for the next
+        page with (None at the end): ``tasks(first:, after:)`` and its ``pageInfo``."""
+        data = await self.execute(
+            "query($w: ID, $f: Int, $a: String) { tasks(workspaceId: $w, first: $f, after: $a) "
+            "{ pageInfo { hasNextPage endCursor } edges { node { id } } } }",
+            w=workspace_id,
+            f=limit,
+            a=after,
+        )
+        page = data["tasks"]
+        info = page["pageInfo"]
+        ids = [e["node"]["id"] for e in page["edges"]]
+        return ids, info["endCursor"] if info["hasNextPage"] else None
+
     async def _mutate(self, name: str, args: str, **variables: Any) -> dict[str, Any]:
         fields = UNIT_ONLY if name in ("requestChanges", "updateTaskStatus") else UNIT_FIELDS
         call = ", ".join(f"{k}: ${k}" for k in variables)
@@ -772,6 +847,52 @@ class GraphQLTaskApi(GraphQLApi):
         )
         log = data["session"]["log"]
         return log["content"], log["nextOffset"]
+
+    async def follow_log(self, session_id: str, from_offset: int = 0) -> LogFollowed:
+        """The ``sessionLog`` subscription over the GraphQL WebSocket (graphql-transport-ws)
+        to its end (the session must end for it to return)."""
+        transport = ASGIWebSocketTransport(self._app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            ws: AsyncWebSocketSession
+            async with aconnect_ws("/graphql", client, subprotocols=[WS_PROTOCOL]) as ws:
+                outcome = await self._follow(ws, session_id, from_offset)
+        # Raised outside the socket's task group, which would wrap it in an ExceptionGroup.
+        if isinstance(outcome, ApiError):
+            raise outcome
+        return outcome
+
+    @staticmethod
+    async def _follow(
+        ws: AsyncWebSocketSession, session_id: str, from_offset: int
+    ) -> LogFollowed | ApiError:
+        await ws.send_json({"type": "connection_init", "payload": {}})
+        ack = await ws.receive_json()
+        assert ack["type"] == "connection_ack", ack
+        variables = {"id": session_id, "o": from_offset}
+        payload = {"query": FOLLOW_LOG, "variables": variables}
+        await ws.send_json({"id": "1", "type": "subscribe", "payload": payload})
+        data, end, status = [], from_offset, ""
+        while True:
+            message = await ws.receive_json()
+            if message["type"] == "ping":
+                await ws.send_json({"type": "pong"})
+                continue
+            if message["type"] == "complete":
+                return LogFollowed("".join(data), end, status)
+            body = message["payload"]
+            if message["type"] == "error" or body.get("errors"):
+                error = (body if isinstance(body, list) else body["errors"])[0]
+                ext = error.get("extensions") or {}
+                return ApiError(
+                    code=ext.get("code", ""),
+                    delidev_code=ext.get("delidevCode", 0),
+                    field=ext.get("field", ""),
+                    message=error["message"],
+                )
+            piece = body["data"]["sessionLog"]
+            data.append(piece["data"])
+            end = int(piece["nextOffset"])
+            status = piece["status"]
 
     async def submit_tty(self, request_id: str, response: str) -> dict[str, Any]:
         data = await self.execute(

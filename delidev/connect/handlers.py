@@ -35,7 +35,7 @@ from delidev.connect.gen.delidev.v1.session_connect import SessionService
 from delidev.connect.gen.delidev.v1.task_connect import TaskService
 from delidev.connect.gen.delidev.v1.todo_connect import TodoService
 from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceService
-from delidev.errors import FailedPrecondition, InvalidArgument
+from delidev.errors import InvalidArgument
 from delidev.services import (
     auth,
     live,
@@ -47,7 +47,12 @@ from delidev.services import (
     todos,
     workspaces,
 )
-from delidev.services.common import decode_cursor, encode_cursor, parse_id, parse_optional_id
+from delidev.services.common import (
+    next_page_cursor,
+    page_start,
+    parse_id,
+    parse_optional_id,
+)
 from delidev.settings import Settings
 
 Ctx = RequestContext[Any, Any]
@@ -235,7 +240,7 @@ class TodoHandler(_Handler, TodoService):
             actor=await self.actor(ctx),
             repository_id=parse_id(request.repository_id, "repository_id"),
             data=convert.todo_data_from_request(request.data),
-            source=source or m.TodoItemSource.AUTO,
+            source=source,
         )
         return todo_pb.CreateTodoItemResponse(item=(await self._items([item]))[0])
 
@@ -337,11 +342,8 @@ class TaskHandler(_Handler, TaskService):
         kind = task_pb.TaskKind(request.kind) if int(request.kind) else None
         if kind is not None and kind not in _KINDS:
             raise InvalidArgument(f"kind has an unknown value {int(request.kind)}", field="kind")
-        offset = (
-            decode_cursor(request.page_token, "page_token")
-            if request.page_token
-            else request.offset
-        )
+        start = page_start(request.page_token, "page_token")
+        offset = request.offset if start is None else start
         page = await tasks.list_tasks(
             actor=await self.actor(ctx),
             workspace_id=parse_optional_id(request.workspace_id, "workspace_id"),
@@ -357,11 +359,10 @@ class TaskHandler(_Handler, TaskService):
             offset=offset,
         )
         bundle = await tasks.load_task_bundle(page.items)
-        end = offset + len(page.items)
         return task_pb.ListTasksResponse(
             tasks=[convert.task(t, bundle) for t in bundle.shown(page.items)],
             total_count=page.total_count,
-            next_page_token=encode_cursor(end) if end < page.total_count else "",
+            next_page_token=next_page_cursor(offset, len(page.items), page.total_count) or "",
         )
 
     async def update_status(
@@ -457,8 +458,6 @@ class SessionHandler(_Handler, SessionService):
     async def stream_log(
         self, request: session_pb.StreamLogRequest, ctx: Ctx
     ) -> AsyncIterator[session_pb.StreamLogResponse]:
-        if request.from_offset < 0:
-            raise InvalidArgument("from_offset must not be negative", field="from_offset")
         async for piece in self._feeds.follow(
             actor=await self.actor(ctx),
             session_id=parse_id(request.session_id, "session_id"),
@@ -553,8 +552,7 @@ class AuthHandler(_Handler, AuthService):
         self._oidc = oidc.OidcClient(settings)
 
     def _multi_user(self) -> None:
-        if self._settings.single_user_mode:
-            raise FailedPrecondition("the server runs in single-user mode: there is no sign-in")
+        auth.ensure_sign_in_enabled(settings=self._settings)
 
     async def get_login_url(
         self, request: auth_pb.GetLoginUrlRequest, ctx: Ctx

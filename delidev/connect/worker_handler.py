@@ -8,7 +8,6 @@ mode auth is off, but lease checks hold everywhere.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +17,7 @@ from delidev import models as m
 from delidev.connect import convert
 from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerService
-from delidev.errors import InvalidArgument, Unauthenticated
+from delidev.errors import InvalidArgument
 from delidev.services import secrets as secrets_service
 from delidev.services import sessions, workers
 from delidev.services.common import parse_id, parse_optional_id
@@ -86,27 +85,15 @@ class WorkerHandler(WorkerService):
         """The calling worker's id. In single-user mode there is no credential to check;
         with ``check`` the worker must exist (methods that look it up anyway skip that)."""
         wid = parse_id(worker_id, "worker_id")
-        if self._settings.single_user_mode:
-            if check:
-                await workers.get_worker(worker_id=wid)
-            return wid
-        credential = _bearer(ctx)
-        if not credential:
-            raise Unauthenticated("worker methods need the worker's credential")
-        await workers.authenticate_worker(worker_id=wid, credential=credential)
+        await workers.authenticate_caller(
+            settings=self._settings, worker_id=wid, credential=_bearer(ctx), must_exist=check
+        )
         return wid
 
     async def register(
         self, request: worker_pb.RegisterWorkerRequest, ctx: Ctx
     ) -> worker_pb.RegisterWorkerResponse:
-        if not self._settings.single_user_mode:
-            expected = self._settings.worker_registration_token
-            if not expected:
-                raise Unauthenticated(
-                    "worker registration is closed: DELIDEV_WORKER_REGISTRATION_TOKEN is not set"
-                )
-            if not secrets.compare_digest(_bearer(ctx), expected):
-                raise Unauthenticated("registration token not accepted")
+        workers.admit_registration(settings=self._settings, token=_bearer(ctx))
         reg = await workers.register_worker(name=request.name, endpoint_url=request.endpoint_url)
         return worker_pb.RegisterWorkerResponse(
             worker_id=str(reg.worker.id),
@@ -147,8 +134,6 @@ class WorkerHandler(WorkerService):
         self, request: worker_pb.ClaimJobRequest, ctx: Ctx
     ) -> worker_pb.ClaimJobResponse:
         wid = await self._worker(request.worker_id, ctx, check=False)
-        if request.wait_ms < 0:
-            raise InvalidArgument("wait_ms must not be negative", field="wait_ms")
         job = await workers.claim_job(
             worker_id=wid,
             wait=dt.timedelta(milliseconds=request.wait_ms),
@@ -213,8 +198,6 @@ class WorkerHandler(WorkerService):
         kind = convert.TTY_TYPE.to_domain(request.input_type, "input_type")
         if kind is None:
             raise InvalidArgument("input_type is required", field="input_type")
-        if request.timeout_ms < 0:
-            raise InvalidArgument("timeout_ms must not be negative", field="timeout_ms")
         created = await workers.ask_tty_input(
             worker_id=wid,
             session_id=parse_id(request.session_id, "session_id"),
@@ -222,9 +205,7 @@ class WorkerHandler(WorkerService):
             prompt=request.prompt,
             input_type=kind,
             options=list(request.options),
-            expires_in=dt.timedelta(
-                milliseconds=request.timeout_ms or self._settings.tty_input_timeout_ms
-            ),
+            expires_in=workers.tty_expiry(settings=self._settings, timeout_ms=request.timeout_ms),
             store=self._store,
         )
         return worker_pb.RequestTtyInputResponse(request=convert.tty_request(created))
@@ -233,8 +214,6 @@ class WorkerHandler(WorkerService):
         self, request: worker_pb.WaitTtyInputRequest, ctx: Ctx
     ) -> worker_pb.WaitTtyInputResponse:
         wid = await self._worker(request.worker_id, ctx, check=False)
-        if request.wait_ms < 0:
-            raise InvalidArgument("wait_ms must not be negative", field="wait_ms")
         question = await workers.wait_tty_answer(
             worker_id=wid,
             session_id=parse_id(request.session_id, "session_id"),

@@ -9,7 +9,6 @@ from graphql import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from graphql.error import GraphQLError
 from strawberry.types import ExecutionContext
 
-from delidev import models as m
 from delidev.errors import InvalidArgument
 from delidev.graphql.errors import Guard
 from delidev.graphql.limits import DocumentLimits
@@ -47,7 +46,12 @@ from delidev.graphql.types import (
     WorkspaceList,
 )
 from delidev.services import repositories, sessions, tasks, todos, workspaces
-from delidev.services.common import decode_cursor, encode_cursor, parse_id, parse_optional_id
+from delidev.services.common import (
+    encode_cursor,
+    page_start,
+    parse_id,
+    parse_optional_id,
+)
 from delidev.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,7 +119,9 @@ class PrReviewInput:
 @strawberry.input(description="Exactly one of issueTriage and prReview.")
 class CreateTodoItemInput:
     repository_id: strawberry.ID
-    source: TodoItemSource = m.TodoItemSource.AUTO  # type: ignore[valid-type]  # enum
+    source: TodoItemSource | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        default=None, description="Where the item came from; AUTO when left out or null."
+    )
     issue_triage: IssueTriageInput | None = None
     pr_review: PrReviewInput | None = None
 
@@ -270,7 +276,7 @@ class Query:
         unit_status: UnitTaskStatus | None = None,  # type: ignore[valid-type]  # enum
         composite_status: CompositeTaskStatus | None = None,  # type: ignore[valid-type]  # enum
     ) -> TaskConnection:
-        offset = decode_cursor(after, "after") + 1 if after else 0
+        offset = page_start(after, "after") or 0
         page = await tasks.list_tasks(
             actor=await info.context.actor(),
             workspace_id=parse_optional_id(workspace_id, "workspaceId"),
@@ -285,11 +291,10 @@ class Query:
             TaskEdge(cursor=encode_cursor(offset + i), node=task_from_model(t))
             for i, t in enumerate(page.items)
         ]
-        end = offset + len(edges)
         return TaskConnection(
             edges=edges,
             page_info=PageInfo(
-                has_next_page=end < page.total_count,
+                has_next_page=offset + len(edges) < page.total_count,
                 end_cursor=edges[-1].cursor if edges else None,
             ),
             total_count=page.total_count,

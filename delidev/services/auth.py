@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.auth.tokens import issue_access_token, verify_access_token
-from delidev.errors import InvalidArgument, NotFound, Unauthenticated
+from delidev.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from delidev.services.common import now as _now
 from delidev.services.common import transaction
 from delidev.settings import Settings
@@ -45,6 +45,15 @@ class TokenPair:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def ensure_sign_in_enabled(*, settings: Settings) -> None:
+    """Sign-in (the OIDC login) exists only in multi-user mode, whatever the transport.
+
+    Raises: FailedPrecondition.
+    """
+    if settings.single_user_mode:
+        raise FailedPrecondition("the server runs in single-user mode: there is no sign-in")
 
 
 def check_token_text(value: str, *, field: str, limit: int) -> None:

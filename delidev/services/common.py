@@ -144,8 +144,29 @@ async def paginate(query: QuerySet[M], limit: int | None, offset: int | None) ->
     return Page(items=items, total_count=total)
 
 
+# Paging cursors have one meaning in both APIs: a cursor names one item (its position in
+# the listing's stable order), and a page asked for "after" a cursor starts at the next item
+# (Relay's ``after``). Connect's ``next_page_token`` is the cursor of a page's last item and
+# GraphQL's ``endCursor`` is the same value, so a cursor from either API pages on in the other.
+
+
+def page_start(after: str | None, field: str) -> int | None:
+    """Where a page asked for after cursor ``after`` starts; None when no cursor was given.
+    Raises: InvalidArgument."""
+    if not after:
+        return None
+    return decode_cursor(after, field) + 1
+
+
+def next_page_cursor(start: int, count: int, total: int) -> str | None:
+    """The cursor to ask for the page after one of ``count`` items from ``start``: the
+    cursor of its last item, or None when nothing follows."""
+    end = start + count
+    return encode_cursor(end - 1) if count and end < total else None
+
+
 def encode_cursor(offset: int) -> str:
-    """An opaque paging cursor for a position in a stable order."""
+    """An opaque paging cursor for a position in a stable order: it names the item there."""
     return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode().rstrip("=")
 
 

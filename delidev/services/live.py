@@ -41,6 +41,8 @@ from delidev.services.workspaces import get_workspace
 log = logging.getLogger(__name__)
 
 PIECE_CHARS = 64 * 1024
+# The largest offset a log may be followed from: int64, StreamLogRequest.from_offset's type.
+MAX_FROM_OFFSET = 2**63 - 1
 WINDOW_CHARS = 4 * 1024 * 1024
 # A follower re-checks storage this often even without events (a safety net, not the clock
 # it runs by).
@@ -310,8 +312,7 @@ class LogFeeds:
         Raises: InvalidArgument, NotFound (also for another user's session),
         Unauthenticated, and whatever ``push``'s pending sends raise.
         """
-        if from_offset < 0:
-            from_offset = 0
+        check_from_offset(from_offset)
         loop = asyncio.get_running_loop()
         checked_at = loop.time()
         await auth_service.ensure_still_signed_in(actor=actor)
@@ -373,6 +374,20 @@ class LogFeeds:
                 await advanced.wait()
         finally:
             self._release(feed)
+
+
+def check_from_offset(from_offset: int) -> None:
+    """The one rule for where a log may be followed from, whatever the transport: an
+    offset in code points, 0 up to the largest int64 (the wire type of
+    ``StreamLogRequest.from_offset``). An offset past the log's end is allowed: the stream
+    waits there (or, for an ended session, ends at once).
+
+    Raises: InvalidArgument.
+    """
+    if from_offset < 0:
+        raise InvalidArgument("from_offset must not be negative", field="from_offset")
+    if from_offset > MAX_FROM_OFFSET:
+        raise InvalidArgument(f"from_offset must be at most {MAX_FROM_OFFSET}", field="from_offset")
 
 
 # Task, TTY and worker updates ----------------------------------------------------------

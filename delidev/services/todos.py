@@ -119,14 +119,19 @@ def todo_data(item: m.TodoItem) -> TodoData:
     )
 
 
+# What a todo item's source is when the client does not say.
+DEFAULT_TODO_SOURCE = m.TodoItemSource.AUTO
+
+
 async def create_todo_item(
     *,
     actor: Principal,
     repository_id: UUID,
     data: TodoData,
-    source: m.TodoItemSource = m.TodoItemSource.AUTO,
+    source: m.TodoItemSource | None = None,
 ) -> m.TodoItem:
-    """Files a todo item; its type follows from the data.
+    """Files a todo item; its type follows from the data. ``source`` left out (None) is
+    ``DEFAULT_TODO_SOURCE``, whatever the transport.
 
     Raises: InvalidArgument, NotFound.
     """
@@ -139,7 +144,7 @@ async def create_todo_item(
     )
     return await m.TodoItem.create(
         type=item_type,
-        source=source,
+        source=source or DEFAULT_TODO_SOURCE,
         status=m.TodoItemStatus.PENDING,
         repository_id=repo.id,
         data=asdict(checked),

@@ -41,6 +41,7 @@ from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.common import MAX_URL_LENGTH, check_text, get_row, transaction
 from delidev.services.common import now as _now
+from delidev.settings import Settings
 
 SessionStatus = m.AgentSessionStatus
 P = ParamSpec("P")
@@ -143,6 +144,58 @@ async def get_worker(*, worker_id: UUID) -> m.Worker:
     if worker is None:
         raise NotFound(f"worker {worker_id} not found", field="worker_id")
     return worker
+
+
+def admit_registration(*, settings: Settings, token: str) -> None:
+    """Whether a worker may register with ``token``: in multi-user mode it must be the
+    configured registration token (none configured: registration is closed); in
+    single-user mode auth is off.
+
+    Raises: Unauthenticated.
+    """
+    if settings.single_user_mode:
+        return
+    expected = settings.worker_registration_token
+    if not expected:
+        raise Unauthenticated(
+            "worker registration is closed: DELIDEV_WORKER_REGISTRATION_TOKEN is not set"
+        )
+    if not secrets.compare_digest(token, expected):
+        raise Unauthenticated("registration token not accepted")
+
+
+async def authenticate_caller(
+    *, settings: Settings, worker_id: UUID, credential: str, must_exist: bool = True
+) -> None:
+    """Checks that a call comes from worker ``worker_id``. In multi-user mode its
+    credential must be the worker's; in single-user mode there is no credential to check,
+    and with ``must_exist`` the worker must exist (calls that look it up anyway skip that).
+
+    Raises: Unauthenticated, NotFound.
+    """
+    if settings.single_user_mode:
+        if must_exist:
+            await get_worker(worker_id=worker_id)
+        return
+    if not credential:
+        raise Unauthenticated("worker methods need the worker's credential")
+    await authenticate_worker(worker_id=worker_id, credential=credential)
+
+
+def tty_expiry(*, settings: Settings, timeout_ms: int) -> dt.timedelta:
+    """How long a worker's TTY question stays open: ``timeout_ms``, or the configured
+    default (``tty_input_timeout_ms``) when it is 0 (left out).
+
+    Raises: InvalidArgument (negative).
+    """
+    if timeout_ms < 0:
+        raise InvalidArgument("timeout_ms must not be negative", field="timeout_ms")
+    return dt.timedelta(milliseconds=timeout_ms or settings.tty_input_timeout_ms)
+
+
+def _check_wait(wait: dt.timedelta) -> None:
+    if wait < dt.timedelta(0):
+        raise InvalidArgument("wait_ms must not be negative", field="wait_ms")
 
 
 async def authenticate_worker(*, worker_id: UUID, credential: str) -> m.Worker:
@@ -484,8 +537,10 @@ async def claim_job(
     expects secrets is handed out only once they are in ``store``. Waits up to ``wait``
     (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``. A worker marked
     unhealthy claims nothing until a heartbeat makes it healthy again.
-    Raises: NotFound, FailedPrecondition (the worker is unhealthy).
+    Raises: InvalidArgument (a negative wait), NotFound, FailedPrecondition (the worker is
+    unhealthy).
     """
+    _check_wait(wait)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait.total_seconds(), MAX_WAIT_MS / 1000)
     checked = False
@@ -746,8 +801,10 @@ async def wait_tty_answer(
 ) -> m.TtyInputRequest:
     """The question once answered, timed out or cancelled, or as it is after ``wait``.
 
-    The answer itself (``response``) is for the worker only. Raises: Conflict, NotFound.
+    The answer itself (``response``) is for the worker only. Raises: InvalidArgument (a
+    negative wait), Conflict, NotFound.
     """
+    _check_wait(wait)
     await leased_session(worker_id=worker_id, session_id=session_id, lease_token=lease_token)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait.total_seconds(), MAX_WAIT_MS / 1000)
