@@ -263,3 +263,38 @@ async def test_pending_sign_ins_are_capped_oldest_first(
     with pytest.raises(Unauthenticated, match="unknown or already used"):
         await client.complete_login(code="c", state=states[0])
     assert provider.token_requests == []
+
+
+async def test_a_first_sign_in_that_loses_a_race_gets_the_winners_row_or_a_clear_refusal(
+    multi: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = OidcClient(multi)
+    issuer = "https://idp.example"
+    winner = await m.User.create(
+        email="ada@example.com", name="Ada", oidc_issuer=issuer, oidc_subject="ada"
+    )
+
+    async def nobody_yet(*_: object, **__: object) -> bool:
+        return False  # as seen just before the other sign-in committed its row
+
+    monkeypatch.setattr(m.User, "exists", nobody_yet)
+    monkeypatch.setattr(m.User, "get_or_none", _second_call_finds(m.User.get_or_none))
+    claims = {"iss": issuer, "sub": "ada", "email": "ada@example.com", "name": "Ada"}
+    assert (await client._upsert_user(claims)).id == winner.id
+
+    other = {"iss": issuer, "sub": "eve", "email": "ada@example.com", "name": "Eve"}
+    with pytest.raises(Unauthenticated, match="belongs to another account"):
+        await client._upsert_user(other)
+    assert await m.User.filter(email="ada@example.com").count() == 1
+
+
+def _second_call_finds(real: Any) -> Any:
+    """``get_or_none`` that misses on its first call (the race) and reads for real after."""
+    calls = 0
+
+    async def get_or_none(*args: object, **kwargs: object) -> Any:
+        nonlocal calls
+        calls += 1
+        return None if calls % 2 == 1 else await real(*args, **kwargs)
+
+    return get_or_none

@@ -28,6 +28,7 @@ import httpx
 import jwt
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from tortoise.exceptions import IntegrityError
 
 from delidev import models as m
 from delidev.errors import InvalidArgument, Unauthenticated, Unavailable
@@ -211,9 +212,18 @@ class OidcClient:
             if await m.User.exists(email=email):
                 # Another account holds this address: keep them apart, never merge silently.
                 raise Unauthenticated(f"the e-mail address {email} belongs to another account")
-            return await m.User.create(
-                email=email, name=name, oidc_issuer=issuer, oidc_subject=subject
-            )
+            try:
+                return await m.User.create(
+                    email=email, name=name, oidc_issuer=issuer, oidc_subject=subject
+                )
+            except IntegrityError:
+                # Two first sign-ins raced: the other one made the row, or took the address.
+                user = await m.User.get_or_none(oidc_issuer=issuer, oidc_subject=subject)
+                if user is None:
+                    raise Unauthenticated(
+                        f"the e-mail address {email} belongs to another account"
+                    ) from None
+                return user
         if (user.email, user.name) != (email, name) and not await m.User.filter(
             email=email
         ).exclude(id=user.id).exists():
