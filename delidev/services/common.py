@@ -46,6 +46,13 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def changed(**fields: Any) -> dict[str, Any]:
+    """The columns of a bulk ``.update()`` with ``updated_at`` stamped: a bulk update does not
+    set auto_now fields, so every ``QuerySet.update`` of a row that has one goes through here,
+    ``filter(...).update(**changed(status=to))``."""
+    return {**fields, "updated_at": now()}
+
+
 @contextlib.contextmanager
 def orm_errors() -> Iterator[None]:
     """Translates what Tortoise raises about rows into domain errors, like httpx's
