@@ -35,7 +35,9 @@ def default_database_url() -> str:
     return f"sqlite://{Path.home() / '.delidev' / 'delidev.db'}"
 
 
-_SECRET_FIELDS = frozenset({"jwt_secret", "oidc_client_secret", "worker_registration_token"})
+_SECRET_FIELDS = frozenset(
+    {"jwt_secret", "oidc_client_secret", "worker_registration_token", "operator_token"}
+)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -63,6 +65,21 @@ class Settings:
     """Workers heartbeat this often; three missed beats mark a worker unhealthy."""
     worker_registration_token: str | None = None
     """Shared token a worker presents to Register (multi-user mode)."""
+    operator_token: str | None = None
+    """Bearer token for operator calls (drain a worker) in multi-user mode; unset = refused."""
+    max_run_seconds: int = 4 * 3600
+    """A run longer than this is asked to stop and ends as failed (timeout); tasks may set
+    their own limit."""
+    stop_grace_seconds: int = 60
+    """A stop (or timeout) the worker does not confirm within this is finalised by the server."""
+    max_auto_attempts: int = 3
+    """Runs of a job in a row that infrastructure failures may take (worker lost, container
+    failed to start, out of memory) before it waits for a person's Retry."""
+    retry_backoff_base_ms: int = 10_000
+    """First automatic retry after this (doubling each time, with jitter)."""
+    retry_backoff_max_ms: int = 10 * 60_000
+    watch_keepalive_ms: int = 15_000
+    """A worker's Watch stream gets a keep-alive message this often."""
     tty_input_timeout_ms: int = 15 * 60_000
     cors_origins: tuple[str, ...] = ()
     db_pool_size: int = 10
@@ -176,9 +193,18 @@ class Settings:
             ("DELIDEV_GRAPHQL_MAX_FRAGMENTS", self.graphql_max_fragments),
             ("DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES", self.graphql_max_response_bytes),
             ("DELIDEV_HEADER_TIMEOUT_MS", self.header_timeout_ms),
+            ("DELIDEV_MAX_RUN_SECONDS", self.max_run_seconds),
+            ("DELIDEV_STOP_GRACE_SECONDS", self.stop_grace_seconds),
+            ("DELIDEV_MAX_AUTO_ATTEMPTS", self.max_auto_attempts),
+            ("DELIDEV_RETRY_BACKOFF_BASE_MS", self.retry_backoff_base_ms),
+            ("DELIDEV_WATCH_KEEPALIVE_MS", self.watch_keepalive_ms),
         ):
             if amount <= 0:
                 raise SettingsError(f"{var} must be positive")
+        if self.retry_backoff_max_ms < self.retry_backoff_base_ms:
+            raise SettingsError(
+                "DELIDEV_RETRY_BACKOFF_MAX_MS must be at least DELIDEV_RETRY_BACKOFF_BASE_MS"
+            )
         if self.log_max_value_chars < 200:
             raise SettingsError("DELIDEV_LOG_MAX_VALUE_CHARS must be at least 200")
         if self.auth_max_token_chars < 512:
@@ -202,6 +228,8 @@ class Settings:
         if not 0 < self.secrets_relay_max_age_ms <= 300_000:
             raise SettingsError("DELIDEV_SECRETS_RELAY_MAX_AGE_MS must be between 1 and 300000")
         self._validate_http()
+        if self.operator_token is not None and len(self.operator_token) < 32:
+            raise SettingsError("DELIDEV_OPERATOR_TOKEN must be at least 32 characters")
         if self.jwt_secret:  # also in single-user mode, where it seals the secret relay
             _check_secret_strength(self.jwt_secret)
         if self.single_user_mode:
@@ -258,6 +286,7 @@ class Settings:
             "DELIDEV_OIDC_REDIRECT_URL": "oidc_redirect_url",
             "DELIDEV_SERVER_HOST": "server_host",
             "DELIDEV_WORKER_REGISTRATION_TOKEN": "worker_registration_token",
+            "DELIDEV_OPERATOR_TOKEN": "operator_token",
         }
         for var, attr in strings.items():
             value = env.get(var, "").strip()
@@ -292,6 +321,12 @@ class Settings:
             "DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES": "graphql_max_response_bytes",
             "DELIDEV_MAX_JSON_DEPTH": "max_json_depth",
             "DELIDEV_HEADER_TIMEOUT_MS": "header_timeout_ms",
+            "DELIDEV_MAX_RUN_SECONDS": "max_run_seconds",
+            "DELIDEV_STOP_GRACE_SECONDS": "stop_grace_seconds",
+            "DELIDEV_MAX_AUTO_ATTEMPTS": "max_auto_attempts",
+            "DELIDEV_RETRY_BACKOFF_BASE_MS": "retry_backoff_base_ms",
+            "DELIDEV_RETRY_BACKOFF_MAX_MS": "retry_backoff_max_ms",
+            "DELIDEV_WATCH_KEEPALIVE_MS": "watch_keepalive_ms",
         }
         for var, attr in ints.items():
             value = env.get(var, "").strip()

@@ -5,6 +5,8 @@ from delidev.models.enums import (
     AiAgentType,
     CompositeTaskStatus,
     JobKind,
+    StopReason,
+    TaskPriority,
     TodoItemSource,
     TodoItemStatus,
     TodoItemType,
@@ -13,6 +15,7 @@ from delidev.models.enums import (
     UnitTaskStatus,
     VcsProviderType,
     VcsType,
+    WaitReason,
     WorkerStatus,
 )
 from delidev.models.tasks import (
@@ -49,6 +52,8 @@ __all__ = [
     "Repository",
     "RepositoryGroup",
     "RepositoryGroupMember",
+    "StopReason",
+    "TaskPriority",
     "TodoItem",
     "TodoItemSource",
     "TodoItemStatus",
@@ -62,6 +67,7 @@ __all__ = [
     "User",
     "VcsProviderType",
     "VcsType",
+    "WaitReason",
     "Worker",
     "WorkerStatus",
     "Workspace",

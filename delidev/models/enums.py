@@ -70,6 +70,57 @@ class TtyInputStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class TaskPriority(StrEnum):
+    """How soon a task's jobs are handed out: higher first, FIFO within one priority."""
+
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+    @property
+    def rank(self) -> int:
+        """The stored, ordered value (``agent_tasks.priority``)."""
+        return _PRIORITY_RANK[self]
+
+    @classmethod
+    def from_rank(cls, rank: int) -> TaskPriority:
+        return _PRIORITY_BY_RANK[rank]
+
+
+_PRIORITY_RANK = {
+    TaskPriority.LOW: 0,
+    TaskPriority.NORMAL: 1,
+    TaskPriority.HIGH: 2,
+    TaskPriority.URGENT: 3,
+}
+_PRIORITY_BY_RANK = {rank: priority for priority, rank in _PRIORITY_RANK.items()}
+
+
+class WaitReason(StrEnum):
+    """Why a queued job is not running (``agent_sessions.wait_reason``)."""
+
+    QUEUED = "queued"
+    """Claimable: it waits for a free worker, behind ``position`` others."""
+    SECRETS = "secrets"
+    """Its task expects secrets that have not been sent."""
+    DEPENDENCIES = "dependencies"
+    """A composite node whose dependencies have not all finished (no job yet)."""
+    NO_CAPABLE_WORKER = "no_capable_worker"
+    """No live worker can run its agent type or has every label it requires."""
+    CONCURRENCY_CAP = "concurrency_cap"
+    """Its workspace runs as many jobs as its cap allows."""
+    BACKOFF = "backoff"
+    """An automatic retry after an infrastructure failure, not before ``not_before``."""
+
+
+class StopReason(StrEnum):
+    """Why a running job was asked to stop (``agent_sessions.stop_reason``)."""
+
+    USER = "user"
+    TIMEOUT = "timeout"
+
+
 class WorkerStatus(StrEnum):
     IDLE = "idle"
     BUSY = "busy"

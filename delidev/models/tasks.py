@@ -33,10 +33,19 @@ class AgentTask(Model):
     ai_agent_type = fields.CharEnumField(AiAgentType, max_length=50, null=True)
     ai_agent_model = fields.CharField(max_length=255, null=True)
     expects_secrets = fields.BooleanField(default=False)
+    workspace_id = fields.UUIDField(null=True)
+    """The workspace of the task it runs for (fairness and concurrency caps)."""
+    priority = fields.SmallIntField(default=1)
+    """``TaskPriority.rank``: higher runs first."""
+    required_labels: list[str] = fields.JSONField(default=list)
+    """Sorted ``key=value`` labels a worker must have to run it."""
+    max_run_seconds = fields.IntField(null=True)
+    """Run time limit of each run; None = the server's ``DELIDEV_MAX_RUN_SECONDS``."""
     created_at = fields.DatetimeField(auto_now_add=True)
 
     class Meta:
         table = "agent_tasks"
+        indexes = (("workspace_id",),)
 
 
 class AgentTaskBaseRemote(Model):
@@ -81,6 +90,21 @@ class AgentSession(Model):
     """The lowest chunk sequence number not yet stored."""
     output_log = fields.TextField(null=True)
     """The whole output, written once when the session ends."""
+    auto_retries = fields.IntField(default=0)
+    """How many automatic retries (after infrastructure failures) led to this run."""
+    not_before = fields.DatetimeField(null=True)
+    """A retry in backoff is not handed out before this time."""
+    deadline_at = fields.DatetimeField(null=True)
+    """A running job past this time is asked to stop and ends as failed (timeout)."""
+    stop_reason = fields.CharField(max_length=32, null=True)
+    """``StopReason`` of a stop request."""
+    stop_requested_at = fields.DatetimeField(null=True)
+    """When the stop was asked for: one the worker does not confirm within
+    ``DELIDEV_STOP_GRACE_SECONDS`` is finalised by the server."""
+    wait_reason = fields.CharField(max_length=32, null=True)
+    """``WaitReason`` of a queued job, as last worked out by the scheduler."""
+    wait_detail = fields.TextField(null=True)
+    waiting_since = fields.DatetimeField(null=True)
     started_at = fields.DatetimeField(null=True)
     completed_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
@@ -91,7 +115,12 @@ class AgentSession(Model):
 
     class Meta:
         table = "agent_sessions"
-        indexes = (("status", "created_at"), ("agent_task_id", "attempt"), ("worker_id", "status"))
+        indexes = (
+            ("status", "created_at"),
+            ("agent_task_id", "attempt"),
+            ("worker_id", "status"),
+            ("status", "deadline_at"),
+        )
 
 
 class LogChunk(Model):

@@ -25,6 +25,12 @@ class Worker(Model):
     # Tortoise's migration writer drops the columns of a foreign-key cycle.
     current_session_id = fields.UUIDField(null=True)
     credential_hash = fields.CharField(max_length=64, null=True, unique=True)
+    agent_types: list[str] = fields.JSONField(default=list)
+    """The AiAgentType values it can run, sorted; empty = every type."""
+    labels: list[str] = fields.JSONField(default=list)
+    """Its ``key=value`` labels, sorted (a job's required labels must all be here)."""
+    draining = fields.BooleanField(default=False)
+    """Finishes the job it holds and takes no new one."""
     registered_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 

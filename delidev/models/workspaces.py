@@ -16,6 +16,10 @@ class Workspace(Model):
     id = fields.UUIDField(primary_key=True, default=uuid4)
     name = fields.CharField(max_length=255)
     description = fields.TextField(null=True)
+    max_concurrent_jobs = fields.IntField(null=True)
+    """At most this many of its jobs run at once; None = no cap."""
+    last_dispatch_at = fields.DatetimeField(null=True)
+    """When a job of it was last handed out (round-robin across workspaces)."""
     user: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
         "models.User", related_name="workspaces", null=True, on_delete=fields.CASCADE
     )
@@ -57,6 +61,8 @@ class RepositoryGroup(Model):
         "models.Workspace", related_name="repository_groups", on_delete=fields.CASCADE
     )
     name = fields.CharField(max_length=255, null=True)
+    default_required_labels: list[str] = fields.JSONField(default=list)
+    """Labels a task of this group requires when it names none."""
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 

@@ -55,6 +55,36 @@ class ErrorInfo(Message[_ErrorInfoFields]):
         delidev_code: int
         field: str
 
+_LabelsFields: TypeAlias = Literal["labels"]
+
+class Labels(Message[_LabelsFields]):
+    """
+    A set of "key=value" labels (a message so that an update can tell "unchanged" from "none").
+
+    ```proto
+    message delidev.v1.Labels
+    ```
+
+    Attributes:
+        labels:
+            ```proto
+            repeated string labels = 1;
+            ```
+    """
+
+    __slots__ = ("labels",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            labels: list[str] | None = None,
+        ) -> None:
+            pass
+
+        labels: list[str]
+
 class VcsType(Enum):
     """
     ```proto
@@ -152,10 +182,11 @@ class AiAgentType(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x17delidev/v1/common.proto\x12\ndelidev.v1"D\n\tErrorInfo\x12!\n\x0cdelidev_code\x18\x01 \x01(\x05R\x0bdelidevCode\x12\x14\n\x05field\x18\x02 \x01(\tR\x05field*5\n\x07VcsType\x12\x18\n\x14VCS_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cVCS_TYPE_GIT\x10\x01*\x91\x01\n\x0fVcsProviderType\x12!\n\x1dVCS_PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITHUB\x10\x01\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITLAB\x10\x02\x12\x1f\n\x1bVCS_PROVIDER_TYPE_BITBUCKET\x10\x03*\xd3\x01\n\x0bAiAgentType\x12\x1d\n\x19AI_AGENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19AI_AGENT_TYPE_CLAUDE_CODE\x10\x01\x12\x1b\n\x17AI_AGENT_TYPE_OPEN_CODE\x10\x02\x12\x1c\n\x18AI_AGENT_TYPE_GEMINI_CLI\x10\x03\x12\x1b\n\x17AI_AGENT_TYPE_CODEX_CLI\x10\x04\x12\x17\n\x13AI_AGENT_TYPE_AIDER\x10\x05\x12\x15\n\x11AI_AGENT_TYPE_AMP\x10\x06b\x06proto3',
+    b'\n\x17delidev/v1/common.proto\x12\ndelidev.v1"D\n\tErrorInfo\x12!\n\x0cdelidev_code\x18\x01 \x01(\x05R\x0bdelidevCode\x12\x14\n\x05field\x18\x02 \x01(\tR\x05field" \n\x06Labels\x12\x16\n\x06labels\x18\x01 \x03(\tR\x06labels*5\n\x07VcsType\x12\x18\n\x14VCS_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cVCS_TYPE_GIT\x10\x01*\x91\x01\n\x0fVcsProviderType\x12!\n\x1dVCS_PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITHUB\x10\x01\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITLAB\x10\x02\x12\x1f\n\x1bVCS_PROVIDER_TYPE_BITBUCKET\x10\x03*\xd3\x01\n\x0bAiAgentType\x12\x1d\n\x19AI_AGENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19AI_AGENT_TYPE_CLAUDE_CODE\x10\x01\x12\x1b\n\x17AI_AGENT_TYPE_OPEN_CODE\x10\x02\x12\x1c\n\x18AI_AGENT_TYPE_GEMINI_CLI\x10\x03\x12\x1b\n\x17AI_AGENT_TYPE_CODEX_CLI\x10\x04\x12\x17\n\x13AI_AGENT_TYPE_AIDER\x10\x05\x12\x15\n\x11AI_AGENT_TYPE_AMP\x10\x06b\x06proto3',
     [],
     {
         "ErrorInfo": ErrorInfo,
+        "Labels": Labels,
         "VcsType": VcsType,
         "VcsProviderType": VcsProviderType,
         "AiAgentType": AiAgentType,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from protobuf import DescFile
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
-    from .common_pb import VcsProviderType, VcsType
+    from .common_pb import Labels, VcsProviderType, VcsType
 
 
 _RepositoryFields: TypeAlias = Literal["id", "workspace_id", "name", "local_path", "remote_url", "default_branch", "vcs_type", "vcs_provider_type", "branch_name_template", "created_at", "updated_at"]
@@ -390,7 +390,7 @@ class RemoveRepositoryResponse(Message[_RemoveRepositoryResponseFields]):
         ) -> None:
             pass
 
-_RepositoryGroupFields: TypeAlias = Literal["id", "workspace_id", "name", "repository_ids", "created_at", "updated_at"]
+_RepositoryGroupFields: TypeAlias = Literal["id", "workspace_id", "name", "repository_ids", "created_at", "updated_at", "default_required_labels"]
 
 class RepositoryGroup(Message[_RepositoryGroupFields]):
     """
@@ -425,9 +425,15 @@ class RepositoryGroup(Message[_RepositoryGroupFields]):
             ```proto
             optional google.protobuf.Timestamp updated_at = 6;
             ```
+        default_required_labels:
+            "key=value" labels a task of this group requires when it names none.
+
+            ```proto
+            repeated string default_required_labels = 7;
+            ```
     """
 
-    __slots__ = ("id", "workspace_id", "name", "repository_ids", "created_at", "updated_at")
+    __slots__ = ("id", "workspace_id", "name", "repository_ids", "created_at", "updated_at", "default_required_labels")
 
     if TYPE_CHECKING:
 
@@ -440,6 +446,7 @@ class RepositoryGroup(Message[_RepositoryGroupFields]):
             repository_ids: list[str] | None = None,
             created_at: Timestamp | None = None,
             updated_at: Timestamp | None = None,
+            default_required_labels: list[str] | None = None,
         ) -> None:
             pass
 
@@ -449,8 +456,9 @@ class RepositoryGroup(Message[_RepositoryGroupFields]):
         repository_ids: list[str]
         created_at: Timestamp | None
         updated_at: Timestamp | None
+        default_required_labels: list[str]
 
-_CreateRepositoryGroupRequestFields: TypeAlias = Literal["workspace_id", "name", "repository_ids"]
+_CreateRepositoryGroupRequestFields: TypeAlias = Literal["workspace_id", "name", "repository_ids", "default_required_labels"]
 
 class CreateRepositoryGroupRequest(Message[_CreateRepositoryGroupRequestFields]):
     """
@@ -473,9 +481,13 @@ class CreateRepositoryGroupRequest(Message[_CreateRepositoryGroupRequestFields])
             ```proto
             repeated string repository_ids = 3;
             ```
+        default_required_labels:
+            ```proto
+            repeated string default_required_labels = 4;
+            ```
     """
 
-    __slots__ = ("workspace_id", "name", "repository_ids")
+    __slots__ = ("workspace_id", "name", "repository_ids", "default_required_labels")
 
     if TYPE_CHECKING:
 
@@ -485,12 +497,14 @@ class CreateRepositoryGroupRequest(Message[_CreateRepositoryGroupRequestFields])
             workspace_id: str = "",
             name: str | None = None,
             repository_ids: list[str] | None = None,
+            default_required_labels: list[str] | None = None,
         ) -> None:
             pass
 
         workspace_id: str
         name: str
         repository_ids: list[str]
+        default_required_labels: list[str]
 
 _CreateRepositoryGroupResponseFields: TypeAlias = Literal["group"]
 
@@ -594,7 +608,7 @@ class ListRepositoryGroupsResponse(Message[_ListRepositoryGroupsResponseFields])
         groups: list[RepositoryGroup]
         total_count: int
 
-_UpdateRepositoryGroupRequestFields: TypeAlias = Literal["group_id", "name", "add_repository_ids", "remove_repository_ids"]
+_UpdateRepositoryGroupRequestFields: TypeAlias = Literal["group_id", "name", "add_repository_ids", "remove_repository_ids", "default_required_labels"]
 
 class UpdateRepositoryGroupRequest(Message[_UpdateRepositoryGroupRequestFields]):
     """
@@ -621,9 +635,15 @@ class UpdateRepositoryGroupRequest(Message[_UpdateRepositoryGroupRequestFields])
             ```proto
             repeated string remove_repository_ids = 4;
             ```
+        default_required_labels:
+            Unset: unchanged; set (also empty): replaces the default labels.
+
+            ```proto
+            optional delidev.v1.Labels default_required_labels = 5;
+            ```
     """
 
-    __slots__ = ("group_id", "name", "add_repository_ids", "remove_repository_ids")
+    __slots__ = ("group_id", "name", "add_repository_ids", "remove_repository_ids", "default_required_labels")
 
     if TYPE_CHECKING:
 
@@ -634,6 +654,7 @@ class UpdateRepositoryGroupRequest(Message[_UpdateRepositoryGroupRequestFields])
             name: str | None = None,
             add_repository_ids: list[str] | None = None,
             remove_repository_ids: list[str] | None = None,
+            default_required_labels: Labels | None = None,
         ) -> None:
             pass
 
@@ -641,6 +662,7 @@ class UpdateRepositoryGroupRequest(Message[_UpdateRepositoryGroupRequestFields])
         name: str
         add_repository_ids: list[str]
         remove_repository_ids: list[str]
+        default_required_labels: Labels | None
 
 _UpdateRepositoryGroupResponseFields: TypeAlias = Literal["group"]
 
@@ -718,7 +740,7 @@ class DeleteRepositoryGroupResponse(Message[_DeleteRepositoryGroupResponseFields
 
 
 _DESC = file_desc(
-    b'\n\x1bdelidev/v1/repository.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xf7\x03\n\nRepository\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1d\n\nlocal_path\x18\x04 \x01(\tR\tlocalPath\x12\x1d\n\nremote_url\x18\x05 \x01(\tR\tremoteUrl\x12%\n\x0edefault_branch\x18\x06 \x01(\tR\rdefaultBranch\x12.\n\x08vcs_type\x18\x07 \x01(\x0e2\x13.delidev.v1.VcsTypeR\x07vcsType\x12G\n\x11vcs_provider_type\x18\x08 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\t \x01(\tH\x00R\x12branchNameTemplate\x88\x01\x01\x129\n\ncreated_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x0b \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAtB\x17\n\x15_branch_name_template"\x85\x03\n\x14AddRepositoryRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1d\n\nremote_url\x18\x02 \x01(\tR\tremoteUrl\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12"\n\nlocal_path\x18\x04 \x01(\tH\x01R\tlocalPath\x88\x01\x01\x12*\n\x0edefault_branch\x18\x05 \x01(\tH\x02R\rdefaultBranch\x88\x01\x01\x12G\n\x11vcs_provider_type\x18\x06 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\x07 \x01(\tH\x03R\x12branchNameTemplate\x88\x01\x01B\x07\n\x05_nameB\r\n\x0b_local_pathB\x11\n\x0f_default_branchB\x17\n\x15_branch_name_template"O\n\x15AddRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository"j\n\x17ListRepositoriesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"w\n\x18ListRepositoriesResponse\x12:\n\x0crepositories\x18\x01 \x03(\x0b2\x16.delidev.v1.RepositoryR\x0crepositories\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount";\n\x14GetRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"O\n\x15GetRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository">\n\x17RemoveRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"\x1a\n\x18RemoveRepositoryResponse"\x83\x02\n\x0fRepositoryGroup\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x04 \x03(\tR\rrepositoryIds\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAtB\x07\n\x05_name"\x8a\x01\n\x1cCreateRepositoryGroupRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x03 \x03(\tR\rrepositoryIdsB\x07\n\x05_name"R\n\x1dCreateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"n\n\x1bListRepositoryGroupsRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"t\n\x1cListRepositoryGroupsResponse\x123\n\x06groups\x18\x01 \x03(\x0b2\x1b.delidev.v1.RepositoryGroupR\x06groups\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"\xbd\x01\n\x1cUpdateRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12,\n\x12add_repository_ids\x18\x03 \x03(\tR\x10addRepositoryIds\x122\n\x15remove_repository_ids\x18\x04 \x03(\tR\x13removeRepositoryIdsB\x07\n\x05_name"R\n\x1dUpdateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"9\n\x1cDeleteRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId"\x1f\n\x1dDeleteRepositoryGroupResponse2\xd3\x02\n\x11RepositoryService\x12J\n\x03Add\x12 .delidev.v1.AddRepositoryRequest\x1a!.delidev.v1.AddRepositoryResponse\x12Q\n\x04List\x12#.delidev.v1.ListRepositoriesRequest\x1a$.delidev.v1.ListRepositoriesResponse\x12J\n\x03Get\x12 .delidev.v1.GetRepositoryRequest\x1a!.delidev.v1.GetRepositoryResponse\x12S\n\x06Remove\x12#.delidev.v1.RemoveRepositoryRequest\x1a$.delidev.v1.RemoveRepositoryResponse2\x90\x03\n\x16RepositoryGroupService\x12]\n\x06Create\x12(.delidev.v1.CreateRepositoryGroupRequest\x1a).delidev.v1.CreateRepositoryGroupResponse\x12Y\n\x04List\x12\'.delidev.v1.ListRepositoryGroupsRequest\x1a(.delidev.v1.ListRepositoryGroupsResponse\x12]\n\x06Update\x12(.delidev.v1.UpdateRepositoryGroupRequest\x1a).delidev.v1.UpdateRepositoryGroupResponse\x12]\n\x06Delete\x12(.delidev.v1.DeleteRepositoryGroupRequest\x1a).delidev.v1.DeleteRepositoryGroupResponseb\x06proto3',
+    b'\n\x1bdelidev/v1/repository.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xf7\x03\n\nRepository\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1d\n\nlocal_path\x18\x04 \x01(\tR\tlocalPath\x12\x1d\n\nremote_url\x18\x05 \x01(\tR\tremoteUrl\x12%\n\x0edefault_branch\x18\x06 \x01(\tR\rdefaultBranch\x12.\n\x08vcs_type\x18\x07 \x01(\x0e2\x13.delidev.v1.VcsTypeR\x07vcsType\x12G\n\x11vcs_provider_type\x18\x08 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\t \x01(\tH\x00R\x12branchNameTemplate\x88\x01\x01\x129\n\ncreated_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x0b \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAtB\x17\n\x15_branch_name_template"\x85\x03\n\x14AddRepositoryRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1d\n\nremote_url\x18\x02 \x01(\tR\tremoteUrl\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12"\n\nlocal_path\x18\x04 \x01(\tH\x01R\tlocalPath\x88\x01\x01\x12*\n\x0edefault_branch\x18\x05 \x01(\tH\x02R\rdefaultBranch\x88\x01\x01\x12G\n\x11vcs_provider_type\x18\x06 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\x07 \x01(\tH\x03R\x12branchNameTemplate\x88\x01\x01B\x07\n\x05_nameB\r\n\x0b_local_pathB\x11\n\x0f_default_branchB\x17\n\x15_branch_name_template"O\n\x15AddRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository"j\n\x17ListRepositoriesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"w\n\x18ListRepositoriesResponse\x12:\n\x0crepositories\x18\x01 \x03(\x0b2\x16.delidev.v1.RepositoryR\x0crepositories\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount";\n\x14GetRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"O\n\x15GetRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository">\n\x17RemoveRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"\x1a\n\x18RemoveRepositoryResponse"\xbb\x02\n\x0fRepositoryGroup\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x04 \x03(\tR\rrepositoryIds\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x126\n\x17default_required_labels\x18\x07 \x03(\tR\x15defaultRequiredLabelsB\x07\n\x05_name"\xc2\x01\n\x1cCreateRepositoryGroupRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x03 \x03(\tR\rrepositoryIds\x126\n\x17default_required_labels\x18\x04 \x03(\tR\x15defaultRequiredLabelsB\x07\n\x05_name"R\n\x1dCreateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"n\n\x1bListRepositoryGroupsRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"t\n\x1cListRepositoryGroupsResponse\x123\n\x06groups\x18\x01 \x03(\x0b2\x1b.delidev.v1.RepositoryGroupR\x06groups\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"\xaa\x02\n\x1cUpdateRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12,\n\x12add_repository_ids\x18\x03 \x03(\tR\x10addRepositoryIds\x122\n\x15remove_repository_ids\x18\x04 \x03(\tR\x13removeRepositoryIds\x12O\n\x17default_required_labels\x18\x05 \x01(\x0b2\x12.delidev.v1.LabelsH\x01R\x15defaultRequiredLabels\x88\x01\x01B\x07\n\x05_nameB\x1a\n\x18_default_required_labels"R\n\x1dUpdateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"9\n\x1cDeleteRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId"\x1f\n\x1dDeleteRepositoryGroupResponse2\xd3\x02\n\x11RepositoryService\x12J\n\x03Add\x12 .delidev.v1.AddRepositoryRequest\x1a!.delidev.v1.AddRepositoryResponse\x12Q\n\x04List\x12#.delidev.v1.ListRepositoriesRequest\x1a$.delidev.v1.ListRepositoriesResponse\x12J\n\x03Get\x12 .delidev.v1.GetRepositoryRequest\x1a!.delidev.v1.GetRepositoryResponse\x12S\n\x06Remove\x12#.delidev.v1.RemoveRepositoryRequest\x1a$.delidev.v1.RemoveRepositoryResponse2\x90\x03\n\x16RepositoryGroupService\x12]\n\x06Create\x12(.delidev.v1.CreateRepositoryGroupRequest\x1a).delidev.v1.CreateRepositoryGroupResponse\x12Y\n\x04List\x12\'.delidev.v1.ListRepositoryGroupsRequest\x1a(.delidev.v1.ListRepositoryGroupsResponse\x12]\n\x06Update\x12(.delidev.v1.UpdateRepositoryGroupRequest\x1a).delidev.v1.UpdateRepositoryGroupResponse\x12]\n\x06Delete\x12(.delidev.v1.DeleteRepositoryGroupRequest\x1a).delidev.v1.DeleteRepositoryGroupResponseb\x06proto3',
     [
         common_pb.desc(),
         timestamp_pb.desc(),

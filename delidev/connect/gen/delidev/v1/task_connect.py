@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import task_pb
-from .task_pb import ApproveTaskRequest, ApproveTaskResponse, CreateCompositeTaskRequest, CreateCompositeTaskResponse, CreateUnitTaskRequest, CreateUnitTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest, GetTaskResponse, ListTasksRequest, ListTasksResponse, RejectTaskRequest, RejectTaskResponse, RequestChangesRequest, RequestChangesResponse, RetryTaskRequest, RetryTaskResponse, UpdateTaskStatusRequest, UpdateTaskStatusResponse
+from .task_pb import ApproveTaskRequest, ApproveTaskResponse, CreateCompositeTaskRequest, CreateCompositeTaskResponse, CreateUnitTaskRequest, CreateUnitTaskResponse, DeleteTaskRequest, DeleteTaskResponse, GetTaskRequest, GetTaskResponse, ListTasksRequest, ListTasksResponse, RejectTaskRequest, RejectTaskResponse, RequestChangesRequest, RequestChangesResponse, RetryTaskRequest, RetryTaskResponse, SetTaskPriorityRequest, SetTaskPriorityResponse, UpdateTaskStatusRequest, UpdateTaskStatusResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -59,6 +59,9 @@ class TaskService(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     async def request_changes(self, request: RequestChangesRequest, ctx: RequestContext[RequestChangesRequest, RequestChangesResponse], /) -> RequestChangesResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def set_priority(self, request: SetTaskPriorityRequest, ctx: RequestContext[SetTaskPriorityRequest, SetTaskPriorityResponse], /) -> SetTaskPriorityResponse:
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     @classmethod
@@ -188,6 +191,17 @@ class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.request_changes,
+                ),
+                "/delidev.v1.TaskService/SetPriority": Endpoint.unary(
+                    method=MethodInfo(
+                        name="SetPriority",
+                        service_name="delidev.v1.TaskService",
+                        input=SetTaskPriorityRequest,
+                        output=SetTaskPriorityResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.set_priority,
                 ),
             },
             interceptors=interceptors,
@@ -403,6 +417,26 @@ class TaskServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def set_priority(
+        self,
+        request: SetTaskPriorityRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetTaskPriorityResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetPriority",
+                service_name="delidev.v1.TaskService",
+                input=SetTaskPriorityRequest,
+                output=SetTaskPriorityResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class TaskServiceSync(Protocol):
     def create_unit(self, request: CreateUnitTaskRequest, ctx: RequestContext[CreateUnitTaskRequest, CreateUnitTaskResponse], /) -> CreateUnitTaskResponse:
@@ -433,6 +467,9 @@ class TaskServiceSync(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     def request_changes(self, request: RequestChangesRequest, ctx: RequestContext[RequestChangesRequest, RequestChangesResponse], /) -> RequestChangesResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def set_priority(self, request: SetTaskPriorityRequest, ctx: RequestContext[SetTaskPriorityRequest, SetTaskPriorityResponse], /) -> SetTaskPriorityResponse:
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     @classmethod
@@ -560,6 +597,17 @@ class TaskServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.request_changes,
+                ),
+                "/delidev.v1.TaskService/SetPriority": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="SetPriority",
+                        service_name="delidev.v1.TaskService",
+                        input=SetTaskPriorityRequest,
+                        output=SetTaskPriorityResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.set_priority,
                 ),
             },
             interceptors=interceptors,
@@ -769,6 +817,26 @@ class TaskServiceClientSync(ConnectClientSync):
                 service_name="delidev.v1.TaskService",
                 input=RequestChangesRequest,
                 output=RequestChangesResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def set_priority(
+        self,
+        request: SetTaskPriorityRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetTaskPriorityResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetPriority",
+                service_name="delidev.v1.TaskService",
+                input=SetTaskPriorityRequest,
+                output=SetTaskPriorityResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

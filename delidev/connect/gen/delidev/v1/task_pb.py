@@ -24,6 +24,66 @@ if TYPE_CHECKING:
     from .common_pb import AiAgentType
 
 
+_JobWaitFields: TypeAlias = Literal["reason", "since", "detail", "until", "position"]
+
+class JobWait(Message[_JobWaitFields]):
+    """
+    Why a task's job waits, and since when.
+
+    ```proto
+    message delidev.v1.JobWait
+    ```
+
+    Attributes:
+        reason:
+            ```proto
+            delidev.v1.WaitReason reason = 1;
+            ```
+        since:
+            ```proto
+            optional google.protobuf.Timestamp since = 2;
+            ```
+        detail:
+            For people: the agent type or labels no worker offers, the cap, the failure retried...
+
+            ```proto
+            string detail = 3;
+            ```
+        until:
+            BACKOFF: the job is not handed out before this time.
+
+            ```proto
+            optional google.protobuf.Timestamp until = 4;
+            ```
+        position:
+            QUEUED: claimable jobs ahead of it (0 = next).
+
+            ```proto
+            optional int32 position = 5;
+            ```
+    """
+
+    __slots__ = ("reason", "since", "detail", "until", "position")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            reason: WaitReason | None = None,
+            since: Timestamp | None = None,
+            detail: str = "",
+            until: Timestamp | None = None,
+            position: int | None = None,
+        ) -> None:
+            pass
+
+        reason: WaitReason
+        since: Timestamp | None
+        detail: str
+        until: Timestamp | None
+        position: int
+
 _BaseRemoteFields: TypeAlias = Literal["git_remote_dir_path", "git_branch_name"]
 
 class BaseRemote(Message[_BaseRemoteFields]):
@@ -58,7 +118,7 @@ class BaseRemote(Message[_BaseRemoteFields]):
         git_remote_dir_path: str
         git_branch_name: str
 
-_AgentSessionFields: TypeAlias = Literal["id", "agent_task_id", "ai_agent_type", "ai_agent_model", "status", "kind", "attempt", "error", "worker_id", "stop_requested", "log_size", "created_at", "started_at", "completed_at"]
+_AgentSessionFields: TypeAlias = Literal["id", "agent_task_id", "ai_agent_type", "ai_agent_model", "status", "kind", "attempt", "error", "worker_id", "stop_requested", "log_size", "created_at", "started_at", "completed_at", "auto_retries", "failure_kind", "deadline_at"]
 
 class AgentSession(Message[_AgentSessionFields]):
     """
@@ -128,9 +188,27 @@ class AgentSession(Message[_AgentSessionFields]):
             ```proto
             optional google.protobuf.Timestamp completed_at = 14;
             ```
+        auto_retries:
+            Automatic retries (after infrastructure failures) that led to this run.
+
+            ```proto
+            int32 auto_retries = 15;
+            ```
+        failure_kind:
+            Why it failed, as FailureKind's lower-case name ("timeout", "out_of_memory", ...).
+
+            ```proto
+            optional string failure_kind = 16;
+            ```
+        deadline_at:
+            A running job past this time is asked to stop and fails with a timeout.
+
+            ```proto
+            optional google.protobuf.Timestamp deadline_at = 17;
+            ```
     """
 
-    __slots__ = ("id", "agent_task_id", "ai_agent_type", "ai_agent_model", "status", "kind", "attempt", "error", "worker_id", "stop_requested", "log_size", "created_at", "started_at", "completed_at")
+    __slots__ = ("id", "agent_task_id", "ai_agent_type", "ai_agent_model", "status", "kind", "attempt", "error", "worker_id", "stop_requested", "log_size", "created_at", "started_at", "completed_at", "auto_retries", "failure_kind", "deadline_at")
 
     if TYPE_CHECKING:
 
@@ -151,6 +229,9 @@ class AgentSession(Message[_AgentSessionFields]):
             created_at: Timestamp | None = None,
             started_at: Timestamp | None = None,
             completed_at: Timestamp | None = None,
+            auto_retries: int = 0,
+            failure_kind: str | None = None,
+            deadline_at: Timestamp | None = None,
         ) -> None:
             pass
 
@@ -168,6 +249,9 @@ class AgentSession(Message[_AgentSessionFields]):
         created_at: Timestamp | None
         started_at: Timestamp | None
         completed_at: Timestamp | None
+        auto_retries: int
+        failure_kind: str
+        deadline_at: Timestamp | None
 
 _AgentTaskFields: TypeAlias = Literal["id", "base_remotes", "ai_agent_type", "ai_agent_model", "sessions", "created_at"]
 
@@ -227,7 +311,7 @@ class AgentTask(Message[_AgentTaskFields]):
         sessions: list[AgentSession]
         created_at: Timestamp | None
 
-_UnitTaskFields: TypeAlias = Literal["id", "workspace_id", "repository_group_id", "agent_task", "branch_name", "linked_pr_url", "base_commit", "end_commit", "status", "prompt", "title", "auto_fix_tasks", "latest_session", "rejection_reason", "composite_task_id", "created_at", "updated_at"]
+_UnitTaskFields: TypeAlias = Literal["id", "workspace_id", "repository_group_id", "agent_task", "branch_name", "linked_pr_url", "base_commit", "end_commit", "status", "prompt", "title", "auto_fix_tasks", "latest_session", "rejection_reason", "composite_task_id", "created_at", "updated_at", "wait", "priority", "required_labels", "max_run_seconds"]
 
 class UnitTask(Message[_UnitTaskFields]):
     """
@@ -308,9 +392,31 @@ class UnitTask(Message[_UnitTaskFields]):
             ```proto
             optional google.protobuf.Timestamp updated_at = 17;
             ```
+        wait:
+            Set while its job is queued or it waits for its dependencies.
+
+            ```proto
+            optional delidev.v1.JobWait wait = 18;
+            ```
+        priority:
+            ```proto
+            delidev.v1.TaskPriority priority = 19;
+            ```
+        required_labels:
+            "key=value" labels a worker must have to run it.
+
+            ```proto
+            repeated string required_labels = 20;
+            ```
+        max_run_seconds:
+            Run time limit of each run; unset = the server's DELIDEV_MAX_RUN_SECONDS.
+
+            ```proto
+            optional int32 max_run_seconds = 21;
+            ```
     """
 
-    __slots__ = ("id", "workspace_id", "repository_group_id", "agent_task", "branch_name", "linked_pr_url", "base_commit", "end_commit", "status", "prompt", "title", "auto_fix_tasks", "latest_session", "rejection_reason", "composite_task_id", "created_at", "updated_at")
+    __slots__ = ("id", "workspace_id", "repository_group_id", "agent_task", "branch_name", "linked_pr_url", "base_commit", "end_commit", "status", "prompt", "title", "auto_fix_tasks", "latest_session", "rejection_reason", "composite_task_id", "created_at", "updated_at", "wait", "priority", "required_labels", "max_run_seconds")
 
     if TYPE_CHECKING:
 
@@ -334,6 +440,10 @@ class UnitTask(Message[_UnitTaskFields]):
             composite_task_id: str | None = None,
             created_at: Timestamp | None = None,
             updated_at: Timestamp | None = None,
+            wait: JobWait | None = None,
+            priority: TaskPriority | None = None,
+            required_labels: list[str] | None = None,
+            max_run_seconds: int | None = None,
         ) -> None:
             pass
 
@@ -354,6 +464,10 @@ class UnitTask(Message[_UnitTaskFields]):
         composite_task_id: str
         created_at: Timestamp | None
         updated_at: Timestamp | None
+        wait: JobWait | None
+        priority: TaskPriority
+        required_labels: list[str]
+        max_run_seconds: int
 
 _CompositeTaskNodeFields: TypeAlias = Literal["id", "plan_id", "unit_task", "depends_on_node_ids", "state"]
 
@@ -409,7 +523,7 @@ class CompositeTaskNode(Message[_CompositeTaskNodeFields]):
         depends_on_node_ids: list[str]
         state: CompositeNodeState
 
-_CompositeTaskFields: TypeAlias = Literal["id", "workspace_id", "repository_group_id", "planning_task", "status", "execution_agent_type", "prompt", "title", "plan_yaml", "plan_error", "nodes", "latest_session", "created_at", "updated_at"]
+_CompositeTaskFields: TypeAlias = Literal["id", "workspace_id", "repository_group_id", "planning_task", "status", "execution_agent_type", "prompt", "title", "plan_yaml", "plan_error", "nodes", "latest_session", "created_at", "updated_at", "wait", "priority", "required_labels", "max_run_seconds"]
 
 class CompositeTask(Message[_CompositeTaskFields]):
     """
@@ -478,9 +592,29 @@ class CompositeTask(Message[_CompositeTaskFields]):
             ```proto
             optional google.protobuf.Timestamp updated_at = 14;
             ```
+        wait:
+            Set while its planning job is queued.
+
+            ```proto
+            optional delidev.v1.JobWait wait = 15;
+            ```
+        priority:
+            Also of its nodes.
+
+            ```proto
+            delidev.v1.TaskPriority priority = 16;
+            ```
+        required_labels:
+            ```proto
+            repeated string required_labels = 17;
+            ```
+        max_run_seconds:
+            ```proto
+            optional int32 max_run_seconds = 18;
+            ```
     """
 
-    __slots__ = ("id", "workspace_id", "repository_group_id", "planning_task", "status", "execution_agent_type", "prompt", "title", "plan_yaml", "plan_error", "nodes", "latest_session", "created_at", "updated_at")
+    __slots__ = ("id", "workspace_id", "repository_group_id", "planning_task", "status", "execution_agent_type", "prompt", "title", "plan_yaml", "plan_error", "nodes", "latest_session", "created_at", "updated_at", "wait", "priority", "required_labels", "max_run_seconds")
 
     if TYPE_CHECKING:
 
@@ -501,6 +635,10 @@ class CompositeTask(Message[_CompositeTaskFields]):
             latest_session: AgentSession | None = None,
             created_at: Timestamp | None = None,
             updated_at: Timestamp | None = None,
+            wait: JobWait | None = None,
+            priority: TaskPriority | None = None,
+            required_labels: list[str] | None = None,
+            max_run_seconds: int | None = None,
         ) -> None:
             pass
 
@@ -518,6 +656,10 @@ class CompositeTask(Message[_CompositeTaskFields]):
         latest_session: AgentSession | None
         created_at: Timestamp | None
         updated_at: Timestamp | None
+        wait: JobWait | None
+        priority: TaskPriority
+        required_labels: list[str]
+        max_run_seconds: int
 
 _TaskFields: TypeAlias = Literal["unit_task", "composite_task"]
 
@@ -547,7 +689,7 @@ class Task(Message[_TaskFields]):
 
         task: Oneof[Literal["unit_task"], UnitTask] | Oneof[Literal["composite_task"], CompositeTask] | None
 
-_CreateUnitTaskRequestFields: TypeAlias = Literal["repository_group_id", "prompt", "title", "branch_name", "ai_agent_type", "ai_agent_model", "expects_secrets"]
+_CreateUnitTaskRequestFields: TypeAlias = Literal["repository_group_id", "prompt", "title", "branch_name", "ai_agent_type", "ai_agent_model", "expects_secrets", "priority", "required_labels", "max_run_seconds"]
 
 class CreateUnitTaskRequest(Message[_CreateUnitTaskRequestFields]):
     """
@@ -586,9 +728,25 @@ class CreateUnitTaskRequest(Message[_CreateUnitTaskRequestFields]):
             ```proto
             bool expects_secrets = 7;
             ```
+        priority:
+            ```proto
+            delidev.v1.TaskPriority priority = 8;
+            ```
+        required_labels:
+            "key=value" labels a worker must have; none = the repository group's default labels.
+
+            ```proto
+            repeated string required_labels = 9;
+            ```
+        max_run_seconds:
+            Run time limit in seconds; unset = the server's DELIDEV_MAX_RUN_SECONDS.
+
+            ```proto
+            optional int32 max_run_seconds = 10;
+            ```
     """
 
-    __slots__ = ("repository_group_id", "prompt", "title", "branch_name", "ai_agent_type", "ai_agent_model", "expects_secrets")
+    __slots__ = ("repository_group_id", "prompt", "title", "branch_name", "ai_agent_type", "ai_agent_model", "expects_secrets", "priority", "required_labels", "max_run_seconds")
 
     if TYPE_CHECKING:
 
@@ -602,6 +760,9 @@ class CreateUnitTaskRequest(Message[_CreateUnitTaskRequestFields]):
             ai_agent_type: AiAgentType | None = None,
             ai_agent_model: str | None = None,
             expects_secrets: bool = False,
+            priority: TaskPriority | None = None,
+            required_labels: list[str] | None = None,
+            max_run_seconds: int | None = None,
         ) -> None:
             pass
 
@@ -612,6 +773,9 @@ class CreateUnitTaskRequest(Message[_CreateUnitTaskRequestFields]):
         ai_agent_type: AiAgentType
         ai_agent_model: str
         expects_secrets: bool
+        priority: TaskPriority
+        required_labels: list[str]
+        max_run_seconds: int
 
 _CreateUnitTaskResponseFields: TypeAlias = Literal["task"]
 
@@ -641,7 +805,7 @@ class CreateUnitTaskResponse(Message[_CreateUnitTaskResponseFields]):
 
         task: Task | None
 
-_CreateCompositeTaskRequestFields: TypeAlias = Literal["repository_group_id", "prompt", "title", "execution_agent_type", "planning_agent_type", "ai_agent_model", "expects_secrets"]
+_CreateCompositeTaskRequestFields: TypeAlias = Literal["repository_group_id", "prompt", "title", "execution_agent_type", "planning_agent_type", "ai_agent_model", "expects_secrets", "priority", "required_labels", "max_run_seconds"]
 
 class CreateCompositeTaskRequest(Message[_CreateCompositeTaskRequestFields]):
     """
@@ -682,9 +846,23 @@ class CreateCompositeTaskRequest(Message[_CreateCompositeTaskRequestFields]):
             ```proto
             bool expects_secrets = 7;
             ```
+        priority:
+            Of the planning run and of every node.
+
+            ```proto
+            delidev.v1.TaskPriority priority = 8;
+            ```
+        required_labels:
+            ```proto
+            repeated string required_labels = 9;
+            ```
+        max_run_seconds:
+            ```proto
+            optional int32 max_run_seconds = 10;
+            ```
     """
 
-    __slots__ = ("repository_group_id", "prompt", "title", "execution_agent_type", "planning_agent_type", "ai_agent_model", "expects_secrets")
+    __slots__ = ("repository_group_id", "prompt", "title", "execution_agent_type", "planning_agent_type", "ai_agent_model", "expects_secrets", "priority", "required_labels", "max_run_seconds")
 
     if TYPE_CHECKING:
 
@@ -698,6 +876,9 @@ class CreateCompositeTaskRequest(Message[_CreateCompositeTaskRequestFields]):
             planning_agent_type: AiAgentType | None = None,
             ai_agent_model: str | None = None,
             expects_secrets: bool = False,
+            priority: TaskPriority | None = None,
+            required_labels: list[str] | None = None,
+            max_run_seconds: int | None = None,
         ) -> None:
             pass
 
@@ -708,6 +889,9 @@ class CreateCompositeTaskRequest(Message[_CreateCompositeTaskRequestFields]):
         planning_agent_type: AiAgentType
         ai_agent_model: str
         expects_secrets: bool
+        priority: TaskPriority
+        required_labels: list[str]
+        max_run_seconds: int
 
 _CreateCompositeTaskResponseFields: TypeAlias = Literal["task"]
 
@@ -1259,6 +1443,71 @@ class RequestChangesResponse(Message[_RequestChangesResponseFields]):
 
         task: Task | None
 
+_SetTaskPriorityRequestFields: TypeAlias = Literal["task_id", "priority"]
+
+class SetTaskPriorityRequest(Message[_SetTaskPriorityRequestFields]):
+    """
+    Changes how soon a task's jobs are handed out (of a composite: its nodes' too). Refused
+    once the task has ended (done or rejected).
+
+    ```proto
+    message delidev.v1.SetTaskPriorityRequest
+    ```
+
+    Attributes:
+        task_id:
+            ```proto
+            string task_id = 1;
+            ```
+        priority:
+            ```proto
+            delidev.v1.TaskPriority priority = 2;
+            ```
+    """
+
+    __slots__ = ("task_id", "priority")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            task_id: str = "",
+            priority: TaskPriority | None = None,
+        ) -> None:
+            pass
+
+        task_id: str
+        priority: TaskPriority
+
+_SetTaskPriorityResponseFields: TypeAlias = Literal["task"]
+
+class SetTaskPriorityResponse(Message[_SetTaskPriorityResponseFields]):
+    """
+    ```proto
+    message delidev.v1.SetTaskPriorityResponse
+    ```
+
+    Attributes:
+        task:
+            ```proto
+            optional delidev.v1.Task task = 1;
+            ```
+    """
+
+    __slots__ = ("task",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            task: Task | None = None,
+        ) -> None:
+            pass
+
+        task: Task | None
+
 class UnitTaskStatus(Enum):
     """
     ```proto
@@ -1448,6 +1697,105 @@ class TaskKind(Enum):
     UNIT = 1
     COMPOSITE = 2
 
+class TaskPriority(Enum):
+    """
+    How soon a task's jobs are handed out: higher first, first come first served within one
+    priority, round-robin across workspaces among equals.
+
+    ```proto
+    enum delidev.v1.TaskPriority
+    ```
+
+    Attributes:
+        UNSPECIFIED:
+            NORMAL when creating; unchanged when updating
+
+            ```proto
+            TASK_PRIORITY_UNSPECIFIED = 0
+            ```
+        LOW:
+            ```proto
+            TASK_PRIORITY_LOW = 1
+            ```
+        NORMAL:
+            ```proto
+            TASK_PRIORITY_NORMAL = 2
+            ```
+        HIGH:
+            ```proto
+            TASK_PRIORITY_HIGH = 3
+            ```
+        URGENT:
+            ```proto
+            TASK_PRIORITY_URGENT = 4
+            ```
+    """
+
+    UNSPECIFIED = 0
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+    URGENT = 4
+
+class WaitReason(Enum):
+    """
+    Why a task's job is not running.
+
+    ```proto
+    enum delidev.v1.WaitReason
+    ```
+
+    Attributes:
+        UNSPECIFIED:
+            ```proto
+            WAIT_REASON_UNSPECIFIED = 0
+            ```
+        QUEUED:
+            Claimable; waits for a free worker behind `position` others.
+
+            ```proto
+            WAIT_REASON_QUEUED = 1
+            ```
+        SECRETS:
+            The task expects secrets (SecretsService.Send) that have not arrived.
+
+            ```proto
+            WAIT_REASON_SECRETS = 2
+            ```
+        DEPENDENCIES:
+            A composite node whose dependencies have not all finished.
+
+            ```proto
+            WAIT_REASON_DEPENDENCIES = 3
+            ```
+        NO_CAPABLE_WORKER:
+            No live worker runs its agent type or has every label it requires.
+
+            ```proto
+            WAIT_REASON_NO_CAPABLE_WORKER = 4
+            ```
+        CONCURRENCY_CAP:
+            Its workspace already runs as many jobs as its cap allows.
+
+            ```proto
+            WAIT_REASON_CONCURRENCY_CAP = 5
+            ```
+        BACKOFF:
+            An automatic retry after an infrastructure failure, held back until `until`.
+
+            ```proto
+            WAIT_REASON_BACKOFF = 6
+            ```
+    """
+
+    UNSPECIFIED = 0
+    QUEUED = 1
+    SECRETS = 2
+    DEPENDENCIES = 3
+    NO_CAPABLE_WORKER = 4
+    CONCURRENCY_CAP = 5
+    BACKOFF = 6
+
 class CompositeNodeState(Enum):
     """
     Where a composite task's node stands.
@@ -1502,12 +1850,13 @@ class CompositeNodeState(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x15delidev/v1/task.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"c\n\nBaseRemote\x12-\n\x13git_remote_dir_path\x18\x01 \x01(\tR\x10gitRemoteDirPath\x12&\n\x0fgit_branch_name\x18\x02 \x01(\tR\rgitBranchName"\xae\x05\n\x0cAgentSession\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12"\n\ragent_task_id\x18\x02 \x01(\tR\x0bagentTaskId\x12;\n\rai_agent_type\x18\x03 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\x04 \x01(\tH\x00R\x0caiAgentModel\x88\x01\x01\x126\n\x06status\x18\x05 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status\x12\'\n\x04kind\x18\x06 \x01(\x0e2\x13.delidev.v1.JobKindR\x04kind\x12\x18\n\x07attempt\x18\x07 \x01(\x05R\x07attempt\x12\x19\n\x05error\x18\x08 \x01(\tH\x01R\x05error\x88\x01\x01\x12 \n\tworker_id\x18\t \x01(\tH\x02R\x08workerId\x88\x01\x01\x12%\n\x0estop_requested\x18\n \x01(\x08R\rstopRequested\x12\x19\n\x08log_size\x18\x0b \x01(\x03R\x07logSize\x129\n\ncreated_at\x18\x0c \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12>\n\nstarted_at\x18\r \x01(\x0b2\x1a.google.protobuf.TimestampH\x03R\tstartedAt\x88\x01\x01\x12B\n\x0ccompleted_at\x18\x0e \x01(\x0b2\x1a.google.protobuf.TimestampH\x04R\x0bcompletedAt\x88\x01\x01B\x11\n\x0f_ai_agent_modelB\x08\n\x06_errorB\x0c\n\n_worker_idB\r\n\x0b_started_atB\x0f\n\r_completed_at"\xc2\x02\n\tAgentTask\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x129\n\x0cbase_remotes\x18\x02 \x03(\x0b2\x16.delidev.v1.BaseRemoteR\x0bbaseRemotes\x12;\n\rai_agent_type\x18\x03 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\x04 \x01(\tH\x00R\x0caiAgentModel\x88\x01\x01\x124\n\x08sessions\x18\x05 \x03(\x0b2\x18.delidev.v1.AgentSessionR\x08sessions\x129\n\ncreated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAtB\x11\n\x0f_ai_agent_model"\x86\x07\n\x08UnitTask\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12.\n\x13repository_group_id\x18\x03 \x01(\tR\x11repositoryGroupId\x124\n\nagent_task\x18\x04 \x01(\x0b2\x15.delidev.v1.AgentTaskR\tagentTask\x12$\n\x0bbranch_name\x18\x05 \x01(\tH\x00R\nbranchName\x88\x01\x01\x12\'\n\rlinked_pr_url\x18\x06 \x01(\tH\x01R\x0blinkedPrUrl\x88\x01\x01\x12$\n\x0bbase_commit\x18\x07 \x01(\tH\x02R\nbaseCommit\x88\x01\x01\x12"\n\nend_commit\x18\x08 \x01(\tH\x03R\tendCommit\x88\x01\x01\x122\n\x06status\x18\t \x01(\x0e2\x1a.delidev.v1.UnitTaskStatusR\x06status\x12\x16\n\x06prompt\x18\n \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x0b \x01(\tH\x04R\x05title\x88\x01\x01\x12;\n\x0eauto_fix_tasks\x18\x0c \x03(\x0b2\x15.delidev.v1.AgentTaskR\x0cautoFixTasks\x12D\n\x0elatest_session\x18\r \x01(\x0b2\x18.delidev.v1.AgentSessionH\x05R\rlatestSession\x88\x01\x01\x12.\n\x10rejection_reason\x18\x0e \x01(\tH\x06R\x0frejectionReason\x88\x01\x01\x12/\n\x11composite_task_id\x18\x0f \x01(\tH\x07R\x0fcompositeTaskId\x88\x01\x01\x129\n\ncreated_at\x18\x10 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x11 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAtB\x0e\n\x0c_branch_nameB\x10\n\x0e_linked_pr_urlB\x0e\n\x0c_base_commitB\r\n\x0b_end_commitB\x08\n\x06_titleB\x11\n\x0f_latest_sessionB\x13\n\x11_rejection_reasonB\x14\n\x12_composite_task_id"\xd4\x01\n\x11CompositeTaskNode\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n\x07plan_id\x18\x02 \x01(\tR\x06planId\x121\n\tunit_task\x18\x03 \x01(\x0b2\x14.delidev.v1.UnitTaskR\x08unitTask\x12-\n\x13depends_on_node_ids\x18\x04 \x03(\tR\x10dependsOnNodeIds\x124\n\x05state\x18\x05 \x01(\x0e2\x1e.delidev.v1.CompositeNodeStateR\x05state"\xd6\x05\n\rCompositeTask\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12.\n\x13repository_group_id\x18\x03 \x01(\tR\x11repositoryGroupId\x12:\n\rplanning_task\x18\x04 \x01(\x0b2\x15.delidev.v1.AgentTaskR\x0cplanningTask\x127\n\x06status\x18\x05 \x01(\x0e2\x1f.delidev.v1.CompositeTaskStatusR\x06status\x12I\n\x14execution_agent_type\x18\x06 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x12executionAgentType\x12\x16\n\x06prompt\x18\x07 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x08 \x01(\tH\x00R\x05title\x88\x01\x01\x12 \n\tplan_yaml\x18\t \x01(\tH\x01R\x08planYaml\x88\x01\x01\x12"\n\nplan_error\x18\n \x01(\tH\x02R\tplanError\x88\x01\x01\x123\n\x05nodes\x18\x0b \x03(\x0b2\x1d.delidev.v1.CompositeTaskNodeR\x05nodes\x12D\n\x0elatest_session\x18\x0c \x01(\x0b2\x18.delidev.v1.AgentSessionH\x03R\rlatestSession\x88\x01\x01\x129\n\ncreated_at\x18\r \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x0e \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAtB\x08\n\x06_titleB\x0c\n\n_plan_yamlB\r\n\x0b_plan_errorB\x11\n\x0f_latest_session"\x87\x01\n\x04Task\x123\n\tunit_task\x18\x01 \x01(\x0b2\x14.delidev.v1.UnitTaskH\x00R\x08unitTask\x12B\n\x0ecomposite_task\x18\x02 \x01(\x0b2\x19.delidev.v1.CompositeTaskH\x00R\rcompositeTaskB\x06\n\x04task"\xde\x02\n\x15CreateUnitTaskRequest\x12.\n\x13repository_group_id\x18\x01 \x01(\tR\x11repositoryGroupId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x03 \x01(\tH\x00R\x05title\x88\x01\x01\x12$\n\x0bbranch_name\x18\x04 \x01(\tH\x01R\nbranchName\x88\x01\x01\x12;\n\rai_agent_type\x18\x05 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\x06 \x01(\tH\x02R\x0caiAgentModel\x88\x01\x01\x12\'\n\x0fexpects_secrets\x18\x07 \x01(\x08R\x0eexpectsSecretsB\x08\n\x06_titleB\x0e\n\x0c_branch_nameB\x11\n\x0f_ai_agent_model">\n\x16CreateUnitTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"\x84\x03\n\x1aCreateCompositeTaskRequest\x12.\n\x13repository_group_id\x18\x01 \x01(\tR\x11repositoryGroupId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x03 \x01(\tH\x00R\x05title\x88\x01\x01\x12I\n\x14execution_agent_type\x18\x04 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x12executionAgentType\x12G\n\x13planning_agent_type\x18\x05 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x11planningAgentType\x12)\n\x0eai_agent_model\x18\x06 \x01(\tH\x01R\x0caiAgentModel\x88\x01\x01\x12\'\n\x0fexpects_secrets\x18\x07 \x01(\x08R\x0eexpectsSecretsB\x08\n\x06_titleB\x11\n\x0f_ai_agent_model"C\n\x1bCreateCompositeTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task")\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId"7\n\x0fGetTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"\xe5\x02\n\x10ListTasksRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12.\n\x13repository_group_id\x18\x02 \x01(\tR\x11repositoryGroupId\x12(\n\x04kind\x18\x03 \x01(\x0e2\x14.delidev.v1.TaskKindR\x04kind\x12;\n\x0bunit_status\x18\x04 \x01(\x0e2\x1a.delidev.v1.UnitTaskStatusR\nunitStatus\x12J\n\x10composite_status\x18\x05 \x01(\x0e2\x1f.delidev.v1.CompositeTaskStatusR\x0fcompositeStatus\x12\x14\n\x05limit\x18\x06 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x07 \x01(\x05R\x06offset\x12\x1d\n\npage_token\x18\x08 \x01(\tR\tpageToken"\x84\x01\n\x11ListTasksResponse\x12&\n\x05tasks\x18\x01 \x03(\x0b2\x10.delidev.v1.TaskR\x05tasks\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount\x12&\n\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken"\xa1\x01\n\x17UpdateTaskStatusRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x122\n\x06status\x18\x02 \x01(\x0e2\x1a.delidev.v1.UnitTaskStatusR\x06status\x12\'\n\rlinked_pr_url\x18\x03 \x01(\tH\x00R\x0blinkedPrUrl\x88\x01\x01B\x10\n\x0e_linked_pr_url"@\n\x18UpdateTaskStatusResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task",\n\x11DeleteTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId"\x14\n\x12DeleteTaskResponse"+\n\x10RetryTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId"9\n\x11RetryTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"-\n\x12ApproveTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId";\n\x13ApproveTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"T\n\x11RejectTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n\x06reason\x18\x02 \x01(\tH\x00R\x06reason\x88\x01\x01B\t\n\x07_reason":\n\x12RejectTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"L\n\x15RequestChangesRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1a\n\x08feedback\x18\x02 \x01(\tR\x08feedback">\n\x16RequestChangesResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task*\xeb\x01\n\x0eUnitTaskStatus\x12 \n\x1cUNIT_TASK_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cUNIT_TASK_STATUS_IN_PROGRESS\x10\x01\x12\x1e\n\x1aUNIT_TASK_STATUS_IN_REVIEW\x10\x02\x12\x1d\n\x19UNIT_TASK_STATUS_APPROVED\x10\x03\x12\x1c\n\x18UNIT_TASK_STATUS_PR_OPEN\x10\x04\x12\x19\n\x15UNIT_TASK_STATUS_DONE\x10\x05\x12\x1d\n\x19UNIT_TASK_STATUS_REJECTED\x10\x06*\xf7\x01\n\x13CompositeTaskStatus\x12%\n!COMPOSITE_TASK_STATUS_UNSPECIFIED\x10\x00\x12"\n\x1eCOMPOSITE_TASK_STATUS_PLANNING\x10\x01\x12*\n&COMPOSITE_TASK_STATUS_PENDING_APPROVAL\x10\x02\x12%\n!COMPOSITE_TASK_STATUS_IN_PROGRESS\x10\x03\x12\x1e\n\x1aCOMPOSITE_TASK_STATUS_DONE\x10\x04\x12"\n\x1eCOMPOSITE_TASK_STATUS_REJECTED\x10\x05*\x83\x02\n\x12AgentSessionStatus\x12$\n AGENT_SESSION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bAGENT_SESSION_STATUS_QUEUED\x10\x01\x12 \n\x1cAGENT_SESSION_STATUS_RUNNING\x10\x02\x12"\n\x1eAGENT_SESSION_STATUS_SUCCEEDED\x10\x03\x12\x1f\n\x1bAGENT_SESSION_STATUS_FAILED\x10\x04\x12 \n\x1cAGENT_SESSION_STATUS_STOPPED\x10\x05\x12\x1d\n\x19AGENT_SESSION_STATUS_LOST\x10\x06*i\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_KIND_UNIT_TASK\x10\x01\x12\x15\n\x11JOB_KIND_PLANNING\x10\x02\x12\x15\n\x11JOB_KIND_AUTO_FIX\x10\x03*R\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_UNIT\x10\x01\x12\x17\n\x13TASK_KIND_COMPOSITE\x10\x02*\xa6\x02\n\x12CompositeNodeState\x12$\n COMPOSITE_NODE_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cCOMPOSITE_NODE_STATE_WAITING\x10\x01\x12\x1f\n\x1bCOMPOSITE_NODE_STATE_QUEUED\x10\x02\x12 \n\x1cCOMPOSITE_NODE_STATE_RUNNING\x10\x03\x12"\n\x1eCOMPOSITE_NODE_STATE_IN_REVIEW\x10\x04\x12\x1d\n\x19COMPOSITE_NODE_STATE_DONE\x10\x05\x12\x1f\n\x1bCOMPOSITE_NODE_STATE_FAILED\x10\x06\x12!\n\x1dCOMPOSITE_NODE_STATE_REJECTED\x10\x072\xa3\x06\n\x0bTaskService\x12S\n\nCreateUnit\x12!.delidev.v1.CreateUnitTaskRequest\x1a".delidev.v1.CreateUnitTaskResponse\x12b\n\x0fCreateComposite\x12&.delidev.v1.CreateCompositeTaskRequest\x1a\'.delidev.v1.CreateCompositeTaskResponse\x12>\n\x03Get\x12\x1a.delidev.v1.GetTaskRequest\x1a\x1b.delidev.v1.GetTaskResponse\x12C\n\x04List\x12\x1c.delidev.v1.ListTasksRequest\x1a\x1d.delidev.v1.ListTasksResponse\x12Y\n\x0cUpdateStatus\x12#.delidev.v1.UpdateTaskStatusRequest\x1a$.delidev.v1.UpdateTaskStatusResponse\x12G\n\x06Delete\x12\x1d.delidev.v1.DeleteTaskRequest\x1a\x1e.delidev.v1.DeleteTaskResponse\x12D\n\x05Retry\x12\x1c.delidev.v1.RetryTaskRequest\x1a\x1d.delidev.v1.RetryTaskResponse\x12J\n\x07Approve\x12\x1e.delidev.v1.ApproveTaskRequest\x1a\x1f.delidev.v1.ApproveTaskResponse\x12G\n\x06Reject\x12\x1d.delidev.v1.RejectTaskRequest\x1a\x1e.delidev.v1.RejectTaskResponse\x12W\n\x0eRequestChanges\x12!.delidev.v1.RequestChangesRequest\x1a".delidev.v1.RequestChangesResponseb\x06proto3',
+    b'\n\x15delidev/v1/task.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xf2\x01\n\x07JobWait\x12.\n\x06reason\x18\x01 \x01(\x0e2\x16.delidev.v1.WaitReasonR\x06reason\x120\n\x05since\x18\x02 \x01(\x0b2\x1a.google.protobuf.TimestampR\x05since\x12\x16\n\x06detail\x18\x03 \x01(\tR\x06detail\x125\n\x05until\x18\x04 \x01(\x0b2\x1a.google.protobuf.TimestampH\x00R\x05until\x88\x01\x01\x12\x1f\n\x08position\x18\x05 \x01(\x05H\x01R\x08position\x88\x01\x01B\x08\n\x06_untilB\x0b\n\t_position"c\n\nBaseRemote\x12-\n\x13git_remote_dir_path\x18\x01 \x01(\tR\x10gitRemoteDirPath\x12&\n\x0fgit_branch_name\x18\x02 \x01(\tR\rgitBranchName"\xdc\x06\n\x0cAgentSession\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12"\n\ragent_task_id\x18\x02 \x01(\tR\x0bagentTaskId\x12;\n\rai_agent_type\x18\x03 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\x04 \x01(\tH\x00R\x0caiAgentModel\x88\x01\x01\x126\n\x06status\x18\x05 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status\x12\'\n\x04kind\x18\x06 \x01(\x0e2\x13.delidev.v1.JobKindR\x04kind\x12\x18\n\x07attempt\x18\x07 \x01(\x05R\x07attempt\x12\x19\n\x05error\x18\x08 \x01(\tH\x01R\x05error\x88\x01\x01\x12 \n\tworker_id\x18\t \x01(\tH\x02R\x08workerId\x88\x01\x01\x12%\n\x0estop_requested\x18\n \x01(\x08R\rstopRequested\x12\x19\n\x08log_size\x18\x0b \x01(\x03R\x07logSize\x129\n\ncreated_at\x18\x0c \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x12>\n\nstarted_at\x18\r \x01(\x0b2\x1a.google.protobuf.TimestampH\x03R\tstartedAt\x88\x01\x01\x12B\n\x0ccompleted_at\x18\x0e \x01(\x0b2\x1a.google.protobuf.TimestampH\x04R\x0bcompletedAt\x88\x01\x01\x12!\n\x0cauto_retries\x18\x0f \x01(\x05R\x0bautoRetries\x12&\n\x0cfailure_kind\x18\x10 \x01(\tH\x05R\x0bfailureKind\x88\x01\x01\x12@\n\x0bdeadline_at\x18\x11 \x01(\x0b2\x1a.google.protobuf.TimestampH\x06R\ndeadlineAt\x88\x01\x01B\x11\n\x0f_ai_agent_modelB\x08\n\x06_errorB\x0c\n\n_worker_idB\r\n\x0b_started_atB\x0f\n\r_completed_atB\x0f\n\r_failure_kindB\x0e\n\x0c_deadline_at"\xc2\x02\n\tAgentTask\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x129\n\x0cbase_remotes\x18\x02 \x03(\x0b2\x16.delidev.v1.BaseRemoteR\x0bbaseRemotes\x12;\n\rai_agent_type\x18\x03 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\x04 \x01(\tH\x00R\x0caiAgentModel\x88\x01\x01\x124\n\x08sessions\x18\x05 \x03(\x0b2\x18.delidev.v1.AgentSessionR\x08sessions\x129\n\ncreated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAtB\x11\n\x0f_ai_agent_model"\xdd\x08\n\x08UnitTask\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12.\n\x13repository_group_id\x18\x03 \x01(\tR\x11repositoryGroupId\x124\n\nagent_task\x18\x04 \x01(\x0b2\x15.delidev.v1.AgentTaskR\tagentTask\x12$\n\x0bbranch_name\x18\x05 \x01(\tH\x00R\nbranchName\x88\x01\x01\x12\'\n\rlinked_pr_url\x18\x06 \x01(\tH\x01R\x0blinkedPrUrl\x88\x01\x01\x12$\n\x0bbase_commit\x18\x07 \x01(\tH\x02R\nbaseCommit\x88\x01\x01\x12"\n\nend_commit\x18\x08 \x01(\tH\x03R\tendCommit\x88\x01\x01\x122\n\x06status\x18\t \x01(\x0e2\x1a.delidev.v1.UnitTaskStatusR\x06status\x12\x16\n\x06prompt\x18\n \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x0b \x01(\tH\x04R\x05title\x88\x01\x01\x12;\n\x0eauto_fix_tasks\x18\x0c \x03(\x0b2\x15.delidev.v1.AgentTaskR\x0cautoFixTasks\x12D\n\x0elatest_session\x18\r \x01(\x0b2\x18.delidev.v1.AgentSessionH\x05R\rlatestSession\x88\x01\x01\x12.\n\x10rejection_reason\x18\x0e \x01(\tH\x06R\x0frejectionReason\x88\x01\x01\x12/\n\x11composite_task_id\x18\x0f \x01(\tH\x07R\x0fcompositeTaskId\x88\x01\x01\x129\n\ncreated_at\x18\x10 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x11 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x12,\n\x04wait\x18\x12 \x01(\x0b2\x13.delidev.v1.JobWaitH\x08R\x04wait\x88\x01\x01\x124\n\x08priority\x18\x13 \x01(\x0e2\x18.delidev.v1.TaskPriorityR\x08priority\x12\'\n\x0frequired_labels\x18\x14 \x03(\tR\x0erequiredLabels\x12+\n\x0fmax_run_seconds\x18\x15 \x01(\x05H\tR\rmaxRunSeconds\x88\x01\x01B\x0e\n\x0c_branch_nameB\x10\n\x0e_linked_pr_urlB\x0e\n\x0c_base_commitB\r\n\x0b_end_commitB\x08\n\x06_titleB\x11\n\x0f_latest_sessionB\x13\n\x11_rejection_reasonB\x14\n\x12_composite_task_idB\x07\n\x05_waitB\x12\n\x10_max_run_seconds"\xd4\x01\n\x11CompositeTaskNode\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n\x07plan_id\x18\x02 \x01(\tR\x06planId\x121\n\tunit_task\x18\x03 \x01(\x0b2\x14.delidev.v1.UnitTaskR\x08unitTask\x12-\n\x13depends_on_node_ids\x18\x04 \x03(\tR\x10dependsOnNodeIds\x124\n\x05state\x18\x05 \x01(\x0e2\x1e.delidev.v1.CompositeNodeStateR\x05state"\xad\x07\n\rCompositeTask\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12.\n\x13repository_group_id\x18\x03 \x01(\tR\x11repositoryGroupId\x12:\n\rplanning_task\x18\x04 \x01(\x0b2\x15.delidev.v1.AgentTaskR\x0cplanningTask\x127\n\x06status\x18\x05 \x01(\x0e2\x1f.delidev.v1.CompositeTaskStatusR\x06status\x12I\n\x14execution_agent_type\x18\x06 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x12executionAgentType\x12\x16\n\x06prompt\x18\x07 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x08 \x01(\tH\x00R\x05title\x88\x01\x01\x12 \n\tplan_yaml\x18\t \x01(\tH\x01R\x08planYaml\x88\x01\x01\x12"\n\nplan_error\x18\n \x01(\tH\x02R\tplanError\x88\x01\x01\x123\n\x05nodes\x18\x0b \x03(\x0b2\x1d.delidev.v1.CompositeTaskNodeR\x05nodes\x12D\n\x0elatest_session\x18\x0c \x01(\x0b2\x18.delidev.v1.AgentSessionH\x03R\rlatestSession\x88\x01\x01\x129\n\ncreated_at\x18\r \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x0e \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x12,\n\x04wait\x18\x0f \x01(\x0b2\x13.delidev.v1.JobWaitH\x04R\x04wait\x88\x01\x01\x124\n\x08priority\x18\x10 \x01(\x0e2\x18.delidev.v1.TaskPriorityR\x08priority\x12\'\n\x0frequired_labels\x18\x11 \x03(\tR\x0erequiredLabels\x12+\n\x0fmax_run_seconds\x18\x12 \x01(\x05H\x05R\rmaxRunSeconds\x88\x01\x01B\x08\n\x06_titleB\x0c\n\n_plan_yamlB\r\n\x0b_plan_errorB\x11\n\x0f_latest_sessionB\x07\n\x05_waitB\x12\n\x10_max_run_seconds"\x87\x01\n\x04Task\x123\n\tunit_task\x18\x01 \x01(\x0b2\x14.delidev.v1.UnitTaskH\x00R\x08unitTask\x12B\n\x0ecomposite_task\x18\x02 \x01(\x0b2\x19.delidev.v1.CompositeTaskH\x00R\rcompositeTaskB\x06\n\x04task"\xfe\x03\n\x15CreateUnitTaskRequest\x12.\n\x13repository_group_id\x18\x01 \x01(\tR\x11repositoryGroupId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x03 \x01(\tH\x00R\x05title\x88\x01\x01\x12$\n\x0bbranch_name\x18\x04 \x01(\tH\x01R\nbranchName\x88\x01\x01\x12;\n\rai_agent_type\x18\x05 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\x06 \x01(\tH\x02R\x0caiAgentModel\x88\x01\x01\x12\'\n\x0fexpects_secrets\x18\x07 \x01(\x08R\x0eexpectsSecrets\x124\n\x08priority\x18\x08 \x01(\x0e2\x18.delidev.v1.TaskPriorityR\x08priority\x12\'\n\x0frequired_labels\x18\t \x03(\tR\x0erequiredLabels\x12+\n\x0fmax_run_seconds\x18\n \x01(\x05H\x03R\rmaxRunSeconds\x88\x01\x01B\x08\n\x06_titleB\x0e\n\x0c_branch_nameB\x11\n\x0f_ai_agent_modelB\x12\n\x10_max_run_seconds">\n\x16CreateUnitTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"\xa4\x04\n\x1aCreateCompositeTaskRequest\x12.\n\x13repository_group_id\x18\x01 \x01(\tR\x11repositoryGroupId\x12\x16\n\x06prompt\x18\x02 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x03 \x01(\tH\x00R\x05title\x88\x01\x01\x12I\n\x14execution_agent_type\x18\x04 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x12executionAgentType\x12G\n\x13planning_agent_type\x18\x05 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x11planningAgentType\x12)\n\x0eai_agent_model\x18\x06 \x01(\tH\x01R\x0caiAgentModel\x88\x01\x01\x12\'\n\x0fexpects_secrets\x18\x07 \x01(\x08R\x0eexpectsSecrets\x124\n\x08priority\x18\x08 \x01(\x0e2\x18.delidev.v1.TaskPriorityR\x08priority\x12\'\n\x0frequired_labels\x18\t \x03(\tR\x0erequiredLabels\x12+\n\x0fmax_run_seconds\x18\n \x01(\x05H\x02R\rmaxRunSeconds\x88\x01\x01B\x08\n\x06_titleB\x11\n\x0f_ai_agent_modelB\x12\n\x10_max_run_seconds"C\n\x1bCreateCompositeTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task")\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId"7\n\x0fGetTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"\xe5\x02\n\x10ListTasksRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12.\n\x13repository_group_id\x18\x02 \x01(\tR\x11repositoryGroupId\x12(\n\x04kind\x18\x03 \x01(\x0e2\x14.delidev.v1.TaskKindR\x04kind\x12;\n\x0bunit_status\x18\x04 \x01(\x0e2\x1a.delidev.v1.UnitTaskStatusR\nunitStatus\x12J\n\x10composite_status\x18\x05 \x01(\x0e2\x1f.delidev.v1.CompositeTaskStatusR\x0fcompositeStatus\x12\x14\n\x05limit\x18\x06 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x07 \x01(\x05R\x06offset\x12\x1d\n\npage_token\x18\x08 \x01(\tR\tpageToken"\x84\x01\n\x11ListTasksResponse\x12&\n\x05tasks\x18\x01 \x03(\x0b2\x10.delidev.v1.TaskR\x05tasks\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount\x12&\n\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken"\xa1\x01\n\x17UpdateTaskStatusRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x122\n\x06status\x18\x02 \x01(\x0e2\x1a.delidev.v1.UnitTaskStatusR\x06status\x12\'\n\rlinked_pr_url\x18\x03 \x01(\tH\x00R\x0blinkedPrUrl\x88\x01\x01B\x10\n\x0e_linked_pr_url"@\n\x18UpdateTaskStatusResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task",\n\x11DeleteTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId"\x14\n\x12DeleteTaskResponse"+\n\x10RetryTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId"9\n\x11RetryTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"-\n\x12ApproveTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId";\n\x13ApproveTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"T\n\x11RejectTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n\x06reason\x18\x02 \x01(\tH\x00R\x06reason\x88\x01\x01B\t\n\x07_reason":\n\x12RejectTaskResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"L\n\x15RequestChangesRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1a\n\x08feedback\x18\x02 \x01(\tR\x08feedback">\n\x16RequestChangesResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task"g\n\x16SetTaskPriorityRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x124\n\x08priority\x18\x02 \x01(\x0e2\x18.delidev.v1.TaskPriorityR\x08priority"?\n\x17SetTaskPriorityResponse\x12$\n\x04task\x18\x01 \x01(\x0b2\x10.delidev.v1.TaskR\x04task*\xeb\x01\n\x0eUnitTaskStatus\x12 \n\x1cUNIT_TASK_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cUNIT_TASK_STATUS_IN_PROGRESS\x10\x01\x12\x1e\n\x1aUNIT_TASK_STATUS_IN_REVIEW\x10\x02\x12\x1d\n\x19UNIT_TASK_STATUS_APPROVED\x10\x03\x12\x1c\n\x18UNIT_TASK_STATUS_PR_OPEN\x10\x04\x12\x19\n\x15UNIT_TASK_STATUS_DONE\x10\x05\x12\x1d\n\x19UNIT_TASK_STATUS_REJECTED\x10\x06*\xf7\x01\n\x13CompositeTaskStatus\x12%\n!COMPOSITE_TASK_STATUS_UNSPECIFIED\x10\x00\x12"\n\x1eCOMPOSITE_TASK_STATUS_PLANNING\x10\x01\x12*\n&COMPOSITE_TASK_STATUS_PENDING_APPROVAL\x10\x02\x12%\n!COMPOSITE_TASK_STATUS_IN_PROGRESS\x10\x03\x12\x1e\n\x1aCOMPOSITE_TASK_STATUS_DONE\x10\x04\x12"\n\x1eCOMPOSITE_TASK_STATUS_REJECTED\x10\x05*\x83\x02\n\x12AgentSessionStatus\x12$\n AGENT_SESSION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bAGENT_SESSION_STATUS_QUEUED\x10\x01\x12 \n\x1cAGENT_SESSION_STATUS_RUNNING\x10\x02\x12"\n\x1eAGENT_SESSION_STATUS_SUCCEEDED\x10\x03\x12\x1f\n\x1bAGENT_SESSION_STATUS_FAILED\x10\x04\x12 \n\x1cAGENT_SESSION_STATUS_STOPPED\x10\x05\x12\x1d\n\x19AGENT_SESSION_STATUS_LOST\x10\x06*i\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_KIND_UNIT_TASK\x10\x01\x12\x15\n\x11JOB_KIND_PLANNING\x10\x02\x12\x15\n\x11JOB_KIND_AUTO_FIX\x10\x03*R\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_UNIT\x10\x01\x12\x17\n\x13TASK_KIND_COMPOSITE\x10\x02*\x90\x01\n\x0cTaskPriority\x12\x1d\n\x19TASK_PRIORITY_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_PRIORITY_LOW\x10\x01\x12\x18\n\x14TASK_PRIORITY_NORMAL\x10\x02\x12\x16\n\x12TASK_PRIORITY_HIGH\x10\x03\x12\x18\n\x14TASK_PRIORITY_URGENT\x10\x04*\xd5\x01\n\nWaitReason\x12\x1b\n\x17WAIT_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12WAIT_REASON_QUEUED\x10\x01\x12\x17\n\x13WAIT_REASON_SECRETS\x10\x02\x12\x1c\n\x18WAIT_REASON_DEPENDENCIES\x10\x03\x12!\n\x1dWAIT_REASON_NO_CAPABLE_WORKER\x10\x04\x12\x1f\n\x1bWAIT_REASON_CONCURRENCY_CAP\x10\x05\x12\x17\n\x13WAIT_REASON_BACKOFF\x10\x06*\xa6\x02\n\x12CompositeNodeState\x12$\n COMPOSITE_NODE_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cCOMPOSITE_NODE_STATE_WAITING\x10\x01\x12\x1f\n\x1bCOMPOSITE_NODE_STATE_QUEUED\x10\x02\x12 \n\x1cCOMPOSITE_NODE_STATE_RUNNING\x10\x03\x12"\n\x1eCOMPOSITE_NODE_STATE_IN_REVIEW\x10\x04\x12\x1d\n\x19COMPOSITE_NODE_STATE_DONE\x10\x05\x12\x1f\n\x1bCOMPOSITE_NODE_STATE_FAILED\x10\x06\x12!\n\x1dCOMPOSITE_NODE_STATE_REJECTED\x10\x072\xfb\x06\n\x0bTaskService\x12S\n\nCreateUnit\x12!.delidev.v1.CreateUnitTaskRequest\x1a".delidev.v1.CreateUnitTaskResponse\x12b\n\x0fCreateComposite\x12&.delidev.v1.CreateCompositeTaskRequest\x1a\'.delidev.v1.CreateCompositeTaskResponse\x12>\n\x03Get\x12\x1a.delidev.v1.GetTaskRequest\x1a\x1b.delidev.v1.GetTaskResponse\x12C\n\x04List\x12\x1c.delidev.v1.ListTasksRequest\x1a\x1d.delidev.v1.ListTasksResponse\x12Y\n\x0cUpdateStatus\x12#.delidev.v1.UpdateTaskStatusRequest\x1a$.delidev.v1.UpdateTaskStatusResponse\x12G\n\x06Delete\x12\x1d.delidev.v1.DeleteTaskRequest\x1a\x1e.delidev.v1.DeleteTaskResponse\x12D\n\x05Retry\x12\x1c.delidev.v1.RetryTaskRequest\x1a\x1d.delidev.v1.RetryTaskResponse\x12J\n\x07Approve\x12\x1e.delidev.v1.ApproveTaskRequest\x1a\x1f.delidev.v1.ApproveTaskResponse\x12G\n\x06Reject\x12\x1d.delidev.v1.RejectTaskRequest\x1a\x1e.delidev.v1.RejectTaskResponse\x12W\n\x0eRequestChanges\x12!.delidev.v1.RequestChangesRequest\x1a".delidev.v1.RequestChangesResponse\x12V\n\x0bSetPriority\x12".delidev.v1.SetTaskPriorityRequest\x1a#.delidev.v1.SetTaskPriorityResponseb\x06proto3',
     [
         common_pb.desc(),
         timestamp_pb.desc(),
     ],
     {
+        "JobWait": JobWait,
         "BaseRemote": BaseRemote,
         "AgentSession": AgentSession,
         "AgentTask": AgentTask,
@@ -1535,11 +1884,15 @@ _DESC = file_desc(
         "RejectTaskResponse": RejectTaskResponse,
         "RequestChangesRequest": RequestChangesRequest,
         "RequestChangesResponse": RequestChangesResponse,
+        "SetTaskPriorityRequest": SetTaskPriorityRequest,
+        "SetTaskPriorityResponse": SetTaskPriorityResponse,
         "UnitTaskStatus": UnitTaskStatus,
         "CompositeTaskStatus": CompositeTaskStatus,
         "AgentSessionStatus": AgentSessionStatus,
         "JobKind": JobKind,
         "TaskKind": TaskKind,
+        "TaskPriority": TaskPriority,
+        "WaitReason": WaitReason,
         "CompositeNodeState": CompositeNodeState,
     },
 )

@@ -19,10 +19,10 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import worker_pb
-from .worker_pb import AppendLogRequest, AppendLogResponse, ClaimJobRequest, ClaimJobResponse, GetSecretsRequest, GetSecretsResponse, HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest, RegisterWorkerResponse, ReportStatusRequest, ReportStatusResponse, RequestTtyInputRequest, RequestTtyInputResponse, UnregisterWorkerRequest, UnregisterWorkerResponse, WaitTtyInputRequest, WaitTtyInputResponse
+from .worker_pb import AppendLogRequest, AppendLogResponse, ClaimJobRequest, ClaimJobResponse, DrainWorkerRequest, DrainWorkerResponse, GetSecretsRequest, GetSecretsResponse, HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest, RegisterWorkerResponse, ReportStatusRequest, ReportStatusResponse, RequestTtyInputRequest, RequestTtyInputResponse, UnregisterWorkerRequest, UnregisterWorkerResponse, WaitTtyInputRequest, WaitTtyInputResponse, WatchRequest, WatchResponse
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Iterable, Mapping
+    from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 
     from connectrpc.codec import Codec
     from connectrpc.compression import Compression
@@ -59,6 +59,16 @@ class WorkerService(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     async def wait_tty_input(self, request: WaitTtyInputRequest, ctx: RequestContext[WaitTtyInputRequest, WaitTtyInputResponse], /) -> WaitTtyInputResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def drain(self, request: DrainWorkerRequest, ctx: RequestContext[DrainWorkerRequest, DrainWorkerResponse], /) -> DrainWorkerResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch(self, request: WatchRequest, ctx: RequestContext[WatchRequest, WatchResponse], /) -> AsyncIterator[WatchResponse]:
+        """
+        Push dispatch: jobs, stop requests, drain and keep-alives as they happen. A worker whose
+        stream drops falls back to GetTask long polling and reconnects with back-off.
+        """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     @classmethod
@@ -177,6 +187,28 @@ class WorkerServiceASGIApplication(ConnectASGIApplication[WorkerService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.wait_tty_input,
+                ),
+                "/delidev.v1.WorkerService/Drain": Endpoint.unary(
+                    method=MethodInfo(
+                        name="Drain",
+                        service_name="delidev.v1.WorkerService",
+                        input=DrainWorkerRequest,
+                        output=DrainWorkerResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.drain,
+                ),
+                "/delidev.v1.WorkerService/Watch": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="Watch",
+                        service_name="delidev.v1.WorkerService",
+                        input=WatchRequest,
+                        output=WatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=svc.watch,
                 ),
             },
             interceptors=interceptors,
@@ -375,6 +407,50 @@ class WorkerServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def drain(
+        self,
+        request: DrainWorkerRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DrainWorkerResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="Drain",
+                service_name="delidev.v1.WorkerService",
+                input=DrainWorkerRequest,
+                output=DrainWorkerResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def watch(
+        self,
+        request: WatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[WatchResponse]:
+        """
+        Push dispatch: jobs, stop requests, drain and keep-alives as they happen. A worker whose
+        stream drops falls back to GetTask long polling and reconnects with back-off.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="Watch",
+                service_name="delidev.v1.WorkerService",
+                input=WatchRequest,
+                output=WatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class WorkerServiceSync(Protocol):
     def register(self, request: RegisterWorkerRequest, ctx: RequestContext[RegisterWorkerRequest, RegisterWorkerResponse], /) -> RegisterWorkerResponse:
@@ -405,6 +481,16 @@ class WorkerServiceSync(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     def wait_tty_input(self, request: WaitTtyInputRequest, ctx: RequestContext[WaitTtyInputRequest, WaitTtyInputResponse], /) -> WaitTtyInputResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def drain(self, request: DrainWorkerRequest, ctx: RequestContext[DrainWorkerRequest, DrainWorkerResponse], /) -> DrainWorkerResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def watch(self, request: WatchRequest, ctx: RequestContext[WatchRequest, WatchResponse], /) -> Iterator[WatchResponse]:
+        """
+        Push dispatch: jobs, stop requests, drain and keep-alives as they happen. A worker whose
+        stream drops falls back to GetTask long polling and reconnects with back-off.
+        """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     @classmethod
@@ -521,6 +607,28 @@ class WorkerServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.wait_tty_input,
+                ),
+                "/delidev.v1.WorkerService/Drain": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="Drain",
+                        service_name="delidev.v1.WorkerService",
+                        input=DrainWorkerRequest,
+                        output=DrainWorkerResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.drain,
+                ),
+                "/delidev.v1.WorkerService/Watch": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="Watch",
+                        service_name="delidev.v1.WorkerService",
+                        input=WatchRequest,
+                        output=WatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.SERVER_STREAM,
+                    ),
+                    function=service.watch,
                 ),
             },
             interceptors=interceptors,
@@ -715,6 +823,50 @@ class WorkerServiceClientSync(ConnectClientSync):
                 output=WaitTtyInputResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def drain(
+        self,
+        request: DrainWorkerRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DrainWorkerResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="Drain",
+                service_name="delidev.v1.WorkerService",
+                input=DrainWorkerRequest,
+                output=DrainWorkerResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def watch(
+        self,
+        request: WatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> Iterator[WatchResponse]:
+        """
+        Push dispatch: jobs, stop requests, drain and keep-alives as they happen. A worker whose
+        stream drops falls back to GetTask long polling and reconnects with back-off.
+        """
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="Watch",
+                service_name="delidev.v1.WorkerService",
+                input=WatchRequest,
+                output=WatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.SERVER_STREAM,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

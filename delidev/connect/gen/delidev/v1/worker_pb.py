@@ -18,7 +18,7 @@ from protobuf.wkt.google.protobuf import timestamp_pb
 from . import common_pb, session_pb, task_pb
 
 if TYPE_CHECKING:
-    from protobuf import DescFile
+    from protobuf import DescFile, Oneof
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
     from .common_pb import AiAgentType
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .task_pb import AgentSession, AgentSessionStatus, BaseRemote, JobKind
 
 
-_WorkerFields: TypeAlias = Literal["id", "name", "endpoint_url", "status", "last_heartbeat", "current_task_id", "registered_at"]
+_WorkerFields: TypeAlias = Literal["id", "name", "endpoint_url", "status", "last_heartbeat", "current_task_id", "registered_at", "agent_types", "labels", "draining"]
 
 class Worker(Message[_WorkerFields]):
     """
@@ -63,9 +63,27 @@ class Worker(Message[_WorkerFields]):
             ```proto
             optional google.protobuf.Timestamp registered_at = 7;
             ```
+        agent_types:
+            Agent types it can run; empty = every type.
+
+            ```proto
+            repeated delidev.v1.AiAgentType agent_types = 8 [packed = true];
+            ```
+        labels:
+            Its "key=value" labels.
+
+            ```proto
+            repeated string labels = 9;
+            ```
+        draining:
+            It finishes the job it holds and is handed no new one.
+
+            ```proto
+            bool draining = 10;
+            ```
     """
 
-    __slots__ = ("id", "name", "endpoint_url", "status", "last_heartbeat", "current_task_id", "registered_at")
+    __slots__ = ("id", "name", "endpoint_url", "status", "last_heartbeat", "current_task_id", "registered_at", "agent_types", "labels", "draining")
 
     if TYPE_CHECKING:
 
@@ -79,6 +97,9 @@ class Worker(Message[_WorkerFields]):
             last_heartbeat: Timestamp | None = None,
             current_task_id: str | None = None,
             registered_at: Timestamp | None = None,
+            agent_types: list[AiAgentType] | None = None,
+            labels: list[str] | None = None,
+            draining: bool = False,
         ) -> None:
             pass
 
@@ -89,6 +110,9 @@ class Worker(Message[_WorkerFields]):
         last_heartbeat: Timestamp | None
         current_task_id: str
         registered_at: Timestamp | None
+        agent_types: list[AiAgentType]
+        labels: list[str]
+        draining: bool
 
 _JobFields: TypeAlias = Literal["session_id", "lease_token", "kind", "task_id", "agent_task_id", "prompt", "title", "branch_name", "ai_agent_type", "ai_agent_model", "base_remotes", "attempt", "has_secrets"]
 
@@ -196,7 +220,7 @@ class Job(Message[_JobFields]):
         attempt: int
         has_secrets: bool
 
-_RegisterWorkerRequestFields: TypeAlias = Literal["name", "endpoint_url"]
+_RegisterWorkerRequestFields: TypeAlias = Literal["name", "endpoint_url", "agent_types", "labels"]
 
 class RegisterWorkerRequest(Message[_RegisterWorkerRequestFields]):
     """
@@ -213,9 +237,22 @@ class RegisterWorkerRequest(Message[_RegisterWorkerRequestFields]):
             ```proto
             string endpoint_url = 2;
             ```
+        agent_types:
+            Agent types it can run; none = every type.
+
+            ```proto
+            repeated delidev.v1.AiAgentType agent_types = 3 [packed = true];
+            ```
+        labels:
+            "key=value" labels (e.g. "os=linux", "region=eu", "docker=true"); a job that requires
+            labels goes only to a worker that has all of them.
+
+            ```proto
+            repeated string labels = 4;
+            ```
     """
 
-    __slots__ = ("name", "endpoint_url")
+    __slots__ = ("name", "endpoint_url", "agent_types", "labels")
 
     if TYPE_CHECKING:
 
@@ -224,11 +261,15 @@ class RegisterWorkerRequest(Message[_RegisterWorkerRequestFields]):
             *,
             name: str = "",
             endpoint_url: str = "",
+            agent_types: list[AiAgentType] | None = None,
+            labels: list[str] | None = None,
         ) -> None:
             pass
 
         name: str
         endpoint_url: str
+        agent_types: list[AiAgentType]
+        labels: list[str]
 
 _RegisterWorkerResponseFields: TypeAlias = Literal["worker_id", "credential", "heartbeat_interval_ms", "worker"]
 
@@ -324,7 +365,7 @@ class HeartbeatRequest(Message[_HeartbeatRequestFields]):
         current_task_id: str
         session_id: str
 
-_HeartbeatResponseFields: TypeAlias = Literal["stop_session_ids", "heartbeat_interval_ms", "status"]
+_HeartbeatResponseFields: TypeAlias = Literal["stop_session_ids", "heartbeat_interval_ms", "status", "draining"]
 
 class HeartbeatResponse(Message[_HeartbeatResponseFields]):
     """
@@ -347,9 +388,15 @@ class HeartbeatResponse(Message[_HeartbeatResponseFields]):
             ```proto
             delidev.v1.WorkerStatus status = 3;
             ```
+        draining:
+            It takes no new job (finish the current one, then it may exit).
+
+            ```proto
+            bool draining = 4;
+            ```
     """
 
-    __slots__ = ("stop_session_ids", "heartbeat_interval_ms", "status")
+    __slots__ = ("stop_session_ids", "heartbeat_interval_ms", "status", "draining")
 
     if TYPE_CHECKING:
 
@@ -359,12 +406,14 @@ class HeartbeatResponse(Message[_HeartbeatResponseFields]):
             stop_session_ids: list[str] | None = None,
             heartbeat_interval_ms: int = 0,
             status: WorkerStatus | None = None,
+            draining: bool = False,
         ) -> None:
             pass
 
         stop_session_ids: list[str]
         heartbeat_interval_ms: int
         status: WorkerStatus
+        draining: bool
 
 _UnregisterWorkerRequestFields: TypeAlias = Literal["worker_id"]
 
@@ -958,6 +1007,219 @@ class WaitTtyInputResponse(Message[_WaitTtyInputResponseFields]):
         request: TtyInputRequest | None
         response: str
 
+_DrainWorkerRequestFields: TypeAlias = Literal["worker_id", "draining"]
+
+class DrainWorkerRequest(Message[_DrainWorkerRequestFields]):
+    """
+    Marks a worker draining (or not): it finishes its job and receives no new one. Called by
+    the worker itself (its credential) or by an operator (DELIDEV_OPERATOR_TOKEN).
+
+    ```proto
+    message delidev.v1.DrainWorkerRequest
+    ```
+
+    Attributes:
+        worker_id:
+            ```proto
+            string worker_id = 1;
+            ```
+        draining:
+            ```proto
+            bool draining = 2;
+            ```
+    """
+
+    __slots__ = ("worker_id", "draining")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            worker_id: str = "",
+            draining: bool = False,
+        ) -> None:
+            pass
+
+        worker_id: str
+        draining: bool
+
+_DrainWorkerResponseFields: TypeAlias = Literal["worker"]
+
+class DrainWorkerResponse(Message[_DrainWorkerResponseFields]):
+    """
+    ```proto
+    message delidev.v1.DrainWorkerResponse
+    ```
+
+    Attributes:
+        worker:
+            ```proto
+            optional delidev.v1.Worker worker = 1;
+            ```
+    """
+
+    __slots__ = ("worker",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            worker: Worker | None = None,
+        ) -> None:
+            pass
+
+        worker: Worker | None
+
+_WatchRequestFields: TypeAlias = Literal["worker_id"]
+
+class WatchRequest(Message[_WatchRequestFields]):
+    """
+    ```proto
+    message delidev.v1.WatchRequest
+    ```
+
+    Attributes:
+        worker_id:
+            ```proto
+            string worker_id = 1;
+            ```
+    """
+
+    __slots__ = ("worker_id",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            worker_id: str = "",
+        ) -> None:
+            pass
+
+        worker_id: str
+
+_WatchResponseFields: TypeAlias = Literal["job_assigned", "stop_session", "drain", "keep_alive"]
+
+class WatchResponse(Message[_WatchResponseFields]):
+    """
+    One message of a worker's Watch stream.
+
+    ```proto
+    message delidev.v1.WatchResponse
+    ```
+
+    Attributes:
+        event:
+            ```proto
+            oneof event
+            ```
+    """
+
+    __slots__ = ("event",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            event: Oneof[Literal["job_assigned"], Job] | Oneof[Literal["stop_session"], StopSession] | Oneof[Literal["drain"], DrainChanged] | Oneof[Literal["keep_alive"], KeepAlive] | None = None,
+        ) -> None:
+            pass
+
+        event: Oneof[Literal["job_assigned"], Job] | Oneof[Literal["stop_session"], StopSession] | Oneof[Literal["drain"], DrainChanged] | Oneof[Literal["keep_alive"], KeepAlive] | None
+
+_StopSessionFields: TypeAlias = Literal["session_id", "reason"]
+
+class StopSession(Message[_StopSessionFields]):
+    """
+    ```proto
+    message delidev.v1.StopSession
+    ```
+
+    Attributes:
+        session_id:
+            ```proto
+            string session_id = 1;
+            ```
+        reason:
+            ```proto
+            string reason = 2;
+            ```
+    """
+
+    __slots__ = ("session_id", "reason")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            session_id: str = "",
+            reason: str = "",
+        ) -> None:
+            pass
+
+        session_id: str
+        reason: str
+
+_DrainChangedFields: TypeAlias = Literal["draining"]
+
+class DrainChanged(Message[_DrainChangedFields]):
+    """
+    ```proto
+    message delidev.v1.DrainChanged
+    ```
+
+    Attributes:
+        draining:
+            ```proto
+            bool draining = 1;
+            ```
+    """
+
+    __slots__ = ("draining",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            draining: bool = False,
+        ) -> None:
+            pass
+
+        draining: bool
+
+_KeepAliveFields: TypeAlias = Literal["server_time"]
+
+class KeepAlive(Message[_KeepAliveFields]):
+    """
+    ```proto
+    message delidev.v1.KeepAlive
+    ```
+
+    Attributes:
+        server_time:
+            ```proto
+            optional google.protobuf.Timestamp server_time = 1;
+            ```
+    """
+
+    __slots__ = ("server_time",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            server_time: Timestamp | None = None,
+        ) -> None:
+            pass
+
+        server_time: Timestamp | None
+
 class WorkerStatus(Enum):
     """
     ```proto
@@ -1032,7 +1294,7 @@ class FailureKind(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x17delidev/v1/worker.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x18delidev/v1/session.proto\x1a\x15delidev/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xc6\x02\n\x06Worker\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x03 \x01(\tR\x0bendpointUrl\x120\n\x06status\x18\x04 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12A\n\x0elast_heartbeat\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12+\n\x0fcurrent_task_id\x18\x06 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12?\n\rregistered_at\x18\x07 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0cregisteredAtB\x12\n\x10_current_task_id"\x8f\x04\n\x03Job\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x02 \x01(\tR\nleaseToken\x12\'\n\x04kind\x18\x03 \x01(\x0e2\x13.delidev.v1.JobKindR\x04kind\x12\x17\n\x07task_id\x18\x04 \x01(\tR\x06taskId\x12"\n\ragent_task_id\x18\x05 \x01(\tR\x0bagentTaskId\x12\x16\n\x06prompt\x18\x06 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x07 \x01(\tH\x00R\x05title\x88\x01\x01\x12$\n\x0bbranch_name\x18\x08 \x01(\tH\x01R\nbranchName\x88\x01\x01\x12;\n\rai_agent_type\x18\t \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\n \x01(\tH\x02R\x0caiAgentModel\x88\x01\x01\x129\n\x0cbase_remotes\x18\x0b \x03(\x0b2\x16.delidev.v1.BaseRemoteR\x0bbaseRemotes\x12\x18\n\x07attempt\x18\x0c \x01(\x05R\x07attempt\x12\x1f\n\x0bhas_secrets\x18\r \x01(\x08R\nhasSecretsB\x08\n\x06_titleB\x0e\n\x0c_branch_nameB\x11\n\x0f_ai_agent_model"N\n\x15RegisterWorkerRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x02 \x01(\tR\x0bendpointUrl"\xb5\x01\n\x16RegisterWorkerResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1e\n\ncredential\x18\x02 \x01(\tR\ncredential\x122\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05R\x13heartbeatIntervalMs\x12*\n\x06worker\x18\x04 \x01(\x0b2\x12.delidev.v1.WorkerR\x06worker"\xd5\x01\n\x10HeartbeatRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x120\n\x06status\x18\x02 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12+\n\x0fcurrent_task_id\x18\x03 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12"\n\nsession_id\x18\x04 \x01(\tH\x01R\tsessionId\x88\x01\x01B\x12\n\x10_current_task_idB\r\n\x0b_session_id"\xa3\x01\n\x11HeartbeatResponse\x12(\n\x10stop_session_ids\x18\x01 \x03(\tR\x0estopSessionIds\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs\x120\n\x06status\x18\x03 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status"6\n\x17UnregisterWorkerRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId"\x1a\n\x18UnregisterWorkerResponse"G\n\x0fClaimJobRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x17\n\x07wait_ms\x18\x02 \x01(\x05R\x06waitMs"B\n\x10ClaimJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b2\x0f.delidev.v1.JobH\x00R\x03job\x88\x01\x01B\x06\n\x04_job"\xa4\x03\n\x13ReportStatusRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status\x12\x19\n\x05error\x18\x05 \x01(\tH\x00R\x05error\x88\x01\x01\x12:\n\x0cfailure_kind\x18\x06 \x01(\x0e2\x17.delidev.v1.FailureKindR\x0bfailureKind\x12 \n\tplan_yaml\x18\x07 \x01(\tH\x01R\x08planYaml\x88\x01\x01\x12$\n\x0bbase_commit\x18\x08 \x01(\tH\x02R\nbaseCommit\x88\x01\x01\x12"\n\nend_commit\x18\t \x01(\tH\x03R\tendCommit\x88\x01\x01B\x08\n\x06_errorB\x0c\n\n_plan_yamlB\x0e\n\x0c_base_commitB\r\n\x0b_end_commit"J\n\x14ReportStatusResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"p\n\x11GetSecretsRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken"\x97\x01\n\x12GetSecretsResponse\x12E\n\x07secrets\x18\x01 \x03(\x0b2+.delidev.v1.GetSecretsResponse.SecretsEntryR\x07secrets\x1a:\n\x0cSecretsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01":\n\x08LogChunk\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x12\x12\n\x04data\x18\x02 \x01(\tR\x04data"\x9d\x01\n\x10AppendLogRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12,\n\x06chunks\x18\x04 \x03(\x0b2\x14.delidev.v1.LogChunkR\x06chunks"S\n\x11AppendLogResponse\x12#\n\rnext_sequence\x18\x01 \x01(\x03R\x0cnextSequence\x12\x19\n\x08log_size\x18\x02 \x01(\x03R\x07logSize"\xff\x01\n\x16RequestTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x127\n\ninput_type\x18\x05 \x01(\x0e2\x18.delidev.v1.TtyInputTypeR\tinputType\x12\x18\n\x07options\x18\x06 \x03(\tR\x07options\x12\x1d\n\ntimeout_ms\x18\x07 \x01(\x05R\ttimeoutMs"P\n\x17RequestTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request"\xaa\x01\n\x13WaitTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12\x17\n\x07wait_ms\x18\x05 \x01(\x05R\x06waitMs"{\n\x14WaitTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request\x12\x1f\n\x08response\x18\x02 \x01(\tH\x00R\x08response\x88\x01\x01B\x0b\n\t_response*z\n\x0cWorkerStatus\x12\x1d\n\x19WORKER_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12WORKER_STATUS_IDLE\x10\x01\x12\x16\n\x12WORKER_STATUS_BUSY\x10\x02\x12\x1b\n\x17WORKER_STATUS_UNHEALTHY\x10\x03*\xbf\x01\n\x0bFailureKind\x12\x1c\n\x18FAILURE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cFAILURE_KIND_CONTAINER_START\x10\x01\x12\x1e\n\x1aFAILURE_KIND_AGENT_CRASHED\x10\x02\x12\x18\n\x14FAILURE_KIND_TIMEOUT\x10\x03\x12\x1e\n\x1aFAILURE_KIND_OUT_OF_MEMORY\x10\x04\x12\x16\n\x12FAILURE_KIND_OTHER\x10\x052\xe4\x05\n\rWorkerService\x12Q\n\x08Register\x12!.delidev.v1.RegisterWorkerRequest\x1a".delidev.v1.RegisterWorkerResponse\x12H\n\tHeartbeat\x12\x1c.delidev.v1.HeartbeatRequest\x1a\x1d.delidev.v1.HeartbeatResponse\x12W\n\nUnregister\x12#.delidev.v1.UnregisterWorkerRequest\x1a$.delidev.v1.UnregisterWorkerResponse\x12D\n\x07GetTask\x12\x1b.delidev.v1.ClaimJobRequest\x1a\x1c.delidev.v1.ClaimJobResponse\x12Q\n\x0cReportStatus\x12\x1f.delidev.v1.ReportStatusRequest\x1a .delidev.v1.ReportStatusResponse\x12K\n\nGetSecrets\x12\x1d.delidev.v1.GetSecretsRequest\x1a\x1e.delidev.v1.GetSecretsResponse\x12H\n\tAppendLog\x12\x1c.delidev.v1.AppendLogRequest\x1a\x1d.delidev.v1.AppendLogResponse\x12Z\n\x0fRequestTtyInput\x12".delidev.v1.RequestTtyInputRequest\x1a#.delidev.v1.RequestTtyInputResponse\x12Q\n\x0cWaitTtyInput\x12\x1f.delidev.v1.WaitTtyInputRequest\x1a .delidev.v1.WaitTtyInputResponseb\x06proto3',
+    b'\n\x17delidev/v1/worker.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x18delidev/v1/session.proto\x1a\x15delidev/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xb4\x03\n\x06Worker\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x03 \x01(\tR\x0bendpointUrl\x120\n\x06status\x18\x04 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12A\n\x0elast_heartbeat\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12+\n\x0fcurrent_task_id\x18\x06 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12?\n\rregistered_at\x18\x07 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0cregisteredAt\x128\n\x0bagent_types\x18\x08 \x03(\x0e2\x17.delidev.v1.AiAgentTypeR\nagentTypes\x12\x16\n\x06labels\x18\t \x03(\tR\x06labels\x12\x1a\n\x08draining\x18\n \x01(\x08R\x08drainingB\x12\n\x10_current_task_id"\x8f\x04\n\x03Job\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x02 \x01(\tR\nleaseToken\x12\'\n\x04kind\x18\x03 \x01(\x0e2\x13.delidev.v1.JobKindR\x04kind\x12\x17\n\x07task_id\x18\x04 \x01(\tR\x06taskId\x12"\n\ragent_task_id\x18\x05 \x01(\tR\x0bagentTaskId\x12\x16\n\x06prompt\x18\x06 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x07 \x01(\tH\x00R\x05title\x88\x01\x01\x12$\n\x0bbranch_name\x18\x08 \x01(\tH\x01R\nbranchName\x88\x01\x01\x12;\n\rai_agent_type\x18\t \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\n \x01(\tH\x02R\x0caiAgentModel\x88\x01\x01\x129\n\x0cbase_remotes\x18\x0b \x03(\x0b2\x16.delidev.v1.BaseRemoteR\x0bbaseRemotes\x12\x18\n\x07attempt\x18\x0c \x01(\x05R\x07attempt\x12\x1f\n\x0bhas_secrets\x18\r \x01(\x08R\nhasSecretsB\x08\n\x06_titleB\x0e\n\x0c_branch_nameB\x11\n\x0f_ai_agent_model"\xa0\x01\n\x15RegisterWorkerRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x02 \x01(\tR\x0bendpointUrl\x128\n\x0bagent_types\x18\x03 \x03(\x0e2\x17.delidev.v1.AiAgentTypeR\nagentTypes\x12\x16\n\x06labels\x18\x04 \x03(\tR\x06labels"\xb5\x01\n\x16RegisterWorkerResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1e\n\ncredential\x18\x02 \x01(\tR\ncredential\x122\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05R\x13heartbeatIntervalMs\x12*\n\x06worker\x18\x04 \x01(\x0b2\x12.delidev.v1.WorkerR\x06worker"\xd5\x01\n\x10HeartbeatRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x120\n\x06status\x18\x02 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12+\n\x0fcurrent_task_id\x18\x03 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12"\n\nsession_id\x18\x04 \x01(\tH\x01R\tsessionId\x88\x01\x01B\x12\n\x10_current_task_idB\r\n\x0b_session_id"\xbf\x01\n\x11HeartbeatResponse\x12(\n\x10stop_session_ids\x18\x01 \x03(\tR\x0estopSessionIds\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs\x120\n\x06status\x18\x03 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12\x1a\n\x08draining\x18\x04 \x01(\x08R\x08draining"6\n\x17UnregisterWorkerRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId"\x1a\n\x18UnregisterWorkerResponse"G\n\x0fClaimJobRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x17\n\x07wait_ms\x18\x02 \x01(\x05R\x06waitMs"B\n\x10ClaimJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b2\x0f.delidev.v1.JobH\x00R\x03job\x88\x01\x01B\x06\n\x04_job"\xa4\x03\n\x13ReportStatusRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status\x12\x19\n\x05error\x18\x05 \x01(\tH\x00R\x05error\x88\x01\x01\x12:\n\x0cfailure_kind\x18\x06 \x01(\x0e2\x17.delidev.v1.FailureKindR\x0bfailureKind\x12 \n\tplan_yaml\x18\x07 \x01(\tH\x01R\x08planYaml\x88\x01\x01\x12$\n\x0bbase_commit\x18\x08 \x01(\tH\x02R\nbaseCommit\x88\x01\x01\x12"\n\nend_commit\x18\t \x01(\tH\x03R\tendCommit\x88\x01\x01B\x08\n\x06_errorB\x0c\n\n_plan_yamlB\x0e\n\x0c_base_commitB\r\n\x0b_end_commit"J\n\x14ReportStatusResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"p\n\x11GetSecretsRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken"\x97\x01\n\x12GetSecretsResponse\x12E\n\x07secrets\x18\x01 \x03(\x0b2+.delidev.v1.GetSecretsResponse.SecretsEntryR\x07secrets\x1a:\n\x0cSecretsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01":\n\x08LogChunk\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x12\x12\n\x04data\x18\x02 \x01(\tR\x04data"\x9d\x01\n\x10AppendLogRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12,\n\x06chunks\x18\x04 \x03(\x0b2\x14.delidev.v1.LogChunkR\x06chunks"S\n\x11AppendLogResponse\x12#\n\rnext_sequence\x18\x01 \x01(\x03R\x0cnextSequence\x12\x19\n\x08log_size\x18\x02 \x01(\x03R\x07logSize"\xff\x01\n\x16RequestTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x127\n\ninput_type\x18\x05 \x01(\x0e2\x18.delidev.v1.TtyInputTypeR\tinputType\x12\x18\n\x07options\x18\x06 \x03(\tR\x07options\x12\x1d\n\ntimeout_ms\x18\x07 \x01(\x05R\ttimeoutMs"P\n\x17RequestTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request"\xaa\x01\n\x13WaitTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12\x17\n\x07wait_ms\x18\x05 \x01(\x05R\x06waitMs"{\n\x14WaitTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request\x12\x1f\n\x08response\x18\x02 \x01(\tH\x00R\x08response\x88\x01\x01B\x0b\n\t_response"M\n\x12DrainWorkerRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1a\n\x08draining\x18\x02 \x01(\x08R\x08draining"A\n\x13DrainWorkerResponse\x12*\n\x06worker\x18\x01 \x01(\x0b2\x12.delidev.v1.WorkerR\x06worker"+\n\x0cWatchRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId"\xf6\x01\n\rWatchResponse\x124\n\x0cjob_assigned\x18\x01 \x01(\x0b2\x0f.delidev.v1.JobH\x00R\x0bjobAssigned\x12<\n\x0cstop_session\x18\x02 \x01(\x0b2\x17.delidev.v1.StopSessionH\x00R\x0bstopSession\x120\n\x05drain\x18\x03 \x01(\x0b2\x18.delidev.v1.DrainChangedH\x00R\x05drain\x126\n\nkeep_alive\x18\x04 \x01(\x0b2\x15.delidev.v1.KeepAliveH\x00R\tkeepAliveB\x07\n\x05event"D\n\x0bStopSession\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason"*\n\x0cDrainChanged\x12\x1a\n\x08draining\x18\x01 \x01(\x08R\x08draining"H\n\tKeepAlive\x12;\n\x0bserver_time\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\nserverTime*z\n\x0cWorkerStatus\x12\x1d\n\x19WORKER_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12WORKER_STATUS_IDLE\x10\x01\x12\x16\n\x12WORKER_STATUS_BUSY\x10\x02\x12\x1b\n\x17WORKER_STATUS_UNHEALTHY\x10\x03*\xbf\x01\n\x0bFailureKind\x12\x1c\n\x18FAILURE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cFAILURE_KIND_CONTAINER_START\x10\x01\x12\x1e\n\x1aFAILURE_KIND_AGENT_CRASHED\x10\x02\x12\x18\n\x14FAILURE_KIND_TIMEOUT\x10\x03\x12\x1e\n\x1aFAILURE_KIND_OUT_OF_MEMORY\x10\x04\x12\x16\n\x12FAILURE_KIND_OTHER\x10\x052\xee\x06\n\rWorkerService\x12Q\n\x08Register\x12!.delidev.v1.RegisterWorkerRequest\x1a".delidev.v1.RegisterWorkerResponse\x12H\n\tHeartbeat\x12\x1c.delidev.v1.HeartbeatRequest\x1a\x1d.delidev.v1.HeartbeatResponse\x12W\n\nUnregister\x12#.delidev.v1.UnregisterWorkerRequest\x1a$.delidev.v1.UnregisterWorkerResponse\x12D\n\x07GetTask\x12\x1b.delidev.v1.ClaimJobRequest\x1a\x1c.delidev.v1.ClaimJobResponse\x12Q\n\x0cReportStatus\x12\x1f.delidev.v1.ReportStatusRequest\x1a .delidev.v1.ReportStatusResponse\x12K\n\nGetSecrets\x12\x1d.delidev.v1.GetSecretsRequest\x1a\x1e.delidev.v1.GetSecretsResponse\x12H\n\tAppendLog\x12\x1c.delidev.v1.AppendLogRequest\x1a\x1d.delidev.v1.AppendLogResponse\x12Z\n\x0fRequestTtyInput\x12".delidev.v1.RequestTtyInputRequest\x1a#.delidev.v1.RequestTtyInputResponse\x12Q\n\x0cWaitTtyInput\x12\x1f.delidev.v1.WaitTtyInputRequest\x1a .delidev.v1.WaitTtyInputResponse\x12H\n\x05Drain\x12\x1e.delidev.v1.DrainWorkerRequest\x1a\x1f.delidev.v1.DrainWorkerResponse\x12>\n\x05Watch\x12\x18.delidev.v1.WatchRequest\x1a\x19.delidev.v1.WatchResponse0\x01b\x06proto3',
     [
         common_pb.desc(),
         session_pb.desc(),
@@ -1061,6 +1323,13 @@ _DESC = file_desc(
         "RequestTtyInputResponse": RequestTtyInputResponse,
         "WaitTtyInputRequest": WaitTtyInputRequest,
         "WaitTtyInputResponse": WaitTtyInputResponse,
+        "DrainWorkerRequest": DrainWorkerRequest,
+        "DrainWorkerResponse": DrainWorkerResponse,
+        "WatchRequest": WatchRequest,
+        "WatchResponse": WatchResponse,
+        "StopSession": StopSession,
+        "DrainChanged": DrainChanged,
+        "KeepAlive": KeepAlive,
         "WorkerStatus": WorkerStatus,
         "FailureKind": FailureKind,
     },

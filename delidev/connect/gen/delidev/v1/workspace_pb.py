@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 
-_WorkspaceFields: TypeAlias = Literal["id", "name", "description", "user_id", "created_at", "updated_at"]
+_WorkspaceFields: TypeAlias = Literal["id", "name", "description", "user_id", "created_at", "updated_at", "max_concurrent_jobs"]
 
 class Workspace(Message[_WorkspaceFields]):
     """
@@ -55,9 +55,15 @@ class Workspace(Message[_WorkspaceFields]):
             ```proto
             optional google.protobuf.Timestamp updated_at = 6;
             ```
+        max_concurrent_jobs:
+            At most this many of its jobs run at once; unset = no cap.
+
+            ```proto
+            optional int32 max_concurrent_jobs = 7;
+            ```
     """
 
-    __slots__ = ("id", "name", "description", "user_id", "created_at", "updated_at")
+    __slots__ = ("id", "name", "description", "user_id", "created_at", "updated_at", "max_concurrent_jobs")
 
     if TYPE_CHECKING:
 
@@ -70,6 +76,7 @@ class Workspace(Message[_WorkspaceFields]):
             user_id: str | None = None,
             created_at: Timestamp | None = None,
             updated_at: Timestamp | None = None,
+            max_concurrent_jobs: int | None = None,
         ) -> None:
             pass
 
@@ -79,8 +86,9 @@ class Workspace(Message[_WorkspaceFields]):
         user_id: str
         created_at: Timestamp | None
         updated_at: Timestamp | None
+        max_concurrent_jobs: int
 
-_CreateWorkspaceRequestFields: TypeAlias = Literal["name", "description"]
+_CreateWorkspaceRequestFields: TypeAlias = Literal["name", "description", "max_concurrent_jobs"]
 
 class CreateWorkspaceRequest(Message[_CreateWorkspaceRequestFields]):
     """
@@ -97,9 +105,15 @@ class CreateWorkspaceRequest(Message[_CreateWorkspaceRequestFields]):
             ```proto
             optional string description = 2;
             ```
+        max_concurrent_jobs:
+            Unset or 0: no cap.
+
+            ```proto
+            optional int32 max_concurrent_jobs = 3;
+            ```
     """
 
-    __slots__ = ("name", "description")
+    __slots__ = ("name", "description", "max_concurrent_jobs")
 
     if TYPE_CHECKING:
 
@@ -108,11 +122,13 @@ class CreateWorkspaceRequest(Message[_CreateWorkspaceRequestFields]):
             *,
             name: str = "",
             description: str | None = None,
+            max_concurrent_jobs: int | None = None,
         ) -> None:
             pass
 
         name: str
         description: str
+        max_concurrent_jobs: int
 
 _CreateWorkspaceResponseFields: TypeAlias = Literal["workspace"]
 
@@ -268,7 +284,7 @@ class GetWorkspaceResponse(Message[_GetWorkspaceResponseFields]):
 
         workspace: Workspace | None
 
-_UpdateWorkspaceRequestFields: TypeAlias = Literal["workspace_id", "name", "description"]
+_UpdateWorkspaceRequestFields: TypeAlias = Literal["workspace_id", "name", "description", "max_concurrent_jobs"]
 
 class UpdateWorkspaceRequest(Message[_UpdateWorkspaceRequestFields]):
     """
@@ -291,9 +307,15 @@ class UpdateWorkspaceRequest(Message[_UpdateWorkspaceRequestFields]):
             ```proto
             optional string description = 3;
             ```
+        max_concurrent_jobs:
+            Unset: unchanged; 0: the cap is removed.
+
+            ```proto
+            optional int32 max_concurrent_jobs = 4;
+            ```
     """
 
-    __slots__ = ("workspace_id", "name", "description")
+    __slots__ = ("workspace_id", "name", "description", "max_concurrent_jobs")
 
     if TYPE_CHECKING:
 
@@ -303,12 +325,14 @@ class UpdateWorkspaceRequest(Message[_UpdateWorkspaceRequestFields]):
             workspace_id: str = "",
             name: str | None = None,
             description: str | None = None,
+            max_concurrent_jobs: int | None = None,
         ) -> None:
             pass
 
         workspace_id: str
         name: str
         description: str
+        max_concurrent_jobs: int
 
 _UpdateWorkspaceResponseFields: TypeAlias = Literal["workspace"]
 
@@ -386,7 +410,7 @@ class DeleteWorkspaceResponse(Message[_DeleteWorkspaceResponseFields]):
 
 
 _DESC = file_desc(
-    b'\n\x1adelidev/v1/workspace.proto\x12\ndelidev.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\x86\x02\n\tWorkspace\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x03 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x12\x1c\n\x07user_id\x18\x04 \x01(\tH\x01R\x06userId\x88\x01\x01\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAtB\x0e\n\x0c_descriptionB\n\n\x08_user_id"c\n\x16CreateWorkspaceRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x02 \x01(\tH\x00R\x0bdescription\x88\x01\x01B\x0e\n\x0c_description"N\n\x17CreateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"E\n\x15ListWorkspacesRequest\x12\x14\n\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x02 \x01(\x05R\x06offset"p\n\x16ListWorkspacesResponse\x125\n\nworkspaces\x18\x01 \x03(\x0b2\x15.delidev.v1.WorkspaceR\nworkspaces\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"8\n\x13GetWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"K\n\x14GetWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"\x94\x01\n\x16UpdateWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0bdescription\x18\x03 \x01(\tH\x01R\x0bdescription\x88\x01\x01B\x07\n\x05_nameB\x0e\n\x0c_description"N\n\x17UpdateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace";\n\x16DeleteWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"\x19\n\x17DeleteWorkspaceResponse2\xa4\x03\n\x10WorkspaceService\x12Q\n\x06Create\x12".delidev.v1.CreateWorkspaceRequest\x1a#.delidev.v1.CreateWorkspaceResponse\x12M\n\x04List\x12!.delidev.v1.ListWorkspacesRequest\x1a".delidev.v1.ListWorkspacesResponse\x12H\n\x03Get\x12\x1f.delidev.v1.GetWorkspaceRequest\x1a .delidev.v1.GetWorkspaceResponse\x12Q\n\x06Update\x12".delidev.v1.UpdateWorkspaceRequest\x1a#.delidev.v1.UpdateWorkspaceResponse\x12Q\n\x06Delete\x12".delidev.v1.DeleteWorkspaceRequest\x1a#.delidev.v1.DeleteWorkspaceResponseb\x06proto3',
+    b'\n\x1adelidev/v1/workspace.proto\x12\ndelidev.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xd3\x02\n\tWorkspace\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x03 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x12\x1c\n\x07user_id\x18\x04 \x01(\tH\x01R\x06userId\x88\x01\x01\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x123\n\x13max_concurrent_jobs\x18\x07 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\n\n\x08_user_idB\x16\n\x14_max_concurrent_jobs"\xb0\x01\n\x16CreateWorkspaceRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x02 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x03 \x01(\x05H\x01R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17CreateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"E\n\x15ListWorkspacesRequest\x12\x14\n\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x02 \x01(\x05R\x06offset"p\n\x16ListWorkspacesResponse\x125\n\nworkspaces\x18\x01 \x03(\x0b2\x15.delidev.v1.WorkspaceR\nworkspaces\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"8\n\x13GetWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"K\n\x14GetWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"\xe1\x01\n\x16UpdateWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0bdescription\x18\x03 \x01(\tH\x01R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x04 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x07\n\x05_nameB\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17UpdateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace";\n\x16DeleteWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"\x19\n\x17DeleteWorkspaceResponse2\xa4\x03\n\x10WorkspaceService\x12Q\n\x06Create\x12".delidev.v1.CreateWorkspaceRequest\x1a#.delidev.v1.CreateWorkspaceResponse\x12M\n\x04List\x12!.delidev.v1.ListWorkspacesRequest\x1a".delidev.v1.ListWorkspacesResponse\x12H\n\x03Get\x12\x1f.delidev.v1.GetWorkspaceRequest\x1a .delidev.v1.GetWorkspaceResponse\x12Q\n\x06Update\x12".delidev.v1.UpdateWorkspaceRequest\x1a#.delidev.v1.UpdateWorkspaceResponse\x12Q\n\x06Delete\x12".delidev.v1.DeleteWorkspaceRequest\x1a#.delidev.v1.DeleteWorkspaceResponseb\x06proto3',
     [
         timestamp_pb.desc(),
     ],
