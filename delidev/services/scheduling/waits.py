@@ -1,0 +1,282 @@
+"""Why a queued job is not running, and since when.
+
+The reasons are worked out here, from what the claim statement checks (secrets, backoff, the
+live fleet's agent types and labels, the workspace's cap), so that what a user is told and
+what the scheduler does cannot drift apart. ``reconcile_waits`` stores each queued session's
+reason (``wait_reason``, ``wait_detail``, ``waiting_since``: when that reason began) and
+announces the tasks whose reason changed, so the task subscription carries it; it runs after
+the events that can change a reason and on each sweep, on every replica (each update is a
+compare-and-set, so replicas agree). The position in the queue changes with every claim: it
+is worked out on read (``waits_of``), never stored.
+
+A composite node that has no job yet waits for its dependencies: the task views say so
+(``dependency_wait``); no session carries it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from tortoise.functions import Count
+
+from delidev import models as m
+from delidev.services import secrets as secret_service
+from delidev.services import sessions as session_service
+from delidev.services.common import now as current_time
+from delidev.services.scheduling.labels import missing_labels
+
+Reason = m.WaitReason
+# Queued sessions looked at per pass (oldest first), and ranked for positions on read.
+MAX_RECONCILED = 5_000
+MAX_RANKED = 10_000
+_DETAIL_CHARS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    reason: m.WaitReason
+    since: dt.datetime
+    detail: str
+    until: dt.datetime | None = None
+    position: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    id: UUID
+    agent_task_id: UUID
+    agent_type: str
+    not_before: dt.datetime | None
+    auto_retries: int
+    expects_secrets: bool
+    required: list[str]
+    workspace_id: UUID | None
+    reason: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fleet:
+    live: list[tuple[list[str], list[str]]]
+    """(agent types, labels) of each distinct kind of live worker."""
+    registered_types: set[str] | None
+    """Agent types some registered worker runs; None when one runs every type."""
+
+
+def _json_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return [str(v) for v in value or []]
+
+
+async def _fleet() -> _Fleet:
+    rows = await m.Worker.all().values("status", "draining", "agent_types", "labels")
+    live: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+    registered: set[str] | None = set()
+    for row in rows:
+        types = _json_list(row["agent_types"])
+        if registered is not None:
+            registered = None if not types else registered | set(types)
+        if row["status"] != m.WorkerStatus.UNHEALTHY and not row["draining"]:
+            live.add((tuple(types), tuple(_json_list(row["labels"]))))
+    return _Fleet(live=[(list(t), list(labels)) for t, labels in live], registered_types=registered)
+
+
+async def _queued(limit: int) -> list[_Queued]:
+    rows = (
+        await m.AgentSession.filter(status=m.AgentSessionStatus.QUEUED)
+        .order_by("created_at", "id")
+        .limit(limit)
+        .values(
+            "id",
+            "agent_task_id",
+            "ai_agent_type",
+            "not_before",
+            "auto_retries",
+            "wait_reason",
+            "wait_detail",
+            "agent_task__expects_secrets",
+            "agent_task__required_labels",
+            "agent_task__workspace_id",
+        )
+    )
+    return [
+        _Queued(
+            id=UUID(str(row["id"])),
+            agent_task_id=UUID(str(row["agent_task_id"])),
+            agent_type=str(row["ai_agent_type"]),
+            not_before=row["not_before"],
+            auto_retries=int(row["auto_retries"]),
+            expects_secrets=bool(row["agent_task__expects_secrets"]),
+            required=_json_list(row["agent_task__required_labels"]),
+            workspace_id=(
+                None
+                if row["agent_task__workspace_id"] is None
+                else UUID(str(row["agent_task__workspace_id"]))
+            ),
+            reason=row["wait_reason"],
+            detail=row["wait_detail"],
+        )
+        for row in rows
+    ]
+
+
+async def _full_workspaces(workspace_ids: Iterable[UUID]) -> dict[UUID, tuple[int, int]]:
+    """Capped workspaces that run as many jobs as their cap: id → (running, cap)."""
+    caps = dict(
+        await m.Workspace.filter(
+            id__in=list(set(workspace_ids)), max_concurrent_jobs__isnull=False
+        ).values_list("id", "max_concurrent_jobs")
+    )
+    if not caps:
+        return {}
+    running = {
+        UUID(str(row["agent_task__workspace_id"])): int(row["n"])
+        for row in await m.AgentSession.filter(
+            status=m.AgentSessionStatus.RUNNING, agent_task__workspace_id__in=list(caps)
+        )
+        .annotate(n=Count("id"))
+        .group_by("agent_task__workspace_id")
+        .values("agent_task__workspace_id", "n")
+    }
+    return {
+        UUID(str(ws)): (running.get(UUID(str(ws)), 0), int(cap))
+        for ws, cap in caps.items()
+        if running.get(UUID(str(ws)), 0) >= int(cap)
+    }
+
+
+def _no_worker_detail(job: _Queued, fleet: _Fleet) -> str | None:
+    """Why no live worker can take the job, or None when one can."""
+    if fleet.registered_types is not None and job.agent_type not in fleet.registered_types:
+        return f"no registered worker runs the agent type {job.agent_type}"
+    typed = [labels for types, labels in fleet.live if not types or job.agent_type in types]
+    if not typed:
+        return f"no live worker runs the agent type {job.agent_type}"
+    fewest = min((missing_labels(job.required, labels) for labels in typed), key=len)
+    if not fewest:
+        return None
+    return (
+        f"no live worker that runs {job.agent_type} has the labels "
+        f"{', '.join(job.required)} (closest lacks {', '.join(fewest)})"
+    )
+
+
+def _reason(
+    job: _Queued,
+    *,
+    now: dt.datetime,
+    ready: set[UUID],
+    fleet: _Fleet,
+    full: dict[UUID, tuple[int, int]],
+) -> tuple[m.WaitReason, str]:
+    if job.not_before is not None and job.not_before > now:
+        return Reason.BACKOFF, (
+            f"automatic retry {job.auto_retries} after an infrastructure failure, "
+            f"not before {job.not_before.isoformat(timespec='seconds')}"
+        )
+    if job.expects_secrets and job.agent_task_id not in ready:
+        return Reason.SECRETS, "waits for the task's secrets (SecretsService.Send)"
+    missing = _no_worker_detail(job, fleet)
+    if missing is not None:
+        return Reason.NO_CAPABLE_WORKER, missing
+    if job.workspace_id in full:
+        running, cap = full[job.workspace_id]
+        return Reason.CONCURRENCY_CAP, (
+            f"its workspace runs {running} of at most {cap} jobs at once"
+        )
+    return Reason.QUEUED, "waits for a free worker"
+
+
+async def reconcile_waits(
+    *,
+    store: secret_service.SecretStore | None = None,
+    now: dt.datetime | None = None,
+    limit: int = MAX_RECONCILED,
+) -> int:
+    """Stores the reason each queued session waits (the ``limit`` oldest) where it changed,
+    and announces their tasks. Returns how many changed. ``now``: tests pass a later time."""
+    when = now or current_time()
+    queued = await _queued(limit)
+    if not queued:
+        return 0
+    ready = set(await secret_service.ready_agent_task_ids(store)) if store is not None else set()
+    fleet = await _fleet()
+    full = await _full_workspaces(j.workspace_id for j in queued if j.workspace_id is not None)
+    changed: list[UUID] = []
+    for job in queued:
+        reason, detail = _reason(job, now=when, ready=ready, fleet=fleet, full=full)
+        detail = detail[:_DETAIL_CHARS]
+        if job.reason == reason.value and job.detail == detail:
+            continue
+        fields: dict[str, Any] = {"wait_reason": reason.value, "wait_detail": detail}
+        if job.reason != reason.value:
+            fields["waiting_since"] = when
+        # Compare-and-set: another replica may have stored the same change meanwhile.
+        if await m.AgentSession.filter(
+            id=job.id,
+            status=m.AgentSessionStatus.QUEUED,
+            wait_reason=job.reason,
+            wait_detail=job.detail,
+        ).update(**fields):
+            changed.append(job.agent_task_id)
+    if changed:
+        await session_service.announce_tasks_of(changed)
+    return len(changed)
+
+
+async def waits_of(sessions: Sequence[m.AgentSession]) -> dict[UUID, Wait]:
+    """The wait of each queued session among ``sessions`` (others are left out): its stored
+    reason (QUEUED until the first reconcile) and, when queued, its position, worked out with
+    one query for any number of sessions."""
+    queued = [s for s in sessions if s.status == m.AgentSessionStatus.QUEUED]
+    if not queued:
+        return {}
+    positions: dict[UUID, int] = {}
+    if any(s.wait_reason in (None, Reason.QUEUED.value) for s in queued):
+        positions = await _positions()
+    result: dict[UUID, Wait] = {}
+    for s in queued:
+        reason = Reason(s.wait_reason) if s.wait_reason else Reason.QUEUED
+        result[s.id] = Wait(
+            reason=reason,
+            since=s.waiting_since or s.created_at,
+            detail=s.wait_detail or "waits for a free worker",
+            until=s.not_before if reason == Reason.BACKOFF else None,
+            position=positions.get(s.id) if reason == Reason.QUEUED else None,
+        )
+    return result
+
+
+async def _positions() -> dict[UUID, int]:
+    """Claimable queued sessions → how many are ahead (higher priority first, then older)."""
+    rows = (
+        await m.AgentSession.filter(status=m.AgentSessionStatus.QUEUED)
+        .filter(wait_reason__isnull=True)
+        .limit(MAX_RANKED)
+        .values_list("id", "agent_task__priority", "created_at")
+    )
+    rows += (
+        await m.AgentSession.filter(
+            status=m.AgentSessionStatus.QUEUED, wait_reason=Reason.QUEUED.value
+        )
+        .limit(MAX_RANKED)
+        .values_list("id", "agent_task__priority", "created_at")
+    )
+    ranked = sorted(rows, key=lambda r: (-int(r[1]), r[2], str(r[0])))[:MAX_RANKED]
+    return {UUID(str(row[0])): index for index, row in enumerate(ranked)}
+
+
+def dependency_wait(*, since: dt.datetime, waiting_for: Sequence[str]) -> Wait:
+    """The wait of a composite node whose dependencies (their PLAN.yaml ids) are unfinished."""
+    names = ", ".join(waiting_for[:10]) + (" …" if len(waiting_for) > 10 else "")
+    return Wait(
+        reason=Reason.DEPENDENCIES,
+        since=since,
+        detail=f"waits for {len(waiting_for)} unfinished dependencies: {names}",
+    )
