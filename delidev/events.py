@@ -126,7 +126,7 @@ class WorkerChanged:
     worker_id: str
 
     def keys(self) -> list[Key]:
-        return [("workers",)]
+        return [("workers",), ("worker", self.worker_id)]
 
 
 @dataclass(frozen=True, slots=True)

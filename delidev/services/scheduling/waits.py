@@ -24,6 +24,7 @@ from uuid import UUID
 
 from tortoise.functions import Count
 
+from delidev import events
 from delidev import models as m
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
@@ -209,6 +210,7 @@ async def reconcile_waits(
     fleet = await _fleet()
     full = await _full_workspaces(j.workspace_id for j in queued if j.workspace_id is not None)
     changed: list[UUID] = []
+    claimable = False
     for job in queued:
         reason, detail = _reason(job, now=when, ready=ready, fleet=fleet, full=full)
         detail = detail[:_DETAIL_CHARS]
@@ -225,8 +227,11 @@ async def reconcile_waits(
             wait_detail=job.detail,
         ).update(**fields):
             changed.append(job.agent_task_id)
+            claimable = claimable or reason == Reason.QUEUED
     if changed:
         await session_service.announce_tasks_of(changed)
+    if claimable:  # a backoff ended, a capable worker came, a cap freed: wake the workers
+        events.publish(events.JobQueued())
     return len(changed)
 
 

@@ -1,0 +1,154 @@
+"""Push dispatch: what a worker connected to ``WorkerService.Watch`` is told, as it happens.
+
+A connected worker that is idle and not draining has jobs claimed for it (the same claim as
+``GetTask``, under a lease; the worker then works as with a job from GetTask). It hears a stop
+request for the session it holds, a change of its draining flag, and a keep-alive every
+``keepalive`` so that either side notices a dead connection. Everything is woken by the event
+bus, which crosses replicas on PostgreSQL; a periodic re-check covers what no event announces.
+
+On connect, a worker that already holds a job is told of it again: a job claimed for it just
+before its previous stream dropped is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+from delidev import events
+from delidev import models as m
+from delidev.services import secrets as secret_service
+from delidev.services import workers
+from delidev.services.common import now as current_time
+
+# Re-check without an event at most this often (jobs whose backoff ended are announced by
+# the wait reconcile; this covers events lost while a replica's listener reconnected).
+RECHECK_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobAssigned:
+    job: workers.Job
+
+
+@dataclass(frozen=True, slots=True)
+class StopSession:
+    session_id: UUID
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrainChanged:
+    draining: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    server_time: dt.datetime
+
+
+Push = JobAssigned | StopSession | DrainChanged | KeepAlive
+Claim = Callable[[UUID], Awaitable["workers.Job | None"]]
+
+
+def _stop_reason(session: m.AgentSession) -> str:
+    if session.stop_reason == m.StopReason.TIMEOUT.value:
+        return "it ran longer than its time limit"
+    return "a user stopped it"
+
+
+async def watch_worker(
+    *,
+    worker_id: UUID,
+    bus: events.EventBus,
+    signal: workers.JobSignal,
+    claim: Claim,
+    keepalive: dt.timedelta,
+) -> AsyncIterator[Push]:
+    """What ``worker_id`` must know, until it is unregistered (then NotFound ends the stream).
+
+    ``claim(worker_id)`` claims a job for it without waiting (the caller binds the secret
+    store and the run-time settings). Raises: NotFound.
+    """
+    await workers.get_worker(worker_id=worker_id)
+    loop = asyncio.get_running_loop()
+    next_keepalive = loop.time() + keepalive.total_seconds()
+    draining = False  # a worker draining when it connects is told so at once
+    told_job: UUID | None = None
+    told_stop: UUID | None = None
+    with bus.watch(("worker", str(worker_id)), ("jobs",)) as fleet:
+        session_watch: events.Watch | None = None
+        try:
+            while True:
+                generation = signal.generation()
+                fleet.drain()
+                if session_watch is not None:
+                    session_watch.drain()
+                worker = await workers.get_worker(worker_id=worker_id)
+                if worker.draining != draining:
+                    draining = worker.draining
+                    yield DrainChanged(draining=draining)
+                held = await m.AgentSession.filter(
+                    worker_id=worker_id, status=m.AgentSessionStatus.RUNNING
+                ).first()
+                if held is not None:
+                    key = ("session", str(held.id))
+                    if session_watch is None or session_watch.keys != [key]:
+                        # Watch first, then read again: a stop asked in between is not missed.
+                        if session_watch is not None:
+                            session_watch.close()
+                        session_watch = bus.watch(key)
+                        continue
+                    if held.id != told_job:
+                        told_job = held.id
+                        yield JobAssigned(job=await workers.describe_job(held))
+                        continue
+                    if held.stop_requested and held.id != told_stop:
+                        told_stop = held.id
+                        yield StopSession(session_id=held.id, reason=_stop_reason(held))
+                        continue
+                elif not worker.draining and worker.status != m.WorkerStatus.UNHEALTHY:
+                    job = await claim(worker_id)
+                    if job is not None:
+                        told_job = job.session.id
+                        yield JobAssigned(job=job)
+                        continue
+                remaining = next_keepalive - loop.time()
+                if remaining <= 0:
+                    next_keepalive = loop.time() + keepalive.total_seconds()
+                    yield KeepAlive(server_time=current_time())
+                    continue
+                await _wake(
+                    [generation, fleet.changed]
+                    + ([session_watch.changed] if session_watch is not None else []),
+                    min(remaining, RECHECK_S),
+                )
+        finally:
+            if session_watch is not None:
+                session_watch.close()
+
+
+async def _wake(flags: list[asyncio.Event], seconds: float) -> None:
+    """Returns when any flag is set, or after ``seconds``."""
+    if any(flag.is_set() for flag in flags):
+        return
+    waiters = [asyncio.ensure_future(flag.wait()) for flag in flags]
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), seconds
+            )
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def default_claim(store: secret_service.SecretStore | None) -> Claim:
+    async def claim(worker_id: UUID) -> workers.Job | None:
+        return await workers.claim_job(worker_id=worker_id, store=store)
+
+    return claim

@@ -1,0 +1,120 @@
+"""Push dispatch (the service behind WorkerService.Watch): jobs, stops, drain, keep-alives."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+
+from delidev import events
+from delidev import models as m
+from delidev.auth.principal import LOCAL_USER
+from delidev.errors import NotFound
+from delidev.services import tasks, workers
+from delidev.services.scheduling import push
+from tests.factories import make_group, make_repository, make_workspace
+
+pytestmark = pytest.mark.usefixtures("database")
+
+
+@pytest.fixture
+def bus() -> AsyncIterator[events.EventBus]:
+    bus = events.EventBus()
+    token = events.bind(bus)
+    yield bus
+    events.unbind(token)
+
+
+async def _next(stream: AsyncIterator[push.Push], seconds: float = 5) -> push.Push:
+    return await asyncio.wait_for(anext(stream), seconds)
+
+
+async def _task() -> m.UnitTask:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    return await tasks.create_unit_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="push me"
+    )
+
+
+def _stream(
+    bus: events.EventBus, worker: m.Worker, keepalive: float = 30
+) -> AsyncIterator[push.Push]:
+    signal = workers.JobSignal()
+    bus.subscribe(signal.on_event)
+    return push.watch_worker(
+        worker_id=worker.id,
+        bus=bus,
+        signal=signal,
+        claim=push.default_claim(None),
+        keepalive=dt.timedelta(seconds=keepalive),
+    )
+
+
+async def _worker() -> m.Worker:
+    return (await workers.register_worker(name="w", endpoint_url="http://w:1")).worker
+
+
+async def test_a_new_job_is_pushed_to_an_idle_worker(bus: events.EventBus) -> None:
+    worker = await _worker()
+    stream = _stream(bus, worker)
+    pending = asyncio.ensure_future(_next(stream))
+    await asyncio.sleep(0.05)  # the stream is waiting (nothing queued): then a task arrives
+    assert not pending.done()
+    task = await _task()
+    pushed = await pending
+    assert isinstance(pushed, push.JobAssigned)
+    assert pushed.job.task_id == task.id
+    session = await m.AgentSession.get(id=pushed.job.session.id)
+    assert session.status == m.AgentSessionStatus.RUNNING
+    assert session.worker_id == worker.id
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_held_job_is_told_again_on_reconnect_then_its_stop(bus: events.EventBus) -> None:
+    worker = await _worker()
+    await _task()
+    job = await workers.claim_job(worker_id=worker.id)
+    assert job is not None
+    stream = _stream(bus, worker)
+    again = await _next(stream)
+    assert isinstance(again, push.JobAssigned)
+    assert again.job.session.id == job.session.id
+    assert again.job.lease_token == job.lease_token
+
+    await m.AgentSession.filter(id=job.session.id).update(
+        stop_requested=True, stop_reason=m.StopReason.TIMEOUT.value
+    )
+    events.publish(events.SessionChanged(session_id=str(job.session.id), status="running"))
+    stop = await _next(stream)
+    assert isinstance(stop, push.StopSession)
+    assert stop.session_id == job.session.id
+    assert "time limit" in stop.reason
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_drain_is_told_and_a_draining_worker_gets_no_job(bus: events.EventBus) -> None:
+    worker = await _worker()
+    stream = _stream(bus, worker, keepalive=0.2)
+    await m.Worker.filter(id=worker.id).update(draining=True)
+    events.publish(events.WorkerChanged(worker_id=str(worker.id)))
+    assert await _next(stream) == push.DrainChanged(draining=True)
+    await _task()
+    assert isinstance(await _next(stream), push.KeepAlive)  # no job for a draining worker
+    await m.Worker.filter(id=worker.id).update(draining=False)
+    events.publish(events.WorkerChanged(worker_id=str(worker.id)))
+    assert await _next(stream) == push.DrainChanged(draining=False)
+    assert isinstance(await _next(stream), push.JobAssigned)
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_keepalives_and_the_end_when_unregistered(bus: events.EventBus) -> None:
+    worker = await _worker()
+    stream = _stream(bus, worker, keepalive=0.05)
+    assert isinstance(await _next(stream), push.KeepAlive)
+    assert isinstance(await _next(stream), push.KeepAlive)
+    await workers.unregister_worker(worker_id=worker.id)
+    with pytest.raises(NotFound):
+        await _next(stream)
