@@ -1,13 +1,18 @@
 """``delidev-worker-sim``: a reference worker that speaks the WorkerService protocol.
 
-It registers, heartbeats, claims jobs (long poll), fetches the job's secrets, streams fake
+It registers (with the agent types and labels it is given), heartbeats, takes jobs pushed on
+its ``Watch`` stream (or, with ``--poll`` or while that stream is down, claims them by long
+polling ``GetTask``), fetches the job's secrets, streams fake
 agent output in numbered chunks, can ask a TTY question and wait for the answer, honours stop
-requests from its heartbeat replies, and reports success, failure or (for a planning job) a
+requests from its heartbeat replies and its stream, leaves once it is drained (after its
+job), and reports success, failure or (for a planning job) a
 PLAN.yaml. Try the server without agents with it; the tests and benchmarks use it too.
 
 What a job does can be steered from its prompt with directives:
 
 - ``[sim:fail]``: report a failure instead of success;
+- ``[sim:oom]``: report an out-of-memory failure (an infrastructure failure, retried by the
+  server up to its limit);
 - ``[sim:lines=N]``: print N lines (default ``--lines``);
 - ``[sim:unicode]``: the lines hold emoji, combining marks, CJK and right-to-left text;
 - ``[sim:sleep=S]``: work S seconds before reporting (a long job, to stop or kill);
@@ -37,8 +42,9 @@ from typing import TypeVar
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from protobuf import Oneof
 
-from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
+from delidev.connect.gen.delidev.v1 import common_pb, session_pb, task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 
 log = logging.getLogger("delidev.worker_sim")
@@ -53,6 +59,8 @@ TRANSIENT = {
     Code.UNKNOWN,
     Code.INTERNAL,
 }
+# --agent-type values: claude_code, open_code, ...
+AGENT_TYPES = {t.name.lower(): t for t in common_pb.AiAgentType if t.value}
 _DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([^\]]*))?\]")
 
 
@@ -97,6 +105,13 @@ class Options:
     retry_max: float = 10.0
     job_call_attempts: int = 5
     """Tries of one call about a job before the job is given up."""
+    poll: bool = False
+    """Claim by long polling GetTask only (no Watch stream)."""
+    agent_types: tuple[common_pb.AiAgentType, ...] = ()
+    """AiAgentType values declared at Register (none = every type)."""
+    labels: tuple[str, ...] = ()
+    stream_timeout_ms: int = 300_000
+    """A Watch stream is renewed this often (a fresh call, no back-off)."""
 
 
 @dataclass
@@ -112,6 +127,8 @@ class Stats:
     errors: int = 0
     """Transient errors (retried)."""
     lines: int = 0
+    pushed: int = 0
+    """Jobs that arrived on the Watch stream (the rest came from GetTask)."""
 
 
 class Stopped(Exception):
@@ -145,6 +162,11 @@ class SimWorker:
         self._stop_requested: set[str] = set()
         self._closing = asyncio.Event()
         self._failures = 0  # transient failures in a row, for the back-off
+        self._pushed: asyncio.Queue[worker_pb.Job] = asyncio.Queue()
+        self._stream_up = asyncio.Event()
+        self._seen: set[str] = set()  # sessions taken (a job may be told twice)
+        self.draining = False
+        self._failure_kinds: dict[str, worker_pb.FailureKind] = {}
 
     def _headers(self) -> Mapping[str, str]:
         token = self._credential or self.o.registration_token
@@ -152,7 +174,12 @@ class SimWorker:
 
     async def register(self) -> None:
         reply = await self.client.register(
-            worker_pb.RegisterWorkerRequest(name=self.o.name, endpoint_url=self.o.endpoint_url),
+            worker_pb.RegisterWorkerRequest(
+                name=self.o.name,
+                endpoint_url=self.o.endpoint_url,
+                agent_types=list(self.o.agent_types),
+                labels=list(self.o.labels),
+            ),
             headers=self._headers(),
         )
         self.worker_id, self._credential = reply.worker_id, reply.credential
@@ -170,6 +197,7 @@ class SimWorker:
                     headers=self._headers(),
                 )
                 self._stop_requested.update(reply.stop_session_ids)
+                self._drained(reply.draining)
                 self._interval = max(reply.heartbeat_interval_ms / 1000, 0.01)
             except ConnectError as e:
                 log.warning("heartbeat refused: %s", e.code.name)
@@ -187,12 +215,13 @@ class SimWorker:
         await self.register()
         current: dict[str, str] = {}
         beats = asyncio.create_task(self._heartbeats(current))
+        stream = None if self.o.poll else asyncio.create_task(self._watch())
         idle_since = time.monotonic()
         try:
             while not self._closing.is_set():
                 if self.o.max_jobs and len(self.stats.sessions) >= self.o.max_jobs:
                     break
-                job = await self.claim()
+                job = await self.next_job()
                 if job is None:
                     if self.o.idle_exit and time.monotonic() - idle_since >= self.o.idle_exit:
                         break
@@ -205,8 +234,71 @@ class SimWorker:
                 idle_since = time.monotonic()
         finally:
             self._closing.set()
+            if stream is not None:
+                stream.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stream
             await beats
         return self.stats
+
+    def _drained(self, draining: bool) -> None:
+        """Drained: finish the job in hand, then leave (a fleet deploy drains old workers)."""
+        if draining and not self.draining:
+            log.info("%s is drained: leaving after its job", self.o.name)
+            self._closing.set()
+        self.draining = draining
+
+    async def next_job(self) -> worker_pb.Job | None:
+        """A job pushed on the Watch stream, or (with ``--poll``, or while the stream is
+        down) one claimed by long polling GetTask; None when none came within ``wait_ms``."""
+        while True:
+            if self.o.poll or not self._stream_up.is_set():
+                job = await self.claim()
+            else:
+                try:
+                    job = await asyncio.wait_for(self._pushed.get(), self.o.wait_ms / 1000)
+                except TimeoutError:
+                    return None
+            if job is None or job.session_id not in self._seen:
+                if job is not None:
+                    self._seen.add(job.session_id)
+                return job
+
+    async def _watch(self) -> None:
+        """Keeps a Watch stream open; reconnects with back-off after a failure (jobs are
+        claimed by long polling until it is back)."""
+        failures = 0
+        while not self._closing.is_set():
+            try:
+                stream = self.client.watch(
+                    worker_pb.WatchRequest(worker_id=self.worker_id),
+                    headers=self._headers(),
+                    timeout_ms=self.o.stream_timeout_ms,
+                )
+                async for message in stream:
+                    self._stream_up.set()
+                    failures = 0
+                    match message.event:
+                        case Oneof(field="job_assigned", value=worker_pb.Job() as job):
+                            self.stats.pushed += 1
+                            self._pushed.put_nowait(job)
+                        case Oneof(field="stop_session", value=worker_pb.StopSession() as stop):
+                            self._stop_requested.add(stop.session_id)
+                        case Oneof(field="drain", value=worker_pb.DrainChanged() as drain):
+                            self._drained(drain.draining)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._stream_up.clear()
+                if isinstance(e, ConnectError) and e.code == Code.DEADLINE_EXCEEDED:
+                    continue  # the stream's own timeout: renew it at once
+                failures = min(failures + 1, 30)
+                log.warning("%s: watch stream failed: %s", self.o.name, _describe(e))
+                delay = min(self.o.retry_max, self.o.retry_base * 2**failures)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay * random.uniform(0.5, 1.0))
+            else:
+                self._stream_up.clear()
 
     async def claim(self) -> worker_pb.Job | None:
         """The next job, or None (none came within ``wait_ms``, or the call failed and the
@@ -347,6 +439,9 @@ class SimWorker:
             self._check_stop(job)
             if job.kind == task_pb.JobKind.PLANNING:
                 plan = self.o.plan_text or plan_yaml(int(rules.get("plan") or self.o.plan_tasks))
+            elif "oom" in rules:
+                status, error = S.FAILED, "the simulated agent's container ran out of memory"
+                self._failure_kinds[job.session_id] = worker_pb.FailureKind.OUT_OF_MEMORY
             elif "fail" in rules or random.random() < self.o.fail_rate:
                 status, error = S.FAILED, "the simulated agent exited with status 1"
         except Stopped:
@@ -405,6 +500,7 @@ class SimWorker:
                     status=status,  # type: ignore[arg-type]
                     error=error,
                     plan_yaml=plan,
+                    failure_kind=self._failure_kinds.pop(job.session_id, None),
                 ),
                 headers=self._headers(),
             ),
@@ -467,6 +563,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]
     p.add_argument("--plan-file", default=None, help="PLAN.yaml that planning jobs report")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of jobs that fail")
     p.add_argument("--wait-ms", type=int, default=5_000, help="long-poll wait of GetTask")
+    p.add_argument(
+        "--poll", action="store_true", help="claim by long polling GetTask (no Watch stream)"
+    )
+    p.add_argument(
+        "--agent-type",
+        action="append",
+        default=[],
+        choices=sorted(AGENT_TYPES),
+        help="an agent type this worker runs (repeat; none = every type)",
+    )
+    p.add_argument(
+        "--label", action="append", default=[], help="a key=value label of this worker (repeat)"
+    )
     p.add_argument("--max-jobs", type=int, default=0, help="exit after N jobs each (0 = never)")
     p.add_argument("--idle-exit", type=float, default=0.0, help="exit after S idle seconds")
     p.add_argument(
@@ -492,6 +601,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]
         idle_exit=a.idle_exit,
         retry_base=min(0.2, a.retry_max),
         retry_max=a.retry_max,
+        poll=a.poll,
+        agent_types=tuple(AGENT_TYPES[t] for t in a.agent_type),
+        labels=tuple(a.label),
     )
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(message)s")
     return options, max(1, a.workers), a.report
@@ -546,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "abandoned": sum(st.abandoned for st in stats),
         "errors": sum(st.errors for st in stats),
         "lines": sum(st.lines for st in stats),
+        "pushed": sum(st.pushed for st in stats),
     }
     if report:
         with open(report, "w") as f:
