@@ -14,8 +14,8 @@ from delidev import errors
 from delidev import models as m
 from delidev.connect.interceptors import CONNECT_CODES, connect_code
 from delidev.graphql.errors import GRAPHQL_CODES, graphql_code
-from delidev.services import sessions
 from delidev.services.common import get_row, orm_errors, transaction
+from delidev.services.sessions import lifecycle
 from tests.clients import ApiError, ConnectTaskApi, GraphQLTaskApi, connect_codecs
 from tests.factories import make_group, make_repository, make_workspace
 
@@ -108,13 +108,13 @@ async def test_a_session_deleted_while_it_stops_is_not_found_not_internal(
     api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A concurrent delete lands between the stop's update and its re-read (a Model.get()).
-    ended = sessions._session_ended
+    ended = lifecycle._session_ended
 
     async def deleted_meanwhile(session_id: uuid.UUID) -> None:
         await ended(session_id)
         await m.AgentSession.filter(id=session_id).delete()
 
-    monkeypatch.setattr(sessions, "_session_ended", deleted_meanwhile)
+    monkeypatch.setattr(lifecycle, "_session_ended", deleted_meanwhile)
     ws = await make_workspace()
     group = await make_group(ws, [await make_repository(ws)])
     task = await api.create_unit(str(group.id), "p")

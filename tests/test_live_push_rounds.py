@@ -61,6 +61,8 @@ async def test_a_cancelled_round_releases_the_followers_it_had_not_reached(
         await until(lambda: feed.task is not None and feed.task.done())
         # Those pushed to before the cut got the piece once; the others read it themselves.
         await until(lambda: all(r == [(0, "hello\n")] for r in received))
+        # ... and no repeat comes after it: nothing arrives within this time (the wait is the
+        # behaviour under test: the round's feed is gone, nothing else could mark an end).
         await asyncio.sleep(0.05)
         assert all(r == [(0, "hello\n")] for r in received), received
     finally:

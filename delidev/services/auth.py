@@ -26,7 +26,7 @@ from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.auth.tokens import issue_access_token, verify_access_token
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
-from delidev.services.common import now as _now
+from delidev.services import common
 from delidev.services.common import transaction
 from delidev.settings import Settings
 
@@ -88,7 +88,7 @@ async def issue_tokens(
         token_hash=_hash(refresh),
         family_id=family_id,
         access_jti=access.jti,
-        expires_at=_now() + REFRESH_LIFETIME,
+        expires_at=common.now() + REFRESH_LIFETIME,
     )
     return TokenPair(
         access_token=access.token,
@@ -127,7 +127,7 @@ async def _revoke_family(family_id: UUID) -> None:
     adds a member this UPDATE cannot see (it waits on the row the rotation locked, then
     carries on with the rows of its own snapshot), and the next pass catches it.
     """
-    now = _now()
+    now = common.now()
     while await m.RefreshToken.filter(family_id=family_id, revoked_at=None).update(revoked_at=now):
         pass
 
@@ -138,7 +138,7 @@ async def ensure_still_signed_in(*, actor: Principal) -> None:
     token). Other callers (single-user mode, workers) pass. Raises: Unauthenticated."""
     if actor.kind != "user" or actor.user_id is None or actor.session_id is None:
         return
-    if actor.token_expires_at is not None and actor.token_expires_at <= _now():
+    if actor.token_expires_at is not None and actor.token_expires_at <= common.now():
         raise Unauthenticated("access token expired: sign in again")
     if not await _signed_in(user_id=actor.user_id, session_id=actor.session_id):
         raise Unauthenticated(_SIGNED_OUT)
@@ -156,11 +156,11 @@ async def refresh_tokens(*, settings: Settings, refresh_token: str) -> TokenPair
     if stored.used_at is not None or stored.revoked_at is not None:
         await _revoke_family(stored.family_id)
         raise Unauthenticated("refresh token already used: every session of it is revoked")
-    if stored.expires_at <= _now():
+    if stored.expires_at <= common.now():
         raise Unauthenticated("refresh token expired: sign in again")
     async with transaction():
         claimed = await m.RefreshToken.filter(id=stored.id, used_at=None, revoked_at=None).update(
-            used_at=_now()
+            used_at=common.now()
         )
         if claimed:
             user = await m.User.get_or_none(id=stored.user_id)
@@ -220,7 +220,7 @@ async def get_current_user(*, actor: Principal) -> m.User:
 
 async def purge_expired(*, now: dt.datetime | None = None) -> int:
     """Drops refresh tokens and sign-in states past their expiry (the periodic sweep)."""
-    now = now or _now()
+    now = now or common.now()
     gone = await m.RefreshToken.filter(expires_at__lt=now).delete()
     gone += await m.AuthState.filter(expires_at__lt=now).delete()
     return gone

@@ -7,13 +7,13 @@ from ``tasks`` and ``workspaces`` because each of those imports the other's look
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from typing import cast
 from uuid import UUID
 
 from delidev import events
 from delidev import models as m
+from delidev.services import common
 
 ACTIVE = (m.AgentSessionStatus.QUEUED, m.AgentSessionStatus.RUNNING)
 
@@ -41,9 +41,8 @@ async def remove_tasks(
     active = await m.AgentSession.filter(
         agent_task_id__in=agent_ids, status__in=list(ACTIVE)
     ).values_list("id", flat=True)
-    now = dt.datetime.now(dt.UTC)
     await m.AgentSession.filter(id__in=list(active)).update(
-        status=m.AgentSessionStatus.STOPPED, lease_token=None, updated_at=now
+        **common.changed(status=m.AgentSessionStatus.STOPPED, lease_token=None)
     )
     pending = await m.TtyInputRequest.filter(
         session__agent_task_id__in=agent_ids, status=m.TtyInputStatus.PENDING

@@ -32,8 +32,8 @@ from tortoise.exceptions import IntegrityError
 
 from delidev import models as m
 from delidev.errors import InvalidArgument, Unauthenticated, Unavailable
+from delidev.services import common
 from delidev.services.auth import TokenPair, check_token_text, issue_tokens
-from delidev.services.common import now as _now
 from delidev.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class OidcClient:
             code_verifier=verifier,
             nonce=nonce,
             redirect_uri=redirect_uri,
-            expires_at=_now() + STATE_LIFETIME,
+            expires_at=common.now() + STATE_LIFETIME,
         )
         url = prepare_grant_uri(
             str(found["authorization_endpoint"]),
@@ -125,7 +125,7 @@ class OidcClient:
 
     async def _make_room(self) -> None:
         """Keeps the pending sign-ins below the cap (see the module docstring)."""
-        await m.AuthState.filter(expires_at__lt=_now()).delete()
+        await m.AuthState.filter(expires_at__lt=common.now()).delete()
         excess = await m.AuthState.all().count() - self.max_pending_logins + 1
         if excess > 0:
             oldest = (
@@ -146,7 +146,7 @@ class OidcClient:
         # Used once: only the caller that deletes the row goes on.
         if pending is None or not await m.AuthState.filter(state=state).delete():
             raise Unauthenticated("sign-in state unknown or already used: start again")
-        if pending.expires_at <= _now():
+        if pending.expires_at <= common.now():
             raise Unauthenticated("sign-in took too long: start again")
         found = await self.discovery()
         try:

@@ -14,21 +14,17 @@ undoes a newer change: a drop leaves a tombstone that an older set cannot cross.
 What they may hold is bounded (``SecretLimits``: names, and bytes per task and per user);
 values never hold NUL.
 
-Everything a worker sends is masked with the values (and their base64 forms, see
-``_forms``) before it is stored; its output, which arrives in chunks, through
-``OutputMasker``, which is right for any chunking.
+Everything a worker sends is masked with the values (and their encoded forms) before it is
+stored: ``services.secret_masking`` (``mask``, ``OutputMasker``), re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import json
 import re
 import time
-import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
@@ -38,6 +34,32 @@ from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument
 from delidev.services import tasks as task_service
+from delidev.services.secret_masking import MASK, MIN_MASKED_LENGTH, OutputMasker, mask
+
+__all__ = [
+    "MASK",
+    "MAX_KEY_LENGTH",
+    "MAX_SECRETS",
+    "MAX_TASK_BYTES",
+    "MAX_USER_BYTES",
+    "MAX_VALUE_BYTES",
+    "MIN_MASKED_LENGTH",
+    "RELAY_WAIT_S",
+    "SECRET_TTL",
+    "TOMBSTONE_TTL_S",
+    "OutputMasker",
+    "Relay",
+    "SecretLimits",
+    "SecretStore",
+    "clear_secrets",
+    "job_secrets",
+    "mask",
+    "output_secrets",
+    "prune_secrets",
+    "ready_agent_task_ids",
+    "run_ended",
+    "send_secrets",
+]
 
 MAX_SECRETS = 64
 MAX_KEY_LENGTH = 128
@@ -45,10 +67,6 @@ MAX_TASK_BYTES = 64 * 1024
 MAX_VALUE_BYTES = MAX_TASK_BYTES  # a value alone may fill its task's share
 MAX_USER_BYTES = 1024 * 1024
 SECRET_TTL = dt.timedelta(hours=24)
-MASK = "********"
-# Shorter values are not masked: masking "a" or "42" would mangle ordinary output and
-# reveal the value by where the masks land.
-MIN_MASKED_LENGTH = 4
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _ENCODABLE = re.compile(r"[^\ud800-\udfff]*")  # UTF-8 cannot encode a lone surrogate
 # How long a drop is remembered, so that a copy of older values relayed late cannot revive it.
@@ -408,130 +426,3 @@ async def prune_secrets(store: SecretStore) -> int:
             store.discard(task_id)
             dropped += 1
     return dropped
-
-
-def _forms(value: str) -> list[str]:
-    """What of ``value`` gets masked: the value, its base64 and url-safe base64 forms, and
-    the value as written inside a JSON string or a URL (escaped), as GitHub's masker does.
-
-    Base64 of a longer byte string that holds the value encodes it differently depending on
-    where the value starts modulo 3 bytes; only the characters whose six bits all come from
-    the value are fixed. So, as GitHub's masker does, each alphabet gets the whole encoding
-    (the value encoded on its own) and the stable inner part for each of the three shifts.
-    Longest first, so that a longer form is masked before a part of it.
-    """
-    raw = value.encode()
-    forms = {
-        value,
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        urllib.parse.quote(value, safe=""),
-        urllib.parse.quote_plus(value, safe=""),
-    }
-    for encode in (base64.b64encode, base64.urlsafe_b64encode):
-        whole = encode(raw).decode()
-        forms |= {whole, whole.rstrip("=")}
-        for shift in (0, 1, 2):
-            encoded = encode(bytes(shift) + raw).decode()
-            first = -(-8 * shift // 6)  # the first character with no bit of the shift
-            end = 8 * (shift + len(raw)) // 6  # the last one with no bit of what follows
-            forms.add(encoded[first:end])
-    return sorted((f for f in forms if len(f) >= MIN_MASKED_LENGTH), key=len, reverse=True)
-
-
-def _all_forms(values: Mapping[str, str]) -> list[str]:
-    forms = {f for v in values.values() if len(v) >= MIN_MASKED_LENGTH for f in _forms(v)}
-    return sorted(forms, key=len, reverse=True)
-
-
-def _replace(text: str, forms: Sequence[str]) -> str:
-    for form in forms:
-        if form in text:
-            text = text.replace(form, MASK)
-    return text
-
-
-def mask(text: str, values: Mapping[str, str]) -> str:
-    """The text with every secret value (plain or base64) replaced by a mask."""
-    if not values or not text:
-        return text
-    return _replace(text, _all_forms(values))
-
-
-# Masking scans the text once per form: above this many characters times forms (~2 ms of CPU),
-# it runs in a thread, so that the event loop goes on between the scans (each a short C call).
-OFFLOAD_WORK = 20_000_000
-# A form's first characters looked for at once when finding where a held-back end begins.
-_PROBE = 16
-# Candidate starts checked per form before holding back all that could be one (a value made
-# to repeat itself, e.g. "aaaa…", would otherwise cost quadratic time).
-_MAX_CANDIDATES = 64
-
-
-class OutputMasker:
-    """Masks a run's output as it arrives, for any chunking.
-
-    A value split over several chunks is only seen whole once they are joined, so the
-    output is placed in the log up to a point where no value can still be starting: what
-    follows it (an end that is the beginning of some form, never longer than the longest
-    form) is held back, joined to the next chunk, masked and placed with it. Nothing placed
-    ever changes afterwards, so offsets stay put and live followers see exactly what is
-    stored. The held-back end is placed when the run ends (it is no value: only the start of
-    one).
-    """
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._forms = _all_forms(values)
-        self._reach = max((len(f) for f in self._forms), default=1) - 1
-
-    def __repr__(self) -> str:  # never print values
-        return f"OutputMasker(forms={len(self._forms)})"
-
-    def mask(self, text: str) -> str:
-        """One chunk, masked on its own: what ``feed`` expects."""
-        return _replace(text, self._forms)
-
-    async def mask_each(self, texts: Sequence[str]) -> list[str]:
-        """``mask`` of each text; a large batch in a thread (see ``OFFLOAD_WORK``)."""
-        if sum(map(len, texts)) * len(self._forms) < OFFLOAD_WORK:
-            return [self.mask(t) for t in texts]
-        return await asyncio.to_thread(lambda: [self.mask(t) for t in texts])
-
-    def feed(self, held: str, data: str) -> tuple[str, str]:
-        """The next chunk (masked on its own already) after the end held back so far.
-
-        Returns what to place now and what to hold back.
-        """
-        if held:
-            # A form that starts in ``held`` ends within ``reach`` characters of ``data``;
-            # the rest of ``data`` was masked with the chunk.
-            data = _replace(held + data[: self._reach], self._forms) + data[self._reach :]
-        keep = self._held_back(data)
-        return data[: len(data) - keep], data[len(data) - keep :]
-
-    def _held_back(self, text: str) -> int:
-        """The length of the longest end of ``text`` that is the beginning of a form."""
-        size, best = len(text), 0
-        for form in self._forms:
-            reach = min(len(form) - 1, size)
-            if reach <= best:
-                if len(form) - 1 <= best:
-                    break  # the forms are longest first: none can hold back more
-                continue
-            probe = min(_PROBE, reach)
-            # An end at least ``probe`` long starts with the form's first ``probe`` characters.
-            at, candidates = text.find(form[:probe], size - reach), 0
-            while at != -1 and size - at > best:
-                if form.startswith(text[at:]):
-                    best = size - at
-                    break
-                candidates += 1
-                if candidates >= _MAX_CANDIDATES:
-                    best = reach  # too many near misses: hold back all that could be one
-                    break
-                at = text.find(form[:probe], at + 1)
-            for length in range(min(probe - 1, reach), best, -1):
-                if text.endswith(form[:length]):
-                    best = length
-                    break
-        return best

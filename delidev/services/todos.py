@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,6 +11,7 @@ from uuid import UUID
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
+from delidev.services import common
 from delidev.services.common import (
     MAX_TEXT_LENGTH,
     MAX_URL_LENGTH,
@@ -205,9 +205,8 @@ async def update_todo_status(
             f"todo item {item.id} cannot move from {item.status.value} to {status.value}"
         )
     # Compare-and-set: of two concurrent moves from one status only one wins.
-    # A bulk update does not touch auto_now fields: updated_at is set here.
     changed = await m.TodoItem.filter(id=item.id, status=item.status).update(
-        status=status, updated_at=dt.datetime.now(dt.UTC)
+        **common.changed(status=status)
     )
     if not changed:
         current = await get_todo_item(actor=actor, item_id=item_id)

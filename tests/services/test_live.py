@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,6 +50,21 @@ async def _append(session: m.AgentSession, sequence: int, data: str) -> None:
 
 async def _collect(stream: AsyncIterator[live.LogPiece]) -> list[live.LogPiece]:
     return [piece async for piece in stream]
+
+
+def _follow_into(stream: AsyncIterator[live.LogPiece], pieces: list[live.LogPiece]) -> Any:
+    """Follows ``stream`` in a task that appends each piece to ``pieces`` as it comes."""
+
+    async def run() -> None:
+        async for piece in stream:
+            pieces.append(piece)
+
+    return asyncio.ensure_future(run())
+
+
+def _joined(feeds: live.LogFeeds, session_id: uuid.UUID, followers: int) -> bool:
+    feed = feeds._feeds.get(session_id)
+    return feed is not None and feed.followers == followers
 
 
 # The bus ---------------------------------------------------------------------------------
@@ -113,8 +129,10 @@ async def test_postgres_bus_crosses_processes_and_survives_a_killed_listener(
         own = a.watch(("session", "s1"))
         a.publish(events.LogAppended(session_id="s1", log_size=6))
         assert await watch.wait(5)
+        # Its own NOTIFY is not delivered a second time: nothing arrives within this time
+        # (the wait is the behaviour under test; b has it already, a's copy would be as fast).
         await asyncio.sleep(0.2)
-        assert len(own.drain()) == 1  # its own NOTIFY is not delivered a second time
+        assert len(own.drain()) == 1
 
         # Kill b's listening connection: it reconnects and tells its watchers to resync.
         watch.drain()
@@ -145,11 +163,12 @@ async def test_replay_then_follow_then_end(bus: Any) -> None:
     session = await _running()
     await _append(session, 0, "one\n")
     feeds = live.LogFeeds(bus)
-    follower = asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
-    await asyncio.sleep(0.1)
+    pieces: list[live.LogPiece] = []
+    follower = _follow_into(feeds.follow(actor=LOCAL_USER, session_id=session.id), pieces)
+    await until(lambda: len(pieces) == 1, what="the replay")
     await _append(session, 1, "two\n")
     await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
-    pieces = await asyncio.wait_for(follower, 5)
+    await asyncio.wait_for(follower, 5)
     assert "".join(p.data for p in pieces) == "one\ntwo\n"
     assert [p.offset for p in pieces if p.data] == [0, 4]
     assert pieces[-1].final
@@ -183,11 +202,8 @@ async def test_many_followers_each_get_the_whole_log(bus: Any) -> None:
         for _ in range(200)
     ]
     try:
-        for _ in range(400):  # until every follower has joined (each checks access first)
-            feed = feeds._feeds.get(session.id)
-            if feed is not None and feed.followers == 200:
-                break
-            await asyncio.sleep(0.05)
+        # Every follower joins (each checks access first).
+        await until(lambda: _joined(feeds, session.id, 200), within=30, what="200 followers")
         assert len(feeds) == 1  # one reader for all of them
         assert feeds._feeds[session.id].followers == 200
         lines = [f"{i:05}\n" for i in range(300)]
@@ -210,7 +226,7 @@ async def test_a_follower_that_never_reads_slows_nobody(
     feeds = live.LogFeeds(bus)
     sleeper = feeds.follow(actor=LOCAL_USER, session_id=session.id)
     reader = asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
-    await asyncio.sleep(0.1)
+    await until(lambda: _joined(feeds, session.id, 1), what="the reader")
     text = "".join(f"{i:09}\n" for i in range(1000))  # 10,000 characters
     for i in range(0, 1000, 50):
         await _append(session, i // 50, text[i * 10 : (i + 50) * 10])
@@ -228,7 +244,7 @@ async def test_following_a_deleted_or_unknown_session(bus: Any) -> None:
     with pytest.raises(NotFound):
         await _collect(feeds.follow(actor=LOCAL_USER, session_id=uuid.uuid4()))
     follower = asyncio.create_task(_collect(feeds.follow(actor=LOCAL_USER, session_id=session.id)))
-    await asyncio.sleep(0.1)
+    await until(lambda: _joined(feeds, session.id, 1), what="the follower")
     task = await m.UnitTask.get(agent_task_id=session.agent_task_id)
     await tasks.delete_task(actor=LOCAL_USER, task_id=task.id)
     with pytest.raises(NotFound):
@@ -274,10 +290,11 @@ async def test_workspace_task_updates_and_deletion(bus: Any) -> None:
     task = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="x")
     await until(lambda: len(seen) >= 1)
     await tasks.delete_task(actor=LOCAL_USER, task_id=task.id)
-    await until(lambda: len(seen) >= 2)
-    await asyncio.sleep(0.05)  # nothing more arrives
+    # Nothing more arrives for it: the next update is the next task's (updates keep order).
+    later = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="y")
+    await until(lambda: len(seen) >= 3)
     watcher.cancel()
-    assert [u.task_id for u in seen] == [task.id, task.id]
+    assert [u.task_id for u in seen] == [task.id, task.id, later.id]
     assert seen[0].task is not None
     assert seen[1].task is None
 
@@ -317,10 +334,10 @@ async def test_a_follower_loses_access_when_the_session_stops_being_theirs(
     monkeypatch.setattr(live, "AUTH_RECHECK_S", 0.0)  # check before every piece
     session = await _running()
     feeds = live.LogFeeds(bus)
-    stream = feeds.follow(actor=LOCAL_USER, session_id=session.id)
-    follower = asyncio.ensure_future(_collect(stream))
+    pieces: list[live.LogPiece] = []
+    follower = _follow_into(feeds.follow(actor=LOCAL_USER, session_id=session.id), pieces)
     await _append(session, 0, "visible\n")
-    await asyncio.sleep(0.1)
+    await until(lambda: any(p.data == "visible\n" for p in pieces), what="the first line")
     # The workspace moves to another owner: the local user may no longer read it.
     task = await m.UnitTask.get(agent_task_id=session.agent_task_id)
     other = await m.User.create(
@@ -360,6 +377,8 @@ async def test_followers_of_a_session_share_their_access_rechecks(
         started = loop.time()
         for i in range(20):
             await _append(session, i, f"line {i}\n")
+            # Output arrives over time, so that re-checks fall due while the followers read
+            # (the clock the behaviour under test runs by, not a wait for something).
             await asyncio.sleep(0.03)
         await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
         results = await asyncio.wait_for(asyncio.gather(*followers), 30)
@@ -386,10 +405,10 @@ async def test_a_follower_whose_token_is_revoked_is_cut_off(
     task = await tasks.create_unit_task(actor=actor, repository_group_id=group.id, prompt="p")
     session = await start_latest(task.agent_task_id)
     feeds = live.LogFeeds(bus)
-    stream = feeds.follow(actor=actor, session_id=session.id)
-    follower = asyncio.ensure_future(_collect(stream))
+    pieces: list[live.LogPiece] = []
+    follower = _follow_into(feeds.follow(actor=actor, session_id=session.id), pieces)
     await _append(session, 0, "visible\n")
-    await asyncio.sleep(0.1)
+    await until(lambda: any(p.data == "visible\n" for p in pieces), what="the first line")
     assert not follower.done()
     await auth.logout(settings=SETTINGS, actor=actor)
     await _append(session, 1, "after logout\n")
@@ -404,7 +423,8 @@ async def test_pushed_followers_get_every_character_once_in_order(
     pushed, pushed with a send left pending (a slow reader), or yielded (catch-up, after a
     re-check), each follower sees the log once, in order; one that leaves is pushed
     nothing more."""
-    monkeypatch.setattr(live, "AUTH_RECHECK_S", 0.3)  # members are released to re-check
+    # Re-checks fall due only where the loop below makes them (a clock that jumps).
+    monkeypatch.setattr(live, "AUTH_RECHECK_S", 3600.0)
     session = await _running()
     feeds = live.LogFeeds(bus)
 
@@ -418,7 +438,8 @@ async def test_pushed_followers_get_every_character_once_in_order(
             self.pushed += 1
             if self.slow_every and self.pushed % self.slow_every == 0:
 
-                async def later() -> None:  # the socket's buffer is full for a moment
+                async def later() -> None:
+                    # The socket's buffer is full for a moment: the slow reader under test.
                     await asyncio.sleep(0.02)
                     self.received.append((piece.offset, piece.data))
 
@@ -436,14 +457,26 @@ async def test_pushed_followers_get_every_character_once_in_order(
     tasks_ = [asyncio.create_task(f.run()) for f in followers]
     leaver = Follower(slow_every=0)
     leaving = asyncio.create_task(leaver.run())
-    await until(lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers == 7)
+    await until(lambda: _joined(feeds, session.id, 7))
     lines = [f"line {i:04} " + "x" * (i % 50) + "\n" for i in range(400)]
+
+    def all_have(text: str) -> bool:
+        return all("".join(d for _, d in f.received) == text for f in followers)
+
     for i in range(0, 400, 8):
+        due = i % 64 == 0
+        if due:  # every follower must re-check its access before it gets this output
+            monkeypatch.setattr(live, "AUTH_RECHECK_S", 0.0)
         await _append(session, i // 8, "".join(lines[i : i + 8]))
         if i == 80:
             leaving.cancel()
             pushed_before = leaver.pushed
-        await asyncio.sleep(0.01 if i % 64 else 0.35)  # some pauses outlast the re-check
+        if due:
+            await until(functools.partial(all_have, "".join(lines[: i + 8])), what="re-checks")
+            monkeypatch.setattr(live, "AUTH_RECHECK_S", 3600.0)
+        else:
+            # Output arrives over time while slow sends are pending: the mix under test.
+            await asyncio.sleep(0.01)
     await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
     await asyncio.wait_for(asyncio.gather(*tasks_), 30)
     expected = "".join(lines)

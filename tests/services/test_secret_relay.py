@@ -177,6 +177,19 @@ async def buses(dsn: str) -> AsyncIterator[list[events.PostgresEventBus]]:
             await bus.stop()
 
 
+def _waits(store: secrets.SecretStore) -> asyncio.Event:
+    """Set once ``store`` waits for values to arrive (a test seam on ``arrival``)."""
+    waiting = asyncio.Event()
+    arrival = store.arrival
+
+    async def spied(seconds: float) -> None:
+        waiting.set()
+        await arrival(seconds)
+
+    store.arrival = spied  # type: ignore[method-assign]  # a test seam
+    return waiting
+
+
 @pytest.mark.postgres_only
 async def test_replicas_share_sets_and_drops_and_a_late_replica_catches_up(
     dsn: str, buses: list[events.PostgresEventBus]
@@ -211,7 +224,10 @@ async def test_replicas_share_sets_and_drops_and_a_late_replica_catches_up(
         # A drop on one replica (Clear, or the run ended) reaches them all.
         store_b.drop(task)
         await until(lambda: store_a.get(task) == {} and store_late.get(task) == {})
-        await asyncio.sleep(0.3)
+        # The spy has heard everything once it hears an event published after the drop
+        # arrived (notifications reach a listener in commit order).
+        a.publish(events.JobQueued())
+        await until(lambda: any('"JobQueued"' in p for p in seen), what="the spy")
     finally:
         await spy.close()
     assert seen, "the spy heard nothing"
@@ -238,8 +254,10 @@ async def test_a_runs_secrets_are_awaited_from_the_replica_that_holds_them(
         await secrets.job_secrets(store_b, unit.agent_task_id, expects_secrets=True, wait=0.2) == {}
     )
 
-    async def send_later() -> None:
-        await asyncio.sleep(0.2)
+    waiting = _waits(store_b)
+
+    async def send_later() -> None:  # once B waits for them
+        await waiting.wait()
         store_a.put(unit.id, {"API_KEY": VALUE})
 
     sender = asyncio.create_task(send_later())
@@ -266,8 +284,10 @@ async def test_output_sent_to_another_replica_waits_for_the_secrets_it_is_masked
     )
     plain = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="q")
 
-    async def send_later() -> None:
-        await asyncio.sleep(0.2)
+    waiting = _waits(store_b)
+
+    async def send_later() -> None:  # once B waits for them
+        await waiting.wait()
         store_a.put(unit.id, {"API_KEY": VALUE})
 
     # The worker claimed on A and sends its first output to B before the relay got there.

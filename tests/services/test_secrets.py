@@ -21,7 +21,7 @@ from tortoise.models import Model
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import Conflict, InvalidArgument, NotFound
-from delidev.services import plans, secrets, sessions, tasks, workers
+from delidev.services import plans, secret_masking, secrets, sessions, tasks, workers
 from tests.factories import make_group, make_repository, make_workspace
 
 Q = m.AgentSessionStatus
@@ -477,7 +477,7 @@ async def test_a_large_batch_is_masked_off_the_event_loop(monkeypatch: pytest.Mo
         threads.append(func)
         return await real(func)
 
-    monkeypatch.setattr(secrets.asyncio, "to_thread", spy)
-    monkeypatch.setattr(secrets, "OFFLOAD_WORK", 10)
+    monkeypatch.setattr(secret_masking.asyncio, "to_thread", spy)
+    monkeypatch.setattr(secret_masking, "OFFLOAD_WORK", 10)
     assert await masker.mask_each(texts) == [f"a {secrets.MASK} b", "plain"]
     assert len(threads) == 1

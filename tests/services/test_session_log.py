@@ -20,6 +20,7 @@ from delidev.services import live, sessions, tasks
 from delidev.services.sessions import LogChunkIn, LogLimits
 from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace, start_latest
+from tests.waiting import until
 
 pytestmark = pytest.mark.usefixtures("database")
 A = LOCAL_USER
@@ -246,10 +247,10 @@ async def test_a_feed_that_wakes_inside_the_dropped_range_starts_again_past_it(
     )
     feeds = live.LogFeeds(bus)
     follower = asyncio.create_task(_collect(feeds.follow(actor=A, session_id=session.id)))
-    feed = None
-    while feed is None or feed.followers < 1 or feed.end < 7:
-        await asyncio.sleep(0.01)
-        feed = feeds._feeds.get(session.id)
+    await until(
+        lambda: (f := feeds._feeds.get(session.id)) is not None and f.followers >= 1 and f.end >= 7
+    )
+    feed = feeds._feeds[session.id]
     # The feed sleeps through the next 39 lines: its end falls into the dropped range.
     gate = asyncio.Event()
     wait = feed.watch.wait

@@ -1,0 +1,389 @@
+"""A session's output log: numbered chunks appended in any order, read from any offset, cut
+in the middle when it outgrows its cap.
+
+The log is stored as numbered chunks (``agent_session_log_chunks``): appending costs
+O(chunk) and reading from an offset touches only the chunks from that offset on. Offsets
+count Unicode code points (Python's ``len``), the unit of both APIs; every read and stream
+message carries the offset to read next, so no client counts. Chunks may arrive twice or
+out of order: a chunk whose sequence number is already stored is ignored, and one that
+arrives ahead of a gap waits (offset -1) until the gap is filled, within a window of
+sequence numbers. Secret masking may hold back the end of the output (an unplaced row,
+``HELD_SEQUENCE``) until the next chunk or the end of the run: placed text never changes.
+
+A log larger than ``LogLimits.max_chars`` is cut as GitLab cuts job logs, but keeping both
+ends: its head (whole chunks within the first half of the cap) stays, and so do its latest
+chunks (within the other half); the chunks between are deleted and one marker chunk
+(sequence ``CUT_SEQUENCE``) at the start of the dropped range says how much was dropped.
+Offsets never move: the marker stands for the whole dropped range, a read from any offset
+in it returns the marker and continues at the range's end, and ``log_size`` still counts
+everything the worker sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+from uuid import UUID
+
+from delidev import events
+from delidev import models as m
+from delidev.auth.principal import Principal
+from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
+from delidev.services import common
+from delidev.services.common import get_row, transaction
+from delidev.services.sessions.lookups import FINAL, SessionStatus, get_session
+from delidev.settings import Settings
+
+MAX_CHUNKS_PER_CALL = 1_000
+MAX_READ_CHARS = 4_000_000
+PENDING_OFFSET = -1
+CUT_SEQUENCE = -1  # the marker chunk of a cut log (workers' sequence numbers start at 0)
+# The unplaced row (offset -1, like a chunk ahead of a gap) that keeps the end of the output a
+# ``hold`` function held back (see ``append_log``) until the next chunk or the end of the run.
+HELD_SEQUENCE = -2
+
+
+@dataclass(frozen=True, slots=True)
+class LogLimits:
+    """Bounds on a session's log (``Settings.log_*``; the defaults are Settings' defaults)."""
+
+    max_chars: int = 16 * 1024 * 1024
+    chunk_max_chars: int = 1024 * 1024
+    sequence_window: int = 1024
+
+    @classmethod
+    def of(cls, settings: Settings) -> LogLimits:
+        return cls(
+            max_chars=settings.log_max_chars,
+            chunk_max_chars=settings.log_chunk_max_chars,
+            sequence_window=settings.log_sequence_window,
+        )
+
+    @property
+    def head_chars(self) -> int:
+        return self.max_chars // 2
+
+    @property
+    def tail_chars(self) -> int:
+        return self.max_chars - self.head_chars
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunkIn:
+    sequence: int
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogRead:
+    content: str
+    offset: int
+    next_offset: int
+    complete: bool
+    status: m.AgentSessionStatus
+
+
+async def place_held_output(session_id: UUID) -> None:
+    """The run ends: the end of its output that ``append_log`` held back (only the start of
+    what could have been a secret value) takes its place at the end of the log. Run in the
+    transaction that ends the run, before its status changes: a follower that sees the run
+    ended has the whole log (a lost run keeps it back)."""
+    session = await m.AgentSession.filter(id=session_id).select_for_update().first()
+    held = await m.LogChunk.get_or_none(
+        session_id=session_id, sequence=HELD_SEQUENCE, start_offset=PENDING_OFFSET
+    )
+    if session is None or held is None:
+        return
+    size = session.log_size + len(held.data)
+    await m.LogChunk.filter(id=held.id).update(start_offset=session.log_size)
+    await m.AgentSession.filter(id=session_id).update(**common.changed(log_size=size))
+    events.publish(events.LogAppended(session_id=str(session_id), log_size=size))
+
+
+async def collect_output(session_id: UUID) -> str | None:
+    """The run ended: its placed output joined (for ``AgentSession.output_log``; None when it
+    has none); the chunks still waiting for an earlier one will never be placed and are
+    deleted."""
+    chunks = (
+        await m.LogChunk.filter(session_id=session_id, start_offset__gte=0)
+        .order_by("start_offset")
+        .values_list("data", flat=True)
+    )
+    await m.LogChunk.filter(session_id=session_id, start_offset=PENDING_OFFSET).delete()
+    return "".join(str(c) for c in chunks) if chunks else None
+
+
+async def append_log(
+    *,
+    session_id: UUID,
+    chunks: Sequence[LogChunkIn],
+    hold: Callable[[str, str], tuple[str, str]] | None = None,
+    limits: LogLimits = LogLimits(),  # frozen, so one shared default is safe
+) -> m.AgentSession:
+    """Stores numbered chunks; returns the session with its new size and next sequence.
+
+    ``hold`` sees, in order, each chunk that takes its place after the text it held back
+    before, and returns what to place now and what to hold back (secret masking: the end of
+    the output may be the start of a value that the next chunk completes). What is held
+    back is placed when the run ends. A log that outgrows ``limits.max_chars`` is cut (see
+    the module docstring).
+
+    Raises: InvalidArgument (a bad chunk, or one too far ahead of the log), NotFound,
+    FailedPrecondition (the session is not running).
+    """
+    _check_chunks(chunks, limits)
+    async with transaction():
+        session = await m.AgentSession.filter(id=session_id).select_for_update().first()
+        if session is None:
+            raise NotFound(f"session {session_id} not found", field="session_id")
+        if session.status != SessionStatus.RUNNING:
+            raise FailedPrecondition(
+                f"session {session.id} is {session.status.value}: it takes no more output"
+            )
+        incoming = {c.sequence: c.data for c in chunks if c.sequence >= session.log_next_sequence}
+        if not incoming:
+            return session
+        _check_window(incoming, session.log_next_sequence, limits)
+        pending = await _store_pending(session, incoming)
+        size, next_seq = await _place_pending(session, pending, hold)
+        _check_waiting(pending, next_seq, limits)
+        if next_seq != session.log_next_sequence:
+            if size > limits.max_chars:
+                await _cut(session.id, size, limits)
+            await m.AgentSession.filter(id=session.id).update(
+                **common.changed(log_size=size, log_next_sequence=next_seq)
+            )
+            events.publish(events.LogAppended(session_id=str(session.id), log_size=size))
+        return await get_row(m.AgentSession, id=session.id)
+
+
+def _check_chunks(chunks: Sequence[LogChunkIn], limits: LogLimits) -> None:
+    if len(chunks) > MAX_CHUNKS_PER_CALL:
+        raise InvalidArgument(f"at most {MAX_CHUNKS_PER_CALL} chunks per call", field="chunks")
+    for chunk in chunks:
+        if chunk.sequence < 0:
+            raise InvalidArgument("chunk sequence numbers start at 0", field="chunks.sequence")
+        if len(chunk.data) > limits.chunk_max_chars:
+            raise InvalidArgument(
+                f"a chunk holds at most {limits.chunk_max_chars} characters "
+                f"(got {len(chunk.data)})",
+                field="chunks.data",
+            )
+        if "\x00" in chunk.data:
+            raise InvalidArgument("chunk data must not contain NUL", field="chunks.data")
+
+
+def _check_window(incoming: dict[int, str], next_sequence: int, limits: LogLimits) -> None:
+    """A chunk far ahead of the log would wait (and be kept) for chunks that never come."""
+    bound = next_sequence + limits.sequence_window
+    ahead = max(incoming)
+    if ahead >= bound:
+        raise InvalidArgument(
+            f"chunk sequence {ahead} is too far ahead of the log: the next one expected is "
+            f"{next_sequence}, and a chunk may be at most {limits.sequence_window} ahead of it",
+            field="chunks.sequence",
+        )
+
+
+def _check_waiting(pending: dict[int, m.LogChunk], next_sequence: int, limits: LogLimits) -> None:
+    waiting = sum(len(c.data) for s, c in pending.items() if s >= next_sequence)
+    if waiting > limits.max_chars:
+        raise InvalidArgument(
+            f"chunks waiting for sequence {next_sequence} would hold {waiting} characters, "
+            f"more than the {limits.max_chars} allowed: send sequence {next_sequence} first",
+            field="chunks.sequence",
+        )
+
+
+async def _store_pending(
+    session: m.AgentSession, incoming: dict[int, str]
+) -> dict[int, m.LogChunk]:
+    """Stores the chunks not stored yet (without an offset); returns every chunk waiting
+    for its offset, by sequence."""
+    stored = await m.LogChunk.filter(
+        session_id=session.id, sequence__in=list(incoming)
+    ).values_list("sequence", flat=True)
+    waiting = set(cast(list[int], stored))
+    new = {s: d for s, d in incoming.items() if s not in waiting}
+    await m.LogChunk.bulk_create(
+        [
+            m.LogChunk(session_id=session.id, sequence=s, start_offset=PENDING_OFFSET, data=d)
+            for s, d in sorted(new.items())
+        ]
+    )
+    return {
+        c.sequence: c
+        for c in await m.LogChunk.filter(
+            session_id=session.id, start_offset=PENDING_OFFSET
+        ).order_by("sequence")
+    }
+
+
+async def _place_pending(
+    session: m.AgentSession,
+    pending: dict[int, m.LogChunk],
+    hold: Callable[[str, str], tuple[str, str]] | None,
+) -> tuple[int, int]:
+    """Gives offsets to the run of chunks that now follows the stored log without a gap
+    (after what ``hold`` held back before it, and without what it holds back now); returns
+    the new size and next sequence."""
+    held_row = pending.pop(HELD_SEQUENCE, None)
+    held = held_row.data if held_row is not None else ""
+    size, next_seq = session.log_size, session.log_next_sequence
+    while next_seq in pending:
+        ready = pending[next_seq]
+        data, held = hold(held, ready.data) if hold is not None else (held + ready.data, "")
+        placed: dict[str, object] = {"start_offset": size}
+        if data != ready.data:
+            placed["data"] = ready.data = data
+        await m.LogChunk.filter(id=ready.id).update(**placed)
+        size += len(data)
+        next_seq += 1
+    if held_row is not None and not held:
+        await m.LogChunk.filter(id=held_row.id).delete()
+    elif held_row is not None and held != held_row.data:
+        await m.LogChunk.filter(id=held_row.id).update(data=held)
+    elif held_row is None and held:
+        await m.LogChunk.create(
+            session_id=session.id, sequence=HELD_SEQUENCE, start_offset=PENDING_OFFSET, data=held
+        )
+    return size, next_seq
+
+
+def cut_marker(dropped: int, *, newline: bool) -> str:
+    """The line that stands in the log for ``dropped`` characters of output."""
+    lead = "\n" if newline else ""
+    return (
+        f"{lead}[delidev: {dropped} characters of output dropped here; the log keeps its "
+        "first and its latest output (DELIDEV_LOG_MAX_CHARS)]\n"
+    )
+
+
+async def _cut(session_id: UUID, size: int, limits: LogLimits) -> None:
+    """Drops whole chunks from the middle of a log of ``size`` characters so that at most
+    ``limits.head_chars`` of its start and ``limits.tail_chars`` of its end stay stored, and
+    puts (or updates) the marker chunk where the dropped range starts."""
+    marker = await m.LogChunk.get_or_none(session_id=session_id, sequence=CUT_SEQUENCE)
+    # The first chunk that may stay: the tail holds at most tail_chars (a chunk is never
+    # larger, see Settings.validate).
+    keep = (
+        await m.LogChunk.filter(session_id=session_id, start_offset__gte=size - limits.tail_chars)
+        .order_by("start_offset")
+        .first()
+    )
+    if keep is None:  # pragma: no cover  # the last chunk is at most tail_chars long
+        return
+    if marker is None:
+        # The head ends where the chunk holding character head_chars starts.
+        straddling = (
+            await m.LogChunk.filter(
+                session_id=session_id,
+                start_offset__gte=0,
+                start_offset__lte=limits.head_chars,
+            )
+            .order_by("-start_offset")
+            .first()
+        )
+        head_end = 0 if straddling is None else straddling.start_offset
+        before = (
+            await m.LogChunk.filter(
+                session_id=session_id, start_offset__gte=0, start_offset__lt=head_end
+            )
+            .order_by("-start_offset")
+            .first()
+        )
+        newline = before is not None and not before.data.endswith("\n")
+    else:
+        head_end = marker.start_offset
+        newline = marker.data.startswith("\n")
+    await m.LogChunk.filter(
+        session_id=session_id,
+        sequence__gte=0,
+        start_offset__gte=head_end,
+        start_offset__lt=keep.start_offset,
+    ).delete()
+    text = cut_marker(keep.start_offset - head_end, newline=newline)
+    if marker is None:
+        await m.LogChunk.create(
+            session_id=session_id, sequence=CUT_SEQUENCE, start_offset=head_end, data=text
+        )
+    elif marker.data != text:
+        await m.LogChunk.filter(id=marker.id).update(data=text)
+
+
+async def read_log(
+    *, actor: Principal, session_id: UUID, offset: int = 0, limit: int = 0
+) -> LogRead:
+    """The log from ``offset`` (code points), about ``limit`` of them (0 = all, capped).
+
+    Raises: InvalidArgument, NotFound.
+    """
+    if offset < 0:
+        raise InvalidArgument("offset must not be negative", field="offset")
+    if limit < 0:
+        raise InvalidArgument("limit must not be negative", field="limit")
+    session = await get_session(actor=actor, session_id=session_id)
+    return await read_stored_log(session, offset=offset, limit=limit)
+
+
+async def read_stored_log(session: m.AgentSession, *, offset: int, limit: int) -> LogRead:
+    """The stored log from ``offset``: at most ``limit`` characters of output (0: up to
+    ``MAX_READ_CHARS``), plus the whole marker of a dropped range it meets. Only the chunks
+    that overlap the range read are loaded."""
+    want = min(limit or MAX_READ_CHARS, MAX_READ_CHARS)
+    size = session.log_size
+    start = pos = min(offset, size)
+    pieces: list[str] = []
+    got = stalled = 0
+    while got < want and pos < size:
+        first = (
+            await m.LogChunk.filter(
+                session_id=session.id, start_offset__gte=0, start_offset__lte=pos
+            )
+            .order_by("-start_offset")
+            .first()
+        )
+        if first is None:
+            break
+        if first.sequence == CUT_SEQUENCE:
+            # ``pos`` lies in the dropped range: its marker stands for all of it.
+            after = (
+                await m.LogChunk.filter(session_id=session.id, start_offset__gt=pos)
+                .order_by("start_offset")
+                .first()
+            )
+            pieces.append(first.data)
+            got += len(first.data)
+            pos = size if after is None else after.start_offset
+            continue
+        moved = pos
+        # Only the chunks that overlap [pos, pos + want - got): never the whole log.
+        query = m.LogChunk.filter(
+            session_id=session.id,
+            start_offset__gte=first.start_offset,
+            start_offset__lt=pos + want - got,
+        ).order_by("start_offset")
+        async for chunk in query:
+            if chunk.sequence == CUT_SEQUENCE or chunk.start_offset > pos:
+                break  # the next round serves the marker
+            data = chunk.data[pos - chunk.start_offset :][: want - got]
+            pieces.append(data)
+            got += len(data)
+            pos += len(data)
+            if got >= want:
+                break
+        if pos == moved:
+            # Only a cut committed between our two statements leaves a hole without its
+            # marker: look again once (the cut's deletions and marker commit together).
+            stalled += 1
+            if stalled > 1:
+                break
+    content = "".join(pieces)
+    return LogRead(
+        content=content,
+        offset=start,
+        next_offset=pos,
+        complete=session.status in FINAL and pos >= size,
+        status=session.status,
+    )
