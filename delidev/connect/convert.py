@@ -13,6 +13,7 @@ from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
 from delidev import models as m
 from delidev.connect.gen.delidev.v1 import (
+    auth_pb,
     common_pb,
     repository_pb,
     session_pb,
@@ -21,6 +22,8 @@ from delidev.connect.gen.delidev.v1 import (
     workspace_pb,
 )
 from delidev.errors import InvalidArgument
+from delidev.services import auth as auth_service
+from delidev.services import live as live_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import todos as todo_service
@@ -161,6 +164,36 @@ def todo_data_from_request(data: object) -> todo_service.TodoData:
     raise InvalidArgument("one of issue_triage or pr_review is required", field="data")
 
 
+# Users and sign-ins ---------------------------------------------------------------------
+
+
+def user(u: m.User) -> auth_pb.User:
+    return auth_pb.User(
+        id=str(u.id),
+        email=u.email,
+        name=u.name,
+        created_at=timestamp(u.created_at),
+        updated_at=timestamp(u.updated_at),
+    )
+
+
+def signed_in(pair: auth_service.TokenPair) -> auth_pb.HandleCallbackResponse:
+    return auth_pb.HandleCallbackResponse(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        expires_at=timestamp(pair.expires_at),
+        user=user(pair.user),
+    )
+
+
+def refreshed(pair: auth_service.TokenPair) -> auth_pb.RefreshTokenResponse:
+    return auth_pb.RefreshTokenResponse(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        expires_at=timestamp(pair.expires_at),
+    )
+
+
 # Tasks and sessions ---------------------------------------------------------------------
 
 UNIT_STATUS = EnumMap(m.UnitTaskStatus, task_pb.UnitTaskStatus)
@@ -170,6 +203,16 @@ JOB_KIND = EnumMap(m.JobKind, task_pb.JobKind)
 NODE_STATE = EnumMap(task_service.NodeState, task_pb.CompositeNodeState)
 TTY_TYPE = EnumMap(m.TtyInputType, session_pb.TtyInputType)
 TTY_STATUS = EnumMap(m.TtyInputStatus, session_pb.TtyInputStatus)
+# The kinds ``tasks.list_tasks`` filters by (a plain string there, not a domain enum).
+_TASK_KINDS = {task_pb.TaskKind.UNIT: "unit", task_pb.TaskKind.COMPOSITE: "composite"}
+
+
+def task_kind(value: task_pb.TaskKind) -> str | None:
+    """None for UNSPECIFIED; InvalidArgument for unknown values."""
+    kind = task_pb.TaskKind(value) if int(value) else None
+    if kind is not None and kind not in _TASK_KINDS:
+        raise InvalidArgument(f"kind has an unknown value {int(value)}", field="kind")
+    return _TASK_KINDS[kind] if kind is not None else None
 
 
 def agent_session(s: m.AgentSession) -> task_pb.AgentSession:
@@ -188,6 +231,26 @@ def agent_session(s: m.AgentSession) -> task_pb.AgentSession:
         created_at=timestamp(s.created_at),
         started_at=optional_timestamp(s.started_at),
         completed_at=optional_timestamp(s.completed_at),
+    )
+
+
+def log_read(read: session_service.LogRead) -> session_pb.GetLogResponse:
+    return session_pb.GetLogResponse(
+        content=read.content,
+        offset=read.offset,
+        next_offset=read.next_offset,
+        complete=read.complete,
+        status=SESSION_STATUS.to_proto(read.status),
+    )
+
+
+def log_piece(piece: live_service.LogPiece) -> session_pb.StreamLogResponse:
+    """The last piece (empty data) carries the status the session ended with."""
+    return session_pb.StreamLogResponse(
+        offset=piece.offset,
+        data=piece.data,
+        status=SESSION_STATUS.to_proto(piece.status),
+        next_offset=piece.next_offset,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
@@ -32,7 +33,8 @@ from delidev.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Requests above this size are refused by the Connect runtime (resource_exhausted).
+# Requests above this size are refused by the Connect runtime (resource_exhausted); every
+# service has the same limit (the runtime's default too, written here so it is one number).
 READ_MAX_BYTES = 4 * 1024 * 1024
 # Services whose calls may wait long (long polls): their calls keep the runtime's watch for
 # a client that goes away (see ``fast_unary``).
@@ -168,45 +170,24 @@ def connect_apps(
 ) -> list[ConnectASGIApplication[Any]]:
     interceptors = [ErrorInterceptor()]
     codecs = server_codecs(max_json_depth=settings.max_json_depth)
-    apps: list[ConnectASGIApplication[Any]] = [
-        WorkspaceServiceASGIApplication(
-            handlers.WorkspaceHandler(authenticator),
-            interceptors=interceptors,
-            read_max_bytes=READ_MAX_BYTES,
-            codecs=codecs,
+
+    def serve(
+        application: Callable[..., ConnectASGIApplication[Any]], handler: object
+    ) -> ConnectASGIApplication[Any]:
+        return application(
+            handler, interceptors=interceptors, read_max_bytes=READ_MAX_BYTES, codecs=codecs
+        )
+
+    return [
+        serve(WorkspaceServiceASGIApplication, handlers.WorkspaceHandler(authenticator)),
+        serve(RepositoryServiceASGIApplication, handlers.RepositoryHandler(authenticator)),
+        serve(
+            RepositoryGroupServiceASGIApplication, handlers.RepositoryGroupHandler(authenticator)
         ),
-        RepositoryServiceASGIApplication(
-            handlers.RepositoryHandler(authenticator),
-            interceptors=interceptors,
-            read_max_bytes=READ_MAX_BYTES,
-            codecs=codecs,
-        ),
-        RepositoryGroupServiceASGIApplication(
-            handlers.RepositoryGroupHandler(authenticator),
-            interceptors=interceptors,
-            read_max_bytes=READ_MAX_BYTES,
-            codecs=codecs,
-        ),
-        TodoServiceASGIApplication(
-            handlers.TodoHandler(authenticator),
-            interceptors=interceptors,
-            read_max_bytes=READ_MAX_BYTES,
-            codecs=codecs,
-        ),
-        TaskServiceASGIApplication(
-            handlers.TaskHandler(authenticator), interceptors=interceptors, codecs=codecs
-        ),
-        SessionServiceASGIApplication(
-            handlers.SessionHandler(authenticator, feeds), interceptors=interceptors, codecs=codecs
-        ),
-        WorkerServiceASGIApplication(
-            WorkerHandler(settings, signal, store), interceptors=interceptors, codecs=codecs
-        ),
-        SecretsServiceASGIApplication(
-            handlers.SecretsHandler(authenticator, store), interceptors=interceptors, codecs=codecs
-        ),
-        AuthServiceASGIApplication(
-            handlers.AuthHandler(authenticator, settings), interceptors=interceptors, codecs=codecs
-        ),
+        serve(TodoServiceASGIApplication, handlers.TodoHandler(authenticator)),
+        serve(TaskServiceASGIApplication, handlers.TaskHandler(authenticator)),
+        serve(SessionServiceASGIApplication, handlers.SessionHandler(authenticator, feeds)),
+        serve(WorkerServiceASGIApplication, WorkerHandler(settings, signal, store)),
+        serve(SecretsServiceASGIApplication, handlers.SecretsHandler(authenticator, store)),
+        serve(AuthServiceASGIApplication, handlers.AuthHandler(authenticator, settings)),
     ]
-    return apps

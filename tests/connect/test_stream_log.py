@@ -16,6 +16,7 @@ from delidev.connect.gen.delidev.v1.session_connect import SessionServiceClient
 from delidev.services import sessions, tasks
 from tests.clients import connect_codecs
 from tests.factories import make_group, make_repository, make_workspace, start_latest
+from tests.waiting import until
 
 
 @pytest.fixture(params=["json", "binary"])
@@ -45,15 +46,19 @@ async def test_follow_then_end(client: Any) -> None:
         async for message in stream:
             received.append((message.offset, message.data))
 
+    def text() -> str:
+        return "".join(d for _, d in received)
+
     reader = asyncio.create_task(read())
-    await asyncio.sleep(0.3)
+    # A reader that fails stops the waits at once; awaiting it below raises its error.
+    await until(lambda: reader.done() or text() == "one\n", what="the replayed output")
     await sessions.append_log(
         session_id=session.id, chunks=[sessions.LogChunkIn(sequence=1, data="two\n")]
     )
-    await asyncio.sleep(0.4)
+    await until(lambda: reader.done() or text() == "one\ntwo\n", what="the followed output")
     await sessions.complete_session(session_id=session.id, status=m.AgentSessionStatus.SUCCEEDED)
     await asyncio.wait_for(reader, 5)
-    assert "".join(d for _, d in received) == "one\ntwo\n"
+    assert text() == "one\ntwo\n"
     assert received[0][0] == 0
     offsets = [o for o, _ in received]
     assert offsets == sorted(offsets)
