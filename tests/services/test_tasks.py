@@ -13,6 +13,7 @@ from delidev.services import cascade, plans, sessions, tasks
 from delidev.services.common import transaction
 from delidev.services.plans import InvalidPlan
 from delidev.services.sessions import LogChunkIn
+from delidev.services.tasks import units
 from tests.factories import (
     finish_latest,
     latest_session,
@@ -542,7 +543,8 @@ async def test_composite_status_changes_advance_updated_at(call: str) -> None:
 @pytest.fixture
 def deleted_after_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every task is deleted right after a service function has read it: the interleaving
-    of a Delete that lands between the read and the compare-and-set of a move."""
+    of a Delete that lands between the read and the compare-and-set of a move. The moves
+    (``tasks.units``) read tasks through the ``get_task`` bound in their module."""
     read = tasks.get_task
 
     async def read_then_delete(*, actor: Principal, task_id: uuid.UUID) -> tasks.Task:
@@ -550,7 +552,7 @@ def deleted_after_read(monkeypatch: pytest.MonkeyPatch) -> None:
         await type(task).filter(id=task_id).delete()
         return task
 
-    monkeypatch.setattr(tasks, "get_task", read_then_delete)
+    monkeypatch.setattr(units, "get_task", read_then_delete)
 
 
 @pytest.mark.parametrize(

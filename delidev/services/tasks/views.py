@@ -1,0 +1,247 @@
+"""The read models both APIs show tasks with: listing, composite nodes with their state,
+and ``TaskBundle``, everything a set of tasks needs loaded in a fixed number of queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from uuid import UUID
+
+from delidev import models as m
+from delidev.auth.principal import Principal
+from delidev.errors import InvalidArgument, NotFound
+from delidev.services.common import Page, owner_filter, page_bounds
+from delidev.services.repositories import get_repository_group
+from delidev.services.tasks._shared import RETRYABLE, S, SessionStatus, Task, latest_sessions
+from delidev.services.workspaces import get_workspace
+
+
+class NodeState(StrEnum):
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    IN_REVIEW = "in_review"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    node: m.CompositeTaskNode
+    unit_task: m.UnitTask
+    depends_on: list[UUID]
+    state: NodeState
+
+
+# Listing ----------------------------------------------------------------------------
+
+
+async def list_tasks(
+    *,
+    actor: Principal,
+    workspace_id: UUID | None = None,
+    repository_group_id: UUID | None = None,
+    kind: str | None = None,
+    unit_status: m.UnitTaskStatus | None = None,
+    composite_status: m.CompositeTaskStatus | None = None,
+    include_nodes: bool = False,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> Page[Task]:
+    """Unit and composite tasks, oldest first (ties broken by id), as every list is.
+
+    ``kind`` is "unit", "composite" or None for both. A status filter of one kind leaves
+    out the other kind. Nodes of composite tasks are left out unless ``include_nodes``.
+
+    Raises: InvalidArgument, NotFound (unknown workspace or group).
+    """
+    limit, offset = page_bounds(limit, offset)
+    if kind not in (None, "unit", "composite"):
+        raise InvalidArgument("kind must be unit or composite", field="kind")
+    scope = owner_filter(actor, "workspace__")
+    if workspace_id is not None:
+        await get_workspace(actor=actor, workspace_id=workspace_id)
+        scope["workspace_id"] = workspace_id
+    if repository_group_id is not None:
+        await get_repository_group(
+            actor=actor, group_id=repository_group_id, field="repository_group_id"
+        )
+        scope["repository_group_id"] = repository_group_id
+    want_unit = kind != "composite" and composite_status is None
+    want_composite = kind != "unit" and unit_status is None
+    unit_query = m.UnitTask.filter(**scope)
+    if not include_nodes:
+        unit_query = unit_query.filter(composite_task_id__isnull=True)
+    if unit_status is not None:
+        unit_query = unit_query.filter(status=unit_status)
+    composite_query = m.CompositeTask.filter(**scope)
+    if composite_status is not None:
+        composite_query = composite_query.filter(status=composite_status)
+
+    total = 0
+    merged: list[Task] = []
+    window = offset + limit
+    if want_unit:
+        total += await unit_query.count()
+        merged.extend(await unit_query.order_by("created_at", "id").limit(window))
+    if want_composite:
+        total += await composite_query.count()
+        merged.extend(await composite_query.order_by("created_at", "id").limit(window))
+    merged.sort(key=lambda t: (t.created_at, str(t.id)))
+    return Page(items=merged[offset:window], total_count=total)
+
+
+# Composite nodes --------------------------------------------------------------------
+
+
+async def composite_nodes(composite_task_ids: Sequence[UUID]) -> dict[UUID, list[NodeView]]:
+    """Nodes of each composite with their unit task, dependencies and state (4 queries)."""
+    result: dict[UUID, list[NodeView]] = {cid: [] for cid in composite_task_ids}
+    if not composite_task_ids:
+        return result
+    nodes = await m.CompositeTaskNode.filter(
+        composite_task_id__in=list(composite_task_ids)
+    ).order_by("created_at", "id")
+    if not nodes:
+        return result
+    units = {u.id: u for u in await m.UnitTask.filter(id__in=[n.unit_task_id for n in nodes])}
+    deps = await m.CompositeTaskNodeDependency.filter(
+        node_id__in=[n.id for n in nodes]
+    ).values_list("node_id", "depends_on_node_id")
+    depends: dict[UUID, list[UUID]] = {n.id: [] for n in nodes}
+    for node_id, dep_id in deps:
+        depends[node_id].append(dep_id)
+    latest = await latest_sessions([u.agent_task_id for u in units.values()])
+    for node in nodes:
+        unit = units.get(node.unit_task_id)
+        if unit is None:  # its composite was deleted between the two reads
+            continue
+        result[node.composite_task_id].append(
+            NodeView(
+                node=node,
+                unit_task=unit,
+                depends_on=depends[node.id],
+                state=node_state(unit, latest.get(unit.agent_task_id)),
+            )
+        )
+    return result
+
+
+def node_state(unit: m.UnitTask, latest: m.AgentSession | None) -> NodeState:
+    if unit.status == S.DONE:
+        return NodeState.DONE
+    if unit.status == S.REJECTED:
+        return NodeState.REJECTED
+    if unit.status in (S.IN_REVIEW, S.APPROVED, S.PR_OPEN):
+        return NodeState.IN_REVIEW
+    if latest is None:
+        return NodeState.WAITING
+    if latest.status == SessionStatus.QUEUED:
+        return NodeState.QUEUED
+    if latest.status == SessionStatus.RUNNING:
+        return NodeState.RUNNING
+    if latest.status in RETRYABLE:
+        return NodeState.FAILED
+    return NodeState.RUNNING
+
+
+async def agent_tasks_by_id(agent_task_ids: Sequence[UUID]) -> dict[UUID, m.AgentTask]:
+    """AgentTasks by id (one query; for DataLoaders)."""
+    if not agent_task_ids:
+        return {}
+    return {a.id: a for a in await m.AgentTask.filter(id__in=list(agent_task_ids))}
+
+
+async def base_remotes_of(
+    agent_task_ids: Sequence[UUID],
+) -> dict[UUID, list[m.AgentTaskBaseRemote]]:
+    """Base remotes of each AgentTask (one query; for DataLoaders)."""
+    result: dict[UUID, list[m.AgentTaskBaseRemote]] = {a: [] for a in agent_task_ids}
+    if agent_task_ids:
+        for remote in await m.AgentTaskBaseRemote.filter(agent_task_id__in=list(agent_task_ids)):
+            result[remote.agent_task_id].append(remote)
+    return result
+
+
+# Read model -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskBundle:
+    """Everything needed to show a set of tasks, loaded in a fixed number of queries."""
+
+    agents: dict[UUID, m.AgentTask]
+    remotes: dict[UUID, list[m.AgentTaskBaseRemote]]
+    sessions: dict[UUID, list[m.AgentSession]]
+    auto_fix: dict[UUID, list[UUID]]
+    nodes: dict[UUID, list[NodeView]]
+    gone: frozenset[UUID] = frozenset()
+    """Tasks deleted while the bundle was read: their rows are partly missing."""
+
+    def latest(self, agent_task_id: UUID) -> m.AgentSession | None:
+        runs = self.sessions.get(agent_task_id) or []
+        return runs[-1] if runs else None
+
+    def shown(self, items: Sequence[Task]) -> list[Task]:
+        """``items`` without those deleted while the bundle was read."""
+        return [t for t in items if t.id not in self.gone]
+
+
+async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
+    """Everything needed to show ``items``; tasks deleted meanwhile are named in ``gone``
+    (a concurrent delete removes their AgentTasks between our reads)."""
+    composite_ids = [t.id for t in items if isinstance(t, m.CompositeTask)]
+    nodes = await composite_nodes(composite_ids)
+    units = [t for t in items if isinstance(t, m.UnitTask)]
+    units += [v.unit_task for views in nodes.values() for v in views]
+    fixes = await m.UnitTaskAutoFixTask.filter(unit_task_id__in=[u.id for u in units]).order_by(
+        "created_at"
+    )
+    auto_fix: dict[UUID, list[UUID]] = {}
+    for fix in fixes:
+        auto_fix.setdefault(fix.unit_task_id, []).append(fix.agent_task_id)
+    agent_ids = {u.agent_task_id for u in units}
+    agent_ids |= {t.planning_task_id for t in items if isinstance(t, m.CompositeTask)}
+    agent_ids |= {f.agent_task_id for f in fixes}
+    ids = list(agent_ids)
+    agents = {a.id: a for a in await m.AgentTask.filter(id__in=ids)} if ids else {}
+    remotes: dict[UUID, list[m.AgentTaskBaseRemote]] = {a: [] for a in ids}
+    sessions: dict[UUID, list[m.AgentSession]] = {a: [] for a in ids}
+    if ids:
+        for remote in await m.AgentTaskBaseRemote.filter(agent_task_id__in=ids):
+            remotes[remote.agent_task_id].append(remote)
+        for session in await m.AgentSession.filter(agent_task_id__in=ids).order_by("attempt"):
+            sessions[session.agent_task_id].append(session)
+
+    def agents_of(unit: m.UnitTask) -> list[UUID]:
+        return [unit.agent_task_id, *auto_fix.get(unit.id, [])]
+
+    def complete(task: Task) -> bool:
+        if isinstance(task, m.UnitTask):
+            needed = agents_of(task)
+        else:
+            needed = [task.planning_task_id]
+            needed += [a for v in nodes.get(task.id, []) for a in agents_of(v.unit_task)]
+        return all(a in agents for a in needed)
+
+    return TaskBundle(
+        agents=agents,
+        remotes=remotes,
+        sessions=sessions,
+        auto_fix=auto_fix,
+        nodes=nodes,
+        gone=frozenset(t.id for t in items if not complete(t)),
+    )
+
+
+async def load_task_view(task: Task) -> TaskBundle:
+    """What showing one task needs, just after it was read or changed.
+
+    Raises: NotFound (the task was deleted meanwhile, e.g. by a concurrent DeleteTask).
+    """
+    bundle = await load_task_bundle([task])
+    if task.id in bundle.gone:
+        raise NotFound(f"task {task.id} not found (it was deleted)", field="task_id")
+    return bundle
