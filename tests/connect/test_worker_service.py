@@ -25,6 +25,7 @@ from delidev.services import sessions, tasks, workers
 from delidev.settings import Settings
 from tests.clients import connect_codecs
 from tests.factories import make_group, make_repository, make_workspace
+from tests.waiting import until
 
 S = task_pb.AgentSessionStatus
 
@@ -47,7 +48,7 @@ async def _unit() -> m.UnitTask:
     )
 
 
-async def test_a_worker_runs_a_job(worker_client: Any) -> None:
+async def test_a_worker_runs_a_job(worker_client: Any, app: Any) -> None:
     task = await _unit()
     reg = await worker_client.register(
         worker_pb.RegisterWorkerRequest(name="w1", endpoint_url="http://127.0.0.1:54872")
@@ -88,7 +89,8 @@ async def test_a_worker_runs_a_job(worker_client: Any) -> None:
     question_id = asked.request.id
 
     async def answer() -> None:
-        await asyncio.sleep(0.3)
+        # Once WaitTtyInput watches for the answer (its bus is the app's), not after a guess.
+        await until(lambda: app.state.events.watcher_count() > 0, what="WaitTtyInput waiting")
         await sessions.submit_tty_input(actor=LOCAL_USER, request_id=question_id, response="y")
 
     answering = asyncio.create_task(answer())
