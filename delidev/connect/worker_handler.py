@@ -1,4 +1,4 @@
-"""WorkerService: the whole world of a worker server. Thin: services/workers.py holds the rules.
+"""WorkerService: the whole world of a worker server. Thin: services/workers/ holds the rules.
 
 Credentials: in multi-user mode Register needs the registration token from settings and
 every other call the per-worker credential (``Authorization: Bearer …``); in single-user
