@@ -1,4 +1,8 @@
-"""Turns request credentials into a Principal."""
+"""Turns request credentials into a Principal; reads ``Authorization: Bearer`` headers.
+
+``bearer_token`` is the one parser of that header, for users' access tokens here and for
+workers' credentials and registration token (``connect/worker_handler.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,19 @@ from delidev.errors import Unauthenticated
 from delidev.settings import Settings
 
 Verify = Callable[[str], Awaitable[Principal]]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header: the scheme in any case,
+    whitespace around the token ignored. None when the header is missing, names another
+    scheme, or carries no token."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
 
 
 class Authenticator:
@@ -27,11 +44,8 @@ class Authenticator:
         """Raises: Unauthenticated."""
         if self._single_user:
             return LOCAL_USER
-        if not authorization:
-            raise Unauthenticated("authentication required: send Authorization: Bearer <token>")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(authorization)
+        if token is None:
             raise Unauthenticated("authentication required: send Authorization: Bearer <token>")
         if self._verify is None:
             raise Unauthenticated("access token not accepted")

@@ -1,4 +1,4 @@
-"""WorkerService: the whole world of a worker server. Thin: services/workers.py holds the rules.
+"""WorkerService: the whole world of a worker server. Thin: services/workers/ holds the rules.
 
 Credentials: in multi-user mode Register needs the registration token from settings and
 every other call the per-worker credential (``Authorization: Bearer …``); in single-user
@@ -14,6 +14,7 @@ from uuid import UUID
 from connectrpc.request import RequestContext
 
 from delidev import models as m
+from delidev.auth.authenticator import bearer_token
 from delidev.connect import convert
 from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerService
@@ -30,9 +31,9 @@ FAILURE_KIND = convert.EnumMap(workers.FailureKind, worker_pb.FailureKind)
 
 
 def _bearer(ctx: Ctx) -> str:
-    header = ctx.request_headers.get("authorization") or ""
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    """The credential (or registration token) the call carries; empty without one, which
+    the service refuses in multi-user mode and ignores in single-user mode."""
+    return bearer_token(ctx.request_headers.get("authorization")) or ""
 
 
 def worker_message(w: m.Worker) -> worker_pb.Worker:

@@ -25,6 +25,7 @@ from delidev.services import sessions, tasks, workers
 from delidev.settings import Settings
 from tests.clients import connect_codecs
 from tests.factories import make_group, make_repository, make_workspace
+from tests.waiting import until
 
 S = task_pb.AgentSessionStatus
 
@@ -47,7 +48,7 @@ async def _unit() -> m.UnitTask:
     )
 
 
-async def test_a_worker_runs_a_job(worker_client: Any) -> None:
+async def test_a_worker_runs_a_job(worker_client: Any, app: Any) -> None:
     task = await _unit()
     reg = await worker_client.register(
         worker_pb.RegisterWorkerRequest(name="w1", endpoint_url="http://127.0.0.1:54872")
@@ -88,7 +89,8 @@ async def test_a_worker_runs_a_job(worker_client: Any) -> None:
     question_id = asked.request.id
 
     async def answer() -> None:
-        await asyncio.sleep(0.3)
+        # Once WaitTtyInput watches for the answer (its bus is the app's), not after a guess.
+        await until(lambda: app.state.events.watcher_count() > 0, what="WaitTtyInput waiting")
         await sessions.submit_tty_input(actor=LOCAL_USER, request_id=question_id, response="y")
 
     answering = asyncio.create_task(answer())
@@ -183,17 +185,19 @@ async def test_unknown_worker_and_bad_input(worker_client: Any) -> None:
     assert info.value.code == Code.INVALID_ARGUMENT
 
 
+MULTI_USER = Settings(
+    database_url="sqlite://unused",
+    single_user_mode=False,
+    jwt_secret="Xq7pL2vR9mK4sT8wN3bF6hJ1cD5gZ0yA",
+    oidc_issuer_url="https://id",
+    oidc_client_id="c",
+    oidc_client_secret="s",
+    worker_registration_token="reg-token",
+)
+
+
 async def test_multi_user_mode_needs_worker_credentials(database: Any) -> None:
-    settings = Settings(
-        database_url="sqlite://unused",
-        single_user_mode=False,
-        jwt_secret="Xq7pL2vR9mK4sT8wN3bF6hJ1cD5gZ0yA",
-        oidc_issuer_url="https://id",
-        oidc_client_id="c",
-        oidc_client_secret="s",
-        worker_registration_token="reg-token",
-    )
-    app = create_app(settings)
+    app = create_app(MULTI_USER)
     http = Client(ASGITransport(app, http_version=HTTPVersion.HTTP1))
     client = WorkerServiceClient("http://test", http_client=http)
     request = worker_pb.RegisterWorkerRequest(name="w", endpoint_url="http://127.0.0.1:2")
@@ -212,6 +216,40 @@ async def test_multi_user_mode_needs_worker_credentials(database: Any) -> None:
         await client.heartbeat(beat, headers={"authorization": "Bearer reg-token"})
     assert info.value.code == Code.UNAUTHENTICATED
     ok = await client.heartbeat(beat, headers={"authorization": f"Bearer {reg.credential}"})
+    assert ok.status == worker_pb.WorkerStatus.IDLE
+    await client.close()
+
+
+# Headers the bearer parser (delidev.auth.authenticator.bearer_token) finds no token in.
+# (Not a leading space: HTTP servers strip it before the header is read.)
+MALFORMED = ["", "Bearer", "Bearer   ", "Basic {}", "Bearer{}", "Bearer\t{}"]
+
+
+async def test_worker_headers_are_parsed_like_access_tokens(database: Any) -> None:
+    """A malformed header carries no token: Register is refused as a wrong registration
+    token, other calls as a missing credential. Any case of the scheme, and whitespace
+    around the token, are accepted."""
+    app = create_app(MULTI_USER)
+    http = Client(ASGITransport(app, http_version=HTTPVersion.HTTP1))
+    client = WorkerServiceClient("http://test", http_client=http)
+    request = worker_pb.RegisterWorkerRequest(name="w", endpoint_url="http://127.0.0.1:2")
+    for header in MALFORMED:
+        with pytest.raises(ConnectError) as info:
+            await client.register(request, headers={"authorization": header.format("reg-token")})
+        assert (info.value.code, info.value.message) == (
+            Code.UNAUTHENTICATED,
+            "registration token not accepted",
+        ), header
+    reg = await client.register(request, headers={"authorization": "bEaReR  reg-token "})
+    beat = worker_pb.HeartbeatRequest(worker_id=reg.worker_id)
+    for header in MALFORMED:
+        with pytest.raises(ConnectError) as info:
+            await client.heartbeat(beat, headers={"authorization": header.format(reg.credential)})
+        assert (info.value.code, info.value.message) == (
+            Code.UNAUTHENTICATED,
+            "worker methods need the worker's credential",
+        ), header
+    ok = await client.heartbeat(beat, headers={"authorization": f"BEARER {reg.credential}\t"})
     assert ok.status == worker_pb.WorkerStatus.IDLE
     await client.close()
 

@@ -179,7 +179,7 @@ async def test_a_lease_taken_away_during_the_call_is_refused_with_aborted(
                 taken.append(1)
         return session
 
-    monkeypatch.setattr(workers, "leased_session", then_take_it_away)
+    monkeypatch.setattr(workers.jobs, "leased_session", then_take_it_away)
     error = await _refused(getattr(wire.workers, call)(_lease_call(call, wid, job)))
     assert taken == [1]
     assert (error.code, error.message) == (

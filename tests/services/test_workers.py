@@ -6,7 +6,7 @@ import datetime as dt
 import itertools
 import uuid
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -15,7 +15,10 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from delidev.services import secrets, sessions, tasks, workers
+from delidev.services.workers import claims as worker_claims
+from delidev.services.workers import jobs as worker_jobs
 from tests.factories import make_group, make_repository, make_workspace
+from tests.waiting import GUARD_S
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -55,8 +58,23 @@ async def _silence(worker: m.Worker) -> None:
 
 
 async def _after(delay: float, call: Awaitable[T]) -> T:
+    # A sleep on purpose: the offset between two racing calls is what the race tests vary.
     await asyncio.sleep(delay)
     return await call
+
+
+def _seen_waiting(monkeypatch: pytest.MonkeyPatch, owner: Any) -> asyncio.Event:
+    """Set once a call blocks in ``owner.wait`` (a JobSignal, a bus Watch): from then on
+    only a wake-up (not its first look at the database) can end its wait early."""
+    waiting = asyncio.Event()
+    wait = owner.wait
+
+    async def seen(*args: object) -> object:
+        waiting.set()
+        return await wait(*args)
+
+    monkeypatch.setattr(owner, "wait", seen)
+    return waiting
 
 
 # Delays that shift one call against another over the few queries each of them sends: a
@@ -130,7 +148,8 @@ async def test_jobs_expecting_secrets_wait_until_they_are_ready() -> None:
 
 async def test_get_task_waits_and_is_woken(monkeypatch: pytest.MonkeyPatch) -> None:
     # With the safety-net re-check out of reach, only the JobQueued event can wake it.
-    monkeypatch.setattr(workers, "RECHECK_S", 60.0)
+    monkeypatch.setattr(worker_claims, "RECHECK_S", 60.0)
+    waiting_for_it = _seen_waiting(monkeypatch, workers.JobSignal)
     worker = await _worker()
     bus = events.EventBus()
     signal = workers.JobSignal()
@@ -139,7 +158,7 @@ async def test_get_task_waits_and_is_woken(monkeypatch: pytest.MonkeyPatch) -> N
     waiting = asyncio.create_task(
         workers.claim_job(worker_id=worker.id, wait=dt.timedelta(seconds=5), signal=signal)
     )
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(waiting_for_it.wait(), GUARD_S)
     assert not waiting.done()
     try:
         (job_task,) = await _tasks(1)  # publishes JobQueued after its commit
@@ -290,7 +309,8 @@ async def test_an_unknown_worker_cannot_claim() -> None:
 
 
 async def test_waiting_for_an_answer_is_woken_by_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(workers, "TTY_POLL_S", 60.0)  # only the event can wake it in time
+    monkeypatch.setattr(worker_jobs, "TTY_POLL_S", 60.0)  # only the event can wake it in time
+    waiting_for_it = _seen_waiting(monkeypatch, events.Watch)
     (task,) = await _tasks(1)
     worker = await _worker()
     job = await workers.claim_job(worker_id=worker.id)
@@ -316,7 +336,7 @@ async def test_waiting_for_an_answer_is_woken_by_it(monkeypatch: pytest.MonkeyPa
                 wait=dt.timedelta(seconds=20),
             )
         )
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(waiting_for_it.wait(), GUARD_S)
         assert not waiting.done()
         await sessions.submit_tty_input(actor=LOCAL_USER, request_id=question.id, response="main")
         answered = await asyncio.wait_for(waiting, 5)
@@ -408,9 +428,10 @@ async def test_a_running_job_without_a_worker_is_released_after_the_grace() -> N
     await m.Worker.filter(id=worker.id).delete()
     interval = dt.timedelta(milliseconds=20)
     assert await workers.sweep_workers(heartbeat_interval=interval) == 0  # just started
-    await asyncio.sleep(0.08)
-    assert await workers.sweep_workers(heartbeat_interval=interval) == 1
-    assert await workers.sweep_workers(heartbeat_interval=interval) == 0
+    # Past the grace of three intervals by the clock handed to the sweep, not by sleeping.
+    later = dt.datetime.now(dt.UTC) + interval * 4
+    assert await workers.sweep_workers(heartbeat_interval=interval, now=later) == 1
+    assert await workers.sweep_workers(heartbeat_interval=interval, now=later) == 0
     lost = await m.AgentSession.get(id=job.session.id)
     assert (lost.status, lost.error) == (Q.LOST, "its worker is gone")
     queued = await m.AgentSession.filter(agent_task_id=task.agent_task_id, status=Q.QUEUED)

@@ -1,0 +1,290 @@
+"""Calls about a leased job: status reports, log uploads, secrets and TTY questions.
+
+A claim hands a job out with a lease token. Every later call about that job must carry the
+current lease: after a reassignment, a stop or a delete the old lease is dead and such calls
+change nothing (``leased_session``; ``@_lease_bound`` makes a call that loses its lease
+midway fail the same way). What a worker sends is masked with the task's secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
+from typing import ParamSpec, TypeVar, cast
+from uuid import UUID
+
+from tortoise.exceptions import DoesNotExist
+
+from delidev import events
+from delidev import models as m
+from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from delidev.services import common
+from delidev.services import secrets as secret_service
+from delidev.services import sessions as session_service
+from delidev.services.workers.registry import get_worker
+from delidev.services.workers.waiting import MAX_WAIT_MS, wait_deadline
+from delidev.settings import Settings
+
+SessionStatus = m.AgentSessionStatus
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class FailureKind(StrEnum):
+    """Why a run failed, as its worker reports it (stored in ``AgentSession.failure_kind``)."""
+
+    CONTAINER_START = "container_start"
+    AGENT_CRASHED = "agent_crashed"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    OTHER = "other"
+
+
+def tty_expiry(*, settings: Settings, timeout_ms: int) -> dt.timedelta:
+    """How long a worker's TTY question stays open: ``timeout_ms``, or the configured
+    default (``tty_input_timeout_ms``) when it is 0 (left out).
+
+    Raises: InvalidArgument (negative).
+    """
+    if timeout_ms < 0:
+        raise InvalidArgument("timeout_ms must not be negative", field="timeout_ms")
+    return dt.timedelta(milliseconds=timeout_ms or settings.tty_input_timeout_ms)
+
+
+async def leased_session(*, worker_id: UUID, session_id: UUID, lease_token: str) -> m.AgentSession:
+    """The running session this worker holds under this lease. Raises: Conflict, NotFound."""
+    session = await m.AgentSession.get_or_none(id=session_id)
+    if (
+        session is None
+        or session.worker_id != worker_id
+        or session.status != SessionStatus.RUNNING
+        or not lease_token
+        or session.lease_token is None
+        or not secrets.compare_digest(session.lease_token, lease_token)
+    ):
+        await get_worker(worker_id=worker_id)  # an unknown worker is NotFound, not Conflict
+        raise Conflict(
+            f"the lease on session {session_id} is no longer current "
+            "(reassigned, stopped, finished or deleted)",
+            field="lease_token",
+        )
+    return session
+
+
+def _lease_bound(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """For a call about a leased job: when it fails because the job moved on after its lease
+    was checked (the sweep released it, a user stopped it, its task was deleted), the lease
+    is checked again and the call refused as a stale lease (Conflict), as it would have been
+    a moment later. So a worker always hears "aborted" for a job it lost, however close the
+    race (issue 9: FailedPrecondition or NotFound came through before)."""
+
+    @functools.wraps(call)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except (FailedPrecondition, NotFound, DoesNotExist):
+            await leased_session(
+                worker_id=cast(UUID, kwargs["worker_id"]),
+                session_id=cast(UUID, kwargs["session_id"]),
+                lease_token=cast(str, kwargs["lease_token"]),
+            )
+            raise  # the lease holds: the failure has another cause
+
+    return checked
+
+
+@_lease_bound
+async def report_status(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    status: m.AgentSessionStatus,
+    error: str | None = None,
+    failure_kind: FailureKind | None = None,
+    plan_yaml: str | None = None,
+    base_commit: str | None = None,
+    end_commit: str | None = None,
+    store: secret_service.SecretStore | None = None,
+) -> m.AgentSession:
+    """Ends the job (succeeded / failed / stopped); ``running`` is a no-op acknowledgement.
+
+    Every text the worker sends (error, PLAN.yaml, commits) is masked with the task's
+    secrets, and the assembled output once more as a whole; then a unit task's secrets are
+    dropped.
+    Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
+    """
+    if failure_kind is not None and failure_kind not in set(FailureKind):
+        raise InvalidArgument(
+            f"failure_kind has an unknown value {str(failure_kind)[:32]!r}", field="failure_kind"
+        )
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    if status == SessionStatus.RUNNING:
+        return session
+    values = await _secrets_of(store, session)
+    ended = await session_service.complete_session(
+        session_id=session.id,
+        status=status,
+        error=None if error is None else secret_service.mask(error, values),
+        failure_kind=None if failure_kind is None else FailureKind(failure_kind).value,
+        plan_yaml=None if plan_yaml is None else secret_service.mask(plan_yaml, values),
+        base_commit=None if base_commit is None else secret_service.mask(base_commit, values),
+        end_commit=None if end_commit is None else secret_service.mask(end_commit, values),
+        loaded=session,
+    )
+    if values and ended.output_log:
+        (masked,) = await secret_service.OutputMasker(values).mask_each([ended.output_log])
+        if masked != ended.output_log:
+            await m.AgentSession.filter(id=ended.id).update(**common.changed(output_log=masked))
+            ended.output_log = masked
+    await m.Worker.filter(id=worker_id, current_session_id=session.id).update(
+        **common.changed(status=m.WorkerStatus.IDLE, current_session_id=None, current_task_id=None)
+    )
+    events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    if store is not None:
+        await secret_service.run_ended(store, session.agent_task_id)
+    return ended
+
+
+async def _secrets_of(
+    store: secret_service.SecretStore | None, session: m.AgentSession
+) -> dict[str, str]:
+    """The secrets a run sees (what its output is masked with); none without a store."""
+    if store is None:
+        return {}
+    return await secret_service.output_secrets(store, session.agent_task_id)
+
+
+@_lease_bound
+async def append_job_log(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    chunks: Sequence[session_service.LogChunkIn],
+    store: secret_service.SecretStore | None = None,
+    limits: session_service.LogLimits = session_service.LogLimits(),  # noqa: B008  # frozen
+) -> m.AgentSession:
+    """Stores output of the leased job, masked with the task's secrets.
+
+    Raises: Conflict (stale lease), InvalidArgument.
+    """
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    values = await _secrets_of(store, session)
+    if not values:
+        return await session_service.append_log(session_id=session_id, chunks=chunks, limits=limits)
+    masker = secret_service.OutputMasker(values)
+    texts = await masker.mask_each([c.data for c in chunks])
+    masked = [
+        session_service.LogChunkIn(sequence=c.sequence, data=t)
+        for c, t in zip(chunks, texts, strict=True)
+    ]
+    return await session_service.append_log(
+        session_id=session_id, chunks=masked, hold=masker.feed, limits=limits
+    )
+
+
+async def get_job_secrets(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    store: secret_service.SecretStore,
+) -> dict[str, str]:
+    """The secrets of the leased job's task (empty when none were sent). Values sent through
+    another replica that have not reached this one yet are waited for, briefly.
+
+    Raises: Conflict (stale lease).
+    """
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    agent = await m.AgentTask.get_or_none(id=session.agent_task_id).only("id", "expects_secrets")
+    return await secret_service.job_secrets(
+        store, session.agent_task_id, expects_secrets=agent is not None and agent.expects_secrets
+    )
+
+
+@_lease_bound
+async def ask_tty_input(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    prompt: str,
+    input_type: m.TtyInputType,
+    options: Sequence[str],
+    expires_in: dt.timedelta,
+    store: secret_service.SecretStore | None = None,
+) -> m.TtyInputRequest:
+    """The leased job's agent asks its user a question (the prompt is masked).
+
+    Raises: Conflict (stale lease), InvalidArgument.
+    """
+    session = await leased_session(
+        worker_id=worker_id, session_id=session_id, lease_token=lease_token
+    )
+    values = await _secrets_of(store, session)
+    prompt = secret_service.mask(prompt, values)
+    options = [secret_service.mask(o, values) for o in options]
+    return await session_service.create_tty_request(
+        session_id=session.id,
+        prompt=prompt,
+        input_type=input_type,
+        options=list(options),
+        expires_in=expires_in,
+    )
+
+
+TTY_POLL_S = 0.2  # without an event bus (a service called outside an app)
+
+
+@_lease_bound
+async def wait_tty_answer(
+    *,
+    worker_id: UUID,
+    session_id: UUID,
+    lease_token: str,
+    request_id: UUID,
+    wait: dt.timedelta,
+) -> m.TtyInputRequest:
+    """The question once answered, timed out or cancelled, or as it is after ``wait``.
+
+    The answer itself (``response``) is for the worker only. Raises: InvalidArgument (a
+    negative wait), Conflict, NotFound.
+    """
+    deadline = wait_deadline(wait)
+    await leased_session(worker_id=worker_id, session_id=session_id, lease_token=lease_token)
+    loop = asyncio.get_running_loop()
+    bus = events.current()
+    watch = bus.watch(("tty", str(request_id))) if bus is not None else None
+    try:
+        while True:
+            await session_service.expire_tty_requests()
+            question = await m.TtyInputRequest.get_or_none(id=request_id, session_id=session_id)
+            if question is None:
+                raise NotFound(f"TTY input request {request_id} not found", field="request_id")
+            if question.status != m.TtyInputStatus.PENDING or loop.time() >= deadline:
+                return question
+            # Until the answer's event, the question's own expiry, or the caller's deadline.
+            expires_in = (
+                (question.expires_at - common.now()).total_seconds() + 0.01
+                if question.expires_at is not None
+                else float(MAX_WAIT_MS)
+            )
+            pause = max(0.0, min(deadline - loop.time(), expires_in))
+            if watch is None:
+                await asyncio.sleep(min(pause, TTY_POLL_S))
+            elif await watch.wait(pause):
+                watch.drain()
+    finally:
+        if watch is not None:
+            watch.close()

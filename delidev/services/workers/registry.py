@@ -1,0 +1,211 @@
+"""Workers joining and leaving: registration, credentials, heartbeats, unregistering.
+
+A worker registers once (with the registration token in multi-user mode) and gets a
+credential, shown once and stored hashed; every later call carries it. Heartbeats keep it
+healthy and tell it which of its runs to stop; its status follows from the session it holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import cast
+from uuid import UUID
+
+from delidev import events
+from delidev import models as m
+from delidev.errors import InvalidArgument, NotFound, Unauthenticated
+from delidev.services import common
+from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
+from delidev.services.workers.health import announce_released, release_session
+from delidev.settings import Settings
+
+SessionStatus = m.AgentSessionStatus
+
+
+def hash_credential(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    worker: m.Worker
+    credential: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    worker: m.Worker
+    stop_session_ids: list[UUID]
+
+
+async def register_worker(*, name: str, endpoint_url: str) -> Registration:
+    """A new worker (idle) and its credential, shown once. Raises: InvalidArgument."""
+    name = check_text(name, "name")
+    endpoint = check_text(endpoint_url, "endpoint_url", max_length=MAX_URL_LENGTH)
+    if not endpoint.startswith(("http://", "https://")):
+        raise InvalidArgument("endpoint_url must be an http(s) URL", field="endpoint_url")
+    credential = secrets.token_urlsafe(32)
+    worker = await m.Worker.create(
+        name=name,
+        endpoint_url=endpoint,
+        status=m.WorkerStatus.IDLE,
+        last_heartbeat=common.now(),
+        credential_hash=hash_credential(credential),
+    )
+    events.publish(events.WorkerChanged(worker_id=str(worker.id)))
+    return Registration(worker=worker, credential=credential)
+
+
+async def get_worker(*, worker_id: UUID) -> m.Worker:
+    """Raises: NotFound."""
+    worker = await m.Worker.get_or_none(id=worker_id)
+    if worker is None:
+        raise NotFound(f"worker {worker_id} not found", field="worker_id")
+    return worker
+
+
+def admit_registration(*, settings: Settings, token: str) -> None:
+    """Whether a worker may register with ``token``: in multi-user mode it must be the
+    configured registration token (none configured: registration is closed); in
+    single-user mode auth is off.
+
+    Raises: Unauthenticated.
+    """
+    if settings.single_user_mode:
+        return
+    expected = settings.worker_registration_token
+    if not expected:
+        raise Unauthenticated(
+            "worker registration is closed: DELIDEV_WORKER_REGISTRATION_TOKEN is not set"
+        )
+    if not secrets.compare_digest(token, expected):
+        raise Unauthenticated("registration token not accepted")
+
+
+async def authenticate_caller(
+    *, settings: Settings, worker_id: UUID, credential: str, must_exist: bool = True
+) -> None:
+    """Checks that a call comes from worker ``worker_id``. In multi-user mode its
+    credential must be the worker's; in single-user mode there is no credential to check,
+    and with ``must_exist`` the worker must exist (calls that look it up anyway skip that).
+
+    Raises: Unauthenticated, NotFound.
+    """
+    if settings.single_user_mode:
+        if must_exist:
+            await get_worker(worker_id=worker_id)
+        return
+    if not credential:
+        raise Unauthenticated("worker methods need the worker's credential")
+    await authenticate_worker(worker_id=worker_id, credential=credential)
+
+
+async def authenticate_worker(*, worker_id: UUID, credential: str) -> m.Worker:
+    """The worker whose credential this is. Raises: Unauthenticated."""
+    worker = await m.Worker.get_or_none(id=worker_id)
+    expected = worker.credential_hash if worker else None
+    given = hash_credential(credential)
+    if worker is None or expected is None or not secrets.compare_digest(expected, given):
+        raise Unauthenticated("worker credential not accepted")
+    return worker
+
+
+async def heartbeat(
+    *,
+    worker_id: UUID,
+    session_id: UUID | None = None,
+    task_id: UUID | None = None,
+) -> HeartbeatReply:
+    """Records a heartbeat; the reply lists the sessions this worker must stop.
+
+    Those are its running sessions with a stop request, and the session (or the task) it says
+    it runs when that is no longer its job (deleted, reassigned, ended). Its status follows
+    from the session it holds, never from what it says: busy with a running session, else
+    idle. A worker that was marked unhealthy is healthy again, but its old leases stay dead.
+    Raises: NotFound.
+    """
+    async with transaction():
+        # The row lock orders this against a claim, a release or a sweep for this worker:
+        # the sessions read below are the ones committed before it (PostgreSQL).
+        worker = await m.Worker.filter(id=worker_id).select_for_update().first()
+        if worker is None:
+            raise NotFound(f"worker {worker_id} not found", field="worker_id")
+        held = await m.AgentSession.filter(worker_id=worker.id, status=SessionStatus.RUNNING)
+        current = held[0] if held else None  # a unique index allows one at most
+        status = m.WorkerStatus.BUSY if current else m.WorkerStatus.IDLE
+        unchanged = current is not None and current.id == worker.current_session_id
+        await m.Worker.filter(id=worker.id).update(
+            **common.changed(
+                last_heartbeat=common.now(),
+                status=status,
+                current_session_id=current.id if current else None,
+                current_task_id=worker.current_task_id
+                if unchanged
+                else await unit_task_of(current),
+            )
+        )
+    if status != worker.status:
+        events.publish(events.WorkerChanged(worker_id=str(worker.id)))
+    held_ids = {s.id for s in held}
+    stop = [s.id for s in held if s.stop_requested]
+    if session_id is not None and session_id not in held_ids:
+        stop.append(session_id)
+    if task_id is not None:
+        last = await _last_session_on(worker.id, task_id)
+        if last is not None and last not in held_ids and last not in stop:
+            stop.append(last)
+    return HeartbeatReply(worker=await get_worker(worker_id=worker.id), stop_session_ids=stop)
+
+
+async def unit_task_of(session: m.AgentSession | None) -> UUID | None:
+    """The UnitTask a session runs for (``Worker.current_task`` refers to unit tasks only)."""
+    if session is None or session.kind == m.JobKind.PLANNING:
+        return None
+    unit = (
+        await m.UnitTask.filter(agent_task_id=session.agent_task_id)
+        .first()
+        .values_list("id", flat=True)
+    )
+    return cast(UUID | None, unit)
+
+
+async def _last_session_on(worker_id: UUID, task_id: UUID) -> UUID | None:
+    """The newest session of a task (unit, or composite being planned) this worker ran."""
+    agent_id = await m.UnitTask.filter(id=task_id).first().values_list("agent_task_id", flat=True)
+    if agent_id is None:
+        agent_id = (
+            await m.CompositeTask.filter(id=task_id)
+            .first()
+            .values_list("planning_task_id", flat=True)
+        )
+    if agent_id is None:
+        return None
+    last = (
+        await m.AgentSession.filter(agent_task_id=agent_id, worker_id=worker_id)
+        .order_by("-attempt")
+        .first()
+        .values_list("id", flat=True)
+    )
+    return cast(UUID | None, last)
+
+
+async def unregister_worker(*, worker_id: UUID) -> None:
+    """Removes a worker; its running session goes back to the queue. Raises: NotFound."""
+    async with transaction():
+        # Locked, a claim by this worker waits (its foreign key check needs the row) and then
+        # fails on the deleted row: no job is left running for a worker that is gone.
+        worker = await m.Worker.filter(id=worker_id).select_for_update().first()
+        if worker is None:
+            raise NotFound(f"worker {worker_id} not found", field="worker_id")
+        released = [
+            session
+            for session in await m.AgentSession.filter(
+                worker_id=worker.id, status=SessionStatus.RUNNING
+            )
+            if await release_session(session, reason="its worker unregistered")
+        ]
+        await m.Worker.filter(id=worker.id).delete()
+    await announce_released(released)
+    events.publish(events.WorkerChanged(worker_id=str(worker.id)))
