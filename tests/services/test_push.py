@@ -13,7 +13,7 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import NotFound
 from delidev.services import tasks, workers
-from delidev.services.scheduling import push
+from delidev.services.workers import push
 from tests.factories import make_group, make_repository, make_workspace
 
 pytestmark = pytest.mark.usefixtures("database")

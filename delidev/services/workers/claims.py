@@ -1,16 +1,35 @@
-"""Claims: the oldest claimable queued session goes to one worker, with a fresh lease.
+"""Claims: a queued session goes to one worker, with a fresh lease.
 
 Claiming is one statement: ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED)
 RETURNING`` on PostgreSQL (safe with many server processes), the same without the locking
 clause on SQLite (one process; SQLite serialises writers). Which session a worker may take,
-and in which order, is decided by that statement alone (``_claim_pg``, ``_claim_sqlite``):
-a rule about who may claim what, or what goes first, is a change there and in the inputs
-``_claim_once`` passes it. ``claim_job`` around it returns a held job again, and waits.
+and in which order, is decided by that statement alone (``_CLAIM_PG``, ``_CLAIM_SQLITE``),
+and ``services/scheduling/waits.py`` explains the same rules to users: change both together.
+
+A queued session is claimable by worker W when its backoff (``not_before``) is over, its
+task's secrets have arrived if it expects them, W is healthy and not draining, W runs its agent
+type (W declared none = every type), W has every label the task requires, and its workspace
+runs fewer jobs than its cap (if it has one). Among those: higher priority first, then the
+workspace served least recently (round-robin across workspaces, Hatchet's GROUP_ROUND_ROBIN),
+then the oldest. On claim the run gets its deadline (the task's ``max_run_seconds`` or the
+server's).
+
+``workspaces.last_dispatch_at`` records when a workspace was last served. It is written only
+when older than ``DISPATCH_STAMP_MS``: every claim of one workspace would otherwise update
+(and lock) the same row and so queue behind each other's commits. Fairness is exact whenever
+claims are further apart than that, which is the case it is for (workers are the scarce
+resource and free up one by one), and approximate within a burst.
+
+On PostgreSQL a cap's running count is read under READ COMMITTED, so two replicas claiming
+for one workspace at the same instant could both see room for one more: a claim whose
+workspace has a cap counts again under a lock on the workspace's row and is undone when
+over (``_within_cap``). ``claim_job`` around it returns a held job again, and waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import json
 import secrets
@@ -21,6 +40,7 @@ from uuid import UUID
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
 
 from delidev import events
 from delidev import models as m
@@ -28,11 +48,14 @@ from delidev.errors import FailedPrecondition
 from delidev.services import common
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
-from delidev.services.common import get_row
+from delidev.services.common import get_row, transaction
 from delidev.services.workers.registry import get_worker, unit_task_of
 from delidev.services.workers.waiting import JobSignal, wait_deadline
 
 SessionStatus = m.AgentSessionStatus
+DEFAULT_MAX_RUN_SECONDS = 4 * 3600  # Settings.max_run_seconds
+# ``workspaces.last_dispatch_at`` is written only when older than this (see _CLAIM_PG).
+DISPATCH_STAMP_MS = 100
 # Safety net for wake-ups this process cannot see (a job queued through another replica).
 RECHECK_S = 1.0
 
@@ -51,32 +74,56 @@ class Job:
     expects_secrets: bool
 
 
-# One statement claims the oldest claimable session, marks the worker busy and returns what
-# the job description needs (everything but the base remotes). A worker marked unhealthy
-# claims nothing until a heartbeat makes it healthy again: the sweep would only take the job
-# back (and queue yet another run of it). The partial unique index
-# ``agent_sessions_one_running_per_worker`` (see db.EXTRA_INDEXES) refuses a second running
-# session for one worker, so two GetTask calls of one worker at once cannot both claim.
-_CLAIM_PG = """
-WITH claimed AS (
+# One statement claims the first claimable session, marks the worker busy, stamps the
+# workspace as served and returns what the job description needs (everything but the base
+# remotes). A worker marked unhealthy claims nothing until a heartbeat makes it healthy
+# again: the sweep would only take the job back (and queue yet another run of it). The
+# partial unique index ``agent_sessions_one_running_per_worker`` (see db.EXTRA_INDEXES)
+# refuses a second running session for one worker, so two GetTask calls of one worker at
+# once cannot both claim.
+# $1 worker, $2 lease, $3 now, $4 ready agent task ids (text[]), $5 agent types (text[]),
+# $6 labels (json text), $7 default max run seconds, $8 excluded workspaces (uuid[]).
+_CLAIM_PG = f"""
+WITH candidate AS (
+    SELECT s.id, a.workspace_id, a.max_run_seconds
+    FROM agent_sessions s
+    JOIN agent_tasks a ON a.id = s.agent_task_id
+    LEFT JOIN workspaces ws ON ws.id = a.workspace_id
+    WHERE s.status = 'queued'
+      AND (s.not_before IS NULL OR s.not_before <= $3)
+      AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
+      AND (cardinality($5::text[]) = 0 OR s.ai_agent_type = ANY($5::text[]))
+      AND a.required_labels <@ $6::text::jsonb
+      AND NOT COALESCE(a.workspace_id = ANY($8::uuid[]), false)
+      AND (ws.max_concurrent_jobs IS NULL OR ws.max_concurrent_jobs > (
+            SELECT count(*) FROM agent_sessions r JOIN agent_tasks ra ON ra.id = r.agent_task_id
+            WHERE r.status = 'running' AND ra.workspace_id = a.workspace_id))
+      AND EXISTS (SELECT 1 FROM workers w
+                  WHERE w.id = $1 AND w.status <> 'unhealthy' AND NOT w.draining)
+    ORDER BY a.priority DESC, ws.last_dispatch_at ASC NULLS FIRST, s.created_at, s.id
+    LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED
+), claimed AS (
     UPDATE agent_sessions SET status = 'running', worker_id = $1, lease_token = $2,
-           started_at = $3, updated_at = $3
-    WHERE id = (
-        SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
-        WHERE s.status = 'queued' AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
-          AND EXISTS (SELECT 1 FROM workers w WHERE w.id = $1 AND w.status <> 'unhealthy')
-        ORDER BY s.created_at, s.id
-        LIMIT 1
-        FOR UPDATE OF s SKIP LOCKED
-    )
-    RETURNING *
+           started_at = $3, updated_at = $3,
+           deadline_at = $3 + make_interval(secs => COALESCE(candidate.max_run_seconds, $7)),
+           wait_reason = NULL, wait_detail = NULL, waiting_since = NULL
+    FROM candidate WHERE agent_sessions.id = candidate.id
+    RETURNING agent_sessions.*
 ), busy AS (
     UPDATE workers SET status = 'busy', current_session_id = claimed.id, updated_at = $3,
            current_task_id = (SELECT u.id FROM unit_tasks u
                               WHERE u.agent_task_id = claimed.agent_task_id)
     FROM claimed WHERE workers.id = $1 AND workers.status <> 'unhealthy'
+), served AS (
+    UPDATE workspaces SET last_dispatch_at = $3
+    FROM candidate WHERE workspaces.id = candidate.workspace_id
+      AND (workspaces.last_dispatch_at IS NULL
+           OR workspaces.last_dispatch_at < $3 - interval '{DISPATCH_STAMP_MS} milliseconds')
 )
-SELECT claimed.*, a.expects_secrets,
+SELECT claimed.*, a.expects_secrets, a.workspace_id AS job_workspace_id,
+       (SELECT ws.max_concurrent_jobs FROM workspaces ws WHERE ws.id = a.workspace_id)
+           AS workspace_cap,
        u.id AS unit_id, u.prompt AS unit_prompt, u.title AS unit_title, u.branch_name,
        u.workspace_id AS unit_workspace_id, u.composite_task_id AS unit_composite_id,
        c.id AS composite_id, c.prompt AS composite_prompt, c.title AS composite_title,
@@ -90,44 +137,162 @@ LEFT JOIN unit_tasks u ON u.agent_task_id = claimed.agent_task_id
 LEFT JOIN composite_tasks c ON c.planning_task_id = claimed.agent_task_id
 """
 
+
+# The cap, checked again under the workspace row's lock (see the module's docstring).
+_CAP_RECHECK_PG = """
+SELECT ws.max_concurrent_jobs AS cap,
+       (SELECT count(*) FROM agent_sessions r JOIN agent_tasks ra ON ra.id = r.agent_task_id
+        WHERE r.status = 'running' AND ra.workspace_id = ws.id) AS running
+FROM workspaces ws WHERE ws.id = $1
+FOR UPDATE
+"""
+
+# SQLite serialises writers, so the statement's own count holds (no recheck). Placeholders:
+# worker, lease, now (started), now (updated), now (not_before), worker, agent types (json)
+# twice, labels (json), then the ready agent task ids.
 _CLAIM_SQLITE = """
 UPDATE agent_sessions SET status = 'running', worker_id = ?, lease_token = ?,
-       started_at = ?, updated_at = ?
+       started_at = ?, updated_at = ?,
+       wait_reason = NULL, wait_detail = NULL, waiting_since = NULL
 WHERE id = (
-    SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
+    SELECT s.id FROM agent_sessions s
+    JOIN agent_tasks a ON a.id = s.agent_task_id
+    LEFT JOIN workspaces ws ON ws.id = a.workspace_id
     WHERE s.status = 'queued'
-      AND EXISTS (SELECT 1 FROM workers w WHERE w.id = ? AND w.status <> 'unhealthy')
+      AND (s.not_before IS NULL OR s.not_before <= ?)
+      AND EXISTS (SELECT 1 FROM workers w
+                  WHERE w.id = ? AND w.status <> 'unhealthy' AND NOT w.draining)
+      AND (json_array_length(?) = 0 OR s.ai_agent_type IN (SELECT value FROM json_each(?)))
+      AND NOT EXISTS (SELECT 1 FROM json_each(a.required_labels) j
+                      WHERE j.value NOT IN (SELECT value FROM json_each(?)))
+      AND (ws.max_concurrent_jobs IS NULL OR ws.max_concurrent_jobs > (
+            SELECT count(*) FROM agent_sessions r JOIN agent_tasks ra ON ra.id = r.agent_task_id
+            WHERE r.status = 'running' AND ra.workspace_id = a.workspace_id))
       AND (a.expects_secrets = 0 OR a.id IN ({ready}))
-    ORDER BY s.created_at, s.id
+    ORDER BY a.priority DESC, ws.last_dispatch_at IS NOT NULL, ws.last_dispatch_at,
+             s.created_at, s.id
     LIMIT 1
 )
-RETURNING id
+RETURNING id, agent_task_id
 """
 
 
-async def _claim_once(worker_id: UUID, ready_agent_ids: Sequence[UUID]) -> Job | None:
-    """Claims the oldest claimable session for this worker, or None.
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a worker declared at Register: fixed for its id (a new registration is a new id),
+    so a process may keep them."""
 
-    ``ready_agent_ids``: the agent tasks expecting secrets whose secrets have arrived.
-    Raises: IntegrityError when the worker already runs a session.
+    agent_types: list[str]
+    labels: list[str]
+
+
+_capabilities: collections.OrderedDict[UUID, Capabilities] = collections.OrderedDict()
+_CAPABILITIES_KEPT = 10_000
+
+
+async def capabilities_of(worker_id: UUID) -> Capabilities:
+    """The worker's agent types and labels (read once per process). Raises: NotFound."""
+    known = _capabilities.get(worker_id)
+    if known is None:
+        worker = await get_worker(worker_id=worker_id)
+        known = Capabilities(agent_types=list(worker.agent_types), labels=list(worker.labels))
+        _capabilities[worker_id] = known
+        if len(_capabilities) > _CAPABILITIES_KEPT:
+            _capabilities.popitem(last=False)
+    return known
+
+
+async def _claim_once(
+    worker_id: UUID,
+    ready_agent_ids: Sequence[UUID],
+    *,
+    max_run_seconds: int,
+    excluded: Sequence[UUID] = (),
+) -> Job | None:
+    """Claims the first claimable session for this worker, or None.
+
+    ``ready_agent_ids``: the agent tasks expecting secrets whose secrets have arrived;
+    ``excluded``: workspaces found over their cap by this claim's recheck.
+    Raises: IntegrityError when the worker already runs a session; NotFound.
     """
     conn = connections.get("default")
     lease = secrets.token_urlsafe(24)
+    caps = await capabilities_of(worker_id)
     if conn.capabilities.dialect == "postgres":
-        return await _claim_pg(conn, worker_id, lease, ready_agent_ids)
-    return await _claim_sqlite(conn, worker_id, lease, ready_agent_ids)
+        return await _claim_pg(
+            conn, worker_id, lease, ready_agent_ids, caps, max_run_seconds, excluded
+        )
+    return await _claim_sqlite(conn, worker_id, lease, ready_agent_ids, caps, max_run_seconds)
+
+
+class _OverCap(Exception):
+    def __init__(self, workspace_id: UUID) -> None:
+        self.workspace_id = workspace_id
+
+
+async def _within_cap(row: dict[str, object], lease: str) -> bool:
+    """The cap, counted again under the lock on the workspace's row; a claim that took the
+    workspace over it is undone (compare-and-set on its lease). Claims of one capped
+    workspace serialise here, so of two that raced for its last place exactly one keeps it."""
+    session_id, worker_id = row["id"], row["worker_id"]
+    async with transaction() as tx:
+        counted = await tx.execute_query_dict(_CAP_RECHECK_PG, [row["job_workspace_id"]])
+        if not counted or counted[0]["cap"] is None:
+            return True
+        if int(counted[0]["running"]) <= int(counted[0]["cap"]):
+            return True
+        await (
+            m.AgentSession.filter(id=session_id, status=SessionStatus.RUNNING, lease_token=lease)
+            .using_db(tx)
+            .update(
+                status=SessionStatus.QUEUED,
+                worker_id=None,
+                lease_token=None,
+                started_at=None,
+                deadline_at=None,
+            )
+        )
+        await (
+            m.Worker.filter(id=worker_id, current_session_id=session_id)
+            .using_db(tx)
+            .update(
+                **common.changed(
+                    status=m.WorkerStatus.IDLE, current_session_id=None, current_task_id=None
+                )
+            )
+        )
+    return False
 
 
 async def _claim_pg(
-    conn: BaseDBAsyncClient, worker_id: UUID, lease: str, ready_agent_ids: Sequence[UUID]
+    conn: BaseDBAsyncClient,
+    worker_id: UUID,
+    lease: str,
+    ready_agent_ids: Sequence[UUID],
+    caps: Capabilities,
+    max_run_seconds: int,
+    excluded: Sequence[UUID],
 ) -> Job | None:
-    """The claim, the worker marked busy and the job's description in one round trip."""
+    """The claim, the worker marked busy and the job's description in one round trip (and
+    the cap's recheck when the workspace has one)."""
     rows = await conn.execute_query_dict(
-        _CLAIM_PG, [worker_id, lease, common.now(), [str(a) for a in ready_agent_ids]]
+        _CLAIM_PG,
+        [
+            worker_id,
+            lease,
+            common.now(),
+            [str(a) for a in ready_agent_ids],
+            list(caps.agent_types),
+            json.dumps(caps.labels),
+            float(max_run_seconds),
+            list(excluded),
+        ],
     )
     if not rows:
         return None
     row = rows[0]
+    if row["workspace_cap"] is not None and not await _within_cap(row, lease):
+        raise _OverCap(UUID(str(row["job_workspace_id"])))
     session = m.AgentSession._init_from_db(**row)  # takes its columns, ignores the rest
     unit = row["unit_id"] is not None
     workspace = str(row["unit_workspace_id"] if unit else row["composite_workspace_id"])
@@ -154,17 +319,45 @@ async def _claim_pg(
 
 
 async def _claim_sqlite(
-    conn: BaseDBAsyncClient, worker_id: UUID, lease: str, ready_agent_ids: Sequence[UUID]
+    conn: BaseDBAsyncClient,
+    worker_id: UUID,
+    lease: str,
+    ready_agent_ids: Sequence[UUID],
+    caps: Capabilities,
+    max_run_seconds: int,
 ) -> Job | None:
-    """The claim, then the worker marked busy and the job described by ordinary queries."""
+    """The claim, then the worker marked busy, the run's deadline, the workspace stamped as
+    served and the job described by ordinary queries."""
     ready = ", ".join("?" for _ in ready_agent_ids) or "NULL"
-    stamp = common.now().isoformat(" ")  # as Tortoise writes it, so that comparisons hold
+    now = common.now()
+    stamp = now.isoformat(" ")  # as Tortoise writes it, so that comparisons hold
+    types = json.dumps(caps.agent_types)
     rows = await conn.execute_query_dict(
         _CLAIM_SQLITE.format(ready=ready),
-        [str(worker_id), lease, stamp, stamp, str(worker_id), *map(str, ready_agent_ids)],
+        [
+            str(worker_id),
+            lease,
+            stamp,
+            stamp,
+            stamp,
+            str(worker_id),
+            types,
+            types,
+            json.dumps(caps.labels),
+            *map(str, ready_agent_ids),
+        ],
     )
     if not rows:
         return None
+    agent = await get_row(m.AgentTask, id=UUID(str(rows[0]["agent_task_id"])))
+    limit = dt.timedelta(seconds=agent.max_run_seconds or max_run_seconds)
+    await m.AgentSession.filter(id=UUID(str(rows[0]["id"]))).update(deadline_at=now + limit)
+    if agent.workspace_id is not None:
+        await m.Workspace.filter(
+            Q(last_dispatch_at__isnull=True)
+            | Q(last_dispatch_at__lt=now - dt.timedelta(milliseconds=DISPATCH_STAMP_MS)),
+            id=agent.workspace_id,
+        ).update(last_dispatch_at=now)
     claimed = await get_row(m.AgentSession, id=UUID(str(rows[0]["id"])))
     # Marked unhealthy since the claim: it stays so (the sweep takes the job back).
     await m.Worker.filter(id=worker_id, status__not=m.WorkerStatus.UNHEALTHY).update(
@@ -179,6 +372,22 @@ async def _claim_sqlite(
     return await describe_job(claimed)
 
 
+async def _claim_capped(worker_id: UUID, ready: Sequence[UUID], max_run_seconds: int) -> Job | None:
+    """A claim; one undone because it took its workspace over the cap is tried again
+    without that workspace (a few times: caps are rare and races for them rarer)."""
+    excluded: list[UUID] = []
+    for _ in range(4):
+        try:
+            return await _claim_once(
+                worker_id, ready, max_run_seconds=max_run_seconds, excluded=excluded
+            )
+        except IntegrityError:  # it already runs one (or it does not exist)
+            return None
+        except _OverCap as over:
+            excluded.append(over.workspace_id)
+    return None
+
+
 async def _held_job(worker_id: UUID) -> Job | None:
     held = await m.AgentSession.filter(worker_id=worker_id, status=SessionStatus.RUNNING).first()
     return None if held is None else await describe_job(held)
@@ -190,8 +399,12 @@ async def claim_job(
     wait: dt.timedelta = dt.timedelta(0),
     signal: JobSignal | None = None,
     store: secret_service.SecretStore | None = None,
+    max_run_seconds: int = DEFAULT_MAX_RUN_SECONDS,
 ) -> Job | None:
-    """The worker's current job, or the oldest queued one claimed for it, or None.
+    """The worker's current job, or the first queued one it may take claimed for it, or None.
+
+    Which job, and in which order, is the claim statement's (see above); ``max_run_seconds``
+    is the run time limit of a job whose task sets none.
 
     A worker holds at most one job: asking again returns the job it holds. A job whose task
     expects secrets is handed out only once they are in ``store``. Waits up to ``wait``
@@ -206,10 +419,7 @@ async def claim_job(
     while True:
         generation = signal.generation() if signal is not None else None
         ready = await secret_service.ready_agent_task_ids(store) if store is not None else []
-        try:
-            job = await _claim_once(worker_id, ready)
-        except IntegrityError:  # it already runs one (or it does not exist)
-            job = None
+        job = await _claim_capped(worker_id, ready, max_run_seconds)
         if job is not None:
             return job
         if not checked:  # the slow path, once: an unknown worker, or the job it holds

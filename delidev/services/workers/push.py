@@ -22,8 +22,10 @@ from uuid import UUID
 from delidev import events
 from delidev import models as m
 from delidev.services import secrets as secret_service
-from delidev.services import workers
 from delidev.services.common import now as current_time
+from delidev.services.workers.claims import DEFAULT_MAX_RUN_SECONDS, Job, claim_job, describe_job
+from delidev.services.workers.registry import get_worker
+from delidev.services.workers.waiting import JobSignal
 
 # Re-check without an event at most this often (jobs whose backoff ended are announced by
 # the wait reconcile; this covers events lost while a replica's listener reconnected).
@@ -32,7 +34,7 @@ RECHECK_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class JobAssigned:
-    job: workers.Job
+    job: Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,7 @@ class KeepAlive:
 
 
 Push = JobAssigned | StopSession | DrainChanged | KeepAlive
-Claim = Callable[[UUID], Awaitable["workers.Job | None"]]
+Claim = Callable[[UUID], Awaitable[Job | None]]
 
 
 def _stop_reason(session: m.AgentSession) -> str:
@@ -65,7 +67,7 @@ async def watch_worker(
     *,
     worker_id: UUID,
     bus: events.EventBus,
-    signal: workers.JobSignal,
+    signal: JobSignal,
     claim: Claim,
     keepalive: dt.timedelta,
 ) -> AsyncIterator[Push]:
@@ -74,7 +76,7 @@ async def watch_worker(
     ``claim(worker_id)`` claims a job for it without waiting (the caller binds the secret
     store and the run-time settings). Raises: NotFound.
     """
-    await workers.get_worker(worker_id=worker_id)
+    await get_worker(worker_id=worker_id)
     loop = asyncio.get_running_loop()
     next_keepalive = loop.time() + keepalive.total_seconds()
     draining = False  # a worker draining when it connects is told so at once
@@ -88,7 +90,7 @@ async def watch_worker(
                 fleet.drain()
                 if session_watch is not None:
                     session_watch.drain()
-                worker = await workers.get_worker(worker_id=worker_id)
+                worker = await get_worker(worker_id=worker_id)
                 if worker.draining != draining:
                     draining = worker.draining
                     yield DrainChanged(draining=draining)
@@ -105,7 +107,7 @@ async def watch_worker(
                         continue
                     if held.id != told_job:
                         told_job = held.id
-                        yield JobAssigned(job=await workers.describe_job(held))
+                        yield JobAssigned(job=await describe_job(held))
                         continue
                     if held.stop_requested and held.id != told_stop:
                         told_stop = held.id
@@ -147,8 +149,12 @@ async def _wake(flags: list[asyncio.Event], seconds: float) -> None:
             waiter.cancel()
 
 
-def default_claim(store: secret_service.SecretStore | None) -> Claim:
-    async def claim(worker_id: UUID) -> workers.Job | None:
-        return await workers.claim_job(worker_id=worker_id, store=store)
+def default_claim(
+    store: secret_service.SecretStore | None, max_run_seconds: int = DEFAULT_MAX_RUN_SECONDS
+) -> Claim:
+    """The claim GetTask makes, without waiting."""
+
+    async def claim(worker_id: UUID) -> Job | None:
+        return await claim_job(worker_id=worker_id, store=store, max_run_seconds=max_run_seconds)
 
     return claim
