@@ -1,9 +1,11 @@
 """Worker coordination on PostgreSQL: claim throughput and latency, and log ingestion.
 
-    python bench/bench_workers.py [--database-url postgres://postgres@127.0.0.1:5432/delidev_bench_w]
+    python bench/bench_workers.py [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 One real server process (the app of ``bench/_app.py``, uvicorn, one worker) on a throwaway
-PostgreSQL database that the bench creates and drops. Simulated workers in this process call
+PostgreSQL database that the bench creates and drops with the tests' helpers
+(``tests/conftest.py``; the server is ``--admin-url``, else ``DELIDEV_TEST_POSTGRES_URL``,
+else the local cluster). Simulated workers in this process call
 the real WorkerService over HTTP with the generated Connect client (binary codec).
 
 - **claims**: with 1, 10 and 50 workers, each worker loops GetTask → ReportStatus(succeeded)
@@ -41,7 +43,6 @@ from bench.bench_get import host_busy_s, process_cpu_s, start_server, stop_serve
 from delidev.connect.gen.delidev.v1 import task_pb, worker_pb  # noqa: E402
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient  # noqa: E402
 
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 TARGET_CLAIMS_S = 1000
 TARGET_RATIO = 0.5
 TARGET_LINES_S = 50_000
@@ -238,10 +239,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    name = f"delidev_bench_workers_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    database_url = args.admin_url.rsplit("/", 1)[0] + f"/{name}"
+    if args.admin_url:  # read by tests.conftest when it is imported
+        os.environ["DELIDEV_TEST_POSTGRES_URL"] = args.admin_url
+    from tests.conftest import create_postgres_database, drop_postgres_database, postgres_url
+
+    name = await create_postgres_database()
+    database_url = postgres_url(name)
     log_path = Path(tempfile.mkdtemp(prefix="delidev-bench-")) / "server.log"
     proc = None
     try:
@@ -349,16 +352,16 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         if proc is not None:
             stop_server(proc)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_postgres_database(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--admin-url",
-        default=os.environ.get("DELIDEV_BENCH_ADMIN_URL", ADMIN_URL),
-        help="PostgreSQL server where a throwaway database is created and dropped",
+        default=os.environ.get("DELIDEV_BENCH_ADMIN_URL"),
+        help="PostgreSQL server where a throwaway database is created and dropped (default: "
+        "DELIDEV_TEST_POSTGRES_URL, else postgresql://postgres@127.0.0.1:5432/postgres)",
     )
     p.add_argument("--workers", type=int, nargs="+", default=[1, 10, 50])
     p.add_argument("--seconds", type=float, default=4.0, help="per measurement")

@@ -22,6 +22,7 @@ from delidev.app import create_app
 from delidev.auth.tokens import issue_access_token
 from delidev.services import auth
 from delidev.settings import Settings
+from tests.waiting import GUARD_S, eventually
 
 pytestmark = pytest.mark.usefixtures("database")
 SECRET = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
@@ -159,17 +160,17 @@ async def test_refresh_rotates_and_a_reused_token_revokes_the_family(
 
 
 async def _until_waiting_on_locks(conn: asyncpg.Connection, count: int) -> None:
-    for _ in range(500):
+    async def waiting() -> int:
         # Inside a transaction, pg_stat_activity is a snapshot taken once: take a new one.
         await conn.execute("SELECT pg_stat_clear_snapshot()")
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
         )
-        if waiting >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"fewer than {count} sessions ever waited on a lock")
+
+    await eventually(waiting, lambda n: n >= count, within=GUARD_S, every=0.02)
 
 
 @pytest.mark.postgres_only

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import create_postgres_database, drop_postgres_database, postgres_url
+from tests.waiting import blocking_until
 
 SERVER = [sys.executable, "-m", "delidev.cli"]
 
@@ -48,17 +48,20 @@ def running_server(home: Path, **env: str) -> Iterator[tuple[str, subprocess.Pop
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError("the server exited")
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"server did not start:\n{proc.communicate()[0]}")
-            time.sleep(0.1)
+                return False
+
+        try:
+            blocking_until(answers, 30, what="/readyz")
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(f"server did not start:\n{proc.communicate()[0]}") from None
         yield base, proc
     finally:
         if proc.poll() is None:

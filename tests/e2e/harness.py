@@ -10,14 +10,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-T = TypeVar("T")
+# Re-exported: the e2e tests poll through the harness.
+from tests.waiting import eventually as eventually
+
 START_TIMEOUT_S = 60.0
 
 
@@ -66,18 +68,22 @@ class Server:
         )
 
     async def ready(self) -> Server:
-        deadline = time.monotonic() + START_TIMEOUT_S
         async with httpx.AsyncClient() as client:
-            while True:
+
+            async def answers() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError("the server exited")
                 try:
-                    if (await client.get(f"{self.base}/readyz", timeout=2)).status_code == 200:
-                        return self
+                    return (await client.get(f"{self.base}/readyz", timeout=2)).status_code == 200
                 except httpx.TransportError:
-                    pass
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"server did not start:\n{self.log()}")
-                await asyncio.sleep(0.1)
+                    return False
+
+            try:
+                await eventually(answers, bool, within=START_TIMEOUT_S)
+            except AssertionError:
+                self.stop()
+                raise AssertionError(f"server did not start:\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         if not self._log.closed:
@@ -264,20 +270,6 @@ class ConnectFailure(Exception):
         self.status = status
         self.code = payload.get("code")
         self.message = str(payload.get("message", ""))
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], *, within: float = 30
-) -> T:
-    """Polls ``probe`` until ``check`` holds; fails with the last value after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {within} s; last value: {value!r}")
-        await asyncio.sleep(0.1)
 
 
 class GraphQLWs:

@@ -7,7 +7,6 @@ the only other runs are those lost with the killed workers."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -111,13 +110,12 @@ async def test_a_fleet_drains_unit_and_composite_tasks_while_workers_die(
             Sim(servers[i % len(servers)].base, tmp_path, f"steady{i}", *options) for i in range(3)
         ]
         sims.extend(steady)
-        deadline = time.monotonic() + 120
-        while True:
-            units_done, composites_done = await _approve_and_finish_reviews(api)
-            if (units_done, composites_done) == (UNITS + COMPOSITES * PLAN_NODES, COMPOSITES):
-                break
-            assert time.monotonic() < deadline, (units_done, composites_done)
-            await asyncio.sleep(0.2)
+        await eventually(
+            lambda: _approve_and_finish_reviews(api),
+            lambda done: done == (UNITS + COMPOSITES * PLAN_NODES, COMPOSITES),
+            within=120,
+            every=0.2,
+        )
         reports = [await asyncio.to_thread(s.wait, 60) for s in steady]
         runs = await _runs_of_every_agent_task(api)
     finally:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import BACKEND
 from tests.e2e.harness import Connect, ConnectFailure, Server, Sim, eventually
+from tests.waiting import until
 
 SECRET = "sk-e2e-4c1d9a7b2f6e8053"
 FAST = ("--lines", "3", "--lines-per-second", "0", "--chunk-interval", "0")
@@ -132,7 +133,8 @@ async def test_reference_workers_ride_out_a_server_restart(
             lambda t: t["status"] == "UNIT_TASK_STATUS_IN_REVIEW",
         )
         first.stop()  # every call of the workers fails while no server listens
-        await asyncio.sleep(1.0)
+        # Both workers have failed to claim and tried again (each failure is one line).
+        await until(lambda: sims.log().count("claiming failed") >= 4, what="failed claims")
         assert sims.proc.poll() is None, sims.log()
         second = Server(
             e2e_database_url, tmp_path / "second.log", DELIDEV_SERVER_PORT=str(first.port)
@@ -247,7 +249,9 @@ async def test_secrets_reach_only_the_leased_worker_and_are_stored_nowhere(
     task = await api.unit(group, "deploy [sim:echo-secrets]", expectsSecrets=True)
     sim = Sim(server.base, tmp_path, "keeper", "--idle-exit", "2", "--wait-ms", "300", *FAST)
     try:
-        await asyncio.sleep(1.0)  # the worker polls, but the job waits for its secrets
+        # The worker has polled (a GetTask answered, in the access log), but the job waits
+        # for its secrets.
+        await until(lambda: "WorkerService/GetTask" in server.log(), what="a poll")
         runs = await _sessions(api, task["id"])
         assert runs[0]["status"] == "AGENT_SESSION_STATUS_QUEUED"
         sent = await api(

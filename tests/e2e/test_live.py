@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     server_pair,
 )
 from tests.e2e.sign_in import sign_in
+from tests.waiting import until
 
 STREAM = ("--lines-per-second", "400", "--chunk-interval", "0.02", "--wait-ms", "300")
 
@@ -49,7 +50,10 @@ async def _running_session(api: Connect, prompt: str) -> tuple[str, str]:
     return task["id"], runs["latestSession"]["id"]
 
 
-async def _gql_log(base: str, session_id: str, *, protocol: str, start: int = 0) -> str:
+async def _gql_log(
+    base: str, session_id: str, *, protocol: str, start: int = 0, seen: list[str] | None = None
+) -> str:
+    """The text followed from ``start``; each piece is also appended to ``seen`` as it comes."""
     client = GraphQLWs(base, protocol)
     await client.connect()
     try:
@@ -60,6 +64,8 @@ async def _gql_log(base: str, session_id: str, *, protocol: str, start: int = 0)
             piece = payload["data"]["sessionLog"]
             assert int(piece["offset"]) == offset, "a gap or a repeat"
             text += piece["data"]
+            if seen is not None:
+                seen.append(piece["data"])
             offset = int(piece["nextOffset"])  # never a count of our own
             if piece["final"]:
                 assert piece["status"] == "SUCCEEDED"
@@ -69,9 +75,10 @@ async def _gql_log(base: str, session_id: str, *, protocol: str, start: int = 0)
 
 
 async def _connect_log(
-    base: str, session_id: str, start: int = 0, stop_after: int = 0
+    base: str, session_id: str, start: int = 0, stop_after: int = 0, seen: list[str] | None = None
 ) -> tuple[str, int]:
-    """The text streamed from ``start``, and the offset to resume from."""
+    """The text streamed from ``start``, and the offset to resume from; each piece is also
+    appended to ``seen`` as it comes."""
     text, offset, count = "", start, 0
     async for message in connect_stream(
         base, "SessionService/StreamLog", {"sessionId": session_id, "fromOffset": start}
@@ -79,6 +86,8 @@ async def _connect_log(
         # int64 fields are JSON strings, and left out when zero.
         assert int(message.get("offset", 0)) == offset, "a gap or a repeat"
         text += message.get("data", "")
+        if seen is not None:
+            seen.append(message.get("data", ""))
         offset = int(message.get("nextOffset", 0))
         count += 1
         if stop_after and count >= stop_after:
@@ -129,9 +138,14 @@ async def test_streams_recover_when_the_listen_connection_is_killed(
               "--chunk-interval", "0.02", "--wait-ms", "300")  # fmt: skip
     try:
         _, session_id = await _running_session(api, "stream [sim:lines=300]")
-        gql = asyncio.create_task(_gql_log(a.base, session_id, protocol="graphql-transport-ws"))
-        rpc = asyncio.create_task(_connect_log(a.base, session_id))
-        await asyncio.sleep(0.8)
+        gql_seen: list[str] = []
+        rpc_seen: list[str] = []
+        gql = asyncio.create_task(
+            _gql_log(a.base, session_id, protocol="graphql-transport-ws", seen=gql_seen)
+        )
+        rpc = asyncio.create_task(_connect_log(a.base, session_id, seen=rpc_seen))
+        # Both streams are following (each has output) before their events' connection dies.
+        await until(lambda: gql_seen and rpc_seen, what="both streams following")
         conn = await asyncpg.connect(e2e_database_url)
         try:
             killed = await conn.fetchval(
@@ -205,7 +219,19 @@ async def test_task_updates_tty_questions_and_workers_are_pushed(
         await client.subscribe(
             "subscription { workerUpdated { workerId deleted worker { status } } }"
         )
-        await asyncio.sleep(0.3)
+        # The subscriptions are in place once one hears of a probe worker, registered after
+        # all three were sent (the worker that the test is about starts only then).
+        probe = (
+            await api(
+                "WorkerService/Register", {"name": "probe", "endpointUrl": "http://127.0.0.1:9"}
+            )
+        )["workerId"]
+        heard = await client.receive(30)
+        while heard["type"] == "ping":
+            await client.send({"type": "pong"})
+            heard = await client.receive(30)
+        assert heard["id"] == "3", heard
+        assert heard["payload"]["data"]["workerUpdated"]["workerId"] == probe, heard
         sim = Sim(b.base, tmp_path, "asker", "--idle-exit", "1", *STREAM)
         seen: dict[str, list[Any]] = {"1": [], "2": [], "3": []}
         answered = False
@@ -236,7 +262,11 @@ async def test_task_updates_tty_questions_and_workers_are_pushed(
         statuses = [d["taskUpdated"]["task"]["latestSession"]["status"] for d in seen["1"]]
         assert "RUNNING" in statuses
         assert answered
-        assert any(d["workerUpdated"]["worker"] for d in seen["3"] if d["workerUpdated"]["worker"])
+        assert any(
+            d["workerUpdated"]["worker"]
+            for d in seen["3"]
+            if d["workerUpdated"]["worker"] and d["workerUpdated"]["workerId"] != probe
+        )
         await asyncio.to_thread(sim.wait, 30)
     finally:
         if sim is not None:

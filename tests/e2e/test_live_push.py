@@ -24,11 +24,14 @@ import websockets
 from tests.conftest import BACKEND
 from tests.e2e.harness import SESSION_LOG, Connect, GraphQLWs, Server, Worker, server_pair
 from tests.e2e.sign_in import sign_in
+from tests.waiting import until
 
 # Clients never wait for a server ping in these tests; a long interval keeps the pings'
 # own token check out of the way of the feed's.
 QUIET = {"DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "600000"}
 PROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
+# How many batches the writer of the reconnect test may be ahead of its reader.
+LEAD = 3
 
 
 def _servers(
@@ -46,10 +49,17 @@ async def _session(api: Connect, worker: Worker) -> str:
 
 
 async def _follow(
-    client: GraphQLWs, session_id: str, *, start: int = 0, stop_after: int = 0, root: str = ""
+    client: GraphQLWs,
+    session_id: str,
+    *,
+    start: int = 0,
+    stop_after: int = 0,
+    root: str = "",
+    seen: list[str] | None = None,
 ) -> tuple[str, bool]:
     """Subscribes from ``start`` and reads until the final piece (or ``stop_after``
-    pieces); the text read, and whether the final piece came. Fails on a gap or a repeat."""
+    pieces); the text read, and whether the final piece came. Fails on a gap or a repeat.
+    Each piece's text is also appended to ``seen`` as it comes (for a test to wait on)."""
     query = SESSION_LOG.replace("sessionLog(", f"{root}: sessionLog(") if root else SESSION_LOG
     key = root or "sessionLog"
     await client.subscribe(query, {"id": session_id, "from": start})
@@ -59,6 +69,8 @@ async def _follow(
         piece = payload["data"][key]
         assert int(piece["offset"]) == start + len(text), "a gap or a repeat"
         text += piece["data"]
+        if seen is not None:
+            seen.append(piece["data"])
         count += 1
         if piece["final"]:
             return text, True
@@ -131,12 +143,14 @@ async def test_a_pushed_follower_gets_nothing_after_its_token_is_revoked_once_a_
             session_id = await _session(api, worker)
             await client.connect({"authorization": f"Bearer {token}"})
             await client.subscribe(SESSION_LOG, {"id": session_id, "from": 0})
-            await asyncio.sleep(0.5)  # caught up and parked: what follows is pushed
             await worker.write("visible\n")
             first = await client.receive(15)
             assert first["payload"]["data"]["sessionLog"]["data"] == "visible\n", first
+            # It has read all there is: it is parked, and what follows is pushed.
             await api("AuthService/Logout", {})
-            # Every check that passed came before the logout: one is due after this.
+            # Every check that passed came before the logout: one is due after this. The
+            # sleep is the behaviour under test (time passing makes the re-check due), not
+            # a wait for something to happen.
             await asyncio.sleep(RECHECK_S * 1.5)
             await worker.write("written after the logout\n")
             ended = await client.receive(15)
@@ -179,15 +193,25 @@ async def test_a_push_that_raises_for_one_follower_holds_up_no_one_and_loses_not
         try:
             session_id = await _session(api, worker)
             follows = []
+            seen: list[list[str]] = [[] for _ in clients]
             for n, client in enumerate(clients):  # the failing one is parked first
                 await client.connect()
                 root = "boom" if n == 0 else ""
-                follows.append(asyncio.create_task(_follow(client, session_id, root=root)))
-            await asyncio.sleep(0.5)  # all of them caught up and parked
+                follows.append(
+                    asyncio.create_task(_follow(client, session_id, root=root, seen=seen[n]))
+                )
             lines = _lines(300, "push")
+            written = 0
             for i in range(0, len(lines), 10):
-                await worker.write("".join(lines[i : i + 10]))
-                await asyncio.sleep(0.01)
+                batch = "".join(lines[i : i + 10])
+                await worker.write(batch)
+                written += len(batch)
+                # Each batch once every follower has read the last one: they are all caught
+                # up and parked, so every batch goes out through a push round.
+                await until(
+                    lambda n=written: all(sum(map(len, text)) >= n for text in seen),
+                    what=f"every follower reading {written} characters",
+                )
             await worker.finish()
             results = await asyncio.wait_for(asyncio.gather(*follows), 60)
         finally:
@@ -232,14 +256,18 @@ async def test_a_subscriber_that_stops_reading_holds_up_no_one_and_later_catches
             await stalled.connect(sock=sock, max_queue=1, compression=None)
             await stalled.subscribe(SESSION_LOG, {"id": session_id, "from": 0})
             follows = []
-            for reader in readers:
+            seen: list[list[str]] = [[] for _ in readers]
+            for reader, text in zip(readers, seen, strict=True):
                 await reader.connect()
-                follows.append(asyncio.create_task(_follow(reader, session_id)))
-            await asyncio.sleep(0.5)  # all of them caught up and parked
+                follows.append(asyncio.create_task(_follow(reader, session_id, seen=text)))
             # Random text (deflate cannot shrink it much), far more than the socket buffers.
             pieces = [os.urandom(256 * 1024).hex() for _ in range(32)]
             assert sum(map(len, pieces)) > 3 * _send_buffer_limit()
-            for piece in pieces:
+            await worker.write(pieces[0])
+            # The readers (subscribed after the stalled one) have the first piece: they and
+            # the stalled one are following before the rest is written.
+            await until(lambda: all(seen), what="every reader getting the first piece")
+            for piece in pieces[1:]:
                 await worker.write(piece)
             await worker.finish()
             results = await asyncio.wait_for(asyncio.gather(*follows), 120)
@@ -275,11 +303,22 @@ async def test_a_follower_that_reconnects_with_its_last_offset_gets_every_byte_o
         try:
             session_id = await _session(api, worker)
             lines = _lines(600, "resume")
+            seen: list[str] = []  # what the client read, over all its connections
 
             async def write() -> None:
+                sent: list[int] = []  # characters written after each batch
                 for i in range(0, len(lines), 5):
-                    await worker.write("".join(lines[i : i + 5]))
-                    await asyncio.sleep(0.01)
+                    batch = "".join(lines[i : i + 5])
+                    await worker.write(batch)
+                    sent.append((sent[-1] if sent else 0) + len(batch))
+                    # At most LEAD batches ahead of the reader: the writing goes on while it
+                    # drops out and comes back, and cannot end before it has dropped twice
+                    # (20 pieces hold at most 20 * (LEAD + 1) of the 120 batches).
+                    if len(sent) > LEAD:
+                        behind = sent[-1 - LEAD]
+                        await until(
+                            lambda n=behind: sum(map(len, seen)) >= n, what=f"reading {behind}"
+                        )
                 await worker.finish()
 
             writing = asyncio.create_task(write())
@@ -289,7 +328,11 @@ async def test_a_follower_that_reconnects_with_its_last_offset_gets_every_byte_o
                 await client.connect()
                 try:
                     got, final = await _follow(
-                        client, session_id, start=len(text), stop_after=10 if drop else 0
+                        client,
+                        session_id,
+                        start=len(text),
+                        stop_after=10 if drop else 0,
+                        seen=seen,
                     )
                 finally:
                     if drop == "cut":
@@ -333,6 +376,8 @@ async def test_a_websocket_that_sends_no_connection_init_is_closed_4408(
         # One that sent it in time stays open past the timeout: it still gets answers.
         greeted = GraphQLWs(srv.base, protocol)
         await greeted.connect()
+        # The sleep is the behaviour under test: the socket stays open although more than
+        # the 300 ms init timeout has passed.
         await asyncio.sleep(0.6)
         unknown = "00000000-0000-0000-0000-000000000001"
         op = await greeted.subscribe(SESSION_LOG, {"id": unknown, "from": 0})

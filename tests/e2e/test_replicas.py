@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import Connect, Server, Sim
+from tests.waiting import until
 
 pytestmark = pytest.mark.postgres_only
 
@@ -38,7 +39,9 @@ async def test_secrets_sent_to_one_replica_reach_a_worker_on_another(
         first = await api.unit(group, "deploy [sim:echo-secrets]", expectsSecrets=True)
         second = await api.unit(group, "again [sim:echo-secrets]", expectsSecrets=True)
         sim = Sim(b.base, tmp_path, "on-b", "--idle-exit", "2", "--wait-ms", "300", *FAST)
-        await asyncio.sleep(1.0)  # the worker on B polls; the jobs wait for their secrets
+        # The worker on B has polled (a GetTask answered, in B's access log); the jobs wait
+        # for their secrets.
+        await until(lambda: "WorkerService/GetTask" in b.log(), what="a poll")
         assert [(await _sessions(api, t["id"]))[0]["status"] for t in (first, second)] == [
             "AGENT_SESSION_STATUS_QUEUED"
         ] * 2

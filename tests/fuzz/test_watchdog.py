@@ -33,7 +33,7 @@ async def test_a_callback_computing_for_80_ms_is_reported(loop_watchdog: Watchdo
 
 async def test_waiting_and_short_callbacks_are_not(loop_watchdog: Watchdog) -> None:
     with loop_watchdog.armed():
-        await asyncio.sleep(0.1)  # waiting holds nothing
+        await asyncio.sleep(0.1)  # waiting holds nothing (the sleep is the behaviour tested)
         for _ in range(20):
             asyncio.get_running_loop().call_soon(_compute, 0.002)
             await asyncio.sleep(0)
@@ -72,7 +72,7 @@ def test_the_marker_fails_a_test_that_holds_the_loop(
 
         @pytest.mark.loop_watchdog
         async def test_waits():
-            await asyncio.sleep(0.080)
+            await asyncio.sleep(0.080)  # the behaviour tested: 80 ms of waiting holds nothing
         """
     )
     # The inner run imports the plugin from this checkout, wherever pytest runs it.

@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ import pytest
 
 from tests.conftest import create_postgres_database, drop_postgres_database, postgres_url
 from tests.e2e.harness import Connect, Server, Sim
+from tests.waiting import blocking_until, until
 
 HERE = Path(__file__).resolve().parent
 READY_TIMEOUT_S = 30.0
@@ -121,10 +121,11 @@ def _server_env(database_url: str, port: int) -> dict[str, str]:
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
     last = "no answer yet"
     with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
+            nonlocal last
             if proc.poll() is not None:
                 pytest.fail(
                     f"the server exited with {proc.returncode} before it was ready\n"
@@ -134,15 +135,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None
                 response = client.get(f"{base_url}/readyz")
             except httpx.HTTPError as exc:
                 last = repr(exc)
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text}"
-            time.sleep(0.2)
-    pytest.fail(
-        f"the server was not ready after {READY_TIMEOUT_S:.0f} s (last /readyz: {last})\n"
-        f"--- server output ---\n{log.read_text(errors='replace')}"
-    )
+                return False
+            last = f"{response.status_code} {response.text}"
+            return response.status_code == 200
+
+        try:
+            blocking_until(answers, READY_TIMEOUT_S, every=0.2)
+        except AssertionError:
+            pytest.fail(
+                f"the server was not ready after {READY_TIMEOUT_S:.0f} s (last /readyz: {last})"
+                f"\n--- server output ---\n{log.read_text(errors='replace')}"
+            )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -289,7 +292,13 @@ async def test_typescript_live_streams(tmp_path: Path) -> None:
             npm, "run", "-s", "live", cwd=HERE, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        await asyncio.sleep(1.0)  # the subscribers are in place before the first line
+        # The clients are connected before the worker starts (live.ts's WebSocket accepted,
+        # in server A's access log): taskUpdated must see the task reach IN_REVIEW.
+        await until(
+            lambda: '"WebSocket /graphql" [accepted]' in servers[0].log(),
+            within=STEP_TIMEOUT_S,
+            what="live.ts connecting",
+        )
         sim = Sim(servers[1].base, tmp_path, "writer", "--lines-per-second", "300",
                   "--chunk-interval", "0.02", "--wait-ms", "200", "--idle-exit", "1")  # fmt: skip
         try:
