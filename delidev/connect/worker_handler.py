@@ -8,20 +8,24 @@ mode auth is off, but lease checks hold everywhere.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 from uuid import UUID
 
 from connectrpc.request import RequestContext
+from protobuf import Oneof
 
+from delidev import events
 from delidev import models as m
 from delidev.auth.authenticator import bearer_token
 from delidev.connect import convert
 from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerService
-from delidev.errors import InvalidArgument
+from delidev.errors import Internal, InvalidArgument
 from delidev.services import secrets as secrets_service
 from delidev.services import sessions, workers
 from delidev.services.common import parse_id, parse_optional_id
+from delidev.services.workers import push
 from delidev.settings import Settings
 
 Ctx = RequestContext[Any, Any]
@@ -45,6 +49,9 @@ def worker_message(w: m.Worker) -> worker_pb.Worker:
         last_heartbeat=convert.timestamp(w.last_heartbeat),
         current_task_id=None if w.current_task_id is None else str(w.current_task_id),
         registered_at=convert.timestamp(w.registered_at),
+        agent_types=[convert.AGENT_TYPE.to_proto(m.AiAgentType(t)) for t in w.agent_types],
+        labels=list(w.labels),
+        draining=w.draining,
     )
 
 
@@ -72,6 +79,34 @@ def job_message(job: workers.Job) -> worker_pb.Job:
     )
 
 
+def watch_message(pushed: push.Push) -> worker_pb.WatchResponse:
+    match pushed:
+        case push.JobAssigned(job=job):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["job_assigned"], worker_pb.Job](
+                    "job_assigned", job_message(job)
+                )
+            )
+        case push.StopSession(session_id=session_id, reason=reason):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["stop_session"], worker_pb.StopSession](
+                    "stop_session", worker_pb.StopSession(session_id=str(session_id), reason=reason)
+                )
+            )
+        case push.DrainChanged(draining=draining):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["drain"], worker_pb.DrainChanged](
+                    "drain", worker_pb.DrainChanged(draining=draining)
+                )
+            )
+        case push.KeepAlive(server_time=server_time):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["keep_alive"], worker_pb.KeepAlive](
+                    "keep_alive", worker_pb.KeepAlive(server_time=convert.timestamp(server_time))
+                )
+            )
+
+
 class WorkerHandler(WorkerService):
     def __init__(
         self, settings: Settings, signal: workers.JobSignal, store: secrets_service.SecretStore
@@ -95,7 +130,17 @@ class WorkerHandler(WorkerService):
         self, request: worker_pb.RegisterWorkerRequest, ctx: Ctx
     ) -> worker_pb.RegisterWorkerResponse:
         workers.admit_registration(settings=self._settings, token=_bearer(ctx))
-        reg = await workers.register_worker(name=request.name, endpoint_url=request.endpoint_url)
+        types = [convert.AGENT_TYPE.to_domain(t, "agent_types") for t in request.agent_types]
+        if None in types:
+            raise InvalidArgument(
+                "agent_types must not hold AI_AGENT_TYPE_UNSPECIFIED", field="agent_types"
+            )
+        reg = await workers.register_worker(
+            name=request.name,
+            endpoint_url=request.endpoint_url,
+            agent_types=[t for t in types if t is not None],
+            labels=list(request.labels),
+        )
         return worker_pb.RegisterWorkerResponse(
             worker_id=str(reg.worker.id),
             credential=reg.credential,
@@ -122,6 +167,7 @@ class WorkerHandler(WorkerService):
             stop_session_ids=[str(s) for s in reply.stop_session_ids],
             heartbeat_interval_ms=self._interval_ms,
             status=WORKER_STATUS.to_proto(reply.worker.status),
+            draining=reply.worker.draining,
         )
 
     async def unregister(
@@ -140,8 +186,35 @@ class WorkerHandler(WorkerService):
             wait=dt.timedelta(milliseconds=request.wait_ms),
             signal=self._signal,
             store=self._store,
+            max_run_seconds=self._settings.max_run_seconds,
         )
         return worker_pb.ClaimJobResponse(job=None if job is None else job_message(job))
+
+    async def drain(
+        self, request: worker_pb.DrainWorkerRequest, ctx: Ctx
+    ) -> worker_pb.DrainWorkerResponse:
+        wid = parse_id(request.worker_id, "worker_id")
+        await workers.authenticate_drain(
+            settings=self._settings, worker_id=wid, credential=_bearer(ctx)
+        )
+        worker = await workers.set_draining(worker_id=wid, draining=request.draining)
+        return worker_pb.DrainWorkerResponse(worker=worker_message(worker))
+
+    async def watch(
+        self, request: worker_pb.WatchRequest, ctx: Ctx
+    ) -> AsyncIterator[worker_pb.WatchResponse]:
+        wid = await self._worker(request.worker_id, ctx)
+        bus = events.current()
+        if bus is None:  # every request of the app has one bound (app.BindEvents)
+            raise Internal("no event bus for the Watch stream")
+        async for pushed in push.watch_worker(
+            worker_id=wid,
+            bus=bus,
+            signal=self._signal,
+            claim=push.default_claim(self._store, self._settings.max_run_seconds),
+            keepalive=dt.timedelta(milliseconds=self._settings.watch_keepalive_ms),
+        ):
+            yield watch_message(pushed)
 
     async def report_status(
         self, request: worker_pb.ReportStatusRequest, ctx: Ctx

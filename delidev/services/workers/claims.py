@@ -139,12 +139,12 @@ LEFT JOIN composite_tasks c ON c.planning_task_id = claimed.agent_task_id
 
 
 # The cap, checked again under the workspace row's lock (see the module's docstring).
-_CAP_RECHECK_PG = """
-SELECT ws.max_concurrent_jobs AS cap,
-       (SELECT count(*) FROM agent_sessions r JOIN agent_tasks ra ON ra.id = r.agent_task_id
-        WHERE r.status = 'running' AND ra.workspace_id = ws.id) AS running
-FROM workspaces ws WHERE ws.id = $1
-FOR UPDATE
+# Two statements: under READ COMMITTED a statement reads with the snapshot it started with,
+# also after waiting for a lock, so the count must come in a statement after the lock's.
+_CAP_LOCK_PG = "SELECT max_concurrent_jobs AS cap FROM workspaces WHERE id = $1 FOR UPDATE"
+_CAP_COUNT_PG = """
+SELECT count(*) AS running FROM agent_sessions r JOIN agent_tasks ra ON ra.id = r.agent_task_id
+WHERE r.status = 'running' AND ra.workspace_id = $1
 """
 
 # SQLite serialises writers, so the statement's own count holds (no recheck). Placeholders:
@@ -236,10 +236,11 @@ async def _within_cap(row: dict[str, object], lease: str) -> bool:
     workspace serialise here, so of two that raced for its last place exactly one keeps it."""
     session_id, worker_id = row["id"], row["worker_id"]
     async with transaction() as tx:
-        counted = await tx.execute_query_dict(_CAP_RECHECK_PG, [row["job_workspace_id"]])
-        if not counted or counted[0]["cap"] is None:
+        locked = await tx.execute_query_dict(_CAP_LOCK_PG, [row["job_workspace_id"]])
+        if not locked or locked[0]["cap"] is None:
             return True
-        if int(counted[0]["running"]) <= int(counted[0]["cap"]):
+        counted = await tx.execute_query_dict(_CAP_COUNT_PG, [row["job_workspace_id"]])
+        if int(counted[0]["running"]) <= int(locked[0]["cap"]):
             return True
         await (
             m.AgentSession.filter(id=session_id, status=SessionStatus.RUNNING, lease_token=lease)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
@@ -18,6 +19,7 @@ from delidev import models as m
 from delidev.errors import InvalidArgument, NotFound, Unauthenticated
 from delidev.services import common
 from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
+from delidev.services.scheduling.labels import parse_agent_types, parse_labels
 from delidev.services.workers.health import announce_released, release_session
 from delidev.settings import Settings
 
@@ -40,12 +42,23 @@ class HeartbeatReply:
     stop_session_ids: list[UUID]
 
 
-async def register_worker(*, name: str, endpoint_url: str) -> Registration:
-    """A new worker (idle) and its credential, shown once. Raises: InvalidArgument."""
+async def register_worker(
+    *,
+    name: str,
+    endpoint_url: str,
+    agent_types: Iterable[str | m.AiAgentType] = (),
+    labels: Iterable[str] = (),
+) -> Registration:
+    """A new worker (idle) and its credential, shown once. ``agent_types``: what it can run
+    (none = every type); ``labels``: ``key=value`` labels jobs may require. Both are fixed
+    for the worker's id: a worker whose tools change registers again.
+    Raises: InvalidArgument."""
     name = check_text(name, "name")
     endpoint = check_text(endpoint_url, "endpoint_url", max_length=MAX_URL_LENGTH)
     if not endpoint.startswith(("http://", "https://")):
         raise InvalidArgument("endpoint_url must be an http(s) URL", field="endpoint_url")
+    types = parse_agent_types(agent_types, "agent_types")
+    offered = parse_labels(labels, "labels")
     credential = secrets.token_urlsafe(32)
     worker = await m.Worker.create(
         name=name,
@@ -53,6 +66,8 @@ async def register_worker(*, name: str, endpoint_url: str) -> Registration:
         status=m.WorkerStatus.IDLE,
         last_heartbeat=common.now(),
         credential_hash=hash_credential(credential),
+        agent_types=types,
+        labels=offered,
     )
     events.publish(events.WorkerChanged(worker_id=str(worker.id)))
     return Registration(worker=worker, credential=credential)
@@ -157,6 +172,34 @@ async def heartbeat(
         if last is not None and last not in held_ids and last not in stop:
             stop.append(last)
     return HeartbeatReply(worker=await get_worker(worker_id=worker.id), stop_session_ids=stop)
+
+
+async def set_draining(*, worker_id: UUID, draining: bool) -> m.Worker:
+    """Marks a worker draining (it finishes the job it holds and is handed no new one), or
+    not. Its Watch stream and its next heartbeat tell it. Raises: NotFound."""
+    changed = await m.Worker.filter(id=worker_id, draining=not draining).update(
+        **common.changed(draining=draining)
+    )
+    worker = await get_worker(worker_id=worker_id)
+    if changed:
+        events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    return worker
+
+
+def authorize_operator(*, settings: Settings, token: str) -> bool:
+    """Whether ``token`` is the operator token (``DELIDEV_OPERATOR_TOKEN``; unset: nobody
+    is an operator)."""
+    expected = settings.operator_token
+    return bool(expected and token) and secrets.compare_digest(token, expected or "")
+
+
+async def authenticate_drain(*, settings: Settings, worker_id: UUID, credential: str) -> None:
+    """Who may drain a worker: the worker itself (its credential, as for its other calls) or
+    an operator (the operator token). Raises: Unauthenticated, NotFound."""
+    if authorize_operator(settings=settings, token=credential):
+        await get_worker(worker_id=worker_id)
+        return
+    await authenticate_caller(settings=settings, worker_id=worker_id, credential=credential)
 
 
 async def unit_task_of(session: m.AgentSession | None) -> UUID | None:
