@@ -39,7 +39,7 @@ from delidev.graphql import wire
 from delidev.graphql.context import Context
 from delidev.graphql.errors import graphql_code
 from delidev.graphql.schema import build_schema
-from delidev.graphql.subscriptions import SignedInGraphQLWSHandler, handler_with_ping_interval
+from delidev.graphql.ws_protocols import SignedInGraphQLWSHandler, handler_with_ping_interval
 from delidev.services.live import LogFeeds
 from delidev.settings import Settings
 
