@@ -8,8 +8,7 @@ from graphql import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from graphql.error import GraphQLError
 from strawberry.types import ExecutionContext
 
-from delidev.graphql.errors import Guard
-from delidev.graphql.limits import DocumentLimits
+from delidev.graphql.limits import DocumentLimits, Guard
 from delidev.graphql.mutations import Mutation
 from delidev.graphql.queries import Query
 from delidev.graphql.subscriptions import Subscription
