@@ -1,7 +1,8 @@
 """The one place where domain errors become GraphQL errors.
 
-Every error gets ``extensions.code`` (a Connect-style code name), ``extensions.delidevCode``
-(the specification's number) and, for bad input, ``extensions.field``. Three kinds:
+Every error gets ``extensions.code`` (a Connect-style code name, ``Code``),
+``extensions.delidevCode`` (the specification's number, from ``delidev/errors.py``) and, for
+bad input, ``extensions.field``. Three kinds:
 
 - a domain error raised by a service: its class decides the code;
 - a request error found by graphql-core (syntax, validation, limits, and variables or
@@ -13,6 +14,7 @@ Every error gets ``extensions.code`` (a Connect-style code name), ``extensions.d
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from typing import Any
 
 from graphql import (
@@ -34,28 +36,49 @@ from delidev import errors
 
 log = logging.getLogger(__name__)
 
-GRAPHQL_CODES: dict[type[errors.DeliDevError], str] = {
-    errors.DeliDevError: "INTERNAL",
-    errors.InvalidArgument: "INVALID_ARGUMENT",
-    errors.Unauthenticated: "UNAUTHENTICATED",
-    errors.PermissionDenied: "PERMISSION_DENIED",
-    errors.NotFound: "NOT_FOUND",
-    errors.AlreadyExists: "ALREADY_EXISTS",
-    errors.FailedPrecondition: "FAILED_PRECONDITION",
-    errors.Conflict: "ABORTED",
-    errors.WorkerUnavailable: "UNAVAILABLE",
-    errors.Unavailable: "UNAVAILABLE",
-    errors.Unimplemented: "UNIMPLEMENTED",
-    errors.Internal: "INTERNAL",
+
+class Code(StrEnum):
+    """The names ``extensions.code`` takes: those of the Connect codes."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+
+
+GRAPHQL_CODES: dict[type[errors.DeliDevError], Code] = {
+    errors.DeliDevError: Code.INTERNAL,
+    errors.InvalidArgument: Code.INVALID_ARGUMENT,
+    errors.Unauthenticated: Code.UNAUTHENTICATED,
+    errors.PermissionDenied: Code.PERMISSION_DENIED,
+    errors.NotFound: Code.NOT_FOUND,
+    errors.AlreadyExists: Code.ALREADY_EXISTS,
+    errors.FailedPrecondition: Code.FAILED_PRECONDITION,
+    errors.Conflict: Code.ABORTED,
+    errors.WorkerUnavailable: Code.UNAVAILABLE,
+    errors.Unavailable: Code.UNAVAILABLE,
+    errors.Unimplemented: Code.UNIMPLEMENTED,
+    errors.Internal: Code.INTERNAL,
 }
 
 
-def graphql_code(error_type: type[errors.DeliDevError]) -> str:
+def graphql_code(error_type: type[errors.DeliDevError]) -> Code:
     """The GraphQL code of a domain error class (a subclass maps like its nearest parent)."""
     for cls in error_type.__mro__:
         if cls in GRAPHQL_CODES:
             return GRAPHQL_CODES[cls]
-    return "INTERNAL"
+    return Code.INTERNAL
+
+
+def error_extensions(error_type: type[errors.DeliDevError]) -> dict[str, Any]:
+    """``extensions.code`` and ``extensions.delidevCode`` of an error of ``error_type``."""
+    return {"code": graphql_code(error_type), "delidevCode": error_type.code}
 
 
 # What Strawberry raises about the operation asked for (none, an unknown one, or one of a
@@ -127,10 +150,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
         return error  # formatted already (a result seen by two hooks)
     original = error.original_error
     if isinstance(original, errors.DeliDevError):
-        extensions: dict[str, Any] = {
-            "code": graphql_code(type(original)),
-            "delidevCode": original.code,
-        }
+        extensions = error_extensions(type(original))
         if original.field:
             extensions["field"] = original.field
         return GraphQLError(
@@ -148,11 +168,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
             # graphql-core quotes the exception a scalar raised; its text is the
             # server's business (it may name internals), the rest of the message is not.
             message = message.replace(str(cause), "invalid value")
-        extensions = {
-            **(error.extensions or {}),
-            "code": "INVALID_ARGUMENT",
-            "delidevCode": errors.InvalidArgument.code,
-        }
+        extensions = {**(error.extensions or {}), **error_extensions(errors.InvalidArgument)}
         field = _variable_name(error) or _argument_path(error)
         if field is not None:
             extensions["field"] = field
@@ -172,5 +188,5 @@ def format_error(error: GraphQLError) -> GraphQLError:
         source=error.source,
         positions=error.positions,
         path=error.path,
-        extensions={"code": "INTERNAL", "delidevCode": errors.Internal.code},
+        extensions=error_extensions(errors.Internal),
     )

@@ -28,7 +28,7 @@ from strawberry.types import Info
 from strawberry.types.execution import ExecutionResult
 
 from delidev.errors import InvalidArgument
-from delidev.graphql.errors import format_error
+from delidev.graphql.errors import error_extensions, format_error
 
 
 class BodyTooLarge(Exception):
@@ -84,7 +84,7 @@ class BodySizeLimit:
             "errors": [
                 {
                     "message": f"request body is larger than {self.max_bytes} bytes",
-                    "extensions": {"code": "INVALID_ARGUMENT", "delidevCode": InvalidArgument.code},
+                    "extensions": error_extensions(InvalidArgument),
                 }
             ]
         }
@@ -324,7 +324,7 @@ class LogReadBudget(FieldExtension):
         return await next_(source, info, **kwargs)
 
 
-# --- The extension that applies the limits --------------------------------------------------
+# --- The extension that applies the limits ------------------------------------------------
 
 
 class Guard(SchemaExtension):
