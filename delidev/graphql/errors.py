@@ -2,7 +2,8 @@
 
 Every error gets ``extensions.code`` (a Connect-style code name, ``Code``),
 ``extensions.delidevCode`` (the specification's number, from ``delidev/errors.py``) and, for
-bad input, ``extensions.field``. Three kinds:
+bad input, ``extensions.field``: the argument or input field at fault, as the client wrote
+it (camelCase, ``argument_name``). Three kinds:
 
 - a domain error raised by a service: its class decides the code;
 - a request error found by graphql-core (syntax, validation, limits, and variables or
@@ -31,6 +32,7 @@ from graphql import (
 from graphql.error import GraphQLError
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.utils.str_converters import to_camel_case
 
 from delidev import errors
 
@@ -79,6 +81,16 @@ def graphql_code(error_type: type[errors.DeliDevError]) -> Code:
 def error_extensions(error_type: type[errors.DeliDevError]) -> dict[str, Any]:
     """``extensions.code`` and ``extensions.delidevCode`` of an error of ``error_type``."""
     return {"code": graphql_code(error_type), "delidevCode": error_type.code}
+
+
+def argument_name(field: str) -> str:
+    """The GraphQL name of the argument or input field a service error names.
+
+    Services name a value after their Python parameter (``from_offset``,
+    ``pr_review.changed_files_count``); GraphQL clients know it by the name Strawberry gives
+    that parameter (``fromOffset``, ``prReview.changedFilesCount``). Names given by the
+    resolvers (``sessionId``) are camelCase already and stay as they are."""
+    return ".".join(to_camel_case(part) for part in field.split("."))
 
 
 # What Strawberry raises about the operation asked for (none, an unknown one, or one of a
@@ -152,7 +164,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
     if isinstance(original, errors.DeliDevError):
         extensions = error_extensions(type(original))
         if original.field:
-            extensions["field"] = original.field
+            extensions["field"] = argument_name(original.field)
         return GraphQLError(
             original.message,
             nodes=error.nodes,
