@@ -44,6 +44,12 @@ def _camel_to_snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
+def _graphql_field(extensions: dict[str, Any]) -> str:
+    """``extensions.field`` in the proto's spelling (GraphQL names the argument in
+    camelCase, Connect the request field in snake_case), so one assertion fits both."""
+    return _camel_to_snake(extensions.get("field", ""))
+
+
 def _snake(value: Any) -> Any:
     if isinstance(value, dict):
         return {_camel_to_snake(k): _snake(v) for k, v in value.items()}
@@ -342,7 +348,7 @@ class GraphQLApi:
             raise ApiError(
                 code=ext.get("code", ""),
                 delidev_code=ext.get("delidevCode", 0),
-                field=ext.get("field", ""),
+                field=_graphql_field(ext),
                 message=error["message"],
             )
         return body["data"]
@@ -886,7 +892,7 @@ class GraphQLTaskApi(GraphQLApi):
                 return ApiError(
                     code=ext.get("code", ""),
                     delidev_code=ext.get("delidevCode", 0),
-                    field=ext.get("field", ""),
+                    field=_graphql_field(ext),
                     message=error["message"],
                 )
             piece = body["data"]["sessionLog"]

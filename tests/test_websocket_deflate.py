@@ -226,7 +226,7 @@ def test_a_uvicorn_without_the_sansio_protocol_still_serves() -> None:
         "logging.basicConfig()\n"
         "sys.modules['uvicorn.protocols.websockets.websockets_sansio_impl'] = None\n"
         "from delidev import websocket_deflate as w\n"
-        "import delidev.graphql.subscriptions\n"
+        "import delidev.graphql.log_fast_path\n"
         "print(w.missing_internals(), w.protocol_class(True))\n"
     )
     done = subprocess.run(

@@ -37,9 +37,9 @@ from delidev.errors import Unauthenticated
 from delidev.events import EventBus
 from delidev.graphql import wire
 from delidev.graphql.context import Context
-from delidev.graphql.errors import graphql_code
+from delidev.graphql.errors import Code, error_extensions, graphql_code
 from delidev.graphql.schema import build_schema
-from delidev.graphql.subscriptions import SignedInGraphQLWSHandler, handler_with_ping_interval
+from delidev.graphql.ws_protocols import SignedInGraphQLWSHandler, handler_with_ping_interval
 from delidev.services.live import LogFeeds
 from delidev.settings import Settings
 
@@ -68,7 +68,7 @@ def wants_graphql_response(request: Request) -> bool:
 
 
 def error_body(message: str, error: type[errors.DeliDevError], **extra: Any) -> bytes:
-    extensions = {"code": graphql_code(error), "delidevCode": error.code, **extra}
+    extensions = {**error_extensions(error), **extra}
     body = {"errors": [{"message": message, "extensions": extensions}]}
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -251,7 +251,7 @@ class DeliDevGraphQL(GraphQL[Context, None]):
             await context.actor()
         except Unauthenticated as error:
             raise ConnectionRejectionError(
-                {"code": "UNAUTHENTICATED", "message": error.message}
+                {"code": graphql_code(Unauthenticated), "message": error.message}
             ) from None
         return None
 
@@ -262,6 +262,6 @@ def _is_request_error(result: ExecutionResult) -> bool:
     if result.data is not None or not result.errors:
         return False
     return all(
-        e.path is None and (e.extensions or {}).get("code") == "INVALID_ARGUMENT"
+        e.path is None and (e.extensions or {}).get("code") == Code.INVALID_ARGUMENT
         for e in result.errors
     )

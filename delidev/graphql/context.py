@@ -1,3 +1,6 @@
+"""The GraphQL context: the caller (authenticated once per request or WebSocket), the event
+bus and log feeds the subscriptions follow, and the data loaders of the object types."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

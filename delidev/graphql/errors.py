@@ -1,7 +1,9 @@
 """The one place where domain errors become GraphQL errors.
 
-Every error gets ``extensions.code`` (a Connect-style code name), ``extensions.delidevCode``
-(the specification's number) and, for bad input, ``extensions.field``. Three kinds:
+Every error gets ``extensions.code`` (a Connect-style code name, ``Code``),
+``extensions.delidevCode`` (the specification's number, from ``delidev/errors.py``) and, for
+bad input, ``extensions.field``: the argument or input field at fault, as the client wrote
+it (camelCase, ``argument_name``). Three kinds:
 
 - a domain error raised by a service: its class decides the code;
 - a request error found by graphql-core (syntax, validation, limits, and variables or
@@ -12,19 +14,12 @@ Every error gets ``extensions.code`` (a Connect-style code name), ``extensions.d
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from enum import StrEnum
 from typing import Any
 
 from graphql import (
     ArgumentNode,
-    ASTValidationRule,
-    DocumentNode,
-    GraphQLSchema,
     GraphQLSyntaxError,
     ObjectFieldNode,
     ValueNode,
@@ -34,42 +29,68 @@ from graphql import (
     parse,
     visit,
 )
-from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
-from graphql.validation.validate import ValidationAbortedError
 from strawberry.exceptions import MissingQueryError
-from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
-from strawberry.schema.schema import validate_document
-from strawberry.types.execution import ExecutionResult
+from strawberry.utils.str_converters import to_camel_case
 
 from delidev import errors
-from delidev.graphql.limits import DocumentLimits, check_document, start_budget
 
 log = logging.getLogger(__name__)
 
-GRAPHQL_CODES: dict[type[errors.DeliDevError], str] = {
-    errors.DeliDevError: "INTERNAL",
-    errors.InvalidArgument: "INVALID_ARGUMENT",
-    errors.Unauthenticated: "UNAUTHENTICATED",
-    errors.PermissionDenied: "PERMISSION_DENIED",
-    errors.NotFound: "NOT_FOUND",
-    errors.AlreadyExists: "ALREADY_EXISTS",
-    errors.FailedPrecondition: "FAILED_PRECONDITION",
-    errors.Conflict: "ABORTED",
-    errors.WorkerUnavailable: "UNAVAILABLE",
-    errors.Unavailable: "UNAVAILABLE",
-    errors.Unimplemented: "UNIMPLEMENTED",
-    errors.Internal: "INTERNAL",
+
+class Code(StrEnum):
+    """The names ``extensions.code`` takes: those of the Connect codes."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+
+
+GRAPHQL_CODES: dict[type[errors.DeliDevError], Code] = {
+    errors.DeliDevError: Code.INTERNAL,
+    errors.InvalidArgument: Code.INVALID_ARGUMENT,
+    errors.Unauthenticated: Code.UNAUTHENTICATED,
+    errors.PermissionDenied: Code.PERMISSION_DENIED,
+    errors.NotFound: Code.NOT_FOUND,
+    errors.AlreadyExists: Code.ALREADY_EXISTS,
+    errors.FailedPrecondition: Code.FAILED_PRECONDITION,
+    errors.Conflict: Code.ABORTED,
+    errors.WorkerUnavailable: Code.UNAVAILABLE,
+    errors.Unavailable: Code.UNAVAILABLE,
+    errors.Unimplemented: Code.UNIMPLEMENTED,
+    errors.Internal: Code.INTERNAL,
 }
 
 
-def graphql_code(error_type: type[errors.DeliDevError]) -> str:
+def graphql_code(error_type: type[errors.DeliDevError]) -> Code:
     """The GraphQL code of a domain error class (a subclass maps like its nearest parent)."""
     for cls in error_type.__mro__:
         if cls in GRAPHQL_CODES:
             return GRAPHQL_CODES[cls]
-    return "INTERNAL"
+    return Code.INTERNAL
+
+
+def error_extensions(error_type: type[errors.DeliDevError]) -> dict[str, Any]:
+    """``extensions.code`` and ``extensions.delidevCode`` of an error of ``error_type``."""
+    return {"code": graphql_code(error_type), "delidevCode": error_type.code}
+
+
+def argument_name(field: str) -> str:
+    """The GraphQL name of the argument or input field a service error names.
+
+    Services name a value after their Python parameter (``from_offset``,
+    ``pr_review.changed_files_count``); GraphQL clients know it by the name Strawberry gives
+    that parameter (``fromOffset``, ``prReview.changedFilesCount``). Names given by the
+    resolvers (``sessionId``) are camelCase already and stay as they are."""
+    return ".".join(to_camel_case(part) for part in field.split("."))
 
 
 # What Strawberry raises about the operation asked for (none, an unknown one, or one of a
@@ -141,12 +162,9 @@ def format_error(error: GraphQLError) -> GraphQLError:
         return error  # formatted already (a result seen by two hooks)
     original = error.original_error
     if isinstance(original, errors.DeliDevError):
-        extensions: dict[str, Any] = {
-            "code": graphql_code(type(original)),
-            "delidevCode": original.code,
-        }
+        extensions = error_extensions(type(original))
         if original.field:
-            extensions["field"] = original.field
+            extensions["field"] = argument_name(original.field)
         return GraphQLError(
             original.message,
             nodes=error.nodes,
@@ -162,11 +180,7 @@ def format_error(error: GraphQLError) -> GraphQLError:
             # graphql-core quotes the exception a scalar raised; its text is the
             # server's business (it may name internals), the rest of the message is not.
             message = message.replace(str(cause), "invalid value")
-        extensions = {
-            **(error.extensions or {}),
-            "code": "INVALID_ARGUMENT",
-            "delidevCode": errors.InvalidArgument.code,
-        }
+        extensions = {**(error.extensions or {}), **error_extensions(errors.InvalidArgument)}
         field = _variable_name(error) or _argument_path(error)
         if field is not None:
             extensions["field"] = field
@@ -186,131 +200,5 @@ def format_error(error: GraphQLError) -> GraphQLError:
         source=error.source,
         positions=error.positions,
         path=error.path,
-        extensions={"code": "INTERNAL", "delidevCode": errors.Internal.code},
+        extensions=error_extensions(errors.Internal),
     )
-
-
-class Guard(SchemaExtension):
-    """Query limits and error mapping in one extension (each extension costs hook calls).
-
-    Parsing (with the token limit), the document limits (``limits.check_document``, linear
-    in the document, before any validation rule runs) and validation are cached per query
-    text: dashboards send the same few documents over and over. A new document of more
-    than ``INLINE_CHARS`` is checked on a worker thread: graphql-core's validation is
-    quadratic in places (overlapping fields), up to a second for a document within the
-    limits, and the event loop must not wait for it. A document that fails to parse is
-    left to Strawberry's own parser (same options), which reports the error where this
-    extension can map it. After the operation, every error is rewritten with
-    ``format_error``.
-    """
-
-    def __init__(
-        self,
-        *,
-        max_tokens: int,
-        limits: DocumentLimits,
-        rules: tuple[type[ASTValidationRule], ...],
-        max_response_bytes: int,
-    ) -> None:
-        self._max_tokens = max_tokens
-        self._max_response_bytes = max_response_bytes
-        self._limits = limits
-        self._rules = rules
-        self._errors: list[GraphQLError] | None = None
-
-    def on_operation(self) -> Iterator[None]:
-        context = self.execution_context
-        context.parse_options["max_tokens"] = self._max_tokens
-        context.validation_rules = context.validation_rules + self._rules
-        yield
-        result = self.execution_context.result
-        if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
-            result.errors = [format_error(e) for e in result.errors]
-
-    async def on_parse(self) -> AsyncIterator[None]:
-        context = self.execution_context
-        if context.graphql_document is None and context.query:
-            key = (
-                context.schema._schema,
-                context.query,
-                self._max_tokens,
-                self._limits,
-                context.validation_rules,
-            )
-            found = _CHECKED.get(key)
-            if found is None:
-                if len(context.query) > INLINE_CHARS:
-                    found = await asyncio.get_running_loop().run_in_executor(
-                        _CHECKER, functools.partial(check, *key)
-                    )
-                else:
-                    found = check(*key)
-                _remember(key, found)
-            document, errors = found
-            if document is not None:
-                context.graphql_document = document
-                self._errors = errors
-        yield
-
-    def on_validate(self) -> Iterator[None]:
-        if self._errors is not None:
-            # Strawberry skips its own validation when errors are set already.
-            self.execution_context.pre_execution_errors = list(self._errors)
-        yield
-
-    def on_execute(self) -> Iterator[None]:
-        start_budget(self._max_response_bytes)
-        yield
-
-    def on_stream_result(self, result: Any) -> Iterator[None]:
-        """Each result of a subscription (or of an operation sent over a WebSocket)."""
-        errors_ = getattr(result, "errors", None)
-        if errors_:
-            result.errors = [format_error(e) for e in errors_]
-        yield
-        start_budget(self._max_response_bytes)  # for the next event
-
-
-INLINE_CHARS = 2_000
-"""New documents up to this size are checked on the event loop (well under a millisecond)."""
-_CHECKER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphql-validate")
-_CHECKED_KEPT = 1024
-# Touched only on the event loop's thread: the workers compute, the loop remembers.
-_CHECKED: OrderedDict[tuple[Any, ...], tuple[DocumentNode | None, list[GraphQLError]]] = (
-    OrderedDict()
-)
-
-
-def _remember(key: tuple[Any, ...], found: tuple[DocumentNode | None, list[GraphQLError]]) -> None:
-    _CHECKED[key] = found
-    _CHECKED.move_to_end(key)
-    if len(_CHECKED) > _CHECKED_KEPT:
-        _CHECKED.popitem(last=False)
-
-
-def check(
-    schema: GraphQLSchema,
-    query: str,
-    max_tokens: int,
-    limits: DocumentLimits,
-    rules: tuple[type[ASTValidationRule], ...],
-) -> tuple[DocumentNode | None, list[GraphQLError]]:
-    """The parsed document (None if it does not parse) and the errors of the limits, or
-    else of validation (Strawberry's rules included)."""
-    try:
-        document = parse(query, max_tokens=max_tokens)
-    except GraphQLError:
-        return None, []
-    too_much = check_document(document, limits)
-    if too_much is not None:
-        return document, [too_much]
-    found = validate_document(schema, document, rules)
-    return document, [_TOO_COMPLEX if isinstance(e, ValidationAbortedError) else e for e in found]
-
-
-# graphql-core gives up on a document whose fields take too long to compare, or whose
-# fragments are too much work, with no more than "Validation aborted.".
-_TOO_COMPLEX = GraphQLError(
-    "the document is too complex to validate (too many fields to compare): "
-    "select each field once, or use fewer fragments"
-)

@@ -1,24 +1,34 @@
 """Limits on GraphQL requests: the body's size (pure ASGI middleware that refuses an
 over-large body before anyone reads it), the document's shape (depth, aliases, fields,
-fragments; computed in time linear in the document, before it is validated) and the size
-of the answer (a budget that fields able to return megabytes draw on before they read)."""
+fragments; computed in time linear in the document, before it is validated), the size
+of the answer (a budget that fields able to return megabytes draw on before they read),
+and ``Guard``, the schema extension that applies them to every operation."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, parse
+from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.language import ast
+from graphql.validation.validate import ValidationAbortedError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from strawberry.extensions import FieldExtension
+from strawberry.extensions import FieldExtension, SchemaExtension
 from strawberry.extensions.field_extension import AsyncExtensionResolver
+from strawberry.schema.schema import validate_document
 from strawberry.types import Info
+from strawberry.types.execution import ExecutionResult
 
 from delidev.errors import InvalidArgument
+from delidev.graphql.errors import error_extensions, format_error
 
 
 class BodyTooLarge(Exception):
@@ -74,7 +84,7 @@ class BodySizeLimit:
             "errors": [
                 {
                     "message": f"request body is larger than {self.max_bytes} bytes",
-                    "extensions": {"code": "INVALID_ARGUMENT", "delidevCode": InvalidArgument.code},
+                    "extensions": error_extensions(InvalidArgument),
                 }
             ]
         }
@@ -312,3 +322,132 @@ class LogReadBudget(FieldExtension):
             size = max(0, int(source.log_size) - max(0, offset))
             budget.reserve(min(size, limit) if limit > 0 else size, field="log")
         return await next_(source, info, **kwargs)
+
+
+# --- The extension that applies the limits ------------------------------------------------
+
+
+class Guard(SchemaExtension):
+    """Query limits and error mapping in one extension (each extension costs hook calls).
+
+    Parsing (with the token limit), the document limits (``limits.check_document``, linear
+    in the document, before any validation rule runs) and validation are cached per query
+    text: dashboards send the same few documents over and over. A new document of more
+    than ``INLINE_CHARS`` is checked on a worker thread: graphql-core's validation is
+    quadratic in places (overlapping fields), up to a second for a document within the
+    limits, and the event loop must not wait for it. A document that fails to parse is
+    left to Strawberry's own parser (same options), which reports the error where this
+    extension can map it. After the operation, every error is rewritten with
+    ``format_error``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_tokens: int,
+        limits: DocumentLimits,
+        rules: tuple[type[ASTValidationRule], ...],
+        max_response_bytes: int,
+    ) -> None:
+        self._max_tokens = max_tokens
+        self._max_response_bytes = max_response_bytes
+        self._limits = limits
+        self._rules = rules
+        self._errors: list[GraphQLError] | None = None
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.parse_options["max_tokens"] = self._max_tokens
+        context.validation_rules = context.validation_rules + self._rules
+        yield
+        result = self.execution_context.result
+        if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
+            result.errors = [format_error(e) for e in result.errors]
+
+    async def on_parse(self) -> AsyncIterator[None]:
+        context = self.execution_context
+        if context.graphql_document is None and context.query:
+            key = (
+                context.schema._schema,
+                context.query,
+                self._max_tokens,
+                self._limits,
+                context.validation_rules,
+            )
+            found = _CHECKED.get(key)
+            if found is None:
+                if len(context.query) > INLINE_CHARS:
+                    found = await asyncio.get_running_loop().run_in_executor(
+                        _CHECKER, functools.partial(check, *key)
+                    )
+                else:
+                    found = check(*key)
+                _remember(key, found)
+            document, errors = found
+            if document is not None:
+                context.graphql_document = document
+                self._errors = errors
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        if self._errors is not None:
+            # Strawberry skips its own validation when errors are set already.
+            self.execution_context.pre_execution_errors = list(self._errors)
+        yield
+
+    def on_execute(self) -> Iterator[None]:
+        start_budget(self._max_response_bytes)
+        yield
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        """Each result of a subscription (or of an operation sent over a WebSocket)."""
+        errors_ = getattr(result, "errors", None)
+        if errors_:
+            result.errors = [format_error(e) for e in errors_]
+        yield
+        start_budget(self._max_response_bytes)  # for the next event
+
+
+INLINE_CHARS = 2_000
+"""New documents up to this size are checked on the event loop (well under a millisecond)."""
+_CHECKER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphql-validate")
+_CHECKED_KEPT = 1024
+# Touched only on the event loop's thread: the workers compute, the loop remembers.
+_CHECKED: OrderedDict[tuple[Any, ...], tuple[DocumentNode | None, list[GraphQLError]]] = (
+    OrderedDict()
+)
+
+
+def _remember(key: tuple[Any, ...], found: tuple[DocumentNode | None, list[GraphQLError]]) -> None:
+    _CHECKED[key] = found
+    _CHECKED.move_to_end(key)
+    if len(_CHECKED) > _CHECKED_KEPT:
+        _CHECKED.popitem(last=False)
+
+
+def check(
+    schema: GraphQLSchema,
+    query: str,
+    max_tokens: int,
+    limits: DocumentLimits,
+    rules: tuple[type[ASTValidationRule], ...],
+) -> tuple[DocumentNode | None, list[GraphQLError]]:
+    """The parsed document (None if it does not parse) and the errors of the limits, or
+    else of validation (Strawberry's rules included)."""
+    try:
+        document = parse(query, max_tokens=max_tokens)
+    except GraphQLError:
+        return None, []
+    too_much = check_document(document, limits)
+    if too_much is not None:
+        return document, [too_much]
+    found = validate_document(schema, document, rules)
+    return document, [_TOO_COMPLEX if isinstance(e, ValidationAbortedError) else e for e in found]
+
+
+# graphql-core gives up on a document whose fields take too long to compare, or whose
+# fragments are too much work, with no more than "Validation aborted.".
+_TOO_COMPLEX = GraphQLError(
+    "the document is too complex to validate (too many fields to compare): "
+    "select each field once, or use fewer fragments"
+)

@@ -330,7 +330,8 @@ CASES = [
             "not a valid id",
         ),
     ),
-    # NotFound names the request's field for the group on both transports.
+    # NotFound names the request's field for the group on both transports (each in its
+    # own spelling, as for the InvalidArgument cases above).
     Case(
         "unknown-group",
         "NOT_FOUND",
@@ -343,7 +344,7 @@ CASES = [
         Side(
             CREATE_UNIT,
             lambda w: {"i": _without_group(repositoryGroupId=UNKNOWN_ID)(w)},
-            "repository_group_id",
+            "repositoryGroupId",
             UNKNOWN_ID,
         ),
     ),
@@ -359,7 +360,7 @@ CASES = [
         Side(
             CREATE_COMPOSITE,
             lambda w: {"i": _without_group(repositoryGroupId=UNKNOWN_ID)(w)},
-            "repository_group_id",
+            "repositoryGroupId",
             UNKNOWN_ID,
         ),
     ),
@@ -416,7 +417,7 @@ CASES = [
             "request_id",
             UNKNOWN_ID,
         ),
-        Side(SUBMIT_TTY, lambda w: {"id": UNKNOWN_ID}, "request_id", UNKNOWN_ID),
+        Side(SUBMIT_TTY, lambda w: {"id": UNKNOWN_ID}, "requestId", UNKNOWN_ID),
     ),
 ]
 

@@ -169,9 +169,9 @@ async def test_a_pushed_follower_gets_nothing_after_its_token_is_revoked_once_a_
 # Makes every push from a feed's task to a subscription aliased ``boom`` raise.
 FAILING_PUSH = """
 import asyncio
-from delidev.graphql import subscriptions
+from delidev.graphql import log_fast_path
 
-_real = subscriptions._next_message
+_real = log_fast_path._next_message
 
 def _failing(plan, session, piece):
     task = asyncio.current_task()
@@ -179,7 +179,7 @@ def _failing(plan, session, piece):
         raise RuntimeError("injected push failure")
     return _real(plan, session, piece)
 
-subscriptions._next_message = _failing
+log_fast_path._next_message = _failing
 """
 
 

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from strawberry.extensions.max_aliases import count_fields_with_alias
 from strawberry.extensions.query_depth_limiter import determine_depth
 
-from delidev.graphql import errors as guard
 from delidev.graphql import limits
 from delidev.graphql.limits import Cost, DocumentLimits, check_document, document_costs
 
@@ -200,11 +199,11 @@ async def test_large_new_documents_are_validated_off_the_event_loop(
         threads.append(threading.current_thread().name)
         return original(*args)
 
-    original = guard.check
-    monkeypatch.setattr(guard, "check", spying)
+    original = limits.check
+    monkeypatch.setattr(limits, "check", spying)
     small = "{ workspaces { totalCount } }"
     large = "{ workspaces { items { " + "repositories { name } " * 120 + "} } }"
-    assert len(large) > guard.INLINE_CHARS
+    assert len(large) > limits.INLINE_CHARS
     for query in (small, large, large):  # the second large one comes from the cache
         response = await http.post("/graphql", json={"query": query})
         assert "errors" not in response.json(), response.text

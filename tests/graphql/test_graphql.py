@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+from httpx_ws import aconnect_ws
+from httpx_ws.transport import ASGIWebSocketTransport
 
 from delidev import models as m
-from delidev.services import workspaces
+from delidev.auth.principal import LOCAL_USER
+from delidev.services import tasks, todos, workspaces
+from delidev.services.live import MAX_FROM_OFFSET
 from tests.conftest import SqlCounter
-from tests.factories import make_group, make_repository, make_todo, make_workspace
+from tests.factories import make_group, make_repository, make_todo, make_workspace, start_latest
 
 NESTED = """
 {
@@ -109,7 +114,7 @@ async def test_limits(http: httpx.AsyncClient, query: str, fragment: str) -> Non
             "query($id: ID!) { workspace(id: $id) { id } }",
             {"id": "6c1d2d07-2b1c-4d56-9c7f-0d8c3d4c1a11"},
             "NOT_FOUND",
-            "workspace_id",
+            "workspaceId",
         ),
         ("{ todoItems(status: BOGUS) { totalCount } }", {}, "INVALID_ARGUMENT", "status"),
         (
@@ -140,6 +145,71 @@ async def test_bad_input(
     if field:
         assert error["extensions"]["field"] == field
     assert await m.Workspace.all().count() == 0
+
+
+CREATE_TODO = "mutation($i: CreateTodoItemInput!) { createTodoItem(input: $i) { id } }"
+PR = {"prUrl": "https://github.com/a/b/pull/1", "prTitle": "t"}
+ISSUE = {"issueUrl": "https://github.com/a/b/issues/1", "issueTitle": "t"}
+
+
+@pytest.mark.usefixtures("database")
+@pytest.mark.parametrize(
+    ("data", "field", "fragment"),
+    [
+        # The service checks ``pr_review.changed_files_count``.
+        pytest.param(
+            {"prReview": {**PR, "changedFilesCount": -1}},
+            "prReview.changedFilesCount",
+            "must not be negative",
+            id="service-error",
+        ),
+        # The service's limit on ``issue_triage.suggested_labels``.
+        pytest.param(
+            {"issueTriage": {**ISSUE, "suggestedLabels": ["bug"] * (todos.MAX_LIST_ENTRIES + 1)}},
+            "issueTriage.suggestedLabels",
+            f"at most {todos.MAX_LIST_ENTRIES}",
+            id="limit-error",
+        ),
+    ],
+)
+async def test_a_service_error_names_the_input_field_as_graphql_spells_it(
+    http: httpx.AsyncClient, data: dict[str, Any], field: str, fragment: str
+) -> None:
+    body = await _gql(http, CREATE_TODO, i={"repositoryId": str(uuid.uuid4()), **data})
+    (error,) = body["errors"]
+    assert error["extensions"] == {
+        "code": "INVALID_ARGUMENT",
+        "delidevCode": -32602,
+        "field": field,
+    }
+    assert fragment in error["message"]
+
+
+async def test_a_log_offset_past_the_limit_names_the_argument_as_graphql_spells_it(
+    app: Any,
+) -> None:
+    """The service's limit on ``from_offset``, over the WebSocket (fast path first)."""
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    task = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="p")
+    session = await start_latest(task.agent_task_id)
+    query = (
+        "subscription($id: ID!, $o: Float!) { sessionLog(sessionId: $id, fromOffset: $o) { data } }"
+    )
+    transport = ASGIWebSocketTransport(app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        aconnect_ws("/graphql", client, subprotocols=["graphql-transport-ws"]) as socket,
+    ):
+        await socket.send_json({"type": "connection_init", "payload": {}})
+        assert (await socket.receive_json())["type"] == "connection_ack"
+        payload = {"query": query, "variables": {"id": str(session.id), "o": 2.0**64}}
+        await socket.send_json({"id": "1", "type": "subscribe", "payload": payload})
+        message = await socket.receive_json()
+    (error,) = message["payload"]["errors"]
+    assert error["extensions"]["code"] == "INVALID_ARGUMENT"
+    assert error["extensions"]["field"] == "fromOffset"
+    assert str(MAX_FROM_OFFSET) in error["message"]
 
 
 async def test_unexpected_errors_are_masked(

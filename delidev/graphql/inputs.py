@@ -1,0 +1,99 @@
+"""The input types of the mutations (``CreateWorkspaceInput``...)."""
+
+from __future__ import annotations
+
+import strawberry
+
+from delidev.graphql.task_types import AiAgentType
+from delidev.graphql.types import TodoItemSource, VcsProviderType
+
+
+@strawberry.input
+class CreateWorkspaceInput:
+    name: str
+    description: str | None = None
+
+
+@strawberry.input
+class UpdateWorkspaceInput:
+    id: strawberry.ID
+    name: str | None = None
+    description: str | None = strawberry.field(
+        default=None, description="An empty string clears the description."
+    )
+
+
+@strawberry.input
+class AddRepositoryInput:
+    workspace_id: strawberry.ID
+    remote_url: str
+    name: str | None = None
+    local_path: str | None = None
+    default_branch: str | None = None
+    vcs_provider_type: VcsProviderType | None = None  # type: ignore[valid-type]  # enum
+    branch_name_template: str | None = None
+
+
+@strawberry.input
+class CreateRepositoryGroupInput:
+    workspace_id: strawberry.ID
+    repository_ids: list[strawberry.ID]
+    name: str | None = None
+
+
+@strawberry.input
+class UpdateRepositoryGroupInput:
+    id: strawberry.ID
+    name: str | None = strawberry.field(
+        default=None, description="An empty string clears the name."
+    )
+    add_repository_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
+    remove_repository_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
+
+
+@strawberry.input
+class IssueTriageInput:
+    issue_url: str
+    issue_title: str
+    suggested_labels: list[str] = strawberry.field(default_factory=list)
+    suggested_assignees: list[str] = strawberry.field(default_factory=list)
+
+
+@strawberry.input
+class PrReviewInput:
+    pr_url: str
+    pr_title: str
+    changed_files_count: int = 0
+    ai_summary: str | None = None
+
+
+@strawberry.input(description="Exactly one of issueTriage and prReview.")
+class CreateTodoItemInput:
+    repository_id: strawberry.ID
+    source: TodoItemSource | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        default=None, description="Where the item came from; AUTO when left out or null."
+    )
+    issue_triage: IssueTriageInput | None = None
+    pr_review: PrReviewInput | None = None
+
+
+@strawberry.input
+class CreateUnitTaskInput:
+    repository_group_id: strawberry.ID
+    prompt: str
+    title: str | None = None
+    branch_name: str | None = None
+    ai_agent_type: AiAgentType | None = None  # type: ignore[valid-type]  # enum
+    ai_agent_model: str | None = None
+    expects_secrets: bool = False
+
+
+@strawberry.input
+class CreateCompositeTaskInput:
+    repository_group_id: strawberry.ID
+    prompt: str
+    title: str | None = None
+    execution_agent_type: AiAgentType | None = None  # type: ignore[valid-type]  # enum
+    planning_agent_type: AiAgentType | None = None  # type: ignore[valid-type]  # enum
+    ai_agent_model: str | None = None
+    expects_secrets: bool = False

@@ -1,0 +1,263 @@
+"""The root ``Mutation`` type: each resolver parses, calls one service function, converts."""
+
+from __future__ import annotations
+
+import strawberry
+
+from delidev.errors import InvalidArgument
+from delidev.graphql.inputs import (
+    AddRepositoryInput,
+    CreateCompositeTaskInput,
+    CreateRepositoryGroupInput,
+    CreateTodoItemInput,
+    CreateUnitTaskInput,
+    CreateWorkspaceInput,
+    UpdateRepositoryGroupInput,
+    UpdateWorkspaceInput,
+)
+from delidev.graphql.task_types import (
+    AgentSession,
+    CompositeTask,
+    Task,
+    TtyInputRequest,
+    UnitTask,
+    UnitTaskStatus,
+    task_from_model,
+)
+from delidev.graphql.types import (
+    GqlInfo,
+    Repository,
+    RepositoryGroup,
+    TodoItem,
+    TodoItemStatus,
+    Workspace,
+)
+from delidev.services import repositories, sessions, tasks, todos, workspaces
+from delidev.services.common import parse_id
+
+
+def _todo_data(payload: CreateTodoItemInput) -> todos.TodoData:
+    if (payload.issue_triage is None) == (payload.pr_review is None):
+        raise InvalidArgument("give exactly one of issueTriage and prReview", field="data")
+    if payload.issue_triage is not None:
+        issue = payload.issue_triage
+        return todos.IssueTriageData(
+            issue_url=issue.issue_url,
+            issue_title=issue.issue_title,
+            suggested_labels=list(issue.suggested_labels),
+            suggested_assignees=list(issue.suggested_assignees),
+        )
+    pr = payload.pr_review
+    assert pr is not None  # checked above
+    return todos.PrReviewData(
+        pr_url=pr.pr_url,
+        pr_title=pr.pr_title,
+        changed_files_count=pr.changed_files_count,
+        ai_summary=pr.ai_summary,
+    )
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def create_workspace(self, info: GqlInfo, input: CreateWorkspaceInput) -> Workspace:
+        ws = await workspaces.create_workspace(
+            actor=await info.context.actor(), name=input.name, description=input.description
+        )
+        return Workspace.from_model(ws)
+
+    @strawberry.mutation
+    async def update_workspace(self, info: GqlInfo, input: UpdateWorkspaceInput) -> Workspace:
+        ws = await workspaces.update_workspace(
+            actor=await info.context.actor(),
+            workspace_id=parse_id(input.id, "id"),
+            name=input.name,
+            description=input.description,
+        )
+        return Workspace.from_model(ws)
+
+    @strawberry.mutation
+    async def delete_workspace(self, info: GqlInfo, id: strawberry.ID) -> bool:
+        await workspaces.delete_workspace(
+            actor=await info.context.actor(), workspace_id=parse_id(id, "id")
+        )
+        return True
+
+    @strawberry.mutation
+    async def add_repository(self, info: GqlInfo, input: AddRepositoryInput) -> Repository:
+        repo = await repositories.add_repository(
+            actor=await info.context.actor(),
+            workspace_id=parse_id(input.workspace_id, "workspaceId"),
+            remote_url=input.remote_url,
+            name=input.name,
+            local_path=input.local_path,
+            default_branch=input.default_branch,
+            vcs_provider_type=input.vcs_provider_type,
+            branch_name_template=input.branch_name_template,
+        )
+        return Repository.from_model(repo)
+
+    @strawberry.mutation
+    async def remove_repository(self, info: GqlInfo, id: strawberry.ID) -> bool:
+        await repositories.remove_repository(
+            actor=await info.context.actor(), repository_id=parse_id(id, "id")
+        )
+        return True
+
+    @strawberry.mutation
+    async def create_repository_group(
+        self, info: GqlInfo, input: CreateRepositoryGroupInput
+    ) -> RepositoryGroup:
+        group = await repositories.create_repository_group(
+            actor=await info.context.actor(),
+            workspace_id=parse_id(input.workspace_id, "workspaceId"),
+            repository_ids=[str(r) for r in input.repository_ids],
+            name=input.name,
+        )
+        return RepositoryGroup.from_model(group)
+
+    @strawberry.mutation
+    async def update_repository_group(
+        self, info: GqlInfo, input: UpdateRepositoryGroupInput
+    ) -> RepositoryGroup:
+        group = await repositories.update_repository_group(
+            actor=await info.context.actor(),
+            group_id=parse_id(input.id, "id"),
+            name=input.name,
+            add_repository_ids=[str(r) for r in input.add_repository_ids],
+            remove_repository_ids=[str(r) for r in input.remove_repository_ids],
+        )
+        return RepositoryGroup.from_model(group)
+
+    @strawberry.mutation
+    async def delete_repository_group(self, info: GqlInfo, id: strawberry.ID) -> bool:
+        await repositories.delete_repository_group(
+            actor=await info.context.actor(), group_id=parse_id(id, "id")
+        )
+        return True
+
+    @strawberry.mutation
+    async def create_todo_item(self, info: GqlInfo, input: CreateTodoItemInput) -> TodoItem:
+        item = await todos.create_todo_item(
+            actor=await info.context.actor(),
+            repository_id=parse_id(input.repository_id, "repositoryId"),
+            data=_todo_data(input),
+            source=input.source,
+        )
+        return TodoItem.from_model(item)
+
+    @strawberry.mutation
+    async def update_todo_status(
+        self,
+        info: GqlInfo,
+        id: strawberry.ID,
+        status: TodoItemStatus,  # type: ignore[valid-type]  # enum
+    ) -> TodoItem:
+        item = await todos.update_todo_status(
+            actor=await info.context.actor(), item_id=parse_id(id, "id"), status=status
+        )
+        return TodoItem.from_model(item)
+
+    @strawberry.mutation
+    async def dismiss_todo(self, info: GqlInfo, id: strawberry.ID) -> TodoItem:
+        item = await todos.dismiss_todo(
+            actor=await info.context.actor(), item_id=parse_id(id, "id")
+        )
+        return TodoItem.from_model(item)
+
+    @strawberry.mutation
+    async def create_unit_task(self, info: GqlInfo, input: CreateUnitTaskInput) -> UnitTask:
+        task = await tasks.create_unit_task(
+            actor=await info.context.actor(),
+            repository_group_id=parse_id(input.repository_group_id, "repositoryGroupId"),
+            prompt=input.prompt,
+            title=input.title,
+            branch_name=input.branch_name,
+            ai_agent_type=input.ai_agent_type,
+            ai_agent_model=input.ai_agent_model,
+            expects_secrets=input.expects_secrets,
+        )
+        return UnitTask.from_model(task)
+
+    @strawberry.mutation
+    async def create_composite_task(
+        self, info: GqlInfo, input: CreateCompositeTaskInput
+    ) -> CompositeTask:
+        task = await tasks.create_composite_task(
+            actor=await info.context.actor(),
+            repository_group_id=parse_id(input.repository_group_id, "repositoryGroupId"),
+            prompt=input.prompt,
+            title=input.title,
+            execution_agent_type=input.execution_agent_type,
+            planning_agent_type=input.planning_agent_type,
+            ai_agent_model=input.ai_agent_model,
+            expects_secrets=input.expects_secrets,
+        )
+        return CompositeTask.from_model(task)
+
+    @strawberry.mutation
+    async def update_task_status(
+        self,
+        info: GqlInfo,
+        id: strawberry.ID,
+        status: UnitTaskStatus,  # type: ignore[valid-type]  # enum
+        linked_pr_url: str | None = None,
+    ) -> UnitTask:
+        task = await tasks.update_task_status(
+            actor=await info.context.actor(),
+            task_id=parse_id(id, "id"),
+            status=status,
+            linked_pr_url=linked_pr_url,
+        )
+        return UnitTask.from_model(task)
+
+    @strawberry.mutation
+    async def delete_task(self, info: GqlInfo, id: strawberry.ID) -> bool:
+        await tasks.delete_task(actor=await info.context.actor(), task_id=parse_id(id, "id"))
+        return True
+
+    @strawberry.mutation
+    async def retry_task(self, info: GqlInfo, id: strawberry.ID) -> Task:
+        task = await tasks.retry_task(actor=await info.context.actor(), task_id=parse_id(id, "id"))
+        return task_from_model(task)
+
+    @strawberry.mutation
+    async def approve_task(self, info: GqlInfo, id: strawberry.ID) -> Task:
+        task = await tasks.approve_task(
+            actor=await info.context.actor(), task_id=parse_id(id, "id")
+        )
+        return task_from_model(task)
+
+    @strawberry.mutation
+    async def reject_task(
+        self, info: GqlInfo, id: strawberry.ID, reason: str | None = None
+    ) -> Task:
+        task = await tasks.reject_task(
+            actor=await info.context.actor(), task_id=parse_id(id, "id"), reason=reason
+        )
+        return task_from_model(task)
+
+    @strawberry.mutation
+    async def request_changes(self, info: GqlInfo, id: strawberry.ID, feedback: str) -> UnitTask:
+        task = await tasks.request_changes(
+            actor=await info.context.actor(), task_id=parse_id(id, "id"), feedback=feedback
+        )
+        return UnitTask.from_model(task)
+
+    @strawberry.mutation
+    async def stop_session(self, info: GqlInfo, id: strawberry.ID) -> AgentSession:
+        session = await sessions.stop_session(
+            actor=await info.context.actor(), session_id=parse_id(id, "id")
+        )
+        return AgentSession.from_model(session)
+
+    @strawberry.mutation
+    async def submit_tty_input(
+        self, info: GqlInfo, request_id: strawberry.ID, response: str
+    ) -> TtyInputRequest:
+        answered = await sessions.submit_tty_input(
+            actor=await info.context.actor(),
+            request_id=parse_id(request_id, "requestId"),
+            response=response,
+        )
+        return TtyInputRequest.from_model(answered)
