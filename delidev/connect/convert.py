@@ -27,6 +27,7 @@ from delidev.services import live as live_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import todos as todo_service
+from delidev.services.scheduling import waits as wait_service
 
 D = TypeVar("D", bound=StrEnum)
 P = TypeVar("P", bound=Enum)
@@ -76,6 +77,7 @@ def workspace(ws: m.Workspace) -> workspace_pb.Workspace:
         name=ws.name,
         description=ws.description,
         user_id=None if ws.user_id is None else str(ws.user_id),
+        max_concurrent_jobs=ws.max_concurrent_jobs,
         created_at=timestamp(ws.created_at),
         updated_at=timestamp(ws.updated_at),
     )
@@ -105,6 +107,7 @@ def repository_group(
         workspace_id=str(group.workspace_id),
         name=group.name,
         repository_ids=[str(r) for r in member_ids],
+        default_required_labels=list(group.default_required_labels or []),
         created_at=timestamp(group.created_at),
         updated_at=timestamp(group.updated_at),
     )
@@ -203,6 +206,8 @@ JOB_KIND = EnumMap(m.JobKind, task_pb.JobKind)
 NODE_STATE = EnumMap(task_service.NodeState, task_pb.CompositeNodeState)
 TTY_TYPE = EnumMap(m.TtyInputType, session_pb.TtyInputType)
 TTY_STATUS = EnumMap(m.TtyInputStatus, session_pb.TtyInputStatus)
+PRIORITY = EnumMap(m.TaskPriority, task_pb.TaskPriority)
+WAIT_REASON = EnumMap(m.WaitReason, task_pb.WaitReason)
 # The kinds ``tasks.list_tasks`` filters by (a plain string there, not a domain enum).
 _TASK_KINDS = {task_pb.TaskKind.UNIT: "unit", task_pb.TaskKind.COMPOSITE: "composite"}
 
@@ -231,6 +236,21 @@ def agent_session(s: m.AgentSession) -> task_pb.AgentSession:
         created_at=timestamp(s.created_at),
         started_at=optional_timestamp(s.started_at),
         completed_at=optional_timestamp(s.completed_at),
+        auto_retries=s.auto_retries,
+        failure_kind=s.failure_kind,
+        deadline_at=optional_timestamp(s.deadline_at),
+    )
+
+
+def job_wait(wait: wait_service.Wait | None) -> task_pb.JobWait | None:
+    if wait is None:
+        return None
+    return task_pb.JobWait(
+        reason=WAIT_REASON.to_proto(wait.reason),
+        since=timestamp(wait.since),
+        detail=wait.detail,
+        until=optional_timestamp(wait.until),
+        position=wait.position,
     )
 
 
@@ -273,6 +293,7 @@ def agent_task(agent_id: UUID, bundle: task_service.TaskBundle) -> task_pb.Agent
 
 def unit_task(t: m.UnitTask, bundle: task_service.TaskBundle) -> task_pb.UnitTask:
     latest = bundle.latest(t.agent_task_id)
+    scheduling = bundle.scheduling(t)
     return task_pb.UnitTask(
         id=str(t.id),
         workspace_id=str(t.workspace_id),
@@ -291,11 +312,16 @@ def unit_task(t: m.UnitTask, bundle: task_service.TaskBundle) -> task_pb.UnitTas
         composite_task_id=None if t.composite_task_id is None else str(t.composite_task_id),
         created_at=timestamp(t.created_at),
         updated_at=timestamp(t.updated_at),
+        wait=job_wait(bundle.waits.get(t.id)),
+        priority=PRIORITY.to_proto(m.TaskPriority.from_rank(scheduling.priority)),
+        required_labels=list(scheduling.required_labels or []),
+        max_run_seconds=scheduling.max_run_seconds,
     )
 
 
 def composite_task(t: m.CompositeTask, bundle: task_service.TaskBundle) -> task_pb.CompositeTask:
     latest = bundle.latest(t.planning_task_id)
+    scheduling = bundle.scheduling(t)
     return task_pb.CompositeTask(
         id=str(t.id),
         workspace_id=str(t.workspace_id),
@@ -320,6 +346,10 @@ def composite_task(t: m.CompositeTask, bundle: task_service.TaskBundle) -> task_
         latest_session=None if latest is None else agent_session(latest),
         created_at=timestamp(t.created_at),
         updated_at=timestamp(t.updated_at),
+        wait=job_wait(bundle.waits.get(t.id)),
+        priority=PRIORITY.to_proto(m.TaskPriority.from_rank(scheduling.priority)),
+        required_labels=list(scheduling.required_labels or []),
+        max_run_seconds=scheduling.max_run_seconds,
     )
 
 

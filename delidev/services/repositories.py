@@ -26,6 +26,7 @@ from delidev.services.common import (
     parse_id,
     transaction,
 )
+from delidev.services.scheduling.labels import parse_labels
 from delidev.services.workspaces import get_workspace
 
 _SCP_LIKE = re.compile(r"^(?:[A-Za-z0-9._~-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*)$")
@@ -279,12 +280,16 @@ async def create_repository_group(
     workspace_id: UUID,
     repository_ids: Sequence[str | UUID],
     name: str | None = None,
+    default_required_labels: Sequence[str] = (),
 ) -> m.RepositoryGroup:
     """Creates a group of at least one repository of the workspace; duplicates are ignored.
+
+    ``default_required_labels``: the labels a task of the group requires when it names none.
 
     Raises: InvalidArgument, NotFound.
     """
     group_name = check_optional_text(name, "name")
+    labels = parse_labels(default_required_labels, "default_required_labels")
     workspace = await get_workspace(actor=actor, workspace_id=workspace_id)
     ids = await _member_repositories(
         actor=actor, workspace=workspace, repository_ids=repository_ids, field="repository_ids"
@@ -294,7 +299,9 @@ async def create_repository_group(
             "repository_ids must name at least one repository", field="repository_ids"
         )
     async with transaction():
-        group = await m.RepositoryGroup.create(workspace_id=workspace.id, name=group_name)
+        group = await m.RepositoryGroup.create(
+            workspace_id=workspace.id, name=group_name, default_required_labels=labels
+        )
         await m.RepositoryGroupMember.bulk_create(_new_members(group.id, ids))
     return group
 
@@ -332,8 +339,10 @@ async def update_repository_group(
     name: str | None = None,
     add_repository_ids: Sequence[str | UUID] = (),
     remove_repository_ids: Sequence[str | UUID] = (),
+    default_required_labels: Sequence[str] | None = None,
 ) -> m.RepositoryGroup:
-    """Renames (an empty name clears it) and adds or removes members.
+    """Renames (an empty name clears it), adds or removes members, replaces the default
+    labels (None: unchanged; empty: none). Tasks created before keep their labels.
 
     Members of a group with tasks cannot be removed (as in ``remove_repository``): the
     tasks' history needs them. Adding members is allowed. Removing an id that is not a
@@ -343,6 +352,11 @@ async def update_repository_group(
     Raises: InvalidArgument, NotFound, FailedPrecondition.
     """
     new_name = check_optional_text(name, "name") if name is not None else None
+    labels = (
+        None
+        if default_required_labels is None
+        else parse_labels(default_required_labels, "default_required_labels")
+    )
     async with transaction():
         group = await get_repository_group(actor=actor, group_id=group_id)
         workspace = await m.Workspace.get(id=group.workspace_id)
@@ -380,8 +394,11 @@ async def update_repository_group(
         renamed = name is not None and new_name != group.name
         if renamed:
             group.name = new_name
-        if renamed or final != current:
-            await group.save(update_fields=["name", "updated_at"])
+        relabelled = labels is not None and labels != list(group.default_required_labels or [])
+        if labels is not None and relabelled:
+            group.default_required_labels = labels
+        if renamed or relabelled or final != current:
+            await group.save(update_fields=["name", "default_required_labels", "updated_at"])
     return group
 
 

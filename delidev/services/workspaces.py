@@ -8,7 +8,7 @@ from uuid import UUID
 from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
-from delidev.errors import NotFound
+from delidev.errors import InvalidArgument, NotFound
 from delidev.services import cascade
 from delidev.services.common import (
     MAX_TEXT_LENGTH,
@@ -20,15 +20,38 @@ from delidev.services.common import (
     transaction,
 )
 
+# The highest cap on a workspace's concurrent jobs (a bigger one is no cap in practice).
+MAX_CONCURRENT_JOBS = 10_000
+
+
+def _check_cap(value: int) -> int | None:
+    """A workspace's cap on running jobs: 0 = none. Raises: InvalidArgument."""
+    if not 0 <= value <= MAX_CONCURRENT_JOBS:
+        raise InvalidArgument(
+            f"max_concurrent_jobs must be between 0 (no cap) and {MAX_CONCURRENT_JOBS}",
+            field="max_concurrent_jobs",
+        )
+    return value or None
+
 
 async def create_workspace(
-    *, actor: Principal, name: str, description: str | None = None
+    *,
+    actor: Principal,
+    name: str,
+    description: str | None = None,
+    max_concurrent_jobs: int | None = None,
 ) -> m.Workspace:
-    """Raises: InvalidArgument."""
+    """``max_concurrent_jobs``: at most this many of its jobs run at once (None or 0: no cap).
+
+    Raises: InvalidArgument.
+    """
     name = check_text(name, "name")
     description = check_optional_text(description, "description", max_length=MAX_TEXT_LENGTH)
+    cap = None if max_concurrent_jobs is None else _check_cap(max_concurrent_jobs)
     owner_filter(actor)  # refuses worker credentials
-    return await m.Workspace.create(name=name, description=description, user_id=actor.user_id)
+    return await m.Workspace.create(
+        name=name, description=description, user_id=actor.user_id, max_concurrent_jobs=cap
+    )
 
 
 async def list_workspaces(
@@ -60,8 +83,9 @@ async def update_workspace(
     workspace_id: UUID,
     name: str | None = None,
     description: str | None = None,
+    max_concurrent_jobs: int | None = None,
 ) -> m.Workspace:
-    """Changes the fields given; an empty description clears it.
+    """Changes the fields given; an empty description clears it, a cap of 0 removes it.
 
     Raises: InvalidArgument, NotFound.
     """
@@ -72,6 +96,8 @@ async def update_workspace(
         changes["description"] = check_optional_text(
             description, "description", max_length=MAX_TEXT_LENGTH
         )
+    if max_concurrent_jobs is not None:
+        changes["max_concurrent_jobs"] = _check_cap(max_concurrent_jobs)
     workspace = await get_workspace(actor=actor, workspace_id=workspace_id)
     if changes:
         workspace.update_from_dict(changes)

@@ -28,6 +28,9 @@ class TaskHandler(Handler, TaskService):
             ai_agent_type=convert.AGENT_TYPE.to_domain(request.ai_agent_type, "ai_agent_type"),
             ai_agent_model=optional(request, "ai_agent_model"),
             expects_secrets=request.expects_secrets,
+            priority=convert.PRIORITY.to_domain(request.priority, "priority"),
+            required_labels=list(request.required_labels),
+            max_run_seconds=optional(request, "max_run_seconds"),
         )
         return task_pb.CreateUnitTaskResponse(task=await self._task(task))
 
@@ -47,6 +50,9 @@ class TaskHandler(Handler, TaskService):
             ),
             ai_agent_model=optional(request, "ai_agent_model"),
             expects_secrets=request.expects_secrets,
+            priority=convert.PRIORITY.to_domain(request.priority, "priority"),
+            required_labels=list(request.required_labels),
+            max_run_seconds=optional(request, "max_run_seconds"),
         )
         return task_pb.CreateCompositeTaskResponse(task=await self._task(task))
 
@@ -136,3 +142,16 @@ class TaskHandler(Handler, TaskService):
             feedback=request.feedback,
         )
         return task_pb.RequestChangesResponse(task=await self._task(task))
+
+    async def set_priority(
+        self, request: task_pb.SetTaskPriorityRequest, ctx: Ctx
+    ) -> task_pb.SetTaskPriorityResponse:
+        priority = convert.PRIORITY.to_domain(request.priority, "priority")
+        if priority is None:
+            raise InvalidArgument("priority is required", field="priority")
+        task = await tasks.set_task_priority(
+            actor=await self.actor(ctx),
+            task_id=parse_id(request.task_id, "task_id"),
+            priority=priority,
+        )
+        return task_pb.SetTaskPriorityResponse(task=await self._task(task))

@@ -23,6 +23,7 @@ class WorkspaceHandler(Handler, WorkspaceService):
             actor=await self.actor(ctx),
             name=request.name,
             description=optional(request, "description"),
+            max_concurrent_jobs=optional(request, "max_concurrent_jobs"),
         )
         return workspace_pb.CreateWorkspaceResponse(workspace=convert.workspace(ws))
 
@@ -53,6 +54,7 @@ class WorkspaceHandler(Handler, WorkspaceService):
             workspace_id=parse_id(request.workspace_id, "workspace_id"),
             name=optional(request, "name"),
             description=optional(request, "description"),
+            max_concurrent_jobs=optional(request, "max_concurrent_jobs"),
         )
         return workspace_pb.UpdateWorkspaceResponse(workspace=convert.workspace(ws))
 
@@ -130,6 +132,7 @@ class RepositoryGroupHandler(Handler, RepositoryGroupService):
             workspace_id=parse_id(request.workspace_id, "workspace_id"),
             name=optional(request, "name"),
             repository_ids=list(request.repository_ids),
+            default_required_labels=list(request.default_required_labels),
         )
         return repository_pb.CreateRepositoryGroupResponse(group=await self._group(group))
 
@@ -151,12 +154,14 @@ class RepositoryGroupHandler(Handler, RepositoryGroupService):
     async def update(
         self, request: repository_pb.UpdateRepositoryGroupRequest, ctx: Ctx
     ) -> repository_pb.UpdateRepositoryGroupResponse:
+        labels = optional(request, "default_required_labels")  # unset: unchanged
         group = await repositories.update_repository_group(
             actor=await self.actor(ctx),
             group_id=parse_id(request.group_id, "group_id"),
             name=optional(request, "name"),
             add_repository_ids=list(request.add_repository_ids),
             remove_repository_ids=list(request.remove_repository_ids),
+            default_required_labels=(None if labels is None else list(labels.labels)),
         )
         return repository_pb.UpdateRepositoryGroupResponse(group=await self._group(group))
 

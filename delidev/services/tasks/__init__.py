@@ -10,6 +10,7 @@ One module per concern; callers import the names below from here:
   changes, pr_open/done, retry, delete);
 - ``composites``: composite tasks, their plans, plan → DAG of nodes, node progress;
 - ``views``: the read models both APIs use (listing, node states, ``TaskBundle``);
+- ``priority``: changing a task's priority;
 - ``branches``: branch names;
 - ``_shared``: the lookup, the compare-and-set move and run queuing the others share.
 """
@@ -21,6 +22,7 @@ from delidev.services.tasks.composites import (
     create_composite_task,
     submit_plan,
 )
+from delidev.services.tasks.priority import set_task_priority
 from delidev.services.tasks.units import (
     approve_task,
     create_unit_task,
@@ -42,6 +44,7 @@ from delidev.services.tasks.views import (
     load_task_bundle,
     load_task_view,
     node_state,
+    task_waits,
 )
 
 __all__ = [
@@ -69,6 +72,8 @@ __all__ = [
     "request_changes",
     "retry_task",
     "sanitize_branch",
+    "set_task_priority",
     "submit_plan",
+    "task_waits",
     "update_task_status",
 ]

@@ -7,14 +7,16 @@ Names here are private to the ``tasks`` package; callers outside use its ``__ini
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID
 
 from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
-from delidev.errors import FailedPrecondition, NotFound
+from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
 from delidev.services import common
+from delidev.services.scheduling.labels import parse_labels
 
 S = m.UnitTaskStatus
 C = m.CompositeTaskStatus
@@ -23,6 +25,9 @@ SessionStatus = m.AgentSessionStatus
 DEFAULT_AGENT = m.AiAgentType.CLAUDE_CODE
 RETRYABLE = frozenset({SessionStatus.FAILED, SessionStatus.STOPPED, SessionStatus.LOST})
 ACTIVE = frozenset({SessionStatus.QUEUED, SessionStatus.RUNNING})
+
+# A task's own run time limit: at most a week (the server's setting applies when unset).
+MAX_RUN_SECONDS = 7 * 24 * 3600
 
 Task = m.UnitTask | m.CompositeTask
 AnyTask = TypeVar("AnyTask", m.UnitTask, m.CompositeTask)
@@ -122,17 +127,75 @@ async def queue_next_session(agent_task_id: UUID, *, kind: m.JobKind) -> m.Agent
     return await queue_session(agent, kind=kind, attempt=(last.attempt + 1) if last else 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Scheduling:
+    """How an AgentTask's jobs are handed out; a composite's nodes inherit its planner's."""
+
+    priority: int
+    """``TaskPriority.rank``."""
+    required_labels: list[str]
+    max_run_seconds: int | None
+
+    @classmethod
+    def of(cls, agent: m.AgentTask) -> Scheduling:
+        return cls(
+            priority=agent.priority,
+            required_labels=list(agent.required_labels or []),
+            max_run_seconds=agent.max_run_seconds,
+        )
+
+    def agent_task(self, **fields: object) -> m.AgentTask:
+        """A new AgentTask (not saved) scheduled so, in ``workspace_id`` (among ``fields``)."""
+        return m.AgentTask(
+            priority=self.priority,
+            required_labels=self.required_labels,
+            max_run_seconds=self.max_run_seconds,
+            **fields,
+        )
+
+
+def scheduling_for(
+    group: m.RepositoryGroup,
+    *,
+    priority: m.TaskPriority | None,
+    required_labels: Sequence[str] | None,
+    max_run_seconds: int | None,
+) -> Scheduling:
+    """A new task's scheduling: normal priority unless given, the group's default labels
+    unless some are given. Raises: InvalidArgument (a bad label, a limit out of range)."""
+    if max_run_seconds is not None and not 1 <= max_run_seconds <= MAX_RUN_SECONDS:
+        raise InvalidArgument(
+            f"max_run_seconds must be between 1 and {MAX_RUN_SECONDS} (7 days)",
+            field="max_run_seconds",
+        )
+    labels = (
+        parse_labels(required_labels, "required_labels")
+        if required_labels
+        else list(group.default_required_labels or [])
+    )
+    return Scheduling(
+        priority=(priority or m.TaskPriority.NORMAL).rank,
+        required_labels=labels,
+        max_run_seconds=max_run_seconds,
+    )
+
+
 async def agent_task_for_group(
     group: m.RepositoryGroup,
     *,
     agent_type: m.AiAgentType,
     model: str | None,
     expects_secrets: bool,
+    scheduling: Scheduling,
 ) -> m.AgentTask:
     """An AgentTask whose base remotes are the group's repositories at their default branch."""
-    agent = await m.AgentTask.create(
-        ai_agent_type=agent_type, ai_agent_model=model, expects_secrets=expects_secrets
+    agent = scheduling.agent_task(
+        ai_agent_type=agent_type,
+        ai_agent_model=model,
+        expects_secrets=expects_secrets,
+        workspace_id=group.workspace_id,
     )
+    await agent.save(force_create=True)
     repos = await m.Repository.filter(group_memberships__group_id=group.id).order_by(
         "group_memberships__created_at"
     )

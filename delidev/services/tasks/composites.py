@@ -20,11 +20,13 @@ from delidev.services.tasks._shared import (
     DEFAULT_AGENT,
     C,
     S,
+    Scheduling,
     SessionStatus,
     agent_task_for_group,
     branch_template,
     move,
     queue_session,
+    scheduling_for,
     task_changed,
 )
 from delidev.services.tasks.branches import branch_name_for, sanitize_branch
@@ -40,8 +42,14 @@ async def create_composite_task(
     planning_agent_type: m.AiAgentType | None = None,
     ai_agent_model: str | None = None,
     expects_secrets: bool = False,
+    priority: m.TaskPriority | None = None,
+    required_labels: Sequence[str] | None = None,
+    max_run_seconds: int | None = None,
 ) -> m.CompositeTask:
     """Creates the CompositeTask (planning) and queues its planning job.
+
+    The priority, required labels (none → the group's default) and run time limit are the
+    planning job's and, later, every node's.
 
     Raises: InvalidArgument, NotFound.
     """
@@ -51,6 +59,12 @@ async def create_composite_task(
     group = await get_repository_group(
         actor=actor, group_id=repository_group_id, field="repository_group_id"
     )
+    scheduling = scheduling_for(
+        group,
+        priority=priority,
+        required_labels=required_labels,
+        max_run_seconds=max_run_seconds,
+    )
     execution = execution_agent_type or DEFAULT_AGENT
     async with common.transaction():
         planner = await agent_task_for_group(
@@ -58,6 +72,7 @@ async def create_composite_task(
             agent_type=planning_agent_type or execution,
             model=model,
             expects_secrets=expects_secrets,
+            scheduling=scheduling,
         )
         composite = await m.CompositeTask.create(
             workspace_id=group.workspace_id,
@@ -167,12 +182,16 @@ async def _create_nodes(
     remotes: Sequence[m.AgentTaskBaseRemote],
 ) -> None:
     planner = await common.get_row(m.AgentTask, id=composite.planning_task_id)
+    # Nodes inherit the composite's priority, labels and run time limit: the planner's (a
+    # SetPriority changes the planner and the nodes together).
+    scheduling = Scheduling.of(planner)
     agents = [
-        m.AgentTask(
+        scheduling.agent_task(
             id=uuid4(),
             ai_agent_type=composite.execution_agent_type or DEFAULT_AGENT,
             ai_agent_model=planner.ai_agent_model,
             expects_secrets=planner.expects_secrets,
+            workspace_id=composite.workspace_id,
         )
         for _ in plan
     ]

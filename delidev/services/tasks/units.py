@@ -4,6 +4,7 @@ the manual moves to pr_open and done, retry and delete. A composite task's side 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
@@ -28,6 +29,7 @@ from delidev.services.tasks._shared import (
     move,
     queue_next_session,
     queue_session,
+    scheduling_for,
     task_changed,
 )
 from delidev.services.tasks.branches import branch_name_for, sanitize_branch
@@ -43,8 +45,13 @@ async def create_unit_task(
     ai_agent_type: m.AiAgentType | None = None,
     ai_agent_model: str | None = None,
     expects_secrets: bool = False,
+    priority: m.TaskPriority | None = None,
+    required_labels: Sequence[str] | None = None,
+    max_run_seconds: int | None = None,
 ) -> m.UnitTask:
     """Creates the AgentTask, the UnitTask (in_progress) and its first queued session.
+
+    No ``required_labels`` → the repository group's default labels.
 
     Raises: InvalidArgument, NotFound.
     """
@@ -57,6 +64,12 @@ async def create_unit_task(
     group = await get_repository_group(
         actor=actor, group_id=repository_group_id, field="repository_group_id"
     )
+    scheduling = scheduling_for(
+        group,
+        priority=priority,
+        required_labels=required_labels,
+        max_run_seconds=max_run_seconds,
+    )
     task_id = uuid4()
     template = await branch_template(group)
     async with common.transaction():
@@ -65,6 +78,7 @@ async def create_unit_task(
             agent_type=ai_agent_type or DEFAULT_AGENT,
             model=model,
             expects_secrets=expects_secrets,
+            scheduling=scheduling,
         )
         task = await m.UnitTask.create(
             id=task_id,

@@ -1,9 +1,10 @@
 """The read models both APIs show tasks with: listing, composite nodes with their state,
-and ``TaskBundle``, everything a set of tasks needs loaded in a fixed number of queries."""
+why a task's job waits (``task_waits``), and ``TaskBundle``, everything a set of tasks
+needs loaded in a fixed number of queries."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from uuid import UUID
@@ -13,6 +14,7 @@ from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound
 from delidev.services.common import Page, owner_filter, page_bounds
 from delidev.services.repositories import get_repository_group
+from delidev.services.scheduling import waits as job_waits
 from delidev.services.tasks._shared import RETRYABLE, S, SessionStatus, Task, latest_sessions
 from delidev.services.workspaces import get_workspace
 
@@ -165,6 +167,61 @@ async def base_remotes_of(
     return result
 
 
+# Waits ----------------------------------------------------------------------------------
+
+
+async def task_waits(items: Sequence[Task]) -> dict[UUID, job_waits.Wait]:
+    """Why each task among ``items`` waits, by task id (a fixed number of queries): the wait
+    of its latest run (a composite: its planning run) while queued, or, for a composite node
+    that has no run yet, its unfinished dependencies. Tasks that do not wait are left out."""
+    latest = await latest_sessions([_runs_of(t) for t in items])
+    return await _waits(items, latest)
+
+
+def _runs_of(task: Task) -> UUID:
+    return task.agent_task_id if isinstance(task, m.UnitTask) else task.planning_task_id
+
+
+async def _waits(
+    items: Sequence[Task], latest: Mapping[UUID, m.AgentSession]
+) -> dict[UUID, job_waits.Wait]:
+    queued = await job_waits.waits_of(list(latest.values()))
+    result: dict[UUID, job_waits.Wait] = {}
+    for task in items:
+        session = latest.get(_runs_of(task))
+        if session is not None and session.id in queued:
+            result[task.id] = queued[session.id]
+    unstarted = [
+        t
+        for t in items
+        if isinstance(t, m.UnitTask)
+        and t.composite_task_id is not None
+        and t.status == S.IN_PROGRESS
+        and t.agent_task_id not in latest
+    ]
+    result.update(await _dependency_waits(unstarted))
+    return result
+
+
+async def _dependency_waits(nodes: Sequence[m.UnitTask]) -> dict[UUID, job_waits.Wait]:
+    """Composite nodes without a run whose dependencies have not all finished (one query)."""
+    if not nodes:
+        return {}
+    rows = await m.CompositeTaskNodeDependency.filter(
+        node__unit_task_id__in=[n.id for n in nodes]
+    ).values("node__unit_task_id", "depends_on_node__plan_id", "depends_on_node__unit_task__status")
+    pending: dict[UUID, list[str]] = {}
+    for row in rows:
+        if row["depends_on_node__unit_task__status"] != S.DONE.value:
+            unit_id = UUID(str(row["node__unit_task_id"]))
+            pending.setdefault(unit_id, []).append(str(row["depends_on_node__plan_id"]))
+    return {
+        n.id: job_waits.dependency_wait(since=n.created_at, waiting_for=sorted(pending[n.id]))
+        for n in nodes
+        if n.id in pending
+    }
+
+
 # Read model -----------------------------------------------------------------------------
 
 
@@ -177,12 +234,18 @@ class TaskBundle:
     sessions: dict[UUID, list[m.AgentSession]]
     auto_fix: dict[UUID, list[UUID]]
     nodes: dict[UUID, list[NodeView]]
+    waits: dict[UUID, job_waits.Wait]
+    """Why a task (by id; also a node) waits: see ``task_waits``."""
     gone: frozenset[UUID] = frozenset()
     """Tasks deleted while the bundle was read: their rows are partly missing."""
 
     def latest(self, agent_task_id: UUID) -> m.AgentSession | None:
         runs = self.sessions.get(agent_task_id) or []
         return runs[-1] if runs else None
+
+    def scheduling(self, task: Task) -> m.AgentTask:
+        """The AgentTask that holds the task's priority, labels and run time limit."""
+        return self.agents[_runs_of(task)]
 
     def shown(self, items: Sequence[Task]) -> list[Task]:
         """``items`` without those deleted while the bundle was read."""
@@ -226,12 +289,15 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
             needed += [a for v in nodes.get(task.id, []) for a in agents_of(v.unit_task)]
         return all(a in agents for a in needed)
 
+    shown = [*items, *(v.unit_task for views in nodes.values() for v in views)]
+    latest = {a: runs[-1] for a, runs in sessions.items() if runs}
     return TaskBundle(
         agents=agents,
         remotes=remotes,
         sessions=sessions,
         auto_fix=auto_fix,
         nodes=nodes,
+        waits=await _waits(shown, latest),
         gone=frozenset(t.id for t in items if not complete(t)),
     )
 
