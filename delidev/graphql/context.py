@@ -16,6 +16,7 @@ from delidev.auth.principal import Principal
 from delidev.events import EventBus
 from delidev.services import repositories, sessions, tasks, workspaces
 from delidev.services.live import LogFeeds
+from delidev.services.scheduling.waits import Wait
 
 
 def _ordered(keys: list[UUID], found: dict[UUID, Any], default: Any = None) -> list[Any]:
@@ -104,6 +105,11 @@ async def _load_remotes(keys: list[UUID]) -> list[list[m.AgentTaskBaseRemote]]:
     return _ordered(keys, await tasks.base_remotes_of(keys), [])
 
 
+async def _load_waits(keys: list[tasks.Task]) -> list[Wait | None]:
+    found = await tasks.task_waits(keys)
+    return [found.get(k.id) for k in keys]
+
+
 async def _load_nodes(keys: list[UUID]) -> list[list[tasks.NodeView]]:
     return _ordered(keys, await tasks.composite_nodes(keys), [])
 
@@ -124,3 +130,8 @@ class TaskLoaders:
     @cached_property
     def nodes(self) -> DataLoader[UUID, list[tasks.NodeView]]:
         return DataLoader(_load_nodes)
+
+    @cached_property
+    def waits(self) -> DataLoader[tasks.Task, Wait | None]:
+        """Keyed by the task (its kind decides which run it waits by)."""
+        return DataLoader(_load_waits)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
-from delidev.graphql.task_types import AiAgentType
+from delidev.graphql.task_types import AiAgentType, TaskPriority
 from delidev.graphql.types import TodoItemSource, VcsProviderType
 
 
@@ -12,6 +12,9 @@ from delidev.graphql.types import TodoItemSource, VcsProviderType
 class CreateWorkspaceInput:
     name: str
     description: str | None = None
+    max_concurrent_jobs: int | None = strawberry.field(
+        default=None, description="At most this many of its jobs run at once; null or 0: no cap."
+    )
 
 
 @strawberry.input
@@ -20,6 +23,9 @@ class UpdateWorkspaceInput:
     name: str | None = None
     description: str | None = strawberry.field(
         default=None, description="An empty string clears the description."
+    )
+    max_concurrent_jobs: int | None = strawberry.field(
+        default=None, description="null: unchanged; 0: the cap is removed."
     )
 
 
@@ -39,6 +45,10 @@ class CreateRepositoryGroupInput:
     workspace_id: strawberry.ID
     repository_ids: list[strawberry.ID]
     name: str | None = None
+    default_required_labels: list[str] = strawberry.field(
+        default_factory=list,
+        description='"key=value" labels a task of this group requires when it names none.',
+    )
 
 
 @strawberry.input
@@ -49,6 +59,9 @@ class UpdateRepositoryGroupInput:
     )
     add_repository_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
     remove_repository_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
+    default_required_labels: list[str] | None = strawberry.field(
+        default=None, description="null: unchanged; a list (also empty) replaces them."
+    )
 
 
 @strawberry.input
@@ -86,6 +99,16 @@ class CreateUnitTaskInput:
     ai_agent_type: AiAgentType | None = None  # type: ignore[valid-type]  # enum
     ai_agent_model: str | None = None
     expects_secrets: bool = False
+    priority: TaskPriority | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        default=None, description="NORMAL when left out."
+    )
+    required_labels: list[str] | None = strawberry.field(
+        default=None,
+        description='"key=value" labels a worker must have; none: the group\'s default labels.',
+    )
+    max_run_seconds: int | None = strawberry.field(
+        default=None, description="Run time limit; null: the server's DELIDEV_MAX_RUN_SECONDS."
+    )
 
 
 @strawberry.input
@@ -97,3 +120,13 @@ class CreateCompositeTaskInput:
     planning_agent_type: AiAgentType | None = None  # type: ignore[valid-type]  # enum
     ai_agent_model: str | None = None
     expects_secrets: bool = False
+    priority: TaskPriority | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        default=None, description="NORMAL when left out."
+    )
+    required_labels: list[str] | None = strawberry.field(
+        default=None,
+        description='"key=value" labels a worker must have; none: the group\'s default labels.',
+    )
+    max_run_seconds: int | None = strawberry.field(
+        default=None, description="Run time limit; null: the server's DELIDEV_MAX_RUN_SECONDS."
+    )

@@ -19,6 +19,7 @@ from delidev.graphql.task_types import (
     AgentSession,
     CompositeTask,
     Task,
+    TaskPriority,
     TtyInputRequest,
     UnitTask,
     UnitTaskStatus,
@@ -62,7 +63,10 @@ class Mutation:
     @strawberry.mutation
     async def create_workspace(self, info: GqlInfo, input: CreateWorkspaceInput) -> Workspace:
         ws = await workspaces.create_workspace(
-            actor=await info.context.actor(), name=input.name, description=input.description
+            actor=await info.context.actor(),
+            name=input.name,
+            description=input.description,
+            max_concurrent_jobs=input.max_concurrent_jobs,
         )
         return Workspace.from_model(ws)
 
@@ -73,6 +77,7 @@ class Mutation:
             workspace_id=parse_id(input.id, "id"),
             name=input.name,
             description=input.description,
+            max_concurrent_jobs=input.max_concurrent_jobs,
         )
         return Workspace.from_model(ws)
 
@@ -113,6 +118,7 @@ class Mutation:
             workspace_id=parse_id(input.workspace_id, "workspaceId"),
             repository_ids=[str(r) for r in input.repository_ids],
             name=input.name,
+            default_required_labels=list(input.default_required_labels),
         )
         return RepositoryGroup.from_model(group)
 
@@ -126,6 +132,7 @@ class Mutation:
             name=input.name,
             add_repository_ids=[str(r) for r in input.add_repository_ids],
             remove_repository_ids=[str(r) for r in input.remove_repository_ids],
+            default_required_labels=input.default_required_labels,
         )
         return RepositoryGroup.from_model(group)
 
@@ -176,6 +183,9 @@ class Mutation:
             ai_agent_type=input.ai_agent_type,
             ai_agent_model=input.ai_agent_model,
             expects_secrets=input.expects_secrets,
+            priority=input.priority,
+            required_labels=input.required_labels,
+            max_run_seconds=input.max_run_seconds,
         )
         return UnitTask.from_model(task)
 
@@ -192,6 +202,9 @@ class Mutation:
             planning_agent_type=input.planning_agent_type,
             ai_agent_model=input.ai_agent_model,
             expects_secrets=input.expects_secrets,
+            priority=input.priority,
+            required_labels=input.required_labels,
+            max_run_seconds=input.max_run_seconds,
         )
         return CompositeTask.from_model(task)
 
@@ -219,6 +232,23 @@ class Mutation:
     @strawberry.mutation
     async def retry_task(self, info: GqlInfo, id: strawberry.ID) -> Task:
         task = await tasks.retry_task(actor=await info.context.actor(), task_id=parse_id(id, "id"))
+        return task_from_model(task)
+
+    @strawberry.mutation(  # type: ignore[untyped-decorator]  # strawberry.mutation(...) is typed Any
+        description="How soon its jobs are handed out (of a composite: also its nodes'); "
+        "refused once the task is done or rejected."
+    )
+    async def set_task_priority(
+        self,
+        info: GqlInfo,
+        task_id: strawberry.ID,
+        priority: TaskPriority,  # type: ignore[valid-type]  # strawberry.enum result
+    ) -> Task:
+        task = await tasks.set_task_priority(
+            actor=await info.context.actor(),
+            task_id=parse_id(task_id, "taskId"),
+            priority=priority,
+        )
         return task_from_model(task)
 
     @strawberry.mutation

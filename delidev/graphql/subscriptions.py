@@ -21,6 +21,7 @@ from delidev import models as m
 from delidev.graphql.context import Loaders
 from delidev.graphql.task_types import (
     AgentSessionStatus,
+    AiAgentType,
     Task,
     TtyInputRequest,
     task_from_model,
@@ -68,6 +69,13 @@ class Worker:
     last_heartbeat: datetime
     current_task_id: strawberry.ID | None
     registered_at: datetime
+    agent_types: list[AiAgentType] = strawberry.field(  # type: ignore[valid-type]  # enum
+        description="Agent types it can run; empty = every type."
+    )
+    labels: list[str] = strawberry.field(description='Its "key=value" labels.')
+    draining: bool = strawberry.field(
+        description="It finishes the job it holds and is handed no new one."
+    )
 
 
 @strawberry.type
@@ -170,5 +178,8 @@ class Subscription:
                     if update.current_task_id is None
                     else strawberry.ID(str(update.current_task_id)),
                     registered_at=w.registered_at,
+                    agent_types=[m.AiAgentType(t) for t in w.agent_types or []],
+                    labels=list(w.labels or []),
+                    draining=w.draining,
                 ),
             )

@@ -15,6 +15,7 @@ from delidev.graphql.limits import LogReadBudget
 from delidev.graphql.types import GqlInfo
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
+from delidev.services.scheduling.waits import Wait
 
 UnitTaskStatus = strawberry.enum(m.UnitTaskStatus, name="UnitTaskStatus")
 CompositeTaskStatus = strawberry.enum(m.CompositeTaskStatus, name="CompositeTaskStatus")
@@ -22,6 +23,13 @@ AgentSessionStatus = strawberry.enum(m.AgentSessionStatus, name="AgentSessionSta
 AiAgentType = strawberry.enum(m.AiAgentType, name="AiAgentType")
 JobKind = strawberry.enum(m.JobKind, name="JobKind")
 NodeState = strawberry.enum(task_service.NodeState, name="CompositeNodeState")
+TaskPriority = strawberry.enum(
+    m.TaskPriority,
+    name="TaskPriority",
+    description="How soon a task's jobs are handed out: higher first, first come first "
+    "served within one priority, round-robin across workspaces among equals.",
+)
+WaitReason = strawberry.enum(m.WaitReason, name="WaitReason")
 TtyInputType = strawberry.enum(m.TtyInputType, name="TtyInputType")
 TtyInputStatus = strawberry.enum(m.TtyInputStatus, name="TtyInputStatus")
 
@@ -56,6 +64,34 @@ class SessionLog:
     )
 
 
+@strawberry.type(description="Why a task's job is not running, and since when.")
+class JobWait:
+    reason: WaitReason  # type: ignore[valid-type]  # strawberry.enum result
+    since: datetime
+    detail: str = strawberry.field(
+        description="For people: the agent type or labels no worker offers, the cap, the "
+        "failure retried..."
+    )
+    until: datetime | None = strawberry.field(
+        description="BACKOFF: the job is not handed out before this time."
+    )
+    position: int | None = strawberry.field(
+        description="QUEUED: claimable jobs ahead of it (0 = next)."
+    )
+
+    @classmethod
+    def from_wait(cls, wait: Wait | None) -> JobWait | None:
+        if wait is None:
+            return None
+        return cls(
+            reason=wait.reason,
+            since=wait.since,
+            detail=wait.detail,
+            until=wait.until,
+            position=wait.position,
+        )
+
+
 @strawberry.type
 class AgentSession:
     id: strawberry.ID
@@ -74,6 +110,15 @@ class AgentSession:
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    auto_retries: int = strawberry.field(
+        description="Automatic retries (after infrastructure failures) that led to this run."
+    )
+    failure_kind: str | None = strawberry.field(
+        description='Why it failed ("timeout", "out_of_memory", ...).'
+    )
+    deadline_at: datetime | None = strawberry.field(
+        description="A running job past this time is asked to stop and fails with a timeout."
+    )
 
     @classmethod
     def from_model(cls, s: m.AgentSession) -> AgentSession:
@@ -92,6 +137,9 @@ class AgentSession:
             created_at=s.created_at,
             started_at=s.started_at,
             completed_at=s.completed_at,
+            auto_retries=s.auto_retries,
+            failure_kind=s.failure_kind,
+            deadline_at=s.deadline_at,
         )
 
     @strawberry.field(extensions=[LogReadBudget()])  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
@@ -164,6 +212,48 @@ async def _latest(info: GqlInfo, agent_id: UUID) -> AgentSession | None:
     return AgentSession.from_model(runs[-1]) if runs else None
 
 
+async def _scheduling(info: GqlInfo, agent_id: UUID) -> m.AgentTask:
+    agent = await info.context.loaders.tasks.agent_task.load(agent_id)
+    if agent is None:  # the task was deleted since the query read it (a concurrent delete)
+        raise NotFound("the task was deleted", field="id")
+    return agent
+
+
+@strawberry.type
+class Scheduled:
+    """The scheduling fields of a unit or composite task (those of its AgentTask)."""
+
+    scheduled_by: strawberry.Private[UUID]
+    """The AgentTask holding them (a composite's: its planning task)."""
+    model: strawberry.Private[task_service.Task]
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="Of a composite: also of its nodes."
+    )
+    async def priority(self, info: GqlInfo) -> TaskPriority:  # type: ignore[valid-type]  # enum
+        agent = await _scheduling(info, self.scheduled_by)
+        return m.TaskPriority.from_rank(agent.priority)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description='"key=value" labels a worker must have to run its jobs.'
+    )
+    async def required_labels(self, info: GqlInfo) -> list[str]:
+        return list((await _scheduling(info, self.scheduled_by)).required_labels or [])
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="Run time limit of each run; null = the server's DELIDEV_MAX_RUN_SECONDS."
+    )
+    async def max_run_seconds(self, info: GqlInfo) -> int | None:
+        return (await _scheduling(info, self.scheduled_by)).max_run_seconds
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="Set while its job (a composite: its planning job) is queued, or while a "
+        "composite's node waits for its dependencies."
+    )
+    async def wait(self, info: GqlInfo) -> JobWait | None:
+        return JobWait.from_wait(await info.context.loaders.tasks.waits.load(self.model))
+
+
 @strawberry.interface
 class Task:
     id: strawberry.ID
@@ -176,7 +266,7 @@ class Task:
 
 
 @strawberry.type
-class UnitTask(Task):
+class UnitTask(Task, Scheduled):
     status: UnitTaskStatus  # type: ignore[valid-type]  # strawberry.enum result
     branch_name: str | None
     linked_pr_url: str | None
@@ -206,6 +296,8 @@ class UnitTask(Task):
                 None if t.composite_task_id is None else strawberry.ID(str(t.composite_task_id))
             ),
             agent_task_id=t.agent_task_id,
+            scheduled_by=t.agent_task_id,
+            model=t,
         )
 
     @strawberry.field
@@ -227,7 +319,7 @@ class CompositeTaskNode:
 
 
 @strawberry.type
-class CompositeTask(Task):
+class CompositeTask(Task, Scheduled):
     status: CompositeTaskStatus  # type: ignore[valid-type]  # strawberry.enum result
     execution_agent_type: AiAgentType | None  # type: ignore[valid-type]  # strawberry.enum result
     plan_yaml: str | None
@@ -249,6 +341,8 @@ class CompositeTask(Task):
             plan_yaml=t.plan_yaml,
             plan_error=t.plan_error,
             planning_task_id=t.planning_task_id,
+            scheduled_by=t.planning_task_id,
+            model=t,
         )
 
     @strawberry.field

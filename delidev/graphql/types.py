@@ -28,6 +28,9 @@ class Workspace:
     name: str
     description: str | None
     user_id: strawberry.ID | None
+    max_concurrent_jobs: int | None = strawberry.field(
+        description="At most this many of its jobs run at once; null = no cap."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -38,6 +41,7 @@ class Workspace:
             name=ws.name,
             description=ws.description,
             user_id=None if ws.user_id is None else strawberry.ID(str(ws.user_id)),
+            max_concurrent_jobs=ws.max_concurrent_jobs,
             created_at=ws.created_at,
             updated_at=ws.updated_at,
         )
@@ -94,6 +98,9 @@ class RepositoryGroup:
     id: strawberry.ID
     workspace_id: strawberry.ID
     name: str | None
+    default_required_labels: list[str] = strawberry.field(
+        description='"key=value" labels a task of this group requires when it names none.'
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -103,6 +110,7 @@ class RepositoryGroup:
             id=strawberry.ID(str(group.id)),
             workspace_id=strawberry.ID(str(group.workspace_id)),
             name=group.name,
+            default_required_labels=list(group.default_required_labels or []),
             created_at=group.created_at,
             updated_at=group.updated_at,
         )
