@@ -70,8 +70,11 @@ async def watch_worker(
     signal: JobSignal,
     claim: Claim,
     keepalive: dt.timedelta,
+    closing: asyncio.Event | None = None,
 ) -> AsyncIterator[Push]:
-    """What ``worker_id`` must know, until it is unregistered (then NotFound ends the stream).
+    """What ``worker_id`` must know, until it is unregistered (then NotFound ends the stream)
+    or the server shuts down (``closing``: the stream ends, and the worker reconnects to
+    another replica or polls).
 
     ``claim(worker_id)`` claims a job for it without waiting (the caller binds the secret
     store and the run-time settings). Raises: NotFound.
@@ -85,7 +88,7 @@ async def watch_worker(
     with bus.watch(("worker", str(worker_id)), ("jobs",)) as fleet:
         session_watch: events.Watch | None = None
         try:
-            while True:
+            while closing is None or not closing.is_set():
                 generation = signal.generation()
                 fleet.drain()
                 if session_watch is not None:
@@ -126,6 +129,7 @@ async def watch_worker(
                     continue
                 await _wake(
                     [generation, fleet.changed]
+                    + ([closing] if closing is not None else [])
                     + ([session_watch.changed] if session_watch is not None else []),
                     min(remaining, RECHECK_S),
                 )
