@@ -389,6 +389,19 @@ async def _claim_capped(worker_id: UUID, ready: Sequence[UUID], max_run_seconds:
     return None
 
 
+async def claim_now(
+    *,
+    worker_id: UUID,
+    store: secret_service.SecretStore | None = None,
+    max_run_seconds: int = DEFAULT_MAX_RUN_SECONDS,
+) -> Job | None:
+    """One claim attempt and nothing else: for a caller that already knows the worker exists
+    and holds no job (its Watch stream), so a wake-up of many idle workers costs each of them
+    one statement. None when nothing is claimable for it."""
+    ready = await secret_service.ready_agent_task_ids(store) if store is not None else []
+    return await _claim_capped(worker_id, ready, max_run_seconds)
+
+
 async def _held_job(worker_id: UUID) -> Job | None:
     held = await m.AgentSession.filter(worker_id=worker_id, status=SessionStatus.RUNNING).first()
     return None if held is None else await describe_job(held)
