@@ -9,7 +9,9 @@ else the local cluster). Simulated workers in this process call
 the real WorkerService over HTTP with the generated Connect client (binary codec).
 
 - **claims**: with 1, 10 and 50 workers, each worker loops GetTask → ReportStatus(succeeded)
-  over a queue of seeded jobs; claims/s and GetTask latency (p50, p99).
+  over a queue of seeded jobs; claims/s and GetTask latency (p50, p99). Scheduling is on:
+  the jobs are spread over 5 workspaces (round-robin across them), require a label the
+  workers declared at Register, and get a run deadline when claimed.
 - **baseline** (same run, same database, same concurrency): the raw claim statement, one
   ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` round trip per claim,
   sent by asyncpg straight to PostgreSQL. The ratio shows what the server adds around it.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import statistics
 import sys
@@ -43,6 +46,11 @@ from bench.bench_get import host_busy_s, process_cpu_s, start_server, stop_serve
 from delidev.connect.gen.delidev.v1 import task_pb, worker_pb  # noqa: E402
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient  # noqa: E402
 
+# Scheduling is on in the server scenarios: the jobs require a label the workers have, and
+# they are spread over WORKSPACES workspaces (round-robin across them).
+WORKSPACES = 5
+REQUIRED = '["os=linux"]'
+LABELS = '["os=linux","region=eu"]'
 TARGET_CLAIMS_S = 1000
 TARGET_RATIO = 0.5
 TARGET_LINES_S = 50_000
@@ -60,17 +68,22 @@ RETURNING id
 """
 
 
-async def seed_jobs(conn: asyncpg.Connection, agent_task_id: uuid.UUID, count: int) -> None:
+async def seed_jobs(
+    conn: asyncpg.Connection, agent_task_ids: uuid.UUID | list[uuid.UUID], count: int
+) -> None:
+    """``count`` queued jobs, dealt in turn to the agent tasks (one per workspace)."""
+    ids = agent_task_ids if isinstance(agent_task_ids, list) else [agent_task_ids]
     now = dt.datetime.now(dt.UTC)
     await conn.copy_records_to_table(
         "agent_sessions",
         columns=[
             "id", "agent_task_id", "ai_agent_type", "kind", "status", "attempt",
             "stop_requested", "log_size", "log_next_sequence", "created_at", "updated_at",
+            "auto_retries",
         ],
         records=[
-            (uuid.uuid4(), agent_task_id, "claude_code", "unit_task", "queued", 1, False, 0, 0,
-             now + dt.timedelta(microseconds=i), now)
+            (uuid.uuid4(), ids[i % len(ids)], "claude_code", "unit_task", "queued", 1, False, 0,
+             0, now + dt.timedelta(microseconds=i), now, 0)
             for i in range(count)
         ],
     )  # fmt: skip
@@ -160,8 +173,10 @@ async def seed_workers(conn: asyncpg.Connection, count: int) -> list[str]:
     await conn.copy_records_to_table(
         "workers",
         columns=["id", "name", "endpoint_url", "status", "last_heartbeat", "registered_at",
-                 "updated_at"],
-        records=[(i, "fresh", "http://b:1", "idle", now, now, now) for i in ids],
+                 "updated_at", "labels", "agent_types", "draining"],
+        records=[
+            (i, "fresh", "http://b:1", "idle", now, now, now, LABELS, "[]", False) for i in ids
+        ],
     )  # fmt: skip
     return [str(i) for i in ids]
 
@@ -257,25 +272,35 @@ async def run(args: argparse.Namespace) -> int:
             r.raise_for_status()
             return dict(r.json())
 
-        ws = call("WorkspaceService/Create", {"name": "bench"})["workspace"]
-        repo = call(
-            "RepositoryService/Add",
-            {"workspaceId": ws["id"], "remoteUrl": "https://github.com/bench/r"},  # type: ignore[index]
-        )["repository"]
-        group = call(
-            "RepositoryGroupService/Create",
-            {"workspaceId": ws["id"], "repositoryIds": [repo["id"]]},  # type: ignore[index]
-        )["group"]
-        task = call(
-            "TaskService/CreateUnit",
-            {"repositoryGroupId": group["id"], "prompt": "bench"},  # type: ignore[index]
-        )["task"]
-        agent_task_id = uuid.UUID(task["unitTask"]["agentTask"]["id"])  # type: ignore[index]
+        agent_task_ids = []
+        for w in range(WORKSPACES):
+            ws = call("WorkspaceService/Create", {"name": f"bench {w}"})["workspace"]
+            repo = call(
+                "RepositoryService/Add",
+                {"workspaceId": ws["id"], "remoteUrl": f"https://github.com/bench/r{w}"},  # type: ignore[index]
+            )["repository"]
+            group = call(
+                "RepositoryGroupService/Create",
+                {"workspaceId": ws["id"], "repositoryIds": [repo["id"]]},  # type: ignore[index]
+            )["group"]
+            task = call(
+                "TaskService/CreateUnit",
+                {"repositoryGroupId": group["id"], "prompt": "bench"},  # type: ignore[index]
+            )["task"]
+            agent_task_ids.append(uuid.UUID(task["unitTask"]["agentTask"]["id"]))  # type: ignore[index]
+        setup = await asyncpg.connect(database_url)
+        await setup.execute(
+            "UPDATE agent_tasks SET required_labels = $1::jsonb, workspace_id = u.workspace_id "
+            "FROM unit_tasks u WHERE u.agent_task_id = agent_tasks.id",
+            REQUIRED,
+        )
+        await setup.close()
         workers = [
             str(
-                call("WorkerService/Register", {"name": f"b{i}", "endpointUrl": "http://b:1"})[
-                    "workerId"
-                ]
+                call(
+                    "WorkerService/Register",
+                    {"name": f"b{i}", "endpointUrl": "http://b:1", "labels": json.loads(LABELS)},
+                )["workerId"]
             )
             for i in range(max(args.workers))
         ]
@@ -294,7 +319,7 @@ async def run(args: argparse.Namespace) -> int:
                     if label == "claim":
                         await conn.execute("DELETE FROM workers WHERE name = 'fresh'")
                         FRESH_WORKERS[:] = await seed_workers(conn, args.seed)
-                    await seed_jobs(conn, agent_task_id, args.seed)
+                    await seed_jobs(conn, agent_task_ids, args.seed)
                     target = database_url if label == "raw" else base
                     cpu0 = process_cpu_s(proc.pid) or 0.0
                     me0 = process_cpu_s(os.getpid()) or 0.0
@@ -315,7 +340,7 @@ async def run(args: argparse.Namespace) -> int:
                         flush=True,
                     )
         await clear_jobs(conn)
-        await seed_jobs(conn, agent_task_id, 10)
+        await seed_jobs(conn, agent_task_ids, 10)
         lines, stored = await log_ingestion(base, workers[:4], args.seconds)
         lines_s = lines / args.seconds
         await conn.close()

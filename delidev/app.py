@@ -178,6 +178,9 @@ def create_app(settings: Settings) -> Starlette:
     )
     signal = JobSignal()
     bus.subscribe(signal.on_event)
+    # Set when the server begins to shut down (delidev.cli): long-lived streams end then,
+    # so a graceful shutdown does not wait for them.
+    closing = asyncio.Event()
     store = SecretStore(
         limits=SecretLimits(
             keys_per_task=settings.secrets_max_keys,
@@ -283,6 +286,7 @@ def create_app(settings: Settings) -> Starlette:
                 signal=signal,
                 store=store,
                 feeds=feeds,
+                closing=closing,
             ),
         ],
     )
@@ -290,4 +294,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.events = bus
     app.state.sweeper = sweeper
     app.state.secrets = store
+    app.state.closing = closing
     return app

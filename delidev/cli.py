@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 
 from delidev import logs
@@ -58,8 +59,18 @@ def _serve(settings: Settings) -> int:
     from delidev.header_timeout import with_header_timeout
     from delidev.websocket_deflate import protocol_class
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        """Tells the app that shutdown began before uvicorn waits for open connections, so
+        long-lived streams (a worker's Watch) end instead of holding the shutdown."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.closing.set()
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
         http=with_header_timeout(settings.header_timeout_ms / 1000),
         ws=protocol_class(settings.ws_deflate_bypass),
         host=settings.server_host,
@@ -68,6 +79,7 @@ def _serve(settings: Settings) -> int:
         log_config=None,
         timeout_graceful_shutdown=10,
     )
+    Server(config).run()
     return 0
 
 

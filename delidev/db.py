@@ -152,11 +152,73 @@ EXTRA_INDEXES = {
         "CREATE UNIQUE INDEX IF NOT EXISTS agent_sessions_one_running_per_worker "
         "ON agent_sessions (worker_id) WHERE status = 'running'"
     ),
+    # The queue in claim order, per workspace (services/workers/claims.py): queued runs only.
+    "agent_sessions_queue": (
+        "CREATE INDEX IF NOT EXISTS agent_sessions_queue "
+        "ON agent_sessions (workspace_id, priority DESC, created_at, id) WHERE status = 'queued'"
+    ),
+}
+
+# A run carries its task's priority and workspace (the claim orders and shares the queue by
+# them through the index above), copied by triggers so that no way of queueing a run can miss
+# them and a priority changed while it waits reaches it. Re-created after every migration
+# run, like the indexes (a SQLite table rebuild drops a table's triggers).
+EXTRA_SQL = {
+    "postgres": [
+        """
+        CREATE OR REPLACE FUNCTION delidev_session_queue_fields() RETURNS trigger AS $$
+        BEGIN
+            SELECT a.priority, a.workspace_id INTO NEW.priority, NEW.workspace_id
+            FROM agent_tasks a WHERE a.id = NEW.agent_task_id;
+            RETURN NEW;
+        END $$ LANGUAGE plpgsql
+        """,
+        """
+        CREATE OR REPLACE TRIGGER agent_sessions_queue_fields
+        BEFORE INSERT ON agent_sessions
+        FOR EACH ROW EXECUTE FUNCTION delidev_session_queue_fields()
+        """,
+        """
+        CREATE OR REPLACE FUNCTION delidev_task_queue_fields() RETURNS trigger AS $$
+        BEGIN
+            UPDATE agent_sessions SET priority = NEW.priority, workspace_id = NEW.workspace_id
+            WHERE agent_task_id = NEW.id AND status = 'queued';
+            RETURN NULL;
+        END $$ LANGUAGE plpgsql
+        """,
+        """
+        CREATE OR REPLACE TRIGGER agent_tasks_queue_fields
+        AFTER UPDATE OF priority, workspace_id ON agent_tasks
+        FOR EACH ROW EXECUTE FUNCTION delidev_task_queue_fields()
+        """,
+    ],
+    "sqlite": [
+        """
+        CREATE TRIGGER IF NOT EXISTS agent_sessions_queue_fields
+        AFTER INSERT ON agent_sessions FOR EACH ROW BEGIN
+            UPDATE agent_sessions SET
+                priority = (SELECT a.priority FROM agent_tasks a WHERE a.id = NEW.agent_task_id),
+                workspace_id = (SELECT a.workspace_id FROM agent_tasks a
+                                WHERE a.id = NEW.agent_task_id)
+            WHERE id = NEW.id;
+        END
+        """,
+        """
+        CREATE TRIGGER IF NOT EXISTS agent_tasks_queue_fields
+        AFTER UPDATE OF priority, workspace_id ON agent_tasks FOR EACH ROW BEGIN
+            UPDATE agent_sessions SET priority = NEW.priority, workspace_id = NEW.workspace_id
+            WHERE agent_task_id = NEW.id AND status = 'queued';
+        END
+        """,
+    ],
 }
 
 
 async def _ensure_extra_indexes(connection: BaseDBAsyncClient) -> None:
     for statement in EXTRA_INDEXES.values():
+        await connection.execute_script(statement)
+    dialect = "postgres" if connection.capabilities.dialect == "postgres" else "sqlite"
+    for statement in EXTRA_SQL[dialect]:
         await connection.execute_script(statement)
 
 

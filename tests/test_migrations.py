@@ -127,15 +127,19 @@ async def test_sqlite_table_rebuild_keeps_child_rows(
     package = tmp_path / "rebuild_migrations"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    shutil.copy(repo_root / "migrations" / "0001_initial.py", package / "0001_initial.py")
-    (package / "0002_alter.py").write_text(
+    # Every real migration, then one that alters a parent table (a rebuild on SQLite).
+    real = sorted((repo_root / "migrations").glob("0*.py"))
+    for migration in real:
+        shutil.copy(migration, package / migration.name)
+    latest = real[-1].stem
+    (package / "9999_alter.py").write_text(
         textwrap.dedent(
             """
             from tortoise import fields, migrations
             from tortoise.migrations import operations as ops
 
             class Migration(migrations.Migration):
-                dependencies = [("models", "0001_initial")]
+                dependencies = [("models", "{latest}")]
                 operations = [
                     ops.AlterField(
                         model_name="Workspace",
@@ -144,14 +148,14 @@ async def test_sqlite_table_rebuild_keeps_child_rows(
                     ),
                 ]
             """
-        )
+        ).replace("{latest}", latest)
     )
     sys.path.insert(0, str(tmp_path))
     try:
         conn = database.db()
         config = db.tortoise_config(Settings(database_url="sqlite://unused"))["apps"]
         config["models"]["migrations"] = "rebuild_migrations"
-        # The session database already has 0001 applied under the same name.
+        # The session database already has the real migrations applied under the same names.
         await conn.execute_script(
             "INSERT INTO workspaces (id, name, created_at, updated_at) VALUES "
             "('11111111-1111-1111-1111-111111111111', 'w', '2026-01-01', '2026-01-01')"
@@ -170,11 +174,13 @@ async def test_sqlite_table_rebuild_keeps_child_rows(
         assert {c["name"]: c["type"] for c in columns}["name"] == "VARCHAR(300)"
         fk_on = await conn.execute_query_dict("PRAGMA foreign_keys")
         assert fk_on[0]["foreign_keys"] == 1
-        # Back to 0001, so that later tests see the real schema (a rebuild again).
+        # Back to the latest real migration, so that later tests see the real schema (a
+        # rebuild again), with the triggers and partial indexes it drops put back.
         await conn.execute_script("PRAGMA foreign_keys=OFF")
         await MigrationExecutor(conn, config).migrate(
-            [MigrationTarget(app_label="models", name="0001_initial")]
+            [MigrationTarget(app_label="models", name=latest)]
         )
+        await db._ensure_extra_indexes(conn)
         await conn.execute_script("PRAGMA foreign_keys=ON")
         columns = await conn.execute_query_dict('PRAGMA table_info("workspaces")')
         assert {c["name"]: c["type"] for c in columns}["name"] == "VARCHAR(255)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -67,10 +68,11 @@ class ConnectDispatch:
         signal: JobSignal,
         store: SecretStore,
         feeds: LogFeeds,
+        closing: asyncio.Event | None = None,
     ) -> None:
         self.app = app
         self._services = {
-            a.path: a for a in connect_apps(authenticator, settings, signal, store, feeds)
+            a.path: a for a in connect_apps(authenticator, settings, signal, store, feeds, closing)
         }
         self._fast = _fast_paths(self._services, settings.connect_fast_path)
 
@@ -167,6 +169,7 @@ def connect_apps(
     signal: JobSignal,
     store: SecretStore,
     feeds: LogFeeds,
+    closing: asyncio.Event | None = None,
 ) -> list[ConnectASGIApplication[Any]]:
     interceptors = [ErrorInterceptor()]
     codecs = server_codecs(max_json_depth=settings.max_json_depth)
@@ -187,7 +190,7 @@ def connect_apps(
         serve(TodoServiceASGIApplication, handlers.TodoHandler(authenticator)),
         serve(TaskServiceASGIApplication, handlers.TaskHandler(authenticator)),
         serve(SessionServiceASGIApplication, handlers.SessionHandler(authenticator, feeds)),
-        serve(WorkerServiceASGIApplication, WorkerHandler(settings, signal, store)),
+        serve(WorkerServiceASGIApplication, WorkerHandler(settings, signal, store, closing)),
         serve(SecretsServiceASGIApplication, handlers.SecretsHandler(authenticator, store)),
         serve(AuthServiceASGIApplication, handlers.AuthHandler(authenticator, settings)),
     ]

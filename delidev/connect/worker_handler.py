@@ -7,6 +7,7 @@ mode auth is off, but lease checks hold everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -109,9 +110,14 @@ def watch_message(pushed: push.Push) -> worker_pb.WatchResponse:
 
 class WorkerHandler(WorkerService):
     def __init__(
-        self, settings: Settings, signal: workers.JobSignal, store: secrets_service.SecretStore
+        self,
+        settings: Settings,
+        signal: workers.JobSignal,
+        store: secrets_service.SecretStore,
+        closing: asyncio.Event | None = None,
     ) -> None:
         self._settings = settings
+        self._closing = closing or asyncio.Event()
         self._signal = signal
         self._store = store
         self._interval_ms = settings.heartbeat_interval_ms
@@ -213,6 +219,7 @@ class WorkerHandler(WorkerService):
             signal=self._signal,
             claim=push.default_claim(self._store, self._settings.max_run_seconds),
             keepalive=dt.timedelta(milliseconds=self._settings.watch_keepalive_ms),
+            closing=self._closing,
         ):
             yield watch_message(pushed)
 

@@ -90,6 +90,10 @@ class AgentSession(Model):
     """The lowest chunk sequence number not yet stored."""
     output_log = fields.TextField(null=True)
     """The whole output, written once when the session ends."""
+    priority = fields.SmallIntField(default=1)
+    """Copied from its AgentTask by a trigger (db.EXTRA_SQL), for the claim's index."""
+    workspace_id = fields.UUIDField(null=True)
+    """Copied from its AgentTask by a trigger (db.EXTRA_SQL), for the claim's index."""
     auto_retries = fields.IntField(default=0)
     """How many automatic retries (after infrastructure failures) led to this run."""
     not_before = fields.DatetimeField(null=True)

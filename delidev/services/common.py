@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hmac
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -44,6 +45,15 @@ def now() -> dt.datetime:
     """The current time, in UTC. Also for ``updated_at`` in bulk ``.update()`` calls, which
     do not set auto_now fields."""
     return dt.datetime.now(dt.UTC)
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Compares a secret from outside with the expected one in constant time. As UTF-8
+    bytes: ``hmac.compare_digest`` refuses non-ASCII strings with a TypeError, which would
+    turn a stray character in a header into an internal error."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def changed(**fields: Any) -> dict[str, Any]:

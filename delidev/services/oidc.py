@@ -252,6 +252,6 @@ async def verify_id_token(
         )
     except (jwt.PyJWTError, ValueError):
         raise Unauthenticated("the ID token from the sign-in provider is not valid") from None
-    if not nonce or not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+    if not nonce or not common.same_secret(str(claims.get("nonce", "")), nonce):
         raise Unauthenticated("the ID token from the sign-in provider is not valid")
     return claims

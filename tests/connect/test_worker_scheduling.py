@@ -19,7 +19,7 @@ from pyqwest.testing import ASGITransport
 from delidev import models as m
 from delidev.app import create_app
 from delidev.auth.principal import LOCAL_USER
-from delidev.connect.gen.delidev.v1 import common_pb, worker_pb
+from delidev.connect.gen.delidev.v1 import common_pb, task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.services import sessions, tasks
 from tests.connect.test_worker_service import MULTI_USER
@@ -163,3 +163,22 @@ async def test_watch_of_an_unknown_worker_is_not_found(client: WorkerServiceClie
     with pytest.raises(ConnectError) as info:
         await asyncio.wait_for(anext(stream), 10)
     assert info.value.code == Code.NOT_FOUND
+
+
+async def test_a_non_ascii_lease_is_stale_not_internal(client: WorkerServiceClient) -> None:
+    """Regression: the lease was compared with hmac.compare_digest on str, which raises
+    TypeError for non-ASCII text (an internal error reached the worker)."""
+    reg = await _register(client)
+    await _task()
+    claimed = await client.get_task(worker_pb.ClaimJobRequest(worker_id=reg.worker_id))
+    assert claimed.job is not None
+    with pytest.raises(ConnectError) as info:
+        await client.report_status(
+            worker_pb.ReportStatusRequest(
+                worker_id=reg.worker_id,
+                session_id=claimed.job.session_id,
+                lease_token="l\u00e9ase-\U0001f600",
+                status=task_pb.AgentSessionStatus.SUCCEEDED,
+            )
+        )
+    assert info.value.code == Code.ABORTED

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import ParamSpec, TypeVar, cast
@@ -64,7 +63,7 @@ async def leased_session(*, worker_id: UUID, session_id: UUID, lease_token: str)
         or session.status != SessionStatus.RUNNING
         or not lease_token
         or session.lease_token is None
-        or not secrets.compare_digest(session.lease_token, lease_token)
+        or not common.same_secret(lease_token, session.lease_token)
     ):
         await get_worker(worker_id=worker_id)  # an unknown worker is NotFound, not Conflict
         raise Conflict(

@@ -23,7 +23,7 @@ from delidev import events
 from delidev import models as m
 from delidev.services import secrets as secret_service
 from delidev.services.common import now as current_time
-from delidev.services.workers.claims import DEFAULT_MAX_RUN_SECONDS, Job, claim_job, describe_job
+from delidev.services.workers.claims import DEFAULT_MAX_RUN_SECONDS, Job, claim_now, describe_job
 from delidev.services.workers.registry import get_worker
 from delidev.services.workers.waiting import JobSignal
 
@@ -70,33 +70,45 @@ async def watch_worker(
     signal: JobSignal,
     claim: Claim,
     keepalive: dt.timedelta,
+    closing: asyncio.Event | None = None,
 ) -> AsyncIterator[Push]:
-    """What ``worker_id`` must know, until it is unregistered (then NotFound ends the stream).
+    """What ``worker_id`` must know, until it is unregistered (then NotFound ends the stream)
+    or the server shuts down (``closing``: the stream ends, and the worker reconnects to
+    another replica or polls).
 
     ``claim(worker_id)`` claims a job for it without waiting (the caller binds the secret
     store and the run-time settings). Raises: NotFound.
     """
-    await get_worker(worker_id=worker_id)
+    worker = await get_worker(worker_id=worker_id)
     loop = asyncio.get_running_loop()
     next_keepalive = loop.time() + keepalive.total_seconds()
     draining = False  # a worker draining when it connects is told so at once
     told_job: UUID | None = None
     told_stop: UUID | None = None
+    held: m.AgentSession | None = None
+    # Whether the worker's row and the job it holds must be read again. A wake-up that only
+    # says "a job was queued" skips that and goes straight to the claim (which checks the
+    # worker itself): with many idle workers each wake-up costs one statement, not three.
+    stale = True
     with bus.watch(("worker", str(worker_id)), ("jobs",)) as fleet:
         session_watch: events.Watch | None = None
         try:
-            while True:
+            while closing is None or not closing.is_set():
                 generation = signal.generation()
-                fleet.drain()
-                if session_watch is not None:
-                    session_watch.drain()
-                worker = await get_worker(worker_id=worker_id)
-                if worker.draining != draining:
-                    draining = worker.draining
-                    yield DrainChanged(draining=draining)
-                held = await m.AgentSession.filter(
-                    worker_id=worker_id, status=m.AgentSessionStatus.RUNNING
-                ).first()
+                if not all(isinstance(e, _JOB_NEWS) for e in fleet.drain()) or fleet.overflowed:
+                    fleet.overflowed = False
+                    stale = True
+                if session_watch is not None and session_watch.drain():
+                    stale = True
+                if stale:
+                    stale = False
+                    worker = await get_worker(worker_id=worker_id)
+                    if worker.draining != draining:
+                        draining = worker.draining
+                        yield DrainChanged(draining=draining)
+                    held = await m.AgentSession.filter(
+                        worker_id=worker_id, status=m.AgentSessionStatus.RUNNING
+                    ).first()
                 if held is not None:
                     key = ("session", str(held.id))
                     if session_watch is None or session_watch.keys != [key]:
@@ -104,6 +116,7 @@ async def watch_worker(
                         if session_watch is not None:
                             session_watch.close()
                         session_watch = bus.watch(key)
+                        stale = True
                         continue
                     if held.id != told_job:
                         told_job = held.id
@@ -117,6 +130,7 @@ async def watch_worker(
                     job = await claim(worker_id)
                     if job is not None:
                         told_job = job.session.id
+                        stale = True
                         yield JobAssigned(job=job)
                         continue
                 remaining = next_keepalive - loop.time()
@@ -124,26 +138,33 @@ async def watch_worker(
                     next_keepalive = loop.time() + keepalive.total_seconds()
                     yield KeepAlive(server_time=current_time())
                     continue
-                await _wake(
+                woken = await _wake(
                     [generation, fleet.changed]
+                    + ([closing] if closing is not None else [])
                     + ([session_watch.changed] if session_watch is not None else []),
                     min(remaining, RECHECK_S),
                 )
+                stale = stale or not woken  # the periodic re-check reads everything
         finally:
             if session_watch is not None:
                 session_watch.close()
 
 
-async def _wake(flags: list[asyncio.Event], seconds: float) -> None:
-    """Returns when any flag is set, or after ``seconds``."""
+_JOB_NEWS = (events.JobQueued, events.SecretsArrived)
+
+
+async def _wake(flags: list[asyncio.Event], seconds: float) -> bool:
+    """Returns when any flag is set (True), or after ``seconds`` (False)."""
     if any(flag.is_set() for flag in flags):
-        return
+        return True
     waiters = [asyncio.ensure_future(flag.wait()) for flag in flags]
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
                 asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), seconds
             )
+            return True
+        return False
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -152,9 +173,10 @@ async def _wake(flags: list[asyncio.Event], seconds: float) -> None:
 def default_claim(
     store: secret_service.SecretStore | None, max_run_seconds: int = DEFAULT_MAX_RUN_SECONDS
 ) -> Claim:
-    """The claim GetTask makes, without waiting."""
+    """The claim GetTask makes, without waiting (and without its look at a held job: the
+    stream knows what its worker holds)."""
 
     async def claim(worker_id: UUID) -> Job | None:
-        return await claim_job(worker_id=worker_id, store=store, max_run_seconds=max_run_seconds)
+        return await claim_now(worker_id=worker_id, store=store, max_run_seconds=max_run_seconds)
 
     return claim

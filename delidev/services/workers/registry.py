@@ -95,7 +95,7 @@ def admit_registration(*, settings: Settings, token: str) -> None:
         raise Unauthenticated(
             "worker registration is closed: DELIDEV_WORKER_REGISTRATION_TOKEN is not set"
         )
-    if not secrets.compare_digest(token, expected):
+    if not common.same_secret(token, expected):
         raise Unauthenticated("registration token not accepted")
 
 
@@ -122,7 +122,7 @@ async def authenticate_worker(*, worker_id: UUID, credential: str) -> m.Worker:
     worker = await m.Worker.get_or_none(id=worker_id)
     expected = worker.credential_hash if worker else None
     given = hash_credential(credential)
-    if worker is None or expected is None or not secrets.compare_digest(expected, given):
+    if worker is None or expected is None or not common.same_secret(given, expected):
         raise Unauthenticated("worker credential not accepted")
     return worker
 
@@ -190,7 +190,7 @@ def authorize_operator(*, settings: Settings, token: str) -> bool:
     """Whether ``token`` is the operator token (``DELIDEV_OPERATOR_TOKEN``; unset: nobody
     is an operator)."""
     expected = settings.operator_token
-    return bool(expected and token) and secrets.compare_digest(token, expected or "")
+    return bool(expected and token) and common.same_secret(token, expected or "")
 
 
 async def authenticate_drain(*, settings: Settings, worker_id: UUID, credential: str) -> None:

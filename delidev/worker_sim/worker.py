@@ -1,134 +1,31 @@
-"""``delidev-worker-sim``: a reference worker that speaks the WorkerService protocol.
-
-It registers (with the agent types and labels it is given), heartbeats, takes jobs pushed on
-its ``Watch`` stream (or, with ``--poll`` or while that stream is down, claims them by long
-polling ``GetTask``), fetches the job's secrets, streams fake
-agent output in numbered chunks, can ask a TTY question and wait for the answer, honours stop
-requests from its heartbeat replies and its stream, leaves once it is drained (after its
-job), and reports success, failure or (for a planning job) a
-PLAN.yaml. Try the server without agents with it; the tests and benchmarks use it too.
-
-What a job does can be steered from its prompt with directives:
-
-- ``[sim:fail]``: report a failure instead of success;
-- ``[sim:oom]``: report an out-of-memory failure (an infrastructure failure, retried by the
-  server up to its limit);
-- ``[sim:lines=N]``: print N lines (default ``--lines``);
-- ``[sim:unicode]``: the lines hold emoji, combining marks, CJK and right-to-left text;
-- ``[sim:sleep=S]``: work S seconds before reporting (a long job, to stop or kill);
-- ``[sim:hang-first]``: the first attempt works until it is stopped (or the worker killed);
-- ``[sim:tty]``: ask a text question and print the answer's length (never the answer);
-- ``[sim:echo-secrets]``: print the secrets' values (the server must mask them);
-- ``[sim:plan=N]``: a planning job proposes N tasks in a chain (default ``--plan-tasks``).
-"""
+"""One simulated worker: registration, heartbeats, its Watch stream with the long-poll
+fallback, and running a job to its report."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
-import logging
-import os
 import random
-import re
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf import Oneof
 
-from delidev.connect.gen.delidev.v1 import common_pb, session_pb, task_pb, worker_pb
+from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
-
-log = logging.getLogger("delidev.worker_sim")
-S = task_pb.AgentSessionStatus
-T = TypeVar("T")
-# Worth another try: the server (or the way to it) is briefly down or overloaded. Any other
-# refusal of a call about a job (a stale lease above all) ends that job.
-TRANSIENT = {
-    Code.UNAVAILABLE,
-    Code.DEADLINE_EXCEEDED,
-    Code.RESOURCE_EXHAUSTED,
-    Code.UNKNOWN,
-    Code.INTERNAL,
-}
-# --agent-type values: claude_code, open_code, ...
-AGENT_TYPES = {t.name.lower(): t for t in common_pb.AiAgentType if t.value}
-_DIRECTIVE = re.compile(r"\[sim:([a-z-]+)(?:=([^\]]*))?\]")
-
-
-# Text whose length differs in code points, UTF-16 units and bytes (client offset bugs).
-UNICODE_LINE = (
-    " emoji \U0001f600 caf\u00e9 e\u0301\u0301 \u4e2d\u6587"
-    " \U0001f468\u200d\U0001f469\u200d\U0001f467 \u05e9\u05dc\u05d5\u05dd"
+from delidev.worker_sim.options import (
+    TRANSIENT,
+    UNICODE_LINE,
+    Options,
+    S,
+    Stats,
+    T,
+    directives,
+    log,
+    plan_yaml,
 )
-
-
-def directives(prompt: str) -> dict[str, str]:
-    return {m.group(1): m.group(2) or "" for m in _DIRECTIVE.finditer(prompt)}
-
-
-def plan_yaml(count: int) -> str:
-    lines = ["tasks:"]
-    for i in range(count):
-        lines += [f"  - id: step-{i}", f"    title: Step {i}", f'    prompt: "Do step {i}"']
-        if i:
-            lines.append(f"    dependsOn: [step-{i - 1}]")
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class Options:
-    server: str
-    name: str = "sim"
-    endpoint_url: str = "http://127.0.0.1:54872"
-    registration_token: str = ""
-    lines: int = 20
-    lines_per_second: float = 200.0
-    chunk_interval: float = 0.05
-    plan_tasks: int = 3
-    plan_text: str | None = None
-    fail_rate: float = 0.0
-    wait_ms: int = 5_000
-    max_jobs: int = 0
-    idle_exit: float = 0.0
-    tty_answer_wait_ms: int = 25_000
-    retry_base: float = 0.2
-    """First back-off after a transient error, in seconds; it doubles up to ``retry_max``."""
-    retry_max: float = 10.0
-    job_call_attempts: int = 5
-    """Tries of one call about a job before the job is given up."""
-    poll: bool = False
-    """Claim by long polling GetTask only (no Watch stream)."""
-    agent_types: tuple[common_pb.AiAgentType, ...] = ()
-    """AiAgentType values declared at Register (none = every type)."""
-    labels: tuple[str, ...] = ()
-    stream_timeout_ms: int = 300_000
-    """A Watch stream is renewed this often (a fresh call, no back-off)."""
-
-
-@dataclass
-class Stats:
-    sessions: list[str] = field(default_factory=list)
-    succeeded: int = 0
-    failed: int = 0
-    stopped: int = 0
-    refused: int = 0
-    """Jobs the server took away (a call about them was refused) or whose report it refused."""
-    abandoned: int = 0
-    """Jobs given up after transient errors that did not pass."""
-    errors: int = 0
-    """Transient errors (retried)."""
-    lines: int = 0
-    pushed: int = 0
-    """Jobs that arrived on the Watch stream (the rest came from GetTask)."""
 
 
 class Stopped(Exception):
@@ -548,133 +445,3 @@ class _Output:
                 headers=self.w._headers(),
             ),
         )
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]:
-    p = argparse.ArgumentParser(prog="delidev-worker-sim", description=__doc__.split("\n")[0])
-    p.add_argument("--server", default="http://127.0.0.1:54871", help="Main Server base URL")
-    p.add_argument("--name", default="sim", help="worker name (suffixed -N with --workers)")
-    p.add_argument("--workers", type=int, default=1, help="simulated workers in this process")
-    p.add_argument("--registration-token", default="", help="multi-user registration token")
-    p.add_argument("--lines", type=int, default=20, help="output lines per job")
-    p.add_argument("--lines-per-second", type=float, default=200.0, help="0 = as fast as can be")
-    p.add_argument("--chunk-interval", type=float, default=0.05, help="seconds between uploads")
-    p.add_argument("--plan-tasks", type=int, default=3, help="tasks in a planning job's plan")
-    p.add_argument("--plan-file", default=None, help="PLAN.yaml that planning jobs report")
-    p.add_argument("--fail-rate", type=float, default=0.0, help="share of jobs that fail")
-    p.add_argument("--wait-ms", type=int, default=5_000, help="long-poll wait of GetTask")
-    p.add_argument(
-        "--poll", action="store_true", help="claim by long polling GetTask (no Watch stream)"
-    )
-    p.add_argument(
-        "--agent-type",
-        action="append",
-        default=[],
-        choices=sorted(AGENT_TYPES),
-        help="an agent type this worker runs (repeat; none = every type)",
-    )
-    p.add_argument(
-        "--label", action="append", default=[], help="a key=value label of this worker (repeat)"
-    )
-    p.add_argument("--max-jobs", type=int, default=0, help="exit after N jobs each (0 = never)")
-    p.add_argument("--idle-exit", type=float, default=0.0, help="exit after S idle seconds")
-    p.add_argument(
-        "--retry-max", type=float, default=10.0, help="longest back-off after errors, seconds"
-    )
-    p.add_argument("--report", default=None, help="write the sessions run as JSON to this file")
-    p.add_argument("--log-level", default="info")
-    a = p.parse_args(argv)
-    if not 0.0 <= a.fail_rate <= 1.0:
-        p.error("--fail-rate must be between 0 and 1")
-    options = Options(
-        server=a.server,
-        name=a.name,
-        registration_token=a.registration_token,
-        lines=a.lines,
-        lines_per_second=a.lines_per_second,
-        chunk_interval=a.chunk_interval,
-        plan_tasks=a.plan_tasks,
-        plan_text=Path(a.plan_file).read_text() if a.plan_file else None,
-        fail_rate=a.fail_rate,
-        wait_ms=a.wait_ms,
-        max_jobs=a.max_jobs,
-        idle_exit=a.idle_exit,
-        retry_base=min(0.2, a.retry_max),
-        retry_max=a.retry_max,
-        poll=a.poll,
-        agent_types=tuple(AGENT_TYPES[t] for t in a.agent_type),
-        labels=tuple(a.label),
-    )
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(message)s")
-    return options, max(1, a.workers), a.report
-
-
-def _stop_all(fleet: list[SimWorker]) -> None:
-    for worker in fleet:
-        worker.stop()
-
-
-async def run_fleet(
-    options: Options,
-    count: int,
-    make_client: Callable[[Options], WorkerServiceClient] | None = None,
-) -> list[Stats]:
-    """Runs ``count`` workers in this process until each reaches its own limits."""
-    fleet = []
-    for i in range(count):
-        name = f"{options.name}-{i}" if count > 1 else options.name
-        each = Options(**{**options.__dict__, "name": name})
-        fleet.append(SimWorker(each, make_client(each) if make_client else None))
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, _stop_all, fleet)
-            handled.append(sig)
-    try:
-        return list(await asyncio.gather(*(w.run() for w in fleet)))
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-        await asyncio.gather(*(w.close() for w in fleet))
-
-
-def main(argv: list[str] | None = None) -> int:
-    options, count, report = parse_args(argv)
-    try:
-        stats = asyncio.run(run_fleet(options, count))
-    except ConnectError as e:
-        print(f"delidev-worker-sim: the server refused: {e.code.name}: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"delidev-worker-sim: cannot reach {options.server}: {e}", file=sys.stderr)
-        return 1
-    summary = {
-        "sessions": [s for st in stats for s in st.sessions],
-        "succeeded": sum(st.succeeded for st in stats),
-        "failed": sum(st.failed for st in stats),
-        "stopped": sum(st.stopped for st in stats),
-        "refused": sum(st.refused for st in stats),
-        "abandoned": sum(st.abandoned for st in stats),
-        "errors": sum(st.errors for st in stats),
-        "lines": sum(st.lines for st in stats),
-        "pushed": sum(st.pushed for st in stats),
-    }
-    if report:
-        with open(report, "w") as f:
-            json.dump(summary, f)
-    print(json.dumps({k: v for k, v in summary.items() if k != "sessions"}))
-    return 0
-
-
-def cli() -> None:
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The HTTP client's native runtime can abort while the interpreter finalises (seen with
-    # pyqwest 0.12 after many requests): everything is closed and flushed, so skip that.
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    cli()
