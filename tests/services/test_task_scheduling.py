@@ -65,6 +65,9 @@ async def test_a_unit_task_is_created_with_its_scheduling() -> None:
         60,
     )
     assert agent.workspace_id == group.workspace_id
+    # Its queued run carries them too (the claim's queue index reads them from the run).
+    run = await m.AgentSession.get(agent_task_id=task.agent_task_id)
+    assert (run.priority, run.workspace_id) == (3, group.workspace_id)
 
 
 async def test_defaults_normal_priority_no_limit_and_the_groups_labels() -> None:
@@ -161,6 +164,7 @@ async def test_set_priority_of_a_queued_task_announces_it() -> None:
         events.unbind(token)
     assert changed.id == task.id
     assert (await _agent(task)).priority == 0
+    assert (await m.AgentSession.get(agent_task_id=task.agent_task_id)).priority == 0
     assert events.TaskChanged(task_id=str(task.id), workspace_id=str(group.workspace_id)) in seen
 
 
