@@ -23,12 +23,13 @@ from tortoise.context import TortoiseContext
 from delidev import db, events
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
-from delidev.background import Sweeper
+from delidev.background import Sweeper, WaitReconciler
 from delidev.connect.routes import ConnectDispatch
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
 from delidev.services import auth as auth_service
 from delidev.services.live import LogFeeds
+from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.secret_relay import SecretRelay, relay_key
 from delidev.services.secrets import SecretLimits, SecretStore
 from delidev.services.workers import JobSignal
@@ -206,7 +207,10 @@ def create_app(settings: Settings) -> Starlette:
         bus=bus,
         store=store,
         heartbeat_interval=dt.timedelta(milliseconds=settings.heartbeat_interval_ms),
+        stop_grace=dt.timedelta(seconds=settings.stop_grace_seconds),
+        policy=RetryPolicy.from_settings(settings),
     )
+    reconciler = WaitReconciler(bus=bus, store=store)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -231,6 +235,7 @@ def create_app(settings: Settings) -> Starlette:
                 ", ".join(LOOPBACK_HOSTS),
             )
         sweeping = asyncio.create_task(sweeper.run_forever(), name="delidev-sweep")
+        reconciling = asyncio.create_task(reconciler.run_forever(), name="delidev-waits")
         log.info(
             "DeliDev server ready (%s mode, %s)",
             "single-user" if settings.single_user_mode else "multi-user",
@@ -239,9 +244,10 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            sweeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeping
+            for background in (sweeping, reconciling):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             await bus.stop()
             await db.close_database(state.pop("db"))
             log.info("DeliDev server stopped")
@@ -293,6 +299,7 @@ def create_app(settings: Settings) -> Starlette:
     # For in-process callers of the services (tests, tools): publish into this app's bus.
     app.state.events = bus
     app.state.sweeper = sweeper
+    app.state.reconciler = reconciler
     app.state.secrets = store
     app.state.closing = closing
     return app

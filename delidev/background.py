@@ -1,6 +1,7 @@
-"""Background work of one server process: the periodic sweep.
+"""Background work of one server process: the periodic sweep, and the reconcile of why
+queued jobs wait.
 
-Every replica runs it; each step is safe to run concurrently (compare-and-set updates).
+Every replica runs both; each step is safe to run concurrently (compare-and-set updates).
 The time is passed in, so tests sweep "an hour later" by handing a clock value instead of
 sleeping.
 """
@@ -14,29 +15,49 @@ import logging
 from delidev import events
 from delidev.services import auth as auth_service
 from delidev.services import secrets, sessions, workers
+from delidev.services.scheduling import waits
+from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.secrets import SecretStore
+from delidev.services.workers.limits import DEFAULT_STOP_GRACE
 
 log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    """Marks silent workers unhealthy (their jobs go back to the queue), times out unanswered
-    questions, prunes secrets and drops expired sign-in rows, every heartbeat interval."""
+    """Marks silent workers unhealthy (their jobs go back to the queue, as ``policy``
+    allows), asks runs past their time limit to stop and finalises stops unconfirmed for
+    ``stop_grace``, times out unanswered questions, prunes secrets, drops expired sign-in
+    rows and reconciles why queued jobs wait (a backoff ends with time), every heartbeat
+    interval."""
 
     def __init__(
-        self, *, bus: events.EventBus, store: SecretStore, heartbeat_interval: dt.timedelta
+        self,
+        *,
+        bus: events.EventBus,
+        store: SecretStore,
+        heartbeat_interval: dt.timedelta,
+        stop_grace: dt.timedelta = DEFAULT_STOP_GRACE,
+        policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
     ) -> None:
         self._bus = bus
         self._store = store
         self.interval = heartbeat_interval
+        self.stop_grace = stop_grace
+        self.policy = policy
 
     async def sweep(self, now: dt.datetime | None = None) -> None:
         """One pass, as of ``now`` (default: the current time)."""
         now = now or dt.datetime.now(dt.UTC)
-        await workers.sweep_workers(heartbeat_interval=self.interval, now=now)
+        await workers.sweep_workers(
+            heartbeat_interval=self.interval,
+            now=now,
+            stop_grace=self.stop_grace,
+            policy=self.policy,
+        )
         await sessions.expire_tty_requests(now)
         await secrets.prune_secrets(self._store)
         await auth_service.purge_expired(now=now)
+        await waits.reconcile_waits(store=self._store, now=now)
 
     async def run_forever(self) -> None:
         events.bind(self._bus)
@@ -46,3 +67,52 @@ class Sweeper:
                 await self.sweep()
             except Exception:
                 log.exception("background sweep failed; retrying at the next interval")
+
+
+# The events after which a queued job's reason to wait may have changed.
+_RECONCILED_AFTER = (
+    events.JobQueued,
+    events.WorkerChanged,
+    events.SessionChanged,
+    events.SecretsArrived,
+)
+
+
+class WaitReconciler:
+    """Stores why each queued job waits (``waits.reconcile_waits``) ``debounce`` after the
+    events that can change it, from this replica or another: a burst of events (a claim
+    publishes several) costs one pass. The sweep reconciles too, for backoffs that end with
+    time alone."""
+
+    def __init__(
+        self,
+        *,
+        bus: events.EventBus,
+        store: SecretStore,
+        debounce: dt.timedelta = dt.timedelta(milliseconds=50),
+    ) -> None:
+        self._bus = bus
+        self._store = store
+        self.debounce = debounce
+        self._due: asyncio.Event | None = None
+
+    def _hear(self, event: events.Event) -> None:
+        if self._due is not None and isinstance(event, _RECONCILED_AFTER):
+            self._due.set()
+
+    async def run_forever(self) -> None:
+        events.bind(self._bus)
+        due = self._due = asyncio.Event()
+        unsubscribe = self._bus.subscribe(self._hear)
+        try:
+            while True:
+                await due.wait()
+                await asyncio.sleep(self.debounce.total_seconds())
+                due.clear()  # events from here on ask for the next pass
+                try:
+                    await waits.reconcile_waits(store=self._store)
+                except Exception:
+                    log.exception("reconciling why jobs wait failed; retrying at the next event")
+        finally:
+            unsubscribe()
+            self._due = None

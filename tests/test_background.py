@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from typing import Any
 
+from delidev import events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.background import Sweeper
+from delidev.background import Sweeper, WaitReconciler
 from delidev.services import tasks, workers
+from delidev.services.scheduling.policy import RetryPolicy
+from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace
+from tests.waiting import GUARD_S, eventually, until
 
 
 async def test_one_pass_of_the_apps_sweeper_as_of_a_later_time(app: Any) -> None:
@@ -31,3 +37,67 @@ async def test_one_pass_of_the_apps_sweeper_as_of_a_later_time(app: Any) -> None
     assert lost.status == m.AgentSessionStatus.LOST
     runs = await m.AgentSession.filter(agent_task_id=task.agent_task_id).order_by("attempt")
     assert [r.status for r in runs] == [m.AgentSessionStatus.LOST, m.AgentSessionStatus.QUEUED]
+
+
+async def test_the_apps_sweeper_takes_the_grace_and_the_retry_policy_from_settings(
+    app: Any, settings: Settings
+) -> None:
+    sweeper: Sweeper = app.state.sweeper
+    assert sweeper.stop_grace == dt.timedelta(seconds=settings.stop_grace_seconds)
+    assert sweeper.policy == RetryPolicy.from_settings(settings)
+    assert isinstance(app.state.reconciler, WaitReconciler)
+
+
+async def test_the_sweeper_finalises_a_run_past_its_limit_after_the_grace(app: Any) -> None:
+    sweeper: Sweeper = app.state.sweeper
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="p")
+    worker = (await workers.register_worker(name="bg", endpoint_url="http://w:54872")).worker
+    job = await workers.claim_job(worker_id=worker.id, max_run_seconds=1)
+    assert job is not None
+    session = await m.AgentSession.get(id=job.session.id)
+    assert session.deadline_at is not None
+    overdue = session.deadline_at + dt.timedelta(seconds=1)
+    await sweeper.sweep(overdue)  # the worker has beaten within three intervals of this
+    asked = await m.AgentSession.get(id=session.id)
+    assert (asked.status, asked.stop_reason) == (m.AgentSessionStatus.RUNNING, "timeout")
+    await workers.heartbeat(worker_id=worker.id)
+    await sweeper.sweep(overdue + sweeper.stop_grace + dt.timedelta(milliseconds=10))
+    ended = await m.AgentSession.get(id=session.id)
+    assert (ended.status, ended.failure_kind) == (m.AgentSessionStatus.FAILED, "timeout")
+
+
+async def test_the_wait_reconciler_stores_why_a_job_waits_after_an_event(app: Any) -> None:
+    bus: events.EventBus = app.state.events
+    reconciler = WaitReconciler(bus=bus, store=app.state.secrets)
+    running = asyncio.create_task(reconciler.run_forever())
+    try:
+        await until(lambda: bus._listeners, what="the reconciler listening")
+        ws = await make_workspace()
+        group = await make_group(ws, [await make_repository(ws)])
+        # Queuing publishes JobQueued; no worker is registered, so none can run it.
+        task = await tasks.create_unit_task(
+            actor=LOCAL_USER, repository_group_id=group.id, prompt="p"
+        )
+        session = await eventually(
+            lambda: m.AgentSession.get(agent_task_id=task.agent_task_id),
+            lambda s: s.wait_reason is not None,
+            within=GUARD_S,
+            every=0.02,
+        )
+        assert session.wait_reason == m.WaitReason.NO_CAPABLE_WORKER
+        # A worker that can run it comes: the next pass says it is simply queued.
+        await workers.register_worker(name="w", endpoint_url="http://w:54872")
+        bus.publish(events.WorkerChanged(worker_id="w"))
+        session = await eventually(
+            lambda: m.AgentSession.get(id=session.id),
+            lambda s: s.wait_reason == m.WaitReason.QUEUED,
+            within=GUARD_S,
+            every=0.02,
+        )
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert not bus._listeners or reconciler._hear not in bus._listeners

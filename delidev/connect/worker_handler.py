@@ -26,6 +26,7 @@ from delidev.errors import Internal, InvalidArgument
 from delidev.services import secrets as secrets_service
 from delidev.services import sessions, workers
 from delidev.services.common import parse_id, parse_optional_id
+from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.workers import push
 from delidev.settings import Settings
 
@@ -118,6 +119,7 @@ class WorkerHandler(WorkerService):
     ) -> None:
         self._settings = settings
         self._closing = closing or asyncio.Event()
+        self._policy = RetryPolicy.from_settings(settings)
         self._signal = signal
         self._store = store
         self._interval_ms = settings.heartbeat_interval_ms
@@ -180,7 +182,7 @@ class WorkerHandler(WorkerService):
         self, request: worker_pb.UnregisterWorkerRequest, ctx: Ctx
     ) -> worker_pb.UnregisterWorkerResponse:
         wid = await self._worker(request.worker_id, ctx)
-        await workers.unregister_worker(worker_id=wid)
+        await workers.unregister_worker(worker_id=wid, policy=self._policy)
         return worker_pb.UnregisterWorkerResponse()
 
     async def get_task(
@@ -241,6 +243,7 @@ class WorkerHandler(WorkerService):
             base_commit=request.base_commit if request.has_field("base_commit") else None,
             end_commit=request.end_commit if request.has_field("end_commit") else None,
             store=self._store,
+            policy=self._policy,
         )
         return worker_pb.ReportStatusResponse(session=convert.agent_session(session))
 

@@ -22,10 +22,13 @@ from delidev.connect.gen.delidev.v1.secrets_connect import SecretsServiceClient
 from delidev.connect.gen.delidev.v1.task_connect import TaskServiceClient
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.services import sessions, tasks, workers
+from delidev.services.scheduling.policy import RetryPolicy
 from delidev.settings import Settings
 from tests.clients import connect_codecs
 from tests.factories import make_group, make_repository, make_workspace
 from tests.waiting import until
+
+NO_BACKOFF = RetryPolicy(backoff_base=dt.timedelta(0))
 
 S = task_pb.AgentSessionStatus
 
@@ -353,7 +356,11 @@ async def test_calls_under_a_lease_taken_away_are_refused_and_change_nothing(wir
     await m.Worker.filter(id=old).update(
         last_heartbeat=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     )
-    assert await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1)) == 1
+    # Retried at once: the retry's backoff has tests of its own (tests/services/test_limits.py).
+    assert (
+        await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=1), policy=NO_BACKOFF)
+        == 1
+    )
     new = await _register(wire, "new")
     retry = await _claim(wire, new)
     assert retry.session_id != job.session_id

@@ -60,6 +60,8 @@ class Server:
                     "DELIDEV_SINGLE_USER_MODE": "true",
                     "DELIDEV_SERVER_PORT": str(self.port),
                     "DELIDEV_LOG_LEVEL": "info",
+                    # A lost job comes back at once (its backoff has service tests of its own).
+                    "DELIDEV_RETRY_BACKOFF_BASE_MS": "1",
                     **env,
                 }
             ),

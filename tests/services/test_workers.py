@@ -226,7 +226,12 @@ async def test_a_silent_worker_loses_its_job_and_its_lease() -> None:
     lost = await m.AgentSession.get(id=job.session.id)
     assert (lost.status, lost.lease_token) == (Q.LOST, None)
     requeued = await m.AgentSession.filter(agent_task_id=task.agent_task_id, status=Q.QUEUED)
-    assert [s.attempt for s in requeued] == [2]
+    assert [(s.attempt, s.auto_retries) for s in requeued] == [(2, 1)]
+    # A lost worker is an infrastructure failure: the new run waits out a backoff, ended
+    # here by moving it into the past instead of waiting.
+    assert requeued[0].not_before is not None
+    assert requeued[0].not_before > dt.datetime.now(dt.UTC)
+    await m.AgentSession.filter(id=requeued[0].id).update(not_before=None)
     # It comes back: healthy again, but the old lease stays dead.
     beat = await workers.heartbeat(worker_id=worker.id)
     assert beat.worker.status == m.WorkerStatus.IDLE

@@ -1,33 +1,40 @@
 """The run of an agent session: stopped by its user, started and completed as its worker
-reports it; when it ends, its questions close and its output lands in ``output_log``."""
+reports it; when it ends, its questions close and its output lands in ``output_log``.
+
+A run that ends through an infrastructure failure (its worker lost, its container did not
+start, it ran out of memory) is followed by an automatic retry in backoff, as the
+``RetryPolicy`` allows (``retry_or_give_up``); once it allows no more, the run's error says
+that it gave up and the task waits for a person's Retry.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from uuid import UUID
 
+from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
 from delidev.services import common
 from delidev.services import tasks as task_service
 from delidev.services.common import check_text, get_row, transaction
+from delidev.services.scheduling.policy import RetryPolicy, is_infrastructure_failure
 from delidev.services.sessions.lookups import FINAL, SessionStatus, announce_session, get_session
 from delidev.services.sessions.output_log import collect_output, place_held_output
 from delidev.services.sessions.tty import end_questions
 
 
 async def stop_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
-    """A queued session stops at once; a running one is flagged for its worker.
+    """A queued session stops at once; a running one is flagged for its worker (the sweep
+    ends it as stopped when its worker does not confirm within the stop grace).
 
     Raises: NotFound, FailedPrecondition (the session already ended).
     """
     session = await get_session(actor=actor, session_id=session_id)
     if session.status == SessionStatus.QUEUED:
         changed = await m.AgentSession.filter(id=session.id, status=SessionStatus.QUEUED).update(
-            **common.changed(
-                status=SessionStatus.STOPPED, stop_requested=True, completed_at=common.now()
-            )
+            **common.changed(status=SessionStatus.STOPPED, completed_at=common.now(), **user_stop())
         )
         if changed:
             await _session_ended(session.id)
@@ -36,13 +43,24 @@ async def stop_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
             return stopped
         session = await get_row(m.AgentSession, id=session.id)
     if session.status == SessionStatus.RUNNING:
-        await m.AgentSession.filter(id=session.id, status=SessionStatus.RUNNING).update(
-            **common.changed(stop_requested=True)
-        )
+        # A stop already asked (by the user, or for its time limit) keeps its reason and its
+        # time: asking again must not turn a timeout into a stop, nor extend the grace.
+        await m.AgentSession.filter(
+            id=session.id, status=SessionStatus.RUNNING, stop_requested=False
+        ).update(**common.changed(**user_stop()))
         flagged = await get_row(m.AgentSession, id=session.id)
         await announce_session(flagged)
         return flagged
     raise FailedPrecondition(f"session {session.id} already ended ({session.status.value})")
+
+
+def user_stop() -> dict[str, object]:
+    """The fields of a stop a user asks for (one the worker must confirm within the grace)."""
+    return {
+        "stop_requested": True,
+        "stop_reason": m.StopReason.USER.value,
+        "stop_requested_at": common.now(),
+    }
 
 
 async def start_session(*, session_id: UUID, worker_id: UUID | None, lease_token: str) -> None:
@@ -70,12 +88,17 @@ async def complete_session(
     base_commit: str | None = None,
     end_commit: str | None = None,
     loaded: m.AgentSession | None = None,
+    lease_token: str | None = None,
+    policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
 ) -> m.AgentSession:
     """Ends a running session as its worker reports it (the lease check is the caller's,
-    which may pass the session it ``loaded``).
+    which may pass the session it ``loaded``; with ``lease_token`` the session ends only
+    while it still runs under that lease, as the sweep ends a run it finalises).
 
     Success of a unit-task run moves the UnitTask to in_review; success of a planning run
-    stores its PLAN.yaml (an invalid plan is kept on the composite as its plan error).
+    stores its PLAN.yaml (an invalid plan is kept on the composite as its plan error). A
+    failure of the machinery (``failure_kind`` container_start or out_of_memory) of a run
+    not being stopped queues a retry in backoff, or says in the error that it gave up.
 
     Raises: InvalidArgument, NotFound, FailedPrecondition.
     """
@@ -88,9 +111,13 @@ async def complete_session(
         raise NotFound(f"session {session_id} not found", field="session_id")
     if session.kind == m.JobKind.PLANNING and status == SessionStatus.SUCCEEDED and not plan_yaml:
         raise InvalidArgument("a successful planning run must carry plan_yaml", field="plan_yaml")
+    lease = {} if lease_token is None else {"lease_token": lease_token}
+    retried = False
     async with transaction():
         await place_held_output(session.id)
-        changed = await m.AgentSession.filter(id=session.id, status=SessionStatus.RUNNING).update(
+        changed = await m.AgentSession.filter(
+            id=session.id, status=SessionStatus.RUNNING, **lease
+        ).update(
             **common.changed(
                 status=status,
                 error=error,
@@ -103,6 +130,12 @@ async def complete_session(
             fresh = await get_row(m.AgentSession, id=session.id)
             raise FailedPrecondition(
                 f"session {session.id} cannot move from {fresh.status.value} to {status.value}"
+            )
+        if status == SessionStatus.FAILED and is_infrastructure_failure(failure_kind):
+            # Read again under the row's lock: a stop asked since it was loaded counts.
+            failed = await get_row(m.AgentSession, id=session.id)
+            retried = await retry_or_give_up(
+                failed, error=error or f"the run failed ({failure_kind})", policy=policy
             )
         if status == SessionStatus.SUCCEEDED and session.kind == m.JobKind.UNIT_TASK:
             fields: dict[str, object] = {"status": m.UnitTaskStatus.IN_REVIEW}
@@ -125,7 +158,49 @@ async def complete_session(
     await _session_ended(session.id)
     ended = await get_row(m.AgentSession, id=session.id)
     await announce_session(ended)
+    if retried:
+        events.publish(events.JobQueued())
     return ended
+
+
+async def retry_or_give_up(
+    ended: m.AgentSession,
+    *,
+    error: str,
+    policy: RetryPolicy,
+) -> bool:
+    """After a run lost or failed through the machinery: a new run in backoff when the
+    policy allows one and the run was not being stopped; else, when it was not being
+    stopped, its ``error`` (stored on it) says that it gave up. Runs in the caller's
+    transaction; True when a retry was queued (publish JobQueued after the commit).
+
+    The backoff counts from the real time of the retry, also in a sweep run "as of" a
+    later time: the claim that ends it compares with the real time.
+    """
+    if ended.stop_requested:
+        return False
+    if not policy.retries(auto_retries=ended.auto_retries):
+        await m.AgentSession.filter(id=ended.id).update(
+            **common.changed(error=gave_up(error, attempts=ended.auto_retries + 1))
+        )
+        return False
+    await m.AgentSession.create(
+        agent_task_id=ended.agent_task_id,
+        ai_agent_type=ended.ai_agent_type,
+        ai_agent_model=ended.ai_agent_model,
+        kind=ended.kind,
+        attempt=ended.attempt + 1,
+        status=SessionStatus.QUEUED,
+        auto_retries=ended.auto_retries + 1,
+        not_before=common.now() + policy.backoff(auto_retries=ended.auto_retries),
+    )
+    return True
+
+
+def gave_up(error: str, *, attempts: int) -> str:
+    """The error of the last run of a job that is no longer retried on its own."""
+    runs = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    return f"{error}; gave up after {runs}: a person's Retry runs it again"
 
 
 async def _session_ended(session_id: UUID) -> None:

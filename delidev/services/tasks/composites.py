@@ -304,6 +304,16 @@ async def advance_composite(composite_task_id: UUID) -> None:
         events.publish(events.JobQueued())
 
 
+def _user_stop() -> dict[str, object]:
+    """A user's stop (as ``sessions.stop_session`` asks it): the sweep finalises one that the
+    worker does not confirm within the stop grace."""
+    return {
+        "stop_requested": True,
+        "stop_reason": m.StopReason.USER.value,
+        "stop_requested_at": common.now(),
+    }
+
+
 async def close_composite(composite: m.CompositeTask) -> m.CompositeTask:
     """in_progress → rejected, stopping the runs of its nodes.
 
@@ -321,12 +331,13 @@ async def close_composite(composite: m.CompositeTask) -> m.CompositeTask:
         # meanwhile, is asked to stop (its worker confirms).
         await m.AgentSession.filter(id__in=list(active), status=SessionStatus.QUEUED).update(
             **common.changed(
-                status=SessionStatus.STOPPED, stop_requested=True, completed_at=common.now()
+                status=SessionStatus.STOPPED, completed_at=common.now(), **_user_stop()
             )
         )
-        await m.AgentSession.filter(id__in=list(active), status=SessionStatus.RUNNING).update(
-            **common.changed(stop_requested=True)
-        )
+        # A stop already asked (for a time limit) keeps its reason and its grace.
+        await m.AgentSession.filter(
+            id__in=list(active), status=SessionStatus.RUNNING, stop_requested=False
+        ).update(**common.changed(**_user_stop()))
         stopped = await m.AgentSession.filter(id__in=list(active)).values_list("id", "status")
         for session_id, status in stopped:
             events.publish(events.SessionChanged(session_id=str(session_id), status=status))

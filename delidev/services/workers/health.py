@@ -1,7 +1,9 @@
 """Worker health: the sweep that marks silent workers unhealthy, and handing their jobs back.
 
-A released job's run ends as ``lost`` and a new run of it is queued (unless it was being
-stopped). Every change here is a compare-and-set, so every replica may sweep at once.
+A released job's run ends as ``lost``; a new run of it is queued in backoff as the
+``RetryPolicy`` allows (unless it was being stopped), else the lost run says that it gave up.
+The sweep also enforces run time limits and stop graces (``limits``). Every change here is
+a compare-and-set, so every replica may sweep at once.
 """
 
 from __future__ import annotations
@@ -16,22 +18,34 @@ from delidev import models as m
 from delidev.services import common
 from delidev.services import sessions as session_service
 from delidev.services.common import get_row, transaction
+from delidev.services.scheduling.policy import RetryPolicy
+from delidev.services.sessions.lifecycle import retry_or_give_up
+from delidev.services.workers import limits
 
 SessionStatus = m.AgentSessionStatus
 MISSED_BEATS = 3
 
 
-async def sweep_workers(*, heartbeat_interval: dt.timedelta, now: dt.datetime | None = None) -> int:
+async def sweep_workers(
+    *,
+    heartbeat_interval: dt.timedelta,
+    now: dt.datetime | None = None,
+    stop_grace: dt.timedelta = limits.DEFAULT_STOP_GRACE,
+    policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
+) -> int:
     """Workers silent for three intervals → unhealthy; the jobs they held are queued again.
 
     So are running jobs of any unhealthy worker (the replica that marked it may have died
     before releasing them) and of a worker that is gone. Safe when every replica runs it:
     each change is a compare-and-set, and a job is released only while its worker's row,
     locked, still says unhealthy (a heartbeat that arrives in between keeps the job).
+    Then runs past their deadline are asked to stop, and stops unconfirmed for
+    ``stop_grace`` are finalised (``limits.enforce_limits``).
     Returns the number of sessions handed back. ``now``: the time of the sweep (tests pass
     a later one instead of waiting).
     """
-    deadline = (now or common.now()) - heartbeat_interval * MISSED_BEATS
+    now = now or common.now()
+    deadline = now - heartbeat_interval * MISSED_BEATS
     silent = await m.Worker.filter(
         last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
     ).values_list("id", flat=True)
@@ -42,10 +56,12 @@ async def sweep_workers(*, heartbeat_interval: dt.timedelta, now: dt.datetime | 
         ).update(**common.changed(status=m.WorkerStatus.UNHEALTHY))
         if marked:
             events.publish(events.WorkerChanged(worker_id=str(worker_id)))
-    return await _release_abandoned(started_before=deadline)
+    released = await _release_abandoned(started_before=deadline, policy=policy)
+    await limits.enforce_limits(now=now, stop_grace=stop_grace)
+    return released
 
 
-async def _release_abandoned(*, started_before: dt.datetime) -> int:
+async def _release_abandoned(*, started_before: dt.datetime, policy: RetryPolicy) -> int:
     """Releases running sessions whose worker is unhealthy, or gone (then only those that
     started before ``started_before``: a session is never without a worker for long)."""
     abandoned = await m.AgentSession.filter(
@@ -69,14 +85,20 @@ async def _release_abandoned(*, started_before: dt.datetime) -> int:
                 if session.worker_id is not None
                 else "its worker is gone"
             )
-            if await release_session(session, reason=reason):
+            if await release_session(session, reason=reason, policy=policy):
                 released.append(session)
     await announce_released(released)
     return len(released)
 
 
-async def release_session(session: m.AgentSession, *, reason: str) -> bool:
-    """A running session → lost, and a new run of it is queued (unless it was being stopped).
+async def release_session(
+    session: m.AgentSession,
+    *,
+    reason: str,
+    policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
+) -> bool:
+    """A running session → lost; a new run of it is queued in backoff (``retry_or_give_up``:
+    unless it was being stopped, and only as often as ``policy`` allows).
 
     A compare-and-set on its lease, run in the caller's transaction; False when it already
     moved on (ended, or released by another replica).
@@ -87,7 +109,12 @@ async def release_session(session: m.AgentSession, *, reason: str) -> bool:
         else {"worker_id": session.worker_id}
     )
     moved = await m.AgentSession.filter(
-        id=session.id, status=SessionStatus.RUNNING, lease_token=session.lease_token, **same_worker
+        id=session.id,
+        status=SessionStatus.RUNNING,
+        lease_token=session.lease_token,
+        # A stop asked since it was loaded fails the compare-and-set: the next sweep sees it.
+        stop_requested=session.stop_requested,
+        **same_worker,
     ).update(
         **common.changed(
             status=SessionStatus.LOST, lease_token=None, error=reason, completed_at=common.now()
@@ -95,15 +122,9 @@ async def release_session(session: m.AgentSession, *, reason: str) -> bool:
     )
     if not moved:
         return False
-    if not session.stop_requested:
-        await m.AgentSession.create(
-            agent_task_id=session.agent_task_id,
-            ai_agent_type=session.ai_agent_type,
-            ai_agent_model=session.ai_agent_model,
-            kind=session.kind,
-            attempt=session.attempt + 1,
-            status=SessionStatus.QUEUED,
-        )
+    await retry_or_give_up(
+        await get_row(m.AgentSession, id=session.id), error=reason, policy=policy
+    )
     await m.Worker.filter(current_session_id=session.id).update(
         **common.changed(current_session_id=None, current_task_id=None)
     )

@@ -24,6 +24,8 @@ from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFou
 from delidev.services import common
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
+from delidev.services.scheduling.policy import RetryPolicy
+from delidev.services.workers.limits import timeout_error
 from delidev.services.workers.registry import get_worker
 from delidev.services.workers.waiting import MAX_WAIT_MS, wait_deadline
 from delidev.settings import Settings
@@ -109,12 +111,14 @@ async def report_status(
     base_commit: str | None = None,
     end_commit: str | None = None,
     store: secret_service.SecretStore | None = None,
+    policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
 ) -> m.AgentSession:
     """Ends the job (succeeded / failed / stopped); ``running`` is a no-op acknowledgement.
 
     Every text the worker sends (error, PLAN.yaml, commits) is masked with the task's
     secrets, and the assembled output once more as a whole; then a unit task's secrets are
-    dropped.
+    dropped. A run asked to stop for its time limit that ends stopped or failed ends failed
+    (timeout); a failure of the machinery is retried as ``policy`` allows.
     Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
     """
     if failure_kind is not None and failure_kind not in set(FailureKind):
@@ -127,15 +131,26 @@ async def report_status(
     if status == SessionStatus.RUNNING:
         return session
     values = await _secrets_of(store, session)
+    error = None if error is None else secret_service.mask(error, values)
+    kind = None if failure_kind is None else FailureKind(failure_kind).value
+    if session.stop_reason == m.StopReason.TIMEOUT and status in (
+        SessionStatus.STOPPED,
+        SessionStatus.FAILED,
+    ):
+        said = f": {error}" if error else ""
+        status, kind = SessionStatus.FAILED, FailureKind.TIMEOUT.value
+        error = timeout_error(session, by_server=False) + said
     ended = await session_service.complete_session(
         session_id=session.id,
         status=status,
-        error=None if error is None else secret_service.mask(error, values),
-        failure_kind=None if failure_kind is None else FailureKind(failure_kind).value,
+        error=error,
+        failure_kind=kind,
         plan_yaml=None if plan_yaml is None else secret_service.mask(plan_yaml, values),
         base_commit=None if base_commit is None else secret_service.mask(base_commit, values),
         end_commit=None if end_commit is None else secret_service.mask(end_commit, values),
         loaded=session,
+        lease_token=session.lease_token,
+        policy=policy,
     )
     if values and ended.output_log:
         (masked,) = await secret_service.OutputMasker(values).mask_each([ended.output_log])

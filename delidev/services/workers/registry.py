@@ -20,6 +20,7 @@ from delidev.errors import InvalidArgument, NotFound, Unauthenticated
 from delidev.services import common
 from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
 from delidev.services.scheduling.labels import parse_agent_types, parse_labels
+from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.workers.health import announce_released, release_session
 from delidev.settings import Settings
 
@@ -234,7 +235,7 @@ async def _last_session_on(worker_id: UUID, task_id: UUID) -> UUID | None:
     return cast(UUID | None, last)
 
 
-async def unregister_worker(*, worker_id: UUID) -> None:
+async def unregister_worker(*, worker_id: UUID, policy: RetryPolicy | None = None) -> None:
     """Removes a worker; its running session goes back to the queue. Raises: NotFound."""
     async with transaction():
         # Locked, a claim by this worker waits (its foreign key check needs the row) and then
@@ -247,7 +248,9 @@ async def unregister_worker(*, worker_id: UUID) -> None:
             for session in await m.AgentSession.filter(
                 worker_id=worker.id, status=SessionStatus.RUNNING
             )
-            if await release_session(session, reason="its worker unregistered")
+            if await release_session(
+                session, reason="its worker unregistered", policy=policy or RetryPolicy()
+            )
         ]
         await m.Worker.filter(id=worker.id).delete()
     await announce_released(released)
