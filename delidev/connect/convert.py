@@ -19,6 +19,7 @@ from delidev.connect.gen.delidev.v1 import (
     session_pb,
     task_pb,
     todo_pb,
+    worker_pb,
     workspace_pb,
 )
 from delidev.errors import InvalidArgument
@@ -27,7 +28,9 @@ from delidev.services import live as live_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import todos as todo_service
+from delidev.services import workers as worker_service
 from delidev.services.scheduling import waits as wait_service
+from delidev.services.workers import push
 
 D = TypeVar("D", bound=StrEnum)
 P = TypeVar("P", bound=Enum)
@@ -379,3 +382,76 @@ def tty_request(r: m.TtyInputRequest) -> session_pb.TtyInputRequest:
         responded_at=optional_timestamp(r.responded_at),
         expires_at=optional_timestamp(r.expires_at),
     )
+
+
+# Workers ----------------------------------------------------------------------------------
+
+WORKER_STATUS = EnumMap(m.WorkerStatus, worker_pb.WorkerStatus)
+FAILURE_KIND = EnumMap(worker_service.FailureKind, worker_pb.FailureKind)
+
+
+def worker_message(w: m.Worker) -> worker_pb.Worker:
+    return worker_pb.Worker(
+        id=str(w.id),
+        name=w.name,
+        endpoint_url=w.endpoint_url,
+        status=WORKER_STATUS.to_proto(w.status),
+        last_heartbeat=timestamp(w.last_heartbeat),
+        current_task_id=None if w.current_task_id is None else str(w.current_task_id),
+        registered_at=timestamp(w.registered_at),
+        agent_types=[AGENT_TYPE.to_proto(m.AiAgentType(t)) for t in w.agent_types],
+        labels=list(w.labels),
+        draining=w.draining,
+    )
+
+
+def job_message(job: worker_service.Job) -> worker_pb.Job:
+    s = job.session
+    return worker_pb.Job(
+        session_id=str(s.id),
+        lease_token=job.lease_token,
+        kind=JOB_KIND.to_proto(s.kind),
+        task_id="" if job.task_id is None else str(job.task_id),
+        agent_task_id=str(s.agent_task_id),
+        prompt=job.prompt,
+        title=job.title,
+        branch_name=job.branch_name,
+        ai_agent_type=AGENT_TYPE.to_proto(s.ai_agent_type),
+        ai_agent_model=s.ai_agent_model,
+        base_remotes=[
+            task_pb.BaseRemote(
+                git_remote_dir_path=r.git_remote_dir_path, git_branch_name=r.git_branch_name
+            )
+            for r in job.base_remotes
+        ],
+        attempt=s.attempt,
+        has_secrets=job.expects_secrets,
+    )
+
+
+def watch_message(pushed: push.Push) -> worker_pb.WatchResponse:
+    match pushed:
+        case push.JobAssigned(job=job):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["job_assigned"], worker_pb.Job](
+                    "job_assigned", job_message(job)
+                )
+            )
+        case push.StopSession(session_id=session_id, reason=reason):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["stop_session"], worker_pb.StopSession](
+                    "stop_session", worker_pb.StopSession(session_id=str(session_id), reason=reason)
+                )
+            )
+        case push.DrainChanged(draining=draining):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["drain"], worker_pb.DrainChanged](
+                    "drain", worker_pb.DrainChanged(draining=draining)
+                )
+            )
+        case push.KeepAlive(server_time=server_time):
+            return worker_pb.WatchResponse(
+                event=Oneof[Literal["keep_alive"], worker_pb.KeepAlive](
+                    "keep_alive", worker_pb.KeepAlive(server_time=timestamp(server_time))
+                )
+            )

@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from connectrpc.request import RequestContext
-from protobuf import Oneof
 
 from delidev import events
 from delidev import models as m
 from delidev.auth.authenticator import bearer_token
 from delidev.connect import convert
-from delidev.connect.gen.delidev.v1 import task_pb, worker_pb
+from delidev.connect.gen.delidev.v1 import worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerService
 from delidev.errors import Internal, InvalidArgument
 from delidev.services import secrets as secrets_service
@@ -32,81 +31,11 @@ from delidev.settings import Settings
 
 Ctx = RequestContext[Any, Any]
 
-WORKER_STATUS = convert.EnumMap(m.WorkerStatus, worker_pb.WorkerStatus)
-FAILURE_KIND = convert.EnumMap(workers.FailureKind, worker_pb.FailureKind)
-
 
 def _bearer(ctx: Ctx) -> str:
     """The credential (or registration token) the call carries; empty without one, which
     the service refuses in multi-user mode and ignores in single-user mode."""
     return bearer_token(ctx.request_headers.get("authorization")) or ""
-
-
-def worker_message(w: m.Worker) -> worker_pb.Worker:
-    return worker_pb.Worker(
-        id=str(w.id),
-        name=w.name,
-        endpoint_url=w.endpoint_url,
-        status=WORKER_STATUS.to_proto(w.status),
-        last_heartbeat=convert.timestamp(w.last_heartbeat),
-        current_task_id=None if w.current_task_id is None else str(w.current_task_id),
-        registered_at=convert.timestamp(w.registered_at),
-        agent_types=[convert.AGENT_TYPE.to_proto(m.AiAgentType(t)) for t in w.agent_types],
-        labels=list(w.labels),
-        draining=w.draining,
-    )
-
-
-def job_message(job: workers.Job) -> worker_pb.Job:
-    s = job.session
-    return worker_pb.Job(
-        session_id=str(s.id),
-        lease_token=job.lease_token,
-        kind=convert.JOB_KIND.to_proto(s.kind),
-        task_id="" if job.task_id is None else str(job.task_id),
-        agent_task_id=str(s.agent_task_id),
-        prompt=job.prompt,
-        title=job.title,
-        branch_name=job.branch_name,
-        ai_agent_type=convert.AGENT_TYPE.to_proto(s.ai_agent_type),
-        ai_agent_model=s.ai_agent_model,
-        base_remotes=[
-            task_pb.BaseRemote(
-                git_remote_dir_path=r.git_remote_dir_path, git_branch_name=r.git_branch_name
-            )
-            for r in job.base_remotes
-        ],
-        attempt=s.attempt,
-        has_secrets=job.expects_secrets,
-    )
-
-
-def watch_message(pushed: push.Push) -> worker_pb.WatchResponse:
-    match pushed:
-        case push.JobAssigned(job=job):
-            return worker_pb.WatchResponse(
-                event=Oneof[Literal["job_assigned"], worker_pb.Job](
-                    "job_assigned", job_message(job)
-                )
-            )
-        case push.StopSession(session_id=session_id, reason=reason):
-            return worker_pb.WatchResponse(
-                event=Oneof[Literal["stop_session"], worker_pb.StopSession](
-                    "stop_session", worker_pb.StopSession(session_id=str(session_id), reason=reason)
-                )
-            )
-        case push.DrainChanged(draining=draining):
-            return worker_pb.WatchResponse(
-                event=Oneof[Literal["drain"], worker_pb.DrainChanged](
-                    "drain", worker_pb.DrainChanged(draining=draining)
-                )
-            )
-        case push.KeepAlive(server_time=server_time):
-            return worker_pb.WatchResponse(
-                event=Oneof[Literal["keep_alive"], worker_pb.KeepAlive](
-                    "keep_alive", worker_pb.KeepAlive(server_time=convert.timestamp(server_time))
-                )
-            )
 
 
 class WorkerHandler(WorkerService):
@@ -153,7 +82,7 @@ class WorkerHandler(WorkerService):
             worker_id=str(reg.worker.id),
             credential=reg.credential,
             heartbeat_interval_ms=self._interval_ms,
-            worker=worker_message(reg.worker),
+            worker=convert.worker_message(reg.worker),
         )
 
     async def heartbeat(
@@ -174,7 +103,7 @@ class WorkerHandler(WorkerService):
         return worker_pb.HeartbeatResponse(
             stop_session_ids=[str(s) for s in reply.stop_session_ids],
             heartbeat_interval_ms=self._interval_ms,
-            status=WORKER_STATUS.to_proto(reply.worker.status),
+            status=convert.WORKER_STATUS.to_proto(reply.worker.status),
             draining=reply.worker.draining,
         )
 
@@ -196,7 +125,7 @@ class WorkerHandler(WorkerService):
             store=self._store,
             max_run_seconds=self._settings.max_run_seconds,
         )
-        return worker_pb.ClaimJobResponse(job=None if job is None else job_message(job))
+        return worker_pb.ClaimJobResponse(job=None if job is None else convert.job_message(job))
 
     async def drain(
         self, request: worker_pb.DrainWorkerRequest, ctx: Ctx
@@ -206,7 +135,7 @@ class WorkerHandler(WorkerService):
             settings=self._settings, worker_id=wid, credential=_bearer(ctx)
         )
         worker = await workers.set_draining(worker_id=wid, draining=request.draining)
-        return worker_pb.DrainWorkerResponse(worker=worker_message(worker))
+        return worker_pb.DrainWorkerResponse(worker=convert.worker_message(worker))
 
     async def watch(
         self, request: worker_pb.WatchRequest, ctx: Ctx
@@ -223,7 +152,7 @@ class WorkerHandler(WorkerService):
             keepalive=dt.timedelta(milliseconds=self._settings.watch_keepalive_ms),
             closing=self._closing,
         ):
-            yield watch_message(pushed)
+            yield convert.watch_message(pushed)
 
     async def report_status(
         self, request: worker_pb.ReportStatusRequest, ctx: Ctx
@@ -238,7 +167,7 @@ class WorkerHandler(WorkerService):
             lease_token=request.lease_token,
             status=status,
             error=request.error if request.has_field("error") else None,
-            failure_kind=FAILURE_KIND.to_domain(request.failure_kind, "failure_kind"),
+            failure_kind=convert.FAILURE_KIND.to_domain(request.failure_kind, "failure_kind"),
             plan_yaml=request.plan_yaml if request.has_field("plan_yaml") else None,
             base_commit=request.base_commit if request.has_field("base_commit") else None,
             end_commit=request.end_commit if request.has_field("end_commit") else None,
