@@ -90,10 +90,14 @@ class WaitReconciler:
         bus: events.EventBus,
         store: SecretStore,
         debounce: dt.timedelta = dt.timedelta(milliseconds=50),
+        min_interval: dt.timedelta = dt.timedelta(seconds=1),
     ) -> None:
         self._bus = bus
         self._store = store
         self.debounce = debounce
+        # A pass reads up to thousands of queued runs: under a storm of claims (each
+        # publishes events) passes come at most this often, not after every burst.
+        self.min_interval = min_interval
         self._due: asyncio.Event | None = None
 
     def _hear(self, event: events.Event) -> None:
@@ -105,14 +109,19 @@ class WaitReconciler:
         due = self._due = asyncio.Event()
         unsubscribe = self._bus.subscribe(self._hear)
         try:
+            loop = asyncio.get_running_loop()
             while True:
                 await due.wait()
                 await asyncio.sleep(self.debounce.total_seconds())
                 due.clear()  # events from here on ask for the next pass
+                started = loop.time()
                 try:
                     await waits.reconcile_waits(store=self._store)
                 except Exception:
                     log.exception("reconciling why jobs wait failed; retrying at the next event")
+                rest = self.min_interval.total_seconds() - (loop.time() - started)
+                if rest > 0:
+                    await asyncio.sleep(rest)
         finally:
             unsubscribe()
             self._due = None

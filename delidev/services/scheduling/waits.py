@@ -4,7 +4,8 @@ The reasons are worked out here, from what the claim statement checks (secrets, 
 live fleet's agent types and labels, the workspace's cap), so that what a user is told and
 what the scheduler does cannot drift apart. ``reconcile_waits`` stores each queued session's
 reason (``wait_reason``, ``wait_detail``, ``waiting_since``: when that reason began) and
-announces the tasks whose reason changed, so the task subscription carries it; it runs after
+announces the tasks whose reason changed, so the task subscription carries it (a claimable
+job is stored as no reason, ``waiting_since`` saying since when it is); it runs after
 the events that can change a reason and on each sweep, on every replica (each update is a
 compare-and-set, so replicas agree). The position in the queue changes with every claim: it
 is worked out on read (``waits_of``), never stored.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,7 @@ Reason = m.WaitReason
 MAX_RECONCILED = 5_000
 MAX_RANKED = 10_000
 _DETAIL_CHARS = 500
+_BATCH = 500  # ids per UPDATE (SQLite's bound on parameters is far above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,25 +212,35 @@ async def reconcile_waits(
     ready = set(await secret_service.ready_agent_task_ids(store)) if store is not None else set()
     fleet = await _fleet()
     full = await _full_workspaces(j.workspace_id for j in queued if j.workspace_id is not None)
-    changed: list[UUID] = []
-    claimable = False
+    # Runs that move from one (reason, detail) to the same other one are updated together:
+    # one statement per kind of change, not one per run (a big queue changes all at once
+    # when the fleet does).
+    moves: dict[tuple[str | None, str | None, str | None, str | None], list[_Queued]]
+    moves = defaultdict(list)
     for job in queued:
         reason, detail = _reason(job, now=when, ready=ready, fleet=fleet, full=full)
-        detail = detail[:_DETAIL_CHARS]
-        if job.reason == reason.value and job.detail == detail:
-            continue
-        fields: dict[str, Any] = {"wait_reason": reason.value, "wait_detail": detail}
-        if job.reason != reason.value:
+        # Claimable is stored as no reason at all: in a healthy queue (every job claimable)
+        # a pass then writes nothing, and never competes with the claims for its rows.
+        stored = (None, None) if reason == Reason.QUEUED else (reason.value, detail[:_DETAIL_CHARS])
+        if (job.reason, job.detail) != stored:
+            moves[(job.reason, job.detail, *stored)].append(job)
+    changed: list[UUID] = []
+    claimable = False
+    for (old_reason, old_detail, reason_value, new_detail), jobs in moves.items():
+        fields: dict[str, Any] = {"wait_reason": reason_value, "wait_detail": new_detail}
+        if old_reason != reason_value:
             fields["waiting_since"] = when
-        # Compare-and-set: another replica may have stored the same change meanwhile.
-        if await m.AgentSession.filter(
-            id=job.id,
-            status=m.AgentSessionStatus.QUEUED,
-            wait_reason=job.reason,
-            wait_detail=job.detail,
-        ).update(**fields):
-            changed.append(job.agent_task_id)
-            claimable = claimable or reason == Reason.QUEUED
+        for start in range(0, len(jobs), _BATCH):
+            batch = jobs[start : start + _BATCH]
+            # Compare-and-set: another replica may have stored the same change meanwhile.
+            if await m.AgentSession.filter(
+                id__in=[j.id for j in batch],
+                status=m.AgentSessionStatus.QUEUED,
+                wait_reason=old_reason,
+                wait_detail=old_detail,
+            ).update(**fields):
+                changed.extend(j.agent_task_id for j in batch)
+                claimable = claimable or reason_value is None
     if changed:
         await session_service.announce_tasks_of(changed)
     if claimable:  # a backoff ended, a capable worker came, a cap freed: wake the workers
