@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -79,8 +80,12 @@ def _serve(settings: Settings) -> int:
         log_config=None,
         timeout_graceful_shutdown=10,
     )
-    Server(config).run()
-    return 0
+    server = Server(config)
+    # As uvicorn.run: the Ctrl-C / SIGINT that ended a graceful shutdown is re-raised by
+    # uvicorn as KeyboardInterrupt once it is done, and a server that could not start exits 3.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 3
 
 
 async def _migrate(settings: Settings) -> None:

@@ -1010,7 +1010,8 @@ async def test_every_method_and_field_refuses_a_request_without_a_valid_token(
     calls += [
         (f"WorkerService/{method.split('/')[1]}", {"workerId": world.worker["workerId"]})
         for method in sorted(all_connect_methods())
-        if method.startswith("WorkerService/") and method != "WorkerService/Register"
+        if method.startswith("WorkerService/")
+        and method not in ("WorkerService/Register", "WorkerService/Watch")  # Watch: a stream
     ]
     for token in (None, tampered):
         client = Api(base, token)
@@ -1021,6 +1022,12 @@ async def test_every_method_and_field_refuses_a_request_without_a_valid_token(
                 assert response.json()["code"] == "unauthenticated", method
             messages, end = await client.stream(
                 "SessionService/StreamLog", {"sessionId": a["session"]}
+            )
+            assert messages == []
+            assert end is not None
+            assert end["code"] == "unauthenticated", end
+            messages, end = await client.stream(
+                "WorkerService/Watch", {"workerId": world.worker["workerId"]}
             )
             assert messages == []
             assert end is not None
