@@ -118,3 +118,24 @@ async def test_keepalives_and_the_end_when_unregistered(bus: events.EventBus) ->
     await workers.unregister_worker(worker_id=worker.id)
     with pytest.raises(NotFound):
         await _next(stream)
+
+
+async def test_the_next_job_is_pushed_as_soon_as_the_last_one_is_reported(
+    bus: events.EventBus,
+) -> None:
+    """Jobs queued before the worker connected: after each report the stream claims the
+    next at once (woken by its session's change, not by the periodic re-check)."""
+    worker = await _worker()
+    for _ in range(3):
+        await _task()
+    stream = _stream(bus, worker)
+    for _ in range(3):
+        pushed = await _next(stream, seconds=push.RECHECK_S / 2)
+        assert isinstance(pushed, push.JobAssigned)
+        await workers.report_status(
+            worker_id=worker.id,
+            session_id=pushed.job.session.id,
+            lease_token=pushed.job.lease_token,
+            status=m.AgentSessionStatus.SUCCEEDED,
+        )
+    await stream.aclose()  # type: ignore[attr-defined]

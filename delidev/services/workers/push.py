@@ -29,7 +29,7 @@ from delidev.services.workers.waiting import JobSignal
 
 # Re-check without an event at most this often (jobs whose backoff ended are announced by
 # the wait reconcile; this covers events lost while a replica's listener reconnected).
-RECHECK_S = 5.0
+RECHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
