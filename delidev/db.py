@@ -152,15 +152,15 @@ EXTRA_INDEXES = {
         "CREATE UNIQUE INDEX IF NOT EXISTS agent_sessions_one_running_per_worker "
         "ON agent_sessions (worker_id) WHERE status = 'running'"
     ),
-    # The queue in claim order, per workspace (services/workers/claims.py): queued runs only.
-    "agent_sessions_queue": (
-        "CREATE INDEX IF NOT EXISTS agent_sessions_queue "
-        "ON agent_sessions (workspace_id, priority DESC, created_at, id) WHERE status = 'queued'"
+    # The front of the queue in claim order (services/workers/claims.py): queued runs only.
+    "agent_sessions_queue_order": (
+        "CREATE INDEX IF NOT EXISTS agent_sessions_queue_order "
+        "ON agent_sessions (priority DESC, created_at, id) WHERE status = 'queued'"
     ),
 }
 
-# A run carries its task's priority and workspace (the claim orders and shares the queue by
-# them through the index above), copied by triggers so that no way of queueing a run can miss
+# A run carries its task's priority and workspace (the claim orders the queue by them
+# through the index above), copied by triggers so that no way of queueing a run can miss
 # them and a priority changed while it waits reaches it. Re-created after every migration
 # run, like the indexes (a SQLite table rebuild drops a table's triggers).
 EXTRA_SQL = {

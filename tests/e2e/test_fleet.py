@@ -68,16 +68,13 @@ async def test_a_fleet_runs_every_job_exactly_once(e2e_database_url: str, tmp_pa
                 str(per_process),
                 "--wait-ms",
                 "500",
-                # Long enough to ride out the gaps between claims that this stop's claim
-                # path has on PostgreSQL with two servers (500 jobs take ~200 s, they took
-                # ~16 s at stop 8): the open performance problem of issue 11.
                 "--idle-exit",
-                "15",
+                "3",
                 *FAST,
             )
             for i in range(processes)
         ]
-        reports = [await asyncio.to_thread(s.wait, 420) for s in sims]
+        reports = [await asyncio.to_thread(s.wait, 240) for s in sims]
         ran = Counter(session for r in reports for session in r["sessions"])
         assert sum(r["refused"] for r in reports) == 0
         assert len(ran) == jobs

@@ -56,9 +56,12 @@ SessionStatus = m.AgentSessionStatus
 DEFAULT_MAX_RUN_SECONDS = 4 * 3600  # Settings.max_run_seconds
 # ``workspaces.last_dispatch_at`` is written only when older than this (see _CLAIM_PG).
 DISPATCH_STAMP_MS = 100
-# Runs per workspace the PostgreSQL claim looks at: enough that concurrent claims (which skip
-# each other's locked rows) still find one each.
-HEADS_PER_WORKSPACE = 64
+# Queued runs (the front of the queue by priority and age) the PostgreSQL claim sorts by
+# its fair order: enough that concurrent claims, which skip each other's locked rows, still
+# find one each, and the round-robin across workspaces reaches every workspace with a job
+# among them. A workspace whose jobs all sit behind this many others of equal or higher
+# priority waits for the front to move (the price of not sorting the whole queue).
+QUEUE_WINDOW = 1000
 # Safety net for wake-ups this process cannot see (a job queued through another replica).
 RECHECK_S = 1.0
 
@@ -87,40 +90,30 @@ class Job:
 # $1 worker, $2 lease, $3 now, $4 ready agent task ids (text[]), $5 agent types (text[]),
 # $6 labels (json text), $7 default max run seconds, $8 excluded workspaces (uuid[]).
 _CLAIM_PG = f"""
-WITH heads AS (
-    -- The first claimable runs of each workspace, in its own order (priority, then age),
-    -- read from the partial index agent_sessions_queue: never the whole queue.
-    SELECT h.id, h.priority, h.created_at, ws.last_dispatch_at
-    FROM workspaces ws
-    CROSS JOIN LATERAL (
-        SELECT s.id, s.priority, s.created_at
-        FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
-        WHERE s.status = 'queued' AND s.workspace_id = ws.id AND {{claimable}}
-        ORDER BY s.priority DESC, s.created_at, s.id
-        LIMIT {HEADS_PER_WORKSPACE}
-    ) h
-    WHERE NOT (ws.id = ANY($8::uuid[]))
+WITH candidate AS (
+    SELECT s.id, a.workspace_id, a.max_run_seconds
+    FROM agent_sessions s
+    JOIN agent_tasks a ON a.id = s.agent_task_id
+    LEFT JOIN workspaces ws ON ws.id = a.workspace_id
+    WHERE s.id = ANY(ARRAY(
+            -- The front of the queue in priority and age order, from the partial index
+            -- agent_sessions_queue_order: the filters and the fair order below sort this
+            -- window, never the whole queue.
+            SELECT q.id FROM agent_sessions q WHERE q.status = 'queued'
+            ORDER BY q.priority DESC, q.created_at, q.id
+            LIMIT {QUEUE_WINDOW}))
+      AND s.status = 'queued'
+      AND (s.not_before IS NULL OR s.not_before <= $3)
+      AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
+      AND (cardinality($5::text[]) = 0 OR s.ai_agent_type = ANY($5::text[]))
+      AND a.required_labels <@ $6::text::jsonb
+      AND NOT COALESCE(a.workspace_id = ANY($8::uuid[]), false)
       AND (ws.max_concurrent_jobs IS NULL OR ws.max_concurrent_jobs > (
             SELECT count(*) FROM agent_sessions r
-            WHERE r.status = 'running' AND r.workspace_id = ws.id))
-    UNION ALL (
-        -- Runs of no workspace (rows from before workspaces were recorded on runs).
-        SELECT s.id, s.priority, s.created_at, NULL
-        FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
-        WHERE s.status = 'queued' AND s.workspace_id IS NULL AND {{claimable}}
-        ORDER BY s.priority DESC, s.created_at, s.id
-        LIMIT {HEADS_PER_WORKSPACE}
-    )
-), candidate AS (
-    SELECT s.id, a.workspace_id, a.max_run_seconds
-    FROM heads
-    JOIN agent_sessions s ON s.id = heads.id
-    JOIN agent_tasks a ON a.id = s.agent_task_id
-    WHERE s.status = 'queued'
+            WHERE r.status = 'running' AND r.workspace_id = a.workspace_id))
       AND EXISTS (SELECT 1 FROM workers w
                   WHERE w.id = $1 AND w.status <> 'unhealthy' AND NOT w.draining)
-    ORDER BY heads.priority DESC, heads.last_dispatch_at ASC NULLS FIRST, heads.created_at,
-             heads.id
+    ORDER BY s.priority DESC, ws.last_dispatch_at ASC NULLS FIRST, s.created_at, s.id
     LIMIT 1
     FOR UPDATE OF s SKIP LOCKED
 ), claimed AS (
@@ -167,11 +160,6 @@ SELECT count(*) AS running FROM agent_sessions r JOIN agent_tasks ra ON ra.id = 
 WHERE r.status = 'running' AND ra.workspace_id = $1
 """
 
-_CLAIMABLE_PG = """(s.not_before IS NULL OR s.not_before <= $3)
-          AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
-          AND (cardinality($5::text[]) = 0 OR s.ai_agent_type = ANY($5::text[]))
-          AND a.required_labels <@ $6::text::jsonb"""
-_CLAIM_PG = _CLAIM_PG.replace("{claimable}", _CLAIMABLE_PG)
 
 # SQLite serialises writers, so the statement's own count holds (no recheck). Placeholders:
 # worker, lease, now (started), now (updated), now (not_before), worker, agent types (json)
