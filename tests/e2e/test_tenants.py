@@ -11,10 +11,11 @@ isolation case here fails ``test_every_method_and_field_has_an_isolation_case``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from delidev.settings import Settings
 from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
 from tests.e2e.harness import GraphQLWs, Server
 from tests.oidc import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, browse, openid_provider
+from tests.waiting import GUARD_S
 
 SECRET = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
 REGISTRATION = "worker-registration-token-for-tests"
@@ -765,6 +767,29 @@ async def _next(client: GraphQLWs, within: float = 15) -> dict[str, Any]:
         return message
 
 
+async def _until_live(
+    client: GraphQLWs, probes: dict[str, Callable[[], Awaitable[object]]]
+) -> dict[str, dict[str, Any]]:
+    """Returns once every subscription in ``probes`` (operation id -> a call that makes an
+    event it must hear) has heard an event: each probe is fired again every second until its
+    subscription hears one, so no fixed wait guesses how long the set-up takes. Returns the
+    first message each heard; the rest heard meanwhile is consumed, and probes fired twice may
+    still be heard later."""
+    waiting = dict(probes)
+    heard: dict[str, dict[str, Any]] = {}
+    deadline = asyncio.get_running_loop().time() + GUARD_S
+    while waiting:
+        assert asyncio.get_running_loop().time() < deadline, f"never heard {sorted(waiting)}"
+        for probe in waiting.values():
+            await probe()
+        with contextlib.suppress(TimeoutError):
+            while waiting:
+                message = await _next(client, within=1)
+                if waiting.pop(message["id"], None) is not None:
+                    heard[message["id"]] = message
+    return heard
+
+
 async def _drain(client: GraphQLWs) -> None:
     """Reads (and answers pings) until the server closes the connection."""
     while True:
@@ -813,10 +838,41 @@ async def test_events_reach_only_their_tenant(world: World) -> None:
         fleet_op = await watcher.subscribe(
             "subscription { workerUpdated { workerId worker { status currentTaskId } } }"
         )
-        await owner.subscribe(
+        owners_fleet = await owner.subscribe(
             "subscription { workerUpdated { workerId worker { status currentTaskId } } }"
         )
-        await asyncio.sleep(0.5)  # the subscriptions are in place
+        probe_tasks: list[str] = []
+        probe_workers: list[str] = []
+
+        async def probe_task() -> None:
+            created = await mallory.api.ok(
+                "TaskService/CreateUnit",
+                {"repositoryGroupId": mallory.ids["group"], "prompt": "mallory probe"},
+            )
+            probe_tasks.append(created["task"]["unitTask"]["id"])
+
+        async def probe_tty() -> None:
+            await world.workers["mallory"]["api"].ok(
+                "WorkerService/RequestTtyInput",
+                {
+                    **_lease(world.workers["mallory"]),
+                    "prompt": "mallory probe",
+                    "inputType": "TTY_INPUT_TYPE_TEXT",
+                    "timeoutMs": 600_000,
+                },
+            )
+
+        async def probe_fleet() -> None:
+            api = Api(world.server.base, REGISTRATION)
+            FLEET.append(api)
+            registered = await api.ok(
+                "WorkerService/Register",
+                {"name": f"probe-{len(probe_workers)}", "endpointUrl": "http://127.0.0.1:9"},
+            )
+            probe_workers.append(registered["workerId"])
+
+        await _until_live(watcher, {tasks_op: probe_task, tty_op: probe_tty, fleet_op: probe_fleet})
+        await _until_live(owner, {owners_fleet: probe_fleet})
         # Alice's events first, then mallory's own as markers.
         extra = (
             await alice.api.ok(
@@ -863,10 +919,11 @@ async def test_events_reach_only_their_tenant(world: World) -> None:
             message = await _next(watcher)
             assert message["type"] == "next", message
             seen[message["id"]].append(message["payload"]["data"])
-        mallorys = {mallory.ids["unit"], mallory.ids["composite"], marker, None}
+        mallorys = {mallory.ids["unit"], mallory.ids["composite"], marker, None, *probe_tasks}
         # Her own events only (her composite may be updated too, when a worker claims it).
         assert {t["taskUpdated"]["taskId"] for t in seen[tasks_op]} <= mallorys
-        assert [t["ttyInputRequested"]["prompt"] for t in seen[tty_op]] == ["mallory asks"]
+        prompts = [t["ttyInputRequested"]["prompt"] for t in seen[tty_op]]
+        assert [p for p in prompts if p != "mallory probe"] == ["mallory asks"], prompts
         shown = {(w["workerUpdated"]["worker"] or {}).get("currentTaskId") for w in seen[fleet_op]}
         assert shown <= mallorys, shown
 
@@ -894,32 +951,36 @@ async def test_a_user_signed_in_through_oidc_uses_subscriptions_refreshes_and_lo
         ws = (await carol.api.ok("WorkspaceService/Create", {"name": "carol-ws"}))["workspace"]
         listed = await carol.api.gql("{ workspaces { items { id name } } }")
         assert listed == {"data": {"workspaces": {"items": [{"id": ws["id"], "name": "carol-ws"}]}}}
+        repo = (
+            await carol.api.ok(
+                "RepositoryService/Add",
+                {"workspaceId": ws["id"], "remoteUrl": "https://github.com/carol/app"},
+            )
+        )["repository"]["id"]
+        group = (
+            await carol.api.ok(
+                "RepositoryGroupService/Create",
+                {"workspaceId": ws["id"], "repositoryIds": [repo]},
+            )
+        )["group"]["id"]
         client = await _ws(world, carol)
         try:
-            await client.subscribe(
+            op = await client.subscribe(
                 "subscription($w: ID!) { taskUpdated(workspaceId: $w) { taskId } }",
                 {"w": ws["id"]},
             )
-            await asyncio.sleep(0.3)
-            repo = (
-                await carol.api.ok(
-                    "RepositoryService/Add",
-                    {"workspaceId": ws["id"], "remoteUrl": "https://github.com/carol/app"},
-                )
-            )["repository"]["id"]
-            group = (
-                await carol.api.ok(
-                    "RepositoryGroupService/Create",
-                    {"workspaceId": ws["id"], "repositoryIds": [repo]},
-                )
-            )["group"]["id"]
-            task = (
-                await carol.api.ok(
+            created: list[str] = []
+
+            async def create_task() -> None:
+                task = await carol.api.ok(
                     "TaskService/CreateUnit", {"repositoryGroupId": group, "prompt": "carol's"}
                 )
-            )["task"]["unitTask"]["id"]
-            event = await _next(client)
-            assert event["payload"]["data"]["taskUpdated"]["taskId"] == task, event
+                created.append(task["task"]["unitTask"]["id"])
+
+            # Her new task's event reaches her socket (tasks are created until the
+            # subscription, set up in the background, hears one).
+            heard = await _until_live(client, {op: create_task})
+            assert heard[op]["payload"]["data"]["taskUpdated"]["taskId"] in created, heard
         finally:
             await client.close()
 

@@ -9,6 +9,7 @@ subscribers sit on one server process and the delete goes through another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +48,36 @@ async def test_a_deleted_workspace_ends_its_subscriptions_and_streams(
             by_task = await client.subscribe(UPDATES, {"t": task["id"]})
             by_workspace = await client.subscribe(UPDATES, {"w": workspace})
 
+            streaming = asyncio.Event()
+
             async def stream_log() -> Any:
                 try:
                     async for _ in connect_stream(
                         a.base, "SessionService/StreamLog", {"sessionId": session_id}
                     ):
-                        pass
+                        streaming.set()  # the stored output came: the stream follows now
                 except ConnectFailure as failure:
                     return failure.code
                 return "ended without an error"
 
             follower = asyncio.create_task(stream_log())
-            await asyncio.sleep(0.5)  # the subscriptions and the stream are set up
+            # The subscriptions are in place once both hear a change of the task, made again
+            # every second until they do (no fixed wait guesses the set-up time).
+            live: set[str] = set()
+            priorities = iter(["TASK_PRIORITY_HIGH", "TASK_PRIORITY_LOW"] * 10)
+            while live != {by_task, by_workspace}:
+                await api(
+                    "TaskService/SetPriority", {"taskId": task["id"], "priority": next(priorities)}
+                )
+                with contextlib.suppress(TimeoutError):
+                    while live != {by_task, by_workspace}:
+                        message = await client.receive(1)
+                        if message["type"] == "ping":
+                            await client.send({"type": "pong"})
+                        else:
+                            assert message["type"] == "next", message
+                            live.add(message["id"])
+            await asyncio.wait_for(streaming.wait(), GUARD_S)
             await other("WorkspaceService/Delete", {"workspaceId": workspace})
 
             heard: dict[str, list[dict[str, Any]]] = {by_task: [], by_workspace: []}
@@ -73,7 +92,11 @@ async def test_a_deleted_workspace_ends_its_subscriptions_and_streams(
                     assert message["type"] == "next", message
                     heard[message["id"]].append(message["payload"]["data"]["taskUpdated"])
             expected = {"taskId": task["id"], "deleted": True}
-            assert heard == {by_task: [expected], by_workspace: [expected]}
+            # The deletion, after late echoes of the probes at most.
+            probe = {"taskId": task["id"], "deleted": False}
+            for updates in heard.values():
+                assert updates[-1] == expected, heard
+                assert all(u == probe for u in updates[:-1]), heard
             assert await asyncio.wait_for(follower, GUARD_S) == "not_found"
         finally:
             await client.close()
