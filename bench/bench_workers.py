@@ -320,6 +320,9 @@ async def run(args: argparse.Namespace) -> int:
                         await conn.execute("DELETE FROM workers WHERE name = 'fresh'")
                         FRESH_WORKERS[:] = await seed_workers(conn, args.seed)
                     await seed_jobs(conn, agent_task_ids, args.seed)
+                    # The table as autovacuum keeps it: the previous scenario's rows, deleted
+                    # a moment ago, are gone and the statistics know the queue just filled.
+                    await conn.execute("VACUUM ANALYZE agent_sessions")
                     target = database_url if label == "raw" else base
                     cpu0 = process_cpu_s(proc.pid) or 0.0
                     me0 = process_cpu_s(os.getpid()) or 0.0

@@ -152,10 +152,20 @@ EXTRA_INDEXES = {
         "CREATE UNIQUE INDEX IF NOT EXISTS agent_sessions_one_running_per_worker "
         "ON agent_sessions (worker_id) WHERE status = 'running'"
     ),
-    # The front of the queue in claim order (services/workers/claims.py): queued runs only.
-    "agent_sessions_queue_order": (
-        "CREATE INDEX IF NOT EXISTS agent_sessions_queue_order "
-        "ON agent_sessions (priority DESC, created_at, id) WHERE status = 'queued'"
+    # The queue in claim order (services/workers/claims.py): queued runs only.
+    "agent_sessions_queue_rounds": (
+        "CREATE INDEX IF NOT EXISTS agent_sessions_queue_rounds "
+        "ON agent_sessions (priority DESC, fair_round, created_at, id) WHERE status = 'queued'"
+    ),
+    # A workspace's latest queued round, and the latest round handed out, per priority:
+    # what the trigger below reads to give a newly queued run its round.
+    "agent_sessions_workspace_rounds": (
+        "CREATE INDEX IF NOT EXISTS agent_sessions_workspace_rounds "
+        "ON agent_sessions (workspace_id, priority, fair_round) WHERE status = 'queued'"
+    ),
+    "agent_sessions_claimed_rounds": (
+        "CREATE INDEX IF NOT EXISTS agent_sessions_claimed_rounds "
+        "ON agent_sessions (priority, fair_round) WHERE started_at IS NOT NULL"
     ),
 }
 
@@ -163,6 +173,14 @@ EXTRA_INDEXES = {
 # through the index above), copied by triggers so that no way of queueing a run can miss
 # them and a priority changed while it waits reaches it. Re-created after every migration
 # run, like the indexes (a SQLite table rebuild drops a table's triggers).
+#
+# A queued run also gets its round (``fair_round``, round-robin across workspaces): one past
+# its workspace's latest queued run of the same priority, and never below the latest round
+# handed out at that priority (so a workspace that had nothing queued joins the current
+# round instead of jumping ahead of, or falling behind, everyone else). The claim takes equal
+# priorities in round order, so a backlog of 500 in one workspace holds each other
+# workspace's next run back by one round at most. Two runs of one workspace queued at the
+# same instant may share a round (then the older goes first): fairness is not worth a lock.
 EXTRA_SQL = {
     "postgres": [
         """
@@ -170,6 +188,15 @@ EXTRA_SQL = {
         BEGIN
             SELECT a.priority, a.workspace_id INTO NEW.priority, NEW.workspace_id
             FROM agent_tasks a WHERE a.id = NEW.agent_task_id;
+            IF NEW.status = 'queued' THEN
+                NEW.fair_round := GREATEST(
+                    COALESCE((SELECT max(q.fair_round) + 1 FROM agent_sessions q
+                              WHERE q.status = 'queued' AND q.workspace_id = NEW.workspace_id
+                                AND q.priority = NEW.priority), 0),
+                    COALESCE((SELECT max(c.fair_round) FROM agent_sessions c
+                              WHERE c.started_at IS NOT NULL
+                                AND c.priority = NEW.priority), 0));
+            END IF;
             RETURN NEW;
         END $$ LANGUAGE plpgsql
         """,
@@ -193,6 +220,7 @@ EXTRA_SQL = {
         """,
     ],
     "sqlite": [
+        "DROP TRIGGER IF EXISTS agent_sessions_queue_fields",  # replaced as it changes
         """
         CREATE TRIGGER IF NOT EXISTS agent_sessions_queue_fields
         AFTER INSERT ON agent_sessions FOR EACH ROW BEGIN
@@ -201,6 +229,15 @@ EXTRA_SQL = {
                 workspace_id = (SELECT a.workspace_id FROM agent_tasks a
                                 WHERE a.id = NEW.agent_task_id)
             WHERE id = NEW.id;
+            UPDATE agent_sessions SET fair_round = MAX(
+                    COALESCE((SELECT max(q.fair_round) + 1 FROM agent_sessions q
+                              WHERE q.status = 'queued' AND q.id <> NEW.id
+                                AND q.workspace_id = agent_sessions.workspace_id
+                                AND q.priority = agent_sessions.priority), 0),
+                    COALESCE((SELECT max(c.fair_round) FROM agent_sessions c
+                              WHERE c.started_at IS NOT NULL
+                                AND c.priority = agent_sessions.priority), 0))
+            WHERE id = NEW.id AND status = 'queued';
         END
         """,
         """

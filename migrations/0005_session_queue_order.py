@@ -2,20 +2,21 @@ from tortoise import migrations
 from tortoise.migrations import operations as ops
 from tortoise import fields
 
+
 class Migration(migrations.Migration):
-    dependencies = [('models', '0004_scheduling')]
+    dependencies = [("models", "0004_scheduling")]
 
     initial = False
 
     operations = [
         ops.AddField(
-            model_name='AgentSession',
-            name='priority',
+            model_name="AgentSession",
+            name="priority",
             field=fields.SmallIntField(default=1),
         ),
         ops.AddField(
-            model_name='AgentSession',
-            name='workspace_id',
+            model_name="AgentSession",
+            name="workspace_id",
             field=fields.UUIDField(null=True),
         ),
         # Existing runs take their AgentTask's (later ones get them from a trigger).

@@ -94,6 +94,10 @@ class AgentSession(Model):
     """Copied from its AgentTask by a trigger (db.EXTRA_SQL), for the claim's index."""
     workspace_id = fields.UUIDField(null=True)
     """Copied from its AgentTask by a trigger (db.EXTRA_SQL), for the claim's index."""
+    fair_round = fields.BigIntField(default=0, db_default=0)
+    """Its turn among its workspace's queued runs, set by a trigger when it is queued
+    (db.EXTRA_SQL): the claim hands out equal priorities round by round, so each workspace
+    with work gets one run per round (see services/workers/claims.py)."""
     auto_retries = fields.IntField(default=0)
     """How many automatic retries (after infrastructure failures) led to this run."""
     not_before = fields.DatetimeField(null=True)

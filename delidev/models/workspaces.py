@@ -18,8 +18,8 @@ class Workspace(Model):
     description = fields.TextField(null=True)
     max_concurrent_jobs = fields.IntField(null=True)
     """At most this many of its jobs run at once; None = no cap."""
-    last_dispatch_at = fields.DatetimeField(null=True)
-    """When a job of it was last handed out (round-robin across workspaces)."""
+    fair_round = fields.BigIntField(default=0, db_default=0)
+    """The round given to its latest queued run (see ``AgentSession.fair_round``)."""
     user: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
         "models.User", related_name="workspaces", null=True, on_delete=fields.CASCADE
     )

@@ -36,9 +36,8 @@ async def _unit(
         repository_group_id=group.id,
         prompt=prompt,
         ai_agent_type=m.AiAgentType(agent),
+        priority=attrs.pop("priority", None),
     )
-    if "priority" in attrs:
-        attrs["priority"] = attrs["priority"].rank
     await m.AgentTask.filter(id=task.agent_task_id).update(workspace_id=group.workspace_id, **attrs)
     return task
 
@@ -119,23 +118,60 @@ async def test_priority_first_then_fifo() -> None:
     assert urgent.id != first_normal.id != low.id
 
 
+async def _claim_order(worker: m.Worker, count: int) -> list[str]:
+    """The first word of the prompts of the next ``count`` jobs, claimed and finished."""
+    order = []
+    for _ in range(count):
+        job = await _claim(worker)
+        assert job is not None
+        order.append(job.prompt.split()[0])
+        await _finish(job, worker)
+    return order
+
+
 async def test_round_robin_across_workspaces() -> None:
-    """One workspace's backlog of 30 does not starve another's two jobs (claims spaced
-    beyond the dispatch stamp's resolution, as workers freeing up one by one are)."""
+    """One workspace's backlog of 30 does not starve another's two jobs: equal priorities
+    go one per workspace per round, also for claims in a burst."""
     busy, quiet = await _group(), await _group()
     for i in range(30):
         await _unit(busy, f"busy {i}")
     for i in range(2):
         await _unit(quiet, f"quiet {i}")
     worker = await _worker()
-    order = []
-    for _ in range(6):
-        job = await _claim(worker)
-        assert job is not None
-        order.append(job.prompt.split()[0])
-        await _finish(job, worker)
-        await asyncio.sleep(claims.DISPATCH_STAMP_MS / 1000)  # the stamp's resolution
-    assert order[:4].count("quiet") == 2, order
+    assert await _claim_order(worker, 6) == ["busy", "quiet", "busy", "quiet", "busy", "busy"]
+
+
+async def test_a_workspace_joins_the_current_round() -> None:
+    """A workspace that queues later neither jumps ahead of rounds already served with a
+    backlog of its own, nor waits behind the whole backlog of another."""
+    busy, late = await _group(), await _group()
+    for i in range(20):
+        await _unit(busy, f"busy {i}")
+    worker = await _worker()
+    assert await _claim_order(worker, 10) == ["busy"] * 10
+    # Ten rounds were handed out: the late workspace's ten jobs start at the current round,
+    # so they alternate with the busy one's rather than all going first.
+    first_late = await _unit(late, "late 0")
+    for i in range(1, 10):
+        await _unit(late, f"late {i}")
+    session = await m.AgentSession.get(agent_task_id=first_late.agent_task_id)
+    assert session.fair_round == 9  # the round of the tenth job handed out
+    order = await _claim_order(worker, 8)
+    assert order in (["busy", "late"] * 4, ["late", "busy"] * 4), order
+
+
+async def test_rounds_are_per_priority() -> None:
+    """A backlog at normal priority does not push another workspace's urgent job behind
+    the first workspace's urgent ones."""
+    busy, other = await _group(), await _group()
+    for i in range(10):
+        await _unit(busy, f"busy {i}")
+    for i in range(3):
+        await _unit(busy, f"urgent-busy {i}", priority=m.TaskPriority.URGENT)
+    await _unit(other, "urgent-other", priority=m.TaskPriority.URGENT)
+    worker = await _worker()
+    order = await _claim_order(worker, 4)
+    assert order[:2] == ["urgent-busy", "urgent-other"], order
 
 
 async def test_a_draining_worker_gets_nothing_and_hears_it() -> None:

@@ -272,21 +272,23 @@ async def waits_of(sessions: Sequence[m.AgentSession]) -> dict[UUID, Wait]:
 
 
 async def _positions() -> dict[UUID, int]:
-    """Claimable queued sessions → how many are ahead (higher priority first, then older)."""
+    """Claimable queued sessions → how many are ahead, in the claim's order (higher priority
+    first, then the lower round, then older)."""
+    fields = ("id", "priority", "fair_round", "created_at")
     rows = (
         await m.AgentSession.filter(status=m.AgentSessionStatus.QUEUED)
         .filter(wait_reason__isnull=True)
         .limit(MAX_RANKED)
-        .values_list("id", "agent_task__priority", "created_at")
+        .values_list(*fields)
     )
     rows += (
         await m.AgentSession.filter(
             status=m.AgentSessionStatus.QUEUED, wait_reason=Reason.QUEUED.value
         )
         .limit(MAX_RANKED)
-        .values_list("id", "agent_task__priority", "created_at")
+        .values_list(*fields)
     )
-    ranked = sorted(rows, key=lambda r: (-int(r[1]), r[2], str(r[0])))[:MAX_RANKED]
+    ranked = sorted(rows, key=lambda r: (-int(r[1]), int(r[2]), r[3], str(r[0])))[:MAX_RANKED]
     return {UUID(str(row[0])): index for index, row in enumerate(ranked)}
 
 

@@ -10,15 +10,14 @@ A queued session is claimable by worker W when its backoff (``not_before``) is o
 task's secrets have arrived if it expects them, W is healthy and not draining, W runs its agent
 type (W declared none = every type), W has every label the task requires, and its workspace
 runs fewer jobs than its cap (if it has one). Among those: higher priority first, then the
-workspace served least recently (round-robin across workspaces, Hatchet's GROUP_ROUND_ROBIN),
-then the oldest. On claim the run gets its deadline (the task's ``max_run_seconds`` or the
-server's).
+lowest round (``fair_round``), then the oldest.
 
-``workspaces.last_dispatch_at`` records when a workspace was last served. It is written only
-when older than ``DISPATCH_STAMP_MS``: every claim of one workspace would otherwise update
-(and lock) the same row and so queue behind each other's commits. Fairness is exact whenever
-claims are further apart than that, which is the case it is for (workers are the scarce
-resource and free up one by one), and approximate within a burst.
+The round is given when a run is queued (a trigger, see ``db.EXTRA_SQL``): one past its
+workspace's latest queued run of that priority, and never below the latest round handed out
+at that priority. So equal priorities go round-robin across workspaces (Hatchet's
+GROUP_ROUND_ROBIN) and the claim is one ordered index scan that stops at the first claimable
+run: nothing is stamped on claim and no sort of the queue is needed, whatever its length.
+On claim the run gets its deadline (the task's ``max_run_seconds`` or the server's).
 
 On PostgreSQL a cap's running count is read under READ COMMITTED, so two replicas claiming
 for one workspace at the same instant could both see room for one more: a claim whose
@@ -40,7 +39,6 @@ from uuid import UUID
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Q
 
 from delidev import events
 from delidev import models as m
@@ -54,13 +52,9 @@ from delidev.services.workers.waiting import JobSignal, wait_deadline
 
 SessionStatus = m.AgentSessionStatus
 DEFAULT_MAX_RUN_SECONDS = 4 * 3600  # Settings.max_run_seconds
-# ``workspaces.last_dispatch_at`` is written only when older than this (see _CLAIM_PG).
-DISPATCH_STAMP_MS = 100
-# Queued runs (the front of the queue by priority and age) the PostgreSQL claim sorts by
-# its fair order: enough that concurrent claims, which skip each other's locked rows, still
-# find one each, and the round-robin across workspaces reaches every workspace with a job
-# among them. A workspace whose jobs all sit behind this many others of equal or higher
-# priority waits for the front to move (the price of not sorting the whole queue).
+# Queued runs one claim looks at, at most (in claim order): a worker that can run none of
+# the first this many (labels, agent types, caps, backoffs) finds nothing this time and is
+# woken again when the queue changes. This bounds the cost of an idle worker's claim.
 QUEUE_WINDOW = 1000
 # Safety net for wake-ups this process cannot see (a job queued through another replica).
 RECHECK_S = 1.0
@@ -80,8 +74,8 @@ class Job:
     expects_secrets: bool
 
 
-# One statement claims the first claimable session, marks the worker busy, stamps the
-# workspace as served and returns what the job description needs (everything but the base
+# One statement claims the first claimable session, marks the worker busy and returns
+# what the job description needs (everything but the base
 # remotes). A worker marked unhealthy claims nothing until a heartbeat makes it healthy
 # again: the sweep would only take the job back (and queue yet another run of it). The
 # partial unique index ``agent_sessions_one_running_per_worker`` (see db.EXTRA_INDEXES)
@@ -91,29 +85,36 @@ class Job:
 # $6 labels (json text), $7 default max run seconds, $8 excluded workspaces (uuid[]).
 _CLAIM_PG = f"""
 WITH candidate AS (
-    SELECT s.id, a.workspace_id, a.max_run_seconds
-    FROM agent_sessions s
-    JOIN agent_tasks a ON a.id = s.agent_task_id
-    LEFT JOIN workspaces ws ON ws.id = a.workspace_id
-    WHERE s.id = ANY(ARRAY(
-            -- The front of the queue in priority and age order, from the partial index
-            -- agent_sessions_queue_order: the filters and the fair order below sort this
-            -- window, never the whole queue.
-            SELECT q.id FROM agent_sessions q WHERE q.status = 'queued'
-            ORDER BY q.priority DESC, q.created_at, q.id
-            LIMIT {QUEUE_WINDOW}))
-      AND s.status = 'queued'
+    SELECT s.id, s.workspace_id, a.max_run_seconds
+    FROM (
+        -- The queue in claim order, from the partial index agent_sessions_queue_rounds;
+        -- at most QUEUE_WINDOW runs are looked at. The joins below keep this order, so
+        -- the claim stops at the first run that passes the filters and is not locked.
+        SELECT q.id, q.priority, q.fair_round, q.created_at FROM agent_sessions q
+        WHERE q.status = 'queued'
+        ORDER BY q.priority DESC, q.fair_round, q.created_at, q.id
+        LIMIT {QUEUE_WINDOW}) front
+    JOIN agent_sessions s ON s.id = front.id
+    -- Per run, by primary key (OFFSET 0 keeps the planner from scanning agent_tasks first).
+    CROSS JOIN LATERAL (
+        SELECT a.max_run_seconds FROM agent_tasks a
+        WHERE a.id = s.agent_task_id
+          AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
+          AND a.required_labels <@ $6::text::jsonb
+        OFFSET 0) a
+    WHERE s.status = 'queued'
       AND (s.not_before IS NULL OR s.not_before <= $3)
-      AND (NOT a.expects_secrets OR a.id::text = ANY($4::text[]))
       AND (cardinality($5::text[]) = 0 OR s.ai_agent_type = ANY($5::text[]))
-      AND a.required_labels <@ $6::text::jsonb
-      AND NOT COALESCE(a.workspace_id = ANY($8::uuid[]), false)
-      AND (ws.max_concurrent_jobs IS NULL OR ws.max_concurrent_jobs > (
-            SELECT count(*) FROM agent_sessions r
-            WHERE r.status = 'running' AND r.workspace_id = a.workspace_id))
+      AND NOT COALESCE(s.workspace_id = ANY($8::uuid[]), false)
+      AND NOT EXISTS (
+            SELECT 1 FROM workspaces ws
+            WHERE ws.id = s.workspace_id AND ws.max_concurrent_jobs IS NOT NULL
+              AND ws.max_concurrent_jobs <= (
+                SELECT count(*) FROM agent_sessions r
+                WHERE r.status = 'running' AND r.workspace_id = s.workspace_id))
       AND EXISTS (SELECT 1 FROM workers w
                   WHERE w.id = $1 AND w.status <> 'unhealthy' AND NOT w.draining)
-    ORDER BY s.priority DESC, ws.last_dispatch_at ASC NULLS FIRST, s.created_at, s.id
+    ORDER BY front.priority DESC, front.fair_round, front.created_at, front.id
     LIMIT 1
     FOR UPDATE OF s SKIP LOCKED
 ), claimed AS (
@@ -128,11 +129,6 @@ WITH candidate AS (
            current_task_id = (SELECT u.id FROM unit_tasks u
                               WHERE u.agent_task_id = claimed.agent_task_id)
     FROM claimed WHERE workers.id = $1 AND workers.status <> 'unhealthy'
-), served AS (
-    UPDATE workspaces SET last_dispatch_at = $3
-    FROM candidate WHERE workspaces.id = candidate.workspace_id
-      AND (workspaces.last_dispatch_at IS NULL
-           OR workspaces.last_dispatch_at < $3 - interval '{DISPATCH_STAMP_MS} milliseconds')
 )
 SELECT claimed.*, a.expects_secrets, a.workspace_id AS job_workspace_id,
        (SELECT ws.max_concurrent_jobs FROM workspaces ws WHERE ws.id = a.workspace_id)
@@ -183,8 +179,7 @@ WHERE id = (
             SELECT count(*) FROM agent_sessions r JOIN agent_tasks ra ON ra.id = r.agent_task_id
             WHERE r.status = 'running' AND ra.workspace_id = a.workspace_id))
       AND (a.expects_secrets = 0 OR a.id IN ({ready}))
-    ORDER BY a.priority DESC, ws.last_dispatch_at IS NOT NULL, ws.last_dispatch_at,
-             s.created_at, s.id
+    ORDER BY s.priority DESC, s.fair_round, s.created_at, s.id
     LIMIT 1
 )
 RETURNING id, agent_task_id
@@ -341,8 +336,8 @@ async def _claim_sqlite(
     caps: Capabilities,
     max_run_seconds: int,
 ) -> Job | None:
-    """The claim, then the worker marked busy, the run's deadline, the workspace stamped as
-    served and the job described by ordinary queries."""
+    """The claim, then the worker marked busy, the run's deadline and the job described by
+    ordinary queries."""
     ready = ", ".join("?" for _ in ready_agent_ids) or "NULL"
     now = common.now()
     stamp = now.isoformat(" ")  # as Tortoise writes it, so that comparisons hold
@@ -367,12 +362,6 @@ async def _claim_sqlite(
     agent = await get_row(m.AgentTask, id=UUID(str(rows[0]["agent_task_id"])))
     limit = dt.timedelta(seconds=agent.max_run_seconds or max_run_seconds)
     await m.AgentSession.filter(id=UUID(str(rows[0]["id"]))).update(deadline_at=now + limit)
-    if agent.workspace_id is not None:
-        await m.Workspace.filter(
-            Q(last_dispatch_at__isnull=True)
-            | Q(last_dispatch_at__lt=now - dt.timedelta(milliseconds=DISPATCH_STAMP_MS)),
-            id=agent.workspace_id,
-        ).update(last_dispatch_at=now)
     claimed = await get_row(m.AgentSession, id=UUID(str(rows[0]["id"])))
     # Marked unhealthy since the claim: it stays so (the sweep takes the job back).
     await m.Worker.filter(id=worker_id, status__not=m.WorkerStatus.UNHEALTHY).update(
