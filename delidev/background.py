@@ -15,6 +15,7 @@ import logging
 from delidev import events
 from delidev.services import auth as auth_service
 from delidev.services import secrets, sessions, workers
+from delidev.services.common import now as current_time
 from delidev.services.scheduling import waits
 from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.secrets import SecretStore
@@ -76,13 +77,22 @@ _RECONCILED_AFTER = (
     events.SessionChanged,
     events.SecretsArrived,
 )
+# A pass after new jobs only looks at jobs queued since the previous pass began, less this
+# (a job committed through another replica carries its creation time, which is earlier).
+_QUEUED_MARGIN = dt.timedelta(seconds=5)
 
 
 class WaitReconciler:
     """Stores why each queued job waits (``waits.reconcile_waits``) ``debounce`` after the
     events that can change it, from this replica or another: a burst of events (a claim
     publishes several) costs one pass. The sweep reconciles too, for backoffs that end with
-    time alone."""
+    time alone.
+
+    A pass reads every queued job only when something a waiting job depends on may have
+    changed: the live fleet's kinds of worker, the caps (or, with caps, the running counts)
+    or secrets. Claims and reports alone (workers going busy and idle) change none of them,
+    and new jobs need only their own reasons: so a storm of claims over a long queue costs
+    a small query per pass, not a read of the whole queue."""
 
     def __init__(
         self,
@@ -99,10 +109,35 @@ class WaitReconciler:
         # publishes events) passes come at most this often, not after every burst.
         self.min_interval = min_interval
         self._due: asyncio.Event | None = None
+        self._heard: set[type[events.Event]] = set()
+        self._inputs: waits.Inputs | None = None
+        self._last_pass: dt.datetime | None = None
+        self.full_passes = 0  # for tests and logs: passes that read the whole queue
 
     def _hear(self, event: events.Event) -> None:
         if self._due is not None and isinstance(event, _RECONCILED_AFTER):
+            self._heard.add(type(event))
             self._due.set()
+
+    async def reconcile(self, heard: set[type[events.Event]]) -> None:
+        """One pass after the events ``heard`` (of the kinds in ``_RECONCILED_AFTER``)."""
+        started = current_time()
+        inputs = await waits.inputs()
+        everything = (
+            self._inputs is None
+            or self._last_pass is None
+            or inputs != self._inputs
+            or events.SecretsArrived in heard
+            or (bool(inputs.caps) and events.SessionChanged in heard)
+        )
+        if everything:
+            await waits.reconcile_waits(store=self._store)
+            self.full_passes += 1
+        elif events.JobQueued in heard and self._last_pass is not None:
+            await waits.reconcile_waits(
+                store=self._store, queued_since=self._last_pass - _QUEUED_MARGIN
+            )
+        self._inputs, self._last_pass = inputs, started
 
     async def run_forever(self) -> None:
         events.bind(self._bus)
@@ -114,10 +149,12 @@ class WaitReconciler:
                 await due.wait()
                 await asyncio.sleep(self.debounce.total_seconds())
                 due.clear()  # events from here on ask for the next pass
+                heard, self._heard = self._heard, set()
                 started = loop.time()
                 try:
-                    await waits.reconcile_waits(store=self._store)
+                    await self.reconcile(heard)
                 except Exception:
+                    self._inputs = None  # the next pass reads everything
                     log.exception("reconciling why jobs wait failed; retrying at the next event")
                 rest = self.min_interval.total_seconds() - (loop.time() - started)
                 if rest > 0:

@@ -11,7 +11,7 @@ from delidev import events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.background import Sweeper, WaitReconciler
-from delidev.services import tasks, workers
+from delidev.services import tasks, workers, workspaces
 from delidev.services.scheduling.policy import RetryPolicy
 from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace
@@ -101,3 +101,58 @@ async def test_the_wait_reconciler_stores_why_a_job_waits_after_an_event(app: An
         with contextlib.suppress(asyncio.CancelledError):
             await running
     assert not bus._listeners or reconciler._hear not in bus._listeners
+
+
+async def test_the_reconciler_reads_the_whole_queue_only_when_a_waiting_job_may_change(
+    app: Any,
+) -> None:
+    """Claims and reports alone change no queued job's reason; new jobs need only theirs;
+    a change of the fleet or of a cap (or, with a cap, of the running jobs) needs all."""
+    reconciler = WaitReconciler(bus=app.state.events, store=app.state.secrets)
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+
+    async def queue(prompt: str) -> m.UnitTask:
+        return await tasks.create_unit_task(
+            actor=LOCAL_USER, repository_group_id=group.id, prompt=prompt
+        )
+
+    async def reason(task: m.UnitTask) -> str | None:
+        session = await m.AgentSession.get(agent_task_id=task.agent_task_id)
+        return session.wait_reason
+
+    old = await queue("old")
+    await reconciler.reconcile({events.JobQueued})
+    assert reconciler.full_passes == 1
+    assert await reason(old) == m.WaitReason.NO_CAPABLE_WORKER
+    # Workers going busy and idle: nothing to read again.
+    await reconciler.reconcile({events.WorkerChanged, events.SessionChanged})
+    assert reconciler.full_passes == 1
+    # A new job: its own reason, without a read of the whole queue.
+    new = await queue("new")
+    await reconciler.reconcile({events.JobQueued})
+    assert reconciler.full_passes == 1
+    assert await reason(new) == m.WaitReason.NO_CAPABLE_WORKER
+    # A worker that can run both: the fleet changed, every job is looked at again.
+    worker = (await workers.register_worker(name="w", endpoint_url="http://w:1")).worker
+    await reconciler.reconcile({events.WorkerChanged})
+    assert reconciler.full_passes == 2
+    assert (await reason(old), await reason(new)) == (None, None)
+    # A cap of one, and one job running: the other waits for the cap.
+    await workspaces.update_workspace(actor=LOCAL_USER, workspace_id=ws.id, max_concurrent_jobs=1)
+    job = await workers.claim_job(worker_id=worker.id)
+    assert job is not None
+    await reconciler.reconcile({events.JobQueued, events.SessionChanged})
+    assert reconciler.full_passes == 3
+    waiting = new if job.task_id == old.id else old
+    assert await reason(waiting) == m.WaitReason.CONCURRENCY_CAP
+    # With a cap, the end of a run is looked at too.
+    await workers.report_status(
+        worker_id=worker.id,
+        session_id=job.session.id,
+        lease_token=job.lease_token,
+        status=m.AgentSessionStatus.SUCCEEDED,
+    )
+    await reconciler.reconcile({events.SessionChanged, events.WorkerChanged})
+    assert reconciler.full_passes == 4
+    assert await reason(waiting) is None

@@ -102,6 +102,9 @@ async def update_workspace(
     if changes:
         workspace.update_from_dict(changes)
         await workspace.save(update_fields=[*changes, "updated_at"])
+    if "max_concurrent_jobs" in changes:
+        # A new cap can free (or hold) queued jobs: workers and the wait reasons hear it.
+        events.publish(events.JobQueued())
     return workspace
 
 

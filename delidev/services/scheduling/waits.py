@@ -91,9 +91,28 @@ async def _fleet() -> _Fleet:
     return _Fleet(live=[(list(t), list(labels)) for t, labels in live], registered_types=registered)
 
 
-async def _queued(limit: int) -> list[_Queued]:
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What the reason of a job queued a while ago depends on, besides time, secrets and the
+    running counts of capped workspaces: the live fleet and the caps. A reconcile after
+    events that changed none of these need only look at runs queued since the last one."""
+
+    fleet: _Fleet
+    caps: tuple[tuple[str, int], ...]
+    """(workspace id, cap) of every capped workspace."""
+
+
+async def inputs() -> Inputs:
+    caps = await m.Workspace.filter(max_concurrent_jobs__isnull=False).values_list(
+        "id", "max_concurrent_jobs"
+    )
+    return Inputs(fleet=await _fleet(), caps=tuple(sorted((str(w), int(c)) for w, c in caps)))
+
+
+async def _queued(limit: int, since: dt.datetime | None = None) -> list[_Queued]:
+    recent = {} if since is None else {"created_at__gte": since}
     rows = (
-        await m.AgentSession.filter(status=m.AgentSessionStatus.QUEUED)
+        await m.AgentSession.filter(status=m.AgentSessionStatus.QUEUED, **recent)
         .order_by("created_at", "id")
         .limit(limit)
         .values(
@@ -202,11 +221,13 @@ async def reconcile_waits(
     store: secret_service.SecretStore | None = None,
     now: dt.datetime | None = None,
     limit: int = MAX_RECONCILED,
+    queued_since: dt.datetime | None = None,
 ) -> int:
-    """Stores the reason each queued session waits (the ``limit`` oldest) where it changed,
-    and announces their tasks. Returns how many changed. ``now``: tests pass a later time."""
+    """Stores the reason each queued session waits (the ``limit`` oldest; with
+    ``queued_since``, only of those queued since then) where it changed, and announces their
+    tasks. Returns how many changed. ``now``: tests pass a later time."""
     when = now or current_time()
-    queued = await _queued(limit)
+    queued = await _queued(limit, queued_since)
     if not queued:
         return 0
     ready = set(await secret_service.ready_agent_task_ids(store)) if store is not None else set()
