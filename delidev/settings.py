@@ -36,8 +36,15 @@ def default_database_url() -> str:
 
 
 _SECRET_FIELDS = frozenset(
-    {"jwt_secret", "oidc_client_secret", "worker_registration_token", "operator_token"}
+    {
+        "jwt_secret",
+        "oidc_client_secret",
+        "worker_registration_token",
+        "operator_token",
+        "metrics_token",
+    }
 )
+_LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -146,6 +153,13 @@ class Settings:
     ws_deflate_bypass: bool = True
     """Serve WebSockets with ``websocket_deflate.py``'s protocol (compresses a log piece once
     for all followers, uses uvicorn internals); off: uvicorn's ordinary protocol."""
+    log_format: str = "text"
+    """``text`` (one escaped line per record) or ``json`` (one object per line)."""
+    metrics: bool = True
+    """Serve Prometheus metrics at ``GET /metrics``."""
+    metrics_token: str | None = None
+    """Bearer token ``/metrics`` asks for; in multi-user mode the endpoint is refused while it
+    is unset (metrics carry workspace and worker names). Single-user mode: open."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -228,6 +242,13 @@ class Settings:
         if not 0 < self.secrets_relay_max_age_ms <= 300_000:
             raise SettingsError("DELIDEV_SECRETS_RELAY_MAX_AGE_MS must be between 1 and 300000")
         self._validate_http()
+        if self.log_format not in _LOG_FORMATS:
+            raise SettingsError(
+                f"DELIDEV_LOG_FORMAT must be one of {', '.join(_LOG_FORMATS)} "
+                f"(got {self.log_format[:32]!r})"
+            )
+        if self.metrics_token is not None and len(self.metrics_token) < 32:
+            raise SettingsError("DELIDEV_METRICS_TOKEN must be at least 32 characters")
         if self.operator_token is not None and len(self.operator_token) < 32:
             raise SettingsError("DELIDEV_OPERATOR_TOKEN must be at least 32 characters")
         if self.jwt_secret:  # also in single-user mode, where it seals the secret relay
@@ -287,6 +308,7 @@ class Settings:
             "DELIDEV_SERVER_HOST": "server_host",
             "DELIDEV_WORKER_REGISTRATION_TOKEN": "worker_registration_token",
             "DELIDEV_OPERATOR_TOKEN": "operator_token",
+            "DELIDEV_METRICS_TOKEN": "metrics_token",
         }
         for var, attr in strings.items():
             value = env.get(var, "").strip()
@@ -295,6 +317,9 @@ class Settings:
         level = env.get("DELIDEV_LOG_LEVEL", "").strip()
         if level:
             kwargs["log_level"] = level.lower()
+        log_format = env.get("DELIDEV_LOG_FORMAT", "").strip()
+        if log_format:
+            kwargs["log_format"] = log_format.lower()
         ints = {
             "DELIDEV_SERVER_PORT": "server_port",
             "DELIDEV_JWT_EXPIRATION_HOURS": "jwt_expiration_hours",
@@ -349,6 +374,7 @@ class Settings:
             ("DELIDEV_GRAPHQL_INTROSPECTION", "graphql_introspection"),
             ("DELIDEV_CONNECT_FAST_PATH", "connect_fast_path"),
             ("DELIDEV_WS_DEFLATE_BYPASS", "ws_deflate_bypass"),
+            ("DELIDEV_METRICS", "metrics"),
         ):
             value = env.get(var, "").strip()
             if value:
