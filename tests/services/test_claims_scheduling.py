@@ -14,7 +14,6 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import InvalidArgument
 from delidev.services import tasks, workers
-from delidev.services.workers import claims
 from tests.conftest import BACKEND
 from tests.factories import make_group, make_repository, make_workspace
 
