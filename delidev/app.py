@@ -20,13 +20,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.http.websocket_origin import normalize_origin
 from tortoise.context import TortoiseContext
 
-from delidev import db, events
+from delidev import db, events, metrics
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
-from delidev.connect.routes import ConnectDispatch
+from delidev.connect.routes import SERVICE_PATHS, ConnectDispatch
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
+from delidev.metrics_http import RequestTiming, metrics_endpoint
 from delidev.services import auth as auth_service
 from delidev.services.live import LogFeeds
 from delidev.services.scheduling.policy import RetryPolicy
@@ -250,6 +251,7 @@ def create_app(settings: Settings) -> Starlette:
                     await background
             await bus.stop()
             await db.close_database(state.pop("db"))
+            metrics.process_exiting()
             log.info("DeliDev server stopped")
 
     async def healthz(_: Request) -> Response:
@@ -278,10 +280,16 @@ def create_app(settings: Settings) -> Starlette:
         ),
         WebSocketRoute("/graphql", graphql),
     ]
+    timing: list[Middleware] = []
+    if settings.metrics:
+        routes.append(Route("/metrics", metrics_endpoint(settings), methods=["GET"]))
+        paths = [r.path for r in routes if isinstance(r, Route)]
+        timing.append(Middleware(RequestTiming, paths=paths, services=SERVICE_PATHS))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            *timing,
             Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
             Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
             Middleware(BindEvents, bus=bus),
@@ -303,3 +311,15 @@ def create_app(settings: Settings) -> Starlette:
     app.state.secrets = store
     app.state.closing = closing
     return app
+
+
+def from_env() -> Starlette:
+    """A uvicorn factory for several worker processes in one server:
+    ``uvicorn --factory delidev.app:from_env --workers N`` (settings from the environment,
+    as ``delidev-server``; set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory so that
+    ``/metrics`` sums the processes)."""
+    from delidev.cli import configure_logging  # the CLI's set-up, for a server it did not start
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_max_value_chars)
+    return create_app(settings)

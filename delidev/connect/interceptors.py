@@ -8,6 +8,7 @@ and reaches the client as a bare ``internal`` error: no text, no trace.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
-from delidev import errors
+from delidev import errors, metrics
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,59 @@ class ErrorInterceptor:
                 yield item
         except Exception as exc:
             raise to_connect_error(exc, _method_name(ctx)) from None
+
+
+class MetricsInterceptor:
+    """Times each call (``rpc_server_call_duration_seconds`` by service, method and Connect
+    code); outside ``ErrorInterceptor``, so it sees the code the client gets."""
+
+    async def intercept_unary(
+        self,
+        call_next: Callable[[REQ, RequestContext[Any, Any]], Awaitable[RES]],
+        request: REQ,
+        ctx: RequestContext[Any, Any],
+    ) -> RES:
+        started = time.perf_counter()
+        code = "ok"
+        try:
+            return await call_next(request, ctx)
+        except ConnectError as exc:
+            code = exc.code.value
+            raise
+        except BaseException:
+            code = Code.INTERNAL.value  # cancelled or not mapped: the call did not succeed
+            raise
+        finally:
+            _record(ctx, code, started)
+
+    async def intercept_server_stream(
+        self,
+        call_next: Callable[[REQ, RequestContext[Any, Any]], AsyncIterator[RES]],
+        request: REQ,
+        ctx: RequestContext[Any, Any],
+    ) -> AsyncIterator[RES]:
+        started = time.perf_counter()
+        code = "ok"
+        try:
+            async for item in call_next(request, ctx):
+                yield item
+        except ConnectError as exc:
+            code = exc.code.value
+            raise
+        except BaseException:
+            code = Code.CANCELED.value  # the client went away (or the server closes)
+            raise
+        finally:
+            _record(ctx, code, started)
+
+
+def _record(ctx: RequestContext[Any, Any], code: str, started: float) -> None:
+    metrics.rpc_call(
+        ctx.method.service_name,
+        ctx.method.name,
+        code,
+        time.perf_counter() - started,
+    )
 
 
 def _method_name(ctx: RequestContext[Any, Any]) -> str:

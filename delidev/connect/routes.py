@@ -25,7 +25,7 @@ from delidev.connect.gen.delidev.v1.task_connect import TaskServiceASGIApplicati
 from delidev.connect.gen.delidev.v1.todo_connect import TodoServiceASGIApplication
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceASGIApplication
 from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceServiceASGIApplication
-from delidev.connect.interceptors import ErrorInterceptor
+from delidev.connect.interceptors import ErrorInterceptor, MetricsInterceptor
 from delidev.connect.worker_handler import WorkerHandler
 from delidev.services.live import LogFeeds
 from delidev.services.secrets import SecretStore
@@ -163,6 +163,17 @@ def _with_content_length(send: Send) -> Send:
     return sender
 
 
+# The path of every Connect service served (``connect_apps`` serves exactly these; a test
+# checks): the HTTP request metrics name routes by them.
+SERVICE_PATHS = tuple(
+    f"/delidev.v1.{name}Service"
+    for name in (
+        "Workspace", "Repository", "RepositoryGroup", "Todo", "Task", "Session", "Worker",
+        "Secrets", "Auth",
+    )
+)  # fmt: skip
+
+
 def connect_apps(
     authenticator: Authenticator,
     settings: Settings,
@@ -171,7 +182,7 @@ def connect_apps(
     feeds: LogFeeds,
     closing: asyncio.Event | None = None,
 ) -> list[ConnectASGIApplication[Any]]:
-    interceptors = [ErrorInterceptor()]
+    interceptors = [MetricsInterceptor(), ErrorInterceptor()]
     codecs = server_codecs(max_json_depth=settings.max_json_depth)
 
     def serve(

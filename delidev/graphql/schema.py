@@ -9,6 +9,7 @@ from graphql.error import GraphQLError
 from strawberry.types import ExecutionContext
 
 from delidev.graphql.limits import DocumentLimits, Guard
+from delidev.graphql.metrics import OperationMetrics
 from delidev.graphql.mutations import Mutation
 from delidev.graphql.queries import Query
 from delidev.graphql.subscriptions import Subscription
@@ -50,6 +51,7 @@ def build_schema(settings: Settings) -> Schema:
         subscription=Subscription,
         types=[UnitTask, CompositeTask],
         extensions=[
+            OperationMetrics,
             lambda: Guard(
                 max_tokens=settings.graphql_max_tokens,
                 limits=limits,

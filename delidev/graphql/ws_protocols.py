@@ -21,7 +21,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
     OperationMessage,
 )
 
-from delidev import errors
+from delidev import errors, metrics
 from delidev.graphql.context import Context
 from delidev.graphql.log_fast_path import log_plan, serve_session_log
 from delidev.graphql.wire import message_problem
@@ -77,6 +77,13 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
+        metrics.subscription_opened("graphql-transport-ws")
+        try:
+            await self._run_operation(operation)
+        finally:
+            metrics.subscription_closed("graphql-transport-ws")
+
+    async def _run_operation(self, operation: Operation[Context, None]) -> None:
         plan = log_plan(
             self.schema._schema,  # type: ignore[attr-defined]  # the graphql-core schema
             operation.query,
@@ -130,6 +137,19 @@ class SignedInGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
             await self.websocket.close(code=4400, reason=problem)
             return
         await super().handle_message(message)
+
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        metrics.subscription_opened("graphql-ws")
+        try:
+            await super().handle_async_results(operation_id, query, operation_name, variables)
+        finally:
+            metrics.subscription_closed("graphql-ws")
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         self._init_received = True

@@ -7,11 +7,12 @@ from ``tasks`` and ``workspaces`` because each of those imports the other's look
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from typing import cast
 from uuid import UUID
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.services import common
 
@@ -38,12 +39,16 @@ async def remove_tasks(
         *(c.planning_task_id for c in composites),
         *cast(list[UUID], fix_ids),
     ]
-    active = await m.AgentSession.filter(
+    running = await m.AgentSession.filter(
         agent_task_id__in=agent_ids, status__in=list(ACTIVE)
-    ).values_list("id", flat=True)
-    await m.AgentSession.filter(id__in=list(active)).update(
+    ).values_list("id", "kind")
+    active = [session_id for session_id, _ in running]
+    await m.AgentSession.filter(id__in=active).update(
         **common.changed(status=m.AgentSessionStatus.STOPPED, lease_token=None)
     )
+    kinds = collections.Counter(m.JobKind(k).value for _, k in running)
+    for kind, count in kinds.items():
+        metrics.session_finished(kind, "stopped", count)
     pending = await m.TtyInputRequest.filter(
         session__agent_task_id__in=agent_ids, status=m.TtyInputStatus.PENDING
     ).values_list("id", "session_id", "workspace_id")

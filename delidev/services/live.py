@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound
@@ -295,11 +295,17 @@ class LogFeeds:
                 raise
             feed.task = asyncio.create_task(feed.pump(), name=f"log-feed-{session_id}")
         feed.followers += 1
-        await feed.ready.wait()
+        metrics.follower_attached()
+        try:
+            await feed.ready.wait()
+        except BaseException:  # cancelled while the feed starts: not a follower after all
+            self._release(feed)
+            raise
         return feed
 
     def _release(self, feed: _Feed) -> None:
         feed.followers -= 1
+        metrics.follower_detached()
         if feed.followers <= 0:
             self._drop(feed)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from uuid import UUID
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -37,6 +37,7 @@ async def stop_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
             **common.changed(status=SessionStatus.STOPPED, completed_at=common.now(), **user_stop())
         )
         if changed:
+            metrics.session_finished(session.kind.value, "stopped")
             await _session_ended(session.id)
             stopped = await get_row(m.AgentSession, id=session.id)
             await announce_session(stopped)
@@ -131,6 +132,7 @@ async def complete_session(
             raise FailedPrecondition(
                 f"session {session.id} cannot move from {fresh.status.value} to {status.value}"
             )
+        metrics.session_finished(session.kind.value, status.value)
         if status == SessionStatus.FAILED and is_infrastructure_failure(failure_kind):
             # Read again under the row's lock: a stop asked since it was loaded counts.
             failed = await get_row(m.AgentSession, id=session.id)

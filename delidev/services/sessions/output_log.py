@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -146,6 +146,7 @@ async def append_log(
             return session
         _check_window(incoming, session.log_next_sequence, limits)
         pending = await _store_pending(session, incoming)
+        metrics.log_ingested(sum(len(data.encode()) for data in incoming.values()))
         size, next_seq = await _place_pending(session, pending, hold)
         _check_waiting(pending, next_seq, limits)
         if next_seq != session.log_next_sequence:

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from uuid import UUID, uuid4
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -84,6 +84,7 @@ async def create_composite_task(
             title=title,
         )
         await queue_session(planner, kind=m.JobKind.PLANNING, attempt=1)
+    metrics.task_created("composite")
     task_changed(composite)
     events.publish(events.JobQueued())
     return composite
@@ -230,6 +231,7 @@ async def _create_nodes(
             )
         )
     await m.UnitTask.bulk_create(units)
+    metrics.task_created("composite_node", len(units))
     nodes = [
         m.CompositeTaskNode(
             id=uuid4(), composite_task_id=composite.id, unit_task_id=unit.id, plan_id=item.id
@@ -329,11 +331,14 @@ async def close_composite(composite: m.CompositeTask) -> m.CompositeTask:
         ).values_list("id", flat=True)
         # Queued runs stop at once; then every run that is running, also one claimed
         # meanwhile, is asked to stop (its worker confirms).
-        await m.AgentSession.filter(id__in=list(active), status=SessionStatus.QUEUED).update(
+        dropped = await m.AgentSession.filter(
+            id__in=list(active), status=SessionStatus.QUEUED
+        ).update(
             **common.changed(
                 status=SessionStatus.STOPPED, completed_at=common.now(), **_user_stop()
             )
         )
+        metrics.session_finished(m.JobKind.UNIT_TASK.value, "stopped", dropped)
         # A stop already asked (for a time limit) keeps its reason and its grace.
         await m.AgentSession.filter(
             id__in=list(active), status=SessionStatus.RUNNING, stop_requested=False

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -93,6 +93,7 @@ async def create_unit_task(
             title=title,
         )
         await queue_session(agent, kind=m.JobKind.UNIT_TASK, attempt=1)
+    metrics.task_created("unit")
     task_changed(task)
     events.publish(events.JobQueued())
     return task

@@ -40,7 +40,7 @@ from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.errors import FailedPrecondition
 from delidev.services import common
@@ -304,6 +304,8 @@ async def _claim_pg(
     if row["workspace_cap"] is not None and not await _within_cap(row, lease):
         raise _OverCap(UUID(str(row["job_workspace_id"])))
     session = m.AgentSession._init_from_db(**row)  # takes its columns, ignores the rest
+    if session.started_at is not None:
+        metrics.job_claimed(session.created_at, session.started_at)
     unit = row["unit_id"] is not None
     workspace = str(row["unit_workspace_id"] if unit else row["composite_workspace_id"])
     events.publish(events.SessionChanged(session_id=str(session.id), status="running"))
@@ -363,6 +365,8 @@ async def _claim_sqlite(
     limit = dt.timedelta(seconds=agent.max_run_seconds or max_run_seconds)
     await m.AgentSession.filter(id=UUID(str(rows[0]["id"]))).update(deadline_at=now + limit)
     claimed = await get_row(m.AgentSession, id=UUID(str(rows[0]["id"])))
+    if claimed.started_at is not None:
+        metrics.job_claimed(claimed.created_at, claimed.started_at)
     # Marked unhealthy since the claim: it stays so (the sweep takes the job back).
     await m.Worker.filter(id=worker_id, status__not=m.WorkerStatus.UNHEALTHY).update(
         **common.changed(

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from tortoise.expressions import Q
 
-from delidev import events
+from delidev import events, metrics
 from delidev import models as m
 from delidev.services import common
 from delidev.services import sessions as session_service
@@ -122,9 +122,11 @@ async def release_session(
     )
     if not moved:
         return False
-    await retry_or_give_up(
+    metrics.session_finished(session.kind.value, "lost")
+    if await retry_or_give_up(
         await get_row(m.AgentSession, id=session.id), error=reason, policy=policy
-    )
+    ):
+        metrics.jobs_reassigned(1)
     await m.Worker.filter(current_session_id=session.id).update(
         **common.changed(current_session_id=None, current_task_id=None)
     )

@@ -1,0 +1,90 @@
+"""The transport side of ``metrics.py``: the ``GET /metrics`` endpoint and the timing of
+every HTTP request (``http_server_request_duration_seconds``).
+
+``/metrics`` is open in single-user mode (the server listens on loopback). In multi-user
+mode it carries workspace and worker names, so it answers only with
+``Authorization: Bearer <DELIDEV_METRICS_TOKEN>``, and is refused while that is unset. With
+``DELIDEV_METRICS=false`` there is no endpoint and nothing is timed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from delidev import metrics
+from delidev import models as m
+from delidev.auth.authenticator import bearer_token
+from delidev.services.common import same_secret
+from delidev.settings import Settings
+
+CONNECT_PREFIX = "/delidev.v1."
+
+
+def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
+    gauges = metrics.DatabaseGauges()
+    reasons = [reason.value for reason in m.WaitReason]
+
+    async def endpoint(request: Request) -> Response:
+        token = settings.metrics_token
+        if token is not None:
+            given = bearer_token(request.headers.get("authorization"))
+            if given is None or not same_secret(given, token):
+                return JSONResponse(
+                    {"error": "metrics need Authorization: Bearer <DELIDEV_METRICS_TOKEN>"},
+                    status_code=401,
+                    headers={"www-authenticate": 'Bearer realm="metrics"'},
+                )
+        elif not settings.single_user_mode:
+            return JSONResponse(
+                {"error": "metrics are off in multi-user mode until DELIDEV_METRICS_TOKEN is set"},
+                status_code=403,
+            )
+        body = await metrics.exposition(gauges, reasons)
+        return Response(body, media_type=metrics.CONTENT_TYPE_LATEST)
+
+    return endpoint
+
+
+class RequestTiming:
+    """Times each HTTP request by method, route and status. The route is a known path or
+    ``<Connect service>/{method}``; anything else is ``other``, so a client cannot grow the
+    series by asking for made-up paths."""
+
+    def __init__(self, app: ASGIApp, paths: Iterable[str], services: Iterable[str]) -> None:
+        self.app = app
+        self._paths = frozenset(paths)
+        self._services = frozenset(services)
+
+    def _route(self, path: str) -> str:
+        if path in self._paths:
+            return path
+        if path.startswith(CONNECT_PREFIX):
+            service = path[: path.find("/", 1)]
+            if service in self._services:
+                return f"{service}/{{method}}"
+        return "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            metrics.http_request(
+                scope["method"], self._route(scope["path"]), status, time.perf_counter() - started
+            )

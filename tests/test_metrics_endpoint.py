@@ -1,0 +1,133 @@
+"""``/metrics``: who may read it, the off switch, labels no client can grow without bound,
+and several uvicorn worker processes summed (issue 12). The values after a scripted run are
+checked against a real server process in ``tests/e2e/test_metrics.py``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+
+from delidev import metrics
+from delidev.app import create_app
+from delidev.settings import Settings
+
+TOKEN = "metrics-token-0123456789-abcdefghij"
+SECRET = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
+
+
+def _multi(settings: Settings, **changes: Any) -> Settings:
+    return settings.replace(
+        single_user_mode=False,
+        jwt_secret=SECRET,
+        oidc_issuer_url="https://id.example",
+        oidc_client_id="client",
+        oidc_client_secret="client-secret",
+        **changes,
+    )
+
+
+async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+
+
+@pytest.fixture
+async def multi_without_token(
+    settings: Settings, database: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _client(_multi(settings)):
+        yield client
+
+
+@pytest.fixture
+async def multi_with_token(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _client(_multi(settings, metrics_token=TOKEN)):
+        yield client
+
+
+@pytest.fixture
+async def metrics_off(settings: Settings, database: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _client(settings.replace(metrics=False)):
+        yield client
+
+
+async def test_multi_user_mode_refuses_metrics_until_a_token_is_set(
+    multi_without_token: httpx.AsyncClient,
+) -> None:
+    response = await multi_without_token.get("/metrics")
+    assert response.status_code == 403
+    assert "DELIDEV_METRICS_TOKEN" in response.json()["error"]
+    assert "delidev_" not in response.text
+
+
+async def test_the_token_opens_metrics_and_nothing_else_does(
+    multi_with_token: httpx.AsyncClient,
+) -> None:
+    for headers in (
+        {},
+        {"authorization": "Bearer wrong-token-wrong-token-wrong-token"},
+        {"authorization": f"Basic {TOKEN}"},
+        {"authorization": f"Bearer {TOKEN}x"},
+        {"authorization": "Bearer \xe9".encode("latin-1")},  # not ASCII: refused, no error
+    ):
+        refused = await multi_with_token.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "delidev_" not in refused.text
+    ok = await multi_with_token.get("/metrics", headers={"authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    assert "delidev_jobs_queued" in ok.text
+
+
+def _http_count(route: str) -> float:
+    total = 0.0
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if (
+                sample.name == "http_server_request_duration_seconds_count"
+                and sample.labels.get("http_route") == route
+            ):
+                total += sample.value
+    return total
+
+
+async def test_the_off_switch_removes_the_endpoint_and_the_timing(
+    metrics_off: httpx.AsyncClient,
+) -> None:
+    before = _http_count("/healthz")
+    assert (await metrics_off.get("/metrics")).status_code == 404
+    assert (await metrics_off.get("/healthz")).status_code == 200
+    assert _http_count("/healthz") == before
+
+
+async def test_made_up_paths_and_methods_share_one_series(http: httpx.AsyncClient) -> None:
+    before = _http_count("other")
+    for path in ("/x", "/delidev.v1.NoSuchService/Get", "/" + "a" * 5000, "/%00%ff"):
+        await http.get(path)
+    await http.request("BREW", "/healthz")
+    assert _http_count("other") == before + 4
+    text = (await http.get("/metrics")).text
+    for made_up in ("NoSuchService", "aaaa", "BREW"):
+        assert made_up not in text
+    assert 'http_request_method="_OTHER"' in text
+
+
+@given(st.text(max_size=300))
+def test_an_operation_label_is_short_and_plain_whatever_the_client_sends(name: str) -> None:
+    label = metrics.operation_label(name)
+    assert label in ("anonymous", "other") or (label == name and len(label) <= 64)
+    assert label.replace("_", "a").isalnum()
+
+
+def test_operation_names_are_bounded_per_process() -> None:
+    for i in range(metrics._MAX_OPERATION_NAMES + 50):
+        metrics.operation_label(f"Op{i}")
+    assert len(metrics._operation_names) <= metrics._MAX_OPERATION_NAMES
+    assert metrics.operation_label("OneMoreNewName") == "other"
