@@ -33,7 +33,7 @@ RUN /tmp/build-backend/bin/pip wheel --no-deps --no-build-isolation -w /tmp/dist
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 delidev \
- && useradd --system --uid 10001 --gid delidev --home-dir /var/lib/delidev --create-home \
+ && useradd --system --no-log-init --uid 10001 --gid delidev --home-dir /var/lib/delidev --create-home \
       --shell /usr/sbin/nologin delidev
 COPY --from=build /opt/delidev /opt/delidev
 # HOME holds the SQLite default (~/.delidev/delidev.db): the volume keeps it. With
