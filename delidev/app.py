@@ -310,6 +310,16 @@ def create_app(settings: Settings) -> Starlette:
     app.state.reconciler = reconciler
     app.state.secrets = store
     app.state.closing = closing
+
+    def begin_shutdown() -> None:
+        """Called as the server stops accepting (``delidev.cli``), before it waits for open
+        requests: waiting long polls answer at once (no job), Watch streams end, and live
+        log followers end with ``unavailable`` at their offset, to resume elsewhere."""
+        closing.set()
+        signal.notify()
+        feeds.close()
+
+    app.state.begin_shutdown = begin_shutdown
     return app
 
 

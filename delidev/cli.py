@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import sys
 
@@ -67,7 +68,7 @@ def _serve(settings: Settings) -> int:
         long-lived streams (a worker's Watch) end instead of holding the shutdown."""
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            app.state.closing.set()
+            app.state.begin_shutdown()
             await super().shutdown(sockets)
 
     config = uvicorn.Config(
@@ -78,11 +79,14 @@ def _serve(settings: Settings) -> int:
         port=settings.server_port,
         log_level=settings.log_level,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     server = Server(config)
     # As uvicorn.run: the Ctrl-C / SIGINT that ended a graceful shutdown is re-raised by
     # uvicorn as KeyboardInterrupt once it is done, and a server that could not start exits 3.
+    # uvicorn re-raises a SIGTERM too, with the handler found before it started: a no-op one,
+    # so that a clean stop exits 0 rather than being killed by the default action.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return 0 if server.started else 3

@@ -153,6 +153,8 @@ class Settings:
     ws_deflate_bypass: bool = True
     """Serve WebSockets with ``websocket_deflate.py``'s protocol (compresses a log piece once
     for all followers, uses uvicorn internals); off: uvicorn's ordinary protocol."""
+    shutdown_grace_s: int = 30
+    """On SIGTERM, requests in flight get this long to finish before the server exits."""
     log_format: str = "text"
     """``text`` (one escaped line per record) or ``json`` (one object per line)."""
     metrics: bool = True
@@ -212,6 +214,7 @@ class Settings:
             ("DELIDEV_MAX_AUTO_ATTEMPTS", self.max_auto_attempts),
             ("DELIDEV_RETRY_BACKOFF_BASE_MS", self.retry_backoff_base_ms),
             ("DELIDEV_WATCH_KEEPALIVE_MS", self.watch_keepalive_ms),
+            ("DELIDEV_SHUTDOWN_GRACE_S", self.shutdown_grace_s),
         ):
             if amount <= 0:
                 raise SettingsError(f"{var} must be positive")
@@ -352,6 +355,7 @@ class Settings:
             "DELIDEV_RETRY_BACKOFF_BASE_MS": "retry_backoff_base_ms",
             "DELIDEV_RETRY_BACKOFF_MAX_MS": "retry_backoff_max_ms",
             "DELIDEV_WATCH_KEEPALIVE_MS": "watch_keepalive_ms",
+            "DELIDEV_SHUTDOWN_GRACE_S": "shutdown_grace_s",
         }
         for var, attr in ints.items():
             value = env.get(var, "").strip()

@@ -124,6 +124,7 @@ class WorkerHandler(WorkerService):
             signal=self._signal,
             store=self._store,
             max_run_seconds=self._settings.max_run_seconds,
+            closing=self._closing,
         )
         return worker_pb.ClaimJobResponse(job=None if job is None else convert.job_message(job))
 

@@ -30,7 +30,7 @@ from uuid import UUID
 from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
-from delidev.errors import InvalidArgument, NotFound
+from delidev.errors import InvalidArgument, NotFound, Unavailable
 from delidev.services import auth as auth_service
 from delidev.services import sessions as session_service
 from delidev.services.live_updates import (
@@ -272,12 +272,27 @@ class _Feed:
                 await asyncio.sleep(1.0)
 
 
+def _shutting_down(offset: int) -> Unavailable:
+    return Unavailable(f"the server is shutting down: reconnect and resume from offset {offset}")
+
+
 class LogFeeds:
     """The shared log readers of one process (one per followed session)."""
 
     def __init__(self, bus: events.EventBus) -> None:
         self._bus = bus
         self._feeds: dict[UUID, _Feed] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """The server shuts down: every follower ends with Unavailable at its current
+        offset (it resumes from there through another replica), and no new one starts."""
+        self.closed = True
+        for feed in list(self._feeds.values()):
+            members, feed.pushed = feed.pushed, []
+            for member in members:  # parked pushed followers go back to their own loop
+                member.release()
+            feed._announce()
 
     def __len__(self) -> int:
         return len(self._feeds)
@@ -344,10 +359,14 @@ class LogFeeds:
         checked_at = loop.time()
         await auth_service.ensure_still_signed_in(actor=actor)
         await session_service.get_session(actor=actor, session_id=session_id)
+        if self.closed:
+            raise _shutting_down(from_offset)
         feed = await self._acquire(session_id)
         try:
             offset = from_offset
             while True:
+                if self.closed:
+                    raise _shutting_down(offset)
                 if _recheck_due(checked_at, loop.time()):
                     checked_at = await feed.recheck(actor)
                 advanced = feed.advanced

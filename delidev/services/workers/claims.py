@@ -421,6 +421,7 @@ async def claim_job(
     signal: JobSignal | None = None,
     store: secret_service.SecretStore | None = None,
     max_run_seconds: int = DEFAULT_MAX_RUN_SECONDS,
+    closing: asyncio.Event | None = None,
 ) -> Job | None:
     """The worker's current job, or the first queued one it may take claimed for it, or None.
 
@@ -429,8 +430,9 @@ async def claim_job(
 
     A worker holds at most one job: asking again returns the job it holds. A job whose task
     expects secrets is handed out only once they are in ``store``. Waits up to ``wait``
-    (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``. A worker marked
-    unhealthy claims nothing until a heartbeat makes it healthy again.
+    (bounded by ``MAX_WAIT_MS``) for a job to appear, woken by ``signal``; once ``closing``
+    is set (the server shuts down) it answers at once instead. A worker marked unhealthy
+    claims nothing until a heartbeat makes it healthy again.
     Raises: InvalidArgument (a negative wait), NotFound, FailedPrecondition (the worker is
     unhealthy).
     """
@@ -455,7 +457,7 @@ async def claim_job(
                 )
             checked = True
         remaining = deadline - loop.time()
-        if remaining <= 0 or generation is None:
+        if remaining <= 0 or generation is None or (closing is not None and closing.is_set()):
             return None
         await JobSignal.wait(generation, min(remaining, RECHECK_S))
 
