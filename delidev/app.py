@@ -27,6 +27,7 @@ from delidev.background import Sweeper, WaitReconciler
 from delidev.connect.routes import ConnectDispatch
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
+from delidev.request_context import RequestContext
 from delidev.services import auth as auth_service
 from delidev.services.live import LogFeeds
 from delidev.services.scheduling.policy import RetryPolicy
@@ -282,6 +283,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(RequestContext),
             Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
             Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
             Middleware(BindEvents, bus=bus),

@@ -15,7 +15,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
-from delidev import errors
+from delidev import errors, request_context
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class ErrorInterceptor:
         try:
             return await call_next(request, ctx)
         except Exception as exc:
-            raise to_connect_error(exc, _method_name(ctx)) from None
+            raise _noted(to_connect_error(exc, _method_name(ctx))) from None
 
     async def intercept_server_stream(
         self,
@@ -107,7 +107,12 @@ class ErrorInterceptor:
             async for item in call_next(request, ctx):
                 yield item
         except Exception as exc:
-            raise to_connect_error(exc, _method_name(ctx)) from None
+            raise _noted(to_connect_error(exc, _method_name(ctx))) from None
+
+
+def _noted(error: ConnectError) -> ConnectError:
+    request_context.set_code(error.code.value)  # for the log (delidev/request_context.py)
+    return error
 
 
 def _method_name(ctx: RequestContext[Any, Any]) -> str:
