@@ -34,7 +34,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,16 @@ _current: ContextVar[RequestInfo | None] = ContextVar("delidev_request", default
 
 def current() -> RequestInfo | None:
     return _current.get()
+
+
+@contextmanager
+def handling(info: RequestInfo) -> Iterator[RequestInfo]:
+    """``info`` is the current request's until the block ends."""
+    token = _current.set(info)
+    try:
+        yield info
+    finally:
+        _current.reset(token)
 
 
 def principal_label(principal: Principal) -> str:
@@ -213,16 +224,15 @@ class RequestContext:
                 close_code = message.get("code", 1005)
             return message
 
-        token = _current.set(info)
-        try:
-            await self.app(scope, receiver if kind == "websocket" else receive, sender)
-        except BaseException:
-            if info.status is None:
-                info.status = 500
-            raise
-        finally:
-            _log_access(info, close_code)
-            _current.reset(token)
+        with handling(info):
+            try:
+                await self.app(scope, receiver if kind == "websocket" else receive, sender)
+            except BaseException:
+                if info.status is None:
+                    info.status = 500
+                raise
+            finally:
+                _log_access(info, close_code)
 
 
 def _log_access(info: RequestInfo, close_code: int | None) -> None:
@@ -246,6 +256,12 @@ def _log_access(info: RequestInfo, close_code: int | None) -> None:
         *args,
         extra={
             "access": True,
+            "request_id": info.request_id,
+            "trace_id": info.trace_id,
+            "principal": info.principal,
+            "rpc": info.rpc,
+            "graphql": info.graphql,
+            "status": info.status,
             "method": info.method,
             "path": info.path,
             "code": info.code,
