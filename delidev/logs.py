@@ -264,8 +264,21 @@ def formatter(log_format: str, *, max_value_chars: int) -> logging.Formatter:
     return SafeFormatter(max_value_chars=max_value_chars)
 
 
+def not_a_wire_trace(record: logging.LogRecord) -> bool:
+    """False for the ``websockets`` library's DEBUG traces of what crossed the wire (uvicorn
+    passes its own logger to it): every header of a WebSocket upgrade (``Authorization``,
+    ``Cookie``) and the start of every frame (a ``connection_init`` with its token, a TTY
+    answer), each ``< ...`` or ``> ...``. Nothing else of the server's looks like them."""
+    return not (
+        record.levelno <= logging.DEBUG
+        and isinstance(record.msg, str)
+        and record.msg.startswith(("< ", "> "))
+    )
+
+
 def install(*, level: str, max_value_chars: int, log_format: str = "text") -> None:
     """Sends every record to stderr, one line each, in ``log_format`` (text or json)."""
     handler = logging.StreamHandler()
+    handler.addFilter(not_a_wire_trace)
     handler.setFormatter(formatter(log_format, max_value_chars=max_value_chars))
     logging.basicConfig(level=level.upper(), handlers=[handler])
