@@ -212,6 +212,11 @@ def safe_record(record: logging.LogRecord, formatter: SafeFormatter) -> logging.
 
 
 _SCALARS = (bool, int, float, type(None))
+# Fields built here or already checked (request and trace ids are validated when read,
+# the principal is ours): not bounded again, which would cost a pass over each per record.
+_OWN_FIELDS = frozenset(
+    {"time", "level", "logger", "message", "exc_info", "request_id", "trace_id", "principal"}
+)
 
 
 class JsonFormatter(_LibraryJsonFormatter):
@@ -250,7 +255,7 @@ class JsonFormatter(_LibraryJsonFormatter):
         limit = self.max_value_chars
         log_data.pop("color_message", None)  # uvicorn's message again, with terminal colours
         for key, value in log_data.items():
-            if key in ("message", "exc_info", "time") or isinstance(value, _SCALARS):
+            if key in _OWN_FIELDS or isinstance(value, _SCALARS):
                 continue
             # An extra field may hold a request's value: bounded (and escaped, so that
             # ``jq -r`` prints it on one line); an object is shown as text.
