@@ -28,6 +28,7 @@ from delidev.connect.routes import SERVICE_PATHS, ConnectDispatch
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
 from delidev.metrics_http import RequestTiming, metrics_endpoint
+from delidev.request_context import RequestContext
 from delidev.services import auth as auth_service
 from delidev.services.live import LogFeeds
 from delidev.services.scheduling.policy import RetryPolicy
@@ -289,6 +290,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(RequestContext),
             *timing,
             Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
             Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
@@ -331,5 +333,5 @@ def from_env() -> Starlette:
     from delidev.cli import configure_logging  # the CLI's set-up, for a server it did not start
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_max_value_chars)
+    configure_logging(settings.log_level, settings.log_max_value_chars, settings.log_format)
     return create_app(settings)

@@ -14,9 +14,10 @@ from delidev import logs
 from delidev.settings import Settings, SettingsError
 
 
-def configure_logging(level: str, max_value_chars: int) -> None:
-    # One line per record whatever a request sent: values escaped and bounded (logs.py).
-    logs.install(level=level, max_value_chars=max_value_chars)
+def configure_logging(level: str, max_value_chars: int, log_format: str = "text") -> None:
+    # One line per record whatever a request sent: values escaped and bounded (logs.py), as
+    # text or as JSON; records written during a request carry its id (request_context.py).
+    logs.install(level=level, max_value_chars=max_value_chars, log_format=log_format)
     # The database layers log every SQL statement with its values at DEBUG (a TTY password
     # answer, a user's email): keep them out of the log whatever the level.
     floor = max(logging.INFO, logging.getLogger().level)
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"delidev-server: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_max_value_chars)
+    configure_logging(settings.log_level, settings.log_max_value_chars, settings.log_format)
 
     command = args.command or "serve"
     if command == "serve":
@@ -79,6 +80,9 @@ def _serve(settings: Settings) -> int:
         port=settings.server_port,
         log_level=settings.log_level,
         log_config=None,
+        # The app writes one access line per request (delidev/request_context.py), without
+        # the query string; uvicorn's would add a second, query (and any token in it) included.
+        access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     server = Server(config)

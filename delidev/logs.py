@@ -9,13 +9,28 @@ messages are escaped (``\\n``, ``\\x1b``), and each argument and exception messa
 structure (the frames come from the code, not the request): only the exception messages in
 them are escaped and cut.
 
-Hand-written: structlog or python-json-logger would escape by moving the log to key-value or
-JSON lines, a change of format for everyone who reads it; this keeps the format and adds the
-two guarantees to it.
+Two formats (``DELIDEV_LOG_FORMAT``):
+
+- ``text`` (the default): ``SafeFormatter``, the format this server always wrote, with
+  ``[<request id>]`` after the logger's name on records written while a request is handled.
+  Hand-written: the escaping and bounds are the point, and no library keeps a plain-text
+  format while adding them.
+- ``json``: ``JsonFormatter``, one JSON object per line: ``time`` (ISO 8601, UTC), ``level``,
+  ``logger``, ``message`` and the request's fields (``request_id``, ``trace_id``,
+  ``principal``, ``rpc``, ``graphql``, ``status``, ``duration_ms``; null outside a request,
+  see ``delidev/request_context.py``), then any ``extra`` fields and ``exc_info``. The
+  encoding is python-json-logger's: its encoder already handles what records carry
+  (datetimes, exceptions, enums, bytes, unknown objects) and its extras merge skips the
+  ``LogRecord`` internals, which a hand-written encoder would have to keep in step with each
+  Python release. The same guarantees hold: the message and each traceback are built as in
+  ``text`` (escaped, bounded; ``jq -r .message`` cannot print a forged line either), every
+  other string value is bounded, and ``ensure_ascii`` leaves no raw control character,
+  line separator or lone surrogate in the line.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import numbers
 import re
@@ -25,7 +40,12 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
+from delidev import request_context
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT_IN_REQUEST = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 # C0 and C1 control characters, DEL, the Unicode line and paragraph separators (which some
 # log viewers break lines at), and lone surrogates (a JSON string may hold one; the stream
 # could not encode it, and logging would print the whole record to stderr as an error).
@@ -93,19 +113,28 @@ def _shown(value: object, limit: int) -> object:
 class SafeFormatter(logging.Formatter):
     """Writes each record as one line (plus a traceback whose messages are escaped)."""
 
-    def __init__(self, fmt: str = LOG_FORMAT, *, max_value_chars: int) -> None:
+    def __init__(
+        self,
+        fmt: str = LOG_FORMAT,
+        *,
+        max_value_chars: int,
+        fmt_in_request: str = LOG_FORMAT_IN_REQUEST,
+    ) -> None:
         super().__init__(fmt)
         self.max_value_chars = max_value_chars
+        self._in_request = logging.PercentStyle(fmt_in_request)
 
     def format(self, record: logging.LogRecord) -> str:
-        safe = logging.makeLogRecord(record.__dict__)
-        safe.msg = self._message(record)
-        safe.args = None
-        safe.exc_text = None
-        if record.exc_info and record.exc_info[1] is not None:
-            safe.exc_text = self._traceback(record.exc_info[1])
-        safe.exc_info = None  # stack_info stays: it holds frames of the code only
+        safe = safe_record(record, self)
+        info = request_context.current()
+        if info is not None and not hasattr(safe, "request_id"):
+            safe.request_id = info.request_id
         return super().format(safe)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if getattr(record, "request_id", None):
+            return self._in_request.format(record)
+        return super().formatMessage(record)
 
     def _message(self, record: logging.LogRecord) -> str:
         limit = self.max_value_chars
@@ -170,8 +199,91 @@ class SafeFormatter(logging.Formatter):
         return text
 
 
-def install(*, level: str, max_value_chars: int) -> None:
-    """Sends every record to stderr through a ``SafeFormatter``."""
+def safe_record(record: logging.LogRecord, formatter: SafeFormatter) -> logging.LogRecord:
+    """A copy of ``record`` whose message and traceback are escaped and bounded."""
+    safe = logging.makeLogRecord(record.__dict__)
+    safe.msg = formatter._message(record)
+    safe.args = None
+    safe.exc_text = None
+    if record.exc_info and record.exc_info[1] is not None:
+        safe.exc_text = formatter._traceback(record.exc_info[1])
+    safe.exc_info = None  # stack_info stays: it holds frames of the code only
+    return safe
+
+
+_SCALARS = (bool, int, float, type(None))
+# Fields built here or already checked (request and trace ids are validated when read,
+# the principal is ours): not bounded again, which would cost a pass over each per record.
+_OWN_FIELDS = frozenset(
+    {"time", "level", "logger", "message", "exc_info", "request_id", "trace_id", "principal"}
+)
+
+
+class JsonFormatter(_LibraryJsonFormatter):
+    """One JSON object per record (see the module docstring)."""
+
+    def __init__(self, *, max_value_chars: int) -> None:
+        super().__init__(json_ensure_ascii=True)
+        self.max_value_chars = max_value_chars
+        self._safe = SafeFormatter(max_value_chars=max_value_chars)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(safe_record(record, self._safe))
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        info = request_context.current()
+        log_data.update(
+            time=dt.datetime.fromtimestamp(record.created, tz=dt.UTC),
+            level=record.levelname,
+            logger=record.name,
+            message=record.getMessage(),
+            request_id=info.request_id if info else None,
+            trace_id=info.trace_id if info else None,
+            principal=info.principal if info else None,
+            rpc=info.rpc if info else None,
+            graphql=info.graphql if info else None,
+            status=info.status if info else None,
+            duration_ms=info.elapsed_ms() if info else None,
+        )
+        # ``extra`` fields (they may override the request's: the access line's final
+        # duration) and the traceback, as the library merges them.
+        super().add_fields(log_data, record, message_dict)
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        limit = self.max_value_chars
+        log_data.pop("color_message", None)  # uvicorn's message again, with terminal colours
+        for key, value in log_data.items():
+            if key in _OWN_FIELDS or isinstance(value, _SCALARS):
+                continue
+            # An extra field may hold a request's value: bounded (and escaped, so that
+            # ``jq -r`` prints it on one line); an object is shown as text.
+            log_data[key] = clean(_text(str, value), limit)
+        return log_data
+
+
+def formatter(log_format: str, *, max_value_chars: int) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter(max_value_chars=max_value_chars)
+    return SafeFormatter(max_value_chars=max_value_chars)
+
+
+def not_a_wire_trace(record: logging.LogRecord) -> bool:
+    """False for the ``websockets`` library's DEBUG traces of what crossed the wire (uvicorn
+    passes its own logger to it): every header of a WebSocket upgrade (``Authorization``,
+    ``Cookie``) and the start of every frame (a ``connection_init`` with its token, a TTY
+    answer), each ``< ...`` or ``> ...``. Nothing else of the server's looks like them."""
+    return not (
+        record.levelno <= logging.DEBUG
+        and isinstance(record.msg, str)
+        and record.msg.startswith(("< ", "> "))
+    )
+
+
+def install(*, level: str, max_value_chars: int, log_format: str = "text") -> None:
+    """Sends every record to stderr, one line each, in ``log_format`` (text or json)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter(max_value_chars=max_value_chars))
+    handler.addFilter(not_a_wire_trace)
+    handler.setFormatter(formatter(log_format, max_value_chars=max_value_chars))
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -4,14 +4,19 @@ server process is in ``tests/e2e/test_log_injection.py``."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import re
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delidev.logs import SafeFormatter
+from delidev import logs
+from delidev.logs import JsonFormatter, SafeFormatter
+from delidev.request_context import RequestInfo, handling
 from delidev.settings import Settings, SettingsError
 
 LIMIT = 100
@@ -133,3 +138,97 @@ def test_a_broken_value_still_gives_a_line() -> None:
 
     line = formatter.format(_record("value %s %r", (Broken(), Broken())))
     assert line.endswith("value <Broken: str() failed> <Broken: repr() failed>")
+
+
+# --- Request ids in the text format, and the JSON format --------------------------------------
+
+json_formatter = JsonFormatter(max_value_chars=LIMIT)
+REQUEST_FIELDS = ("request_id", "trace_id", "principal", "rpc", "graphql", "status", "duration_ms")
+
+
+def _info(**fields: object) -> RequestInfo:
+    base: dict[str, object] = {
+        "request_id": "rid-1",
+        "trace_id": None,
+        "kind": "http",
+        "method": "POST",
+        "path": "/graphql",
+        "started": time.perf_counter(),
+    }
+    return RequestInfo(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_text_lines_carry_the_request_id_inside_a_request_only() -> None:
+    outside = formatter.format(_record("hello %s", ("you",)))
+    assert outside.endswith("ERROR delidev.test: hello you")
+    with handling(_info(request_id="abc-123")):
+        inside = formatter.format(_record("hello %s", ("you",)))
+    assert inside.endswith("ERROR delidev.test [abc-123]: hello you")
+
+
+def test_a_json_line_has_the_fields_and_null_request_fields_outside_a_request() -> None:
+    line = json_formatter.format(_record("state %s", ("x",)))
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "state x"
+    assert (data["level"], data["logger"]) == ("ERROR", "delidev.test")
+    when = dt.datetime.fromisoformat(data["time"])
+    assert when.utcoffset() == dt.timedelta(0)
+    assert all(data[name] is None for name in REQUEST_FIELDS)
+
+
+def test_a_json_line_written_during_a_request_carries_its_fields() -> None:
+    info = _info(
+        request_id="abc",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        principal="worker:1",
+        rpc="delidev.v1.WorkerService/GetTask",
+        status=200,
+    )
+    with handling(info):
+        data = json.loads(json_formatter.format(_record("claimed")))
+    assert {k: data[k] for k in REQUEST_FIELDS if k != "duration_ms"} == {
+        "request_id": "abc",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "principal": "worker:1",
+        "rpc": "delidev.v1.WorkerService/GetTask",
+        "graphql": None,
+        "status": 200,
+    }
+    assert data["duration_ms"] >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=texts, other=texts)
+def test_any_value_gives_one_bounded_json_line(value: str, other: str) -> None:
+    record = _record("state %s then %r", (value, other), _raised(value))
+    record.extra_value = value  # what ``extra=`` adds: bounded too
+    record.extra_object = [value]
+    line = json_formatter.format(record)
+    assert "\n" not in line
+    assert not CONTROL.search(line)  # ensure_ascii: no raw control character or separator
+    line.encode("utf-8")
+    data = json.loads(line)
+    assert not CONTROL.search(data["message"])  # escaped as in text: ``jq -r`` shows one line
+    for key in ("extra_value", "extra_object"):
+        assert len(data[key]) <= 6 * LIMIT + 40
+    assert "Traceback" in data["exc_info"]
+    assert all(len(part) < 6 * LIMIT + 100 for part in data["exc_info"].split("\n"))
+
+
+def test_a_huge_value_is_cut_in_json_too() -> None:
+    record = _record("state %s", ("y" * 3_000_000,), _raised("z" * 3_000_000))
+    record.body = "w" * 3_000_000
+    line = json_formatter.format(record)
+    assert len(line) < 6_000
+    data = json.loads(line)
+    assert data["message"].endswith(f"…[{3_000_000 - LIMIT} more characters]")
+
+
+def test_the_json_format_is_a_setting() -> None:
+    env = {"DELIDEV_SINGLE_USER_MODE": "true"}
+    assert Settings.from_env({**env, "DELIDEV_LOG_FORMAT": "json"}).log_format == "json"
+    assert isinstance(logs.formatter("json", max_value_chars=300), JsonFormatter)
+    assert isinstance(logs.formatter("text", max_value_chars=300), SafeFormatter)
+    with pytest.raises(SettingsError, match="DELIDEV_LOG_FORMAT"):
+        Settings.from_env({**env, "DELIDEV_LOG_FORMAT": "xml"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from delidev import request_context
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import Unauthenticated
 from delidev.settings import Settings
@@ -43,10 +44,13 @@ class Authenticator:
     async def authenticate(self, authorization: str | None) -> Principal:
         """Raises: Unauthenticated."""
         if self._single_user:
-            return LOCAL_USER
-        token = bearer_token(authorization)
-        if token is None:
-            raise Unauthenticated("authentication required: send Authorization: Bearer <token>")
-        if self._verify is None:
-            raise Unauthenticated("access token not accepted")
-        return await self._verify(token)
+            principal = LOCAL_USER
+        else:
+            token = bearer_token(authorization)
+            if token is None:
+                raise Unauthenticated("authentication required: send Authorization: Bearer <token>")
+            if self._verify is None:
+                raise Unauthenticated("access token not accepted")
+            principal = await self._verify(token)
+        request_context.set_principal(principal)  # for the log
+        return principal

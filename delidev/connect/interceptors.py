@@ -16,7 +16,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
-from delidev import errors, metrics
+from delidev import errors, metrics, request_context
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class ErrorInterceptor:
         try:
             return await call_next(request, ctx)
         except Exception as exc:
-            raise to_connect_error(exc, _method_name(ctx)) from None
+            raise _noted(to_connect_error(exc, _method_name(ctx))) from None
 
     async def intercept_server_stream(
         self,
@@ -108,7 +108,12 @@ class ErrorInterceptor:
             async for item in call_next(request, ctx):
                 yield item
         except Exception as exc:
-            raise to_connect_error(exc, _method_name(ctx)) from None
+            raise _noted(to_connect_error(exc, _method_name(ctx))) from None
+
+
+def _noted(error: ConnectError) -> ConnectError:
+    request_context.set_code(error.code.value)  # for the log (delidev/request_context.py)
+    return error
 
 
 class MetricsInterceptor:

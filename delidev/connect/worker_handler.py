@@ -15,7 +15,7 @@ from uuid import UUID
 
 from connectrpc.request import RequestContext
 
-from delidev import events
+from delidev import events, request_context
 from delidev import models as m
 from delidev.auth.authenticator import bearer_token
 from delidev.connect import convert
@@ -61,6 +61,7 @@ class WorkerHandler(WorkerService):
         await workers.authenticate_caller(
             settings=self._settings, worker_id=wid, credential=_bearer(ctx), must_exist=check
         )
+        request_context.set_worker(wid)  # for the log
         return wid
 
     async def register(

@@ -29,6 +29,7 @@ from strawberry.types.execution import ExecutionResult
 
 from delidev.errors import InvalidArgument
 from delidev.graphql.errors import error_extensions, format_error
+from delidev.graphql.request_log import note_operation
 
 
 class BodyTooLarge(Exception):
@@ -363,6 +364,7 @@ class Guard(SchemaExtension):
         result = self.execution_context.result
         if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
             result.errors = [format_error(e) for e in result.errors]
+        note_operation(self.execution_context)  # for the log (delidev/request_context.py)
 
     async def on_parse(self) -> AsyncIterator[None]:
         context = self.execution_context

@@ -32,7 +32,8 @@ CRAFTED = [
 ]
 # A record starts with the time, the level and the logger; anything else on a line of its
 # own is part of a traceback (indented frames, the exception lines Python prints).
-RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+# (with the request's id after the logger's name on records written while one is handled)
+RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+( \[[\w.:-]+\])?: ")
 TRACEBACK = re.compile(
     r"(Traceback \(most recent call last\):|  .*|[\w.]+(: .*)?|"
     r"The above exception was the direct cause of the following exception:|"
