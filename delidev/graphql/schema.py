@@ -1,11 +1,18 @@
 """The schema, built in one place: the root types (``queries``, ``mutations``,
-``subscriptions``), the query limits extension and the introspection rule."""
+``subscriptions``), the query limits extension, the introspection rule, and (when tracing is
+on, ``delidev/tracing.py``) Strawberry's OpenTelemetry extension: a span per operation, with
+its parse, validation and resolver spans under it."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import strawberry
 from graphql import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from graphql.error import GraphQLError
+from opentelemetry.trace import TracerProvider
+from strawberry.extensions import SchemaExtension
+from strawberry.extensions.tracing import OpenTelemetryExtension
 from strawberry.types import ExecutionContext
 
 from delidev.graphql.limits import DocumentLimits, Guard
@@ -34,7 +41,7 @@ def introspection_enabled(settings: Settings) -> bool:
     return settings.graphql_introspection
 
 
-def build_schema(settings: Settings) -> Schema:
+def build_schema(settings: Settings, tracer_provider: TracerProvider | None = None) -> Schema:
     # The rules are built once: the validation cache keys on the rule classes.
     rules: tuple[type[ASTValidationRule], ...] = ()
     if not introspection_enabled(settings):
@@ -45,12 +52,17 @@ def build_schema(settings: Settings) -> Schema:
         max_fields=settings.graphql_max_fields,
         max_fragments=settings.graphql_max_fragments,
     )
+    # Outermost, so that the operation's span covers the other extensions' work.
+    tracing: list[Callable[[], SchemaExtension]] = []
+    if tracer_provider is not None:
+        tracing.append(lambda: OpenTelemetryExtension(tracer_provider=tracer_provider))
     return Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         types=[UnitTask, CompositeTask],
         extensions=[
+            *tracing,
             OperationMetrics,
             lambda: Guard(
                 max_tokens=settings.graphql_max_tokens,
