@@ -106,8 +106,11 @@ class Tracing:
         self.provider.shutdown()
 
 
-def from_environ(environ: Mapping[str, str] = os.environ) -> Tracing | None:
-    """The tracing ``environ`` asks for, or None (see the module docstring).
+def from_environ(
+    environ: Mapping[str, str] = os.environ, *, service_name: str = DEFAULT_SERVICE_NAME
+) -> Tracing | None:
+    """The tracing ``environ`` asks for, or None (see the module docstring); ``service_name``
+    unless the environment names the service.
 
     Raises:
         ValueError: an exporter or OTLP protocol that is not available here.
@@ -122,7 +125,8 @@ def from_environ(environ: Mapping[str, str] = os.environ) -> Tracing | None:
     exporters = [e for e in chosen if e is not None]
     if not exporters:
         return None
-    provider = TracerProvider(resource=resource())  # the sampler from OTEL_TRACES_SAMPLER
+    # The sampler as OTEL_TRACES_SAMPLER says (default: parent-based, always on).
+    provider = TracerProvider(resource=resource(service_name))
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return Tracing(provider)
