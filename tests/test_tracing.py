@@ -104,9 +104,7 @@ def _under(span: ReadableSpan, ancestor: ReadableSpan, every: list[ReadableSpan]
 
 def _statements(every: list[ReadableSpan]) -> list[ReadableSpan]:
     return [
-        s
-        for s in every
-        if any(k in (s.attributes or {}) for k in ("db.system", "db.system.name"))
+        s for s in every if any(k in (s.attributes or {}) for k in ("db.system", "db.system.name"))
     ]
 
 
@@ -286,4 +284,6 @@ def test_an_unavailable_exporter_or_protocol_fails_at_start() -> None:
     with pytest.raises(ValueError, match="zipkin"):
         tracing.from_environ({"OTEL_TRACES_EXPORTER": "zipkin"})
     with pytest.raises(ValueError, match="grpc"):
-        tracing.from_environ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+        tracing.from_environ(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+        )
