@@ -9,10 +9,10 @@ their own): "off" (``DELIDEV_METRICS=false``, no ``OTEL_*``), "on" (metrics on) 
 at a closed loopback port, so that every layer is installed but no span is recorded). The
 load is ``bench_get.py``'s: its client processes and its checked scenarios (Connect JSON
 ``WorkspaceService.Get`` and the GraphQL ``workspace`` query), in interleaved windows (off,
-on, traced, off...) so that a busy neighbour
-hurts all alike. The table gives each scenario's median req/s for each server, the ratios
-to "off" and the server CPU per request. Not a test: nothing is asserted (the target in
-issue 12 is a cost of at most 5 % of req/s).
+on, traced, off...) so that a busy neighbour hurts all alike. The table gives each
+scenario's median req/s for each server, the ratios to "off" and the server CPU per request.
+Not a test: nothing is asserted (the target in issue 12 is a cost of at most 5 % of req/s,
+for each).
 """
 
 from __future__ import annotations

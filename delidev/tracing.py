@@ -12,7 +12,14 @@ for it fails at start-up rather than sending to the wrong port. The service is c
 attributes) says otherwise.
 
 When off nothing is installed: no middleware, no interceptor, no extension, no patched
-database driver; the background loops hold the API's no-op tracer. When on, the app's
+database driver; the background loops hold the API's no-op tracer.
+
+A request the sampler drops costs little: ``Sampled`` asks the sampler first (when its answer
+cannot depend on a trace id not yet drawn: a parent's decision, or a fixed root sampler such as
+``always_off``), and a dropped request skips the ASGI instrumentation (which builds every
+attribute before it asks) and runs under a non-recording span that keeps the trace id and
+propagates it, with instrumentation suppressed: the interceptor, the GraphQL extension and the
+statement wrappers see it and step aside. When on, the app's
 ``Tracing`` carries its own ``TracerProvider``, handed to every instrumentation explicitly
 (the global provider is left alone, so that tests can run several apps in one process):
 
@@ -38,6 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -47,9 +55,11 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased, Sampler
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from delidev import request_context
-from delidev.request_context import ASGIApp
+from delidev.request_context import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +95,7 @@ class Tracing:
             # Not a span per ASGI message: a long stream would make thousands.
             exclude_spans=["receive", "send"],
         )
-        return middleware
+        return Sampled(app, middleware, self.provider)
 
     def trace_database(self, *, postgres: bool) -> None:
         """Spans for database statements, until ``shutdown``."""
@@ -156,6 +166,81 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
     return OTLPSpanExporter()
 
 
+class Sampled:
+    """Sends a request the sampler keeps (or may keep) through ``traced``, and one it drops
+    straight to ``app`` under a non-recording span (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, traced: ASGIApp, provider: TracerProvider) -> None:
+        self._app = app
+        self._traced = traced
+        self._sampler = provider.sampler
+        self._ids = provider.id_generator
+        self._propagator = TraceContextTextMapPropagator()
+        self._root_dropped = _drops_every_root(self._sampler)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self._traced(scope, receive, send)
+            return
+        parent = _remote_parent(self._propagator, scope)
+        parent_context = None
+        if parent is None:
+            dropped = self._root_dropped
+            trace_id = self._ids.generate_trace_id() if dropped else 0
+        else:
+            parent_context = parent.get_span_context()
+            trace_id = parent_context.trace_id
+            decision = self._sampler.should_sample(
+                trace.set_span_in_context(parent), trace_id, "request"
+            )
+            dropped = decision.decision == Decision.DROP
+        if not dropped:
+            await self._traced(scope, receive, send)
+            return
+        span = trace.NonRecordingSpan(
+            trace.SpanContext(
+                trace_id,
+                self._ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+                trace_state=parent_context.trace_state if parent_context else None,
+            )
+        )
+        request_context.set_trace_id(format(trace_id, "032x"))
+        unsampled = otel_context.set_value(
+            otel_context._SUPPRESS_INSTRUMENTATION_KEY,  # the key instrumentations read
+            True,
+            trace.set_span_in_context(span),
+        )
+        token = otel_context.attach(unsampled)
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
+
+
+def _remote_parent(propagator: TraceContextTextMapPropagator, scope: Scope) -> trace.Span | None:
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            extracted = propagator.extract({"traceparent": value.decode("latin-1")})
+            span = trace.get_current_span(extracted)
+            return span if span.get_span_context().is_valid else None
+    return None
+
+
+def _drops_every_root(sampler: Sampler) -> bool:
+    """Whether ``sampler`` drops every request without a parent, whatever its trace id."""
+    if isinstance(sampler, ParentBased):
+        sampler = sampler._root  # its root sampler (no public accessor)
+    return sampler is ALWAYS_OFF
+
+
+def unsampled() -> bool:
+    """Whether the current work belongs to a request the sampler dropped (``Sampled``): the
+    instrumentations step aside then."""
+    return otel_context.get_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY) is True
+
+
 def _note_trace_id(span: trace.Span, scope: dict[str, Any]) -> None:
     context = span.get_span_context()
     if context.is_valid:
@@ -195,6 +280,8 @@ def _trace_sqlite(tracer: trace.Tracer) -> Callable[[], None]:
     def traced(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
         async def statement(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            if unsampled():
+                return await method(self, query, *args, **kwargs)
             operation = query.lstrip().split(None, 1)[0].upper() if query.strip() else "SQL"
             with tracer.start_as_current_span(
                 operation,

@@ -5,6 +5,7 @@ the GraphQL operation; a background pass; the trace a job carries to the worker 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from pyqwest import Client, HTTPVersion
 from pyqwest.testing import ASGITransport
 
 from delidev import events, tracing, worker_sim
+from delidev import models as m
 from delidev.app import create_app
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.settings import Settings
@@ -243,6 +245,38 @@ async def test_without_otel_variables_nothing_is_installed(
         layer = getattr(layer, "app", None)
 
 
+async def test_a_request_the_sampler_drops_records_nothing_but_propagates(
+    settings: Settings, database: Any, group_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    setup = tracing.Tracing(provider)
+    setup.trace_database(postgres=BACKEND == "postgres")
+    try:
+        app = create_app(settings, setup)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            with caplog.at_level(logging.INFO, logger="delidev.access"):
+                await _create_unit(http, group_id)
+                answer = await http.post(
+                    "/graphql",
+                    json={"query": "{ workspaces { totalCount } }"},
+                    headers={"traceparent": TRACEPARENT},
+                )
+                assert answer.status_code == 200
+        assert spans.get_finished_spans() == ()
+        logged = [getattr(r, "trace_id", None) for r in caplog.records]
+        assert logged == [TRACE_ID, TRACE_ID]
+        (run,) = await m.AgentSession.all()
+        assert run.traceparent is not None
+        version, trace_id, span_id, flags = run.traceparent.split("-")
+        assert (version, trace_id, flags) == ("00", TRACE_ID, "00")  # not sampled, same trace
+        assert span_id != CLIENT_SPAN
+    finally:
+        setup.shutdown()
+
+
 @pytest.mark.parametrize(
     ("environ", "on"),
     [
@@ -287,3 +321,16 @@ def test_an_unavailable_exporter_or_protocol_fails_at_start() -> None:
         tracing.from_environ(
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
         )
+
+
+async def test_log_lines_carry_the_trace_id_of_the_request_span(
+    http: httpx.AsyncClient, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="delidev.access"):
+        await http.get("/graphql?query=%7B__typename%7D", headers={"traceparent": TRACEPARENT})
+        await http.get("/graphql?query=%7B__typename%7D")  # no traceparent: a trace of its own
+    logged = [getattr(r, "trace_id", None) for r in caplog.records if r.name == "delidev.access"]
+    servers = [s for s in spans.get_finished_spans() if s.name == "GET /graphql"]
+    assert logged == [format(s.context.trace_id, "032x") for s in servers]
+    assert logged[0] == TRACE_ID
+    assert logged[1] not in (None, TRACE_ID)

@@ -18,7 +18,7 @@ from connectrpc.request import RequestContext
 from connectrpc_otel import OpenTelemetryInterceptor
 from opentelemetry.trace import TracerProvider
 
-from delidev import errors, metrics, request_context
+from delidev import errors, metrics, request_context, tracing
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ class TracingInterceptor:
 
     ``connectrpc-otel``'s own interceptor is a metadata interceptor (``on_start``/``on_end``),
     and a Connect app with one of those loses our unary fast path (``fast_unary``): this one
-    drives the same two steps from the unary and stream hooks, which the fast path runs."""
+    drives the same two steps from the unary and stream hooks, which the fast path runs. A call
+    in a request the sampler dropped passes straight through."""
 
     def __init__(self, tracer_provider: TracerProvider) -> None:
         # Its meter is the API's global one, a no-op here (metrics are MetricsInterceptor's).
@@ -194,6 +195,8 @@ class TracingInterceptor:
         request: REQ,
         ctx: RequestContext[Any, Any],
     ) -> RES:
+        if tracing.unsampled():
+            return await call_next(request, ctx)
         token = self._otel.on_start_sync(ctx)
         error: Exception | None = None
         try:
@@ -210,6 +213,10 @@ class TracingInterceptor:
         request: REQ,
         ctx: RequestContext[Any, Any],
     ) -> AsyncIterator[RES]:
+        if tracing.unsampled():
+            async for item in call_next(request, ctx):
+                yield item
+            return
         token = self._otel.on_start_sync(ctx)
         error: Exception | None = None
         try:
