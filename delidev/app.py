@@ -224,9 +224,9 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         log.debug("configuration: %r", settings)
-        if traced is not None:
-            traced.trace_database(postgres=settings.is_postgres)
         state["db"] = await db.open_database(settings)
+        if traced is not None:  # after the migrations: their statements are no request's
+            traced.trace_database(postgres=settings.is_postgres)
         await bus.start()
         if relay is not None:
             relay.request_sync()  # secrets the other replicas received before this one started
