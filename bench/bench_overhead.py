@@ -1,20 +1,25 @@
-"""What operations cost: requests/s with the Prometheus metrics on against off, same run.
+"""What operations cost: requests/s with the Prometheus metrics on against off, and with
+tracing on (sampler ``always_off``) against off, same run.
 
     python bench/bench_overhead.py [--seconds 4] [--rounds 3] [--concurrency 16]
 
-Two server processes (``bench._app:make_app``, one uvicorn worker each, SQLite files of
-their own) differ only in ``DELIDEV_METRICS``. The load is ``bench_get.py``'s: its client
-processes and its checked scenarios (Connect JSON ``WorkspaceService.Get`` and the GraphQL
-``workspace`` query), in interleaved windows (off, on, off, on...) so that a busy neighbour
-hurts both alike. The table gives each scenario's median req/s with metrics off and on,
-their ratio and the server CPU per request. Not a test: nothing is asserted (the target in
-issue 12 is a cost of at most 5 % of req/s).
+Three server processes (``bench._app:make_app``, one uvicorn worker each, SQLite files of
+their own): "off" (``DELIDEV_METRICS=false``, no ``OTEL_*``), "on" (metrics on) and "traced"
+(metrics off; tracing on with ``OTEL_TRACES_SAMPLER=always_off`` and an OTLP exporter aimed
+at a closed loopback port, so that every layer is installed but no span is recorded). The
+load is ``bench_get.py``'s: its client processes and its checked scenarios (Connect JSON
+``WorkspaceService.Get`` and the GraphQL ``workspace`` query), in interleaved windows (off,
+on, traced, off...) so that a busy neighbour hurts all alike. The table gives each
+scenario's median req/s for each server, the ratios to "off" and the server CPU per request.
+Not a test: nothing is asserted (the target in issue 12 is a cost of at most 5 % of req/s,
+for each).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -40,11 +45,34 @@ from bench.bench_get import (  # noqa: E402
 )
 
 SCENARIOS = ("connect-json", "graphql")
+LABELS = ("off", "on", "traced")
 
 
-def _server(tmp: Path, name: str, metrics: bool) -> tuple[object, int, list[Scenario]]:
-    os.environ["DELIDEV_METRICS"] = "true" if metrics else "false"
-    proc, port = start_server(f"sqlite://{tmp / (name + '.db')}", tmp / f"{name}.log")
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _environment(label: str) -> dict[str, str]:
+    if label != "traced":
+        return {"DELIDEV_METRICS": "true" if label == "on" else "false"}
+    return {
+        "DELIDEV_METRICS": "false",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{_closed_port()}/v1/traces",
+        "OTEL_TRACES_SAMPLER": "always_off",
+    }
+
+
+def _server(tmp: Path, name: str) -> tuple[object, int, list[Scenario]]:
+    saved = dict(os.environ)
+    os.environ.update(_environment(name))  # the server process inherits it
+    try:
+        proc, port = start_server(f"sqlite://{tmp / (name + '.db')}", tmp / f"{name}.log")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     base = f"http://127.0.0.1:{port}"
     created = httpx.post(
         f"{base}/delidev.v1.WorkspaceService/Create", json={"name": WORKSPACE_NAME}, timeout=10
@@ -70,17 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     clients = Clients(1)
     try:
         with tempfile.TemporaryDirectory(prefix="delidev-overhead-") as tmp:
-            servers = {
-                label: _server(Path(tmp), label, metrics)
-                for label, metrics in (("off", False), ("on", True))
-            }
+            servers = {label: _server(Path(tmp), label) for label in LABELS}
             procs = [proc for proc, _, _ in servers.values()]
             for round_no in range(1, args.rounds + 1):
                 for index in range(len(SCENARIOS)):
-                    for label in ("off", "on"):
+                    for label in LABELS:
                         proc, port, scenarios = servers[label]
                         sc = scenarios[index]
-                        print(f"metrics {label:<4}", end="")
+                        print(f"{label:<7}", end="")
                         _run_window(
                             args,
                             clients,
@@ -90,18 +115,21 @@ def main(argv: list[str] | None = None) -> int:
                             [args.concurrency],
                             round_no,  # type: ignore[attr-defined]
                         )
-            print(f"\n{'scenario':<15}{'off req/s':>10}{'on req/s':>10}{'on/off':>8}"
-                  f"{'off us/req':>12}{'on us/req':>11}")  # fmt: skip
+            print(f"\n{'scenario':<15}{'off req/s':>10}{'on req/s':>10}{'traced':>8}{'on/off':>8}"
+                  f"{'traced/off':>11}{'us/req off':>11}{'on':>6}{'traced':>7}")  # fmt: skip
             for index, name in enumerate(SCENARIOS):
-                off, on = servers["off"][2][index], servers["on"][2][index]
-                off_rate, on_rate = statistics.median(off.rates), statistics.median(on.rates)
-                off_cpu = _per_request(off.server_cpu, off.rates) or 0.0
-                on_cpu = _per_request(on.server_cpu, on.rates) or 0.0
+                runs = [servers[label][2][index] for label in LABELS]
+                rates = [statistics.median(r.rates) for r in runs]
+                cpu = [_per_request(r.server_cpu, r.rates) or 0.0 for r in runs]
                 print(
-                    f"{name:<15}{off_rate:10.0f}{on_rate:10.0f}{on_rate / off_rate:8.3f}"
-                    f"{off_cpu:12.0f}{on_cpu:11.0f}"
+                    f"{name:<15}{rates[0]:10.0f}{rates[1]:10.0f}{rates[2]:8.0f}"
+                    f"{rates[1] / rates[0]:8.3f}{rates[2] / rates[0]:11.3f}"
+                    f"{cpu[0]:11.0f}{cpu[1]:6.0f}{cpu[2]:7.0f}"
                 )
-            print("\nmedian over rounds; on/off = req/s with metrics / without, same run")
+            print(
+                "\nmedian over rounds, same run; on/off = req/s with metrics / without;"
+                " traced/off = req/s with tracing (always_off sampler) / without"
+            )
             errors = sum(sc.errors for _, _, scs in servers.values() for sc in scs)
             return 1 if errors else 0
     except RunFailed as exc:

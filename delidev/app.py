@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.http.websocket_origin import normalize_origin
 from tortoise.context import TortoiseContext
 
-from delidev import db, events, metrics
+from delidev import db, events, metrics, tracing
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
@@ -167,8 +168,11 @@ def cors_origins(settings: Settings) -> list[str]:
     return [o if o == "*" else (normalize_origin(o) or o) for o in settings.cors_origins]
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Starlette:
+    """The app; ``traced`` (default: as the ``OTEL_*`` variables say) is its tracing."""
     settings.validate()
+    traced = traced or tracing.from_environ(os.environ)
+    provider = traced.provider if traced else None
 
     async def verify(token: str) -> Principal:
         return await auth_service.authenticate(settings=settings, token=token)
@@ -211,13 +215,18 @@ def create_app(settings: Settings) -> Starlette:
         heartbeat_interval=dt.timedelta(milliseconds=settings.heartbeat_interval_ms),
         stop_grace=dt.timedelta(seconds=settings.stop_grace_seconds),
         policy=RetryPolicy.from_settings(settings),
+        tracer=traced.tracer(__name__) if traced else None,
     )
-    reconciler = WaitReconciler(bus=bus, store=store)
+    reconciler = WaitReconciler(
+        bus=bus, store=store, tracer=traced.tracer(__name__) if traced else None
+    )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         log.debug("configuration: %r", settings)
         state["db"] = await db.open_database(settings)
+        if traced is not None:  # after the migrations: their statements are no request's
+            traced.trace_database(postgres=settings.is_postgres)
         await bus.start()
         if relay is not None:
             relay.request_sync()  # secrets the other replicas received before this one started
@@ -253,6 +262,8 @@ def create_app(settings: Settings) -> Starlette:
             await bus.stop()
             await db.close_database(state.pop("db"))
             metrics.process_exiting()
+            if traced is not None:
+                await asyncio.to_thread(traced.shutdown)  # flushes the spans still held
             log.info("DeliDev server stopped")
 
     async def healthz(_: Request) -> Response:
@@ -270,7 +281,9 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse({"status": "database unreachable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    graphql = DeliDevGraphQL(settings, authenticator, bus=bus, feeds=feeds)
+    graphql = DeliDevGraphQL(
+        settings, authenticator, bus=bus, feeds=feeds, tracer_provider=provider
+    )
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -291,6 +304,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(RequestContext),
+            *([Middleware(traced.middleware)] if traced else []),
             *timing,
             Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
             Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
@@ -303,6 +317,7 @@ def create_app(settings: Settings) -> Starlette:
                 store=store,
                 feeds=feeds,
                 closing=closing,
+                tracer_provider=provider,
             ),
         ],
     )

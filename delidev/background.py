@@ -3,7 +3,8 @@ queued jobs wait.
 
 Every replica runs both; each step is safe to run concurrently (compare-and-set updates).
 The time is passed in, so tests sweep "an hour later" by handing a clock value instead of
-sleeping.
+sleeping. Each pass is a span of its own trace (``delidev/tracing.py``; the API's no-op tracer
+when tracing is off), so the statements it sends show up under it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+
+from opentelemetry import trace
 
 from delidev import events
 from delidev.services import auth as auth_service
@@ -39,8 +42,10 @@ class Sweeper:
         heartbeat_interval: dt.timedelta,
         stop_grace: dt.timedelta = DEFAULT_STOP_GRACE,
         policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._bus = bus
+        self._tracer = tracer or trace.NoOpTracer()
         self._store = store
         self.interval = heartbeat_interval
         self.stop_grace = stop_grace
@@ -48,7 +53,10 @@ class Sweeper:
 
     async def sweep(self, now: dt.datetime | None = None) -> None:
         """One pass, as of ``now`` (default: the current time)."""
-        now = now or dt.datetime.now(dt.UTC)
+        with self._tracer.start_as_current_span("delidev.sweep"):
+            await self._sweep(now or dt.datetime.now(dt.UTC))
+
+    async def _sweep(self, now: dt.datetime) -> None:
         await workers.sweep_workers(
             heartbeat_interval=self.interval,
             now=now,
@@ -101,8 +109,10 @@ class WaitReconciler:
         store: SecretStore,
         debounce: dt.timedelta = dt.timedelta(milliseconds=50),
         min_interval: dt.timedelta = dt.timedelta(seconds=1),
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._bus = bus
+        self._tracer = tracer or trace.NoOpTracer()
         self._store = store
         self.debounce = debounce
         # A pass reads up to thousands of queued runs: under a storm of claims (each
@@ -121,6 +131,10 @@ class WaitReconciler:
 
     async def reconcile(self, heard: set[type[events.Event]]) -> None:
         """One pass after the events ``heard`` (of the kinds in ``_RECONCILED_AFTER``)."""
+        with self._tracer.start_as_current_span("delidev.reconcile_waits"):
+            await self._reconcile(heard)
+
+    async def _reconcile(self, heard: set[type[events.Event]]) -> None:
         started = current_time()
         inputs = await waits.inputs()
         everything = (

@@ -23,9 +23,10 @@ hot RPC path, where ``app.py`` already counts microseconds), does not answer wit
 WebSocket's accept, and keeps only the id, while the access line needs the whole record that
 inner layers fill in. What it does for the id is the dozen lines of ``_read_headers`` below.
 
-``trace_id``: there is no tracing yet. An OpenTelemetry integration would call ``set_trace_id``
-with the trace id of the span it starts for the request (``format(ctx.trace_id, "032x")``),
-which then replaces the one read from ``traceparent``.
+``trace_id``: with tracing on (``delidev/tracing.py``) the OpenTelemetry middleware, just inside
+this one, calls ``set_trace_id`` with the trace id of the span it starts for the request (the
+client's trace when it sent a ``traceparent``, a new one otherwise), which replaces the one
+read from the header. With tracing off, the header's trace id is the one logged.
 """
 
 from __future__ import annotations

@@ -426,6 +426,7 @@ def job_message(job: worker_service.Job) -> worker_pb.Job:
         ],
         attempt=s.attempt,
         has_secrets=job.expects_secrets,
+        traceparent=s.traceparent or "",
     )
 
 

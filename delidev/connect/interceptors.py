@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
+from connectrpc_otel import OpenTelemetryInterceptor
+from opentelemetry.trace import TracerProvider
 
-from delidev import errors, metrics, request_context
+from delidev import errors, metrics, request_context, tracing
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -171,3 +173,57 @@ def _record(ctx: RequestContext[Any, Any], code: str, started: float) -> None:
 
 def _method_name(ctx: RequestContext[Any, Any]) -> str:
     return f"{ctx.method.service_name}/{ctx.method.name}"
+
+
+class TracingInterceptor:
+    """A span per call, with ``connectrpc-otel``'s names and attributes (the RPC semantic
+    conventions); outermost, so it sees the code the client gets. Only installed when tracing
+    is on (``delidev/tracing.py``).
+
+    ``connectrpc-otel``'s own interceptor is a metadata interceptor (``on_start``/``on_end``),
+    and a Connect app with one of those loses our unary fast path (``fast_unary``): this one
+    drives the same two steps from the unary and stream hooks, which the fast path runs. A call
+    in a request the sampler dropped passes straight through."""
+
+    def __init__(self, tracer_provider: TracerProvider) -> None:
+        # Its meter is the API's global one, a no-op here (metrics are MetricsInterceptor's).
+        self._otel = OpenTelemetryInterceptor(tracer_provider=tracer_provider)
+
+    async def intercept_unary(
+        self,
+        call_next: Callable[[REQ, RequestContext[Any, Any]], Awaitable[RES]],
+        request: REQ,
+        ctx: RequestContext[Any, Any],
+    ) -> RES:
+        if tracing.unsampled():
+            return await call_next(request, ctx)
+        token = self._otel.on_start_sync(ctx)
+        error: Exception | None = None
+        try:
+            return await call_next(request, ctx)
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            self._otel.on_end_sync(token, ctx, error)
+
+    async def intercept_server_stream(
+        self,
+        call_next: Callable[[REQ, RequestContext[Any, Any]], AsyncIterator[RES]],
+        request: REQ,
+        ctx: RequestContext[Any, Any],
+    ) -> AsyncIterator[RES]:
+        if tracing.unsampled():
+            async for item in call_next(request, ctx):
+                yield item
+            return
+        token = self._otel.on_start_sync(ctx)
+        error: Exception | None = None
+        try:
+            async for item in call_next(request, ctx):
+                yield item
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            self._otel.on_end_sync(token, ctx, error)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connectrpc.server import ConnectASGIApplication
+from opentelemetry.trace import TracerProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delidev.auth.authenticator import Authenticator
@@ -25,7 +26,7 @@ from delidev.connect.gen.delidev.v1.task_connect import TaskServiceASGIApplicati
 from delidev.connect.gen.delidev.v1.todo_connect import TodoServiceASGIApplication
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceASGIApplication
 from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceServiceASGIApplication
-from delidev.connect.interceptors import ErrorInterceptor, MetricsInterceptor
+from delidev.connect.interceptors import ErrorInterceptor, MetricsInterceptor, TracingInterceptor
 from delidev.connect.worker_handler import WorkerHandler
 from delidev.services.live import LogFeeds
 from delidev.services.secrets import SecretStore
@@ -69,10 +70,14 @@ class ConnectDispatch:
         store: SecretStore,
         feeds: LogFeeds,
         closing: asyncio.Event | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.app = app
         self._services = {
-            a.path: a for a in connect_apps(authenticator, settings, signal, store, feeds, closing)
+            a.path: a
+            for a in connect_apps(
+                authenticator, settings, signal, store, feeds, closing, tracer_provider
+            )
         }
         self._fast = _fast_paths(self._services, settings.connect_fast_path)
 
@@ -181,8 +186,11 @@ def connect_apps(
     store: SecretStore,
     feeds: LogFeeds,
     closing: asyncio.Event | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> list[ConnectASGIApplication[Any]]:
-    interceptors = [MetricsInterceptor(), ErrorInterceptor()]
+    """The Connect apps; with ``tracer_provider`` (tracing on), each call is a span."""
+    tracing = [] if tracer_provider is None else [TracingInterceptor(tracer_provider)]
+    interceptors = [*tracing, MetricsInterceptor(), ErrorInterceptor()]
     codecs = server_codecs(max_json_depth=settings.max_json_depth)
 
     def serve(

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from opentelemetry.trace import TracerProvider
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -109,9 +110,10 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         *,
         bus: EventBus,
         feeds: LogFeeds,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         super().__init__(
-            build_schema(settings),
+            build_schema(settings, tracer_provider),
             graphql_ide="graphiql" if graphiql_enabled(settings) else None,
             allowed_origins=settings.cors_origins,
             # legacy graphql-ws: its own keep-alive ("ka") messages

@@ -104,6 +104,9 @@ class AgentSession(Model):
     """A retry in backoff is not handed out before this time."""
     deadline_at = fields.DatetimeField(null=True)
     """A running job past this time is asked to stop and ends as failed (timeout)."""
+    traceparent = fields.CharField(max_length=55, null=True)
+    """The W3C trace context of the request that queued it (delidev/tracing.py), handed to
+    the worker with the job; None when tracing is off or the request was not sampled."""
     stop_reason = fields.CharField(max_length=32, null=True)
     """``StopReason`` of a stop request."""
     stop_requested_at = fields.DatetimeField(null=True)

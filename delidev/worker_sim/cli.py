@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from connectrpc.errors import ConnectError
+from opentelemetry import trace
 
+from delidev import tracing
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.worker_sim.options import AGENT_TYPES, Options, Stats
 from delidev.worker_sim.worker import SimWorker
@@ -112,6 +114,9 @@ async def run_fleet(
 
 def main(argv: list[str] | None = None) -> int:
     options, count, report = parse_args(argv)
+    traced = tracing.from_environ(os.environ, service_name="delidev-worker-sim")
+    if traced is not None:  # the OpenTelemetry API's spans (worker.py) go to it
+        trace.set_tracer_provider(traced.provider)
     try:
         stats = asyncio.run(run_fleet(options, count))
     except ConnectError as e:
@@ -120,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"delidev-worker-sim: cannot reach {options.server}: {e}", file=sys.stderr)
         return 1
+    finally:
+        if traced is not None:
+            traced.shutdown()  # flushes the spans still held
     summary = {
         "sessions": [s for st in stats for s in st.sessions],
         "succeeded": sum(st.succeeded for st in stats),

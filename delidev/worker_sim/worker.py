@@ -1,5 +1,10 @@
 """One simulated worker: registration, heartbeats, its Watch stream with the long-poll
-fallback, and running a job to its report."""
+fallback, and running a job to its report.
+
+Tracing goes through the OpenTelemetry API only: with no SDK installed (``delidev.worker_sim.cli``
+installs one when ``OTEL_*`` asks for it) every span is a no-op. A job's run is a span that
+continues the trace of the request that queued the job (``Job.traceparent``), and the calls
+made during it carry that trace to the server (``connectrpc-otel``'s client interceptor)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
+from connectrpc_otel import OpenTelemetryInterceptor
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from protobuf import Oneof
 
 from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
@@ -26,6 +34,8 @@ from delidev.worker_sim.options import (
     log,
     plan_yaml,
 )
+
+_tracer = trace.get_tracer(__name__)  # the API's proxy: the SDK's tracer once one is installed
 
 
 class Stopped(Exception):
@@ -51,7 +61,11 @@ def _describe(error: Exception) -> str:
 class SimWorker:
     def __init__(self, options: Options, client: WorkerServiceClient | None = None) -> None:
         self.o = options
-        self.client = client or WorkerServiceClient(options.server.rstrip("/"), timeout_ms=60_000)
+        self.client = client or WorkerServiceClient(
+            options.server.rstrip("/"),
+            timeout_ms=60_000,
+            interceptors=(OpenTelemetryInterceptor(client=True),),
+        )
         self.stats = Stats()
         self.worker_id = ""
         self._credential = ""
@@ -265,6 +279,15 @@ class SimWorker:
         """Runs one job to its report. A job the server took away ends here: it is logged
         and counted, and the worker goes back to claiming."""
         self.stats.sessions.append(job.session_id)
+        with _tracer.start_as_current_span(
+            "delidev.worker_sim.run_job",
+            context=TraceContextTextMapPropagator().extract({"traceparent": job.traceparent}),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"delidev.session_id": job.session_id, "delidev.attempt": job.attempt},
+        ):
+            await self._run_job(job)
+
+    async def _run_job(self, job: worker_pb.Job) -> None:
         try:
             status, error, plan = await self._work(job)
             await self.report(job, status, error=error, plan=plan)

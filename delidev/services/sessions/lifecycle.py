@@ -194,6 +194,7 @@ async def retry_or_give_up(
         attempt=ended.attempt + 1,
         status=SessionStatus.QUEUED,
         auto_retries=ended.auto_retries + 1,
+        traceparent=ended.traceparent,  # a retry continues the trace of the request
         not_before=common.now() + policy.backoff(auto_retries=ended.auto_retries),
     )
     return True

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from uuid import UUID
 
-from delidev import events
+from delidev import events, tracing
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -118,6 +118,7 @@ async def queue_session(
         kind=kind,
         attempt=attempt,
         status=SessionStatus.QUEUED,
+        traceparent=tracing.current_traceparent(),  # the worker continues the request's trace
     )
 
 

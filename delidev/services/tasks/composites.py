@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from uuid import UUID, uuid4
 
-from delidev import events, metrics
+from delidev import events, metrics, tracing
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -296,6 +296,7 @@ async def advance_composite(composite_task_id: UUID) -> None:
                     kind=m.JobKind.UNIT_TASK,
                     attempt=1,
                     status=SessionStatus.QUEUED,
+                    traceparent=tracing.current_traceparent(),
                 )
                 for unit in ready
             ]
