@@ -90,6 +90,7 @@ class Tracing:
             app,
             excluded_urls=os.environ.get("OTEL_PYTHON_ASGI_EXCLUDED_URLS", DEFAULT_EXCLUDED_URLS),
             server_request_hook=_note_trace_id,
+            default_span_details=_span_details,
             tracer_provider=self.provider,
             meter_provider=NoOpMeterProvider(),  # metrics are prometheus-client's
             # Not a span per ASGI message: a long stream would make thousands.
@@ -114,6 +115,26 @@ class Tracing:
         while self._undo:
             self._undo.pop()()
         self.provider.shutdown()
+
+
+_KNOWN_PATHS = frozenset({"/graphql", "/healthz", "/readyz", "/metrics"})
+
+
+def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The request span's name: the method and a route from a closed set (a known path, or
+    a Connect service with ``{method}``: the Connect span under it names the method), never
+    the raw path, which a client could vary without end."""
+    from delidev.connect.routes import SERVICE_PATHS
+
+    path = str(scope.get("path", ""))
+    method = str(scope.get("method", "")) if scope.get("type") == "http" else "WEBSOCKET"
+    if path in _KNOWN_PATHS:
+        return f"{method} {path}", {}
+    if path.startswith("/delidev.v1."):
+        service = path[: path.find("/", 1)]
+        if service in SERVICE_PATHS:
+            return f"{method} {service}/{{method}}", {}
+    return method or "HTTP", {}
 
 
 def from_environ(

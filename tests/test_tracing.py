@@ -129,7 +129,7 @@ async def test_client_trace_continues_through_http_connect_and_database(
     server = _one([s for s in every if s.kind == trace.SpanKind.SERVER and s.parent and
                    s.parent.is_remote], "HTTP server span")  # fmt: skip
     assert _parent(server) == CLIENT_SPAN
-    assert server.name == "POST /delidev.v1.TaskService/CreateUnit"
+    assert server.name == "POST /delidev.v1.TaskService/{method}"  # never the raw path
     call = _one([s for s in every if s.name == "delidev.v1.TaskService/CreateUnit"], "Connect")
     assert _parent(call) == _hex(server.context.span_id)
     assert (call.attributes or {})["rpc.method"] == "delidev.v1.TaskService/CreateUnit"
@@ -334,3 +334,18 @@ async def test_log_lines_carry_the_trace_id_of_the_request_span(
     assert logged == [format(s.context.trace_id, "032x") for s in servers]
     assert logged[0] == TRACE_ID
     assert logged[1] not in (None, TRACE_ID)
+
+
+@pytest.mark.parametrize(
+    ("scope", "name"),
+    [
+        ({"type": "http", "method": "POST", "path": "/delidev.v1.TaskService/Get"},
+         "POST /delidev.v1.TaskService/{method}"),
+        ({"type": "http", "method": "POST", "path": "/delidev.v1.NoSuch/Get"}, "POST"),
+        ({"type": "http", "method": "GET", "path": "/" + "x" * 5000}, "GET"),
+        ({"type": "http", "method": "GET", "path": "/graphql"}, "GET /graphql"),
+        ({"type": "websocket", "path": "/graphql"}, "WEBSOCKET /graphql"),
+    ],
+)  # fmt: skip
+def test_request_spans_are_named_from_a_closed_set(scope: dict[str, Any], name: str) -> None:
+    assert tracing._span_details(scope)[0] == name
