@@ -22,6 +22,7 @@ from tests.e2e.harness import (
     ConnectFailure,
     GraphQLWs,
     Server,
+    Sim,
     Worker,
     clean_env,
     connect_stream,
@@ -29,6 +30,7 @@ from tests.e2e.harness import (
 )
 from tests.waiting import GUARD_S, eventually
 
+FAST = ("--lines", "3", "--lines-per-second", "0", "--chunk-interval", "0")
 REPO = Path(__file__).resolve().parent.parent.parent
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -81,72 +83,67 @@ async def _status(api: Connect, task_id: str) -> list[str]:
     return [s["status"] for s in task["agentTask"].get("sessions", [])]
 
 
-async def test_a_scripted_run_shows_in_the_metrics(server: Server) -> None:
+async def test_a_scripted_run_shows_in_the_metrics(server: Server, tmp_path: Path) -> None:
+    """Reference workers complete jobs, fail one and lose one (killed mid-run: taken back
+    and run again by another); then every count is known."""
     api = Connect(server.base)
-    workers: list[Worker] = []
+    doomed: Sim | None = None
     try:
         group = await api.group()
-
-        async def run(prompt: str) -> tuple[dict[str, Any], Worker]:
-            task = await api.unit(group, prompt)
-            worker = Worker(server.base)
-            workers.append(worker)
-            await worker.claim(task["id"])
-            return task, worker
-
-        # Succeeds, with output (é is two bytes in UTF-8).
-        _, ok = await run("ok")
-        await ok.write("héllo\n", "world\n")
-        await ok.finish()
-        # Fails.
-        _, bad = await run("bad")
-        await bad.api(
-            "WorkerService/ReportStatus",
-            {**bad.lease, "status": "AGENT_SESSION_STATUS_FAILED", "error": "boom"},
-        )
-        # Goes silent: lost, queued again, and run by another worker.
-        silent_task, _ = await run("silent")
+        lost = await api.unit(group, "goes silent [sim:hang-first] [sim:lines=2]")
+        doomed = Sim(server.base, tmp_path, "doomed", "--max-jobs", "1", *FAST)
         await eventually(
-            lambda: _status(api, silent_task["id"]),
+            lambda: _status(api, lost["id"]), lambda s: s == ["AGENT_SESSION_STATUS_RUNNING"]
+        )
+        doomed.kill()  # SIGKILL: no report, no unregister, heartbeats stop
+        await eventually(
+            lambda: _status(api, lost["id"]),
             lambda s: "AGENT_SESSION_STATUS_LOST" in s and "AGENT_SESSION_STATUS_QUEUED" in s,
         )
-        rescuer = Worker(server.base)
-        workers.append(rescuer)
-        await rescuer.claim(silent_task["id"])
-        await rescuer.finish()
+        others = [
+            await api.unit(group, "ok [sim:lines=3]"),
+            await api.unit(group, "ok [sim:unicode] [sim:lines=3]"),
+            await api.unit(group, "bad [sim:fail] [sim:lines=2]"),
+        ]
+        rescuer = Sim(
+            server.base, tmp_path, "rescuer", "--idle-exit", "2", "--wait-ms", "300", *FAST
+        )
+        report = await asyncio.to_thread(rescuer.wait, 60)
+        assert len(report["sessions"]) == 4, report
         # A refused call, an unknown path, GraphQL operations that succeed and fail.
         with pytest.raises(ConnectFailure):
             await api("WorkerService/GetTask", {"workerId": "00000000-0000-0000-0000-000000000001"})
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"{server.base}/no/such/path")).status_code == 404
-        named = (
-            await api.http.post(
-                "/graphql", json={"query": "query Board { workspaces { totalCount } }"}
-            )
-        ).json()
-        assert "errors" not in named, named
-        broken = (
-            await api.http.post("/graphql", json={"query": "query Broken { noSuchField }"})
-        ).json()
-        assert broken["errors"], broken
+        board = {"query": "query Board { workspaces { totalCount } }"}
+        assert "errors" not in (await api.http.post("/graphql", json=board)).json()
+        broken = {"query": "query Broken { noSuchField }"}
+        assert (await api.http.post("/graphql", json=broken)).json()["errors"]
+        stored = 0
+        for task in [lost, *others]:
+            for session in (await api.task(task["id"]))["agentTask"]["sessions"]:
+                log = await api("SessionService/GetLog", {"sessionId": session["id"]})
+                stored += len(log.get("content", "").encode())
 
         got = await scrape(server.base)
-        assert value(got, "delidev_tasks_created_total", kind="unit") == 3
+        assert value(got, "delidev_tasks_created_total", kind="unit") == 4
         finished = "delidev_sessions_finished_total"
-        assert value(got, finished, kind="unit_task", outcome="succeeded") == 2
+        assert value(got, finished, kind="unit_task", outcome="succeeded") == 3
         assert value(got, finished, kind="unit_task", outcome="failed") == 1
         assert value(got, finished, kind="unit_task", outcome="lost") == 1
         assert value(got, "delidev_job_reassignments_total") == 1
-        assert value(got, "delidev_job_queued_to_assigned_seconds_count") == 4
-        assert value(got, "delidev_log_bytes_ingested_total") == len("héllo\nworld\n".encode())
+        assert value(got, "delidev_job_queued_to_assigned_seconds_count") == 5
+        assert value(got, "delidev_log_bytes_ingested_total") == stored > 0
         assert total(got, "delidev_jobs_queued") == 0
         assert value(got, "delidev_oldest_queued_job_age_seconds") == 0
-        assert total(got, "delidev_workers") == 4
+        # The rescuer unregistered as it left; the killed worker stays, unhealthy.
+        assert value(got, "delidev_workers", status="unhealthy") == 1
+        assert total(got, "delidev_workers") == 1
         assert value(got, "delidev_database_up") == 1
-        assert rpc_count(got, "TaskService", "CreateUnit", "ok") == 3
-        assert rpc_count(got, "WorkerService", "ReportStatus", "ok") == 3
+        assert rpc_count(got, "TaskService", "CreateUnit", "ok") == 4
+        assert rpc_count(got, "WorkerService", "ReportStatus", "ok") == 4
         assert rpc_count(got, "WorkerService", "GetTask", "not_found") == 1
-        assert rpc_count(got, "WorkerService", "Register", "ok") == 4
+        assert rpc_count(got, "WorkerService", "Register", "ok") == 2
         http = "http_server_request_duration_seconds_count"
         assert (
             value(
@@ -158,8 +155,8 @@ async def test_a_scripted_run_shows_in_the_metrics(server: Server) -> None:
             )
             == 1
         )
-        assert total(got, http, http_route="/delidev.v1.WorkerService/{method}") == (
-            4 + 4 + 3 + 1 + 1  # Register, GetTask, ReportStatus, the refused one, AppendLog
+        assert total(got, http, http_route="/delidev.v1.TaskService/{method}") == total(
+            got, "rpc_server_call_duration_seconds_count", rpc_service="delidev.v1.TaskService"
         )
         graphql = "delidev_graphql_operation_duration_seconds_count"
         assert (
@@ -167,8 +164,8 @@ async def test_a_scripted_run_shows_in_the_metrics(server: Server) -> None:
         )
         assert total(got, graphql, outcome="error") == 1
     finally:
-        for worker in workers:
-            await worker.close()
+        if doomed is not None:
+            doomed.kill()
         await api.close()
 
 
