@@ -88,7 +88,10 @@ async def _fleet() -> _Fleet:
             registered = None if not types else registered | set(types)
         if row["status"] != m.WorkerStatus.UNHEALTHY and not row["draining"]:
             live.add((tuple(types), tuple(_json_list(row["labels"]))))
-    return _Fleet(live=[(list(t), list(labels)) for t, labels in live], registered_types=registered)
+    # Sorted: two reads of the same fleet compare equal (``Inputs``), whatever the row order.
+    return _Fleet(
+        live=[(list(t), list(labels)) for t, labels in sorted(live)], registered_types=registered
+    )
 
 
 @dataclass(frozen=True, slots=True)
