@@ -184,10 +184,12 @@ _operation_names: set[str] = set()
 _OPERATION_TYPES = frozenset({"query", "mutation", "subscription"})
 
 
-def operation_label(name: str | None) -> str:
-    """A bounded label for a client-chosen operation name."""
-    if not name:
+def operation_label(name: object) -> str:
+    """A bounded label for a client-chosen operation name (whatever the client sent)."""
+    if name is None or name == "":
         return "anonymous"
+    if not isinstance(name, str):
+        return "other"
     if not _OPERATION_NAME.fullmatch(name):
         return "other"
     if name not in _operation_names:

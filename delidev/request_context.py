@@ -132,7 +132,9 @@ def set_code(code: str) -> None:
 def set_graphql(operation_type: str, name: str | None) -> None:
     info = _current.get()
     if info is not None:
-        info.graphql = f"{operation_type} {name or '-'}"
+        # The name comes from the client: a string, and no longer than a name needs.
+        shown = name[:100] if isinstance(name, str) and name else "-"
+        info.graphql = f"{operation_type} {shown}"
 
 
 def set_trace_id(trace_id: str) -> None:

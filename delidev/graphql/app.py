@@ -176,6 +176,8 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         """As Strawberry's, except that subscriptions are refused: they are served over
         WebSocket (over HTTP they would run as a query and fail inside)."""
         allowed = OperationType.from_http(request_adapter.method) - {OperationType.SUBSCRIPTION}
+        if not isinstance(request_data.operation_name, str | None):  # as over WebSocket
+            raise HTTPException(400, "`operationName` must be a string or null")
         try:
             return await self.schema.execute(
                 request_data.query,

@@ -46,6 +46,17 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("a batch", b'[{"query": "{ __typename }"}]', "Batching"),
     ("a numeric query", b'{"query": 5}', "`query` must be a string"),
     ("no query", b"{}", "no GraphQL query"),
+    # Found by the fuzzer once operations were timed and logged: a list reached them.
+    (
+        "a list operationName",
+        b'{"query": "{ __typename }", "operationName": [[1]]}',
+        "must be a string",
+    ),
+    (
+        "a numeric operationName",
+        b'{"query": "{ __typename }", "operationName": 5}',
+        "must be a string",
+    ),
     ("a subscription", _body("subscription { workerUpdated { workerId } }"), "WebSocket"),
 ]
 
