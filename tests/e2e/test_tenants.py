@@ -48,6 +48,9 @@ REGISTRATION = "worker-registration-token-for-tests"
 # Tables whose rows a refused call must leave as they were (the auth and fleet tables change
 # by design: sign-ins, heartbeats).
 VOLATILE_TABLES = {"users", "refresh_tokens", "revoked_tokens", "auth_states", "workers"}
+# Why a queued run waits is worked out by a background pass (the wait reconciler) whenever
+# the fleet changes, at any moment of a test: not something a refused call could change.
+VOLATILE_COLUMNS = {"agent_sessions": frozenset({"wait_reason", "wait_detail", "waiting_since"})}
 
 
 # -- clients --------------------------------------------------------------------------------
@@ -318,7 +321,16 @@ async def claim_for(base: str, task_id: str) -> dict[str, Any]:
 
 
 async def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table a refused call could touch."""
+    """Every row of every table a refused call could touch (less the columns background
+    passes keep up to date, ``VOLATILE_COLUMNS``)."""
+
+    def kept(table: str, columns: list[str], rows: list[Any]) -> list[tuple[Any, ...]]:
+        skip = VOLATILE_COLUMNS.get(table, frozenset())
+        return sorted(
+            (tuple(v for c, v in zip(columns, row, strict=True) if c not in skip) for row in rows),
+            key=repr,
+        )
+
     if database_url.startswith("sqlite://"):
         with sqlite3.connect(database_url.removeprefix("sqlite://")) as db:
             tables = [
@@ -326,9 +338,12 @@ async def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
                 for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 if r[0] not in VOLATILE_TABLES and not r[0].startswith(("sqlite_", "tortoise"))
             ]
-            return {
-                t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables
-            }
+            result = {}
+            for t in tables:
+                cursor = db.execute(f'SELECT * FROM "{t}"')
+                columns = [d[0] for d in cursor.description]
+                result[t] = kept(t, columns, cursor.fetchall())
+            return result
     conn = await asyncpg.connect(database_url)
     try:
         names = await conn.fetch(
@@ -337,10 +352,12 @@ async def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
         tables = [
             r[0] for r in names if r[0] not in VOLATILE_TABLES and not r[0].startswith("tortoise")
         ]
-        return {
-            t: sorted((tuple(r) for r in await conn.fetch(f'SELECT * FROM "{t}"')), key=repr)
-            for t in tables
-        }
+        result = {}
+        for t in tables:
+            rows = await conn.fetch(f'SELECT * FROM "{t}"')
+            columns = list(rows[0].keys()) if rows else []
+            result[t] = kept(t, columns, [tuple(r) for r in rows])
+        return result
     finally:
         await conn.close()
 
