@@ -25,7 +25,7 @@ from delidev import db, events, metrics, tracing
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
-from delidev.connect.routes import SERVICE_PATHS, ConnectDispatch
+from delidev.connect.routes import ConnectDispatch
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
 from delidev.metrics_http import RequestTiming, metrics_endpoint
@@ -298,7 +298,7 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
     if settings.metrics:
         routes.append(Route("/metrics", metrics_endpoint(settings), methods=["GET"]))
         paths = [r.path for r in routes if isinstance(r, Route)]
-        timing.append(Middleware(RequestTiming, paths=paths, services=SERVICE_PATHS))
+        timing.append(Middleware(RequestTiming, paths=paths))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -19,10 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from delidev import metrics
 from delidev import models as m
 from delidev.auth.authenticator import bearer_token
+from delidev.connect.routes import connect_route
 from delidev.services.common import same_secret
 from delidev.settings import Settings
-
-CONNECT_PREFIX = "/delidev.v1."
 
 
 def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
@@ -55,19 +54,14 @@ class RequestTiming:
     ``<Connect service>/{method}``; anything else is ``other``, so a client cannot grow the
     series by asking for made-up paths."""
 
-    def __init__(self, app: ASGIApp, paths: Iterable[str], services: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, paths: Iterable[str]) -> None:
         self.app = app
         self._paths = frozenset(paths)
-        self._services = frozenset(services)
 
     def _route(self, path: str) -> str:
         if path in self._paths:
             return path
-        if path.startswith(CONNECT_PREFIX):
-            service = path[: path.find("/", 1)]
-            if service in self._services:
-                return f"{service}/{{method}}"
-        return "other"
+        return connect_route(path) or "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -124,16 +124,15 @@ def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
     """The request span's name: the method and a route from a closed set (a known path, or
     a Connect service with ``{method}``: the Connect span under it names the method), never
     the raw path, which a client could vary without end."""
-    from delidev.connect.routes import SERVICE_PATHS
+    from delidev.connect.routes import connect_route
 
     path = str(scope.get("path", ""))
     method = str(scope.get("method", "")) if scope.get("type") == "http" else "WEBSOCKET"
     if path in _KNOWN_PATHS:
         return f"{method} {path}", {}
-    if path.startswith("/delidev.v1."):
-        service = path[: path.find("/", 1)]
-        if service in SERVICE_PATHS:
-            return f"{method} {service}/{{method}}", {}
+    route = connect_route(path)
+    if route is not None:
+        return f"{method} {route}", {}
     return method or "HTTP", {}
 
 

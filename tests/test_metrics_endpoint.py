@@ -131,3 +131,24 @@ def test_operation_names_are_bounded_per_process() -> None:
         metrics.operation_label(f"Op{i}")
     assert len(metrics._operation_names) <= metrics._MAX_OPERATION_NAMES
     assert metrics.operation_label("OneMoreNewName") == "other"
+
+
+def test_the_route_names_cover_exactly_the_services_served(settings: Settings) -> None:
+    from delidev import events
+    from delidev.auth.authenticator import Authenticator
+    from delidev.connect.routes import SERVICE_PATHS, connect_apps, connect_route
+    from delidev.services.live import LogFeeds
+    from delidev.services.secrets import SecretStore
+    from delidev.services.workers import JobSignal
+
+    async def verify(_: str) -> Any:
+        raise AssertionError("not called")
+
+    apps = connect_apps(
+        Authenticator(settings, verify), settings, JobSignal(), SecretStore(),
+        LogFeeds(events.EventBus()),
+    )  # fmt: skip
+    assert sorted(a.path for a in apps) == sorted(SERVICE_PATHS)
+    assert connect_route("/delidev.v1.TaskService/Get") == "/delidev.v1.TaskService/{method}"
+    for made_up in ("/delidev.v1.NoSuchService/Get", "/delidev.v1.TaskService", "/x"):
+        assert connect_route(made_up) is None

@@ -179,6 +179,16 @@ SERVICE_PATHS = tuple(
 )  # fmt: skip
 
 
+def connect_route(path: str) -> str | None:
+    """``<service path>/{method}`` for a path under a served Connect service, else None: a
+    route name from a closed set (request metrics and request spans), never the raw path."""
+    if path.startswith("/delidev.v1."):
+        service = path[: path.find("/", 1)]
+        if service in SERVICE_PATHS:
+            return f"{service}/{{method}}"
+    return None
+
+
 def connect_apps(
     authenticator: Authenticator,
     settings: Settings,
