@@ -21,6 +21,8 @@ export function App() {
       {online === "unreachable" && (
         <div class="banner" role="alert">
           Cannot reach the server at {serverUrl}. Reconnecting automatically…
+          {serverUrl !== location.origin &&
+            ` (This page is on another origin: the server must list ${location.origin} in DELIDEV_CORS_ORIGINS.)`}
         </div>
       )}
       {failed && (

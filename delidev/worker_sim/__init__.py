@@ -18,6 +18,8 @@ What a job does can be steered from its prompt with directives:
 - ``[sim:sleep=S]``: work S seconds before reporting (a long job, to stop or kill);
 - ``[sim:hang-first]``: the first attempt works until it is stopped (or the worker killed);
 - ``[sim:tty]``: ask a text question and print the answer's length (never the answer);
+  ``[sim:tty=password]``, ``=select``, ``=confirm``: a question of that kind;
+- ``[sim:ansi]``: colour part of each line with ANSI escapes, as agents do;
 - ``[sim:echo-secrets]``: print the secrets' values (the server must mask them);
 - ``[sim:plan=N]``: a planning job proposes N tasks in a chain (default ``--plan-tasks``).
 """

@@ -50,6 +50,15 @@ class JobLost(Exception):
         self.refused = refused
 
 
+# The questions ``[sim:tty=<kind>]`` asks: input type, prompt, options.
+TTY_QUESTIONS: dict[str, tuple[session_pb.TtyInputType, str, list[str]]] = {
+    "text": (session_pb.TtyInputType.TEXT, "Which branch should I use?", []),
+    "password": (session_pb.TtyInputType.PASSWORD, "Passphrase of the deploy key?", []),
+    "select": (session_pb.TtyInputType.SELECT, "Which database?", ["sqlite", "postgres"]),
+    "confirm": (session_pb.TtyInputType.CONFIRM, "Push the branch?", []),
+}
+
+
 def _transient(error: Exception) -> bool:
     return not isinstance(error, ConnectError) or error.code in TRANSIENT
 
@@ -345,11 +354,14 @@ class SimWorker:
             flavour = UNICODE_LINE if "unicode" in rules else ""
             for i in range(count):
                 self._check_stop(job)
-                await out.write(f"line {i + 1} of {count}: working on {job.session_id}{flavour}\n")
+                text = f"line {i + 1} of {count}: working on {job.session_id}{flavour}"
+                if "ansi" in rules:  # as agents colour their output: a green mark, a bold red one
+                    text = f"\x1b[32mok\x1b[0m {text} \x1b[1;31mwarn\x1b[0m"
+                await out.write(f"{text}\n")
                 if pause:
                     await asyncio.sleep(pause)
             if "tty" in rules:
-                answer = await self.ask(job, out)
+                answer = await self.ask(job, out, kind=rules["tty"] or "text")
                 await out.write(f"[sim] got an answer of {len(answer or '')} characters\n")
             hang = "hang-first" in rules and job.attempt == 1
             deadline = time.monotonic() + (float("inf") if hang else float(rules.get("sleep") or 0))
@@ -370,8 +382,11 @@ class SimWorker:
         await out.flush()
         return status, error, plan
 
-    async def ask(self, job: worker_pb.Job, out: _Output) -> str | None:
+    async def ask(self, job: worker_pb.Job, out: _Output, *, kind: str = "text") -> str | None:
+        """Asks the question ``kind`` names (text, password, select or confirm) and waits
+        for its answer."""
         await out.flush()
+        input_type, prompt, options = TTY_QUESTIONS.get(kind, TTY_QUESTIONS["text"])
         asked = await self._job_call(
             "RequestTtyInput",
             lambda: self.client.request_tty_input(
@@ -379,8 +394,9 @@ class SimWorker:
                     worker_id=self.worker_id,
                     session_id=job.session_id,
                     lease_token=job.lease_token,
-                    prompt="Which branch should I use?",
-                    input_type=session_pb.TtyInputType.TEXT,
+                    prompt=prompt,
+                    input_type=input_type,
+                    options=options,
                 ),
                 headers=self._headers(),
             ),

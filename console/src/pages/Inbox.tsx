@@ -37,11 +37,15 @@ async function reload(workspaceId: string): Promise<void> {
 
 function notify(q: TtyRequest): void {
   if (!("Notification" in window) || Notification.permission !== "granted") return;
-  const n = new Notification("An agent needs your answer", { body: q.prompt, tag: q.id });
-  n.onclick = () => {
-    focus();
-    location.hash = "#/inbox";
-  };
+  try {
+    const n = new Notification("An agent needs your answer", { body: q.prompt, tag: q.id });
+    n.onclick = () => {
+      focus();
+      location.hash = "#/inbox";
+    };
+  } catch {
+    // some browsers only notify from a service worker; the inbox count still shows it
+  }
 }
 
 /** Follows the workspace's questions and plans; returns the function that stops it. */
