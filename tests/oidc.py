@@ -39,9 +39,12 @@ def _node_modules() -> None:
 
 
 @contextmanager
-def openid_provider(accounts_file: Path | None = None) -> Iterator[str]:
+def openid_provider(
+    accounts_file: Path | None = None, redirect_uri: str = REDIRECT_URI
+) -> Iterator[str]:
     """Starts the provider and yields its issuer URL; stops it on exit. ``accounts_file``
-    (JSON, read at every sign-in) overrides the e-mail and name of the logins it names."""
+    (JSON, read at every sign-in) overrides the e-mail and name of the logins it names;
+    ``redirect_uri`` is the one its client may be sent back to."""
     node = _tool("node")
     _node_modules()
     port = _free_port()
@@ -50,7 +53,7 @@ def openid_provider(accounts_file: Path | None = None) -> Iterator[str]:
         "OIDC_PORT": str(port),
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": CLIENT_SECRET,
-        "OIDC_REDIRECT_URI": REDIRECT_URI,
+        "OIDC_REDIRECT_URI": redirect_uri,
         "OIDC_ACCOUNTS_FILE": str(accounts_file or ""),
     }
     proc = subprocess.Popen(
