@@ -139,11 +139,17 @@ export function LogView({ sessionId, onEnded }: { sessionId: string; onEnded?: (
     };
   }, [sessionId]);
 
+  // Following stops when the reader scrolls up, and starts again at the end. Only an upward
+  // move counts: the log growing under a scroll to its end is no reason to stop.
+  const lastTop = useRef(0);
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;
     const atEnd = el.scrollTop + el.clientHeight >= el.scrollHeight - 2 * LINE_HEIGHT;
-    if (atEnd !== followRef.current) setFollow(atEnd);
+    const up = el.scrollTop < lastTop.current - 1;
+    lastTop.current = el.scrollTop;
+    if (atEnd && !followRef.current) setFollow(true);
+    else if (up && !atEnd && followRef.current) setFollow(false);
   };
 
   const model = lines.current;
@@ -153,7 +159,9 @@ export function LogView({ sessionId, onEnded }: { sessionId: string; onEnded?: (
         <span class={`badge log-${state}`} data-testid="log-state">
           {state === "live" ? "live" : state === "ended" ? "complete" : state === "retrying" ? "reconnecting…" : "connecting…"}
         </span>
-        <span class="muted">{model.count.toLocaleString()} lines</span>
+        <span class="muted" data-testid="log-lines">
+          {model.count.toLocaleString("en-US")} lines
+        </span>
         {!follow && (
           <button
             onClick={() => {
