@@ -2,6 +2,7 @@
 // Multi-user servers sign in through AuthService's OIDC redirect flow (login URL, then the
 // provider sends the browser back here with `code` and `state`, which HandleCallback turns
 // into tokens); the access token is refreshed before it expires, and on a refusal.
+import { serverUrl } from "./config";
 import { store } from "./store";
 
 export interface Tokens {
@@ -16,7 +17,9 @@ export interface User {
   name?: string;
 }
 
-const KEY = "delidev.tokens";
+// Tokens are kept per server: a link that points the console at another server (`?server=`)
+// must never hand that server the tokens of this one.
+const KEY = `delidev.tokens@${serverUrl}`;
 const STATE_KEY = "delidev.login-state";
 
 function load(): Tokens | null {

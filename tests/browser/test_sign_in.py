@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Request, expect
 
 from tests.e2e.harness import Server
 from tests.oidc import CLIENT_ID, CLIENT_SECRET, openid_provider
 
 JWT_SECRET = "k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd"
+TOKENS = "delidev.tokens@{server}"  # the console's storage key of one server's tokens
 
 
 async def test_sign_in_work_and_sign_out(
@@ -58,34 +59,47 @@ async def test_sign_in_work_and_sign_out(
             await expect(page.get_by_text("User ada")).to_be_visible()
 
             # An access token the server refuses is refreshed once, and the call goes on.
-            first = await _stored_tokens(page)
+            first = await _stored_tokens(page, server.base)
             await page.evaluate(
                 """() => {
-                  const t = JSON.parse(localStorage.getItem("delidev.tokens"));
+                  const key = Object.keys(localStorage).find(k => k.startsWith("delidev.tokens@"));
+                  const t = JSON.parse(localStorage.getItem(key));
                   t.accessToken = "no-longer-valid";
-                  localStorage.setItem("delidev.tokens", JSON.stringify(t));
+                  localStorage.setItem(key, JSON.stringify(t));
                 }"""
             )
             await page.reload()
             await expect(page.get_by_text("User ada")).to_be_visible()
-            second = await _stored_tokens(page)
+            second = await _stored_tokens(page, server.base)
             assert second["accessToken"] not in ("no-longer-valid", first["accessToken"])
             # One about to expire is refreshed before it does.
             await page.evaluate(
                 """() => {
-                  const t = JSON.parse(localStorage.getItem("delidev.tokens"));
+                  const key = Object.keys(localStorage).find(k => k.startsWith("delidev.tokens@"));
+                  const t = JSON.parse(localStorage.getItem(key));
                   t.expiresAt = Date.now();
-                  localStorage.setItem("delidev.tokens", JSON.stringify(t));
+                  localStorage.setItem(key, JSON.stringify(t));
                 }"""
             )
             await page.reload()
             await page.wait_for_function(
-                "old => JSON.parse(localStorage.getItem('delidev.tokens')).accessToken !== old",
-                arg=second["accessToken"],
+                "([key, old]) => JSON.parse(localStorage.getItem(key)).accessToken !== old",
+                arg=[TOKENS.format(server=server.base), second["accessToken"]],
                 timeout=30_000,
             )
             await page.get_by_test_id("nav-setup").click()
             await expect(page.get_by_role("button", name="Ada's", exact=True)).to_be_visible()
+
+            # A link pointing the console at another server hands it no token of this one.
+            sent: list[Request] = []
+            page.on("request", lambda request: sent.append(request))
+            await page.goto(f"{console}?server={static_origin}")
+            await expect(page.get_by_role("alert")).to_contain_text("Cannot reach the server")
+            to_other = [r for r in sent if r.url.startswith(f"{static_origin}/delidev.v1.")]
+            assert to_other
+            assert all("authorization" not in r.headers for r in to_other)
+            await page.goto(f"{console}?server={server.base}")
+            await expect(page.get_by_text("User ada")).to_be_visible()
 
             # Signing out ends the session, also after a reload.
             await page.get_by_role("button", name="Sign out").click()
@@ -96,8 +110,8 @@ async def test_sign_in_work_and_sign_out(
             server.stop()
 
 
-async def _stored_tokens(page: Page) -> dict[str, Any]:
-    stored = await page.evaluate("() => localStorage.getItem('delidev.tokens')")
+async def _stored_tokens(page: Page, server: str) -> dict[str, Any]:
+    stored = await page.evaluate("key => localStorage.getItem(key)", TOKENS.format(server=server))
     assert stored, "the console keeps its tokens"
     tokens: dict[str, Any] = json.loads(stored)
     return tokens
