@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.http.websocket_origin import normalize_origin
 from tortoise.context import TortoiseContext
 
-from delidev import db, events, metrics, tracing
+from delidev import console, db, events, metrics, tracing
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
@@ -294,11 +294,20 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
         ),
         WebSocketRoute("/graphql", graphql),
     ]
-    timing: list[Middleware] = []
     if settings.metrics:
         routes.append(Route("/metrics", metrics_endpoint(settings), methods=["GET"]))
+    # Last: its routes name the build's own files only, and never shadow the ones above.
+    served = (
+        console.console_routes(settings.console_dir or console.DEFAULT_DIR)
+        if settings.console
+        else []
+    )
+    routes += served
+    timing: list[Middleware] = []
+    if settings.metrics:
         paths = [r.path for r in routes if isinstance(r, Route)]
-        timing.append(Middleware(RequestTiming, paths=paths))
+        prefixes = [console.ASSETS_PREFIX] if served else []
+        timing.append(Middleware(RequestTiming, paths=paths, prefixes=prefixes))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -50,17 +50,22 @@ def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Respon
 
 
 class RequestTiming:
-    """Times each HTTP request by method, route and status. The route is a known path or
+    """Times each HTTP request by method, route and status. The route is a known path,
+    ``<prefix>{path}`` for a path under one of ``prefixes`` (the console's ``/assets/``), or
     ``<Connect service>/{method}``; anything else is ``other``, so a client cannot grow the
     series by asking for made-up paths."""
 
-    def __init__(self, app: ASGIApp, paths: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, paths: Iterable[str], prefixes: Iterable[str] = ()) -> None:
         self.app = app
         self._paths = frozenset(paths)
+        self._prefixes = tuple(prefixes)
 
     def _route(self, path: str) -> str:
         if path in self._paths:
             return path
+        for prefix in self._prefixes:
+            if path.startswith(prefix):
+                return prefix + "{path}"
         return connect_route(path) or "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

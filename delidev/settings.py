@@ -162,6 +162,11 @@ class Settings:
     metrics_token: str | None = None
     """Bearer token ``/metrics`` asks for; in multi-user mode the endpoint is refused while it
     is unset (metrics carry workspace and worker names). Single-user mode: open."""
+    console: bool = True
+    """Serve the web console at ``/`` (when the package holds its build)."""
+    console_dir: Path | None = None
+    """The console's build to serve (``index.html`` and ``assets/``); unset: the one in the
+    package, ``delidev/console_dist``."""
 
     @property
     def is_sqlite(self) -> bool:
@@ -323,6 +328,9 @@ class Settings:
         log_format = env.get("DELIDEV_LOG_FORMAT", "").strip()
         if log_format:
             kwargs["log_format"] = log_format.lower()
+        console_dir = env.get("DELIDEV_CONSOLE_DIR", "").strip()
+        if console_dir:
+            kwargs["console_dir"] = Path(console_dir)
         ints = {
             "DELIDEV_SERVER_PORT": "server_port",
             "DELIDEV_JWT_EXPIRATION_HOURS": "jwt_expiration_hours",
@@ -379,6 +387,7 @@ class Settings:
             ("DELIDEV_CONNECT_FAST_PATH", "connect_fast_path"),
             ("DELIDEV_WS_DEFLATE_BYPASS", "ws_deflate_bypass"),
             ("DELIDEV_METRICS", "metrics"),
+            ("DELIDEV_CONSOLE", "console"),
         ):
             value = env.get(var, "").strip()
             if value:

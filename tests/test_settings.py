@@ -139,3 +139,12 @@ def test_secret_limits_are_read_and_checked() -> None:
     ):
         with pytest.raises(SettingsError, match=var):
             Settings.from_env({var: value})
+
+
+def test_the_console_switch_and_its_directory_are_read() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.console, defaults.console_dir) == (True, None)
+    settings = Settings.from_env({"DELIDEV_CONSOLE": "false", "DELIDEV_CONSOLE_DIR": " /srv/ui "})
+    assert (settings.console, settings.console_dir) == (False, Path("/srv/ui"))
+    with pytest.raises(SettingsError, match="DELIDEV_CONSOLE"):
+        Settings.from_env({"DELIDEV_CONSOLE": "sometimes"})

@@ -31,8 +31,10 @@ from delidev.graphql.types import (
     Workspace,
     WorkspaceList,
 )
+from delidev.graphql.worker_types import Worker, WorkerList
 from delidev.services import repositories, sessions, tasks, todos, workspaces
 from delidev.services.common import encode_cursor, page_start, parse_id, parse_optional_id
+from delidev.services.workers import registry
 
 
 @strawberry.type
@@ -200,5 +202,18 @@ class Query:
         )
         return TtyInputRequestList(
             items=[TtyInputRequest.from_model(r) for r in page.items],
+            total_count=page.total_count,
+        )
+
+    @strawberry.field
+    async def workers(
+        self, info: GqlInfo, limit: int | None = None, offset: int | None = None
+    ) -> WorkerList:
+        """The fleet by name; ``currentTaskId`` is given for one's own tasks only."""
+        page = await registry.list_workers(
+            actor=await info.context.actor(), limit=limit, offset=offset
+        )
+        return WorkerList(
+            items=[Worker.from_model(v.worker, v.current_task_id) for v in page.items],
             total_count=page.total_count,
         )

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator
-from datetime import datetime
 from typing import Annotated
 
 import strawberry
 
 from delidev import errors
-from delidev import models as m
 from delidev.graphql.context import Loaders
 from delidev.graphql.task_types import (
     AgentSessionStatus,
-    AiAgentType,
     Task,
     TtyInputRequest,
     task_from_model,
 )
 from delidev.graphql.types import GqlInfo
+from delidev.graphql.worker_types import Worker
 from delidev.services import live
 from delidev.services.common import parse_id, parse_optional_id
-
-WorkerStatus = strawberry.enum(m.WorkerStatus, name="WorkerStatus")
 
 
 @strawberry.type(
@@ -58,24 +54,6 @@ class TaskUpdate:
     task_id: strawberry.ID
     deleted: bool
     task: Task | None
-
-
-@strawberry.type
-class Worker:
-    id: strawberry.ID
-    name: str
-    endpoint_url: str
-    status: WorkerStatus  # type: ignore[valid-type]  # strawberry.enum result
-    last_heartbeat: datetime
-    current_task_id: strawberry.ID | None
-    registered_at: datetime
-    agent_types: list[AiAgentType] = strawberry.field(  # type: ignore[valid-type]  # enum
-        description="Agent types it can run; empty = every type."
-    )
-    labels: list[str] = strawberry.field(description='Its "key=value" labels.')
-    draining: bool = strawberry.field(
-        description="It finishes the job it holds and is handed no new one."
-    )
 
 
 @strawberry.type
@@ -166,20 +144,5 @@ class Subscription:
             yield WorkerUpdate(
                 worker_id=strawberry.ID(str(update.worker_id)),
                 deleted=w is None,
-                worker=None
-                if w is None
-                else Worker(
-                    id=strawberry.ID(str(w.id)),
-                    name=w.name,
-                    endpoint_url=w.endpoint_url,
-                    status=w.status,
-                    last_heartbeat=w.last_heartbeat,
-                    current_task_id=None
-                    if update.current_task_id is None
-                    else strawberry.ID(str(update.current_task_id)),
-                    registered_at=w.registered_at,
-                    agent_types=[m.AiAgentType(t) for t in w.agent_types or []],
-                    labels=list(w.labels or []),
-                    draining=w.draining,
-                ),
+                worker=None if w is None else Worker.from_model(w, update.current_task_id),
             )

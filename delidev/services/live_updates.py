@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import cast
 from uuid import UUID
 
 from delidev import events
@@ -18,7 +17,7 @@ from delidev.services import auth as auth_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import workers as worker_service
-from delidev.services.common import owner_filter
+from delidev.services.workers.registry import visible_tasks
 from delidev.services.workspaces import get_workspace
 
 
@@ -152,33 +151,7 @@ async def worker_updates(*, actor: Principal, bus: events.EventBus) -> AsyncIter
             except NotFound:
                 yield WorkerUpdate(worker_id=worker_id, worker=None)
                 continue
-            task_id = await _current_task(actor, worker)
-            yield WorkerUpdate(worker_id=worker_id, worker=worker, current_task_id=task_id)
-
-
-async def _current_task(actor: Principal, worker: m.Worker) -> UUID | None:
-    """The task (unit, or composite being planned) of the session the worker runs, if the
-    actor may see it."""
-    if worker.current_session_id is None:
-        return None
-    agent_id = (
-        await m.AgentSession.filter(id=worker.current_session_id)
-        .first()
-        .values_list("agent_task_id", flat=True)
-    )
-    if agent_id is None:
-        return None
-    scope = owner_filter(actor, "workspace__")
-    unit = (
-        await m.UnitTask.filter(agent_task_id=agent_id, **scope)
-        .first()
-        .values_list("id", flat=True)
-    )
-    if unit is not None:
-        return cast(UUID, unit)
-    composite = (
-        await m.CompositeTask.filter(planning_task_id=agent_id, **scope)
-        .first()
-        .values_list("id", flat=True)
-    )
-    return cast(UUID | None, composite)
+            shown = await visible_tasks(actor=actor, workers=[worker])
+            yield WorkerUpdate(
+                worker_id=worker_id, worker=worker, current_task_id=shown.get(worker.id)
+            )

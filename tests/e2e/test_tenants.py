@@ -623,8 +623,9 @@ def subscription_refusals(a: dict[str, str]) -> list[tuple[str, str]]:
     ]
 
 
-# Root fields without another tenant's id to name: the lists (walked in full below), creating
-# in one's own tenant, and the fleet (its per-tenant view is tested below).
+# Root fields without another tenant's id to name: the lists (walked in full below, the
+# fleet's too), creating in one's own tenant, and the fleet's events (their per-tenant view
+# is tested below).
 GRAPHQL_SELF = {
     "Query.workspaces",
     "Query.repositories",
@@ -632,13 +633,14 @@ GRAPHQL_SELF = {
     "Query.todoItems",
     "Query.tasks",
     "Query.ttyInputRequests",
+    "Query.workers",
     "Mutation.createWorkspace",
     "Subscription.workerUpdated",
 }
 
 
 # Types only subscriptions return (tested with the subscriptions below).
-SUBSCRIPTION_ONLY_TYPES = {"LogChunk", "TaskUpdate", "Worker", "WorkerUpdate"}
+SUBSCRIPTION_ONLY_TYPES = {"LogChunk", "TaskUpdate", "WorkerUpdate"}
 
 
 def _schema() -> Any:

@@ -1,4 +1,5 @@
-"""Workers joining and leaving: registration, credentials, heartbeats, unregistering.
+"""Workers joining and leaving: registration, credentials, heartbeats, unregistering, and
+the fleet as one user sees it.
 
 A worker registers once (with the registration token in multi-user mode) and gets a
 credential, shown once and stored hashed; every later call carries it. Heartbeats keep it
@@ -9,16 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
 
 from delidev import events
 from delidev import models as m
+from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound, Unauthenticated
 from delidev.services import common
-from delidev.services.common import MAX_URL_LENGTH, check_text, transaction
+from delidev.services.common import (
+    MAX_URL_LENGTH,
+    Page,
+    check_text,
+    owner_filter,
+    page_bounds,
+    transaction,
+)
 from delidev.services.scheduling.labels import parse_agent_types, parse_labels
 from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.workers.health import announce_released, release_session
@@ -41,6 +50,15 @@ class Registration:
 class HeartbeatReply:
     worker: m.Worker
     stop_session_ids: list[UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """A worker as one user sees it: the fleet is shared between tenants, their tasks are not."""
+
+    worker: m.Worker
+    current_task_id: UUID | None
+    """The task it runs, when the user may see that task."""
 
 
 async def register_worker(
@@ -80,6 +98,56 @@ async def get_worker(*, worker_id: UUID) -> m.Worker:
     if worker is None:
         raise NotFound(f"worker {worker_id} not found", field="worker_id")
     return worker
+
+
+async def list_workers(
+    *, actor: Principal, limit: int | None = None, offset: int | None = None
+) -> Page[WorkerView]:
+    """The fleet by name (then id). Every user sees every worker (as ``workerUpdated``
+    shows them), but a worker's task only when it is the user's own.
+    Raises: InvalidArgument, PermissionDenied (worker credentials)."""
+    limit, offset = page_bounds(limit, offset)
+    owner_filter(actor)  # refuses worker credentials before anything is read
+    total = await m.Worker.all().count()
+    fleet = await m.Worker.all().order_by("name", "id").offset(offset).limit(limit)
+    tasks = await visible_tasks(actor=actor, workers=fleet)
+    return Page(
+        items=[WorkerView(worker=w, current_task_id=tasks.get(w.id)) for w in fleet],
+        total_count=total,
+    )
+
+
+async def visible_tasks(*, actor: Principal, workers: Sequence[m.Worker]) -> dict[UUID, UUID]:
+    """Worker id -> the task (unit, or composite being planned) of the session it runs, for
+    the workers whose task the actor may see. At most three statements, however many
+    workers: a page of the fleet must not cost one query per worker."""
+    sessions = [w.current_session_id for w in workers if w.current_session_id is not None]
+    if not sessions:
+        return {}
+    scope = owner_filter(actor, "workspace__")
+    agent_of: dict[UUID, UUID] = dict(
+        await m.AgentSession.filter(id__in=sessions).values_list("id", "agent_task_id")
+    )
+    agents = set(agent_of.values())
+    task_of: dict[UUID, UUID] = dict(
+        await m.UnitTask.filter(agent_task_id__in=agents, **scope).values_list(
+            "agent_task_id", "id"
+        )
+    )
+    planning = agents - task_of.keys()
+    if planning:
+        task_of |= dict(
+            await m.CompositeTask.filter(planning_task_id__in=planning, **scope).values_list(
+                "planning_task_id", "id"
+            )
+        )
+    shown: dict[UUID, UUID] = {}
+    for w in workers:
+        agent = agent_of.get(w.current_session_id) if w.current_session_id else None
+        task = task_of.get(agent) if agent else None
+        if task is not None:
+            shown[w.id] = task
+    return shown
 
 
 def admit_registration(*, settings: Settings, token: str) -> None:
