@@ -16,13 +16,13 @@ import re
 from pathlib import Path
 
 # A transport like metrics_http.py (HTTP answers, no business rule): Starlette is its to use.
-from starlette.datastructures import MutableHeaders  # noqa: TID251
-from starlette.exceptions import HTTPException  # noqa: TID251
-from starlette.middleware.gzip import GZipMiddleware  # noqa: TID251
-from starlette.responses import PlainTextResponse  # noqa: TID251
-from starlette.routing import BaseRoute, Route  # noqa: TID251
-from starlette.staticfiles import StaticFiles  # noqa: TID251
-from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: TID251
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from delidev.services.workers.jobs import (
 from delidev.services.workers.registry import (
     HeartbeatReply,
     Registration,
+    WorkerView,
     admit_registration,
     authenticate_caller,
     authenticate_drain,
@@ -35,9 +36,11 @@ from delidev.services.workers.registry import (
     get_worker,
     hash_credential,
     heartbeat,
+    list_workers,
     register_worker,
     set_draining,
     unregister_worker,
+    visible_tasks,
 )
 from delidev.services.workers.waiting import MAX_WAIT_MS, JobSignal
 
@@ -49,6 +52,7 @@ __all__ = [
     "Job",
     "JobSignal",
     "Registration",
+    "WorkerView",
     "admit_registration",
     "append_job_log",
     "ask_tty_input",
@@ -62,11 +66,13 @@ __all__ = [
     "hash_credential",
     "heartbeat",
     "leased_session",
+    "list_workers",
     "register_worker",
     "report_status",
     "set_draining",
     "sweep_workers",
     "tty_expiry",
     "unregister_worker",
+    "visible_tasks",
     "wait_tty_answer",
 ]
