@@ -124,14 +124,33 @@ async def test_a_composite_plan_is_approved_and_its_nodes_run(
         plan = page.get_by_test_id("plan")
         await expect(plan).to_contain_text("3 planned tasks")
         await plan.get_by_role("button", name="Approve plan").click()
-        await plan.get_by_role("link").click()
+        await expect(page.get_by_text("No plan is waiting for approval.")).to_be_visible()
+        await page.get_by_test_id("nav-board").click()
+        await page.get_by_test_id("task-card").filter(has_text="Split the monolith").click()
         nodes = page.get_by_test_id("dag-node")
         await expect(nodes).to_have_count(3)
-        # Each node runs after the one it depends on and ends in review.
+        # A chain: each node runs once the one before it is approved, from its own page.
         for i in range(3):
             await expect(nodes.nth(i)).to_have_attribute("data-state", "IN_REVIEW")
-        await expect(page.get_by_test_id("task-status")).to_have_text("in progress")
-        await screenshot(page, tmp_path, "composite")
+            for later in range(i + 1, 3):
+                await expect(nodes.nth(later)).to_have_attribute("data-state", "WAITING")
+            if i == 1:
+                await screenshot(page, tmp_path, "composite")
+            await nodes.nth(i).click()
+            await expect(page.get_by_test_id("task-status")).to_have_text("in review")
+            await page.get_by_role("button", name="Approve", exact=True).click()
+            await expect(page.get_by_test_id("task-status")).to_have_text("approved")
+            # Its pull request, recorded, then merged: the node is done.
+            await page.get_by_role("button", name="Record pull request…").click()
+            await page.get_by_label("Pull request URL").fill(
+                f"https://github.com/acme/widgets/pull/{i + 1}"
+            )
+            await page.get_by_role("button", name="Record", exact=True).click()
+            await expect(page.get_by_test_id("task-status")).to_have_text("pr open")
+            await page.get_by_role("button", name="Mark done").click()
+            await expect(page.get_by_test_id("task-status")).to_have_text("done")
+            await page.get_by_role("link", name="a composite task").click()
+        await expect(page.get_by_test_id("task-status")).to_have_text("done")
     finally:
         sim.kill()
 

@@ -49,6 +49,7 @@ export function Dag({ nodes, compact = false }: { nodes: NodeSummary[]; compact?
   const height = Math.max(...[...at.values()].map((p) => p.y)) + H;
   return (
     <div class="dag" role="group" aria-label="Plan">
+      <div class="dag-canvas" style={{ width: `${width}px`, height: `${height}px` }}>
       <svg width={width} height={height} viewBox={`0 0 ${width} ${height}`} aria-hidden="true">
         {nodes.flatMap((n) =>
           n.dependsOnNodeIds.map((d) => {
@@ -81,6 +82,7 @@ export function Dag({ nodes, compact = false }: { nodes: NodeSummary[]; compact?
           </a>
         );
       })}
+      </div>
     </div>
   );
 }

@@ -17,7 +17,7 @@ import { href } from "../router";
 import { store, useStore } from "../store";
 
 const questions = store<TtyRequest[]>([]);
-const plans = store<TaskSummary[]>([]);
+const plans = store<(TaskSummary & { planYaml?: string | null })[]>([]);
 export const pendingCount = store(0);
 
 function recount(): void {
@@ -29,7 +29,7 @@ plans.subscribe(recount);
 async function reload(workspaceId: string): Promise<void> {
   const [tty, pending] = await Promise.all([
     gql<{ ttyInputRequests: { items: TtyRequest[] } }>(PENDING_TTY, { workspaceId }),
-    gql<{ tasks: { edges: { node: TaskSummary }[] } }>(PENDING_PLANS, { workspaceId }),
+    gql<{ tasks: { edges: { node: TaskSummary & { planYaml?: string | null } }[] } }>(PENDING_PLANS, { workspaceId }),
   ]);
   questions.set(tty.ttyInputRequests.items);
   plans.set(pending.tasks.edges.map((e) => normalize(e.node)));
@@ -208,7 +208,13 @@ function Question({ q }: { q: TtyRequest }) {
   );
 }
 
-export function PlanCard({ task }: { task: TaskSummary }) {
+/** Tasks in a plan not approved yet (its nodes exist only once it is): the YAML's entries. */
+function plannedTasks(task: TaskSummary & { planYaml?: string | null }): number {
+  if (task.nodes?.length) return task.nodes.length;
+  return task.planYaml?.match(/^\s*-\s+id:/gm)?.length ?? 0;
+}
+
+export function PlanCard({ task }: { task: TaskSummary & { planYaml?: string | null } }) {
   const [error, setError] = useState<string | null>(null);
   const act = async (what: "approve" | "reject") => {
     setError(null);
@@ -225,7 +231,13 @@ export function PlanCard({ task }: { task: TaskSummary }) {
       <p class="prompt">
         <a href={href({ page: "task", id: task.id })}>{titleOf(task)}</a>
       </p>
-      <p class="meta">{task.nodes?.length ?? 0} planned tasks</p>
+      <p class="meta">{plannedTasks(task)} planned tasks</p>
+      {task.planYaml && (
+        <details>
+          <summary>The plan</summary>
+          <pre class="plan">{task.planYaml}</pre>
+        </details>
+      )}
       <div class="choices">
         <button class="primary" onClick={() => void act("approve")}>
           Approve plan

@@ -6,6 +6,7 @@ import { ago, label, titleOf } from "../format";
 import { TASK, TASK_UPDATED, normalize, type Session, type TaskDetail } from "../queries";
 import { go } from "../router";
 import { useStore } from "../store";
+import { UnitTaskStatus } from "../gen/delidev/v1/task_pb";
 import { Dag } from "./Dag";
 import { LogView } from "./LogView";
 
@@ -139,7 +140,7 @@ export function TaskPage({ id }: { id: string }) {
       )}
       {composite && task.planError && <p class="error">Planning failed: {task.planError}</p>}
       {composite && task.planYaml && (
-        <details>
+        <details open={task.status === "PENDING_APPROVAL"}>
           <summary>Plan (YAML)</summary>
           <pre>{task.planYaml}</pre>
         </details>
@@ -209,7 +210,7 @@ function Actions({
   onChanged: () => void;
   onError: (message: string | null) => void;
 }) {
-  const [mode, setMode] = useState<"reject" | "changes" | "delete" | null>(null);
+  const [mode, setMode] = useState<"reject" | "changes" | "pr" | "delete" | null>(null);
   const [text, setText] = useState("");
   const [busy, setBusy] = useState(false);
   const run = async (action: () => Promise<unknown>, after?: () => void) => {
@@ -248,6 +249,16 @@ function Actions({
           Request changes…
         </button>
       )}
+      {!composite && task.status === "APPROVED" && (
+        <button disabled={busy} onClick={() => setMode(mode === "pr" ? null : "pr")}>
+          Record pull request…
+        </button>
+      )}
+      {!composite && (task.status === "APPROVED" || task.status === "PR_OPEN") && (
+        <button disabled={busy} onClick={() => void run(() => taskApi.updateStatus({ taskId: task.id, status: UnitTaskStatus.DONE }))}>
+          Mark done
+        </button>
+      )}
       {retryable && (
         <button disabled={busy} onClick={() => void run(() => taskApi.retry({ taskId: task.id }))}>
           Retry
@@ -272,6 +283,20 @@ function Actions({
           <input aria-label="Reason" placeholder="Reason (optional)" value={text} onInput={(e) => setText((e.target as HTMLInputElement).value)} autoFocus />
           <button type="submit" class="danger" disabled={busy}>
             Reject
+          </button>
+        </form>
+      )}
+      {mode === "pr" && (
+        <form
+          class="inline-form"
+          onSubmit={(e) => {
+            e.preventDefault();
+            void run(() => taskApi.updateStatus({ taskId: task.id, status: UnitTaskStatus.PR_OPEN, linkedPrUrl: text }));
+          }}
+        >
+          <input type="url" aria-label="Pull request URL" placeholder="https://github.com/owner/repo/pull/1" value={text} onInput={(e) => setText((e.target as HTMLInputElement).value)} autoFocus required />
+          <button type="submit" class="primary" disabled={busy}>
+            Record
           </button>
         </form>
       )}
