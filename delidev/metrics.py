@@ -114,8 +114,46 @@ HTTP_DURATION = Histogram(
     buckets=_CALL_BUCKETS,
 )
 
+USAGE_TOKENS = Counter(
+    "delidev_usage_tokens_total",
+    "Tokens runs reported using, by agent type, model and kind (input, output, cache_read,"
+    " cache_write).",
+    ["agent_type", "model", "kind"],
+)
+USAGE_COST = Counter(
+    "delidev_usage_cost_usd_total",
+    "Money runs reported spending (USD), by agent type and model.",
+    ["agent_type", "model"],
+)
+# Model names come from workers: at most this many distinct ones get a label of their own
+# per process, the rest are counted as "other", so no worker can grow the series unbounded.
+MAX_MODEL_LABELS = 50
+_MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@-]{1,64}")
+_models_seen: set[str] = set()
+
 
 # -- recording (called by the services and transports) ----------------------------------------
+
+
+def model_label(model: str) -> str:
+    """``model`` as a label value: itself while few models were seen, else ``other``."""
+    if not _MODEL_NAME.fullmatch(model):
+        return "other"
+    if model in _models_seen:
+        return model
+    if len(_models_seen) >= MAX_MODEL_LABELS:
+        return "other"
+    _models_seen.add(model)
+    return model
+
+
+def usage_reported(agent_type: str, model: str, tokens: dict[str, int], cost_micros: int) -> None:
+    label = model_label(model)
+    for kind, count in tokens.items():
+        if count > 0:
+            USAGE_TOKENS.labels(agent_type=agent_type, model=label, kind=kind).inc(count)
+    if cost_micros > 0:
+        USAGE_COST.labels(agent_type=agent_type, model=label).inc(cost_micros / 1_000_000)
 
 
 def task_created(kind: str, count: int = 1) -> None:

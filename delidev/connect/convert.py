@@ -28,6 +28,7 @@ from delidev.services import live as live_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import todos as todo_service
+from delidev.services import usage as usage_service
 from delidev.services import workers as worker_service
 from delidev.services.scheduling import waits as wait_service
 from delidev.services.workers import push
@@ -223,8 +224,23 @@ def task_kind(value: task_pb.TaskKind) -> str | None:
     return _TASK_KINDS[kind] if kind is not None else None
 
 
-def agent_session(s: m.AgentSession) -> task_pb.AgentSession:
+def usage(u: usage_service.Usage) -> common_pb.Usage:
+    return common_pb.Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=u.cache_read_tokens,
+        cache_write_tokens=u.cache_write_tokens,
+        cost_micros=u.cost_micros,
+        reports=u.reports,
+    )
+
+
+def agent_session(
+    s: m.AgentSession, used: usage_service.Usage | None = None
+) -> task_pb.AgentSession:
+    """``used``: the run's usage, where the caller read it (left out otherwise)."""
     return task_pb.AgentSession(
+        usage=None if used is None else usage(used),
         id=str(s.id),
         agent_task_id=str(s.agent_task_id),
         ai_agent_type=AGENT_TYPE.to_proto(s.ai_agent_type),
@@ -289,7 +305,9 @@ def agent_task(agent_id: UUID, bundle: task_service.TaskBundle) -> task_pb.Agent
         ],
         ai_agent_type=AGENT_TYPE.to_proto(agent.ai_agent_type),
         ai_agent_model=agent.ai_agent_model,
-        sessions=[agent_session(s) for s in bundle.sessions.get(agent_id, [])],
+        sessions=[
+            agent_session(s, bundle.usage_of(s.id)) for s in bundle.sessions.get(agent_id, [])
+        ],
         created_at=timestamp(agent.created_at),
     )
 
@@ -310,7 +328,9 @@ def unit_task(t: m.UnitTask, bundle: task_service.TaskBundle) -> task_pb.UnitTas
         prompt=t.prompt,
         title=t.title,
         auto_fix_tasks=[agent_task(a, bundle) for a in bundle.auto_fix.get(t.id, [])],
-        latest_session=None if latest is None else agent_session(latest),
+        latest_session=None
+        if latest is None
+        else agent_session(latest, bundle.usage_of(latest.id)),
         rejection_reason=t.rejection_reason,
         composite_task_id=None if t.composite_task_id is None else str(t.composite_task_id),
         created_at=timestamp(t.created_at),
@@ -319,6 +339,7 @@ def unit_task(t: m.UnitTask, bundle: task_service.TaskBundle) -> task_pb.UnitTas
         priority=PRIORITY.to_proto(m.TaskPriority.from_rank(scheduling.priority)),
         required_labels=list(scheduling.required_labels or []),
         max_run_seconds=scheduling.max_run_seconds,
+        usage=usage(bundle.usage_of(t.id)),
     )
 
 
@@ -346,13 +367,16 @@ def composite_task(t: m.CompositeTask, bundle: task_service.TaskBundle) -> task_
             )
             for v in bundle.nodes.get(t.id, [])
         ],
-        latest_session=None if latest is None else agent_session(latest),
+        latest_session=None
+        if latest is None
+        else agent_session(latest, bundle.usage_of(latest.id)),
         created_at=timestamp(t.created_at),
         updated_at=timestamp(t.updated_at),
         wait=job_wait(bundle.waits.get(t.id)),
         priority=PRIORITY.to_proto(m.TaskPriority.from_rank(scheduling.priority)),
         required_labels=list(scheduling.required_labels or []),
         max_run_seconds=scheduling.max_run_seconds,
+        usage=usage(bundle.usage_of(t.id)),
     )
 
 

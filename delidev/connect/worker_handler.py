@@ -23,7 +23,7 @@ from delidev.connect.gen.delidev.v1 import worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerService
 from delidev.errors import Internal, InvalidArgument
 from delidev.services import secrets as secrets_service
-from delidev.services import sessions, workers
+from delidev.services import sessions, usage, workers
 from delidev.services.common import parse_id, parse_optional_id
 from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.workers import push
@@ -193,6 +193,26 @@ class WorkerHandler(WorkerService):
         return worker_pb.AppendLogResponse(
             next_sequence=session.log_next_sequence, log_size=session.log_size
         )
+
+    async def report_usage(
+        self, request: worker_pb.ReportUsageRequest, ctx: Ctx
+    ) -> worker_pb.ReportUsageResponse:
+        wid = await self._worker(request.worker_id, ctx, check=False)
+        counted, so_far = await usage.record_usage(
+            worker_id=wid,
+            session_id=parse_id(request.session_id, "session_id"),
+            lease_token=request.lease_token,
+            report=usage.UsageReport(
+                report_id=request.report_id,
+                model=request.model,
+                input_tokens=request.input_tokens,
+                output_tokens=request.output_tokens,
+                cache_read_tokens=request.cache_read_tokens,
+                cache_write_tokens=request.cache_write_tokens,
+                cost_micros=request.cost_micros,
+            ),
+        )
+        return worker_pb.ReportUsageResponse(counted=counted, session_usage=convert.usage(so_far))
 
     async def get_secrets(
         self, request: worker_pb.GetSecretsRequest, ctx: Ctx

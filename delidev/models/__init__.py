@@ -31,6 +31,7 @@ from delidev.models.tasks import (
     UnitTaskAutoFixTask,
 )
 from delidev.models.todos import TodoItem
+from delidev.models.usage import UsageRecord
 from delidev.models.users import AuthState, RefreshToken, User
 from delidev.models.workers import Worker
 from delidev.models.workspaces import Repository, RepositoryGroup, RepositoryGroupMember, Workspace
@@ -64,6 +65,7 @@ __all__ = [
     "UnitTask",
     "UnitTaskAutoFixTask",
     "UnitTaskStatus",
+    "UsageRecord",
     "User",
     "VcsProviderType",
     "VcsType",

@@ -10,7 +10,7 @@ from delidev.connect import convert
 from delidev.connect.gen.delidev.v1 import session_pb
 from delidev.connect.gen.delidev.v1.session_connect import SessionService
 from delidev.connect.handlers.base import Ctx, Handler
-from delidev.services import live, sessions
+from delidev.services import live, sessions, usage
 from delidev.services.common import parse_id, parse_optional_id
 
 
@@ -25,7 +25,8 @@ class SessionHandler(Handler, SessionService):
         session = await sessions.get_session(
             actor=await self.actor(ctx), session_id=parse_id(request.session_id, "session_id")
         )
-        return session_pb.GetSessionResponse(session=convert.agent_session(session))
+        used = (await usage.session_usage([session.id])).get(session.id, usage.NONE)
+        return session_pb.GetSessionResponse(session=convert.agent_session(session, used))
 
     async def get_log(
         self, request: session_pb.GetLogRequest, ctx: Ctx

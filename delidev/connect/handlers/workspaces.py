@@ -11,11 +11,35 @@ from delidev.connect.gen.delidev.v1.repository_connect import (
 )
 from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceService
 from delidev.connect.handlers.base import Ctx, Handler, optional
-from delidev.services import repositories, workspaces
+from delidev.services import repositories, usage, workspaces
 from delidev.services.common import parse_id, parse_optional_id
 
 
 class WorkspaceHandler(Handler, WorkspaceService):
+    async def get_usage(
+        self, request: workspace_pb.GetWorkspaceUsageRequest, ctx: Ctx
+    ) -> workspace_pb.GetWorkspaceUsageResponse:
+        found = await usage.workspace_usage(
+            actor=await self.actor(ctx),
+            workspace_id=parse_id(request.workspace_id, "workspace_id"),
+            days=request.days,
+        )
+        return workspace_pb.GetWorkspaceUsageResponse(
+            total=convert.usage(found.total),
+            days=[
+                workspace_pb.UsageDay(date=day.isoformat(), usage=convert.usage(used))
+                for day, used in found.days
+            ],
+            models=[
+                workspace_pb.ModelUsage(
+                    ai_agent_type=convert.AGENT_TYPE.to_proto(u.ai_agent_type),
+                    model=u.model,
+                    usage=convert.usage(u.usage),
+                )
+                for u in found.models
+            ],
+        )
+
     async def create(
         self, request: workspace_pb.CreateWorkspaceRequest, ctx: Ctx
     ) -> workspace_pb.CreateWorkspaceResponse:

@@ -12,6 +12,7 @@ from uuid import UUID
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound
+from delidev.services import usage as usage_service
 from delidev.services.common import Page, owner_filter, page_bounds
 from delidev.services.repositories import get_repository_group
 from delidev.services.scheduling import waits as job_waits
@@ -236,8 +237,15 @@ class TaskBundle:
     nodes: dict[UUID, list[NodeView]]
     waits: dict[UUID, job_waits.Wait]
     """Why a task (by id; also a node) waits: see ``task_waits``."""
+    usage: dict[UUID, usage_service.Usage]
+    """Usage by session id, unit task id (its runs, auto-fix included) and composite task
+    id (planning and nodes); what used nothing is absent (``usage_of``)."""
     gone: frozenset[UUID] = frozenset()
     """Tasks deleted while the bundle was read: their rows are partly missing."""
+
+    def usage_of(self, id: UUID) -> usage_service.Usage:
+        """Usage of a session, unit task or composite task of the bundle."""
+        return self.usage.get(id, usage_service.NONE)
 
     def latest(self, agent_task_id: UUID) -> m.AgentSession | None:
         runs = self.sessions.get(agent_task_id) or []
@@ -291,6 +299,9 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
 
     shown = [*items, *(v.unit_task for views in nodes.values() for v in views)]
     latest = {a: runs[-1] for a, runs in sessions.items() if runs}
+    usage = await usage_service.session_usage([s.id for runs in sessions.values() for s in runs])
+    usage |= await usage_service.unit_task_usage([u.id for u in units])
+    usage |= await usage_service.composite_task_usage(composite_ids)
     return TaskBundle(
         agents=agents,
         remotes=remotes,
@@ -298,6 +309,7 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
         auto_fix=auto_fix,
         nodes=nodes,
         waits=await _waits(shown, latest),
+        usage=usage,
         gone=frozenset(t.id for t in items if not complete(t)),
     )
 

@@ -85,6 +85,69 @@ class Labels(Message[_LabelsFields]):
 
         labels: list[str]
 
+_UsageFields: TypeAlias = Literal["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_micros", "reports"]
+
+class Usage(Message[_UsageFields]):
+    """
+    Tokens and money used by one or more runs, as their workers reported it. Money is
+    fixed-point, never a float: cost_micros counts millionths of the currency unit (USD).
+
+    ```proto
+    message delidev.v1.Usage
+    ```
+
+    Attributes:
+        input_tokens:
+            ```proto
+            int64 input_tokens = 1;
+            ```
+        output_tokens:
+            ```proto
+            int64 output_tokens = 2;
+            ```
+        cache_read_tokens:
+            ```proto
+            int64 cache_read_tokens = 3;
+            ```
+        cache_write_tokens:
+            ```proto
+            int64 cache_write_tokens = 4;
+            ```
+        cost_micros:
+            ```proto
+            int64 cost_micros = 5;
+            ```
+        reports:
+            Usage reports counted (a retried report counts once).
+
+            ```proto
+            int64 reports = 6;
+            ```
+    """
+
+    __slots__ = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_micros", "reports")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            input_tokens: int = 0,
+            output_tokens: int = 0,
+            cache_read_tokens: int = 0,
+            cache_write_tokens: int = 0,
+            cost_micros: int = 0,
+            reports: int = 0,
+        ) -> None:
+            pass
+
+        input_tokens: int
+        output_tokens: int
+        cache_read_tokens: int
+        cache_write_tokens: int
+        cost_micros: int
+        reports: int
+
 class VcsType(Enum):
     """
     ```proto
@@ -182,11 +245,12 @@ class AiAgentType(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x17delidev/v1/common.proto\x12\ndelidev.v1"D\n\tErrorInfo\x12!\n\x0cdelidev_code\x18\x01 \x01(\x05R\x0bdelidevCode\x12\x14\n\x05field\x18\x02 \x01(\tR\x05field" \n\x06Labels\x12\x16\n\x06labels\x18\x01 \x03(\tR\x06labels*5\n\x07VcsType\x12\x18\n\x14VCS_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cVCS_TYPE_GIT\x10\x01*\x91\x01\n\x0fVcsProviderType\x12!\n\x1dVCS_PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITHUB\x10\x01\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITLAB\x10\x02\x12\x1f\n\x1bVCS_PROVIDER_TYPE_BITBUCKET\x10\x03*\xd3\x01\n\x0bAiAgentType\x12\x1d\n\x19AI_AGENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19AI_AGENT_TYPE_CLAUDE_CODE\x10\x01\x12\x1b\n\x17AI_AGENT_TYPE_OPEN_CODE\x10\x02\x12\x1c\n\x18AI_AGENT_TYPE_GEMINI_CLI\x10\x03\x12\x1b\n\x17AI_AGENT_TYPE_CODEX_CLI\x10\x04\x12\x17\n\x13AI_AGENT_TYPE_AIDER\x10\x05\x12\x15\n\x11AI_AGENT_TYPE_AMP\x10\x06b\x06proto3',
+    b'\n\x17delidev/v1/common.proto\x12\ndelidev.v1"D\n\tErrorInfo\x12!\n\x0cdelidev_code\x18\x01 \x01(\x05R\x0bdelidevCode\x12\x14\n\x05field\x18\x02 \x01(\tR\x05field" \n\x06Labels\x12\x16\n\x06labels\x18\x01 \x03(\tR\x06labels"\xe4\x01\n\x05Usage\x12!\n\x0cinput_tokens\x18\x01 \x01(\x03R\x0binputTokens\x12#\n\routput_tokens\x18\x02 \x01(\x03R\x0coutputTokens\x12*\n\x11cache_read_tokens\x18\x03 \x01(\x03R\x0fcacheReadTokens\x12,\n\x12cache_write_tokens\x18\x04 \x01(\x03R\x10cacheWriteTokens\x12\x1f\n\x0bcost_micros\x18\x05 \x01(\x03R\ncostMicros\x12\x18\n\x07reports\x18\x06 \x01(\x03R\x07reports*5\n\x07VcsType\x12\x18\n\x14VCS_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cVCS_TYPE_GIT\x10\x01*\x91\x01\n\x0fVcsProviderType\x12!\n\x1dVCS_PROVIDER_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITHUB\x10\x01\x12\x1c\n\x18VCS_PROVIDER_TYPE_GITLAB\x10\x02\x12\x1f\n\x1bVCS_PROVIDER_TYPE_BITBUCKET\x10\x03*\xd3\x01\n\x0bAiAgentType\x12\x1d\n\x19AI_AGENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19AI_AGENT_TYPE_CLAUDE_CODE\x10\x01\x12\x1b\n\x17AI_AGENT_TYPE_OPEN_CODE\x10\x02\x12\x1c\n\x18AI_AGENT_TYPE_GEMINI_CLI\x10\x03\x12\x1b\n\x17AI_AGENT_TYPE_CODEX_CLI\x10\x04\x12\x17\n\x13AI_AGENT_TYPE_AIDER\x10\x05\x12\x15\n\x11AI_AGENT_TYPE_AMP\x10\x06b\x06proto3',
     [],
     {
         "ErrorInfo": ErrorInfo,
         "Labels": Labels,
+        "Usage": Usage,
         "VcsType": VcsType,
         "VcsProviderType": VcsProviderType,
         "AiAgentType": AiAgentType,

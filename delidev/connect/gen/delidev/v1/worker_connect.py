@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import worker_pb
-from .worker_pb import AppendLogRequest, AppendLogResponse, ClaimJobRequest, ClaimJobResponse, DrainWorkerRequest, DrainWorkerResponse, GetSecretsRequest, GetSecretsResponse, HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest, RegisterWorkerResponse, ReportStatusRequest, ReportStatusResponse, RequestTtyInputRequest, RequestTtyInputResponse, UnregisterWorkerRequest, UnregisterWorkerResponse, WaitTtyInputRequest, WaitTtyInputResponse, WatchRequest, WatchResponse
+from .worker_pb import AppendLogRequest, AppendLogResponse, ClaimJobRequest, ClaimJobResponse, DrainWorkerRequest, DrainWorkerResponse, GetSecretsRequest, GetSecretsResponse, HeartbeatRequest, HeartbeatResponse, RegisterWorkerRequest, RegisterWorkerResponse, ReportStatusRequest, ReportStatusResponse, ReportUsageRequest, ReportUsageResponse, RequestTtyInputRequest, RequestTtyInputResponse, UnregisterWorkerRequest, UnregisterWorkerResponse, WaitTtyInputRequest, WaitTtyInputResponse, WatchRequest, WatchResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -53,6 +53,9 @@ class WorkerService(Protocol):
         """
         Not in the specification's table; a worker needs them.
         """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def report_usage(self, request: ReportUsageRequest, ctx: RequestContext[ReportUsageRequest, ReportUsageResponse], /) -> ReportUsageResponse:
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     async def request_tty_input(self, request: RequestTtyInputRequest, ctx: RequestContext[RequestTtyInputRequest, RequestTtyInputResponse], /) -> RequestTtyInputResponse:
@@ -165,6 +168,17 @@ class WorkerServiceASGIApplication(ConnectASGIApplication[WorkerService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.append_log,
+                ),
+                "/delidev.v1.WorkerService/ReportUsage": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ReportUsage",
+                        service_name="delidev.v1.WorkerService",
+                        input=ReportUsageRequest,
+                        output=ReportUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.report_usage,
                 ),
                 "/delidev.v1.WorkerService/RequestTtyInput": Endpoint.unary(
                     method=MethodInfo(
@@ -367,6 +381,26 @@ class WorkerServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def report_usage(
+        self,
+        request: ReportUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReportUsageResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReportUsage",
+                service_name="delidev.v1.WorkerService",
+                input=ReportUsageRequest,
+                output=ReportUsageResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
     async def request_tty_input(
         self,
         request: RequestTtyInputRequest,
@@ -477,6 +511,9 @@ class WorkerServiceSync(Protocol):
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
+    def report_usage(self, request: ReportUsageRequest, ctx: RequestContext[ReportUsageRequest, ReportUsageResponse], /) -> ReportUsageResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
     def request_tty_input(self, request: RequestTtyInputRequest, ctx: RequestContext[RequestTtyInputRequest, RequestTtyInputResponse], /) -> RequestTtyInputResponse:
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -585,6 +622,17 @@ class WorkerServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.append_log,
+                ),
+                "/delidev.v1.WorkerService/ReportUsage": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ReportUsage",
+                        service_name="delidev.v1.WorkerService",
+                        input=ReportUsageRequest,
+                        output=ReportUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.report_usage,
                 ),
                 "/delidev.v1.WorkerService/RequestTtyInput": EndpointSync.unary(
                     method=MethodInfo(
@@ -781,6 +829,26 @@ class WorkerServiceClientSync(ConnectClientSync):
                 service_name="delidev.v1.WorkerService",
                 input=AppendLogRequest,
                 output=AppendLogResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def report_usage(
+        self,
+        request: ReportUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ReportUsageResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ReportUsage",
+                service_name="delidev.v1.WorkerService",
+                input=ReportUsageRequest,
+                output=ReportUsageResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from protobuf import DescFile, Oneof
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
 
-    from .common_pb import AiAgentType
+    from .common_pb import AiAgentType, Usage
     from .session_pb import TtyInputRequest, TtyInputType
     from .task_pb import AgentSession, AgentSessionStatus, BaseRemote, JobKind
 
@@ -641,6 +641,136 @@ class ReportStatusResponse(Message[_ReportStatusResponseFields]):
             pass
 
         session: AgentSession | None
+
+_ReportUsageRequestFields: TypeAlias = Literal["worker_id", "session_id", "lease_token", "report_id", "model", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_micros"]
+
+class ReportUsageRequest(Message[_ReportUsageRequestFields]):
+    """
+    What a run used since its last report: sent as the run goes (a worker that dies mid-run
+    has its usage so far counted), under the job's lease like every worker call.
+
+    ```proto
+    message delidev.v1.ReportUsageRequest
+    ```
+
+    Attributes:
+        worker_id:
+            ```proto
+            string worker_id = 1;
+            ```
+        session_id:
+            ```proto
+            string session_id = 2;
+            ```
+        lease_token:
+            ```proto
+            string lease_token = 3;
+            ```
+        report_id:
+            Chosen by the worker, unique within the run (1-64 printable ASCII characters): a report
+            sent again with the same id is counted once.
+
+            ```proto
+            string report_id = 4;
+            ```
+        model:
+            The model billed, e.g. "claude-sonnet-4" (at most 255 characters).
+
+            ```proto
+            string model = 5;
+            ```
+        input_tokens:
+            ```proto
+            int64 input_tokens = 6;
+            ```
+        output_tokens:
+            ```proto
+            int64 output_tokens = 7;
+            ```
+        cache_read_tokens:
+            ```proto
+            int64 cache_read_tokens = 8;
+            ```
+        cache_write_tokens:
+            ```proto
+            int64 cache_write_tokens = 9;
+            ```
+        cost_micros:
+            Millionths of the currency unit (USD).
+
+            ```proto
+            int64 cost_micros = 10;
+            ```
+    """
+
+    __slots__ = ("worker_id", "session_id", "lease_token", "report_id", "model", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_micros")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            worker_id: str = "",
+            session_id: str = "",
+            lease_token: str = "",
+            report_id: str = "",
+            model: str = "",
+            input_tokens: int = 0,
+            output_tokens: int = 0,
+            cache_read_tokens: int = 0,
+            cache_write_tokens: int = 0,
+            cost_micros: int = 0,
+        ) -> None:
+            pass
+
+        worker_id: str
+        session_id: str
+        lease_token: str
+        report_id: str
+        model: str
+        input_tokens: int
+        output_tokens: int
+        cache_read_tokens: int
+        cache_write_tokens: int
+        cost_micros: int
+
+_ReportUsageResponseFields: TypeAlias = Literal["counted", "session_usage"]
+
+class ReportUsageResponse(Message[_ReportUsageResponseFields]):
+    """
+    ```proto
+    message delidev.v1.ReportUsageResponse
+    ```
+
+    Attributes:
+        counted:
+            False when a report with this id was already counted.
+
+            ```proto
+            bool counted = 1;
+            ```
+        session_usage:
+            The run's usage so far, this report included.
+
+            ```proto
+            optional delidev.v1.Usage session_usage = 2;
+            ```
+    """
+
+    __slots__ = ("counted", "session_usage")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            counted: bool = False,
+            session_usage: Usage | None = None,
+        ) -> None:
+            pass
+
+        counted: bool
+        session_usage: Usage | None
 
 _GetSecretsRequestFields: TypeAlias = Literal["worker_id", "session_id", "lease_token"]
 
@@ -1303,7 +1433,7 @@ class FailureKind(Enum):
 
 
 _DESC = file_desc(
-    b'\n\x17delidev/v1/worker.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x18delidev/v1/session.proto\x1a\x15delidev/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xb4\x03\n\x06Worker\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x03 \x01(\tR\x0bendpointUrl\x120\n\x06status\x18\x04 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12A\n\x0elast_heartbeat\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12+\n\x0fcurrent_task_id\x18\x06 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12?\n\rregistered_at\x18\x07 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0cregisteredAt\x128\n\x0bagent_types\x18\x08 \x03(\x0e2\x17.delidev.v1.AiAgentTypeR\nagentTypes\x12\x16\n\x06labels\x18\t \x03(\tR\x06labels\x12\x1a\n\x08draining\x18\n \x01(\x08R\x08drainingB\x12\n\x10_current_task_id"\xb1\x04\n\x03Job\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x02 \x01(\tR\nleaseToken\x12\'\n\x04kind\x18\x03 \x01(\x0e2\x13.delidev.v1.JobKindR\x04kind\x12\x17\n\x07task_id\x18\x04 \x01(\tR\x06taskId\x12"\n\ragent_task_id\x18\x05 \x01(\tR\x0bagentTaskId\x12\x16\n\x06prompt\x18\x06 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x07 \x01(\tH\x00R\x05title\x88\x01\x01\x12$\n\x0bbranch_name\x18\x08 \x01(\tH\x01R\nbranchName\x88\x01\x01\x12;\n\rai_agent_type\x18\t \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\n \x01(\tH\x02R\x0caiAgentModel\x88\x01\x01\x129\n\x0cbase_remotes\x18\x0b \x03(\x0b2\x16.delidev.v1.BaseRemoteR\x0bbaseRemotes\x12\x18\n\x07attempt\x18\x0c \x01(\x05R\x07attempt\x12\x1f\n\x0bhas_secrets\x18\r \x01(\x08R\nhasSecrets\x12 \n\x0btraceparent\x18\x0e \x01(\tR\x0btraceparentB\x08\n\x06_titleB\x0e\n\x0c_branch_nameB\x11\n\x0f_ai_agent_model"\xa0\x01\n\x15RegisterWorkerRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x02 \x01(\tR\x0bendpointUrl\x128\n\x0bagent_types\x18\x03 \x03(\x0e2\x17.delidev.v1.AiAgentTypeR\nagentTypes\x12\x16\n\x06labels\x18\x04 \x03(\tR\x06labels"\xb5\x01\n\x16RegisterWorkerResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1e\n\ncredential\x18\x02 \x01(\tR\ncredential\x122\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05R\x13heartbeatIntervalMs\x12*\n\x06worker\x18\x04 \x01(\x0b2\x12.delidev.v1.WorkerR\x06worker"\xd5\x01\n\x10HeartbeatRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x120\n\x06status\x18\x02 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12+\n\x0fcurrent_task_id\x18\x03 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12"\n\nsession_id\x18\x04 \x01(\tH\x01R\tsessionId\x88\x01\x01B\x12\n\x10_current_task_idB\r\n\x0b_session_id"\xbf\x01\n\x11HeartbeatResponse\x12(\n\x10stop_session_ids\x18\x01 \x03(\tR\x0estopSessionIds\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs\x120\n\x06status\x18\x03 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12\x1a\n\x08draining\x18\x04 \x01(\x08R\x08draining"6\n\x17UnregisterWorkerRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId"\x1a\n\x18UnregisterWorkerResponse"G\n\x0fClaimJobRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x17\n\x07wait_ms\x18\x02 \x01(\x05R\x06waitMs"B\n\x10ClaimJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b2\x0f.delidev.v1.JobH\x00R\x03job\x88\x01\x01B\x06\n\x04_job"\xa4\x03\n\x13ReportStatusRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status\x12\x19\n\x05error\x18\x05 \x01(\tH\x00R\x05error\x88\x01\x01\x12:\n\x0cfailure_kind\x18\x06 \x01(\x0e2\x17.delidev.v1.FailureKindR\x0bfailureKind\x12 \n\tplan_yaml\x18\x07 \x01(\tH\x01R\x08planYaml\x88\x01\x01\x12$\n\x0bbase_commit\x18\x08 \x01(\tH\x02R\nbaseCommit\x88\x01\x01\x12"\n\nend_commit\x18\t \x01(\tH\x03R\tendCommit\x88\x01\x01B\x08\n\x06_errorB\x0c\n\n_plan_yamlB\x0e\n\x0c_base_commitB\r\n\x0b_end_commit"J\n\x14ReportStatusResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"p\n\x11GetSecretsRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken"\x97\x01\n\x12GetSecretsResponse\x12E\n\x07secrets\x18\x01 \x03(\x0b2+.delidev.v1.GetSecretsResponse.SecretsEntryR\x07secrets\x1a:\n\x0cSecretsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01":\n\x08LogChunk\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x12\x12\n\x04data\x18\x02 \x01(\tR\x04data"\x9d\x01\n\x10AppendLogRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12,\n\x06chunks\x18\x04 \x03(\x0b2\x14.delidev.v1.LogChunkR\x06chunks"S\n\x11AppendLogResponse\x12#\n\rnext_sequence\x18\x01 \x01(\x03R\x0cnextSequence\x12\x19\n\x08log_size\x18\x02 \x01(\x03R\x07logSize"\xff\x01\n\x16RequestTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x127\n\ninput_type\x18\x05 \x01(\x0e2\x18.delidev.v1.TtyInputTypeR\tinputType\x12\x18\n\x07options\x18\x06 \x03(\tR\x07options\x12\x1d\n\ntimeout_ms\x18\x07 \x01(\x05R\ttimeoutMs"P\n\x17RequestTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request"\xaa\x01\n\x13WaitTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12\x17\n\x07wait_ms\x18\x05 \x01(\x05R\x06waitMs"{\n\x14WaitTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request\x12\x1f\n\x08response\x18\x02 \x01(\tH\x00R\x08response\x88\x01\x01B\x0b\n\t_response"M\n\x12DrainWorkerRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1a\n\x08draining\x18\x02 \x01(\x08R\x08draining"A\n\x13DrainWorkerResponse\x12*\n\x06worker\x18\x01 \x01(\x0b2\x12.delidev.v1.WorkerR\x06worker"+\n\x0cWatchRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId"\xf6\x01\n\rWatchResponse\x124\n\x0cjob_assigned\x18\x01 \x01(\x0b2\x0f.delidev.v1.JobH\x00R\x0bjobAssigned\x12<\n\x0cstop_session\x18\x02 \x01(\x0b2\x17.delidev.v1.StopSessionH\x00R\x0bstopSession\x120\n\x05drain\x18\x03 \x01(\x0b2\x18.delidev.v1.DrainChangedH\x00R\x05drain\x126\n\nkeep_alive\x18\x04 \x01(\x0b2\x15.delidev.v1.KeepAliveH\x00R\tkeepAliveB\x07\n\x05event"D\n\x0bStopSession\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason"*\n\x0cDrainChanged\x12\x1a\n\x08draining\x18\x01 \x01(\x08R\x08draining"H\n\tKeepAlive\x12;\n\x0bserver_time\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\nserverTime*z\n\x0cWorkerStatus\x12\x1d\n\x19WORKER_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12WORKER_STATUS_IDLE\x10\x01\x12\x16\n\x12WORKER_STATUS_BUSY\x10\x02\x12\x1b\n\x17WORKER_STATUS_UNHEALTHY\x10\x03*\xbf\x01\n\x0bFailureKind\x12\x1c\n\x18FAILURE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cFAILURE_KIND_CONTAINER_START\x10\x01\x12\x1e\n\x1aFAILURE_KIND_AGENT_CRASHED\x10\x02\x12\x18\n\x14FAILURE_KIND_TIMEOUT\x10\x03\x12\x1e\n\x1aFAILURE_KIND_OUT_OF_MEMORY\x10\x04\x12\x16\n\x12FAILURE_KIND_OTHER\x10\x052\xee\x06\n\rWorkerService\x12Q\n\x08Register\x12!.delidev.v1.RegisterWorkerRequest\x1a".delidev.v1.RegisterWorkerResponse\x12H\n\tHeartbeat\x12\x1c.delidev.v1.HeartbeatRequest\x1a\x1d.delidev.v1.HeartbeatResponse\x12W\n\nUnregister\x12#.delidev.v1.UnregisterWorkerRequest\x1a$.delidev.v1.UnregisterWorkerResponse\x12D\n\x07GetTask\x12\x1b.delidev.v1.ClaimJobRequest\x1a\x1c.delidev.v1.ClaimJobResponse\x12Q\n\x0cReportStatus\x12\x1f.delidev.v1.ReportStatusRequest\x1a .delidev.v1.ReportStatusResponse\x12K\n\nGetSecrets\x12\x1d.delidev.v1.GetSecretsRequest\x1a\x1e.delidev.v1.GetSecretsResponse\x12H\n\tAppendLog\x12\x1c.delidev.v1.AppendLogRequest\x1a\x1d.delidev.v1.AppendLogResponse\x12Z\n\x0fRequestTtyInput\x12".delidev.v1.RequestTtyInputRequest\x1a#.delidev.v1.RequestTtyInputResponse\x12Q\n\x0cWaitTtyInput\x12\x1f.delidev.v1.WaitTtyInputRequest\x1a .delidev.v1.WaitTtyInputResponse\x12H\n\x05Drain\x12\x1e.delidev.v1.DrainWorkerRequest\x1a\x1f.delidev.v1.DrainWorkerResponse\x12>\n\x05Watch\x12\x18.delidev.v1.WatchRequest\x1a\x19.delidev.v1.WatchResponse0\x01b\x06proto3',
+    b'\n\x17delidev/v1/worker.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x18delidev/v1/session.proto\x1a\x15delidev/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xb4\x03\n\x06Worker\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x03 \x01(\tR\x0bendpointUrl\x120\n\x06status\x18\x04 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12A\n\x0elast_heartbeat\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12+\n\x0fcurrent_task_id\x18\x06 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12?\n\rregistered_at\x18\x07 \x01(\x0b2\x1a.google.protobuf.TimestampR\x0cregisteredAt\x128\n\x0bagent_types\x18\x08 \x03(\x0e2\x17.delidev.v1.AiAgentTypeR\nagentTypes\x12\x16\n\x06labels\x18\t \x03(\tR\x06labels\x12\x1a\n\x08draining\x18\n \x01(\x08R\x08drainingB\x12\n\x10_current_task_id"\xb1\x04\n\x03Job\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x02 \x01(\tR\nleaseToken\x12\'\n\x04kind\x18\x03 \x01(\x0e2\x13.delidev.v1.JobKindR\x04kind\x12\x17\n\x07task_id\x18\x04 \x01(\tR\x06taskId\x12"\n\ragent_task_id\x18\x05 \x01(\tR\x0bagentTaskId\x12\x16\n\x06prompt\x18\x06 \x01(\tR\x06prompt\x12\x19\n\x05title\x18\x07 \x01(\tH\x00R\x05title\x88\x01\x01\x12$\n\x0bbranch_name\x18\x08 \x01(\tH\x01R\nbranchName\x88\x01\x01\x12;\n\rai_agent_type\x18\t \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12)\n\x0eai_agent_model\x18\n \x01(\tH\x02R\x0caiAgentModel\x88\x01\x01\x129\n\x0cbase_remotes\x18\x0b \x03(\x0b2\x16.delidev.v1.BaseRemoteR\x0bbaseRemotes\x12\x18\n\x07attempt\x18\x0c \x01(\x05R\x07attempt\x12\x1f\n\x0bhas_secrets\x18\r \x01(\x08R\nhasSecrets\x12 \n\x0btraceparent\x18\x0e \x01(\tR\x0btraceparentB\x08\n\x06_titleB\x0e\n\x0c_branch_nameB\x11\n\x0f_ai_agent_model"\xa0\x01\n\x15RegisterWorkerRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0cendpoint_url\x18\x02 \x01(\tR\x0bendpointUrl\x128\n\x0bagent_types\x18\x03 \x03(\x0e2\x17.delidev.v1.AiAgentTypeR\nagentTypes\x12\x16\n\x06labels\x18\x04 \x03(\tR\x06labels"\xb5\x01\n\x16RegisterWorkerResponse\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1e\n\ncredential\x18\x02 \x01(\tR\ncredential\x122\n\x15heartbeat_interval_ms\x18\x03 \x01(\x05R\x13heartbeatIntervalMs\x12*\n\x06worker\x18\x04 \x01(\x0b2\x12.delidev.v1.WorkerR\x06worker"\xd5\x01\n\x10HeartbeatRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x120\n\x06status\x18\x02 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12+\n\x0fcurrent_task_id\x18\x03 \x01(\tH\x00R\rcurrentTaskId\x88\x01\x01\x12"\n\nsession_id\x18\x04 \x01(\tH\x01R\tsessionId\x88\x01\x01B\x12\n\x10_current_task_idB\r\n\x0b_session_id"\xbf\x01\n\x11HeartbeatResponse\x12(\n\x10stop_session_ids\x18\x01 \x03(\tR\x0estopSessionIds\x122\n\x15heartbeat_interval_ms\x18\x02 \x01(\x05R\x13heartbeatIntervalMs\x120\n\x06status\x18\x03 \x01(\x0e2\x18.delidev.v1.WorkerStatusR\x06status\x12\x1a\n\x08draining\x18\x04 \x01(\x08R\x08draining"6\n\x17UnregisterWorkerRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId"\x1a\n\x18UnregisterWorkerResponse"G\n\x0fClaimJobRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x17\n\x07wait_ms\x18\x02 \x01(\x05R\x06waitMs"B\n\x10ClaimJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b2\x0f.delidev.v1.JobH\x00R\x03job\x88\x01\x01B\x06\n\x04_job"\xa4\x03\n\x13ReportStatusRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x126\n\x06status\x18\x04 \x01(\x0e2\x1e.delidev.v1.AgentSessionStatusR\x06status\x12\x19\n\x05error\x18\x05 \x01(\tH\x00R\x05error\x88\x01\x01\x12:\n\x0cfailure_kind\x18\x06 \x01(\x0e2\x17.delidev.v1.FailureKindR\x0bfailureKind\x12 \n\tplan_yaml\x18\x07 \x01(\tH\x01R\x08planYaml\x88\x01\x01\x12$\n\x0bbase_commit\x18\x08 \x01(\tH\x02R\nbaseCommit\x88\x01\x01\x12"\n\nend_commit\x18\t \x01(\tH\x03R\tendCommit\x88\x01\x01B\x08\n\x06_errorB\x0c\n\n_plan_yamlB\x0e\n\x0c_base_commitB\r\n\x0b_end_commit"J\n\x14ReportStatusResponse\x122\n\x07session\x18\x01 \x01(\x0b2\x18.delidev.v1.AgentSessionR\x07session"\xe7\x02\n\x12ReportUsageRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x1b\n\treport_id\x18\x04 \x01(\tR\x08reportId\x12\x14\n\x05model\x18\x05 \x01(\tR\x05model\x12!\n\x0cinput_tokens\x18\x06 \x01(\x03R\x0binputTokens\x12#\n\routput_tokens\x18\x07 \x01(\x03R\x0coutputTokens\x12*\n\x11cache_read_tokens\x18\x08 \x01(\x03R\x0fcacheReadTokens\x12,\n\x12cache_write_tokens\x18\t \x01(\x03R\x10cacheWriteTokens\x12\x1f\n\x0bcost_micros\x18\n \x01(\x03R\ncostMicros"g\n\x13ReportUsageResponse\x12\x18\n\x07counted\x18\x01 \x01(\x08R\x07counted\x126\n\rsession_usage\x18\x02 \x01(\x0b2\x11.delidev.v1.UsageR\x0csessionUsage"p\n\x11GetSecretsRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken"\x97\x01\n\x12GetSecretsResponse\x12E\n\x07secrets\x18\x01 \x03(\x0b2+.delidev.v1.GetSecretsResponse.SecretsEntryR\x07secrets\x1a:\n\x0cSecretsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x028\x01":\n\x08LogChunk\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x12\x12\n\x04data\x18\x02 \x01(\tR\x04data"\x9d\x01\n\x10AppendLogRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12,\n\x06chunks\x18\x04 \x03(\x0b2\x14.delidev.v1.LogChunkR\x06chunks"S\n\x11AppendLogResponse\x12#\n\rnext_sequence\x18\x01 \x01(\x03R\x0cnextSequence\x12\x19\n\x08log_size\x18\x02 \x01(\x03R\x07logSize"\xff\x01\n\x16RequestTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x16\n\x06prompt\x18\x04 \x01(\tR\x06prompt\x127\n\ninput_type\x18\x05 \x01(\x0e2\x18.delidev.v1.TtyInputTypeR\tinputType\x12\x18\n\x07options\x18\x06 \x03(\tR\x07options\x12\x1d\n\ntimeout_ms\x18\x07 \x01(\x05R\ttimeoutMs"P\n\x17RequestTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request"\xaa\x01\n\x13WaitTtyInputRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x1f\n\x0blease_token\x18\x03 \x01(\tR\nleaseToken\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestId\x12\x17\n\x07wait_ms\x18\x05 \x01(\x05R\x06waitMs"{\n\x14WaitTtyInputResponse\x125\n\x07request\x18\x01 \x01(\x0b2\x1b.delidev.v1.TtyInputRequestR\x07request\x12\x1f\n\x08response\x18\x02 \x01(\tH\x00R\x08response\x88\x01\x01B\x0b\n\t_response"M\n\x12DrainWorkerRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1a\n\x08draining\x18\x02 \x01(\x08R\x08draining"A\n\x13DrainWorkerResponse\x12*\n\x06worker\x18\x01 \x01(\x0b2\x12.delidev.v1.WorkerR\x06worker"+\n\x0cWatchRequest\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId"\xf6\x01\n\rWatchResponse\x124\n\x0cjob_assigned\x18\x01 \x01(\x0b2\x0f.delidev.v1.JobH\x00R\x0bjobAssigned\x12<\n\x0cstop_session\x18\x02 \x01(\x0b2\x17.delidev.v1.StopSessionH\x00R\x0bstopSession\x120\n\x05drain\x18\x03 \x01(\x0b2\x18.delidev.v1.DrainChangedH\x00R\x05drain\x126\n\nkeep_alive\x18\x04 \x01(\x0b2\x15.delidev.v1.KeepAliveH\x00R\tkeepAliveB\x07\n\x05event"D\n\x0bStopSession\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason"*\n\x0cDrainChanged\x12\x1a\n\x08draining\x18\x01 \x01(\x08R\x08draining"H\n\tKeepAlive\x12;\n\x0bserver_time\x18\x01 \x01(\x0b2\x1a.google.protobuf.TimestampR\nserverTime*z\n\x0cWorkerStatus\x12\x1d\n\x19WORKER_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12WORKER_STATUS_IDLE\x10\x01\x12\x16\n\x12WORKER_STATUS_BUSY\x10\x02\x12\x1b\n\x17WORKER_STATUS_UNHEALTHY\x10\x03*\xbf\x01\n\x0bFailureKind\x12\x1c\n\x18FAILURE_KIND_UNSPECIFIED\x10\x00\x12 \n\x1cFAILURE_KIND_CONTAINER_START\x10\x01\x12\x1e\n\x1aFAILURE_KIND_AGENT_CRASHED\x10\x02\x12\x18\n\x14FAILURE_KIND_TIMEOUT\x10\x03\x12\x1e\n\x1aFAILURE_KIND_OUT_OF_MEMORY\x10\x04\x12\x16\n\x12FAILURE_KIND_OTHER\x10\x052\xbe\x07\n\rWorkerService\x12Q\n\x08Register\x12!.delidev.v1.RegisterWorkerRequest\x1a".delidev.v1.RegisterWorkerResponse\x12H\n\tHeartbeat\x12\x1c.delidev.v1.HeartbeatRequest\x1a\x1d.delidev.v1.HeartbeatResponse\x12W\n\nUnregister\x12#.delidev.v1.UnregisterWorkerRequest\x1a$.delidev.v1.UnregisterWorkerResponse\x12D\n\x07GetTask\x12\x1b.delidev.v1.ClaimJobRequest\x1a\x1c.delidev.v1.ClaimJobResponse\x12Q\n\x0cReportStatus\x12\x1f.delidev.v1.ReportStatusRequest\x1a .delidev.v1.ReportStatusResponse\x12K\n\nGetSecrets\x12\x1d.delidev.v1.GetSecretsRequest\x1a\x1e.delidev.v1.GetSecretsResponse\x12H\n\tAppendLog\x12\x1c.delidev.v1.AppendLogRequest\x1a\x1d.delidev.v1.AppendLogResponse\x12N\n\x0bReportUsage\x12\x1e.delidev.v1.ReportUsageRequest\x1a\x1f.delidev.v1.ReportUsageResponse\x12Z\n\x0fRequestTtyInput\x12".delidev.v1.RequestTtyInputRequest\x1a#.delidev.v1.RequestTtyInputResponse\x12Q\n\x0cWaitTtyInput\x12\x1f.delidev.v1.WaitTtyInputRequest\x1a .delidev.v1.WaitTtyInputResponse\x12H\n\x05Drain\x12\x1e.delidev.v1.DrainWorkerRequest\x1a\x1f.delidev.v1.DrainWorkerResponse\x12>\n\x05Watch\x12\x18.delidev.v1.WatchRequest\x1a\x19.delidev.v1.WatchResponse0\x01b\x06proto3',
     [
         common_pb.desc(),
         session_pb.desc(),
@@ -1323,6 +1453,8 @@ _DESC = file_desc(
         "ClaimJobResponse": ClaimJobResponse,
         "ReportStatusRequest": ReportStatusRequest,
         "ReportStatusResponse": ReportStatusResponse,
+        "ReportUsageRequest": ReportUsageRequest,
+        "ReportUsageResponse": ReportUsageResponse,
         "GetSecretsRequest": GetSecretsRequest,
         "GetSecretsResponse": GetSecretsResponse,
         "LogChunk": LogChunk,

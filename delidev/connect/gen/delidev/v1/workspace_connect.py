@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import workspace_pb
-from .workspace_pb import CreateWorkspaceRequest, CreateWorkspaceResponse, DeleteWorkspaceRequest, DeleteWorkspaceResponse, GetWorkspaceRequest, GetWorkspaceResponse, ListWorkspacesRequest, ListWorkspacesResponse, UpdateWorkspaceRequest, UpdateWorkspaceResponse
+from .workspace_pb import CreateWorkspaceRequest, CreateWorkspaceResponse, DeleteWorkspaceRequest, DeleteWorkspaceResponse, GetWorkspaceRequest, GetWorkspaceResponse, GetWorkspaceUsageRequest, GetWorkspaceUsageResponse, ListWorkspacesRequest, ListWorkspacesResponse, UpdateWorkspaceRequest, UpdateWorkspaceResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -46,6 +46,12 @@ class WorkspaceService(Protocol):
     async def delete(self, request: DeleteWorkspaceRequest, ctx: RequestContext[DeleteWorkspaceRequest, DeleteWorkspaceResponse], /) -> DeleteWorkspaceResponse:
         """
         Deletes the workspace and everything under it.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_usage(self, request: GetWorkspaceUsageRequest, ctx: RequestContext[GetWorkspaceUsageRequest, GetWorkspaceUsageResponse], /) -> GetWorkspaceUsageResponse:
+        """
+        Tokens and money its runs used, per day and per model.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -121,6 +127,17 @@ class WorkspaceServiceASGIApplication(ConnectASGIApplication[WorkspaceService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.delete,
+                ),
+                "/delidev.v1.WorkspaceService/GetUsage": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetUsage",
+                        service_name="delidev.v1.WorkspaceService",
+                        input=GetWorkspaceUsageRequest,
+                        output=GetWorkspaceUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_usage,
                 ),
             },
             interceptors=interceptors,
@@ -239,6 +256,29 @@ class WorkspaceServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def get_usage(
+        self,
+        request: GetWorkspaceUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetWorkspaceUsageResponse:
+        """
+        Tokens and money its runs used, per day and per model.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetUsage",
+                service_name="delidev.v1.WorkspaceService",
+                input=GetWorkspaceUsageRequest,
+                output=GetWorkspaceUsageResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class WorkspaceServiceSync(Protocol):
     def create(self, request: CreateWorkspaceRequest, ctx: RequestContext[CreateWorkspaceRequest, CreateWorkspaceResponse], /) -> CreateWorkspaceResponse:
@@ -256,6 +296,12 @@ class WorkspaceServiceSync(Protocol):
     def delete(self, request: DeleteWorkspaceRequest, ctx: RequestContext[DeleteWorkspaceRequest, DeleteWorkspaceResponse], /) -> DeleteWorkspaceResponse:
         """
         Deletes the workspace and everything under it.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_usage(self, request: GetWorkspaceUsageRequest, ctx: RequestContext[GetWorkspaceUsageRequest, GetWorkspaceUsageResponse], /) -> GetWorkspaceUsageResponse:
+        """
+        Tokens and money its runs used, per day and per model.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -329,6 +375,17 @@ class WorkspaceServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.delete,
+                ),
+                "/delidev.v1.WorkspaceService/GetUsage": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetUsage",
+                        service_name="delidev.v1.WorkspaceService",
+                        input=GetWorkspaceUsageRequest,
+                        output=GetWorkspaceUsageResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_usage,
                 ),
             },
             interceptors=interceptors,
@@ -441,6 +498,29 @@ class WorkspaceServiceClientSync(ConnectClientSync):
                 service_name="delidev.v1.WorkspaceService",
                 input=DeleteWorkspaceRequest,
                 output=DeleteWorkspaceResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_usage(
+        self,
+        request: GetWorkspaceUsageRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetWorkspaceUsageResponse:
+        """
+        Tokens and money its runs used, per day and per model.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetUsage",
+                service_name="delidev.v1.WorkspaceService",
+                input=GetWorkspaceUsageRequest,
+                output=GetWorkspaceUsageResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

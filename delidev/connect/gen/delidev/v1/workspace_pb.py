@@ -15,9 +15,13 @@ from protobuf import Message
 from protobuf._codegen import file_desc
 from protobuf.wkt.google.protobuf import timestamp_pb
 
+from . import common_pb
+
 if TYPE_CHECKING:
     from protobuf import DescFile
     from protobuf.wkt.google.protobuf.timestamp_pb import Timestamp
+
+    from .common_pb import AiAgentType, Usage
 
 
 _WorkspaceFields: TypeAlias = Literal["id", "name", "description", "user_id", "created_at", "updated_at", "max_concurrent_jobs"]
@@ -408,10 +412,169 @@ class DeleteWorkspaceResponse(Message[_DeleteWorkspaceResponseFields]):
         ) -> None:
             pass
 
+_GetWorkspaceUsageRequestFields: TypeAlias = Literal["workspace_id", "days"]
+
+class GetWorkspaceUsageRequest(Message[_GetWorkspaceUsageRequestFields]):
+    """
+    ```proto
+    message delidev.v1.GetWorkspaceUsageRequest
+    ```
+
+    Attributes:
+        workspace_id:
+            ```proto
+            string workspace_id = 1;
+            ```
+        days:
+            The last this many days (UTC), today included: 1 to 366; 0 = 30.
+
+            ```proto
+            int32 days = 2;
+            ```
+    """
+
+    __slots__ = ("workspace_id", "days")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            workspace_id: str = "",
+            days: int = 0,
+        ) -> None:
+            pass
+
+        workspace_id: str
+        days: int
+
+_UsageDayFields: TypeAlias = Literal["date", "usage"]
+
+class UsageDay(Message[_UsageDayFields]):
+    """
+    ```proto
+    message delidev.v1.UsageDay
+    ```
+
+    Attributes:
+        date:
+            YYYY-MM-DD (UTC).
+
+            ```proto
+            string date = 1;
+            ```
+        usage:
+            ```proto
+            optional delidev.v1.Usage usage = 2;
+            ```
+    """
+
+    __slots__ = ("date", "usage")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            date: str = "",
+            usage: Usage | None = None,
+        ) -> None:
+            pass
+
+        date: str
+        usage: Usage | None
+
+_ModelUsageFields: TypeAlias = Literal["ai_agent_type", "model", "usage"]
+
+class ModelUsage(Message[_ModelUsageFields]):
+    """
+    ```proto
+    message delidev.v1.ModelUsage
+    ```
+
+    Attributes:
+        ai_agent_type:
+            ```proto
+            delidev.v1.AiAgentType ai_agent_type = 1;
+            ```
+        model:
+            ```proto
+            string model = 2;
+            ```
+        usage:
+            ```proto
+            optional delidev.v1.Usage usage = 3;
+            ```
+    """
+
+    __slots__ = ("ai_agent_type", "model", "usage")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            ai_agent_type: AiAgentType | None = None,
+            model: str = "",
+            usage: Usage | None = None,
+        ) -> None:
+            pass
+
+        ai_agent_type: AiAgentType
+        model: str
+        usage: Usage | None
+
+_GetWorkspaceUsageResponseFields: TypeAlias = Literal["total", "days", "models"]
+
+class GetWorkspaceUsageResponse(Message[_GetWorkspaceUsageResponseFields]):
+    """
+    ```proto
+    message delidev.v1.GetWorkspaceUsageResponse
+    ```
+
+    Attributes:
+        total:
+            All of the period.
+
+            ```proto
+            optional delidev.v1.Usage total = 1;
+            ```
+        days:
+            One per day with usage, oldest first.
+
+            ```proto
+            repeated delidev.v1.UsageDay days = 2;
+            ```
+        models:
+            Per agent type and model, the most expensive first.
+
+            ```proto
+            repeated delidev.v1.ModelUsage models = 3;
+            ```
+    """
+
+    __slots__ = ("total", "days", "models")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            total: Usage | None = None,
+            days: list[UsageDay] | None = None,
+            models: list[ModelUsage] | None = None,
+        ) -> None:
+            pass
+
+        total: Usage | None
+        days: list[UsageDay]
+        models: list[ModelUsage]
+
 
 _DESC = file_desc(
-    b'\n\x1adelidev/v1/workspace.proto\x12\ndelidev.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xd3\x02\n\tWorkspace\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x03 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x12\x1c\n\x07user_id\x18\x04 \x01(\tH\x01R\x06userId\x88\x01\x01\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x123\n\x13max_concurrent_jobs\x18\x07 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\n\n\x08_user_idB\x16\n\x14_max_concurrent_jobs"\xb0\x01\n\x16CreateWorkspaceRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x02 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x03 \x01(\x05H\x01R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17CreateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"E\n\x15ListWorkspacesRequest\x12\x14\n\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x02 \x01(\x05R\x06offset"p\n\x16ListWorkspacesResponse\x125\n\nworkspaces\x18\x01 \x03(\x0b2\x15.delidev.v1.WorkspaceR\nworkspaces\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"8\n\x13GetWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"K\n\x14GetWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"\xe1\x01\n\x16UpdateWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0bdescription\x18\x03 \x01(\tH\x01R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x04 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x07\n\x05_nameB\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17UpdateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace";\n\x16DeleteWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"\x19\n\x17DeleteWorkspaceResponse2\xa4\x03\n\x10WorkspaceService\x12Q\n\x06Create\x12".delidev.v1.CreateWorkspaceRequest\x1a#.delidev.v1.CreateWorkspaceResponse\x12M\n\x04List\x12!.delidev.v1.ListWorkspacesRequest\x1a".delidev.v1.ListWorkspacesResponse\x12H\n\x03Get\x12\x1f.delidev.v1.GetWorkspaceRequest\x1a .delidev.v1.GetWorkspaceResponse\x12Q\n\x06Update\x12".delidev.v1.UpdateWorkspaceRequest\x1a#.delidev.v1.UpdateWorkspaceResponse\x12Q\n\x06Delete\x12".delidev.v1.DeleteWorkspaceRequest\x1a#.delidev.v1.DeleteWorkspaceResponseb\x06proto3',
+    b'\n\x1adelidev/v1/workspace.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xd3\x02\n\tWorkspace\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x03 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x12\x1c\n\x07user_id\x18\x04 \x01(\tH\x01R\x06userId\x88\x01\x01\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x123\n\x13max_concurrent_jobs\x18\x07 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\n\n\x08_user_idB\x16\n\x14_max_concurrent_jobs"\xb0\x01\n\x16CreateWorkspaceRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x02 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x03 \x01(\x05H\x01R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17CreateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"E\n\x15ListWorkspacesRequest\x12\x14\n\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x02 \x01(\x05R\x06offset"p\n\x16ListWorkspacesResponse\x125\n\nworkspaces\x18\x01 \x03(\x0b2\x15.delidev.v1.WorkspaceR\nworkspaces\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"8\n\x13GetWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"K\n\x14GetWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"\xe1\x01\n\x16UpdateWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0bdescription\x18\x03 \x01(\tH\x01R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x04 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x07\n\x05_nameB\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17UpdateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace";\n\x16DeleteWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"\x19\n\x17DeleteWorkspaceResponse"Q\n\x18GetWorkspaceUsageRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x12\n\x04days\x18\x02 \x01(\x05R\x04days"G\n\x08UsageDay\x12\x12\n\x04date\x18\x01 \x01(\tR\x04date\x12\'\n\x05usage\x18\x02 \x01(\x0b2\x11.delidev.v1.UsageR\x05usage"\x88\x01\n\nModelUsage\x12;\n\rai_agent_type\x18\x01 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\'\n\x05usage\x18\x03 \x01(\x0b2\x11.delidev.v1.UsageR\x05usage"\x9e\x01\n\x19GetWorkspaceUsageResponse\x12\'\n\x05total\x18\x01 \x01(\x0b2\x11.delidev.v1.UsageR\x05total\x12(\n\x04days\x18\x02 \x03(\x0b2\x14.delidev.v1.UsageDayR\x04days\x12.\n\x06models\x18\x03 \x03(\x0b2\x16.delidev.v1.ModelUsageR\x06models2\xfd\x03\n\x10WorkspaceService\x12Q\n\x06Create\x12".delidev.v1.CreateWorkspaceRequest\x1a#.delidev.v1.CreateWorkspaceResponse\x12M\n\x04List\x12!.delidev.v1.ListWorkspacesRequest\x1a".delidev.v1.ListWorkspacesResponse\x12H\n\x03Get\x12\x1f.delidev.v1.GetWorkspaceRequest\x1a .delidev.v1.GetWorkspaceResponse\x12Q\n\x06Update\x12".delidev.v1.UpdateWorkspaceRequest\x1a#.delidev.v1.UpdateWorkspaceResponse\x12Q\n\x06Delete\x12".delidev.v1.DeleteWorkspaceRequest\x1a#.delidev.v1.DeleteWorkspaceResponse\x12W\n\x08GetUsage\x12$.delidev.v1.GetWorkspaceUsageRequest\x1a%.delidev.v1.GetWorkspaceUsageResponseb\x06proto3',
     [
+        common_pb.desc(),
         timestamp_pb.desc(),
     ],
     {
@@ -426,6 +589,10 @@ _DESC = file_desc(
         "UpdateWorkspaceResponse": UpdateWorkspaceResponse,
         "DeleteWorkspaceRequest": DeleteWorkspaceRequest,
         "DeleteWorkspaceResponse": DeleteWorkspaceResponse,
+        "GetWorkspaceUsageRequest": GetWorkspaceUsageRequest,
+        "UsageDay": UsageDay,
+        "ModelUsage": ModelUsage,
+        "GetWorkspaceUsageResponse": GetWorkspaceUsageResponse,
     },
 )
 
