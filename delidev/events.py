@@ -110,6 +110,18 @@ class TaskChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetWarning:
+    """A workspace's spending reached its warning threshold for the period."""
+
+    workspace_id: str
+    spent_micros: int
+    budget_micros: int
+
+    def keys(self) -> list[Key]:
+        return [("workspace-budget", self.workspace_id)]
+
+
+@dataclass(frozen=True, slots=True)
 class TtyChanged:
     """A TTY question was asked, answered, timed out or cancelled."""
 
@@ -150,6 +162,7 @@ class Resync:
 
 Event = (
     JobQueued
+    | BudgetWarning
     | SecretsArrived
     | SecretsRelayed
     | LogAppended
@@ -164,6 +177,7 @@ _TYPES: dict[str, type[Any]] = {
     t.__name__: t
     for t in (
         JobQueued,
+        BudgetWarning,
         SecretsArrived,
         SecretsRelayed,
         LogAppended,

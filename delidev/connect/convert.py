@@ -84,6 +84,12 @@ def workspace(ws: m.Workspace) -> workspace_pb.Workspace:
         max_concurrent_jobs=ws.max_concurrent_jobs,
         created_at=timestamp(ws.created_at),
         updated_at=timestamp(ws.updated_at),
+        monthly_budget_micros=ws.monthly_budget_micros,
+        budget_period=BUDGET_PERIOD.to_proto(ws.budget_period),
+        task_budget_micros=ws.task_budget_micros,
+        budget_warning_percent=ws.budget_warning_percent,
+        budget_warned_at=optional_timestamp(ws.budget_warned_at),
+        budget_blocked_until=optional_timestamp(ws.budget_blocked_until),
     )
 
 
@@ -212,6 +218,7 @@ TTY_TYPE = EnumMap(m.TtyInputType, session_pb.TtyInputType)
 TTY_STATUS = EnumMap(m.TtyInputStatus, session_pb.TtyInputStatus)
 PRIORITY = EnumMap(m.TaskPriority, task_pb.TaskPriority)
 WAIT_REASON = EnumMap(m.WaitReason, task_pb.WaitReason)
+BUDGET_PERIOD = EnumMap(m.BudgetPeriod, workspace_pb.BudgetPeriod)
 # The kinds ``tasks.list_tasks`` filters by (a plain string there, not a domain enum).
 _TASK_KINDS = {task_pb.TaskKind.UNIT: "unit", task_pb.TaskKind.COMPOSITE: "composite"}
 

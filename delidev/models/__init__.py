@@ -3,6 +3,7 @@
 from delidev.models.enums import (
     AgentSessionStatus,
     AiAgentType,
+    BudgetPeriod,
     CompositeTaskStatus,
     JobKind,
     StopReason,
@@ -43,6 +44,7 @@ __all__ = [
     "AgentTaskBaseRemote",
     "AiAgentType",
     "AuthState",
+    "BudgetPeriod",
     "CompositeTask",
     "CompositeTaskNode",
     "CompositeTaskNodeDependency",

@@ -112,6 +112,9 @@ class WaitReason(StrEnum):
     """Its workspace runs as many jobs as its cap allows."""
     BACKOFF = "backoff"
     """An automatic retry after an infrastructure failure, not before ``not_before``."""
+    BUDGET = "budget"
+    """Its workspace spent its budget for the period (until the budget is raised or the
+    period turns)."""
 
 
 class StopReason(StrEnum):
@@ -119,6 +122,8 @@ class StopReason(StrEnum):
 
     USER = "user"
     TIMEOUT = "timeout"
+    BUDGET = "budget"
+    """Its task spent its budget."""
 
 
 class WorkerStatus(StrEnum):
@@ -142,3 +147,10 @@ class TodoItemStatus(StrEnum):
 class TodoItemSource(StrEnum):
     AUTO = "auto"
     MANUAL = "manual"
+
+
+class BudgetPeriod(StrEnum):
+    """What a workspace's budget covers: the calendar month (UTC), or the last 30 days."""
+
+    MONTH = "month"
+    ROLLING_30_DAYS = "rolling_30_days"

@@ -6,7 +6,7 @@ from uuid import UUID, uuid4
 from tortoise import fields
 from tortoise.models import Model
 
-from delidev.models.enums import VcsProviderType, VcsType
+from delidev.models.enums import BudgetPeriod, VcsProviderType, VcsType
 
 if TYPE_CHECKING:
     from delidev.models.users import User
@@ -18,6 +18,19 @@ class Workspace(Model):
     description = fields.TextField(null=True)
     max_concurrent_jobs = fields.IntField(null=True)
     """At most this many of its jobs run at once; None = no cap."""
+    monthly_budget_micros = fields.BigIntField(null=True)
+    """What its runs may spend per budget period (micros of USD); None = no budget."""
+    budget_period = fields.CharEnumField(
+        BudgetPeriod, max_length=20, default=BudgetPeriod.MONTH, db_default="month"
+    )
+    task_budget_micros = fields.BigIntField(null=True)
+    """What one task (all its runs; a composite with its nodes) may spend; None = no limit."""
+    budget_warning_percent = fields.IntField(default=80, db_default=80)
+    """A warning is raised once per period when spending reaches this share of the budget."""
+    budget_warned_at = fields.DatetimeField(null=True)
+    """When the last warning was raised (one per period)."""
+    budget_blocked_until = fields.DatetimeField(null=True)
+    """Over budget: no new runs start before this (the period turns) unless raised."""
     fair_round = fields.BigIntField(default=0, db_default=0)
     """The round given to its latest queued run (see ``AgentSession.fair_round``)."""
     user: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(

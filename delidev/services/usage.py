@@ -28,8 +28,7 @@ from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import Conflict, InvalidArgument
-from delidev.services import common
-from delidev.services.workers.jobs import leased_session
+from delidev.services import budgets, common
 from delidev.services.workspaces import get_workspace
 
 MAX_TOKENS = 10**12  # in one report: far above any run, far below int64
@@ -120,6 +119,10 @@ async def record_usage(
     Raises: InvalidArgument (a bad value, or a report id used before for other usage),
     Conflict (stale lease), NotFound.
     """
+    # Imported here: the task read model (tasks.views) imports this module for its totals,
+    # and the workers package imports the tasks package.
+    from delidev.services.workers.jobs import leased_session
+
     report = report.checked()
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
@@ -156,6 +159,11 @@ async def record_usage(
             report.model,
             {name.removesuffix("_tokens"): getattr(report, name) for name in _COUNTS},
             report.cost_micros,
+        )
+        await budgets.after_report(
+            workspace_id=owner.workspace_id,
+            unit_task_id=owner.unit_task_id,
+            composite_task_id=owner.composite_task_id,
         )
         for task_id in (owner.unit_task_id, owner.composite_task_id):
             if task_id is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound
+from delidev.services import budgets as budget_rules
 from delidev.services import cascade
 from delidev.services.common import (
     MAX_TEXT_LENGTH,
@@ -40,18 +42,47 @@ async def create_workspace(
     name: str,
     description: str | None = None,
     max_concurrent_jobs: int | None = None,
+    monthly_budget_micros: int | None = None,
+    budget_period: m.BudgetPeriod | None = None,
+    task_budget_micros: int | None = None,
+    budget_warning_percent: int | None = None,
 ) -> m.Workspace:
     """``max_concurrent_jobs``: at most this many of its jobs run at once (None or 0: no cap).
+    The budgets (micros; None or 0: none) are explained in ``services/budgets.py``.
 
     Raises: InvalidArgument.
     """
     name = check_text(name, "name")
     description = check_optional_text(description, "description", max_length=MAX_TEXT_LENGTH)
     cap = None if max_concurrent_jobs is None else _check_cap(max_concurrent_jobs)
+    budgets = _budget_changes(
+        monthly_budget_micros, budget_period, task_budget_micros, budget_warning_percent
+    )
     owner_filter(actor)  # refuses worker credentials
     return await m.Workspace.create(
-        name=name, description=description, user_id=actor.user_id, max_concurrent_jobs=cap
+        name=name,
+        description=description,
+        user_id=actor.user_id,
+        max_concurrent_jobs=cap,
+        **budgets,
     )
+
+
+def _budget_changes(
+    monthly: int | None, period: m.BudgetPeriod | None, task: int | None, percent: int | None
+) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if monthly is not None:
+        changes["monthly_budget_micros"] = budget_rules.check_budget(
+            monthly, "monthly_budget_micros"
+        )
+    if period is not None:
+        changes["budget_period"] = period
+    if task is not None:
+        changes["task_budget_micros"] = budget_rules.check_budget(task, "task_budget_micros")
+    if percent is not None:
+        changes["budget_warning_percent"] = budget_rules.check_warning_percent(percent)
+    return changes
 
 
 async def list_workspaces(
@@ -84,8 +115,13 @@ async def update_workspace(
     name: str | None = None,
     description: str | None = None,
     max_concurrent_jobs: int | None = None,
+    monthly_budget_micros: int | None = None,
+    budget_period: m.BudgetPeriod | None = None,
+    task_budget_micros: int | None = None,
+    budget_warning_percent: int | None = None,
 ) -> m.Workspace:
-    """Changes the fields given; an empty description clears it, a cap of 0 removes it.
+    """Changes the fields given; an empty description clears it, a cap or budget of 0
+    removes it. A budget changed is applied at once: new runs may start again (or not).
 
     Raises: InvalidArgument, NotFound.
     """
@@ -98,10 +134,15 @@ async def update_workspace(
         )
     if max_concurrent_jobs is not None:
         changes["max_concurrent_jobs"] = _check_cap(max_concurrent_jobs)
+    changes |= _budget_changes(
+        monthly_budget_micros, budget_period, task_budget_micros, budget_warning_percent
+    )
     workspace = await get_workspace(actor=actor, workspace_id=workspace_id)
     if changes:
         workspace.update_from_dict(changes)
         await workspace.save(update_fields=[*changes, "updated_at"])
+    if {"monthly_budget_micros", "budget_period", "budget_warning_percent"} & changes.keys():
+        await budget_rules.check_workspace(workspace)
     if "max_concurrent_jobs" in changes:
         # A new cap can free (or hold) queued jobs: workers and the wait reasons hear it.
         events.publish(events.JobQueued())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from delidev import models as m
 from delidev.connect import convert
 from delidev.connect.gen.delidev.v1 import repository_pb, workspace_pb
@@ -13,6 +15,17 @@ from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceService
 from delidev.connect.handlers.base import Ctx, Handler, optional
 from delidev.services import repositories, usage, workspaces
 from delidev.services.common import parse_id, parse_optional_id
+
+
+def _budgets(
+    request: workspace_pb.CreateWorkspaceRequest | workspace_pb.UpdateWorkspaceRequest,
+) -> dict[str, Any]:
+    return {
+        "monthly_budget_micros": optional(request, "monthly_budget_micros"),
+        "budget_period": convert.BUDGET_PERIOD.to_domain(request.budget_period, "budget_period"),
+        "task_budget_micros": optional(request, "task_budget_micros"),
+        "budget_warning_percent": optional(request, "budget_warning_percent"),
+    }
 
 
 class WorkspaceHandler(Handler, WorkspaceService):
@@ -48,6 +61,7 @@ class WorkspaceHandler(Handler, WorkspaceService):
             name=request.name,
             description=optional(request, "description"),
             max_concurrent_jobs=optional(request, "max_concurrent_jobs"),
+            **_budgets(request),
         )
         return workspace_pb.CreateWorkspaceResponse(workspace=convert.workspace(ws))
 
@@ -79,6 +93,7 @@ class WorkspaceHandler(Handler, WorkspaceService):
             name=optional(request, "name"),
             description=optional(request, "description"),
             max_concurrent_jobs=optional(request, "max_concurrent_jobs"),
+            **_budgets(request),
         )
         return workspace_pb.UpdateWorkspaceResponse(workspace=convert.workspace(ws))
 

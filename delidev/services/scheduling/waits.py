@@ -28,6 +28,7 @@ from tortoise.functions import Count
 
 from delidev import events
 from delidev import models as m
+from delidev.services import budgets
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.common import now as current_time
@@ -103,13 +104,20 @@ class Inputs:
     fleet: _Fleet
     caps: tuple[tuple[str, int], ...]
     """(workspace id, cap) of every capped workspace."""
+    blocked: tuple[str, ...] = ()
+    """Workspaces whose new runs wait for their budget."""
 
 
 async def inputs() -> Inputs:
     caps = await m.Workspace.filter(max_concurrent_jobs__isnull=False).values_list(
         "id", "max_concurrent_jobs"
     )
-    return Inputs(fleet=await _fleet(), caps=tuple(sorted((str(w), int(c)) for w, c in caps)))
+    blocked = await budgets.blocked_workspaces(current_time())
+    return Inputs(
+        fleet=await _fleet(),
+        caps=tuple(sorted((str(w), int(c)) for w, c in caps)),
+        blocked=tuple(sorted(map(str, blocked))),
+    )
 
 
 async def _queued(limit: int, since: dt.datetime | None = None) -> list[_Queued]:
@@ -200,6 +208,7 @@ def _reason(
     ready: set[UUID],
     fleet: _Fleet,
     full: dict[UUID, tuple[int, int]],
+    blocked: dict[UUID, dt.datetime],
 ) -> tuple[m.WaitReason, str]:
     if job.not_before is not None and job.not_before > now:
         return Reason.BACKOFF, (
@@ -211,6 +220,11 @@ def _reason(
     missing = _no_worker_detail(job, fleet)
     if missing is not None:
         return Reason.NO_CAPABLE_WORKER, missing
+    if job.workspace_id in blocked:
+        return Reason.BUDGET, (
+            "its workspace spent its budget for the period; new runs start when the budget"
+            f" is raised or at {blocked[job.workspace_id].isoformat(timespec='seconds')}"
+        )
     if job.workspace_id in full:
         running, cap = full[job.workspace_id]
         return Reason.CONCURRENCY_CAP, (
@@ -236,13 +250,16 @@ async def reconcile_waits(
     ready = set(await secret_service.ready_agent_task_ids(store)) if store is not None else set()
     fleet = await _fleet()
     full = await _full_workspaces(j.workspace_id for j in queued if j.workspace_id is not None)
+    blocked = await budgets.blocked_workspaces(when)
     # Runs that move from one (reason, detail) to the same other one are updated together:
     # one statement per kind of change, not one per run (a big queue changes all at once
     # when the fleet does).
     moves: dict[tuple[str | None, str | None, str | None, str | None], list[_Queued]]
     moves = defaultdict(list)
     for job in queued:
-        reason, detail = _reason(job, now=when, ready=ready, fleet=fleet, full=full)
+        reason, detail = _reason(
+            job, now=when, ready=ready, fleet=fleet, full=full, blocked=blocked
+        )
         # Claimable is stored as no reason at all: in a healthy queue (every job claimable)
         # a pass then writes nothing, and never competes with the claims for its rows.
         stored = (None, None) if reason == Reason.QUEUED else (reason.value, detail[:_DETAIL_CHARS])

@@ -106,6 +106,8 @@ WITH candidate AS (
       AND (s.not_before IS NULL OR s.not_before <= $3)
       AND (cardinality($5::text[]) = 0 OR s.ai_agent_type = ANY($5::text[]))
       AND NOT COALESCE(s.workspace_id = ANY($8::uuid[]), false)
+      AND NOT EXISTS (SELECT 1 FROM workspaces wb
+                      WHERE wb.id = s.workspace_id AND wb.budget_blocked_until > $3)
       AND NOT EXISTS (
             SELECT 1 FROM workspaces ws
             WHERE ws.id = s.workspace_id AND ws.max_concurrent_jobs IS NOT NULL
@@ -159,7 +161,7 @@ WHERE r.status = 'running' AND ra.workspace_id = $1
 
 # SQLite serialises writers, so the statement's own count holds (no recheck). Placeholders:
 # worker, lease, now (started), now (updated), now (not_before), worker, agent types (json)
-# twice, labels (json), then the ready agent task ids.
+# twice, labels (json), now (budget), then the ready agent task ids.
 _CLAIM_SQLITE = """
 UPDATE agent_sessions SET status = 'running', worker_id = ?, lease_token = ?,
        started_at = ?, updated_at = ?,
@@ -178,6 +180,7 @@ WHERE id = (
       AND (ws.max_concurrent_jobs IS NULL OR ws.max_concurrent_jobs > (
             SELECT count(*) FROM agent_sessions r JOIN agent_tasks ra ON ra.id = r.agent_task_id
             WHERE r.status = 'running' AND ra.workspace_id = a.workspace_id))
+      AND (ws.budget_blocked_until IS NULL OR ws.budget_blocked_until <= ?)
       AND (a.expects_secrets = 0 OR a.id IN ({ready}))
     ORDER BY s.priority DESC, s.fair_round, s.created_at, s.id
     LIMIT 1
@@ -356,6 +359,7 @@ async def _claim_sqlite(
             types,
             types,
             json.dumps(caps.labels),
+            stamp,
             *map(str, ready_agent_ids),
         ],
     )

@@ -25,7 +25,7 @@ from delidev.services import common
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.scheduling.policy import RetryPolicy
-from delidev.services.workers.limits import timeout_error
+from delidev.services.workers.limits import BUDGET_ERROR, timeout_error
 from delidev.services.workers.registry import get_worker
 from delidev.services.workers.waiting import MAX_WAIT_MS, wait_deadline
 from delidev.settings import Settings
@@ -140,6 +140,13 @@ async def report_status(
         said = f": {error}" if error else ""
         status, kind = SessionStatus.FAILED, FailureKind.TIMEOUT.value
         error = timeout_error(session, by_server=False) + said
+    elif session.stop_reason == m.StopReason.BUDGET and status in (
+        SessionStatus.STOPPED,
+        SessionStatus.FAILED,
+    ):
+        # Ended because it was asked to: a stop, whatever the agent made of it, not retried.
+        status, kind = SessionStatus.STOPPED, None
+        error = BUDGET_ERROR
     ended = await session_service.complete_session(
         session_id=session.id,
         status=status,

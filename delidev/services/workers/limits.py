@@ -72,7 +72,9 @@ async def finalise_unconfirmed_stops(*, now: dt.datetime, stop_grace: dt.timedel
             await session_service.complete_session(
                 session_id=session.id,
                 status=SessionStatus.FAILED if timed_out else SessionStatus.STOPPED,
-                error=timeout_error(session, by_server=True) if timed_out else None,
+                error=timeout_error(session, by_server=True)
+                if timed_out
+                else (BUDGET_ERROR if session.stop_reason == m.StopReason.BUDGET else None),
                 failure_kind=TIMEOUT if timed_out else None,
                 loaded=session,
                 lease_token=session.lease_token,
@@ -91,6 +93,10 @@ async def finalise_unconfirmed_stops(*, now: dt.datetime, stop_grace: dt.timedel
             if freed:
                 events.publish(events.WorkerChanged(worker_id=str(session.worker_id)))
     return ended
+
+
+BUDGET_ERROR = "stopped: its task spent its budget (the workspace's task budget)"
+"""The error of a run stopped because its task went over its budget."""
 
 
 def timeout_error(session: m.AgentSession, *, by_server: bool) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal, NoReturn, TYPE_CHECKING, TypeAlias
 
-from protobuf import Message
+from protobuf import Enum, Message
 from protobuf._codegen import file_desc
 from protobuf.wkt.google.protobuf import timestamp_pb
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .common_pb import AiAgentType, Usage
 
 
-_WorkspaceFields: TypeAlias = Literal["id", "name", "description", "user_id", "created_at", "updated_at", "max_concurrent_jobs"]
+_WorkspaceFields: TypeAlias = Literal["id", "name", "description", "user_id", "created_at", "updated_at", "max_concurrent_jobs", "monthly_budget_micros", "budget_period", "task_budget_micros", "budget_warning_percent", "budget_warned_at", "budget_blocked_until"]
 
 class Workspace(Message[_WorkspaceFields]):
     """
@@ -65,9 +65,45 @@ class Workspace(Message[_WorkspaceFields]):
             ```proto
             optional int32 max_concurrent_jobs = 7;
             ```
+        monthly_budget_micros:
+            What its runs may spend per budget period (micros: millionths of USD); unset = no
+            budget. Once spent, no new run starts until it is raised or the period turns.
+
+            ```proto
+            optional int64 monthly_budget_micros = 8;
+            ```
+        budget_period:
+            ```proto
+            delidev.v1.BudgetPeriod budget_period = 9;
+            ```
+        task_budget_micros:
+            What one task may spend (all its runs; a composite with its nodes); unset = no limit.
+            The runs of a task over it are asked to stop.
+
+            ```proto
+            optional int64 task_budget_micros = 10;
+            ```
+        budget_warning_percent:
+            A warning is raised once per period when spending reaches this share (percent).
+
+            ```proto
+            int32 budget_warning_percent = 11;
+            ```
+        budget_warned_at:
+            When the period's warning was raised.
+
+            ```proto
+            optional google.protobuf.Timestamp budget_warned_at = 12;
+            ```
+        budget_blocked_until:
+            Set while over budget: no new run starts before this.
+
+            ```proto
+            optional google.protobuf.Timestamp budget_blocked_until = 13;
+            ```
     """
 
-    __slots__ = ("id", "name", "description", "user_id", "created_at", "updated_at", "max_concurrent_jobs")
+    __slots__ = ("id", "name", "description", "user_id", "created_at", "updated_at", "max_concurrent_jobs", "monthly_budget_micros", "budget_period", "task_budget_micros", "budget_warning_percent", "budget_warned_at", "budget_blocked_until")
 
     if TYPE_CHECKING:
 
@@ -81,6 +117,12 @@ class Workspace(Message[_WorkspaceFields]):
             created_at: Timestamp | None = None,
             updated_at: Timestamp | None = None,
             max_concurrent_jobs: int | None = None,
+            monthly_budget_micros: int | None = None,
+            budget_period: BudgetPeriod | None = None,
+            task_budget_micros: int | None = None,
+            budget_warning_percent: int = 0,
+            budget_warned_at: Timestamp | None = None,
+            budget_blocked_until: Timestamp | None = None,
         ) -> None:
             pass
 
@@ -91,8 +133,14 @@ class Workspace(Message[_WorkspaceFields]):
         created_at: Timestamp | None
         updated_at: Timestamp | None
         max_concurrent_jobs: int
+        monthly_budget_micros: int
+        budget_period: BudgetPeriod
+        task_budget_micros: int
+        budget_warning_percent: int
+        budget_warned_at: Timestamp | None
+        budget_blocked_until: Timestamp | None
 
-_CreateWorkspaceRequestFields: TypeAlias = Literal["name", "description", "max_concurrent_jobs"]
+_CreateWorkspaceRequestFields: TypeAlias = Literal["name", "description", "max_concurrent_jobs", "monthly_budget_micros", "budget_period", "task_budget_micros", "budget_warning_percent"]
 
 class CreateWorkspaceRequest(Message[_CreateWorkspaceRequestFields]):
     """
@@ -115,9 +163,33 @@ class CreateWorkspaceRequest(Message[_CreateWorkspaceRequestFields]):
             ```proto
             optional int32 max_concurrent_jobs = 3;
             ```
+        monthly_budget_micros:
+            Unset or 0: no budget (see Workspace).
+
+            ```proto
+            optional int64 monthly_budget_micros = 4;
+            ```
+        budget_period:
+            Unspecified: the month.
+
+            ```proto
+            delidev.v1.BudgetPeriod budget_period = 5;
+            ```
+        task_budget_micros:
+            Unset or 0: no per-task limit.
+
+            ```proto
+            optional int64 task_budget_micros = 6;
+            ```
+        budget_warning_percent:
+            1 to 100; unset: 80.
+
+            ```proto
+            optional int32 budget_warning_percent = 7;
+            ```
     """
 
-    __slots__ = ("name", "description", "max_concurrent_jobs")
+    __slots__ = ("name", "description", "max_concurrent_jobs", "monthly_budget_micros", "budget_period", "task_budget_micros", "budget_warning_percent")
 
     if TYPE_CHECKING:
 
@@ -127,12 +199,20 @@ class CreateWorkspaceRequest(Message[_CreateWorkspaceRequestFields]):
             name: str = "",
             description: str | None = None,
             max_concurrent_jobs: int | None = None,
+            monthly_budget_micros: int | None = None,
+            budget_period: BudgetPeriod | None = None,
+            task_budget_micros: int | None = None,
+            budget_warning_percent: int | None = None,
         ) -> None:
             pass
 
         name: str
         description: str
         max_concurrent_jobs: int
+        monthly_budget_micros: int
+        budget_period: BudgetPeriod
+        task_budget_micros: int
+        budget_warning_percent: int
 
 _CreateWorkspaceResponseFields: TypeAlias = Literal["workspace"]
 
@@ -288,7 +368,7 @@ class GetWorkspaceResponse(Message[_GetWorkspaceResponseFields]):
 
         workspace: Workspace | None
 
-_UpdateWorkspaceRequestFields: TypeAlias = Literal["workspace_id", "name", "description", "max_concurrent_jobs"]
+_UpdateWorkspaceRequestFields: TypeAlias = Literal["workspace_id", "name", "description", "max_concurrent_jobs", "monthly_budget_micros", "budget_period", "task_budget_micros", "budget_warning_percent"]
 
 class UpdateWorkspaceRequest(Message[_UpdateWorkspaceRequestFields]):
     """
@@ -317,9 +397,33 @@ class UpdateWorkspaceRequest(Message[_UpdateWorkspaceRequestFields]):
             ```proto
             optional int32 max_concurrent_jobs = 4;
             ```
+        monthly_budget_micros:
+            Unset: unchanged; 0: the budget is removed.
+
+            ```proto
+            optional int64 monthly_budget_micros = 5;
+            ```
+        budget_period:
+            Unspecified: unchanged.
+
+            ```proto
+            delidev.v1.BudgetPeriod budget_period = 6;
+            ```
+        task_budget_micros:
+            Unset: unchanged; 0: the limit is removed.
+
+            ```proto
+            optional int64 task_budget_micros = 7;
+            ```
+        budget_warning_percent:
+            Unset: unchanged.
+
+            ```proto
+            optional int32 budget_warning_percent = 8;
+            ```
     """
 
-    __slots__ = ("workspace_id", "name", "description", "max_concurrent_jobs")
+    __slots__ = ("workspace_id", "name", "description", "max_concurrent_jobs", "monthly_budget_micros", "budget_period", "task_budget_micros", "budget_warning_percent")
 
     if TYPE_CHECKING:
 
@@ -330,6 +434,10 @@ class UpdateWorkspaceRequest(Message[_UpdateWorkspaceRequestFields]):
             name: str | None = None,
             description: str | None = None,
             max_concurrent_jobs: int | None = None,
+            monthly_budget_micros: int | None = None,
+            budget_period: BudgetPeriod | None = None,
+            task_budget_micros: int | None = None,
+            budget_warning_percent: int | None = None,
         ) -> None:
             pass
 
@@ -337,6 +445,10 @@ class UpdateWorkspaceRequest(Message[_UpdateWorkspaceRequestFields]):
         name: str
         description: str
         max_concurrent_jobs: int
+        monthly_budget_micros: int
+        budget_period: BudgetPeriod
+        task_budget_micros: int
+        budget_warning_percent: int
 
 _UpdateWorkspaceResponseFields: TypeAlias = Literal["workspace"]
 
@@ -570,9 +682,38 @@ class GetWorkspaceUsageResponse(Message[_GetWorkspaceUsageResponseFields]):
         days: list[UsageDay]
         models: list[ModelUsage]
 
+class BudgetPeriod(Enum):
+    """
+    ```proto
+    enum delidev.v1.BudgetPeriod
+    ```
+
+    Attributes:
+        UNSPECIFIED:
+            ```proto
+            BUDGET_PERIOD_UNSPECIFIED = 0
+            ```
+        MONTH:
+            The calendar month (UTC).
+
+            ```proto
+            BUDGET_PERIOD_MONTH = 1
+            ```
+        ROLLING_30_DAYS:
+            The last 30 days.
+
+            ```proto
+            BUDGET_PERIOD_ROLLING_30_DAYS = 2
+            ```
+    """
+
+    UNSPECIFIED = 0
+    MONTH = 1
+    ROLLING_30_DAYS = 2
+
 
 _DESC = file_desc(
-    b'\n\x1adelidev/v1/workspace.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xd3\x02\n\tWorkspace\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x03 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x12\x1c\n\x07user_id\x18\x04 \x01(\tH\x01R\x06userId\x88\x01\x01\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x123\n\x13max_concurrent_jobs\x18\x07 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\n\n\x08_user_idB\x16\n\x14_max_concurrent_jobs"\xb0\x01\n\x16CreateWorkspaceRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x02 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x03 \x01(\x05H\x01R\x11maxConcurrentJobs\x88\x01\x01B\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17CreateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"E\n\x15ListWorkspacesRequest\x12\x14\n\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x02 \x01(\x05R\x06offset"p\n\x16ListWorkspacesResponse\x125\n\nworkspaces\x18\x01 \x03(\x0b2\x15.delidev.v1.WorkspaceR\nworkspaces\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"8\n\x13GetWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"K\n\x14GetWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"\xe1\x01\n\x16UpdateWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0bdescription\x18\x03 \x01(\tH\x01R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x04 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01B\x07\n\x05_nameB\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobs"N\n\x17UpdateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace";\n\x16DeleteWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"\x19\n\x17DeleteWorkspaceResponse"Q\n\x18GetWorkspaceUsageRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x12\n\x04days\x18\x02 \x01(\x05R\x04days"G\n\x08UsageDay\x12\x12\n\x04date\x18\x01 \x01(\tR\x04date\x12\'\n\x05usage\x18\x02 \x01(\x0b2\x11.delidev.v1.UsageR\x05usage"\x88\x01\n\nModelUsage\x12;\n\rai_agent_type\x18\x01 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\'\n\x05usage\x18\x03 \x01(\x0b2\x11.delidev.v1.UsageR\x05usage"\x9e\x01\n\x19GetWorkspaceUsageResponse\x12\'\n\x05total\x18\x01 \x01(\x0b2\x11.delidev.v1.UsageR\x05total\x12(\n\x04days\x18\x02 \x03(\x0b2\x14.delidev.v1.UsageDayR\x04days\x12.\n\x06models\x18\x03 \x03(\x0b2\x16.delidev.v1.ModelUsageR\x06models2\xfd\x03\n\x10WorkspaceService\x12Q\n\x06Create\x12".delidev.v1.CreateWorkspaceRequest\x1a#.delidev.v1.CreateWorkspaceResponse\x12M\n\x04List\x12!.delidev.v1.ListWorkspacesRequest\x1a".delidev.v1.ListWorkspacesResponse\x12H\n\x03Get\x12\x1f.delidev.v1.GetWorkspaceRequest\x1a .delidev.v1.GetWorkspaceResponse\x12Q\n\x06Update\x12".delidev.v1.UpdateWorkspaceRequest\x1a#.delidev.v1.UpdateWorkspaceResponse\x12Q\n\x06Delete\x12".delidev.v1.DeleteWorkspaceRequest\x1a#.delidev.v1.DeleteWorkspaceResponse\x12W\n\x08GetUsage\x12$.delidev.v1.GetWorkspaceUsageRequest\x1a%.delidev.v1.GetWorkspaceUsageResponseb\x06proto3',
+    b'\n\x1adelidev/v1/workspace.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xb1\x06\n\tWorkspace\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x03 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x12\x1c\n\x07user_id\x18\x04 \x01(\tH\x01R\x06userId\x88\x01\x01\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x123\n\x13max_concurrent_jobs\x18\x07 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01\x127\n\x15monthly_budget_micros\x18\x08 \x01(\x03H\x03R\x13monthlyBudgetMicros\x88\x01\x01\x12=\n\rbudget_period\x18\t \x01(\x0e2\x18.delidev.v1.BudgetPeriodR\x0cbudgetPeriod\x121\n\x12task_budget_micros\x18\n \x01(\x03H\x04R\x10taskBudgetMicros\x88\x01\x01\x124\n\x16budget_warning_percent\x18\x0b \x01(\x05R\x14budgetWarningPercent\x12I\n\x10budget_warned_at\x18\x0c \x01(\x0b2\x1a.google.protobuf.TimestampH\x05R\x0ebudgetWarnedAt\x88\x01\x01\x12Q\n\x14budget_blocked_until\x18\r \x01(\x0b2\x1a.google.protobuf.TimestampH\x06R\x12budgetBlockedUntil\x88\x01\x01B\x0e\n\x0c_descriptionB\n\n\x08_user_idB\x16\n\x14_max_concurrent_jobsB\x18\n\x16_monthly_budget_microsB\x15\n\x13_task_budget_microsB\x13\n\x11_budget_warned_atB\x17\n\x15_budget_blocked_until"\xe2\x03\n\x16CreateWorkspaceRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12%\n\x0bdescription\x18\x02 \x01(\tH\x00R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x03 \x01(\x05H\x01R\x11maxConcurrentJobs\x88\x01\x01\x127\n\x15monthly_budget_micros\x18\x04 \x01(\x03H\x02R\x13monthlyBudgetMicros\x88\x01\x01\x12=\n\rbudget_period\x18\x05 \x01(\x0e2\x18.delidev.v1.BudgetPeriodR\x0cbudgetPeriod\x121\n\x12task_budget_micros\x18\x06 \x01(\x03H\x03R\x10taskBudgetMicros\x88\x01\x01\x129\n\x16budget_warning_percent\x18\x07 \x01(\x05H\x04R\x14budgetWarningPercent\x88\x01\x01B\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobsB\x18\n\x16_monthly_budget_microsB\x15\n\x13_task_budget_microsB\x19\n\x17_budget_warning_percent"N\n\x17CreateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"E\n\x15ListWorkspacesRequest\x12\x14\n\x05limit\x18\x01 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x02 \x01(\x05R\x06offset"p\n\x16ListWorkspacesResponse\x125\n\nworkspaces\x18\x01 \x03(\x0b2\x15.delidev.v1.WorkspaceR\nworkspaces\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"8\n\x13GetWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"K\n\x14GetWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace"\x93\x04\n\x16UpdateWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0bdescription\x18\x03 \x01(\tH\x01R\x0bdescription\x88\x01\x01\x123\n\x13max_concurrent_jobs\x18\x04 \x01(\x05H\x02R\x11maxConcurrentJobs\x88\x01\x01\x127\n\x15monthly_budget_micros\x18\x05 \x01(\x03H\x03R\x13monthlyBudgetMicros\x88\x01\x01\x12=\n\rbudget_period\x18\x06 \x01(\x0e2\x18.delidev.v1.BudgetPeriodR\x0cbudgetPeriod\x121\n\x12task_budget_micros\x18\x07 \x01(\x03H\x04R\x10taskBudgetMicros\x88\x01\x01\x129\n\x16budget_warning_percent\x18\x08 \x01(\x05H\x05R\x14budgetWarningPercent\x88\x01\x01B\x07\n\x05_nameB\x0e\n\x0c_descriptionB\x16\n\x14_max_concurrent_jobsB\x18\n\x16_monthly_budget_microsB\x15\n\x13_task_budget_microsB\x19\n\x17_budget_warning_percent"N\n\x17UpdateWorkspaceResponse\x123\n\tworkspace\x18\x01 \x01(\x0b2\x15.delidev.v1.WorkspaceR\tworkspace";\n\x16DeleteWorkspaceRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId"\x19\n\x17DeleteWorkspaceResponse"Q\n\x18GetWorkspaceUsageRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x12\n\x04days\x18\x02 \x01(\x05R\x04days"G\n\x08UsageDay\x12\x12\n\x04date\x18\x01 \x01(\tR\x04date\x12\'\n\x05usage\x18\x02 \x01(\x0b2\x11.delidev.v1.UsageR\x05usage"\x88\x01\n\nModelUsage\x12;\n\rai_agent_type\x18\x01 \x01(\x0e2\x17.delidev.v1.AiAgentTypeR\x0baiAgentType\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12\'\n\x05usage\x18\x03 \x01(\x0b2\x11.delidev.v1.UsageR\x05usage"\x9e\x01\n\x19GetWorkspaceUsageResponse\x12\'\n\x05total\x18\x01 \x01(\x0b2\x11.delidev.v1.UsageR\x05total\x12(\n\x04days\x18\x02 \x03(\x0b2\x14.delidev.v1.UsageDayR\x04days\x12.\n\x06models\x18\x03 \x03(\x0b2\x16.delidev.v1.ModelUsageR\x06models*i\n\x0cBudgetPeriod\x12\x1d\n\x19BUDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x17\n\x13BUDGET_PERIOD_MONTH\x10\x01\x12!\n\x1dBUDGET_PERIOD_ROLLING_30_DAYS\x10\x022\xfd\x03\n\x10WorkspaceService\x12Q\n\x06Create\x12".delidev.v1.CreateWorkspaceRequest\x1a#.delidev.v1.CreateWorkspaceResponse\x12M\n\x04List\x12!.delidev.v1.ListWorkspacesRequest\x1a".delidev.v1.ListWorkspacesResponse\x12H\n\x03Get\x12\x1f.delidev.v1.GetWorkspaceRequest\x1a .delidev.v1.GetWorkspaceResponse\x12Q\n\x06Update\x12".delidev.v1.UpdateWorkspaceRequest\x1a#.delidev.v1.UpdateWorkspaceResponse\x12Q\n\x06Delete\x12".delidev.v1.DeleteWorkspaceRequest\x1a#.delidev.v1.DeleteWorkspaceResponse\x12W\n\x08GetUsage\x12$.delidev.v1.GetWorkspaceUsageRequest\x1a%.delidev.v1.GetWorkspaceUsageResponseb\x06proto3',
     [
         common_pb.desc(),
         timestamp_pb.desc(),
@@ -593,6 +734,7 @@ _DESC = file_desc(
         "UsageDay": UsageDay,
         "ModelUsage": ModelUsage,
         "GetWorkspaceUsageResponse": GetWorkspaceUsageResponse,
+        "BudgetPeriod": BudgetPeriod,
     },
 )
 
