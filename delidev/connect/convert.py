@@ -24,6 +24,7 @@ from delidev.connect.gen.delidev.v1 import (
 )
 from delidev.errors import InvalidArgument
 from delidev.services import auth as auth_service
+from delidev.services import estimates as estimate_service
 from delidev.services import live as live_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
@@ -384,6 +385,25 @@ def composite_task(t: m.CompositeTask, bundle: task_service.TaskBundle) -> task_
         required_labels=list(scheduling.required_labels or []),
         max_run_seconds=scheduling.max_run_seconds,
         usage=usage(bundle.usage_of(t.id)),
+        estimate=plan_estimate(bundle.estimates.get(t.id)),
+    )
+
+
+def _spread(s: estimate_service.Spread | None) -> task_pb.Spread | None:
+    return None if s is None else task_pb.Spread(median=s.median, high=s.high)
+
+
+def plan_estimate(e: estimate_service.PlanEstimate | None) -> task_pb.PlanEstimate | None:
+    if e is None:
+        return None
+    return task_pb.PlanEstimate(
+        samples=e.samples,
+        nodes=e.nodes,
+        chain=e.chain,
+        node_cost_micros=_spread(e.node_cost_micros),
+        node_seconds=_spread(e.node_seconds),
+        cost_micros=_spread(e.cost_micros),
+        seconds=_spread(e.seconds),
     )
 
 

@@ -12,6 +12,7 @@ from uuid import UUID
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound
+from delidev.services import estimates as estimate_service
 from delidev.services import usage as usage_service
 from delidev.services.common import Page, owner_filter, page_bounds
 from delidev.services.repositories import get_repository_group
@@ -237,6 +238,8 @@ class TaskBundle:
     nodes: dict[UUID, list[NodeView]]
     waits: dict[UUID, job_waits.Wait]
     """Why a task (by id; also a node) waits: see ``task_waits``."""
+    estimates: dict[UUID, estimate_service.PlanEstimate]
+    """Of composite tasks whose plan waits for approval (see ``services/estimates.py``)."""
     usage: dict[UUID, usage_service.Usage]
     """Usage by session id, unit task id (its runs, auto-fix included) and composite task
     id (planning and nodes); what used nothing is absent (``usage_of``)."""
@@ -302,6 +305,15 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
     usage = await usage_service.session_usage([s.id for runs in sessions.values() for s in runs])
     usage |= await usage_service.unit_task_usage([u.id for u in units])
     usage |= await usage_service.composite_task_usage(composite_ids)
+    estimates: dict[UUID, estimate_service.PlanEstimate] = {}
+    for pending in items:
+        if (
+            isinstance(pending, m.CompositeTask)
+            and pending.status == m.CompositeTaskStatus.PENDING_APPROVAL
+        ):
+            estimate = await estimate_service.estimate_plan(pending)
+            if estimate is not None:
+                estimates[pending.id] = estimate
     return TaskBundle(
         agents=agents,
         remotes=remotes,
@@ -310,6 +322,7 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
         nodes=nodes,
         waits=await _waits(shown, latest),
         usage=usage,
+        estimates=estimates,
         gone=frozenset(t.id for t in items if not complete(t)),
     )
 
