@@ -125,6 +125,28 @@ async def tty_requests(
                 yield request
 
 
+async def budget_warnings(
+    *, actor: Principal, bus: events.EventBus, workspace_id: UUID
+) -> AsyncIterator[events.BudgetWarning]:
+    """The workspace's budget warnings (spending reached its threshold), as they happen.
+
+    Raises: Unauthenticated, NotFound, FailedPrecondition (the subscriber fell behind)."""
+    await auth_service.ensure_still_signed_in(actor=actor)
+    await get_workspace(actor=actor, workspace_id=workspace_id)
+    with bus.watch(("workspace-budget", str(workspace_id))) as watch:
+        while True:
+            await watch.wait()
+            batch = watch.drain()
+            if watch.overflowed:
+                raise FailedPrecondition(
+                    "the subscription fell too far behind its events and was closed; "
+                    "subscribe again"
+                )
+            for event in batch:
+                if isinstance(event, events.BudgetWarning):
+                    yield event
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerUpdate:
     worker_id: UUID

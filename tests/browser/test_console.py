@@ -185,3 +185,31 @@ async def test_a_run_is_stopped_and_a_lost_worker_shows_unhealthy(
         await expect(row).to_contain_text("unhealthy")
     finally:
         sim.kill()
+
+
+async def test_budgets_are_set_from_the_setup_page(page: Page, server: Server) -> None:
+    await _set_up_workspace(page, server.base)
+    budgets = page.get_by_role("region", name="Budgets")
+    await expect(budgets.get_by_test_id("spent")).to_contain_text("$0.00")
+    # Not an amount: refused in the page, nothing sent.
+    await budgets.get_by_label("Workspace budget (USD)").fill("lots")
+    await budgets.get_by_role("button", name="Save budgets").click()
+    await expect(budgets.get_by_role("alert")).to_contain_text("an amount in dollars")
+    await budgets.get_by_label("Workspace budget (USD)").fill("250.5")
+    await budgets.get_by_label("Budget period").select_option(label="per 30 days")
+    await budgets.get_by_label("Task budget (USD)").fill("12.345678")
+    await budgets.get_by_label("Warning threshold (%)").fill("90")
+    await budgets.get_by_role("button", name="Save budgets").click()
+    await expect(budgets.get_by_text("saved")).to_be_visible()
+    api = Connect(server.base)
+    ws = (await api("WorkspaceService/List", {}))["workspaces"][0]
+    await api.close()
+    # Exactly, in micros: no float on the way.
+    assert ws["monthlyBudgetMicros"] == "250500000"
+    assert ws["taskBudgetMicros"] == "12345678"
+    assert ws["budgetPeriod"] == "BUDGET_PERIOD_ROLLING_30_DAYS"
+    assert ws["budgetWarningPercent"] == 90
+    # A server refusal is shown: a budget beyond any the server takes.
+    await budgets.get_by_label("Workspace budget (USD)").fill("999999999999")
+    await budgets.get_by_role("button", name="Save budgets").click()
+    await expect(budgets.get_by_role("alert")).to_contain_text("monthly_budget_micros")

@@ -1,6 +1,8 @@
 // Setup: workspaces, repositories (added by URL), repository groups and todo items.
 import { useEffect, useState } from "preact/hooks";
-import { errorText, gql, groupApi, repositoryApi, todoApi, workspaceApi } from "../api";
+import { errorText, gql, groupApi, repositoryApi, timestampDate, todoApi, workspaceApi } from "../api";
+import { BudgetPeriod, type Workspace as ProtoWorkspace } from "../gen/delidev/v1/workspace_pb";
+import { dollars, parseDollars } from "../money";
 import { TodoItemSource, TodoItemStatus } from "../gen/delidev/v1/todo_pb";
 import { label } from "../format";
 import { TODOS, WORKSPACE_SETUP, type Group, type Repository, type Todo, type Workspace } from "../queries";
@@ -232,6 +234,8 @@ export function Setup() {
             </form>
           )}
 
+          <Budgets workspaceId={detail.id} />
+
           <h2>Danger zone</h2>
           <button
             class="danger"
@@ -245,6 +249,121 @@ export function Setup() {
             Delete workspace {detail.name}
           </button>
         </>
+      )}
+    </section>
+  );
+}
+
+/** The workspace's budgets and what it spent (Connect: WorkspaceService.Get / GetUsage). */
+function Budgets({ workspaceId }: { workspaceId: string }) {
+  const [ws, setWs] = useState<ProtoWorkspace | null>(null);
+  const [spent, setSpent] = useState<bigint | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [saved, setSaved] = useState(false);
+  const load = async () => {
+    try {
+      const [got, used] = await Promise.all([
+        workspaceApi.get({ workspaceId }),
+        workspaceApi.getUsage({ workspaceId, days: 30 }),
+      ]);
+      setWs(got.workspace ?? null);
+      setSpent(used.total?.costMicros ?? 0n);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  };
+  useEffect(() => {
+    void load();
+  }, [workspaceId]);
+  if (!ws) return null;
+  const submit = async (e: Event) => {
+    e.preventDefault();
+    const form = e.target as HTMLFormElement;
+    const monthly = field(form, "monthly");
+    const task = field(form, "task");
+    const monthlyMicros = monthly ? parseDollars(monthly) : 0n;
+    const taskMicros = task ? parseDollars(task) : 0n;
+    if (monthlyMicros === null || taskMicros === null) {
+      setError("A budget is an amount in dollars, like 250 or 12.50");
+      return;
+    }
+    setError(null);
+    setSaved(false);
+    try {
+      const r = await workspaceApi.update({
+        workspaceId,
+        monthlyBudgetMicros: monthlyMicros,
+        taskBudgetMicros: taskMicros,
+        budgetPeriod: Number(field(form, "period")) as BudgetPeriod,
+        budgetWarningPercent: Number(field(form, "percent")),
+      });
+      setWs(r.workspace ?? ws);
+      setSaved(true);
+    } catch (err) {
+      setError(errorText(err));
+    }
+  };
+  return (
+    <section aria-label="Budgets">
+      <h2>Budgets</h2>
+      <p data-testid="spent">
+        Spent in the last 30 days: <strong>{dollars(spent ?? 0n)}</strong>
+        {ws.budgetBlockedUntil && (
+          <span class="error">
+            {" "}
+            — over budget: new runs wait until{" "}
+            {timestampDate(ws.budgetBlockedUntil).toLocaleString()} or a higher budget
+          </span>
+        )}
+      </p>
+      <form onSubmit={(e) => void submit(e)} aria-label="Budgets">
+        <label>
+          Budget{" "}
+          <input
+            name="monthly"
+            aria-label="Workspace budget (USD)"
+            placeholder="none"
+            defaultValue={ws.monthlyBudgetMicros ? dollars(ws.monthlyBudgetMicros, true).slice(1) : ""}
+            inputMode="decimal"
+          />
+        </label>
+        <select name="period" aria-label="Budget period" defaultValue={String(ws.budgetPeriod || BudgetPeriod.MONTH)}>
+          <option value={String(BudgetPeriod.MONTH)} selected={ws.budgetPeriod !== BudgetPeriod.ROLLING_30_DAYS}>
+            per calendar month
+          </option>
+          <option value={String(BudgetPeriod.ROLLING_30_DAYS)} selected={ws.budgetPeriod === BudgetPeriod.ROLLING_30_DAYS}>
+            per 30 days
+          </option>
+        </select>
+        <label>
+          Per task{" "}
+          <input
+            name="task"
+            aria-label="Task budget (USD)"
+            placeholder="none"
+            defaultValue={ws.taskBudgetMicros ? dollars(ws.taskBudgetMicros, true).slice(1) : ""}
+            inputMode="decimal"
+          />
+        </label>
+        <label>
+          Warn at{" "}
+          <input
+            name="percent"
+            aria-label="Warning threshold (%)"
+            type="number"
+            min={1}
+            max={100}
+            defaultValue={String(ws.budgetWarningPercent || 80)}
+          />
+          %
+        </label>
+        <button type="submit">Save budgets</button>
+        {saved && <span class="muted">saved</span>}
+      </form>
+      {error && (
+        <p class="error" role="alert">
+          {error}
+        </p>
       )}
     </section>
   );
