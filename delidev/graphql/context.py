@@ -14,7 +14,7 @@ from delidev import models as m
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.events import EventBus
-from delidev.services import repositories, sessions, tasks, workspaces
+from delidev.services import repositories, sessions, tasks, usage, workspaces
 from delidev.services.live import LogFeeds
 from delidev.services.scheduling.waits import Wait
 
@@ -114,6 +114,18 @@ async def _load_nodes(keys: list[UUID]) -> list[list[tasks.NodeView]]:
     return _ordered(keys, await tasks.composite_nodes(keys), [])
 
 
+async def _load_session_usage(keys: list[UUID]) -> list[usage.Usage]:
+    return _ordered(keys, await usage.session_usage(keys), usage.NONE)
+
+
+async def _load_unit_usage(keys: list[UUID]) -> list[usage.Usage]:
+    return _ordered(keys, await usage.unit_task_usage(keys), usage.NONE)
+
+
+async def _load_composite_usage(keys: list[UUID]) -> list[usage.Usage]:
+    return _ordered(keys, await usage.composite_task_usage(keys), usage.NONE)
+
+
 class TaskLoaders:
     @cached_property
     def agent_task(self) -> DataLoader[UUID, m.AgentTask | None]:
@@ -130,6 +142,19 @@ class TaskLoaders:
     @cached_property
     def nodes(self) -> DataLoader[UUID, list[tasks.NodeView]]:
         return DataLoader(_load_nodes)
+
+    # Usage by run, unit task and composite task: one grouped sum per kind for a whole list.
+    @cached_property
+    def session_usage(self) -> DataLoader[UUID, usage.Usage]:
+        return DataLoader(_load_session_usage)
+
+    @cached_property
+    def unit_usage(self) -> DataLoader[UUID, usage.Usage]:
+        return DataLoader(_load_unit_usage)
+
+    @cached_property
+    def composite_usage(self) -> DataLoader[UUID, usage.Usage]:
+        return DataLoader(_load_composite_usage)
 
     @cached_property
     def waits(self) -> DataLoader[tasks.Task, Wait | None]:

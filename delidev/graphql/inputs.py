@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import strawberry
 
-from delidev.graphql.task_types import AiAgentType, TaskPriority
+from delidev.graphql.enums import AiAgentType
+from delidev.graphql.task_types import TaskPriority
 from delidev.graphql.types import TodoItemSource, VcsProviderType
 
 

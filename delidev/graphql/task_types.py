@@ -11,8 +11,10 @@ import strawberry
 
 from delidev import models as m
 from delidev.errors import NotFound
+from delidev.graphql.enums import AiAgentType
 from delidev.graphql.limits import LogReadBudget
 from delidev.graphql.types import GqlInfo
+from delidev.graphql.usage_types import Usage
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services.scheduling.waits import Wait
@@ -20,7 +22,6 @@ from delidev.services.scheduling.waits import Wait
 UnitTaskStatus = strawberry.enum(m.UnitTaskStatus, name="UnitTaskStatus")
 CompositeTaskStatus = strawberry.enum(m.CompositeTaskStatus, name="CompositeTaskStatus")
 AgentSessionStatus = strawberry.enum(m.AgentSessionStatus, name="AgentSessionStatus")
-AiAgentType = strawberry.enum(m.AiAgentType, name="AiAgentType")
 JobKind = strawberry.enum(m.JobKind, name="JobKind")
 NodeState = strawberry.enum(task_service.NodeState, name="CompositeNodeState")
 TaskPriority = strawberry.enum(
@@ -169,6 +170,12 @@ class AgentSession:
             complete=read.complete,
         )
 
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="What this run used so far."
+    )
+    async def usage(self, info: GqlInfo) -> Usage:
+        return Usage.from_usage(await info.context.loaders.tasks.session_usage.load(UUID(self.id)))
+
 
 @strawberry.type
 class AgentTask:
@@ -264,6 +271,12 @@ class Task:
     created_at: datetime
     updated_at: datetime
 
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="Tokens and money all its runs used (a composite's: planning and nodes)."
+    )
+    async def usage(self, info: GqlInfo) -> Usage:
+        raise NotImplementedError  # each implementation resolves its own
+
 
 @strawberry.type
 class UnitTask(Task, Scheduled):
@@ -307,6 +320,12 @@ class UnitTask(Task, Scheduled):
     @strawberry.field
     async def latest_session(self, info: GqlInfo) -> AgentSession | None:
         return await _latest(info, self.agent_task_id)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="All its runs: every attempt and auto-fix run."
+    )
+    async def usage(self, info: GqlInfo) -> Usage:
+        return Usage.from_usage(await info.context.loaders.tasks.unit_usage.load(UUID(self.id)))
 
 
 @strawberry.type
@@ -352,6 +371,13 @@ class CompositeTask(Task, Scheduled):
     @strawberry.field
     async def latest_session(self, info: GqlInfo) -> AgentSession | None:
         return await _latest(info, self.planning_task_id)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="All its runs: planning and every node's."
+    )
+    async def usage(self, info: GqlInfo) -> Usage:
+        found = await info.context.loaders.tasks.composite_usage.load(UUID(self.id))
+        return Usage.from_usage(found)
 
     @strawberry.field
     async def nodes(self, info: GqlInfo) -> list[CompositeTaskNode]:

@@ -11,7 +11,9 @@ from strawberry.types import Info
 
 from delidev import models as m
 from delidev.graphql.context import Context
+from delidev.graphql.usage_types import WorkspaceUsage
 from delidev.services import todos as todo_service
+from delidev.services import usage as usage_service
 
 VcsType = strawberry.enum(m.VcsType, name="VcsType")
 VcsProviderType = strawberry.enum(m.VcsProviderType, name="VcsProviderType")
@@ -55,6 +57,25 @@ class Workspace:
     async def repository_groups(self, info: GqlInfo) -> list[RepositoryGroup]:
         groups = await info.context.loaders.workspace_groups.load(UUID(self.id))
         return [RepositoryGroup.from_model(g) for g in groups]
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="Tokens and money its runs used: in all, per day and per agent type and model."
+    )
+    async def usage(
+        self,
+        info: GqlInfo,
+        days: Annotated[
+            int,
+            strawberry.argument(
+                description=f"The last this many days (UTC), today included: 1 to "
+                f"{usage_service.MAX_DAYS}."
+            ),
+        ] = usage_service.DEFAULT_DAYS,
+    ) -> WorkspaceUsage:
+        found = await usage_service.workspace_usage(
+            actor=await info.context.actor(), workspace_id=UUID(self.id), days=days
+        )
+        return WorkspaceUsage.from_usage(found)
 
 
 @strawberry.type

@@ -1,6 +1,5 @@
 """The fleet's GraphQL types, shared by the ``workers`` query and the ``workerUpdated``
-subscription (a module of their own: ``AiAgentType`` lives in ``task_types``, which imports
-``types``)."""
+subscription."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from uuid import UUID
 import strawberry
 
 from delidev import models as m
-from delidev.graphql.task_types import AiAgentType
+from delidev.graphql.enums import AiAgentType
 
 WorkerStatus = strawberry.enum(m.WorkerStatus, name="WorkerStatus")
 

@@ -275,6 +275,12 @@ async def world(
                 },
             )
             tenant.ids["tty"] = asked["request"]["id"]
+            # Usage under a model name of the tenant's own: the other must never see it.
+            tenant.ids["usage_model"] = f"{login}-model"
+            await worker["api"].ok(
+                "WorkerService/ReportUsage",
+                {**_lease(worker), **USAGE[login], "model": tenant.ids["usage_model"]},
+            )
         alice, mallory = tenants
         yield World(server, tenant_database, alice, mallory, workers)
     finally:
@@ -284,6 +290,13 @@ async def world(
             await api.close()
         FLEET.clear()
         server.stop()
+
+
+# What each tenant's run reports (int64 fields are strings in Connect JSON).
+USAGE = {
+    "alice": {"reportId": "r1", "inputTokens": "1000", "costMicros": "1234567"},
+    "mallory": {"reportId": "r1", "inputTokens": "20", "costMicros": "7654321"},
+}
 
 
 def _lease(worker: dict[str, Any]) -> dict[str, Any]:
@@ -381,6 +394,8 @@ def connect_refusals(a: dict[str, str], own: dict[str, str]) -> list[tuple[str, 
     ``own`` holds mallory's ids, for calls that mix her objects with alice's."""
     return [
         ("WorkspaceService/Get", {"workspaceId": a["workspace"]}),
+        ("WorkspaceService/GetUsage", {"workspaceId": a["workspace"]}),
+        ("WorkspaceService/GetUsage", {"workspaceId": a["workspace"], "days": 366}),
         ("WorkspaceService/Update", {"workspaceId": a["workspace"], "name": "stolen"}),
         ("WorkspaceService/Delete", {"workspaceId": a["workspace"]}),
         (
@@ -536,6 +551,14 @@ def graphql_refusals(a: dict[str, str], own: dict[str, str]) -> list[tuple[str, 
         ("task", f'{{ task(id: "{unit}") {{ __typename }} }}'),
         ("task", f'{{ task(id: "{composite}") {{ __typename }} }}'),
         ("session", f'{{ session(id: "{session}") {{ id }} }}'),
+        ("workspace", f'{{ workspace(id: "{ws}") {{ usage {{ total {{ costMicros }} }} }} }}'),
+        (
+            "workspace",
+            f'{{ workspace(id: "{ws}") {{ usage(days: 366) {{ models {{ model }} }} }} }}',
+        ),
+        ("task", f'{{ task(id: "{unit}") {{ usage {{ costMicros }} }} }}'),
+        ("task", f'{{ task(id: "{composite}") {{ usage {{ costMicros }} }} }}'),
+        ("session", f'{{ session(id: "{session}") {{ usage {{ costMicros }} }} }}'),
         ("ttyInputRequests", f'{{ ttyInputRequests(workspaceId: "{ws}") {{ totalCount }} }}'),
         ("ttyInputRequests", f'{{ ttyInputRequests(taskId: "{unit}") {{ totalCount }} }}'),
         ("ttyInputRequests", f'{{ ttyInputRequests(sessionId: "{session}") {{ totalCount }} }}'),
@@ -765,6 +788,58 @@ async def test_lists_and_every_nested_field_show_only_ones_own(world: World) -> 
         # The walk does reach everything the owner has (so the check above can fail).
         missing = [k for k, v in me.ids.items() if v not in seen]
         assert not missing, f"the walk never reached {missing}"
+
+
+async def test_usage_counts_and_shows_only_for_ones_own_runs(world: World) -> None:
+    """A worker reports usage only into the run it holds: naming another tenant's run, or
+    another worker's lease, is refused and counts nowhere. Each tenant's totals, on both
+    APIs, are its own."""
+    alice, mallory = world.alice, world.mallory
+    theirs = world.workers["mallory"]
+    report = {"reportId": "stolen", "model": "m", "costMicros": "1"}
+    before = await snapshot(world.database_url)
+    # Its own worker id and lease, alice's run: the lease does not hold that run.
+    stolen = await theirs["api"].call(
+        "WorkerService/ReportUsage",
+        {**_lease(theirs), "sessionId": alice.ids["session"], **report},
+    )
+    assert (stolen.status_code, stolen.json()["code"]) == (409, "aborted"), stolen.text
+    # Alice's worker id and lease, under its own credential.
+    borrowed = await theirs["api"].call(
+        "WorkerService/ReportUsage", {**_lease(world.workers["alice"]), **report}
+    )
+    assert (borrowed.status_code, borrowed.json()["code"]) == (401, "unauthenticated")
+    assert "alice" not in (stolen.text + borrowed.text).lower()
+    assert await snapshot(world.database_url) == before
+
+    for me in (alice, mallory):
+        sent = USAGE[me.ids["usage_model"].removesuffix("-model")]
+        got = await me.api.ok("WorkspaceService/GetUsage", {"workspaceId": me.ids["workspace"]})
+        assert got["total"] == {
+            "inputTokens": sent["inputTokens"],
+            "costMicros": sent["costMicros"],
+            "reports": "1",
+        }
+        assert [u["model"] for u in got["models"]] == [me.ids["usage_model"]]
+        body = await me.api.gql(
+            "query($w: ID!, $t: ID!, $s: ID!) { workspace(id: $w) { usage { total { costMicros }"
+            " models { model } } } task(id: $t) { usage { costMicros } }"
+            " session(id: $s) { usage { costMicros } } }",
+            {"w": me.ids["workspace"], "t": me.ids["unit"], "s": me.ids["session"]},
+        )
+        cost = int(sent["costMicros"])
+        assert body == {
+            "data": {
+                "workspace": {
+                    "usage": {
+                        "total": {"costMicros": cost},
+                        "models": [{"model": me.ids["usage_model"]}],
+                    }
+                },
+                "task": {"usage": {"costMicros": cost}},
+                "session": {"usage": {"costMicros": cost}},
+            }
+        }, body
 
 
 # -- subscriptions ---------------------------------------------------------------------------
