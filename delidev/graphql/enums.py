@@ -9,3 +9,8 @@ import strawberry
 from delidev import models as m
 
 AiAgentType = strawberry.enum(m.AiAgentType, name="AiAgentType")
+BudgetPeriod = strawberry.enum(
+    m.BudgetPeriod,
+    name="BudgetPeriod",
+    description="What a workspace's budget covers: the calendar month (UTC) or the last 30 days.",
+)

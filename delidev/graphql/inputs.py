@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
-from delidev.graphql.enums import AiAgentType
+from delidev.graphql.enums import AiAgentType, BudgetPeriod
 from delidev.graphql.task_types import TaskPriority
 from delidev.graphql.types import TodoItemSource, VcsProviderType
 
@@ -15,6 +15,18 @@ class CreateWorkspaceInput:
     description: str | None = None
     max_concurrent_jobs: int | None = strawberry.field(
         default=None, description="At most this many of its jobs run at once; null or 0: no cap."
+    )
+    monthly_budget_micros: float | None = strawberry.field(
+        default=None, description="Micros of USD (an integer); null or 0: none."
+    )
+    budget_period: BudgetPeriod | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        default=None, description="null: the calendar month."
+    )
+    task_budget_micros: float | None = strawberry.field(
+        default=None, description="Micros of USD (an integer); null or 0: none."
+    )
+    budget_warning_percent: int | None = strawberry.field(
+        default=None, description="1 to 100; null: 80."
     )
 
 
@@ -27,6 +39,18 @@ class UpdateWorkspaceInput:
     )
     max_concurrent_jobs: int | None = strawberry.field(
         default=None, description="null: unchanged; 0: the cap is removed."
+    )
+    monthly_budget_micros: float | None = strawberry.field(
+        default=None, description="Micros of USD (an integer); null: unchanged; 0: removed."
+    )
+    budget_period: BudgetPeriod | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        default=None, description="null: unchanged."
+    )
+    task_budget_micros: float | None = strawberry.field(
+        default=None, description="Micros of USD (an integer); null: unchanged; 0: removed."
+    )
+    budget_warning_percent: int | None = strawberry.field(
+        default=None, description="1 to 100; null: unchanged."
     )
 
 

@@ -36,6 +36,19 @@ from delidev.graphql.types import (
 from delidev.services import repositories, sessions, tasks, todos, workspaces
 from delidev.services.common import parse_id
 
+_EXACT = 2**53  # the largest integer every Float (and a JavaScript number) holds exactly
+
+
+def micros(value: float | None, field: str) -> int | None:
+    """A money amount given as a Float: it must hold an integer. Raises: InvalidArgument."""
+    if value is None:
+        return None
+    if not float(value).is_integer() or abs(value) > _EXACT:
+        raise InvalidArgument(
+            f"{field} must be a whole number of micros (at most 2^53)", field=field
+        )
+    return int(value)
+
 
 def _todo_data(payload: CreateTodoItemInput) -> todos.TodoData:
     if (payload.issue_triage is None) == (payload.pr_review is None):
@@ -67,6 +80,10 @@ class Mutation:
             name=input.name,
             description=input.description,
             max_concurrent_jobs=input.max_concurrent_jobs,
+            monthly_budget_micros=micros(input.monthly_budget_micros, "monthlyBudgetMicros"),
+            budget_period=input.budget_period,
+            task_budget_micros=micros(input.task_budget_micros, "taskBudgetMicros"),
+            budget_warning_percent=input.budget_warning_percent,
         )
         return Workspace.from_model(ws)
 
@@ -78,6 +95,10 @@ class Mutation:
             name=input.name,
             description=input.description,
             max_concurrent_jobs=input.max_concurrent_jobs,
+            monthly_budget_micros=micros(input.monthly_budget_micros, "monthlyBudgetMicros"),
+            budget_period=input.budget_period,
+            task_budget_micros=micros(input.task_budget_micros, "taskBudgetMicros"),
+            budget_warning_percent=input.budget_warning_percent,
         )
         return Workspace.from_model(ws)
 

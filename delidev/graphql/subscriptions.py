@@ -63,6 +63,13 @@ class WorkerUpdate:
     worker: Worker | None
 
 
+@strawberry.type(description="Spending of a workspace reached its warning threshold.")
+class BudgetWarning:
+    workspace_id: strawberry.ID
+    spent_micros: float = strawberry.field(description="In the period so far (micros of USD).")
+    budget_micros: float
+
+
 def _fresh(info: GqlInfo) -> None:
     info.context.loaders = Loaders()
 
@@ -134,6 +141,23 @@ class Subscription:
         ):
             _fresh(info)
             yield TtyInputRequest.from_model(request)
+
+    @strawberry.subscription
+    async def budget_warnings(
+        self, info: GqlInfo, workspace_id: strawberry.ID
+    ) -> AsyncGenerator[BudgetWarning, None]:
+        """The workspace's spending reached its warning threshold (once per budget period)."""
+        ctx = info.context
+        async for warning in live.budget_warnings(
+            actor=await ctx.actor(),
+            bus=ctx.bus,
+            workspace_id=parse_id(workspace_id, "workspaceId"),
+        ):
+            yield BudgetWarning(
+                workspace_id=strawberry.ID(warning.workspace_id),
+                spent_micros=warning.spent_micros,
+                budget_micros=warning.budget_micros,
+            )
 
     @strawberry.subscription
     async def worker_updated(self, info: GqlInfo) -> AsyncGenerator[WorkerUpdate, None]:

@@ -15,6 +15,7 @@ from delidev.graphql.enums import AiAgentType
 from delidev.graphql.limits import LogReadBudget
 from delidev.graphql.types import GqlInfo
 from delidev.graphql.usage_types import Usage
+from delidev.services import estimates as estimate_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services.scheduling.waits import Wait
@@ -328,6 +329,43 @@ class UnitTask(Task, Scheduled):
         return Usage.from_usage(await info.context.loaders.tasks.unit_usage.load(UUID(self.id)))
 
 
+@strawberry.type(description="A figure's median and 90th percentile.")
+class Spread:
+    median: float
+    high: float
+
+    @classmethod
+    def of(cls, spread: estimate_service.Spread | None) -> Spread | None:
+        return None if spread is None else cls(median=spread.median, high=spread.high)
+
+
+@strawberry.type(
+    description="From the latest finished runs of unit tasks in the same repository group with"
+    " the same agent type: per node, and the plan (node cost times its nodes; node run time"
+    " times its longest dependency chain). samples = 0: no history, no figures."
+)
+class PlanEstimate:
+    samples: int
+    nodes: int
+    chain: int
+    node_cost_micros: Spread | None
+    node_seconds: Spread | None
+    cost_micros: Spread | None
+    seconds: Spread | None
+
+    @classmethod
+    def from_estimate(cls, e: estimate_service.PlanEstimate) -> PlanEstimate:
+        return cls(
+            samples=e.samples,
+            nodes=e.nodes,
+            chain=e.chain,
+            node_cost_micros=Spread.of(e.node_cost_micros),
+            node_seconds=Spread.of(e.node_seconds),
+            cost_micros=Spread.of(e.cost_micros),
+            seconds=Spread.of(e.seconds),
+        )
+
+
 @strawberry.type
 class CompositeTaskNode:
     id: strawberry.ID
@@ -378,6 +416,18 @@ class CompositeTask(Task, Scheduled):
     async def usage(self, info: GqlInfo) -> Usage:
         found = await info.context.loaders.tasks.composite_usage.load(UUID(self.id))
         return Usage.from_usage(found)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="While its plan waits for approval: what it will likely cost and how long"
+        " it will run, from comparable runs' history (null otherwise)."
+    )
+    async def estimate(self) -> PlanEstimate | None:
+        composite = self.model
+        assert isinstance(composite, m.CompositeTask)
+        if composite.status != m.CompositeTaskStatus.PENDING_APPROVAL:
+            return None
+        found = await estimate_service.estimate_plan(composite)
+        return None if found is None else PlanEstimate.from_estimate(found)
 
     @strawberry.field
     async def nodes(self, info: GqlInfo) -> list[CompositeTaskNode]:

@@ -11,6 +11,7 @@ from strawberry.types import Info
 
 from delidev import models as m
 from delidev.graphql.context import Context
+from delidev.graphql.enums import BudgetPeriod
 from delidev.graphql.usage_types import WorkspaceUsage
 from delidev.services import todos as todo_service
 from delidev.services import usage as usage_service
@@ -35,6 +36,25 @@ class Workspace:
     )
     created_at: datetime
     updated_at: datetime
+    monthly_budget_micros: float | None = strawberry.field(
+        description="What its runs may spend per budget period (micros of USD; a Float holding"
+        " an integer); null = no budget. Once spent, no new run starts until it is raised or"
+        " the period turns."
+    )
+    budget_period: BudgetPeriod  # type: ignore[valid-type]  # a strawberry enum
+    task_budget_micros: float | None = strawberry.field(
+        description="What one task may spend (a composite with its nodes); null = no limit."
+        " The runs of a task over it are asked to stop."
+    )
+    budget_warning_percent: int = strawberry.field(
+        description="A warning is raised once per period when spending reaches this share."
+    )
+    budget_warned_at: datetime | None = strawberry.field(
+        description="When the period's budget warning was raised."
+    )
+    budget_blocked_until: datetime | None = strawberry.field(
+        description="Set while over budget: no new run starts before this."
+    )
 
     @classmethod
     def from_model(cls, ws: m.Workspace) -> Workspace:
@@ -46,6 +66,12 @@ class Workspace:
             max_concurrent_jobs=ws.max_concurrent_jobs,
             created_at=ws.created_at,
             updated_at=ws.updated_at,
+            monthly_budget_micros=ws.monthly_budget_micros,
+            budget_period=ws.budget_period,
+            task_budget_micros=ws.task_budget_micros,
+            budget_warning_percent=ws.budget_warning_percent,
+            budget_warned_at=ws.budget_warned_at,
+            budget_blocked_until=ws.budget_blocked_until,
         )
 
     @strawberry.field

@@ -36,6 +36,7 @@ from delidev.services import sessions as session_service
 from delidev.services.live_updates import (
     TaskUpdate,
     WorkerUpdate,
+    budget_warnings,
     task_updates,
     tty_requests,
     worker_updates,
@@ -53,6 +54,7 @@ __all__ = [
     "Push",
     "TaskUpdate",
     "WorkerUpdate",
+    "budget_warnings",
     "check_from_offset",
     "task_updates",
     "tty_requests",

@@ -643,6 +643,10 @@ def subscription_refusals(a: dict[str, str]) -> list[tuple[str, str]]:
             "ttyInputRequested",
             f'subscription {{ ttyInputRequested(workspaceId: "{a["workspace"]}") {{ id }} }}',
         ),
+        (
+            "budgetWarnings",
+            f'subscription {{ budgetWarnings(workspaceId: "{a["workspace"]}") {{ spentMicros }} }}',
+        ),
     ]
 
 
@@ -663,7 +667,7 @@ GRAPHQL_SELF = {
 
 
 # Types only subscriptions return (tested with the subscriptions below).
-SUBSCRIPTION_ONLY_TYPES = {"LogChunk", "TaskUpdate", "WorkerUpdate"}
+SUBSCRIPTION_ONLY_TYPES = {"BudgetWarning", "LogChunk", "TaskUpdate", "WorkerUpdate"}
 
 
 def _schema() -> Any:
