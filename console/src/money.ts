@@ -16,3 +16,20 @@ export function dollars(micros: bigint | number | string, exact = false): string
   const cents = (v + 5_000n) / 10_000n;
   return `${sign}$${cents / 100n}.${(cents % 100n).toString().padStart(2, "0")}`;
 }
+
+/** "12m" / "2h 5m" / "40s". */
+export function duration(seconds: number): string {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.round(s / 60)}m`;
+  return `${Math.floor(s / 3600)}h ${Math.round((s % 3600) / 60)}m`;
+}
+
+/** What a plan will likely cost and take, or that there is no history to say. */
+export function estimateText(e: { samples: number; costMicros: { median: number; high: number } | null; seconds: { median: number; high: number } | null }): string {
+  if (!e.samples || !e.costMicros || !e.seconds) return "No history of comparable runs yet: no estimate.";
+  return (
+    `Likely ${dollars(e.costMicros.median)} (up to ${dollars(e.costMicros.high)}) and ` +
+    `${duration(e.seconds.median)} (up to ${duration(e.seconds.high)}), from ${e.samples} comparable run${e.samples === 1 ? "" : "s"}.`
+  );
+}

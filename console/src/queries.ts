@@ -4,7 +4,27 @@ export type UnitStatus = "IN_PROGRESS" | "IN_REVIEW" | "APPROVED" | "PR_OPEN" | 
 export type CompositeStatus = "PLANNING" | "PENDING_APPROVAL" | "IN_PROGRESS" | "DONE" | "REJECTED";
 export type SessionStatus = "QUEUED" | "RUNNING" | "SUCCEEDED" | "FAILED" | "STOPPED" | "LOST";
 
+export interface Usage {
+  costMicros: number;
+  inputTokens: number;
+  outputTokens: number;
+}
+
+export interface Spread {
+  median: number;
+  high: number;
+}
+
+export interface Estimate {
+  samples: number;
+  nodes: number;
+  chain: number;
+  costMicros: Spread | null;
+  seconds: Spread | null;
+}
+
 export interface Session {
+  usage: Usage;
   id: string;
   status: SessionStatus;
   kind: string;
@@ -37,6 +57,7 @@ export interface NodeSummary {
 
 export interface TaskSummary {
   __typename: "UnitTask" | "CompositeTask";
+  usage: Usage;
   id: string;
   workspaceId: string;
   repositoryGroupId: string;
@@ -62,6 +83,7 @@ export interface TaskDetail extends TaskSummary {
   executionAgentType?: string | null;
   planYaml?: string | null;
   planError?: string | null;
+  estimate?: Estimate | null;
   agentTask?: { aiAgentType: string | null; sessions: Session[] };
   planningTask?: { aiAgentType: string | null; sessions: Session[] };
 }
@@ -79,6 +101,7 @@ const LATEST = "latestSession { id status attempt error }";
 export const TASK_SUMMARY = `
   fragment TaskSummary on Task {
     __typename id workspaceId repositoryGroupId title prompt createdAt updatedAt
+    usage { costMicros inputTokens outputTokens }
     ... on UnitTask { unitStatus: status priority compositeTaskId linkedPrUrl ${WAIT} ${LATEST} }
     ... on CompositeTask {
       compositeStatus: status priority ${WAIT} ${LATEST}
@@ -87,7 +110,9 @@ export const TASK_SUMMARY = `
   }`;
 
 const SESSION = `id status kind attempt error failureKind aiAgentType workerId stopRequested
-  createdAt startedAt completedAt`;
+  createdAt startedAt completedAt usage { costMicros inputTokens outputTokens }`;
+
+const ESTIMATE = `estimate { samples nodes chain costMicros { median high } seconds { median high } }`;
 
 export const TASK_DETAIL = `
   ${TASK_SUMMARY}
@@ -98,7 +123,7 @@ export const TASK_DETAIL = `
       agentTask { aiAgentType sessions { ${SESSION} } }
     }
     ... on CompositeTask {
-      requiredLabels executionAgentType planYaml planError
+      requiredLabels executionAgentType planYaml planError ${ESTIMATE}
       planningTask { aiAgentType sessions { ${SESSION} } }
     }
   }`;
@@ -212,7 +237,7 @@ export const PENDING_PLANS = `
   ${TASK_SUMMARY}
   query PendingPlans($workspaceId: ID!) {
     tasks(workspaceId: $workspaceId, kind: COMPOSITE, compositeStatus: PENDING_APPROVAL, first: 100) {
-      edges { node { ...TaskSummary ... on CompositeTask { planYaml } } }
+      edges { node { ...TaskSummary ... on CompositeTask { planYaml ${ESTIMATE} } } }
     }
   }`;
 

@@ -129,6 +129,8 @@ async def test_a_composite_plan_is_approved_and_its_nodes_run(
         await page.get_by_test_id("nav-inbox").click()
         plan = page.get_by_test_id("plan")
         await expect(plan).to_contain_text("3 planned tasks")
+        # Nothing comparable has run in this group yet: no made-up figure.
+        await expect(plan.get_by_test_id("plan-estimate")).to_contain_text("No history")
         await plan.get_by_role("button", name="Approve plan").click()
         await expect(page.get_by_text("No plan is waiting for approval.")).to_be_visible()
         await page.get_by_test_id("nav-board").click()

@@ -16,6 +16,7 @@ import {
 } from "../queries";
 import { go, href } from "../router";
 import { useStore } from "../store";
+import { dollars } from "../money";
 import { Dag } from "./Dag";
 
 const COLUMNS: { title: string; statuses: string[] }[] = [
@@ -164,6 +165,7 @@ function TaskCard({ task }: { task: TaskSummary }) {
         {task.__typename === "CompositeTask" && <span class="badge">composite</span>}
         {task.priority !== "NORMAL" && <span class="badge">{label(task.priority)}</span>}
         {s && <span class={`badge session-${s.status.toLowerCase()}`}>run {label(s.status)}</span>}
+        {task.usage.costMicros > 0 && <span class="badge" title="cost so far">{dollars(task.usage.costMicros)}</span>}
         <span class="muted">{ago(task.updatedAt)}</span>
       </span>
       {task.wait && (

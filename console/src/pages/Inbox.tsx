@@ -9,15 +9,17 @@ import {
   PENDING_TTY,
   TASK_UPDATED,
   TTY_REQUESTED,
+  type Estimate,
   type TaskSummary,
   type TtyRequest,
   normalize,
 } from "../queries";
+import { estimateText } from "../money";
 import { href } from "../router";
 import { store, useStore } from "../store";
 
 const questions = store<TtyRequest[]>([]);
-const plans = store<(TaskSummary & { planYaml?: string | null })[]>([]);
+const plans = store<(TaskSummary & { planYaml?: string | null; estimate?: Estimate | null })[]>([]);
 export const pendingCount = store(0);
 
 function recount(): void {
@@ -29,7 +31,7 @@ plans.subscribe(recount);
 async function reload(workspaceId: string): Promise<void> {
   const [tty, pending] = await Promise.all([
     gql<{ ttyInputRequests: { items: TtyRequest[] } }>(PENDING_TTY, { workspaceId }),
-    gql<{ tasks: { edges: { node: TaskSummary & { planYaml?: string | null } }[] } }>(PENDING_PLANS, { workspaceId }),
+    gql<{ tasks: { edges: { node: TaskSummary & { planYaml?: string | null; estimate?: Estimate | null } }[] } }>(PENDING_PLANS, { workspaceId }),
   ]);
   questions.set(tty.ttyInputRequests.items);
   plans.set(pending.tasks.edges.map((e) => normalize(e.node)));
@@ -209,12 +211,12 @@ function Question({ q }: { q: TtyRequest }) {
 }
 
 /** Tasks in a plan not approved yet (its nodes exist only once it is): the YAML's entries. */
-function plannedTasks(task: TaskSummary & { planYaml?: string | null }): number {
+function plannedTasks(task: TaskSummary & { planYaml?: string | null; estimate?: Estimate | null }): number {
   if (task.nodes?.length) return task.nodes.length;
   return task.planYaml?.match(/^\s*-\s+id:/gm)?.length ?? 0;
 }
 
-export function PlanCard({ task }: { task: TaskSummary & { planYaml?: string | null } }) {
+export function PlanCard({ task }: { task: TaskSummary & { planYaml?: string | null; estimate?: Estimate | null } }) {
   const [error, setError] = useState<string | null>(null);
   const act = async (what: "approve" | "reject") => {
     setError(null);
@@ -232,6 +234,7 @@ export function PlanCard({ task }: { task: TaskSummary & { planYaml?: string | n
         <a href={href({ page: "task", id: task.id })}>{titleOf(task)}</a>
       </p>
       <p class="meta">{plannedTasks(task)} planned tasks</p>
+      {task.estimate && <p class="meta" data-testid="plan-estimate">{estimateText(task.estimate)}</p>}
       {task.planYaml && (
         <details>
           <summary>The plan</summary>

@@ -7,6 +7,7 @@ import { TASK, TASK_UPDATED, normalize, type Session, type TaskDetail } from "..
 import { go } from "../router";
 import { useStore } from "../store";
 import { UnitTaskStatus } from "../gen/delidev/v1/task_pb";
+import { dollars, estimateText } from "../money";
 import { Dag } from "./Dag";
 import { LogView } from "./LogView";
 
@@ -90,6 +91,19 @@ export function TaskPage({ id }: { id: string }) {
         </dd>
         <dt>Priority</dt>
         <dd>{label(task.priority)}</dd>
+        <dt>Cost</dt>
+        <dd data-testid="task-cost">
+          {dollars(task.usage.costMicros)}{" "}
+          <span class="muted">
+            ({task.usage.inputTokens.toLocaleString("en-US")} tokens in, {task.usage.outputTokens.toLocaleString("en-US")} out)
+          </span>
+        </dd>
+        {task.estimate && (
+          <>
+            <dt>Estimate</dt>
+            <dd data-testid="task-estimate">{estimateText(task.estimate)}</dd>
+          </>
+        )}
         {task.branchName && (
           <>
             <dt>Branch</dt>
@@ -157,6 +171,7 @@ export function TaskPage({ id }: { id: string }) {
                 <th>Kind</th>
                 <th>Outcome</th>
                 <th>Started</th>
+                <th>Cost</th>
                 <th>Error</th>
               </tr>
             </thead>
@@ -192,6 +207,7 @@ function SessionRow({ s, selected, onSelect }: { s: Session; selected: boolean; 
         {s.stopRequested && ACTIVE.has(s.status) && <span class="muted"> stopping…</span>}
       </td>
       <td>{ago(s.startedAt ?? s.createdAt)}</td>
+      <td>{dollars(s.usage.costMicros)}</td>
       <td>
         {s.failureKind && <span class="badge">{label(s.failureKind)}</span>} {s.error}
       </td>
