@@ -70,6 +70,11 @@ class Loaders:
         return DataLoader(_load_group_members)
 
     @cached_property
+    def workspace_usage(self) -> DataLoader[tuple[UUID, int], usage.WorkspaceUsage]:
+        """By (workspace id, days): the workspaces of a list in two statements."""
+        return DataLoader(_load_workspace_usage)
+
+    @cached_property
     def tasks(self) -> TaskLoaders:
         return TaskLoaders()
 
@@ -116,6 +121,14 @@ async def _load_nodes(keys: list[UUID]) -> list[list[tasks.NodeView]]:
 
 async def _load_session_usage(keys: list[UUID]) -> list[usage.Usage]:
     return _ordered(keys, await usage.session_usage(keys), usage.NONE)
+
+
+async def _load_workspace_usage(keys: list[tuple[UUID, int]]) -> list[usage.WorkspaceUsage]:
+    found: dict[tuple[UUID, int], usage.WorkspaceUsage] = {}
+    for days in {d for _, d in keys}:
+        batch = await usage.workspaces_usage([w for w, d in keys if d == days], days)
+        found |= {(w, days): u for w, u in batch.items()}
+    return [found[key] for key in keys]
 
 
 async def _load_unit_usage(keys: list[UUID]) -> list[usage.Usage]:

@@ -98,10 +98,10 @@ class Workspace:
             ),
         ] = usage_service.DEFAULT_DAYS,
     ) -> WorkspaceUsage:
-        found = await usage_service.workspace_usage(
-            actor=await info.context.actor(), workspace_id=UUID(self.id), days=days
-        )
-        return WorkspaceUsage.from_usage(found)
+        # The workspace was shown to this caller already (owned): a list of them is read in
+        # two statements through the loader.
+        key = (UUID(self.id), usage_service.check_days(days))
+        return WorkspaceUsage.from_usage(await info.context.loaders.workspace_usage.load(key))
 
 
 @strawberry.type

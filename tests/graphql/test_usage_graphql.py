@@ -329,3 +329,32 @@ async def test_a_usage_report_reaches_the_task_subscription(
         "reports": reports + 1,
     }
     assert sent.session_usage.input_tokens == BIG
+
+
+async def test_a_workspace_list_with_usage_costs_a_fixed_number_of_statements(
+    http: httpx.AsyncClient, sql_counter: SqlCounter
+) -> None:
+    async def statements() -> int:
+        sql_counter.reset()
+        data = await _gql(
+            http,
+            "{ workspaces(limit: 500) { items { id usage { total { costMicros } }"
+            " week: usage(days: 7) { total { reports } } } } }",
+        )
+        assert all(w["usage"]["total"]["costMicros"] == 5 for w in data["workspaces"]["items"])
+        return sum("usage_records" in s for s in sql_counter.statements)
+
+    async def add(count: int) -> None:
+        for _ in range(count):
+            ws = await make_workspace()
+            group = await make_group(ws, [await make_repository(ws)])
+            unit = await tasks.create_unit_task(
+                actor=LOCAL_USER, repository_group_id=group.id, prompt="u"
+            )
+            await _used(await latest_session(unit.agent_task_id), unit=unit.id, cost_micros=5)
+
+    await add(2)
+    few = await statements()
+    assert few == 4  # two periods asked for, two statements each
+    await add(10)
+    assert await statements() == few
