@@ -331,3 +331,25 @@ async def test_a_chunk_over_the_limit_is_refused() -> None:
 
 def test_the_service_defaults_are_the_settings_defaults() -> None:
     assert LogLimits() == LogLimits.of(Settings())
+
+
+async def test_the_ingested_bytes_metric_counts_only_what_was_stored() -> None:
+    """A call refused after its chunks were written is rolled back: it counts nothing (the
+    metric once counted before the commit, so a cut-off or refused call inflated it)."""
+    from delidev import metrics
+
+    session = await _running()
+    limits = LogLimits(max_chars=10, chunk_max_chars=8, sequence_window=8)
+    before = metrics.LOG_BYTES._value.get()
+    await sessions.append_log(
+        session_id=session.id, chunks=[LogChunkIn(0, "abcdef")], limits=limits
+    )
+    assert metrics.LOG_BYTES._value.get() == before + 6
+    # Waiting for sequence 1, chunks 2 and 3 would hold 16 characters: refused, rolled back.
+    with pytest.raises(InvalidArgument):
+        await sessions.append_log(
+            session_id=session.id,
+            chunks=[LogChunkIn(2, "12345678"), LogChunkIn(3, "12345678")],
+            limits=limits,
+        )
+    assert metrics.LOG_BYTES._value.get() == before + 6

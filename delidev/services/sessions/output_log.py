@@ -146,7 +146,6 @@ async def append_log(
             return session
         _check_window(incoming, session.log_next_sequence, limits)
         pending = await _store_pending(session, incoming)
-        metrics.log_ingested(sum(len(data.encode()) for data in incoming.values()))
         size, next_seq = await _place_pending(session, pending, hold)
         _check_waiting(pending, next_seq, limits)
         if next_seq != session.log_next_sequence:
@@ -156,7 +155,11 @@ async def append_log(
                 **common.changed(log_size=size, log_next_sequence=next_seq)
             )
             events.publish(events.LogAppended(session_id=str(session.id), log_size=size))
-        return await get_row(m.AgentSession, id=session.id)
+        stored = await get_row(m.AgentSession, id=session.id)
+    # Counted once committed: a call cut off mid-way (its worker killed) or refused after
+    # the chunks were written is rolled back, and stored nothing (it once counted them).
+    metrics.log_ingested(sum(len(data.encode()) for data in incoming.values()))
+    return stored
 
 
 def _check_chunks(chunks: Sequence[LogChunkIn], limits: LogLimits) -> None:
