@@ -5,6 +5,7 @@ reports from two replicas at once, and the Prometheus counters."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -392,3 +393,41 @@ async def test_two_replicas_count_concurrent_reports_once_each(
             await direct.close()
             for client in (api, api_b, other):
                 await client.close()
+
+
+# The reference worker's usage arithmetic, without a server ------------------------------------
+
+
+def test_report_costs_add_up_to_the_cost_of_their_sum_and_input_grows_with_the_context() -> None:
+    meter = worker_sim.Meter(
+        session_id="s", model="claude-opus-4", agent_type="claude_code", prompt="x", every=1
+    )
+    reports = []
+    for i in range(200):
+        meter.wrote(f"line {i}\n")
+        if meter.due:
+            report = meter.next_report()
+            assert report is not None
+            reports.append(report)
+    assert meter.next_report() is None  # nothing written since the last report
+    assert [r.report_id for r in reports] == [f"s-{n}" for n in range(1, 201)]
+    sent = sum((r.spent for r in reports), worker_sim.Spent())
+    price = worker_sim.PRICES["claude-opus-4"]
+    # Each report rounds down its share only: no micro lost or gained over 200 reports.
+    assert sent.cost_micros == worker_sim.usage.cost_micros(sent, price)
+    later = [r.spent.input_tokens for r in reports[1:]]
+    assert later == sorted(later)
+    assert later[-1] > later[0]
+    per_million = [dataclasses.astuple(p) for p in worker_sim.PRICES.values()]
+    assert all(type(n) is int for prices in per_million for n in prices)  # no floats for money
+
+
+def test_the_usage_options() -> None:
+    options, _, _ = worker_sim.parse_args(
+        ["--usage", "--usage-model", "claude-opus-4", "--usage-every", "3"]
+    )
+    assert (options.usage, options.usage_model, options.usage_every) == (True, "claude-opus-4", 3)
+    options, _, _ = worker_sim.parse_args([])
+    assert (options.usage, options.usage_model) == (False, None)
+    with pytest.raises(SystemExit):
+        worker_sim.parse_args(["--usage-every", "0"])
