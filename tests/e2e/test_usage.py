@@ -184,6 +184,23 @@ async def test_a_killed_worker_keeps_what_it_reported_and_the_next_run_counts_it
     assert usage(done["usage"]) == summed(kept, report["usage"])
 
 
+async def test_the_usage_directive_turns_usage_on_for_one_job(
+    server: Server, api: Connect, tmp_path: Path
+) -> None:
+    group = await api.group()
+    metered = await api.unit(group, "metered [sim:usage=3] [sim:lines=4]")
+    plain = await api.unit(group, "plain [sim:lines=4]")
+    sim = Sim(server.base, tmp_path, "plain", "--idle-exit", "2", "--wait-ms", "300", *FAST)
+    report = await asyncio.to_thread(sim.wait, 60)
+    assert report["succeeded"] == 2
+    (run,) = _sessions(await api.task(metered["id"]))
+    # 2 + 4 lines, a report every 3.
+    assert list(report["usage_by_session"]) == [run["id"]]
+    assert usage(run["usage"]) == report["usage"]
+    assert report["usage"]["reports"] == 2
+    assert usage((await api.task(plain["id"])).get("usage")) == usage(None)
+
+
 class _LosingAnswers(WorkerServiceClient):
     """The generated client, over real HTTP; the first answer of each of the first
     ``lose`` usage reports is lost on the way back (the server did count the report)."""
