@@ -365,7 +365,7 @@ class SimWorker:
                 answer = await self.ask(job, out, kind=rules["tty"] or "text")
                 await out.write(f"[sim] got an answer of {len(answer or '')} characters\n")
             hang = "hang-first" in rules and job.attempt == 1
-            await out.pause()  # what a run used before it waits is counted even if it dies
+            await out.report_usage()  # what it used before it waits counts even if it dies
             deadline = time.monotonic() + (float("inf") if hang else float(rules.get("sleep") or 0))
             while time.monotonic() < deadline:
                 self._check_stop(job)
@@ -514,8 +514,12 @@ class _Output:
                 await self.w.report_usage(self.job, self.meter)
 
     async def pause(self) -> None:
-        """Before the run waits or ends: ships the output and reports the usage so far."""
+        """Before the run waits for an answer or ends: ships the output and reports the
+        usage so far."""
         await self.flush()
+        await self.report_usage()
+
+    async def report_usage(self) -> None:
         if self.meter is not None:
             await self.w.report_usage(self.job, self.meter)
 
