@@ -20,6 +20,7 @@ from opentelemetry import trace
 from delidev import tracing
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.worker_sim.options import AGENT_TYPES, Options, Stats
+from delidev.worker_sim.usage import Spent
 from delidev.worker_sim.worker import SimWorker
 
 
@@ -54,11 +55,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]
     p.add_argument(
         "--retry-max", type=float, default=10.0, help="longest back-off after errors, seconds"
     )
+    p.add_argument(
+        "--usage",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="report plausible token usage and cost as runs go",
+    )
+    p.add_argument(
+        "--usage-model",
+        default=None,
+        help="the model runs bill (default: the task's, else one per agent type)",
+    )
+    p.add_argument("--usage-every", type=int, default=5, help="lines between usage reports")
     p.add_argument("--report", default=None, help="write the sessions run as JSON to this file")
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     if not 0.0 <= a.fail_rate <= 1.0:
         p.error("--fail-rate must be between 0 and 1")
+    if a.usage_every < 1:
+        p.error("--usage-every must be at least 1")
     options = Options(
         server=a.server,
         name=a.name,
@@ -77,9 +92,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, int, str | None]
         poll=a.poll,
         agent_types=tuple(AGENT_TYPES[t] for t in a.agent_type),
         labels=tuple(a.label),
+        usage=a.usage,
+        usage_model=a.usage_model,
+        usage_every=a.usage_every,
     )
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(message)s")
     return options, max(1, a.workers), a.report
+
+
+_REPORT_ONLY = ("sessions", "usage_by_session")  # in the --report file, not on stdout
 
 
 def _stop_all(fleet: list[SimWorker]) -> None:
@@ -139,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         "lines": sum(st.lines for st in stats),
         "pushed": sum(st.pushed for st in stats),
     }
+    by_session = {s: spent for st in stats for s, spent in st.usage.items()}
+    if by_session:  # only with usage on: the summary of a run without it stays as it was
+        summary["usage"] = sum(by_session.values(), Spent()).as_dict()
+        summary["usage_by_session"] = {s: spent.as_dict() for s, spent in by_session.items()}
     if report:
         with open(report, "w") as f:
             json.dump(summary, f)
-    print(json.dumps({k: v for k, v in summary.items() if k != "sessions"}))
+    print(json.dumps({k: v for k, v in summary.items() if k not in _REPORT_ONLY}))
     return 0
 
 

@@ -10,6 +10,7 @@ from typing import TypeVar
 from connectrpc.code import Code
 
 from delidev.connect.gen.delidev.v1 import common_pb, task_pb
+from delidev.worker_sim.usage import Spent
 
 log = logging.getLogger("delidev.worker_sim")
 S = task_pb.AgentSessionStatus
@@ -76,6 +77,12 @@ class Options:
     labels: tuple[str, ...] = ()
     stream_timeout_ms: int = 300_000
     """A Watch stream is renewed this often (a fresh call, no back-off)."""
+    usage: bool = False
+    """Report usage as runs go (``[sim:usage]`` turns it on for one job, ``=off`` off)."""
+    usage_model: str | None = None
+    """The model every run bills; None: the task's model, else its agent type's default."""
+    usage_every: int = 5
+    """Lines written between usage reports."""
 
 
 @dataclass
@@ -93,3 +100,5 @@ class Stats:
     lines: int = 0
     pushed: int = 0
     """Jobs that arrived on the Watch stream (the rest came from GetTask)."""
+    usage: dict[str, Spent] = field(default_factory=dict)
+    """Per session: the usage reports the server answered (counted now or before)."""

@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from protobuf import Oneof
 
-from delidev.connect.gen.delidev.v1 import session_pb, task_pb, worker_pb
+from delidev.connect.gen.delidev.v1 import common_pb, session_pb, task_pb, worker_pb
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceClient
 from delidev.worker_sim.options import (
     TRANSIENT,
@@ -34,6 +34,7 @@ from delidev.worker_sim.options import (
     log,
     plan_yaml,
 )
+from delidev.worker_sim.usage import Meter, Spent, default_model
 
 _tracer = trace.get_tracer(__name__)  # the API's proxy: the SDK's tracer once one is installed
 
@@ -341,7 +342,7 @@ class SimWorker:
                 ),
             )
             secrets = dict(got.secrets)
-        out = _Output(self, job)
+        out = _Output(self, job, self._meter(job, rules.get("usage")))
         status, error, plan = S.SUCCEEDED, None, None
         try:
             await out.write(f"[sim] {self.o.name} starts attempt {job.attempt}\n")
@@ -364,6 +365,7 @@ class SimWorker:
                 answer = await self.ask(job, out, kind=rules["tty"] or "text")
                 await out.write(f"[sim] got an answer of {len(answer or '')} characters\n")
             hang = "hang-first" in rules and job.attempt == 1
+            await out.report_usage()  # what it used before it waits counts even if it dies
             deadline = time.monotonic() + (float("inf") if hang else float(rules.get("sleep") or 0))
             while time.monotonic() < deadline:
                 self._check_stop(job)
@@ -379,13 +381,55 @@ class SimWorker:
         except Stopped:
             status = S.STOPPED
             await out.write("[sim] stopped on request\n")
-        await out.flush()
+        await out.pause()
         return status, error, plan
+
+    def _meter(self, job: worker_pb.Job, directive: str | None) -> Meter | None:
+        """How this job reports usage (None: it does not): ``--usage`` options, or the
+        job's ``[sim:usage]``, ``[sim:usage=N]`` (every N lines), ``[sim:usage=off]``."""
+        every = self.o.usage_every
+        if directive == "off" or (directive is None and not self.o.usage):
+            return None
+        if directive:
+            every = int(directive)
+        agent_type = common_pb.AiAgentType(job.ai_agent_type).name.lower()
+        model = self.o.usage_model or job.ai_agent_model or default_model(agent_type)
+        return Meter(
+            session_id=job.session_id,
+            model=model,
+            agent_type=agent_type,
+            prompt=job.prompt,
+            every=every,
+        )
+
+    async def report_usage(self, job: worker_pb.Job, meter: Meter) -> None:
+        """Reports what the run used since its last report, if anything. A retry sends the
+        same report (the same id): the server counts it once. Raises: JobLost."""
+        report = meter.next_report()
+        if report is None:
+            return
+        spent = report.spent
+        request = worker_pb.ReportUsageRequest(
+            worker_id=self.worker_id,
+            session_id=job.session_id,
+            lease_token=job.lease_token,
+            report_id=report.report_id,
+            model=report.model,
+            input_tokens=spent.input_tokens,
+            output_tokens=spent.output_tokens,
+            cache_read_tokens=spent.cache_read_tokens,
+            cache_write_tokens=spent.cache_write_tokens,
+            cost_micros=spent.cost_micros,
+        )
+        await self._job_call(
+            "ReportUsage", lambda: self.client.report_usage(request, headers=self._headers())
+        )
+        self.stats.usage[job.session_id] = self.stats.usage.get(job.session_id, Spent()) + spent
 
     async def ask(self, job: worker_pb.Job, out: _Output, *, kind: str = "text") -> str | None:
         """Asks the question ``kind`` names (text, password, select or confirm) and waits
         for its answer."""
-        await out.flush()
+        await out.pause()
         input_type, prompt, options = TTY_QUESTIONS.get(kind, TTY_QUESTIONS["text"])
         asked = await self._job_call(
             "RequestTtyInput",
@@ -450,10 +494,11 @@ class SimWorker:
 
 
 class _Output:
-    """Buffers output and ships it in numbered chunks every ``chunk_interval`` seconds."""
+    """Buffers output and ships it in numbered chunks every ``chunk_interval`` seconds;
+    with usage on, reports usage every so many lines."""
 
-    def __init__(self, worker: SimWorker, job: worker_pb.Job) -> None:
-        self.w, self.job = worker, job
+    def __init__(self, worker: SimWorker, job: worker_pb.Job, meter: Meter | None) -> None:
+        self.w, self.job, self.meter = worker, job, meter
         self.buffer: list[str] = []
         self.sequence = 0
         self.last_flush = time.monotonic()
@@ -463,6 +508,20 @@ class _Output:
         self.w.stats.lines += text.count("\n")
         if time.monotonic() - self.last_flush >= self.w.o.chunk_interval:
             await self.flush()
+        if self.meter is not None:
+            self.meter.wrote(text)
+            if self.meter.due:
+                await self.w.report_usage(self.job, self.meter)
+
+    async def pause(self) -> None:
+        """Before the run waits for an answer or ends: ships the output and reports the
+        usage so far."""
+        await self.flush()
+        await self.report_usage()
+
+    async def report_usage(self) -> None:
+        if self.meter is not None:
+            await self.w.report_usage(self.job, self.meter)
 
     async def flush(self) -> None:
         self.last_flush = time.monotonic()
