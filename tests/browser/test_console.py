@@ -53,7 +53,7 @@ async def test_a_task_from_setup_to_approval(
     # No worker yet: the page says why the task waits.
     await expect(page.get_by_test_id("task-wait")).to_contain_text("no capable worker")
 
-    sim = Sim(server.base, tmp_path, "laptop-1", "--lines-per-second", "40")
+    sim = Sim(server.base, tmp_path, "laptop-1", "--lines-per-second", "40", "--usage")
     try:
         # The live log arrives, coloured.
         log = page.get_by_test_id("log")
@@ -83,6 +83,9 @@ async def test_a_task_from_setup_to_approval(
         await expect(page.get_by_test_id("task-status")).to_have_text("in review")
         await expect(page.get_by_test_id("log")).to_contain_text("got an answer of 4 characters")
         await expect(page.get_by_test_id("log-state")).to_have_text("complete")
+        # What the run reported using, in dollars and tokens.
+        await expect(page.get_by_test_id("task-cost")).to_contain_text("tokens in")
+        await expect(page.get_by_test_id("task-cost")).not_to_contain_text("$0.00 ")
         await screenshot(page, tmp_path, "task")
 
         await page.get_by_role("button", name="Approve", exact=True).click()
