@@ -218,3 +218,28 @@ async def test_budgets_are_set_from_the_setup_page(page: Page, server: Server) -
     await budgets.get_by_label("Workspace budget (USD)").fill("999999999999")
     await budgets.get_by_role("button", name="Save budgets").click()
     await expect(budgets.get_by_role("alert")).to_contain_text("monthly_budget_micros")
+
+
+async def test_select_and_confirm_questions_are_answered_with_a_click(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    api = Connect(server.base)
+    group = await api.group()
+    await page.goto(f"{server.base}/#/inbox")
+    sim = Sim(server.base, tmp_path, "w", "--lines-per-second", "0")
+    try:
+        select = await api.unit(group, "[sim:lines=1] [sim:tty=select]")
+        question = page.get_by_test_id("question").filter(has_text="Which database?")
+        await question.get_by_role("button", name="postgres").click()
+        await expect(page.get_by_test_id("no-questions")).to_be_visible()
+        confirm = await api.unit(group, "[sim:lines=1] [sim:tty=confirm]")
+        question = page.get_by_test_id("question").filter(has_text="Push the branch?")
+        await question.get_by_role("button", name="Yes").click()
+        await expect(page.get_by_test_id("no-questions")).to_be_visible()
+        for task, length in ((select, len("postgres")), (confirm, len("yes"))):
+            await page.goto(f"{server.base}/#/tasks/{task['id']}")
+            log = page.get_by_test_id("log")
+            await expect(log).to_contain_text(f"got an answer of {length} characters")
+    finally:
+        sim.kill()
+        await api.close()
