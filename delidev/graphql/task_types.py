@@ -424,8 +424,6 @@ class CompositeTask(Task, Scheduled):
     async def estimate(self) -> PlanEstimate | None:
         composite = self.model
         assert isinstance(composite, m.CompositeTask)
-        if composite.status != m.CompositeTaskStatus.PENDING_APPROVAL:
-            return None
         found = await estimate_service.estimate_plan(composite)
         return None if found is None else PlanEstimate.from_estimate(found)
 

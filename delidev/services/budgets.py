@@ -70,30 +70,22 @@ def _params(dialect: str, *values: Any) -> list[Any]:
     return out
 
 
+async def _spent(**where: Any) -> int:
+    """Micros spent by the usage records ``where`` selects: one summing statement."""
+    rows = await m.UsageRecord.filter(**where).annotate(spent=Sum("cost_micros")).values("spent")
+    return int(rows[0]["spent"] or 0) if rows else 0
+
+
 async def spent(workspace_id: UUID, since: dt.datetime) -> int:
     """Micros the workspace's runs spent since ``since``."""
-    conn = connections.get("default")
-    dialect = "postgres" if conn.capabilities.dialect == "postgres" else "sqlite"
-    rows = await conn.execute_query_dict(
-        _sql(
-            dialect,
-            "SELECT COALESCE(SUM(cost_micros), 0) AS spent FROM usage_records"
-            " WHERE workspace_id = $1 AND created_at >= $2",
-        ),
-        _params(dialect, workspace_id, since),
-    )
-    return int(rows[0]["spent"])
+    return await _spent(workspace_id=workspace_id, created_at__gte=since)
 
 
 async def task_spent(*, unit_task_id: UUID | None, composite_task_id: UUID | None) -> int:
     """Micros the top-level task spent: a composite with its nodes, or a unit task."""
-    where: dict[str, UUID | None] = (
-        {"composite_task_id": composite_task_id}
-        if composite_task_id is not None
-        else {"unit_task_id": unit_task_id}
-    )
-    rows = await m.UsageRecord.filter(**where).annotate(spent=Sum("cost_micros")).values("spent")
-    return int(rows[0]["spent"] or 0) if rows else 0
+    if composite_task_id is not None:
+        return await _spent(composite_task_id=composite_task_id)
+    return await _spent(unit_task_id=unit_task_id)
 
 
 async def after_report(
@@ -167,6 +159,7 @@ async def _stop_task_runs(
                 format_money(used),
                 format_money(budget),
             )
+            # Imported here: services.workspaces imports this module, and sessions import it.
             from delidev.services import sessions as session_service
 
             await session_service.announce_session(

@@ -76,8 +76,9 @@ def _chain(tasks: Sequence[plans.PlanTask]) -> int:
 
 
 async def estimate_plan(composite: m.CompositeTask) -> PlanEstimate | None:
-    """The estimate of a composite's plan; None when it has no (valid) plan."""
-    if not composite.plan_yaml:
+    """The estimate of a composite's plan while it waits for approval; None otherwise (or
+    when it has no valid plan)."""
+    if composite.status != m.CompositeTaskStatus.PENDING_APPROVAL or not composite.plan_yaml:
         return None
     try:
         tasks = plans.parse_plan(composite.plan_yaml)

@@ -306,14 +306,11 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
     usage |= await usage_service.unit_task_usage([u.id for u in units])
     usage |= await usage_service.composite_task_usage(composite_ids)
     estimates: dict[UUID, estimate_service.PlanEstimate] = {}
-    for pending in items:
-        if (
-            isinstance(pending, m.CompositeTask)
-            and pending.status == m.CompositeTaskStatus.PENDING_APPROVAL
-        ):
-            estimate = await estimate_service.estimate_plan(pending)
+    for composite in items:
+        if isinstance(composite, m.CompositeTask):
+            estimate = await estimate_service.estimate_plan(composite)
             if estimate is not None:
-                estimates[pending.id] = estimate
+                estimates[composite.id] = estimate
     return TaskBundle(
         agents=agents,
         remotes=remotes,
