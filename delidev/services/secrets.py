@@ -21,6 +21,7 @@ stored: ``services.secret_masking`` (``mask``, ``OutputMasker``), re-exported he
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import re
 import time
@@ -52,6 +53,7 @@ __all__ = [
     "SecretLimits",
     "SecretStore",
     "clear_secrets",
+    "expects_secrets",
     "job_secrets",
     "mask",
     "output_secrets",
@@ -369,13 +371,31 @@ async def output_secrets(
     values = await secrets_for(store, agent_task_id)
     if values or store.relay is None:
         return values
-    agent = await m.AgentTask.get_or_none(id=agent_task_id).only("id", "expects_secrets")
-    if agent is None or not agent.expects_secrets:
+    if not await expects_secrets(agent_task_id):
         return values
     unit_id, composite_id = await _owners(agent_task_id)
     if any(store.dropped(owner) for owner in (unit_id, composite_id) if owner is not None):
         return values
     return await job_secrets(store, agent_task_id, expects_secrets=True, wait=wait)
+
+
+_expects: collections.OrderedDict[UUID, bool] = collections.OrderedDict()
+_EXPECTS_KEPT = 10_000
+
+
+async def expects_secrets(agent_task_id: UUID) -> bool:
+    """Whether the AgentTask's runs wait for secrets: fixed when it is created, so a process
+    keeps the answer (asked at every output upload and report of a run; False when the task
+    is gone)."""
+    known = _expects.get(agent_task_id)
+    if known is None:
+        agent = await m.AgentTask.get_or_none(id=agent_task_id).only("id", "expects_secrets")
+        if agent is None:
+            return False
+        known = _expects[agent_task_id] = agent.expects_secrets
+        if len(_expects) > _EXPECTS_KEPT:
+            _expects.popitem(last=False)
+    return known
 
 
 async def ready_agent_task_ids(store: SecretStore) -> list[UUID]:

@@ -21,7 +21,7 @@ from delidev.services import tasks as task_service
 from delidev.services.common import check_text, get_row, transaction
 from delidev.services.scheduling.policy import RetryPolicy, is_infrastructure_failure
 from delidev.services.sessions.lookups import FINAL, SessionStatus, announce_session, get_session
-from delidev.services.sessions.output_log import collect_output, place_held_output
+from delidev.services.sessions.output_log import collect_output, finish_output
 from delidev.services.sessions.tty import end_questions
 
 
@@ -115,29 +115,33 @@ async def complete_session(
     lease = {} if lease_token is None else {"lease_token": lease_token}
     retried = False
     async with transaction():
-        await place_held_output(session.id)
+        locked = await m.AgentSession.filter(id=session.id).select_for_update().first()
+        if locked is None:
+            raise NotFound(f"session {session_id} not found", field="session_id")
+        output, log_size = await finish_output(locked)
+        values = common.changed(
+            status=status,
+            error=error,
+            failure_kind=failure_kind,
+            completed_at=common.now(),
+            lease_token=None,
+            **({} if output is None else {"output_log": output}),
+            **({} if log_size == locked.log_size else {"log_size": log_size}),
+        )
         changed = await m.AgentSession.filter(
             id=session.id, status=SessionStatus.RUNNING, **lease
-        ).update(
-            **common.changed(
-                status=status,
-                error=error,
-                failure_kind=failure_kind,
-                completed_at=common.now(),
-                lease_token=None,
-            )
-        )
-        if not changed:
-            fresh = await get_row(m.AgentSession, id=session.id)
+        ).update(**values)
+        if not changed:  # rolls the output's placing back
             raise FailedPrecondition(
-                f"session {session.id} cannot move from {fresh.status.value} to {status.value}"
+                f"session {session.id} cannot move from {locked.status.value} to {status.value}"
             )
+        for name, value in values.items():
+            setattr(locked, name, value)
         metrics.session_finished(session.kind.value, status.value)
         if status == SessionStatus.FAILED and is_infrastructure_failure(failure_kind):
-            # Read again under the row's lock: a stop asked since it was loaded counts.
-            failed = await get_row(m.AgentSession, id=session.id)
+            # As read under the row's lock: a stop asked since it was loaded counts.
             retried = await retry_or_give_up(
-                failed, error=error or f"the run failed ({failure_kind})", policy=policy
+                locked, error=error or f"the run failed ({failure_kind})", policy=policy
             )
         if status == SessionStatus.SUCCEEDED and session.kind == m.JobKind.UNIT_TASK:
             fields: dict[str, object] = {"status": m.UnitTaskStatus.IN_REVIEW}
@@ -148,6 +152,7 @@ async def complete_session(
             await m.UnitTask.filter(
                 agent_task_id=session.agent_task_id, status=m.UnitTaskStatus.IN_PROGRESS
             ).update(**common.changed(**fields))
+        await end_questions(session.id)
     if status == SessionStatus.SUCCEEDED and session.kind == m.JobKind.PLANNING:
         composite = await m.CompositeTask.get_or_none(planning_task_id=session.agent_task_id)
         # An invalid plan is kept on the composite as plan_error; Retry re-plans. A composite
@@ -157,12 +162,10 @@ async def complete_session(
                 await task_service.submit_plan(
                     composite_task_id=composite.id, plan_yaml=plan_yaml or ""
                 )
-    await _session_ended(session.id)
-    ended = await get_row(m.AgentSession, id=session.id)
-    await announce_session(ended)
+    await announce_session(locked)
     if retried:
         events.publish(events.JobQueued())
-    return ended
+    return locked
 
 
 async def retry_or_give_up(
@@ -182,9 +185,10 @@ async def retry_or_give_up(
     if ended.stop_requested:
         return False
     if not policy.retries(auto_retries=ended.auto_retries):
-        await m.AgentSession.filter(id=ended.id).update(
-            **common.changed(error=gave_up(error, attempts=ended.auto_retries + 1))
-        )
+        values = common.changed(error=gave_up(error, attempts=ended.auto_retries + 1))
+        await m.AgentSession.filter(id=ended.id).update(**values)
+        for name, value in values.items():
+            setattr(ended, name, value)  # the caller's row stays as stored
         return False
     await m.AgentSession.create(
         agent_task_id=ended.agent_task_id,

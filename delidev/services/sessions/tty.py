@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+from tortoise.expressions import Q
+
 from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
@@ -55,11 +57,24 @@ async def close_pending_tty(status: m.TtyInputStatus, **filters: Any) -> int:
 
 async def end_questions(session_id: UUID) -> None:
     """A run ended: its pending questions are cancelled, and password answers are erased
-    (they were kept only for the worker of that run to read)."""
-    await close_pending_tty(m.TtyInputStatus.CANCELLED, session_id=session_id)
-    await m.TtyInputRequest.filter(
-        session_id=session_id, input_type=m.TtyInputType.PASSWORD, response__isnull=False
-    ).update(response=None)
+    (they were kept only for the worker of that run to read). One read when there is
+    nothing to do, the common case at the end of every run."""
+    statuses = {
+        str(status)
+        async for status in m.TtyInputRequest.filter(session_id=session_id)
+        .filter(
+            Q(status=m.TtyInputStatus.PENDING)
+            | Q(input_type=m.TtyInputType.PASSWORD, response__isnull=False)
+        )
+        .values_list("status", flat=True)
+    }
+    # A pending question has no answer yet: any other row is an answered password.
+    if m.TtyInputStatus.PENDING.value in statuses:
+        await close_pending_tty(m.TtyInputStatus.CANCELLED, session_id=session_id)
+    if statuses - {m.TtyInputStatus.PENDING.value}:
+        await m.TtyInputRequest.filter(
+            session_id=session_id, input_type=m.TtyInputType.PASSWORD, response__isnull=False
+        ).update(response=None)
 
 
 async def create_tty_request(

@@ -228,9 +228,10 @@ async def get_job_secrets(
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
-    agent = await m.AgentTask.get_or_none(id=session.agent_task_id).only("id", "expects_secrets")
     return await secret_service.job_secrets(
-        store, session.agent_task_id, expects_secrets=agent is not None and agent.expects_secrets
+        store,
+        session.agent_task_id,
+        expects_secrets=await secret_service.expects_secrets(session.agent_task_id),
     )
 
 
