@@ -80,7 +80,9 @@ def _json_list(value: Any) -> list[str]:
 
 
 async def _fleet() -> _Fleet:
-    rows = await m.Worker.all().values("status", "draining", "agent_types", "labels")
+    # The distinct kinds of worker, not every worker: a fleet of thousands is a handful of
+    # kinds, and this runs on every pass of the reconciler.
+    rows = await m.Worker.all().distinct().values("status", "draining", "agent_types", "labels")
     live: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     registered: set[str] | None = set()
     for row in rows:
