@@ -220,17 +220,17 @@ async def heartbeat(
         current = held[0] if held else None  # a unique index allows one at most
         status = m.WorkerStatus.BUSY if current else m.WorkerStatus.IDLE
         unchanged = current is not None and current.id == worker.current_session_id
-        await m.Worker.filter(id=worker.id).update(
-            **common.changed(
-                last_heartbeat=common.now(),
-                status=status,
-                current_session_id=current.id if current else None,
-                current_task_id=worker.current_task_id
-                if unchanged
-                else await unit_task_of(current),
-            )
+        before = worker.status
+        values = common.changed(
+            last_heartbeat=common.now(),
+            status=status,
+            current_session_id=current.id if current else None,
+            current_task_id=worker.current_task_id if unchanged else await unit_task_of(current),
         )
-    if status != worker.status:
+        await m.Worker.filter(id=worker.id).update(**values)
+        for name, value in values.items():
+            setattr(worker, name, value)  # the row as stored, without reading it back
+    if status != before:
         events.publish(events.WorkerChanged(worker_id=str(worker.id)))
     held_ids = {s.id for s in held}
     stop = [s.id for s in held if s.stop_requested]
@@ -240,7 +240,7 @@ async def heartbeat(
         last = await _last_session_on(worker.id, task_id)
         if last is not None and last not in held_ids and last not in stop:
             stop.append(last)
-    return HeartbeatReply(worker=await get_worker(worker_id=worker.id), stop_session_ids=stop)
+    return HeartbeatReply(worker=worker, stop_session_ids=stop)
 
 
 async def set_draining(*, worker_id: UUID, draining: bool) -> m.Worker:
