@@ -158,6 +158,17 @@ async def agent_tasks_by_id(agent_task_ids: Sequence[UUID]) -> dict[UUID, m.Agen
     return {a.id: a for a in await m.AgentTask.filter(id__in=list(agent_task_ids))}
 
 
+async def auto_fix_agent_task_ids(unit_task_ids: Sequence[UUID]) -> dict[UUID, list[UUID]]:
+    """The auto-fix AgentTasks of each unit task, oldest first (one query; for DataLoaders)."""
+    result: dict[UUID, list[UUID]] = {u: [] for u in unit_task_ids}
+    if unit_task_ids:
+        for fix in await m.UnitTaskAutoFixTask.filter(
+            unit_task_id__in=list(unit_task_ids)
+        ).order_by("created_at"):
+            result[fix.unit_task_id].append(fix.agent_task_id)
+    return result
+
+
 async def base_remotes_of(
     agent_task_ids: Sequence[UUID],
 ) -> dict[UUID, list[m.AgentTaskBaseRemote]]:
