@@ -29,11 +29,13 @@ Decisions:
 - **Closed PRs.** Merged → the task becomes ``done`` through ``finish_unit_task``, the rule
   UpdateStatus applies (approved | pr_open → done; a composite advances); in another state
   only the PR state is recorded. Closed unmerged → the PR state ``closed`` is recorded and
-  the status is left alone. An auto-fix run already queued or running is left to finish.
+  the status is left alone. Either way the task's queued auto-fix runs stop and running ones
+  are asked to, as the task owner's Stop would (a closed PR needs no fixing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Sequence
@@ -44,8 +46,10 @@ from tortoise.expressions import Q
 
 from delidev import events, metrics
 from delidev import models as m
+from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import FailedPrecondition, NotFound
 from delidev.services import common
+from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services.pr_urls import pr_key
 from delidev.services.tasks._shared import ACTIVE, Scheduling, queue_session, task_changed
@@ -133,6 +137,7 @@ async def pull_request_closed(*, repository_id: UUID, pr_url: str, merged: bool)
     state = PR.MERGED if merged else PR.CLOSED
     changed = []
     for unit in await matching_unit_tasks(repository_id=repository_id, pr_url=pr_url):
+        await _stop_auto_fix_runs(unit)
         fields: dict[str, object] = {"pr_state": state, "pr_state_changed_at": common.now()}
         if merged and unit.status in (S.APPROVED, S.PR_OPEN):
             try:
@@ -149,6 +154,27 @@ async def pull_request_closed(*, repository_id: UUID, pr_url: str, merged: bool)
             task_changed(unit)
             changed.append(unit.id)
     return changed
+
+
+async def _stop_auto_fix_runs(unit: m.UnitTask) -> None:
+    """A closed PR needs no fixing: its task's queued auto-fix runs stop, running ones are
+    asked to (as its owner's Stop would)."""
+    fixes = await m.UnitTaskAutoFixTask.filter(unit_task_id=unit.id).values_list(
+        "agent_task_id", flat=True
+    )
+    if not fixes:
+        return
+    active = await m.AgentSession.filter(
+        agent_task_id__in=list(fixes), status__in=ACTIVE, stop_requested=False
+    ).values_list("id", flat=True)
+    if not active:
+        return
+    owner = await m.Workspace.get_or_none(id=unit.workspace_id).values_list("user_id", flat=True)
+    actor = LOCAL_USER if owner is None else Principal(kind="user", user_id=UUID(str(owner)))
+    for session_id in active:
+        with contextlib.suppress(FailedPrecondition, NotFound):  # it ended meanwhile
+            await session_service.stop_session(actor=actor, session_id=UUID(str(session_id)))
+            log.info("auto-fix run %s of task %s stopped: its PR was closed", session_id, unit.id)
 
 
 # Matching ----------------------------------------------------------------------------------

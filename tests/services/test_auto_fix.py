@@ -6,11 +6,14 @@ and both APIs showing it."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+from tortoise import connections
 
 from delidev import metrics
 from delidev import models as m
@@ -448,7 +451,7 @@ async def test_both_apis_show_the_pr_state_and_the_auto_fix_runs(http: httpx.Asy
     assert unit["prState"] == "CLOSED"
     assert unit["prStateChangedAt"]
     assert [a["id"] for a in unit["autoFixTasks"]] == [str(agent_id)]
-    assert unit["autoFixTasks"][0]["sessions"] == [{"kind": "AUTO_FIX", "status": "QUEUED"}]
+    assert unit["autoFixTasks"][0]["sessions"] == [{"kind": "AUTO_FIX", "status": "STOPPED"}]
 
     got = await http.post(
         "/delidev.v1.TaskService/Get",
@@ -462,3 +465,35 @@ async def test_both_apis_show_the_pr_state_and_the_auto_fix_runs(http: httpx.Asy
     [fix] = unit["autoFixTasks"]
     assert fix["id"] == str(agent_id)
     assert fix["sessions"][0]["kind"] == "JOB_KIND_AUTO_FIX"
+
+
+async def test_closing_the_pr_stops_its_auto_fix_runs() -> None:
+    repo, group = await _repo_group()
+    queued_task = await _pr_open(group)
+    running_task = await _pr_open(group, url="https://github.com/acme/app/pull/8")
+    [queued] = await _fail_check(repo)
+    [running] = await _fail_check(repo, url="https://github.com/acme/app/pull/8")
+    await start_latest(running)
+    await auto_fix.pull_request_closed(repository_id=repo.id, pr_url=PR_URL, merged=False)
+    await auto_fix.pull_request_closed(
+        repository_id=repo.id, pr_url="https://github.com/acme/app/pull/8", merged=True
+    )
+    assert (await latest_session(queued)).status == m.AgentSessionStatus.STOPPED
+    flagged = await latest_session(running)
+    assert flagged.status == m.AgentSessionStatus.RUNNING
+    assert flagged.stop_requested
+    assert (await m.UnitTask.get(id=queued_task.id)).status == S.PR_OPEN
+    assert (await m.UnitTask.get(id=running_task.id)).status == S.DONE
+
+
+async def test_the_migration_gives_linked_tasks_their_key_and_state() -> None:
+    """Tasks linked before migration 0010 are matched by events after it."""
+    migration = importlib.import_module("migrations.0010_pr_state")
+    repo, group = await _repo_group()
+    task = await _pr_open(group, url="https://GitHub.com/acme/app/pull/7/files")
+    await m.UnitTask.filter(id=task.id).update(pr_key=None, pr_state=None)
+    await migration.backfill_pr_keys(None, SimpleNamespace(client=connections.get("default")))
+    fresh = await m.UnitTask.get(id=task.id)
+    assert fresh.pr_key == PR_URL
+    assert fresh.pr_state == m.PullRequestState.OPEN
+    assert len(await _fail_check(repo)) == 1
