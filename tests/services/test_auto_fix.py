@@ -15,7 +15,7 @@ import httpx
 import pytest
 from tortoise import connections
 
-from delidev import metrics
+from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import NotFound
@@ -497,3 +497,25 @@ async def test_the_migration_gives_linked_tasks_their_key_and_state() -> None:
     assert fresh.pr_key == PR_URL
     assert fresh.pr_state == m.PullRequestState.OPEN
     assert len(await _fail_check(repo)) == 1
+
+
+async def test_triggers_closes_and_auto_fix_runs_announce_the_task() -> None:
+    repo, group = await _repo_group()
+    task = await _pr_open(group)
+    changed = events.TaskChanged(task_id=str(task.id), workspace_id=str(group.workspace_id))
+    bus = events.EventBus()
+    seen: list[events.Event] = []
+    bus.subscribe(seen.append)
+    token = events.bind(bus)
+    try:
+        [agent_id] = await _fail_check(repo)
+        assert changed in seen
+        assert events.JobQueued() in seen
+        seen.clear()
+        await start_latest(agent_id)  # a change of the auto-fix run shows on its task
+        assert changed in seen
+        seen.clear()
+        await auto_fix.pull_request_closed(repository_id=repo.id, pr_url=PR_URL, merged=False)
+        assert changed in seen
+    finally:
+        events.unbind(token)
