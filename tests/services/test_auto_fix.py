@@ -519,3 +519,18 @@ async def test_triggers_closes_and_auto_fix_runs_announce_the_task() -> None:
         assert changed in seen
     finally:
         events.unbind(token)
+
+
+async def test_a_queued_auto_fix_run_shows_why_it_waits_on_its_task() -> None:
+    repo, group = await _repo_group()
+    task = await _pr_open(group)
+    assert await tasks.task_waits([task]) == {}
+    [agent_id] = await _fail_check(repo)
+    run = await latest_session(agent_id)
+    waits = await tasks.task_waits([await m.UnitTask.get(id=task.id)])
+    bundle = await tasks.load_task_view(await m.UnitTask.get(id=task.id))
+    assert task.id in waits
+    assert bundle.waits[task.id] == waits[task.id]
+    assert waits[task.id].since == run.created_at
+    await start_latest(agent_id)
+    assert await tasks.task_waits([await m.UnitTask.get(id=task.id)]) == {}
