@@ -68,6 +68,12 @@ _CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5
 TASKS_CREATED = Counter(
     "delidev_tasks_created_total", "Tasks created, by kind (unit or composite).", ["kind"]
 )
+AUTO_FIX_QUEUED = Counter(
+    "delidev_auto_fix_runs_queued_total",
+    "Auto-fix runs queued on a unit task's pull request, by trigger (review_comments or"
+    " check_failed).",
+    ["trigger"],
+)
 SESSIONS_FINISHED = Counter(
     "delidev_sessions_finished_total",
     "Agent runs (sessions) that ended, by job kind and outcome.",
@@ -159,6 +165,10 @@ def usage_reported(agent_type: str, model: str, tokens: dict[str, int], cost_mic
 def task_created(kind: str, count: int = 1) -> None:
     if count > 0:
         TASKS_CREATED.labels(kind=kind).inc(count)
+
+
+def auto_fix_queued(trigger: str) -> None:
+    AUTO_FIX_QUEUED.labels(trigger=trigger).inc()
 
 
 def session_finished(kind: str, outcome: str, count: int = 1) -> None:

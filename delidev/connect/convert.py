@@ -219,6 +219,7 @@ TTY_TYPE = EnumMap(m.TtyInputType, session_pb.TtyInputType)
 TTY_STATUS = EnumMap(m.TtyInputStatus, session_pb.TtyInputStatus)
 PRIORITY = EnumMap(m.TaskPriority, task_pb.TaskPriority)
 WAIT_REASON = EnumMap(m.WaitReason, task_pb.WaitReason)
+PR_STATE = EnumMap(m.PullRequestState, task_pb.PullRequestState)
 BUDGET_PERIOD = EnumMap(m.BudgetPeriod, workspace_pb.BudgetPeriod)
 # The kinds ``tasks.list_tasks`` filters by (a plain string there, not a domain enum).
 _TASK_KINDS = {task_pb.TaskKind.UNIT: "unit", task_pb.TaskKind.COMPOSITE: "composite"}
@@ -348,6 +349,8 @@ def unit_task(t: m.UnitTask, bundle: task_service.TaskBundle) -> task_pb.UnitTas
         required_labels=list(scheduling.required_labels or []),
         max_run_seconds=scheduling.max_run_seconds,
         usage=usage(bundle.usage_of(t.id)),
+        pr_state=PR_STATE.to_proto(t.pr_state),
+        pr_state_changed_at=optional_timestamp(t.pr_state_changed_at),
     )
 
 

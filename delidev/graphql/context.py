@@ -106,6 +106,10 @@ async def _load_sessions(keys: list[UUID]) -> list[list[m.AgentSession]]:
     return _ordered(keys, await sessions.sessions_of(keys), [])
 
 
+async def _load_auto_fix(keys: list[UUID]) -> list[list[UUID]]:
+    return _ordered(keys, await tasks.auto_fix_agent_task_ids(keys), [])
+
+
 async def _load_remotes(keys: list[UUID]) -> list[list[m.AgentTaskBaseRemote]]:
     return _ordered(keys, await tasks.base_remotes_of(keys), [])
 
@@ -147,6 +151,11 @@ class TaskLoaders:
     @cached_property
     def sessions(self) -> DataLoader[UUID, list[m.AgentSession]]:
         return DataLoader(_load_sessions)
+
+    @cached_property
+    def auto_fix(self) -> DataLoader[UUID, list[UUID]]:
+        """Auto-fix AgentTask ids by unit task id."""
+        return DataLoader(_load_auto_fix)
 
     @cached_property
     def remotes(self) -> DataLoader[UUID, list[m.AgentTaskBaseRemote]]:

@@ -32,6 +32,12 @@ TaskPriority = strawberry.enum(
     "served within one priority, round-robin across workspaces among equals.",
 )
 WaitReason = strawberry.enum(m.WaitReason, name="WaitReason")
+PullRequestState = strawberry.enum(
+    m.PullRequestState,
+    name="PullRequestState",
+    description="A unit task's linked pull request, as repository events report it (CLOSED:"
+    " closed without being merged).",
+)
 TtyInputType = strawberry.enum(m.TtyInputType, name="TtyInputType")
 TtyInputStatus = strawberry.enum(m.TtyInputStatus, name="TtyInputStatus")
 
@@ -288,6 +294,13 @@ class UnitTask(Task, Scheduled):
     end_commit: str | None
     rejection_reason: str | None
     composite_task_id: strawberry.ID | None
+    pr_state: PullRequestState | None = strawberry.field(  # type: ignore[valid-type]  # enum
+        description="Of its linked PR: OPEN when linked, then MERGED or CLOSED as repository "
+        "events report it; null without a PR."
+    )
+    pr_state_changed_at: datetime | None = strawberry.field(
+        description="When prState last changed."
+    )
     agent_task_id: strawberry.Private[UUID]
 
     @classmethod
@@ -309,6 +322,8 @@ class UnitTask(Task, Scheduled):
             composite_task_id=(
                 None if t.composite_task_id is None else strawberry.ID(str(t.composite_task_id))
             ),
+            pr_state=t.pr_state,
+            pr_state_changed_at=t.pr_state_changed_at,
             agent_task_id=t.agent_task_id,
             scheduled_by=t.agent_task_id,
             model=t,
@@ -321,6 +336,17 @@ class UnitTask(Task, Scheduled):
     @strawberry.field
     async def latest_session(self, info: GqlInfo) -> AgentSession | None:
         return await _latest(info, self.agent_task_id)
+
+    @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+        description="Auto-fix runs on its pull request (review comments, failed checks), "
+        "oldest first: each its own AgentTask with sessions of kind AUTO_FIX."
+    )
+    async def auto_fix_tasks(self, info: GqlInfo) -> list[AgentTask]:
+        ids = await info.context.loaders.tasks.auto_fix.load(UUID(self.id))
+        agents = await info.context.loaders.tasks.agent_task.load_many(ids)
+        if any(a is None for a in agents):  # deleted since the query read it
+            raise NotFound("the task was deleted", field="id")
+        return [AgentTask.from_model(a) for a in agents if a is not None]
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
         description="All its runs: every attempt and auto-fix run."

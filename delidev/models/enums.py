@@ -33,6 +33,22 @@ class UnitTaskStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class PullRequestState(StrEnum):
+    """The state of a unit task's linked pull request, as repository events report it."""
+
+    OPEN = "open"
+    MERGED = "merged"
+    CLOSED = "closed"
+    """Closed without being merged."""
+
+
+class AutoFixTrigger(StrEnum):
+    """What queued an auto-fix run."""
+
+    REVIEW_COMMENTS = "review_comments"
+    CHECK_FAILED = "check_failed"
+
+
 class CompositeTaskStatus(StrEnum):
     PLANNING = "planning"
     PENDING_APPROVAL = "pending_approval"

@@ -16,8 +16,10 @@ from tortoise.models import Model
 from delidev.models.enums import (
     AgentSessionStatus,
     AiAgentType,
+    AutoFixTrigger,
     CompositeTaskStatus,
     JobKind,
+    PullRequestState,
     TtyInputStatus,
     TtyInputType,
     UnitTaskStatus,
@@ -170,6 +172,11 @@ class UnitTask(Model):
     )
     branch_name = fields.CharField(max_length=255, null=True)
     linked_pr_url = fields.TextField(null=True)
+    pr_key = fields.CharField(max_length=2048, null=True)
+    """``linked_pr_url`` normalised (services/pr_urls.py): what repository events match on."""
+    pr_state = fields.CharEnumField(PullRequestState, max_length=16, null=True)
+    """Of the linked PR: open when linked, then merged or closed as repository events say."""
+    pr_state_changed_at = fields.DatetimeField(null=True)
     base_commit = fields.CharField(max_length=40, null=True)
     end_commit = fields.CharField(max_length=40, null=True)
     status = fields.CharEnumField(UnitTaskStatus, max_length=50, default=UnitTaskStatus.IN_PROGRESS)
@@ -186,7 +193,12 @@ class UnitTask(Model):
 
     class Meta:
         table = "unit_tasks"
-        indexes = (("workspace_id", "status"), ("composite_task_id",), ("repository_group_id",))
+        indexes = (
+            ("workspace_id", "status"),
+            ("composite_task_id",),
+            ("repository_group_id",),
+            ("pr_key", "workspace_id"),
+        )
 
 
 class UnitTaskAutoFixTask(Model):
@@ -197,6 +209,9 @@ class UnitTaskAutoFixTask(Model):
     agent_task: fields.ForeignKeyRelation[AgentTask] = fields.ForeignKeyField(
         "models.AgentTask", related_name="auto_fix_of", on_delete=fields.CASCADE
     )
+    trigger = fields.CharEnumField(AutoFixTrigger, max_length=32, null=True)
+    prompt = fields.TextField(null=True)
+    """What its runs are told to do (the job's prompt; the unit task's is not repeated)."""
     created_at = fields.DatetimeField(auto_now_add=True)
 
     unit_task_id: UUID

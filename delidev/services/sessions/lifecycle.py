@@ -96,7 +96,8 @@ async def complete_session(
     which may pass the session it ``loaded``; with ``lease_token`` the session ends only
     while it still runs under that lease, as the sweep ends a run it finalises).
 
-    Success of a unit-task run moves the UnitTask to in_review; success of a planning run
+    Success of a unit-task run moves the UnitTask to in_review (an auto-fix run's leaves its
+    status, and sets its end commit); success of a planning run
     stores its PLAN.yaml (an invalid plan is kept on the composite as its plan error). A
     failure of the machinery (``failure_kind`` container_start or out_of_memory) of a run
     not being stopped queues a retry in backoff, or says in the error that it gave up.
@@ -152,6 +153,15 @@ async def complete_session(
             await m.UnitTask.filter(
                 agent_task_id=session.agent_task_id, status=m.UnitTaskStatus.IN_PROGRESS
             ).update(**common.changed(**fields))
+        if status == SessionStatus.SUCCEEDED and session.kind == m.JobKind.AUTO_FIX and end_commit:
+            # An auto-fix run pushed onto the PR's branch: the task keeps its status (see
+            # services/auto_fix.py), its end commit is the run's.
+            fixed = await m.UnitTaskAutoFixTask.filter(
+                agent_task_id=session.agent_task_id
+            ).values_list("unit_task_id", flat=True)
+            await m.UnitTask.filter(id__in=list(fixed)).update(
+                **common.changed(end_commit=end_commit[:40])
+            )
         await end_questions(session.id)
     if status == SessionStatus.SUCCEEDED and session.kind == m.JobKind.PLANNING:
         composite = await m.CompositeTask.get_or_none(planning_task_id=session.agent_task_id)

@@ -56,6 +56,10 @@ async def announce_tasks_of(agent_task_ids: Sequence[UUID]) -> None:
     units = await m.UnitTask.filter(agent_task_id__in=list(agent_task_ids)).values_list(
         "id", "workspace_id", "composite_task_id"
     )
+    if len(units) < len(agent_task_ids):  # auto-fix runs show on their unit task
+        units += await m.UnitTask.filter(
+            auto_fix_tasks__agent_task_id__in=list(agent_task_ids)
+        ).values_list("id", "workspace_id", "composite_task_id")
     for unit_id, workspace_id, composite_id in units:
         events.publish(events.TaskChanged(task_id=str(unit_id), workspace_id=str(workspace_id)))
         if composite_id is not None:

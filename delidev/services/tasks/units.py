@@ -13,6 +13,7 @@ from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
 from delidev.services import cascade, common
+from delidev.services.pr_urls import pr_key
 from delidev.services.repositories import get_repository_group
 from delidev.services.tasks import composites
 from delidev.services.tasks._shared import (
@@ -186,16 +187,32 @@ async def update_task_status(
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidArgument("linked_pr_url must be an http(s) URL", field="linked_pr_url")
-        return await move(task, [S.APPROVED], S.PR_OPEN, linked_pr_url=url)
+        return await move(
+            task,
+            [S.APPROVED],
+            S.PR_OPEN,
+            linked_pr_url=url,
+            pr_key=pr_key(url),
+            pr_state=m.PullRequestState.OPEN,
+            pr_state_changed_at=common.now(),
+        )
     if status == S.DONE:
-        done = await move(task, [S.APPROVED, S.PR_OPEN], S.DONE)
-        if done.composite_task_id is not None:
-            await composites.advance_composite(done.composite_task_id)
-        return done
+        return await finish_unit_task(task)
     raise FailedPrecondition(
         f"task {task.id} cannot move from {task.status.value} to {status.value} "
         "with UpdateStatus (use Approve, Reject or RequestChanges)"
     )
+
+
+async def finish_unit_task(task: m.UnitTask, **fields: object) -> m.UnitTask:
+    """approved | pr_open → done (with ``fields``); the composite it is a node of advances.
+
+    Raises: NotFound, FailedPrecondition.
+    """
+    done = await move(task, [S.APPROVED, S.PR_OPEN], S.DONE, **fields)
+    if done.composite_task_id is not None:
+        await composites.advance_composite(done.composite_task_id)
+    return done
 
 
 # Retry and delete -------------------------------------------------------------------

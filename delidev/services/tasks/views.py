@@ -158,6 +158,17 @@ async def agent_tasks_by_id(agent_task_ids: Sequence[UUID]) -> dict[UUID, m.Agen
     return {a.id: a for a in await m.AgentTask.filter(id__in=list(agent_task_ids))}
 
 
+async def auto_fix_agent_task_ids(unit_task_ids: Sequence[UUID]) -> dict[UUID, list[UUID]]:
+    """The auto-fix AgentTasks of each unit task, oldest first (one query; for DataLoaders)."""
+    result: dict[UUID, list[UUID]] = {u: [] for u in unit_task_ids}
+    if unit_task_ids:
+        for fix in await m.UnitTaskAutoFixTask.filter(
+            unit_task_id__in=list(unit_task_ids)
+        ).order_by("created_at"):
+            result[fix.unit_task_id].append(fix.agent_task_id)
+    return result
+
+
 async def base_remotes_of(
     agent_task_ids: Sequence[UUID],
 ) -> dict[UUID, list[m.AgentTaskBaseRemote]]:
@@ -177,7 +188,12 @@ async def task_waits(items: Sequence[Task]) -> dict[UUID, job_waits.Wait]:
     of its latest run (a composite: its planning run) while queued, or, for a composite node
     that has no run yet, its unfinished dependencies. Tasks that do not wait are left out."""
     latest = await latest_sessions([_runs_of(t) for t in items])
-    return await _waits(items, latest)
+    fixes = await auto_fix_agent_task_ids([t.id for t in items if isinstance(t, m.UnitTask)])
+    last_fix = {u: agents[-1] for u, agents in fixes.items() if agents}
+    fix_runs = await latest_sessions(list(last_fix.values()))
+    return await _waits(
+        items, latest, {u: fix_runs[a] for u, a in last_fix.items() if a in fix_runs}
+    )
 
 
 def _runs_of(task: Task) -> UUID:
@@ -185,12 +201,18 @@ def _runs_of(task: Task) -> UUID:
 
 
 async def _waits(
-    items: Sequence[Task], latest: Mapping[UUID, m.AgentSession]
+    items: Sequence[Task],
+    latest: Mapping[UUID, m.AgentSession],
+    auto_fix_runs: Mapping[UUID, m.AgentSession],
 ) -> dict[UUID, job_waits.Wait]:
-    queued = await job_waits.waits_of(list(latest.values()))
+    """``auto_fix_runs``: the latest run of each unit task's latest auto-fix, by unit task
+    id; a task whose own run does not wait shows the wait of that one."""
+    queued = await job_waits.waits_of([*latest.values(), *auto_fix_runs.values()])
     result: dict[UUID, job_waits.Wait] = {}
     for task in items:
         session = latest.get(_runs_of(task))
+        if session is None or session.id not in queued:
+            session = auto_fix_runs.get(task.id)
         if session is not None and session.id in queued:
             result[task.id] = queued[session.id]
     unstarted = [
@@ -317,7 +339,11 @@ async def load_task_bundle(items: Sequence[Task]) -> TaskBundle:
         sessions=sessions,
         auto_fix=auto_fix,
         nodes=nodes,
-        waits=await _waits(shown, latest),
+        waits=await _waits(
+            shown,
+            latest,
+            {u: latest[a[-1]] for u, a in auto_fix.items() if a and a[-1] in latest},
+        ),
         usage=usage,
         estimates=estimates,
         gone=frozenset(t.id for t in items if not complete(t)),

@@ -128,15 +128,18 @@ WITH candidate AS (
     RETURNING agent_sessions.*
 ), busy AS (
     UPDATE workers SET status = 'busy', current_session_id = claimed.id, updated_at = $3,
-           current_task_id = (SELECT u.id FROM unit_tasks u
-                              WHERE u.agent_task_id = claimed.agent_task_id)
+           current_task_id = COALESCE(
+               (SELECT u.id FROM unit_tasks u WHERE u.agent_task_id = claimed.agent_task_id),
+               (SELECT f.unit_task_id FROM unit_task_auto_fix_tasks f
+                WHERE f.agent_task_id = claimed.agent_task_id))
     FROM claimed WHERE workers.id = $1 AND workers.status <> 'unhealthy'
 )
 SELECT claimed.*, a.expects_secrets, a.workspace_id AS job_workspace_id,
        (SELECT ws.max_concurrent_jobs FROM workspaces ws WHERE ws.id = a.workspace_id)
            AS workspace_cap,
-       u.id AS unit_id, u.prompt AS unit_prompt, u.title AS unit_title, u.branch_name,
-       u.workspace_id AS unit_workspace_id, u.composite_task_id AS unit_composite_id,
+       u.id AS unit_id, COALESCE(f.prompt, u.prompt) AS unit_prompt, u.title AS unit_title,
+       u.branch_name, u.workspace_id AS unit_workspace_id,
+       u.composite_task_id AS unit_composite_id,
        c.id AS composite_id, c.prompt AS composite_prompt, c.title AS composite_title,
        c.workspace_id AS composite_workspace_id,
        (SELECT json_agg(json_build_array(r.git_remote_dir_path, r.git_branch_name)
@@ -144,7 +147,11 @@ SELECT claimed.*, a.expects_secrets, a.workspace_id AS job_workspace_id,
         FROM agent_task_base_remotes r WHERE r.agent_task_id = claimed.agent_task_id) AS remotes
 FROM claimed
 JOIN agent_tasks a ON a.id = claimed.agent_task_id
-LEFT JOIN unit_tasks u ON u.agent_task_id = claimed.agent_task_id
+-- An auto-fix run is told its unit task, with its own prompt.
+LEFT JOIN unit_task_auto_fix_tasks f ON f.agent_task_id = claimed.agent_task_id
+LEFT JOIN unit_tasks u ON u.id = COALESCE(
+    f.unit_task_id,
+    (SELECT own.id FROM unit_tasks own WHERE own.agent_task_id = claimed.agent_task_id))
 LEFT JOIN composite_tasks c ON c.planning_task_id = claimed.agent_task_id
 """
 
@@ -473,9 +480,15 @@ async def describe_job(session: m.AgentSession) -> Job:
         await m.AgentTaskBaseRemote.filter(agent_task_id=agent.id).order_by("git_remote_dir_path")
     )
     unit = await m.UnitTask.get_or_none(agent_task_id=agent.id)
+    fix = None
+    if unit is None and session.kind == m.JobKind.AUTO_FIX:  # told its unit task, own prompt
+        fix = await m.UnitTaskAutoFixTask.get_or_none(agent_task_id=agent.id)
+        unit = await m.UnitTask.get_or_none(id=fix.unit_task_id) if fix else None
     composite = None if unit else await m.CompositeTask.get_or_none(planning_task_id=agent.id)
     task_id = unit.id if unit else (composite.id if composite else None)
     prompt = unit.prompt if unit else (composite.prompt if composite else "")
+    if fix is not None and fix.prompt:
+        prompt = fix.prompt
     title = unit.title if unit else (composite.title if composite else None)
     return Job(
         session=session,

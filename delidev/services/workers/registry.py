@@ -280,6 +280,12 @@ async def unit_task_of(session: m.AgentSession | None) -> UUID | None:
         .first()
         .values_list("id", flat=True)
     )
+    if unit is None and session.kind == m.JobKind.AUTO_FIX:
+        unit = (
+            await m.UnitTaskAutoFixTask.filter(agent_task_id=session.agent_task_id)
+            .first()
+            .values_list("unit_task_id", flat=True)
+        )
     return cast(UUID | None, unit)
 
 
