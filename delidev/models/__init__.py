@@ -6,6 +6,7 @@ from delidev.models.enums import (
     BudgetPeriod,
     CompositeTaskStatus,
     JobKind,
+    ReviewCommentFilter,
     StopReason,
     TaskPriority,
     TodoItemSource,
@@ -35,7 +36,13 @@ from delidev.models.todos import TodoItem
 from delidev.models.usage import UsageRecord
 from delidev.models.users import AuthState, RefreshToken, User
 from delidev.models.workers import Worker
-from delidev.models.workspaces import Repository, RepositoryGroup, RepositoryGroupMember, Workspace
+from delidev.models.workspaces import (
+    Repository,
+    RepositoryGroup,
+    RepositoryGroupMember,
+    WebhookDelivery,
+    Workspace,
+)
 
 __all__ = [
     "AgentSession",
@@ -55,6 +62,7 @@ __all__ = [
     "Repository",
     "RepositoryGroup",
     "RepositoryGroupMember",
+    "ReviewCommentFilter",
     "StopReason",
     "TaskPriority",
     "TodoItem",
@@ -72,6 +80,7 @@ __all__ = [
     "VcsProviderType",
     "VcsType",
     "WaitReason",
+    "WebhookDelivery",
     "Worker",
     "WorkerStatus",
     "Workspace",
