@@ -24,6 +24,7 @@ from delidev.services.common import (
     owner_filter,
     page_bounds,
     paginate,
+    transaction,
 )
 from delidev.services.repositories import get_repository
 from delidev.services.workspaces import get_workspace
@@ -259,7 +260,7 @@ async def file_auto_item(
         if isinstance(checked, IssueTriageData)
         else m.TodoItemType.PR_REVIEW
     )
-    async with common.transaction():
+    async with transaction():
         try:
             async with in_transaction():  # a savepoint: a lost race leaves the rest intact
                 item = await m.TodoItem.create(
