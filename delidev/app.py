@@ -37,6 +37,7 @@ from delidev.services.secret_relay import SecretRelay, relay_key
 from delidev.services.secrets import SecretLimits, SecretStore
 from delidev.services.workers import JobSignal
 from delidev.settings import Settings
+from delidev.webhooks_http import webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,8 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
             methods=["GET", "POST"],
         ),
         WebSocketRoute("/graphql", graphql),
+        # No user authentication: each delivery is signed with its repository's secret.
+        *webhook_routes(settings),
     ]
     if settings.metrics:
         routes.append(Route("/metrics", metrics_endpoint(settings), methods=["GET"]))

@@ -162,6 +162,54 @@ def usage_reported(agent_type: str, model: str, tokens: dict[str, int], cost_mic
         USAGE_COST.labels(agent_type=agent_type, model=label).inc(cost_micros / 1_000_000)
 
 
+WEBHOOK_DELIVERIES = Counter(
+    "delidev_webhook_deliveries_total",
+    "Webhook deliveries received, by provider, event (known ones; others are 'other') and"
+    " outcome (processed, ignored, duplicate, or why it was refused).",
+    ["provider", "event", "outcome"],
+)
+_WEBHOOK_PROVIDERS = frozenset({"github", "gitlab"})
+_WEBHOOK_EVENTS = frozenset(
+    {
+        "ping",
+        "issues",
+        "pull_request",
+        "pull_request_review",
+        "pull_request_review_comment",
+        "check_run",
+        "check_suite",
+        "Issue Hook",
+        "Confidential Issue Hook",
+        "Merge Request Hook",
+        "Note Hook",
+        "Confidential Note Hook",
+        "Pipeline Hook",
+    }
+)
+_WEBHOOK_OUTCOMES = frozenset(
+    {
+        "processed",
+        "ignored",
+        "duplicate",
+        "not_found",
+        "unauthenticated",
+        "invalid",
+        "unsupported_media_type",
+        "too_large",
+        "error",
+    }
+)
+
+
+def webhook_delivery(provider: str, event: str | None, outcome: str) -> None:
+    """Counts a delivery; labels outside their closed sets are 'other'."""
+    WEBHOOK_DELIVERIES.labels(
+        provider=provider if provider in _WEBHOOK_PROVIDERS else "other",
+        event=event if event in _WEBHOOK_EVENTS else "other",
+        outcome=outcome if outcome in _WEBHOOK_OUTCOMES else "other",
+    ).inc()
+
+
 def task_created(kind: str, count: int = 1) -> None:
     if count > 0:
         TASKS_CREATED.labels(kind=kind).inc(count)

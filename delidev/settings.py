@@ -96,6 +96,11 @@ class Settings:
     graphql_max_aliases: int = 30
     graphql_max_body_bytes: int = 1_048_576
     """GraphQL requests with a larger body are refused (413) before they are parsed."""
+    webhook_max_body_bytes: int = 1_048_576
+    """Webhook deliveries with a larger body are refused (413) while they stream in."""
+    webhook_delivery_retention_hours: int = 7 * 24
+    """Delivery ids are remembered this long (a redelivery within it is not acted on
+    again); GitHub offers redelivery of the last 3 days."""
     graphql_graphiql: bool | None = None
     """Serve GraphiQL on ``GET /graphql``; unset: on in single-user mode only."""
     graphql_ws_ping_interval_ms: int = 15_000
@@ -220,6 +225,8 @@ class Settings:
             ("DELIDEV_RETRY_BACKOFF_BASE_MS", self.retry_backoff_base_ms),
             ("DELIDEV_WATCH_KEEPALIVE_MS", self.watch_keepalive_ms),
             ("DELIDEV_SHUTDOWN_GRACE_S", self.shutdown_grace_s),
+            ("DELIDEV_WEBHOOK_MAX_BODY_BYTES", self.webhook_max_body_bytes),
+            ("DELIDEV_WEBHOOK_DELIVERY_RETENTION_HOURS", self.webhook_delivery_retention_hours),
         ):
             if amount <= 0:
                 raise SettingsError(f"{var} must be positive")
@@ -341,6 +348,8 @@ class Settings:
             "DELIDEV_GRAPHQL_MAX_TOKENS": "graphql_max_tokens",
             "DELIDEV_GRAPHQL_MAX_ALIASES": "graphql_max_aliases",
             "DELIDEV_GRAPHQL_MAX_BODY_BYTES": "graphql_max_body_bytes",
+            "DELIDEV_WEBHOOK_MAX_BODY_BYTES": "webhook_max_body_bytes",
+            "DELIDEV_WEBHOOK_DELIVERY_RETENTION_HOURS": "webhook_delivery_retention_hours",
             "DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "graphql_ws_ping_interval_ms",
             "DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS": "graphql_ws_init_timeout_ms",
             "DELIDEV_LOG_MAX_VALUE_CHARS": "log_max_value_chars",

@@ -26,6 +26,7 @@ from delidev.errors import InvalidArgument
 from delidev.services import auth as auth_service
 from delidev.services import estimates as estimate_service
 from delidev.services import live as live_service
+from delidev.services import repository_settings
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services import todos as todo_service
@@ -66,6 +67,7 @@ AGENT_TYPE = EnumMap(m.AiAgentType, common_pb.AiAgentType)
 TODO_TYPE = EnumMap(m.TodoItemType, todo_pb.TodoItemType)
 TODO_STATUS = EnumMap(m.TodoItemStatus, todo_pb.TodoItemStatus)
 TODO_SOURCE = EnumMap(m.TodoItemSource, todo_pb.TodoItemSource)
+REVIEW_COMMENT_FILTER = EnumMap(m.ReviewCommentFilter, repository_pb.ReviewCommentFilter)
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -107,6 +109,14 @@ def repository(repo: m.Repository) -> repository_pb.Repository:
         branch_name_template=repo.branch_name_template,
         created_at=timestamp(repo.created_at),
         updated_at=timestamp(repo.updated_at),
+        settings=repository_pb.RepositorySettings(
+            auto_triage=repo.auto_triage,
+            auto_fix_review_comments=repo.auto_fix_review_comments,
+            review_comment_filter=REVIEW_COMMENT_FILTER.to_proto(repo.review_comment_filter),
+            auto_fix_ci_failures=repo.auto_fix_ci_failures,
+        ),
+        webhook_secret_set=repo.webhook_secret is not None,
+        webhook_path=repository_settings.webhook_path(repo) or "",
     )
 
 

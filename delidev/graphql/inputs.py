@@ -6,7 +6,7 @@ import strawberry
 
 from delidev.graphql.enums import AiAgentType, BudgetPeriod
 from delidev.graphql.task_types import TaskPriority
-from delidev.graphql.types import TodoItemSource, VcsProviderType
+from delidev.graphql.types import ReviewCommentFilter, TodoItemSource, VcsProviderType
 
 
 @strawberry.input
@@ -63,6 +63,15 @@ class AddRepositoryInput:
     default_branch: str | None = None
     vcs_provider_type: VcsProviderType | None = None  # type: ignore[valid-type]  # enum
     branch_name_template: str | None = None
+
+
+@strawberry.input(description="Settings to change; a field left out stays as it is.")
+class UpdateRepositorySettingsInput:
+    repository_id: strawberry.ID
+    auto_triage: bool | None = None
+    auto_fix_review_comments: bool | None = None
+    review_comment_filter: ReviewCommentFilter | None = None  # type: ignore[valid-type]  # enum
+    auto_fix_ci_failures: bool | None = None
 
 
 @strawberry.input

@@ -13,6 +13,7 @@ from delidev.graphql.inputs import (
     CreateUnitTaskInput,
     CreateWorkspaceInput,
     UpdateRepositoryGroupInput,
+    UpdateRepositorySettingsInput,
     UpdateWorkspaceInput,
 )
 from delidev.graphql.task_types import (
@@ -33,7 +34,14 @@ from delidev.graphql.types import (
     TodoItemStatus,
     Workspace,
 )
-from delidev.services import repositories, sessions, tasks, todos, workspaces
+from delidev.services import (
+    repositories,
+    repository_settings,
+    sessions,
+    tasks,
+    todos,
+    workspaces,
+)
 from delidev.services.common import parse_id
 
 _EXACT = 2**53  # the largest integer every Float (and a JavaScript number) holds exactly
@@ -129,6 +137,32 @@ class Mutation:
             actor=await info.context.actor(), repository_id=parse_id(id, "id")
         )
         return True
+
+    @strawberry.mutation(  # type: ignore[untyped-decorator]  # strawberry.mutation(...) is typed Any
+        description="Sets the secret webhook deliveries are checked against (16 to 256"
+        " printable ASCII characters); null or empty clears it. Never returned."
+    )
+    async def set_repository_webhook_secret(
+        self, info: GqlInfo, id: strawberry.ID, secret: str | None
+    ) -> Repository:
+        repo = await repository_settings.set_webhook_secret(
+            actor=await info.context.actor(), repository_id=parse_id(id, "id"), secret=secret
+        )
+        return Repository.from_model(repo)
+
+    @strawberry.mutation
+    async def update_repository_settings(
+        self, info: GqlInfo, input: UpdateRepositorySettingsInput
+    ) -> Repository:
+        repo = await repository_settings.update_repository_settings(
+            actor=await info.context.actor(),
+            repository_id=parse_id(input.repository_id, "repositoryId"),
+            auto_triage=input.auto_triage,
+            auto_fix_review_comments=input.auto_fix_review_comments,
+            review_comment_filter=input.review_comment_filter,
+            auto_fix_ci_failures=input.auto_fix_ci_failures,
+        )
+        return Repository.from_model(repo)
 
     @strawberry.mutation
     async def create_repository_group(

@@ -13,11 +13,18 @@ from delidev import models as m
 from delidev.graphql.context import Context
 from delidev.graphql.enums import BudgetPeriod
 from delidev.graphql.usage_types import WorkspaceUsage
+from delidev.services import repository_settings
 from delidev.services import todos as todo_service
 from delidev.services import usage as usage_service
 
 VcsType = strawberry.enum(m.VcsType, name="VcsType")
 VcsProviderType = strawberry.enum(m.VcsProviderType, name="VcsProviderType")
+ReviewCommentFilter = strawberry.enum(
+    m.ReviewCommentFilter,
+    name="ReviewCommentFilter",
+    description="Whose review comments auto-fix acts on: GitHub authors with write access"
+    " (OWNER, MEMBER, COLLABORATOR) and GitLab notes on private projects, or everyone.",
+)
 TodoItemType = strawberry.enum(m.TodoItemType, name="TodoItemType")
 TodoItemStatus = strawberry.enum(m.TodoItemStatus, name="TodoItemStatus")
 TodoItemSource = strawberry.enum(m.TodoItemSource, name="TodoItemSource")
@@ -104,6 +111,14 @@ class Workspace:
         return WorkspaceUsage.from_usage(await info.context.loaders.workspace_usage.load(key))
 
 
+@strawberry.type(description="What webhook deliveries may do for a repository.")
+class RepositorySettings:
+    auto_triage: bool
+    auto_fix_review_comments: bool
+    review_comment_filter: ReviewCommentFilter  # type: ignore[valid-type]  # strawberry.enum
+    auto_fix_ci_failures: bool
+
+
 @strawberry.type
 class Repository:
     id: strawberry.ID
@@ -117,6 +132,14 @@ class Repository:
     branch_name_template: str | None
     created_at: datetime
     updated_at: datetime
+    settings: RepositorySettings
+    webhook_secret_set: bool = strawberry.field(
+        description="Whether a webhook secret is set (the secret is never returned)."
+    )
+    webhook_path: str | None = strawberry.field(
+        description="Where GitHub / GitLab post deliveries, relative to the server's URL;"
+        " null for a provider without webhooks."
+    )
 
     @classmethod
     def from_model(cls, repo: m.Repository) -> Repository:
@@ -132,6 +155,14 @@ class Repository:
             branch_name_template=repo.branch_name_template,
             created_at=repo.created_at,
             updated_at=repo.updated_at,
+            settings=RepositorySettings(
+                auto_triage=repo.auto_triage,
+                auto_fix_review_comments=repo.auto_fix_review_comments,
+                review_comment_filter=repo.review_comment_filter,
+                auto_fix_ci_failures=repo.auto_fix_ci_failures,
+            ),
+            webhook_secret_set=repo.webhook_secret is not None,
+            webhook_path=repository_settings.webhook_path(repo),
         )
 
     @strawberry.field

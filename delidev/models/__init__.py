@@ -8,6 +8,7 @@ from delidev.models.enums import (
     CompositeTaskStatus,
     JobKind,
     PullRequestState,
+    ReviewCommentFilter,
     StopReason,
     TaskPriority,
     TodoItemSource,
@@ -37,7 +38,13 @@ from delidev.models.todos import TodoItem
 from delidev.models.usage import UsageRecord
 from delidev.models.users import AuthState, RefreshToken, User
 from delidev.models.workers import Worker
-from delidev.models.workspaces import Repository, RepositoryGroup, RepositoryGroupMember, Workspace
+from delidev.models.workspaces import (
+    Repository,
+    RepositoryGroup,
+    RepositoryGroupMember,
+    WebhookDelivery,
+    Workspace,
+)
 
 __all__ = [
     "AgentSession",
@@ -59,6 +66,7 @@ __all__ = [
     "Repository",
     "RepositoryGroup",
     "RepositoryGroupMember",
+    "ReviewCommentFilter",
     "StopReason",
     "TaskPriority",
     "TodoItem",
@@ -76,6 +84,7 @@ __all__ = [
     "VcsProviderType",
     "VcsType",
     "WaitReason",
+    "WebhookDelivery",
     "Worker",
     "WorkerStatus",
     "Workspace",

@@ -15,6 +15,13 @@ class VcsProviderType(StrEnum):
     BITBUCKET = "bitbucket"
 
 
+class ReviewCommentFilter(StrEnum):
+    """Whose review comments a repository's auto-fix acts on."""
+
+    WRITE_ACCESS_ONLY = "write_access_only"
+    ALL = "all"
+
+
 class AiAgentType(StrEnum):
     CLAUDE_CODE = "claude_code"
     OPEN_CODE = "open_code"

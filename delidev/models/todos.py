@@ -21,6 +21,9 @@ class TodoItem(Model):
         "models.Repository", related_name="todo_items", on_delete=fields.CASCADE
     )
     data: Any = fields.JSONField()
+    external_url = fields.CharField(max_length=2048, null=True)
+    """The issue / pull request URL of an item filed from a webhook: at most one such item
+    per repository and URL. None for items filed through the API."""
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
@@ -29,3 +32,4 @@ class TodoItem(Model):
     class Meta:
         table = "todo_items"
         indexes = (("repository_id", "status"),)
+        unique_together = (("repository", "external_url"),)

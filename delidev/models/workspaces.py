@@ -6,7 +6,7 @@ from uuid import UUID, uuid4
 from tortoise import fields
 from tortoise.models import Model
 
-from delidev.models.enums import BudgetPeriod, VcsProviderType, VcsType
+from delidev.models.enums import BudgetPeriod, ReviewCommentFilter, VcsProviderType, VcsType
 
 if TYPE_CHECKING:
     from delidev.models.users import User
@@ -58,6 +58,22 @@ class Repository(Model):
     vcs_type = fields.CharEnumField(VcsType, max_length=50, default=VcsType.GIT)
     vcs_provider_type = fields.CharEnumField(VcsProviderType, max_length=50)
     branch_name_template = fields.CharField(max_length=255, null=True)
+    auto_triage = fields.BooleanField(default=True, db_default=True)
+    """Webhook events about issues and pull requests file and complete todo items."""
+    auto_fix_review_comments = fields.BooleanField(default=False, db_default=False)
+    """Review comments on a task's pull request queue an auto-fix run."""
+    review_comment_filter = fields.CharEnumField(
+        ReviewCommentFilter,
+        max_length=30,
+        default=ReviewCommentFilter.WRITE_ACCESS_ONLY,
+        db_default="write_access_only",
+    )
+    """Whose review comments count (``auto_fix_review_comments``)."""
+    auto_fix_ci_failures = fields.BooleanField(default=False, db_default=False)
+    """A failed check run / pipeline on a task's pull request queues an auto-fix run."""
+    webhook_secret = fields.CharField(max_length=256, null=True)
+    """GitHub: the shared secret itself (HMAC needs it); GitLab: SHA-256 hex of the token.
+    Never returned by any API, never logged; None = webhooks refused."""
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
@@ -105,3 +121,23 @@ class RepositoryGroupMember(Model):
         table = "repository_group_members"
         unique_together = (("group", "repository"),)
         indexes = (("repository_id",),)
+
+
+class WebhookDelivery(Model):
+    """A webhook delivery accepted for a repository: a redelivery of the same id is
+    acknowledged without acting again. Pruned by age (``webhook_delivery_retention_hours``)."""
+
+    id = fields.UUIDField(primary_key=True, default=uuid4)
+    repository: fields.ForeignKeyRelation[Repository] = fields.ForeignKeyField(
+        "models.Repository", related_name="webhook_deliveries", on_delete=fields.CASCADE
+    )
+    delivery_id = fields.CharField(max_length=200)
+    """``X-GitHub-Delivery``; GitLab ``Idempotency-Key`` or else ``X-Gitlab-Event-UUID``."""
+    event = fields.CharField(max_length=100)
+    received_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+
+    repository_id: UUID
+
+    class Meta:
+        table = "webhook_deliveries"
+        unique_together = (("repository", "delivery_id"),)

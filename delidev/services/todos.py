@@ -8,6 +8,9 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -21,6 +24,7 @@ from delidev.services.common import (
     owner_filter,
     page_bounds,
     paginate,
+    transaction,
 )
 from delidev.services.repositories import get_repository
 from delidev.services.workspaces import get_workspace
@@ -229,3 +233,65 @@ async def workspace_ids_of_repositories(repository_ids: Sequence[UUID]) -> dict[
         return {}
     rows = await m.Repository.filter(id__in=list(repository_ids)).values_list("id", "workspace_id")
     return dict(rows)
+
+
+# Items filed from webhooks -------------------------------------------------------------
+
+
+def _url_of(data: TodoData) -> str:
+    return data.issue_url if isinstance(data, IssueTriageData) else data.pr_url
+
+
+async def file_auto_item(
+    *, repository_id: UUID, data: TodoData, reopened: bool = False
+) -> tuple[m.TodoItem, bool]:
+    """Files an ``auto`` item for an issue or pull request seen in a webhook delivery, at
+    most one per repository and URL, and says whether it is new. An item already filed
+    gets the new title and labels; ``reopened`` makes a completed one pending again (a
+    dismissed one stays dismissed: someone decided it needs nothing). Safe when two
+    deliveries of the same URL race (the unique (repository, URL) index decides).
+
+    Raises: InvalidArgument.
+    """
+    checked = validate_todo_data(data)
+    url = _url_of(checked)
+    item_type = (
+        m.TodoItemType.ISSUE_TRIAGE
+        if isinstance(checked, IssueTriageData)
+        else m.TodoItemType.PR_REVIEW
+    )
+    async with transaction():
+        try:
+            async with in_transaction():  # a savepoint: a lost race leaves the rest intact
+                item = await m.TodoItem.create(
+                    type=item_type,
+                    source=m.TodoItemSource.AUTO,
+                    status=m.TodoItemStatus.PENDING,
+                    repository_id=repository_id,
+                    data=asdict(checked),
+                    external_url=url,
+                )
+            return item, True
+        except IntegrityError:
+            pass  # filed before (or by a concurrent delivery): refresh it below
+        item = await m.TodoItem.get(repository_id=repository_id, external_url=url)
+        fresh = asdict(checked)
+        if isinstance(checked, PrReviewData) and checked.ai_summary is None:
+            fresh["ai_summary"] = (item.data or {}).get("ai_summary")
+        await m.TodoItem.filter(id=item.id).update(**common.changed(data=fresh))
+        if reopened:
+            await m.TodoItem.filter(id=item.id, status=m.TodoItemStatus.COMPLETED).update(
+                **common.changed(status=m.TodoItemStatus.PENDING)
+            )
+        return await m.TodoItem.get(id=item.id), False
+
+
+async def complete_auto_item(*, repository_id: UUID, url: str) -> m.TodoItem | None:
+    """Completes the pending or in-progress item filed for ``url`` (its issue or pull
+    request was closed); the item, or None when none was filed."""
+    await m.TodoItem.filter(
+        repository_id=repository_id,
+        external_url=url,
+        status__in=[m.TodoItemStatus.PENDING, m.TodoItemStatus.IN_PROGRESS],
+    ).update(**common.changed(status=m.TodoItemStatus.COMPLETED))
+    return await m.TodoItem.get_or_none(repository_id=repository_id, external_url=url)

@@ -405,6 +405,12 @@ def connect_refusals(a: dict[str, str], own: dict[str, str]) -> list[tuple[str, 
         ("RepositoryService/List", {"workspaceId": a["workspace"]}),
         ("RepositoryService/Get", {"repositoryId": a["repo1"]}),
         ("RepositoryService/Remove", {"repositoryId": a["repo1"]}),
+        (
+            "RepositoryService/SetWebhookSecret",
+            {"repositoryId": a["repo1"], "secret": "mallory-secret-0123456789"},
+        ),
+        ("RepositoryService/SetWebhookSecret", {"repositoryId": a["repo1"], "secret": ""}),
+        ("RepositoryService/UpdateSettings", {"repositoryId": a["repo1"], "autoTriage": False}),
         ("RepositoryGroupService/Create", {"workspaceId": a["workspace"], "repositoryIds": []}),
         (
             "RepositoryGroupService/Create",
@@ -572,6 +578,16 @@ def graphql_refusals(a: dict[str, str], own: dict[str, str]) -> list[tuple[str, 
             'remoteUrl: "https://github.com/m/stolen"}) { id }',
         ),
         ("removeRepository", f'removeRepository(id: "{repo}")'),
+        (
+            "setRepositoryWebhookSecret",
+            f'setRepositoryWebhookSecret(id: "{repo}", secret: "mallory-secret-0123456789")'
+            " { id }",
+        ),
+        (
+            "updateRepositorySettings",
+            f'updateRepositorySettings(input: {{repositoryId: "{repo}", autoFixCiFailures: true}})'
+            " { id }",
+        ),
         (
             "createRepositoryGroup",
             f'createRepositoryGroup(input: {{workspaceId: "{ws}", repositoryIds: []}}) {{ id }}',

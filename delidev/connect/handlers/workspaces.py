@@ -13,7 +13,7 @@ from delidev.connect.gen.delidev.v1.repository_connect import (
 )
 from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceService
 from delidev.connect.handlers.base import Ctx, Handler, optional
-from delidev.services import repositories, usage, workspaces
+from delidev.services import repositories, repository_settings, usage, workspaces
 from delidev.services.common import parse_id, parse_optional_id
 
 
@@ -156,6 +156,31 @@ class RepositoryHandler(Handler, RepositoryService):
             repository_id=parse_id(request.repository_id, "repository_id"),
         )
         return repository_pb.RemoveRepositoryResponse()
+
+    async def set_webhook_secret(
+        self, request: repository_pb.SetWebhookSecretRequest, ctx: Ctx
+    ) -> repository_pb.SetWebhookSecretResponse:
+        repo = await repository_settings.set_webhook_secret(
+            actor=await self.actor(ctx),
+            repository_id=parse_id(request.repository_id, "repository_id"),
+            secret=request.secret,
+        )
+        return repository_pb.SetWebhookSecretResponse(repository=convert.repository(repo))
+
+    async def update_settings(
+        self, request: repository_pb.UpdateRepositorySettingsRequest, ctx: Ctx
+    ) -> repository_pb.UpdateRepositorySettingsResponse:
+        repo = await repository_settings.update_repository_settings(
+            actor=await self.actor(ctx),
+            repository_id=parse_id(request.repository_id, "repository_id"),
+            auto_triage=optional(request, "auto_triage"),
+            auto_fix_review_comments=optional(request, "auto_fix_review_comments"),
+            review_comment_filter=convert.REVIEW_COMMENT_FILTER.to_domain(
+                request.review_comment_filter, "review_comment_filter"
+            ),
+            auto_fix_ci_failures=optional(request, "auto_fix_ci_failures"),
+        )
+        return repository_pb.UpdateRepositorySettingsResponse(repository=convert.repository(repo))
 
 
 class RepositoryGroupHandler(Handler, RepositoryGroupService):

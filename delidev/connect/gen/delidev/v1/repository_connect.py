@@ -19,7 +19,7 @@ from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DE
 from protobuf import DescService
 
 from . import repository_pb
-from .repository_pb import AddRepositoryRequest, AddRepositoryResponse, CreateRepositoryGroupRequest, CreateRepositoryGroupResponse, DeleteRepositoryGroupRequest, DeleteRepositoryGroupResponse, GetRepositoryRequest, GetRepositoryResponse, ListRepositoriesRequest, ListRepositoriesResponse, ListRepositoryGroupsRequest, ListRepositoryGroupsResponse, RemoveRepositoryRequest, RemoveRepositoryResponse, UpdateRepositoryGroupRequest, UpdateRepositoryGroupResponse
+from .repository_pb import AddRepositoryRequest, AddRepositoryResponse, CreateRepositoryGroupRequest, CreateRepositoryGroupResponse, DeleteRepositoryGroupRequest, DeleteRepositoryGroupResponse, GetRepositoryRequest, GetRepositoryResponse, ListRepositoriesRequest, ListRepositoriesResponse, ListRepositoryGroupsRequest, ListRepositoryGroupsResponse, RemoveRepositoryRequest, RemoveRepositoryResponse, SetWebhookSecretRequest, SetWebhookSecretResponse, UpdateRepositoryGroupRequest, UpdateRepositoryGroupResponse, UpdateRepositorySettingsRequest, UpdateRepositorySettingsResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -41,6 +41,12 @@ class RepositoryService(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     async def remove(self, request: RemoveRepositoryRequest, ctx: RequestContext[RemoveRepositoryRequest, RemoveRepositoryResponse], /) -> RemoveRepositoryResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def set_webhook_secret(self, request: SetWebhookSecretRequest, ctx: RequestContext[SetWebhookSecretRequest, SetWebhookSecretResponse], /) -> SetWebhookSecretResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def update_settings(self, request: UpdateRepositorySettingsRequest, ctx: RequestContext[UpdateRepositorySettingsRequest, UpdateRepositorySettingsResponse], /) -> UpdateRepositorySettingsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     @classmethod
@@ -104,6 +110,28 @@ class RepositoryServiceASGIApplication(ConnectASGIApplication[RepositoryService]
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.remove,
+                ),
+                "/delidev.v1.RepositoryService/SetWebhookSecret": Endpoint.unary(
+                    method=MethodInfo(
+                        name="SetWebhookSecret",
+                        service_name="delidev.v1.RepositoryService",
+                        input=SetWebhookSecretRequest,
+                        output=SetWebhookSecretResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.set_webhook_secret,
+                ),
+                "/delidev.v1.RepositoryService/UpdateSettings": Endpoint.unary(
+                    method=MethodInfo(
+                        name="UpdateSettings",
+                        service_name="delidev.v1.RepositoryService",
+                        input=UpdateRepositorySettingsRequest,
+                        output=UpdateRepositorySettingsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.update_settings,
                 ),
             },
             interceptors=interceptors,
@@ -199,6 +227,46 @@ class RepositoryServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def set_webhook_secret(
+        self,
+        request: SetWebhookSecretRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetWebhookSecretResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetWebhookSecret",
+                service_name="delidev.v1.RepositoryService",
+                input=SetWebhookSecretRequest,
+                output=SetWebhookSecretResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def update_settings(
+        self,
+        request: UpdateRepositorySettingsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateRepositorySettingsResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateSettings",
+                service_name="delidev.v1.RepositoryService",
+                input=UpdateRepositorySettingsRequest,
+                output=UpdateRepositorySettingsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class RepositoryServiceSync(Protocol):
     def add(self, request: AddRepositoryRequest, ctx: RequestContext[AddRepositoryRequest, AddRepositoryResponse], /) -> AddRepositoryResponse:
@@ -211,6 +279,12 @@ class RepositoryServiceSync(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     def remove(self, request: RemoveRepositoryRequest, ctx: RequestContext[RemoveRepositoryRequest, RemoveRepositoryResponse], /) -> RemoveRepositoryResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def set_webhook_secret(self, request: SetWebhookSecretRequest, ctx: RequestContext[SetWebhookSecretRequest, SetWebhookSecretResponse], /) -> SetWebhookSecretResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def update_settings(self, request: UpdateRepositorySettingsRequest, ctx: RequestContext[UpdateRepositorySettingsRequest, UpdateRepositorySettingsResponse], /) -> UpdateRepositorySettingsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
     @classmethod
@@ -272,6 +346,28 @@ class RepositoryServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.remove,
+                ),
+                "/delidev.v1.RepositoryService/SetWebhookSecret": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="SetWebhookSecret",
+                        service_name="delidev.v1.RepositoryService",
+                        input=SetWebhookSecretRequest,
+                        output=SetWebhookSecretResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.set_webhook_secret,
+                ),
+                "/delidev.v1.RepositoryService/UpdateSettings": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="UpdateSettings",
+                        service_name="delidev.v1.RepositoryService",
+                        input=UpdateRepositorySettingsRequest,
+                        output=UpdateRepositorySettingsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.update_settings,
                 ),
             },
             interceptors=interceptors,
@@ -361,6 +457,46 @@ class RepositoryServiceClientSync(ConnectClientSync):
                 service_name="delidev.v1.RepositoryService",
                 input=RemoveRepositoryRequest,
                 output=RemoveRepositoryResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def set_webhook_secret(
+        self,
+        request: SetWebhookSecretRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> SetWebhookSecretResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetWebhookSecret",
+                service_name="delidev.v1.RepositoryService",
+                input=SetWebhookSecretRequest,
+                output=SetWebhookSecretResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def update_settings(
+        self,
+        request: UpdateRepositorySettingsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> UpdateRepositorySettingsResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="UpdateSettings",
+                service_name="delidev.v1.RepositoryService",
+                input=UpdateRepositorySettingsRequest,
+                output=UpdateRepositorySettingsResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal, NoReturn, TYPE_CHECKING, TypeAlias
 
-from protobuf import Message
+from protobuf import Enum, Message
 from protobuf._codegen import file_desc
 from protobuf.wkt.google.protobuf import timestamp_pb
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .common_pb import Labels, VcsProviderType, VcsType
 
 
-_RepositoryFields: TypeAlias = Literal["id", "workspace_id", "name", "local_path", "remote_url", "default_branch", "vcs_type", "vcs_provider_type", "branch_name_template", "created_at", "updated_at"]
+_RepositoryFields: TypeAlias = Literal["id", "workspace_id", "name", "local_path", "remote_url", "default_branch", "vcs_type", "vcs_provider_type", "branch_name_template", "created_at", "updated_at", "settings", "webhook_secret_set", "webhook_path"]
 
 class Repository(Message[_RepositoryFields]):
     """
@@ -79,9 +79,28 @@ class Repository(Message[_RepositoryFields]):
             ```proto
             optional google.protobuf.Timestamp updated_at = 11;
             ```
+        settings:
+            What webhook deliveries may do for this repository.
+
+            ```proto
+            optional delidev.v1.RepositorySettings settings = 12;
+            ```
+        webhook_secret_set:
+            Whether a webhook secret is set (the secret itself is never returned).
+
+            ```proto
+            bool webhook_secret_set = 13;
+            ```
+        webhook_path:
+            The path GitHub / GitLab posts deliveries to ("/webhooks/github/<id>"), relative to the
+            server's public URL; empty for a provider without webhooks (Bitbucket).
+
+            ```proto
+            string webhook_path = 14;
+            ```
     """
 
-    __slots__ = ("id", "workspace_id", "name", "local_path", "remote_url", "default_branch", "vcs_type", "vcs_provider_type", "branch_name_template", "created_at", "updated_at")
+    __slots__ = ("id", "workspace_id", "name", "local_path", "remote_url", "default_branch", "vcs_type", "vcs_provider_type", "branch_name_template", "created_at", "updated_at", "settings", "webhook_secret_set", "webhook_path")
 
     if TYPE_CHECKING:
 
@@ -99,6 +118,9 @@ class Repository(Message[_RepositoryFields]):
             branch_name_template: str | None = None,
             created_at: Timestamp | None = None,
             updated_at: Timestamp | None = None,
+            settings: RepositorySettings | None = None,
+            webhook_secret_set: bool = False,
+            webhook_path: str = "",
         ) -> None:
             pass
 
@@ -113,6 +135,62 @@ class Repository(Message[_RepositoryFields]):
         branch_name_template: str
         created_at: Timestamp | None
         updated_at: Timestamp | None
+        settings: RepositorySettings | None
+        webhook_secret_set: bool
+        webhook_path: str
+
+_RepositorySettingsFields: TypeAlias = Literal["auto_triage", "auto_fix_review_comments", "review_comment_filter", "auto_fix_ci_failures"]
+
+class RepositorySettings(Message[_RepositorySettingsFields]):
+    """
+    ```proto
+    message delidev.v1.RepositorySettings
+    ```
+
+    Attributes:
+        auto_triage:
+            Issues and pull requests opened / closed file and complete todo items (default on).
+
+            ```proto
+            bool auto_triage = 1;
+            ```
+        auto_fix_review_comments:
+            Review comments on a task's pull request queue an auto-fix run (default off).
+
+            ```proto
+            bool auto_fix_review_comments = 2;
+            ```
+        review_comment_filter:
+            ```proto
+            delidev.v1.ReviewCommentFilter review_comment_filter = 3;
+            ```
+        auto_fix_ci_failures:
+            A failed check run / pipeline on a task's pull request queues an auto-fix run
+            (default off).
+
+            ```proto
+            bool auto_fix_ci_failures = 4;
+            ```
+    """
+
+    __slots__ = ("auto_triage", "auto_fix_review_comments", "review_comment_filter", "auto_fix_ci_failures")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            auto_triage: bool = False,
+            auto_fix_review_comments: bool = False,
+            review_comment_filter: ReviewCommentFilter | None = None,
+            auto_fix_ci_failures: bool = False,
+        ) -> None:
+            pass
+
+        auto_triage: bool
+        auto_fix_review_comments: bool
+        review_comment_filter: ReviewCommentFilter
+        auto_fix_ci_failures: bool
 
 _AddRepositoryRequestFields: TypeAlias = Literal["workspace_id", "remote_url", "name", "local_path", "default_branch", "vcs_provider_type", "branch_name_template"]
 
@@ -389,6 +467,156 @@ class RemoveRepositoryResponse(Message[_RemoveRepositoryResponseFields]):
             self,
         ) -> None:
             pass
+
+_SetWebhookSecretRequestFields: TypeAlias = Literal["repository_id", "secret"]
+
+class SetWebhookSecretRequest(Message[_SetWebhookSecretRequestFields]):
+    """
+    ```proto
+    message delidev.v1.SetWebhookSecretRequest
+    ```
+
+    Attributes:
+        repository_id:
+            ```proto
+            string repository_id = 1;
+            ```
+        secret:
+            16 to 256 printable ASCII characters; empty: clears it (deliveries are then refused).
+
+            ```proto
+            string secret = 2;
+            ```
+    """
+
+    __slots__ = ("repository_id", "secret")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            repository_id: str = "",
+            secret: str = "",
+        ) -> None:
+            pass
+
+        repository_id: str
+        secret: str
+
+_SetWebhookSecretResponseFields: TypeAlias = Literal["repository"]
+
+class SetWebhookSecretResponse(Message[_SetWebhookSecretResponseFields]):
+    """
+    ```proto
+    message delidev.v1.SetWebhookSecretResponse
+    ```
+
+    Attributes:
+        repository:
+            webhook_secret_set says whether one is set now; the secret is never returned.
+
+            ```proto
+            optional delidev.v1.Repository repository = 1;
+            ```
+    """
+
+    __slots__ = ("repository",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            repository: Repository | None = None,
+        ) -> None:
+            pass
+
+        repository: Repository | None
+
+_UpdateRepositorySettingsRequestFields: TypeAlias = Literal["repository_id", "auto_triage", "auto_fix_review_comments", "review_comment_filter", "auto_fix_ci_failures"]
+
+class UpdateRepositorySettingsRequest(Message[_UpdateRepositorySettingsRequestFields]):
+    """
+    ```proto
+    message delidev.v1.UpdateRepositorySettingsRequest
+    ```
+
+    Attributes:
+        repository_id:
+            ```proto
+            string repository_id = 1;
+            ```
+        auto_triage:
+            Unset: unchanged.
+
+            ```proto
+            optional bool auto_triage = 2;
+            ```
+        auto_fix_review_comments:
+            ```proto
+            optional bool auto_fix_review_comments = 3;
+            ```
+        review_comment_filter:
+            UNSPECIFIED: unchanged.
+
+            ```proto
+            delidev.v1.ReviewCommentFilter review_comment_filter = 4;
+            ```
+        auto_fix_ci_failures:
+            ```proto
+            optional bool auto_fix_ci_failures = 5;
+            ```
+    """
+
+    __slots__ = ("repository_id", "auto_triage", "auto_fix_review_comments", "review_comment_filter", "auto_fix_ci_failures")
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            repository_id: str = "",
+            auto_triage: bool | None = None,
+            auto_fix_review_comments: bool | None = None,
+            review_comment_filter: ReviewCommentFilter | None = None,
+            auto_fix_ci_failures: bool | None = None,
+        ) -> None:
+            pass
+
+        repository_id: str
+        auto_triage: bool
+        auto_fix_review_comments: bool
+        review_comment_filter: ReviewCommentFilter
+        auto_fix_ci_failures: bool
+
+_UpdateRepositorySettingsResponseFields: TypeAlias = Literal["repository"]
+
+class UpdateRepositorySettingsResponse(Message[_UpdateRepositorySettingsResponseFields]):
+    """
+    ```proto
+    message delidev.v1.UpdateRepositorySettingsResponse
+    ```
+
+    Attributes:
+        repository:
+            ```proto
+            optional delidev.v1.Repository repository = 1;
+            ```
+    """
+
+    __slots__ = ("repository",)
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            repository: Repository | None = None,
+        ) -> None:
+            pass
+
+        repository: Repository | None
 
 _RepositoryGroupFields: TypeAlias = Literal["id", "workspace_id", "name", "repository_ids", "created_at", "updated_at", "default_required_labels"]
 
@@ -738,15 +966,46 @@ class DeleteRepositoryGroupResponse(Message[_DeleteRepositoryGroupResponseFields
         ) -> None:
             pass
 
+class ReviewCommentFilter(Enum):
+    """
+    Whose review comments auto-fix acts on.
+
+    ```proto
+    enum delidev.v1.ReviewCommentFilter
+    ```
+
+    Attributes:
+        UNSPECIFIED:
+            ```proto
+            REVIEW_COMMENT_FILTER_UNSPECIFIED = 0
+            ```
+        WRITE_ACCESS_ONLY:
+            GitHub: author association OWNER, MEMBER or COLLABORATOR; GitLab: notes on private
+            projects only (the payload carries no access level).
+
+            ```proto
+            REVIEW_COMMENT_FILTER_WRITE_ACCESS_ONLY = 1
+            ```
+        ALL:
+            ```proto
+            REVIEW_COMMENT_FILTER_ALL = 2
+            ```
+    """
+
+    UNSPECIFIED = 0
+    WRITE_ACCESS_ONLY = 1
+    ALL = 2
+
 
 _DESC = file_desc(
-    b'\n\x1bdelidev/v1/repository.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xf7\x03\n\nRepository\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1d\n\nlocal_path\x18\x04 \x01(\tR\tlocalPath\x12\x1d\n\nremote_url\x18\x05 \x01(\tR\tremoteUrl\x12%\n\x0edefault_branch\x18\x06 \x01(\tR\rdefaultBranch\x12.\n\x08vcs_type\x18\x07 \x01(\x0e2\x13.delidev.v1.VcsTypeR\x07vcsType\x12G\n\x11vcs_provider_type\x18\x08 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\t \x01(\tH\x00R\x12branchNameTemplate\x88\x01\x01\x129\n\ncreated_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x0b \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAtB\x17\n\x15_branch_name_template"\x85\x03\n\x14AddRepositoryRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1d\n\nremote_url\x18\x02 \x01(\tR\tremoteUrl\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12"\n\nlocal_path\x18\x04 \x01(\tH\x01R\tlocalPath\x88\x01\x01\x12*\n\x0edefault_branch\x18\x05 \x01(\tH\x02R\rdefaultBranch\x88\x01\x01\x12G\n\x11vcs_provider_type\x18\x06 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\x07 \x01(\tH\x03R\x12branchNameTemplate\x88\x01\x01B\x07\n\x05_nameB\r\n\x0b_local_pathB\x11\n\x0f_default_branchB\x17\n\x15_branch_name_template"O\n\x15AddRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository"j\n\x17ListRepositoriesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"w\n\x18ListRepositoriesResponse\x12:\n\x0crepositories\x18\x01 \x03(\x0b2\x16.delidev.v1.RepositoryR\x0crepositories\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount";\n\x14GetRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"O\n\x15GetRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository">\n\x17RemoveRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"\x1a\n\x18RemoveRepositoryResponse"\xbb\x02\n\x0fRepositoryGroup\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x04 \x03(\tR\rrepositoryIds\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x126\n\x17default_required_labels\x18\x07 \x03(\tR\x15defaultRequiredLabelsB\x07\n\x05_name"\xc2\x01\n\x1cCreateRepositoryGroupRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x03 \x03(\tR\rrepositoryIds\x126\n\x17default_required_labels\x18\x04 \x03(\tR\x15defaultRequiredLabelsB\x07\n\x05_name"R\n\x1dCreateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"n\n\x1bListRepositoryGroupsRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"t\n\x1cListRepositoryGroupsResponse\x123\n\x06groups\x18\x01 \x03(\x0b2\x1b.delidev.v1.RepositoryGroupR\x06groups\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"\xaa\x02\n\x1cUpdateRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12,\n\x12add_repository_ids\x18\x03 \x03(\tR\x10addRepositoryIds\x122\n\x15remove_repository_ids\x18\x04 \x03(\tR\x13removeRepositoryIds\x12O\n\x17default_required_labels\x18\x05 \x01(\x0b2\x12.delidev.v1.LabelsH\x01R\x15defaultRequiredLabels\x88\x01\x01B\x07\n\x05_nameB\x1a\n\x18_default_required_labels"R\n\x1dUpdateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"9\n\x1cDeleteRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId"\x1f\n\x1dDeleteRepositoryGroupResponse2\xd3\x02\n\x11RepositoryService\x12J\n\x03Add\x12 .delidev.v1.AddRepositoryRequest\x1a!.delidev.v1.AddRepositoryResponse\x12Q\n\x04List\x12#.delidev.v1.ListRepositoriesRequest\x1a$.delidev.v1.ListRepositoriesResponse\x12J\n\x03Get\x12 .delidev.v1.GetRepositoryRequest\x1a!.delidev.v1.GetRepositoryResponse\x12S\n\x06Remove\x12#.delidev.v1.RemoveRepositoryRequest\x1a$.delidev.v1.RemoveRepositoryResponse2\x90\x03\n\x16RepositoryGroupService\x12]\n\x06Create\x12(.delidev.v1.CreateRepositoryGroupRequest\x1a).delidev.v1.CreateRepositoryGroupResponse\x12Y\n\x04List\x12\'.delidev.v1.ListRepositoryGroupsRequest\x1a(.delidev.v1.ListRepositoryGroupsResponse\x12]\n\x06Update\x12(.delidev.v1.UpdateRepositoryGroupRequest\x1a).delidev.v1.UpdateRepositoryGroupResponse\x12]\n\x06Delete\x12(.delidev.v1.DeleteRepositoryGroupRequest\x1a).delidev.v1.DeleteRepositoryGroupResponseb\x06proto3',
+    b'\n\x1bdelidev/v1/repository.proto\x12\ndelidev.v1\x1a\x17delidev/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\x84\x05\n\nRepository\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x12\n\x04name\x18\x03 \x01(\tR\x04name\x12\x1d\n\nlocal_path\x18\x04 \x01(\tR\tlocalPath\x12\x1d\n\nremote_url\x18\x05 \x01(\tR\tremoteUrl\x12%\n\x0edefault_branch\x18\x06 \x01(\tR\rdefaultBranch\x12.\n\x08vcs_type\x18\x07 \x01(\x0e2\x13.delidev.v1.VcsTypeR\x07vcsType\x12G\n\x11vcs_provider_type\x18\x08 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\t \x01(\tH\x00R\x12branchNameTemplate\x88\x01\x01\x129\n\ncreated_at\x18\n \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x0b \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x12:\n\x08settings\x18\x0c \x01(\x0b2\x1e.delidev.v1.RepositorySettingsR\x08settings\x12,\n\x12webhook_secret_set\x18\r \x01(\x08R\x10webhookSecretSet\x12!\n\x0cwebhook_path\x18\x0e \x01(\tR\x0bwebhookPathB\x17\n\x15_branch_name_template"\xf4\x01\n\x12RepositorySettings\x12\x1f\n\x0bauto_triage\x18\x01 \x01(\x08R\nautoTriage\x127\n\x18auto_fix_review_comments\x18\x02 \x01(\x08R\x15autoFixReviewComments\x12S\n\x15review_comment_filter\x18\x03 \x01(\x0e2\x1f.delidev.v1.ReviewCommentFilterR\x13reviewCommentFilter\x12/\n\x14auto_fix_ci_failures\x18\x04 \x01(\x08R\x11autoFixCiFailures"\x85\x03\n\x14AddRepositoryRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x1d\n\nremote_url\x18\x02 \x01(\tR\tremoteUrl\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12"\n\nlocal_path\x18\x04 \x01(\tH\x01R\tlocalPath\x88\x01\x01\x12*\n\x0edefault_branch\x18\x05 \x01(\tH\x02R\rdefaultBranch\x88\x01\x01\x12G\n\x11vcs_provider_type\x18\x06 \x01(\x0e2\x1b.delidev.v1.VcsProviderTypeR\x0fvcsProviderType\x125\n\x14branch_name_template\x18\x07 \x01(\tH\x03R\x12branchNameTemplate\x88\x01\x01B\x07\n\x05_nameB\r\n\x0b_local_pathB\x11\n\x0f_default_branchB\x17\n\x15_branch_name_template"O\n\x15AddRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository"j\n\x17ListRepositoriesRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"w\n\x18ListRepositoriesResponse\x12:\n\x0crepositories\x18\x01 \x03(\x0b2\x16.delidev.v1.RepositoryR\x0crepositories\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount";\n\x14GetRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"O\n\x15GetRepositoryResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository">\n\x17RemoveRepositoryRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId"\x1a\n\x18RemoveRepositoryResponse"V\n\x17SetWebhookSecretRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret"R\n\x18SetWebhookSecretResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository"\xfb\x02\n\x1fUpdateRepositorySettingsRequest\x12#\n\rrepository_id\x18\x01 \x01(\tR\x0crepositoryId\x12$\n\x0bauto_triage\x18\x02 \x01(\x08H\x00R\nautoTriage\x88\x01\x01\x12<\n\x18auto_fix_review_comments\x18\x03 \x01(\x08H\x01R\x15autoFixReviewComments\x88\x01\x01\x12S\n\x15review_comment_filter\x18\x04 \x01(\x0e2\x1f.delidev.v1.ReviewCommentFilterR\x13reviewCommentFilter\x124\n\x14auto_fix_ci_failures\x18\x05 \x01(\x08H\x02R\x11autoFixCiFailures\x88\x01\x01B\x0e\n\x0c_auto_triageB\x1b\n\x19_auto_fix_review_commentsB\x17\n\x15_auto_fix_ci_failures"Z\n UpdateRepositorySettingsResponse\x126\n\nrepository\x18\x01 \x01(\x0b2\x16.delidev.v1.RepositoryR\nrepository"\xbb\x02\n\x0fRepositoryGroup\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12!\n\x0cworkspace_id\x18\x02 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x03 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x04 \x03(\tR\rrepositoryIds\x129\n\ncreated_at\x18\x05 \x01(\x0b2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n\nupdated_at\x18\x06 \x01(\x0b2\x1a.google.protobuf.TimestampR\tupdatedAt\x126\n\x17default_required_labels\x18\x07 \x03(\tR\x15defaultRequiredLabelsB\x07\n\x05_name"\xc2\x01\n\x1cCreateRepositoryGroupRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n\x0erepository_ids\x18\x03 \x03(\tR\rrepositoryIds\x126\n\x17default_required_labels\x18\x04 \x03(\tR\x15defaultRequiredLabelsB\x07\n\x05_name"R\n\x1dCreateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"n\n\x1bListRepositoryGroupsRequest\x12!\n\x0cworkspace_id\x18\x01 \x01(\tR\x0bworkspaceId\x12\x14\n\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x03 \x01(\x05R\x06offset"t\n\x1cListRepositoryGroupsResponse\x123\n\x06groups\x18\x01 \x03(\x0b2\x1b.delidev.v1.RepositoryGroupR\x06groups\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"\xaa\x02\n\x1cUpdateRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId\x12\x17\n\x04name\x18\x02 \x01(\tH\x00R\x04name\x88\x01\x01\x12,\n\x12add_repository_ids\x18\x03 \x03(\tR\x10addRepositoryIds\x122\n\x15remove_repository_ids\x18\x04 \x03(\tR\x13removeRepositoryIds\x12O\n\x17default_required_labels\x18\x05 \x01(\x0b2\x12.delidev.v1.LabelsH\x01R\x15defaultRequiredLabels\x88\x01\x01B\x07\n\x05_nameB\x1a\n\x18_default_required_labels"R\n\x1dUpdateRepositoryGroupResponse\x121\n\x05group\x18\x01 \x01(\x0b2\x1b.delidev.v1.RepositoryGroupR\x05group"9\n\x1cDeleteRepositoryGroupRequest\x12\x19\n\x08group_id\x18\x01 \x01(\tR\x07groupId"\x1f\n\x1dDeleteRepositoryGroupResponse*\x88\x01\n\x13ReviewCommentFilter\x12%\n!REVIEW_COMMENT_FILTER_UNSPECIFIED\x10\x00\x12+\n\'REVIEW_COMMENT_FILTER_WRITE_ACCESS_ONLY\x10\x01\x12\x1d\n\x19REVIEW_COMMENT_FILTER_ALL\x10\x022\x9f\x04\n\x11RepositoryService\x12J\n\x03Add\x12 .delidev.v1.AddRepositoryRequest\x1a!.delidev.v1.AddRepositoryResponse\x12Q\n\x04List\x12#.delidev.v1.ListRepositoriesRequest\x1a$.delidev.v1.ListRepositoriesResponse\x12J\n\x03Get\x12 .delidev.v1.GetRepositoryRequest\x1a!.delidev.v1.GetRepositoryResponse\x12S\n\x06Remove\x12#.delidev.v1.RemoveRepositoryRequest\x1a$.delidev.v1.RemoveRepositoryResponse\x12]\n\x10SetWebhookSecret\x12#.delidev.v1.SetWebhookSecretRequest\x1a$.delidev.v1.SetWebhookSecretResponse\x12k\n\x0eUpdateSettings\x12+.delidev.v1.UpdateRepositorySettingsRequest\x1a,.delidev.v1.UpdateRepositorySettingsResponse2\x90\x03\n\x16RepositoryGroupService\x12]\n\x06Create\x12(.delidev.v1.CreateRepositoryGroupRequest\x1a).delidev.v1.CreateRepositoryGroupResponse\x12Y\n\x04List\x12\'.delidev.v1.ListRepositoryGroupsRequest\x1a(.delidev.v1.ListRepositoryGroupsResponse\x12]\n\x06Update\x12(.delidev.v1.UpdateRepositoryGroupRequest\x1a).delidev.v1.UpdateRepositoryGroupResponse\x12]\n\x06Delete\x12(.delidev.v1.DeleteRepositoryGroupRequest\x1a).delidev.v1.DeleteRepositoryGroupResponseb\x06proto3',
     [
         common_pb.desc(),
         timestamp_pb.desc(),
     ],
     {
         "Repository": Repository,
+        "RepositorySettings": RepositorySettings,
         "AddRepositoryRequest": AddRepositoryRequest,
         "AddRepositoryResponse": AddRepositoryResponse,
         "ListRepositoriesRequest": ListRepositoriesRequest,
@@ -755,6 +1014,10 @@ _DESC = file_desc(
         "GetRepositoryResponse": GetRepositoryResponse,
         "RemoveRepositoryRequest": RemoveRepositoryRequest,
         "RemoveRepositoryResponse": RemoveRepositoryResponse,
+        "SetWebhookSecretRequest": SetWebhookSecretRequest,
+        "SetWebhookSecretResponse": SetWebhookSecretResponse,
+        "UpdateRepositorySettingsRequest": UpdateRepositorySettingsRequest,
+        "UpdateRepositorySettingsResponse": UpdateRepositorySettingsResponse,
         "RepositoryGroup": RepositoryGroup,
         "CreateRepositoryGroupRequest": CreateRepositoryGroupRequest,
         "CreateRepositoryGroupResponse": CreateRepositoryGroupResponse,
@@ -764,6 +1027,7 @@ _DESC = file_desc(
         "UpdateRepositoryGroupResponse": UpdateRepositoryGroupResponse,
         "DeleteRepositoryGroupRequest": DeleteRepositoryGroupRequest,
         "DeleteRepositoryGroupResponse": DeleteRepositoryGroupResponse,
+        "ReviewCommentFilter": ReviewCommentFilter,
     },
 )
 
