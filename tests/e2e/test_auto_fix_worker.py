@@ -1,9 +1,6 @@
-"""End to end: a failed check on a task's pull request becomes an auto-fix run that a
-reference worker executes, against a real server process.
-
-The trigger is the service function the webhook receiver calls (``auto_fix.check_failed``),
-called from this process on the server's database: it publishes no event the server sees,
-so the worker finds the job on the server's own recheck (within a second).
+"""End to end: a failed check on a task's pull request, delivered as GitHub delivers it (its
+example ``check_run`` delivery, signed with the repository's webhook secret) to a real server
+process, becomes an auto-fix run that a reference worker process executes.
 """
 
 from __future__ import annotations
@@ -12,18 +9,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import httpx
 import pytest
 
-from delidev import db
-from delidev.services import auto_fix
-from delidev.settings import Settings
 from tests.e2e.harness import Connect, Server, Sim, eventually
+from tests.webhook_payloads import GITHUB_SECRET, encode, github_example, github_headers
 
 FAST = ("--lines-per-second", "0", "--chunk-interval", "0", "--lines", "5")
-PR_URL = "https://github.com/e2e/app/pull/7"
 
 
 @pytest.fixture
@@ -42,31 +35,33 @@ async def api(server: Server) -> AsyncIterator[Connect]:
     await client.close()
 
 
-async def _check_failed(database_url: str, repository_id: str) -> list[UUID]:
-    """What the webhook receiver will do for a failed check run on the PR."""
-    ctx = await db.open_database(Settings(database_url=database_url), migrate=False)
-    try:
-        return await auto_fix.check_failed(
-            repository_id=UUID(repository_id),
-            pr_url=PR_URL + "/checks",
-            check_name="unit tests",
-            summary="FAILED tests/test_export.py::test_csv - AssertionError",
-            details_url="https://github.com/e2e/app/runs/1",
-        )
-    finally:
-        await db.close_database(ctx)
+def _failed_check_on(pr_number: int, repo_url: str) -> dict[str, Any]:
+    """GitHub's example delivery of a failed check run, on this repository's pull request."""
+    delivery = github_example(
+        "check_run", "completed", lambda e: e["check_run"]["conclusion"] == "failure"
+    )
+    delivery["repository"]["html_url"] = repo_url
+    for pr in delivery["check_run"]["pull_requests"]:
+        pr["number"] = pr_number
+    return delivery
 
 
 async def test_a_failed_check_becomes_an_auto_fix_run_the_worker_executes(
-    server: Server, api: Connect, e2e_database_url: str, tmp_path: Path
+    server: Server, api: Connect, tmp_path: Path
 ) -> None:
     ws = (await api("WorkspaceService/Create", {"name": "e2e-auto-fix"}))["workspace"]["id"]
-    repo = (
+    repo_url = f"https://github.com/e2e/r{time.monotonic_ns()}"
+    added = (await api("RepositoryService/Add", {"workspaceId": ws, "remoteUrl": repo_url}))[
+        "repository"
+    ]
+    repo = added["id"]
+    await api("RepositoryService/SetWebhookSecret", {"repositoryId": repo, "secret": GITHUB_SECRET})
+    hook = (
         await api(
-            "RepositoryService/Add",
-            {"workspaceId": ws, "remoteUrl": f"https://github.com/e2e/r{time.monotonic_ns()}"},
+            "RepositoryService/UpdateSettings", {"repositoryId": repo, "autoFixCiFailures": True}
         )
-    )["repository"]["id"]
+    )["repository"]["webhookPath"]
+    pr_url = f"{repo_url}/pull/7"
     group = (
         await api("RepositoryGroupService/Create", {"workspaceId": ws, "repositoryIds": [repo]})
     )["group"]["id"]
@@ -81,11 +76,25 @@ async def test_a_failed_check_becomes_an_auto_fix_run_the_worker_executes(
         await api("TaskService/Approve", {"taskId": task["id"]})
         linked = await api(
             "TaskService/UpdateStatus",
-            {"taskId": task["id"], "status": "UNIT_TASK_STATUS_PR_OPEN", "linkedPrUrl": PR_URL},
+            {"taskId": task["id"], "status": "UNIT_TASK_STATUS_PR_OPEN", "linkedPrUrl": pr_url},
         )
         assert linked["task"]["unitTask"]["prState"] == "PULL_REQUEST_STATE_OPEN"
 
-        [agent_id] = await _check_failed(e2e_database_url, repo)
+        body = encode(_failed_check_on(7, repo_url))
+        async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+            delivered = await http.post(
+                hook, content=body, headers=github_headers("check_run", body)
+            )
+            assert delivered.status_code == 200, delivered.text
+            # GitHub redelivers the same id: acknowledged, not acted on twice.
+            again = await http.post(
+                hook,
+                content=body,
+                headers=github_headers(
+                    "check_run", body, delivery=delivered.request.headers["x-github-delivery"]
+                ),
+            )
+            assert (again.status_code, again.json()["status"]) == (200, "duplicate"), again.text
 
         report = sim.wait(90)
     except BaseException:
@@ -97,7 +106,7 @@ async def test_a_failed_check_becomes_an_auto_fix_run_the_worker_executes(
     unit = await api.task(task["id"])
     assert unit["status"] == "UNIT_TASK_STATUS_PR_OPEN"
     [fix] = unit["autoFixTasks"]
-    assert fix["id"] == str(agent_id)
+    agent_id = fix["id"]
     [run] = fix["sessions"]
     assert run["kind"] == "JOB_KIND_AUTO_FIX"
     assert run["status"] == "AGENT_SESSION_STATUS_SUCCEEDED"
@@ -112,7 +121,7 @@ async def test_a_failed_check_becomes_an_auto_fix_run_the_worker_executes(
     assert (data["status"], data["prState"]) == ("PR_OPEN", "OPEN")
     assert data["autoFixTasks"] == [
         {
-            "id": str(agent_id),
+            "id": agent_id,
             "sessions": [{"id": run["id"], "kind": "AUTO_FIX", "status": "SUCCEEDED"}],
         }
     ]
