@@ -24,7 +24,9 @@ from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFou
 from delidev.services import common
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
+from delidev.services.common import check_text
 from delidev.services.scheduling.policy import RetryPolicy
+from delidev.services.workers import quick_report
 from delidev.services.workers.limits import BUDGET_ERROR, timeout_error
 from delidev.services.workers.registry import get_worker
 from delidev.services.workers.waiting import MAX_WAIT_MS, wait_deadline
@@ -125,6 +127,24 @@ async def report_status(
         raise InvalidArgument(
             f"failure_kind has an unknown value {str(failure_kind)[:32]!r}", field="failure_kind"
         )
+    kind = None if failure_kind is None else FailureKind(failure_kind).value
+    if quick_report.applies(status=status, failure_kind=kind, plan_yaml=plan_yaml, store=store):
+        ended = await quick_report.end_run(
+            worker_id=worker_id,
+            session_id=session_id,
+            lease_token=lease_token,
+            status=status,
+            error=(
+                None
+                if error is None
+                else check_text(error, "error", max_length=10_000, required=False) or None
+            ),
+            failure_kind=kind,
+            base_commit=base_commit,
+            end_commit=end_commit,
+        )
+        if ended is not None:
+            return ended
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
@@ -132,7 +152,6 @@ async def report_status(
         return session
     values = await _secrets_of(store, session)
     error = None if error is None else secret_service.mask(error, values)
-    kind = None if failure_kind is None else FailureKind(failure_kind).value
     if session.stop_reason == m.StopReason.TIMEOUT and status in (
         SessionStatus.STOPPED,
         SessionStatus.FAILED,
