@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
+from tortoise import connections
 
 from delidev import events
 from delidev import models as m
@@ -17,6 +18,7 @@ from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFou
 from delidev.services import secrets, sessions, tasks, workers
 from delidev.services.workers import claims as worker_claims
 from delidev.services.workers import jobs as worker_jobs
+from delidev.services.workers import quick_heartbeat
 from tests.factories import make_group, make_repository, make_workspace
 from tests.waiting import GUARD_S
 
@@ -723,3 +725,77 @@ async def test_an_unknown_failure_kind_is_refused() -> None:
         failure_kind=workers.FailureKind.OUT_OF_MEMORY,
     )
     assert ended.failure_kind == "out_of_memory"
+
+
+async def _beats(app_events: events.EventBus) -> list[tuple[str, ...]]:
+    """Heartbeats in the states a worker goes through (idle; holding a run, named or not;
+    asked to stop it; unhealthy and back), each as (status, draining, stops, current run,
+    current task, events), ids by their role."""
+    (task,) = await _tasks(1)
+    worker = await _worker()
+    heard: list[str] = []
+    unsubscribe = app_events.subscribe(lambda e: heard.append(type(e).__name__))
+    outcomes: list[tuple[str, ...]] = []
+
+    async def beat(session_id: uuid.UUID | None = None) -> None:
+        heard.clear()
+        reply = await workers.heartbeat(worker_id=worker.id, session_id=session_id)
+        stored = await m.Worker.get(id=worker.id)
+        assert (reply.worker.status, reply.worker.draining) == (stored.status, stored.draining)
+        assert reply.worker.last_heartbeat == stored.last_heartbeat
+        roles = {job.session.id: "run", task.id: "task", None: "-"} if job else {None: "-"}
+        outcomes.append(
+            (
+                stored.status.value,
+                str(stored.draining),
+                ",".join(roles.get(s, "other") for s in reply.stop_session_ids),
+                roles.get(stored.current_session_id, "other"),
+                roles.get(stored.current_task_id, "other"),
+                ",".join(sorted(heard)),
+            )
+        )
+
+    try:
+        job = None
+        await beat()
+        job = await workers.claim_job(worker_id=worker.id)
+        assert job is not None
+        await beat()
+        await beat(job.session.id)
+        await sessions.stop_session(actor=LOCAL_USER, session_id=job.session.id)
+        await beat(job.session.id)
+        await _silence(worker)
+        await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=30))
+        await beat()
+    finally:
+        unsubscribe()
+    return outcomes
+
+
+async def test_a_steady_heartbeat_answers_as_the_general_path_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On PostgreSQL a steady beat is one statement (``quick_heartbeat``); it must leave and
+    answer exactly what the general path does, in every state."""
+    bus = events.EventBus()
+    token = events.bind(bus)
+    answered: list[bool] = []
+    original = quick_heartbeat.beat
+
+    async def beat(**kwargs: Any) -> Any:
+        steady = await original(**kwargs)
+        answered.append(steady is not None)
+        return steady
+
+    monkeypatch.setattr(quick_heartbeat, "beat", beat)
+    try:
+        quick = await _beats(bus)
+        if connections.get("default").capabilities.dialect == "postgres":
+            assert answered == [True] * 5  # every beat of these states is a steady one
+        monkeypatch.setattr(quick_heartbeat, "applies", lambda **_: False)
+        general = await _beats(bus)
+    finally:
+        events.unbind(token)
+    assert quick == general
+    assert [o[0] for o in quick] == ["idle", "busy", "busy", "busy", "idle"]
+    assert quick[3][2] == "run"  # the stop reaches it

@@ -30,6 +30,7 @@ from delidev.services.common import (
 )
 from delidev.services.scheduling.labels import parse_agent_types, parse_labels
 from delidev.services.scheduling.policy import RetryPolicy
+from delidev.services.workers import quick_heartbeat
 from delidev.services.workers.health import announce_released, release_session
 from delidev.settings import Settings
 
@@ -210,6 +211,10 @@ async def heartbeat(
     idle. A worker that was marked unhealthy is healthy again, but its old leases stay dead.
     Raises: NotFound.
     """
+    if quick_heartbeat.applies(task_id=task_id):
+        steady = await quick_heartbeat.beat(worker_id=worker_id, session_id=session_id)
+        if steady is not None:
+            return HeartbeatReply(worker=steady[0], stop_session_ids=steady[1])
     async with transaction():
         # The row lock orders this against a claim, a release or a sweep for this worker:
         # the sessions read below are the ones committed before it (PostgreSQL).
