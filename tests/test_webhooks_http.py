@@ -333,3 +333,60 @@ async def test_hostile_deliveries_never_fail_and_refusals_store_nothing(
     assert isinstance(answer.json(), dict)
     if answer.status_code >= 400:
         assert await stored() == before
+
+
+_GITLAB_EVENTS = st.sampled_from(
+    ["Issue Hook", "Merge Request Hook", "Note Hook", "Pipeline Hook", "Push Hook", "x"]
+)
+_KINDS = st.sampled_from(["issue", "merge_request", "note", "pipeline", "push", "x"])
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    event=_GITLAB_EVENTS,
+    kind=_KINDS,
+    attributes=_JSON,
+    rest=_JSON,
+    raw=st.binary(max_size=200),
+    with_token=st.booleans(),
+    as_json=st.booleans(),
+    extra=st.dictionaries(_HEADER_NAMES, _HEADER_VALUES, max_size=3),
+)
+async def test_hostile_gitlab_deliveries_never_fail_and_refusals_store_nothing(
+    http: httpx.AsyncClient,
+    event: str,
+    kind: str,
+    attributes: Any,
+    rest: Any,
+    raw: bytes,
+    with_token: bool,
+    as_json: bool,
+    extra: dict[str, str],
+) -> None:
+    """GitLab's shapes (``object_kind``, ``object_attributes``, ``merge_request``, ...)
+    holding hostile values: never a 500, and a refusal stores nothing."""
+    repo = await m.Repository.filter(
+        webhook_secret__not_isnull=True, vcs_provider_type=m.VcsProviderType.GITLAB
+    ).first()
+    if repo is None:
+        repo = await secured(host="gitlab.com")
+    payload: Any = {
+        "object_kind": kind,
+        "object_attributes": attributes,
+        "merge_request": rest,
+        "project": rest,
+        "labels": rest,
+    }
+    body = json.dumps(payload).encode() if as_json else raw
+    headers = gitlab_headers(event, token=GITLAB_TOKEN if with_token else "a-wrong-token-123")
+    headers.update({k: v for k, v in extra.items() if k != "content-length"})
+    before = await stored()
+    answer = await http.post(f"/webhooks/gitlab/{repo.id}", content=body, headers=headers)
+    assert answer.status_code in (200, 202, 400, 401, 415), answer.text
+    assert isinstance(answer.json(), dict)
+    if answer.status_code >= 400:
+        assert await stored() == before
