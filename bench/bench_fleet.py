@@ -17,9 +17,10 @@ connection sent it, so a server that falls behind shows as latency (no coordinat
 - **baseline** (same run, same schedule, same N): the heartbeat's own write, one
   ``UPDATE workers SET last_heartbeat = now() … RETURNING`` sent by asyncpg straight to
   PostgreSQL; the ratio of p99s shows what the server adds around it;
-- **sweep**: the health sweep's duration (the server's ``delidev.sweep_workers`` timing is not
-  exported, so this process runs the same service call on the same database) with all N
-  workers healthy and with 1% of them silent, to show what its cost grows with.
+- **sweep**: the health sweep's duration (this process runs the server's service call,
+  ``sweep_workers``, on the same database once the server is stopped) with 2,000 and 20,000
+  registered workers (``--sweep-fleet``) and 0, 10 and 100 of them silent, to show what its
+  cost grows with.
 
 Target (issue 16): heartbeat p99 < 50 ms at 2,000 workers. Prints figures, asserts nothing;
 every measurement is bounded in time.
@@ -58,6 +59,7 @@ from bench.bench_get import (  # noqa: E402
 )
 
 TARGET_P99_MS = 50.0
+SILENT = [0, 10, 100]
 PATH = "/delidev.v1.WorkerService/Heartbeat"
 
 
@@ -202,30 +204,36 @@ async def raw_heartbeats(
     return len(latencies), latencies, 0
 
 
-async def sweep_cost(database_url: str, count: int, silent: int, interval: float) -> float:
-    """Milliseconds of one health sweep with ``count`` workers, ``silent`` of them silent."""
+async def sweep_costs(
+    database_url: str, conn: asyncpg.Connection, silent_counts: list[int], interval: float
+) -> list[float]:
+    """Milliseconds of one health sweep (median of 5, on a warm connection) with every worker
+    healthy but ``silent`` of them, for each count."""
     from delidev import db
     from delidev.services import workers as worker_service
     from delidev.settings import Settings
 
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("UPDATE workers SET last_heartbeat = now(), status = 'idle'")
-        if silent:
-            await conn.execute(
-                "UPDATE workers SET last_heartbeat = now() - interval '1 hour' WHERE id IN "
-                "(SELECT id FROM workers ORDER BY id LIMIT $1)",
-                silent,
-            )
-    finally:
-        await conn.close()
     ctx = await db.open_database(Settings(database_url=database_url), migrate=False)
+    every = dt.timedelta(seconds=interval)
+    costs = []
     try:
-        t0 = time.perf_counter()
-        await worker_service.sweep_workers(heartbeat_interval=dt.timedelta(seconds=interval))
-        return (time.perf_counter() - t0) * 1000
+        await worker_service.sweep_workers(heartbeat_interval=every)  # warms the connection
+        for silent in silent_counts:
+            times = []
+            for _ in range(5):
+                await conn.execute("UPDATE workers SET last_heartbeat = now(), status = 'idle'")
+                await conn.execute(
+                    "UPDATE workers SET last_heartbeat = now() - interval '1 hour' WHERE id IN "
+                    "(SELECT id FROM workers ORDER BY id LIMIT $1)",
+                    silent,
+                )
+                t0 = time.perf_counter()
+                await worker_service.sweep_workers(heartbeat_interval=every)
+                times.append((time.perf_counter() - t0) * 1000)
+            costs.append(statistics.median(times))
     finally:
         await db.close_database(ctx)
+    return costs
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -277,18 +285,18 @@ async def run(args: argparse.Namespace) -> int:
         await conn.close()
         stop_server(proc)  # its own sweeps would race the ones measured here
         proc = None
+        # The sweep's cost as the fleet grows (the server stopped: its own sweeps would
+        # race these), with 0, 10 and 100 silent workers.
         sweeps = []
-        for n in sorted(args.workers):
-            healthy = statistics.median(
-                [await sweep_cost(database_url, len(seeded), 0, interval) for _ in range(3)]
-            )
-            some = statistics.median(
-                [
-                    await sweep_cost(database_url, len(seeded), max(1, n // 100), interval)
-                    for _ in range(3)
-                ]
-            )
-            sweeps.append((n, healthy, some))
+        conn = await asyncpg.connect(database_url)
+        try:
+            for size in sorted(args.sweep_fleet):
+                if size > len(seeded):
+                    seeded += await seed_workers(conn, size - len(seeded))
+                await conn.execute("VACUUM ANALYZE workers")
+                sweeps.append((size, await sweep_costs(database_url, conn, SILENT, interval)))
+        finally:
+            await conn.close()
     finally:
         if proc is not None:
             stop_server(proc)
@@ -307,10 +315,10 @@ async def run(args: argparse.Namespace) -> int:
             verdict = "met" if server[4] < TARGET_P99_MS else "NOT met"
         print(f"{n:>7} {server[2]:>9.0f} {server[3]:>7.2f} {server[4]:>8.2f} {raw[4]:>8.2f} "
               f"{server[4] / raw[4]:>6.1f} {per:>9.0f}  {verdict}")  # fmt: skip
-    total = len(seeded)
-    print(f"\nhealth sweep over {total} registered workers (median of 3, this process):")
-    for n, healthy, some in sweeps:
-        print(f"  all healthy: {healthy:6.1f} ms;  {max(1, n // 100):>3} silent: {some:6.1f} ms")
+    print("\nhealth sweep, ms (median of 5, this process, warm connection):")
+    print(f"{'workers':>7} " + " ".join(f"{f'{k} silent':>10}" for k in SILENT))
+    for size, costs in sweeps:
+        print(f"{size:>7} " + " ".join(f"{c:>10.2f}" for c in costs))
     return 1 if any(r[6] for r in rows) else 0
 
 
@@ -325,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[500, 2000])
     p.add_argument(
         "--seconds", type=float, default=8.0, help="per measurement (the first interval uncounted)"
+    )
+    p.add_argument(
+        "--sweep-fleet",
+        type=int,
+        nargs="+",
+        default=[2000, 20000],
+        help="registered workers at which the health sweep is timed",
     )
     p.add_argument("--interval-ms", type=int, default=1000, help="heartbeat interval")
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections")

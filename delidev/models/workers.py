@@ -38,4 +38,5 @@ class Worker(Model):
 
     class Meta:
         table = "workers"
-        indexes = (("current_task_id",),)
+        # The health sweep finds silent workers by range on last_heartbeat.
+        indexes = (("current_task_id",), ("last_heartbeat",))

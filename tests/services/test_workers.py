@@ -19,6 +19,7 @@ from delidev.services import secrets, sessions, tasks, workers
 from delidev.services.workers import claims as worker_claims
 from delidev.services.workers import jobs as worker_jobs
 from delidev.services.workers import quick_heartbeat
+from tests.conftest import SqlCounter
 from tests.factories import make_group, make_repository, make_workspace
 from tests.waiting import GUARD_S
 
@@ -799,3 +800,23 @@ async def test_a_steady_heartbeat_answers_as_the_general_path_does(
     assert quick == general
     assert [o[0] for o in quick] == ["idle", "busy", "busy", "busy", "idle"]
     assert quick[3][2] == "run"  # the stop reaches it
+
+
+async def test_the_sweep_marks_any_number_of_silent_workers_in_one_statement(
+    sql_counter: SqlCounter,
+) -> None:
+    """Its cost grows with the silent workers' rows, not with statements per worker (a rack
+    of workers dying at once) nor with the healthy fleet (an index on last_heartbeat)."""
+    counts = []
+    for silent in (1, 6):
+        fleet = [await _worker(f"w{i}") for i in range(silent + 3)]
+        for worker in fleet[:silent]:
+            await _silence(worker)
+        sql_counter.reset()
+        await workers.sweep_workers(heartbeat_interval=dt.timedelta(seconds=30))
+        counts.append(len(sql_counter.statements))
+        assert {w.id for w in fleet if (await m.Worker.get(id=w.id)).status == "unhealthy"} == {
+            w.id for w in fleet[:silent]
+        }
+        await m.Worker.filter(id__in=[w.id for w in fleet]).delete()
+    assert counts[0] == counts[1], sql_counter.statements

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from uuid import UUID
 
+from tortoise import connections
 from tortoise.expressions import Q
 
 from delidev import events, metrics
@@ -46,19 +48,33 @@ async def sweep_workers(
     """
     now = now or common.now()
     deadline = now - heartbeat_interval * MISSED_BEATS
-    silent = await m.Worker.filter(
-        last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
-    ).values_list("id", flat=True)
-    for worker_id in silent:
-        # Re-checked in the UPDATE: a heartbeat since the look above keeps the worker healthy.
-        marked = await m.Worker.filter(
-            id=worker_id, last_heartbeat__lt=deadline, status__not=m.WorkerStatus.UNHEALTHY
-        ).update(**common.changed(status=m.WorkerStatus.UNHEALTHY))
-        if marked:
-            events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    for worker_id in await _mark_silent(deadline):
+        events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     released = await _release_abandoned(started_before=deadline, policy=policy)
     await limits.enforce_limits(now=now, stop_grace=stop_grace)
     return released
+
+
+async def _mark_silent(deadline: dt.datetime) -> list[UUID]:
+    """Workers silent since before ``deadline`` → unhealthy, in one statement that returns
+    them (a heartbeat that commits first keeps its worker healthy). Through the index on
+    ``last_heartbeat``, its cost grows with the silent and unhealthy workers, not the fleet."""
+    conn = connections.get("default")
+    now = common.now()
+    args: list[object]
+    if conn.capabilities.dialect == "postgres":
+        sql, args = _MARK_SILENT.replace("?", "$1", 1).replace("?", "$2", 1), [now, deadline]
+    else:  # stamps compared as Tortoise writes them
+        sql, args = _MARK_SILENT, [now.isoformat(" "), deadline.isoformat(" ")]
+    rows = await conn.execute_query_dict(sql, args)
+    return [UUID(str(row["id"])) for row in rows]
+
+
+_MARK_SILENT = """
+UPDATE workers SET status = 'unhealthy', updated_at = ?
+WHERE last_heartbeat < ? AND status <> 'unhealthy'
+RETURNING id
+"""
 
 
 async def _release_abandoned(*, started_before: dt.datetime, policy: RetryPolicy) -> int:
