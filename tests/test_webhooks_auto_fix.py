@@ -120,6 +120,29 @@ async def test_a_merged_pull_request_finishes_the_task(http: httpx.AsyncClient) 
     assert (await m.UnitTask.get(id=task.id)).status == m.UnitTaskStatus.DONE
 
 
+async def test_a_pull_request_closed_then_reopened_is_open_again(
+    http: httpx.AsyncClient,
+) -> None:
+    repo, task = await task_on_pr(GITHUB_PR)
+    closed = github_example("pull_request", "closed")
+    closed["pull_request"]["merged"] = False
+    assert (await post_github(http, repo, "pull_request", closed)).status_code == 200
+    stored = await m.UnitTask.get(id=task.id)
+    assert (stored.status, stored.pr_state) == (m.UnitTaskStatus.PR_OPEN, m.PullRequestState.CLOSED)
+    reopened = github_example("pull_request", "reopened")
+    reopened["pull_request"]["html_url"] = GITHUB_PR
+    assert (await post_github(http, repo, "pull_request", reopened)).status_code == 200
+    stored = await m.UnitTask.get(id=task.id)
+    assert (stored.status, stored.pr_state) == (m.UnitTaskStatus.PR_OPEN, m.PullRequestState.OPEN)
+    # Merged at last: the task is done, and a reopen of a merged PR changes nothing.
+    merged = github_example("pull_request", "closed")
+    merged["pull_request"]["merged"] = True
+    assert (await post_github(http, repo, "pull_request", merged)).status_code == 200
+    assert (await post_github(http, repo, "pull_request", reopened)).status_code == 200
+    stored = await m.UnitTask.get(id=task.id)
+    assert (stored.status, stored.pr_state) == (m.UnitTaskStatus.DONE, m.PullRequestState.MERGED)
+
+
 async def test_gitlab_failed_pipeline_and_note(http: httpx.AsyncClient) -> None:
     repo, task = await task_on_pr(
         GITLAB_MR,

@@ -156,6 +156,21 @@ async def pull_request_closed(*, repository_id: UUID, pr_url: str, merged: bool)
     return changed
 
 
+async def pull_request_reopened(*, repository_id: UUID, pr_url: str) -> list[UUID]:
+    """A PR closed unmerged is open again: its tasks' PR state says so (a merged PR cannot be
+    reopened; its done task is left alone). The ids of the unit tasks changed (a redelivery
+    changes none). Raises: NotFound (the repository)."""
+    changed = []
+    for unit in await matching_unit_tasks(repository_id=repository_id, pr_url=pr_url):
+        reopened = await m.UnitTask.filter(id=unit.id, pr_state=PR.CLOSED).update(
+            **common.changed(pr_state=PR.OPEN, pr_state_changed_at=common.now())
+        )
+        if reopened:
+            task_changed(unit)
+            changed.append(unit.id)
+    return changed
+
+
 async def _stop_auto_fix_runs(unit: m.UnitTask) -> None:
     """A closed PR needs no fixing: its task's queued auto-fix runs stop, running ones are
     asked to (as its owner's Stop would)."""

@@ -21,7 +21,8 @@ What is acted on:
   completed; pull / merge requests opened, reopened, review requested → a ``pr_review``
   item, closed / merged → completed — when the repository's ``auto_triage`` is on;
 - a pull request closed or merged → ``auto_fix.pull_request_closed`` (the task of that PR
-  is done, or records the closing);
+  is done, or records the closing); reopened → ``auto_fix.pull_request_reopened`` (its
+  task's PR is open again);
 - review comments → ``auto_fix.review_feedback`` when ``auto_fix_review_comments`` is on,
   filtered by ``review_comment_filter``: ``write_access_only`` keeps GitHub comments whose
   ``author_association`` is OWNER, MEMBER or COLLABORATOR (those with push access or
@@ -164,6 +165,8 @@ class AutoFix(Protocol):
         self, *, repository_id: UUID, pr_url: str, merged: bool
     ) -> list[UUID]: ...
 
+    async def pull_request_reopened(self, *, repository_id: UUID, pr_url: str) -> list[UUID]: ...
+
 
 class AutoFixService:
     """``AutoFix`` through ``delidev.services.auto_fix`` (the tests of the rules of this
@@ -207,6 +210,12 @@ class AutoFixService:
     ) -> list[UUID]:
         found: list[UUID] = await auto_fix_service.pull_request_closed(
             repository_id=repository_id, pr_url=pr_url, merged=merged
+        )
+        return found
+
+    async def pull_request_reopened(self, *, repository_id: UUID, pr_url: str) -> list[UUID]:
+        found: list[UUID] = await auto_fix_service.pull_request_reopened(
+            repository_id=repository_id, pr_url=pr_url
         )
         return found
 
@@ -649,6 +658,8 @@ async def _auto_fix(repo: m.Repository, found: Sequence[Event], auto_fix: AutoFi
             ids += await auto_fix.pull_request_closed(
                 repository_id=repo.id, pr_url=ev.url, merged=ev.merged
             )
+        elif isinstance(ev, PullRequestOpened) and ev.reopened:
+            ids += await auto_fix.pull_request_reopened(repository_id=repo.id, pr_url=ev.url)
         elif isinstance(ev, ReviewFeedback) and repo.auto_fix_review_comments:
             if repo.review_comment_filter == m.ReviewCommentFilter.ALL or ev.write_access:
                 ids += await auto_fix.review_feedback(

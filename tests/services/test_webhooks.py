@@ -55,6 +55,12 @@ class Recorder:
         )
         return [uuid.uuid4()]
 
+    async def pull_request_reopened(self, *, repository_id: UUID, pr_url: str) -> list[UUID]:
+        self.calls.append(
+            ("pull_request_reopened", {"repository_id": repository_id, "pr_url": pr_url})
+        )
+        return []
+
     async def check_failed(
         self,
         *,
