@@ -30,7 +30,8 @@ Decisions:
   UpdateStatus applies (approved | pr_open → done; a composite advances); in another state
   only the PR state is recorded. Closed unmerged → the PR state ``closed`` is recorded and
   the status is left alone. Either way the task's queued auto-fix runs stop and running ones
-  are asked to, as the task owner's Stop would (a closed PR needs no fixing).
+  are asked to, as the task owner's Stop would (a closed PR needs no fixing). Reopened
+  after closing unmerged → the PR state is ``open`` again (a merged PR stays merged).
 """
 
 from __future__ import annotations
