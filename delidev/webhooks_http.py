@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from delidev import metrics
 from delidev.errors import DeliDevError, InvalidArgument, NotFound, Unauthenticated
+from delidev.services import auto_fix as auto_fix_service
 from delidev.services import webhooks
 from delidev.settings import Settings
 
@@ -64,7 +65,7 @@ def _refusal(error: DeliDevError) -> tuple[int, str]:
 def webhook_routes(settings: Settings, auto_fix: webhooks.AutoFix | None = None) -> list[Route]:
     """The route; ``auto_fix`` (default: the auto-fix service) receives what deliveries
     ask of it."""
-    fixer = auto_fix or webhooks.AutoFixService()
+    fixer: webhooks.AutoFix = auto_fix or auto_fix_service
     retention = dt.timedelta(hours=settings.webhook_delivery_retention_hours)
     cap = settings.webhook_max_body_bytes
 

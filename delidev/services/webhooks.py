@@ -53,8 +53,8 @@ from tortoise.transactions import in_transaction
 from delidev import models as m
 from delidev.errors import DeliDevError, InvalidArgument, NotFound, Unauthenticated
 from delidev.nesting import MAX_JSON_DEPTH, TooDeep, check_json_depth
-from delidev.services import auto_fix as auto_fix_service
 from delidev.services import common, todos
+from delidev.services.auto_fix import ReviewComment
 from delidev.services.repository_settings import WEBHOOK_PROVIDERS, gitlab_token_digest
 
 log = logging.getLogger(__name__)
@@ -116,18 +116,9 @@ class Closed:
 
 
 @dataclass(frozen=True, slots=True)
-class Comment:
-    author: str
-    body: str
-    url: str | None = None
-    path: str | None = None
-    line: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ReviewFeedback:
     pr_url: str
-    comment: Comment
+    comment: ReviewComment
     write_access: bool
     """Whether the author has write access as far as the payload says (see the module
     docstring for GitLab)."""
@@ -145,10 +136,11 @@ Event = IssueOpened | PullRequestOpened | Closed | ReviewFeedback | CheckFailed
 
 
 class AutoFix(Protocol):
-    """What deliveries ask of the auto-fix service (``delidev.services.auto_fix``)."""
+    """What deliveries ask of the auto-fix service: the module ``delidev.services.auto_fix``
+    itself (the tests of the rules of this module stand a recorder in its place)."""
 
     async def review_feedback(
-        self, *, repository_id: UUID, pr_url: str, comments: Sequence[Comment]
+        self, *, repository_id: UUID, pr_url: str, comments: Sequence[ReviewComment]
     ) -> list[UUID]: ...
 
     async def check_failed(
@@ -166,58 +158,6 @@ class AutoFix(Protocol):
     ) -> list[UUID]: ...
 
     async def pull_request_reopened(self, *, repository_id: UUID, pr_url: str) -> list[UUID]: ...
-
-
-class AutoFixService:
-    """``AutoFix`` through ``delidev.services.auto_fix`` (the tests of the rules of this
-    module stand a recorder in its place)."""
-
-    async def review_feedback(
-        self, *, repository_id: UUID, pr_url: str, comments: Sequence[Comment]
-    ) -> list[UUID]:
-        found: list[UUID] = await auto_fix_service.review_feedback(
-            repository_id=repository_id,
-            pr_url=pr_url,
-            comments=[
-                auto_fix_service.ReviewComment(
-                    author=c.author, body=c.body, url=c.url, path=c.path, line=c.line
-                )
-                for c in comments
-            ],
-        )
-        return found
-
-    async def check_failed(
-        self,
-        *,
-        repository_id: UUID,
-        pr_url: str,
-        check_name: str,
-        summary: str,
-        details_url: str | None,
-    ) -> list[UUID]:
-        found: list[UUID] = await auto_fix_service.check_failed(
-            repository_id=repository_id,
-            pr_url=pr_url,
-            check_name=check_name,
-            summary=summary,
-            details_url=details_url,
-        )
-        return found
-
-    async def pull_request_closed(
-        self, *, repository_id: UUID, pr_url: str, merged: bool
-    ) -> list[UUID]:
-        found: list[UUID] = await auto_fix_service.pull_request_closed(
-            repository_id=repository_id, pr_url=pr_url, merged=merged
-        )
-        return found
-
-    async def pull_request_reopened(self, *, repository_id: UUID, pr_url: str) -> list[UUID]:
-        found: list[UUID] = await auto_fix_service.pull_request_reopened(
-            repository_id=repository_id, pr_url=pr_url
-        )
-        return found
 
 
 # Checking a delivery -------------------------------------------------------------------
@@ -398,7 +338,7 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
         return [
             ReviewFeedback(
                 pr_url=p.obj("pull_request").text("html_url"),
-                comment=Comment(
+                comment=ReviewComment(
                     author=review.obj("user").text("login"),
                     body=body.strip() or "Changes requested.",
                     url=review.opt_text("html_url"),
@@ -412,7 +352,7 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
         return [
             ReviewFeedback(
                 pr_url=p.obj("pull_request").text("html_url"),
-                comment=Comment(
+                comment=ReviewComment(
                     author=comment.obj("user").text("login"),
                     body=comment.text("body", MAX_COMMENT_CHARS),
                     url=comment.opt_text("html_url"),
@@ -503,7 +443,7 @@ def parse_gitlab(event: str, payload: Mapping[str, Any]) -> list[Event]:
         return [
             ReviewFeedback(
                 pr_url=pr_url,
-                comment=Comment(
+                comment=ReviewComment(
                     author=p.obj("user").text("username"),
                     body=attrs.text("note", MAX_COMMENT_CHARS),
                     url=note_url,

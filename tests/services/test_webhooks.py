@@ -20,6 +20,7 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from delidev.services import repository_settings, todos, webhooks
+from delidev.services.auto_fix import ReviewComment
 from tests.factories import make_repository, make_workspace
 from tests.webhook_payloads import (
     GITHUB_SECRET,
@@ -45,7 +46,7 @@ class Recorder:
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     async def review_feedback(
-        self, *, repository_id: UUID, pr_url: str, comments: Sequence[webhooks.Comment]
+        self, *, repository_id: UUID, pr_url: str, comments: Sequence[ReviewComment]
     ) -> list[UUID]:
         self.calls.append(
             (
@@ -395,7 +396,7 @@ async def test_review_comments_follow_the_settings_and_the_filter() -> None:
     assert name == "review_feedback"
     assert args["pr_url"] == comment["pull_request"]["html_url"]
     assert args["comments"] == [
-        webhooks.Comment(
+        ReviewComment(
             author=comment["comment"]["user"]["login"],
             body=comment["comment"]["body"],
             url=comment["comment"]["html_url"],
