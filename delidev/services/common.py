@@ -63,6 +63,13 @@ def changed(**fields: Any) -> dict[str, Any]:
     return {**fields, "updated_at": now()}
 
 
+def mirror(row: Model, values: dict[str, Any]) -> None:
+    """Sets on a loaded row what a bulk ``.update(**values)`` just stored, so that the caller
+    answers with the row as stored without reading it back."""
+    for name, value in values.items():
+        setattr(row, name, value)
+
+
 @contextlib.contextmanager
 def orm_errors() -> Iterator[None]:
     """Translates what Tortoise raises about rows into domain errors, like httpx's

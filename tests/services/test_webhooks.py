@@ -41,7 +41,7 @@ S = m.TodoItemStatus
 
 @dataclass
 class Recorder:
-    """Stands in for the auto-fix service (built beside this one): what it was asked."""
+    """Stands in for the auto-fix service, to pin what each setting and filter asks of it."""
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 

@@ -136,8 +136,7 @@ async def complete_session(
             raise FailedPrecondition(
                 f"session {session.id} cannot move from {locked.status.value} to {status.value}"
             )
-        for name, value in values.items():
-            setattr(locked, name, value)
+        common.mirror(locked, values)
         metrics.session_finished(session.kind.value, status.value)
         if status == SessionStatus.FAILED and is_infrastructure_failure(failure_kind):
             # As read under the row's lock: a stop asked since it was loaded counts.
@@ -197,8 +196,7 @@ async def retry_or_give_up(
     if not policy.retries(auto_retries=ended.auto_retries):
         values = common.changed(error=gave_up(error, attempts=ended.auto_retries + 1))
         await m.AgentSession.filter(id=ended.id).update(**values)
-        for name, value in values.items():
-            setattr(ended, name, value)  # the caller's row stays as stored
+        common.mirror(ended, values)  # the caller's row stays as stored
         return False
     await m.AgentSession.create(
         agent_task_id=ended.agent_task_id,

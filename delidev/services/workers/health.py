@@ -63,16 +63,17 @@ async def _mark_silent(deadline: dt.datetime) -> list[UUID]:
     now = common.now()
     args: list[object]
     if conn.capabilities.dialect == "postgres":
-        sql, args = _MARK_SILENT.replace("?", "$1", 1).replace("?", "$2", 1), [now, deadline]
+        sql, args = _MARK_SILENT.format(now="$1", deadline="$2"), [now, deadline]
     else:  # stamps compared as Tortoise writes them
-        sql, args = _MARK_SILENT, [now.isoformat(" "), deadline.isoformat(" ")]
+        sql = _MARK_SILENT.format(now="?", deadline="?")
+        args = [now.isoformat(" "), deadline.isoformat(" ")]
     rows = await conn.execute_query_dict(sql, args)
     return [UUID(str(row["id"])) for row in rows]
 
 
 _MARK_SILENT = """
-UPDATE workers SET status = 'unhealthy', updated_at = ?
-WHERE last_heartbeat < ? AND status <> 'unhealthy'
+UPDATE workers SET status = 'unhealthy', updated_at = {now}
+WHERE last_heartbeat < {deadline} AND status <> 'unhealthy'
 RETURNING id
 """
 

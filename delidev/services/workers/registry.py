@@ -233,8 +233,7 @@ async def heartbeat(
             current_task_id=worker.current_task_id if unchanged else await unit_task_of(current),
         )
         await m.Worker.filter(id=worker.id).update(**values)
-        for name, value in values.items():
-            setattr(worker, name, value)  # the row as stored, without reading it back
+        common.mirror(worker, values)
     if status != before:
         events.publish(events.WorkerChanged(worker_id=str(worker.id)))
     held_ids = {s.id for s in held}
