@@ -48,6 +48,7 @@ from bench.bench_get import (  # noqa: E402
     start_server,
     stop_server,
 )
+from bench.bench_workers import pct  # noqa: E402
 
 WAIT = "wait { reason since detail until position }"
 LATEST = "latestSession { id status attempt error }"
@@ -72,11 +73,6 @@ PLAN = "tasks:\n" + "".join(
     f"  - id: n{i}\n    prompt: node {i}\n" + ("    dependsOn: [n0]\n" if i else "")
     for i in range(5)
 )
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
 async def seed(workspace_name: str, count: int) -> str:

@@ -57,17 +57,11 @@ from bench.bench_get import (  # noqa: E402
     start_server,
     stop_server,
 )
+from bench.bench_workers import pct  # noqa: E402
 
 TARGET_P99_MS = 50.0
 SILENT = [0, 10, 100]
 PATH = "/delidev.v1.WorkerService/Heartbeat"
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 async def seed_workers(conn: asyncpg.Connection, count: int) -> list[uuid.UUID]:
