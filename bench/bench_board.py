@@ -43,8 +43,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bench_get import (  # noqa: E402
-    _read_response,
     process_cpu_s,
+    read_response,
     start_server,
     stop_server,
 )
@@ -166,7 +166,7 @@ async def closed_loop(
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
                 writer.write(request)
-                status, answer = await _read_response(reader)
+                status, answer = await read_response(reader)
                 latencies.append(time.perf_counter() - t0)
                 if status != 200 or b'"errors"' in answer or answer.count(b'"prompt"') < expect:
                     errors += 1

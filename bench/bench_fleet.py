@@ -51,9 +51,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bench_get import (  # noqa: E402
-    _read_response,
     host_busy_s,
     process_cpu_s,
+    read_response,
     start_server,
     stop_server,
 )
@@ -154,7 +154,7 @@ async def server_heartbeats(
             while True:
                 when, w = await schedule.due.get()
                 writer.write(requests[w])
-                status, body = await _read_response(reader)
+                status, body = await read_response(reader)
                 if status != 200 or b"heartbeatIntervalMs" not in body:
                     errors += 1
                     if errors == 1:

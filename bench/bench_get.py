@@ -190,7 +190,7 @@ async def _cpu_sampler(counter: _Counter) -> None:
     counter.result.cpu_s = time.process_time() - counter.cpu_at_start
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -232,7 +232,7 @@ async def _raw_window(counter: _Counter) -> None:
         try:
             while True:
                 writer.write(request)
-                status, body = await _read_response(reader)
+                status, body = await read_response(reader)
                 if not counter.record(status, body):
                     return
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:

@@ -7,7 +7,9 @@ call services without an app publish into nothing.
 
 Events carry ids and sizes only. Readers never trust more than that: they re-read the
 database (with the caller's permissions), so a lost or duplicated event costs latency, never
-correctness. Two buses:
+correctness. One exception stays inside the process that committed it: ``LogAppended`` hands
+the text it placed to this process's log feeds, which already checked their followers'
+access, so that live output is not read back from the database it was just written to. Two buses:
 
 - ``EventBus``: in-process (SQLite mode: one server process);
 - ``PostgresEventBus``: the same, plus PostgreSQL LISTEN/NOTIFY so that every replica hears
@@ -31,7 +33,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from contextvars import ContextVar, Token
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import asyncpg
@@ -43,6 +45,8 @@ LISTENER_NAME = "delidev-events-listener"  # application_name of the listening c
 # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; ours are ids and numbers.
 MAX_PAYLOAD_BYTES = 7900
 WATCH_BUFFER = 1024
+# Metadata of an event field that stays in this process (``encode`` leaves it out).
+LOCAL = "local"
 
 Key = tuple[Hashable, ...]
 
@@ -82,8 +86,14 @@ class SecretsRelayed:
 
 @dataclass(frozen=True, slots=True)
 class LogAppended:
+    """A session's log grew to ``log_size``. ``text``, when set, is the text placed last,
+    ending at ``log_size``: it is for this process's log feeds only (they add it to their
+    window without reading storage again, see services/live.py) and is never sent to other
+    replicas, whose feeds read storage."""
+
     session_id: str
     log_size: int
+    text: str | None = field(default=None, compare=False, metadata={LOCAL: True})
 
     def keys(self) -> list[Key]:
         return [("session", self.session_id)]
@@ -192,7 +202,11 @@ _TYPES: dict[str, type[Any]] = {
 
 
 def encode(event: Event, origin: str) -> str:
-    return json.dumps({"t": type(event).__name__, "o": origin, **asdict(event)})
+    data = asdict(event)
+    for f in fields(event):
+        if f.metadata.get(LOCAL):
+            del data[f.name]
+    return json.dumps({"t": type(event).__name__, "o": origin, **data})
 
 
 def decode(payload: str) -> tuple[Event, str] | None:

@@ -6,7 +6,9 @@ Both transports (Connect ``StreamLog``, GraphQL subscriptions) iterate these gen
 Logs: each process keeps one ``_Feed`` per followed session, whatever the number of its
 followers. The feed's single reader wakes on the session's events (``LogAppended``,
 ``SessionChanged``, or a ``Resync`` after events were lost), reads the new output from storage
-once, and keeps a bounded window of recent text in memory. A follower reads from that window
+once, and keeps a bounded window of recent text in memory. Output placed by this process
+comes with its event (``LogAppended.text``) and goes into the window without that read: a
+line reaches the followers as soon as its AppendLog committed. A follower reads from that window
 at its own offset; one that fell behind the window (or asked for older output) reads from
 storage until it is back in it. So a follower that does not read slows nobody, and every
 follower gets every character once, in order, from any offset.
@@ -251,21 +253,50 @@ class _Feed:
                 self.base = read.next_offset
                 continue
             self.window += read.content
-        if len(self.window) > WINDOW_CHARS:
-            cut = len(self.window) - WINDOW_CHARS // 2
-            self.window = self.window[cut:]
-            self.base += cut
+        self._trim()
         self.status = session.status
         self.final = session.status in session_service.FINAL and self.end >= session.log_size
         self.ready.set()
         self._announce()
 
+    def _trim(self) -> None:
+        if len(self.window) > WINDOW_CHARS:
+            cut = len(self.window) - WINDOW_CHARS // 2
+            self.window = self.window[cut:]
+            self.base += cut
+
+    def take_placed(self, news: list[events.Event]) -> bool:
+        """Adds to the window the text that this process placed, as its ``LogAppended``
+        events carry it, when they carry all that is new (they were published after the
+        commit, in commit order); returns False when storage must be read instead: another
+        replica's or a cut log's event (no text), a gap, a change of status, a resync or
+        lost events."""
+        if not news or not self.ready.is_set() or self.watch.overflowed:
+            return False
+        end = self.end
+        texts: list[str] = []
+        for event in news:
+            if not isinstance(event, events.LogAppended) or event.text is None:
+                return False
+            start = event.log_size - len(event.text)
+            if start > end:
+                return False
+            if event.log_size > end:
+                texts.append(event.text[end - start :])
+                end = event.log_size
+        self.window += "".join(texts)
+        self._trim()
+        self._announce()
+        return True
+
     async def pump(self) -> None:
         while not self.final:
             try:
                 await self.watch.wait(RECHECK_S)
-                self.watch.drain()
-                await self.refresh()
+                news = self.watch.drain()
+                if not self.take_placed(news):
+                    self.watch.overflowed = False  # storage has everything the lost events said
+                    await self.refresh()
                 await self.push_new_output()
             except asyncio.CancelledError:
                 raise

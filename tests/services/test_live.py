@@ -19,6 +19,7 @@ from delidev.errors import FailedPrecondition, NotFound, Unauthenticated
 from delidev.services import auth, live, sessions, tasks
 from delidev.services.common import transaction
 from delidev.settings import Settings
+from tests.conftest import SqlCounter
 from tests.factories import make_group, make_repository, make_workspace, start_latest
 from tests.waiting import until
 
@@ -174,6 +175,52 @@ async def test_replay_then_follow_then_end(bus: Any) -> None:
     assert pieces[-1].final
     assert pieces[-1].status == Q.SUCCEEDED
     assert len(feeds) == 0  # the shared reader went with its last follower
+
+
+async def test_output_placed_here_reaches_followers_without_reading_storage(
+    bus: Any, sql_counter: SqlCounter
+) -> None:
+    """The append's event carries the text it placed: the feed pushes it as it is."""
+    session = await _running()
+    await _append(session, 0, "one\n")
+    feeds = live.LogFeeds(bus)
+    pieces: list[live.LogPiece] = []
+    sql_counter.reset()  # the feed's task, started below, is counted too
+    follower = _follow_into(feeds.follow(actor=LOCAL_USER, session_id=session.id), pieces)
+    try:
+        await until(lambda: len(pieces) == 1, what="the replay")
+        await _append(session, 1, "two\n")
+        sql_counter.statements.clear()
+        await until(lambda: len(pieces) == 2, what="the live piece")
+        assert sql_counter.statements == []
+        assert (pieces[1].offset, pieces[1].data, pieces[1].next_offset) == (4, "two\n", 8)
+    finally:
+        follower.cancel()
+
+
+async def test_output_announced_without_its_text_or_after_a_gap_is_read_from_storage(
+    bus: Any,
+) -> None:
+    """Another replica's event (no text), or one whose text does not start where the feed
+    ends (an event lost before it): the feed reads storage and misses nothing."""
+    session = await _running()
+    feeds = live.LogFeeds(bus)
+    pieces: list[live.LogPiece] = []
+    follower = _follow_into(feeds.follow(actor=LOCAL_USER, session_id=session.id), pieces)
+    try:
+        await until(lambda: _joined(feeds, session.id, 1), what="the follower")
+        elsewhere = events.bind(events.EventBus())  # as if appended through another replica
+        await _append(session, 0, "one\n")
+        events.unbind(elsewhere)
+        bus.publish(events.LogAppended(session_id=str(session.id), log_size=4))
+        await until(lambda: "".join(p.data for p in pieces) == "one\n", what="the read")
+        elsewhere = events.bind(events.EventBus())  # its event is lost
+        await _append(session, 1, "two\n")
+        events.unbind(elsewhere)
+        await _append(session, 2, "three\n")  # its text starts past the feed's end
+        await until(lambda: "".join(p.data for p in pieces) == "one\ntwo\nthree\n", what="the gap")
+    finally:
+        follower.cancel()
 
 
 async def test_resuming_from_any_offset_gives_each_character_once(bus: Any) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
 from uuid import UUID
 
 from delidev import events, metrics
@@ -31,7 +30,7 @@ from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
 from delidev.services import common
-from delidev.services.common import get_row, transaction
+from delidev.services.common import transaction
 from delidev.services.sessions.lookups import FINAL, SessionStatus, get_session
 from delidev.settings import Settings
 
@@ -115,7 +114,7 @@ async def finish_output(session: m.AgentSession) -> tuple[str | None, int]:
         await m.LogChunk.filter(id=held[0]).update(start_offset=size)
         placed.append(held[1])
         size += len(held[1])
-        events.publish(events.LogAppended(session_id=str(session.id), log_size=size))
+        events.publish(events.LogAppended(str(session.id), size, held[1]))
     if waiting:
         await m.LogChunk.filter(id__in=waiting).delete()
     return ("".join(placed) if placed else None), size
@@ -152,7 +151,7 @@ async def append_log(
     Raises: InvalidArgument (a bad chunk, or one too far ahead of the log), NotFound,
     FailedPrecondition (the session is not running).
     """
-    _check_chunks(chunks, limits)
+    check_chunks(chunks, limits)
     async with transaction():
         session = await m.AgentSession.filter(id=session_id).select_for_update().first()
         if session is None:
@@ -165,24 +164,28 @@ async def append_log(
         if not incoming:
             return session
         _check_window(incoming, session.log_next_sequence, limits)
-        pending = await _store_pending(session, incoming)
-        size, next_seq = await _place_pending(session, pending, hold)
-        _check_waiting(pending, next_seq, limits)
-        if next_seq != session.log_next_sequence:
-            if size > limits.max_chars:
-                await _cut(session.id, size, limits)
-            await m.AgentSession.filter(id=session.id).update(
-                **common.changed(log_size=size, log_next_sequence=next_seq)
-            )
-            events.publish(events.LogAppended(session_id=str(session.id), log_size=size))
-        stored = await get_row(m.AgentSession, id=session.id)
+        size, next_seq, placed = await _store(session, incoming, hold, limits)
+        grew = next_seq != session.log_next_sequence
+        text: str | None = placed
+        if grew and size > limits.max_chars:
+            await _cut(session.id, size, limits)
+            text = None  # the followers read the cut log from storage
+        # Also when the chunks only wait: ``updated_at`` tells AppendLog's quick path on
+        # PostgreSQL (services/workers/quick_append.py) that the row changed under it.
+        values = common.changed(log_size=size, log_next_sequence=next_seq)
+        await m.AgentSession.filter(id=session.id).update(**values)
+        common.mirror(session, values)
+        if grew:
+            events.publish(events.LogAppended(str(session.id), size, text))
     # Counted once committed: a call cut off mid-way (its worker killed) or refused after
     # the chunks were written is rolled back, and stored nothing (it once counted them).
     metrics.log_ingested(sum(len(data.encode()) for data in incoming.values()))
-    return stored
+    return session
 
 
-def _check_chunks(chunks: Sequence[LogChunkIn], limits: LogLimits) -> None:
+def check_chunks(chunks: Sequence[LogChunkIn], limits: LogLimits) -> None:
+    """Raises InvalidArgument for chunks no log takes (too many, a negative sequence, too
+    large, a NUL)."""
     if len(chunks) > MAX_CHUNKS_PER_CALL:
         raise InvalidArgument(f"at most {MAX_CHUNKS_PER_CALL} chunks per call", field="chunks")
     for chunk in chunks:
@@ -210,69 +213,77 @@ def _check_window(incoming: dict[int, str], next_sequence: int, limits: LogLimit
         )
 
 
-def _check_waiting(pending: dict[int, m.LogChunk], next_sequence: int, limits: LogLimits) -> None:
-    waiting = sum(len(c.data) for s, c in pending.items() if s >= next_sequence)
-    if waiting > limits.max_chars:
-        raise InvalidArgument(
-            f"chunks waiting for sequence {next_sequence} would hold {waiting} characters, "
-            f"more than the {limits.max_chars} allowed: send sequence {next_sequence} first",
-            field="chunks.sequence",
-        )
-
-
-async def _store_pending(
-    session: m.AgentSession, incoming: dict[int, str]
-) -> dict[int, m.LogChunk]:
-    """Stores the chunks not stored yet (without an offset); returns every chunk waiting
-    for its offset, by sequence."""
-    stored = await m.LogChunk.filter(
-        session_id=session.id, sequence__in=list(incoming)
-    ).values_list("sequence", flat=True)
-    waiting = set(cast(list[int], stored))
-    new = {s: d for s, d in incoming.items() if s not in waiting}
-    await m.LogChunk.bulk_create(
-        [
-            m.LogChunk(session_id=session.id, sequence=s, start_offset=PENDING_OFFSET, data=d)
-            for s, d in sorted(new.items())
-        ]
-    )
-    return {
-        c.sequence: c
-        for c in await m.LogChunk.filter(
-            session_id=session.id, start_offset=PENDING_OFFSET
-        ).order_by("sequence")
-    }
-
-
-async def _place_pending(
+async def _store(
     session: m.AgentSession,
-    pending: dict[int, m.LogChunk],
+    incoming: dict[int, str],
     hold: Callable[[str, str], tuple[str, str]] | None,
-) -> tuple[int, int]:
-    """Gives offsets to the run of chunks that now follows the stored log without a gap
-    (after what ``hold`` held back before it, and without what it holds back now); returns
-    the new size and next sequence."""
-    held_row = pending.pop(HELD_SEQUENCE, None)
+    limits: LogLimits,
+) -> tuple[int, int, str]:
+    """Stores the chunks not stored yet and gives offsets to the run of chunks that now
+    follows the stored log without a gap (after what ``hold`` held back before it, and
+    without what it holds back now); returns the new size, the next sequence and the text
+    placed.
+
+    One read of the chunks waiting for their offset (all of them are unplaced: a chunk
+    whose sequence is past the log's next one cannot have an offset yet), then one insert
+    of the new chunks, placed where they follow the log and waiting where they do not. A
+    chunk that waited is placed by an update of its row. So a worker that sends its chunks
+    in order costs one read and one insert per call, whatever their number.
+    """
+    waiting_rows = {
+        c.sequence: c
+        for c in await m.LogChunk.filter(session_id=session.id, start_offset=PENDING_OFFSET)
+    }
+    held_row = waiting_rows.pop(HELD_SEQUENCE, None)
+    new = {s: d for s, d in incoming.items() if s not in waiting_rows}
     held = held_row.data if held_row is not None else ""
     size, next_seq = session.log_size, session.log_next_sequence
-    while next_seq in pending:
-        ready = pending[next_seq]
-        data, held = hold(held, ready.data) if hold is not None else (held + ready.data, "")
-        placed: dict[str, object] = {"start_offset": size}
-        if data != ready.data:
-            placed["data"] = ready.data = data
-        await m.LogChunk.filter(id=ready.id).update(**placed)
+    rows: list[m.LogChunk] = []
+    placed_texts: list[str] = []
+    while next_seq in new or next_seq in waiting_rows:
+        row = waiting_rows.pop(next_seq, None)
+        text = row.data if row is not None else new.pop(next_seq)
+        data, held = hold(held, text) if hold is not None else (held + text, "")
+        if row is None:
+            rows.append(
+                m.LogChunk(session_id=session.id, sequence=next_seq, start_offset=size, data=data)
+            )
+        else:
+            placed: dict[str, object] = {"start_offset": size}
+            if data != row.data:
+                placed["data"] = data
+            await m.LogChunk.filter(id=row.id).update(**placed)
+        placed_texts.append(data)
         size += len(data)
         next_seq += 1
-    if held_row is not None and not held:
+    # What still waits for an earlier chunk must stay within the log's cap.
+    waiting = sum(len(c.data) for c in waiting_rows.values()) + sum(map(len, new.values()))
+    if waiting > limits.max_chars:
+        raise InvalidArgument(
+            f"chunks waiting for sequence {next_seq} would hold {waiting} characters, "
+            f"more than the {limits.max_chars} allowed: send sequence {next_seq} first",
+            field="chunks.sequence",
+        )
+    rows.extend(
+        m.LogChunk(session_id=session.id, sequence=s, start_offset=PENDING_OFFSET, data=d)
+        for s, d in sorted(new.items())
+    )
+    if held_row is None and held:
+        rows.append(
+            m.LogChunk(
+                session_id=session.id,
+                sequence=HELD_SEQUENCE,
+                start_offset=PENDING_OFFSET,
+                data=held,
+            )
+        )
+    elif held_row is not None and not held:
         await m.LogChunk.filter(id=held_row.id).delete()
     elif held_row is not None and held != held_row.data:
         await m.LogChunk.filter(id=held_row.id).update(data=held)
-    elif held_row is None and held:
-        await m.LogChunk.create(
-            session_id=session.id, sequence=HELD_SEQUENCE, start_offset=PENDING_OFFSET, data=held
-        )
-    return size, next_seq
+    if rows:
+        await m.LogChunk.bulk_create(rows)
+    return size, next_seq, "".join(placed_texts)
 
 
 def cut_marker(dropped: int, *, newline: bool) -> str:

@@ -9,6 +9,7 @@ midway fail the same way). What a worker sends is masked with the task's secrets
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import functools
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +27,7 @@ from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.common import check_text
 from delidev.services.scheduling.policy import RetryPolicy
-from delidev.services.workers import quick_report
+from delidev.services.workers import quick_append, quick_report
 from delidev.services.workers.limits import BUDGET_ERROR, timeout_error
 from delidev.services.workers.registry import get_worker
 from delidev.services.workers.waiting import MAX_WAIT_MS, wait_deadline
@@ -196,9 +197,28 @@ async def _secrets_of(
     store: secret_service.SecretStore | None, session: m.AgentSession
 ) -> dict[str, str]:
     """The secrets a run sees (what its output is masked with); none without a store."""
+    return await _task_secrets(store, session.agent_task_id)
+
+
+async def _task_secrets(
+    store: secret_service.SecretStore | None, agent_task_id: UUID
+) -> dict[str, str]:
     if store is None:
         return {}
-    return await secret_service.output_secrets(store, session.agent_task_id)
+    return await secret_service.output_secrets(store, agent_task_id)
+
+
+# The AgentTask of a run never changes: kept per process (the latest ones) for AppendLog's
+# quick path, which must know the task's secrets before it touches the run.
+_task_of_run: collections.OrderedDict[UUID, UUID] = collections.OrderedDict()
+_RUNS_KEPT = 10_000
+
+
+def _remember_task(session_id: UUID, agent_task_id: UUID) -> None:
+    _task_of_run[session_id] = agent_task_id
+    _task_of_run.move_to_end(session_id)
+    while len(_task_of_run) > _RUNS_KEPT:
+        _task_of_run.popitem(last=False)
 
 
 @_lease_bound
@@ -210,26 +230,49 @@ async def append_job_log(
     chunks: Sequence[session_service.LogChunkIn],
     store: secret_service.SecretStore | None = None,
     limits: session_service.LogLimits = session_service.LogLimits(),  # noqa: B008  # frozen
-) -> m.AgentSession:
-    """Stores output of the leased job, masked with the task's secrets.
+) -> quick_append.LogPosition:
+    """Stores output of the leased job, masked with the task's secrets; returns where the
+    log stands. Plain output (in order, after the stored log, nothing to mask) takes the
+    quick path (``quick_append``), everything else the general one.
 
     Raises: Conflict (stale lease), InvalidArgument.
     """
+    session_service.check_chunks(chunks, limits)
+    task_id = _task_of_run.get(session_id)
+    if (
+        task_id is not None
+        and quick_append.applies(chunks)
+        and not await _task_secrets(store, task_id)
+    ):
+        position = await quick_append.append(
+            worker_id=worker_id,
+            session_id=session_id,
+            lease_token=lease_token,
+            chunks=chunks,
+            limits=limits,
+        )
+        if position is not None:
+            return position
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
+    _remember_task(session.id, session.agent_task_id)
     values = await _secrets_of(store, session)
     if not values:
-        return await session_service.append_log(session_id=session_id, chunks=chunks, limits=limits)
-    masker = secret_service.OutputMasker(values)
-    texts = await masker.mask_each([c.data for c in chunks])
-    masked = [
-        session_service.LogChunkIn(sequence=c.sequence, data=t)
-        for c, t in zip(chunks, texts, strict=True)
-    ]
-    return await session_service.append_log(
-        session_id=session_id, chunks=masked, hold=masker.feed, limits=limits
-    )
+        stored = await session_service.append_log(
+            session_id=session_id, chunks=chunks, limits=limits
+        )
+    else:
+        masker = secret_service.OutputMasker(values)
+        texts = await masker.mask_each([c.data for c in chunks])
+        masked = [
+            session_service.LogChunkIn(sequence=c.sequence, data=t)
+            for c, t in zip(chunks, texts, strict=True)
+        ]
+        stored = await session_service.append_log(
+            session_id=session_id, chunks=masked, hold=masker.feed, limits=limits
+        )
+    return quick_append.LogPosition(stored.log_size, stored.log_next_sequence)
 
 
 async def get_job_secrets(
