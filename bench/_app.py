@@ -14,19 +14,30 @@ comparison to be fair.
 ``services.workspaces.get_workspace`` (one SELECT), return the same fields as JSON. It is
 appended to the app's own routes, so it goes through the same middleware stack and router
 as ``/graphql`` does.
+
+``POST /bare/workspace-raw`` is the same route with the read done by the database driver
+itself (aiosqlite or asyncpg, on a connection of its own, opened on first use): the same
+SELECT (every column, the workspace's id and the local user's rows), no ORM. It measures
+what the ORM costs on top of the driver (issue 16: the bare route's server CPU per read at
+most 2x this one's).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+from typing import Any
 from uuid import UUID
 
+import aiosqlite
+import asyncpg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from delidev import db
 from delidev.app import create_app
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import NotFound
@@ -34,6 +45,10 @@ from delidev.services.workspaces import get_workspace
 from delidev.settings import Settings
 
 BARE_PATH = "/bare/workspace"
+RAW_PATH = "/bare/workspace-raw"
+# What ``get_workspace`` asks of the ORM for the local user (``owner_filter``): every column.
+_RAW_SQLITE = "SELECT * FROM workspaces WHERE id = ? AND user_id IS NULL LIMIT 1"
+_RAW_PG = "SELECT * FROM workspaces WHERE id = $1 AND user_id IS NULL LIMIT 1"
 
 
 async def bare_workspace(request: Request) -> Response:
@@ -60,8 +75,64 @@ async def bare_workspace(request: Request) -> Response:
     )
 
 
+def _stamp(value: Any) -> str:
+    """A timestamp as the ORM returns it, ISO-formatted (SQLite stores text)."""
+    when = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    return when.isoformat()
+
+
+class RawReader:
+    """The bare route's read through the driver: one connection (SQLite) or a pool
+    (PostgreSQL) of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._sqlite: aiosqlite.Connection | None = None
+        self._pg: asyncpg.Pool | None = None
+
+    async def workspace(self, workspace_id: UUID) -> dict[str, Any] | None:
+        if self._settings.is_sqlite:
+            if self._sqlite is None:
+                self._sqlite = await aiosqlite.connect(db.sqlite_path(self._settings))
+                self._sqlite.row_factory = aiosqlite.Row
+            rows = list(await self._sqlite.execute_fetchall(_RAW_SQLITE, (str(workspace_id),)))
+            return dict(rows[0]) if rows else None
+        if self._pg is None:
+            self._pg = await asyncpg.create_pool(db.asyncpg_dsn(self._settings), max_size=4)
+        row = await self._pg.fetchrow(_RAW_PG, workspace_id)
+        return None if row is None else dict(row)
+
+
+def raw_route(reader: RawReader) -> Route:
+    async def bare_workspace_raw(request: Request) -> Response:
+        """The bare route with the driver's read instead of the ORM's."""
+        try:
+            workspace_id = UUID(json.loads(await request.body())["workspaceId"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "bad request"}, status_code=400)
+        row = await reader.workspace(workspace_id)
+        if row is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        user_id = row["user_id"]
+        return JSONResponse(
+            {
+                "workspace": {
+                    "id": str(row["id"]),
+                    "name": row["name"],
+                    "description": row["description"],
+                    "userId": None if user_id is None else str(user_id),
+                    "createdAt": _stamp(row["created_at"]),
+                    "updatedAt": _stamp(row["updated_at"]),
+                }
+            }
+        )
+
+    return Route(RAW_PATH, bare_workspace_raw, methods=["POST"])
+
+
 def make_app() -> Starlette:
     settings = Settings.from_env({**os.environ, "DELIDEV_SINGLE_USER_MODE": "true"})
     app = create_app(settings)
     app.routes.append(Route(BARE_PATH, bare_workspace, methods=["POST"]))
+    app.routes.append(raw_route(RawReader(settings)))
     return app

@@ -189,21 +189,29 @@ async def test_a_worker_the_server_forgot_registers_again(app: Any, group: UUID)
 
 async def test_a_fleet_outlives_refusals_and_outages(app: Any, group: UUID) -> None:
     created = [await _unit(group, f"job {i}") for i in range(6)]
+    taken: list[Any] = []
+
+    async def take_away_once(request: Any) -> None:
+        taken.append(request.session_id)
+        await take_the_job_away(request)
 
     def client(_: worker_sim.Options) -> WorkerServiceClient:
         return FaultyClient(
             app,
             {
                 "get_task": [fail_with(ConnectionResetError("reset"))],
-                "append_log": [take_the_job_away],
+                "append_log": [take_away_once],
             },
         )
 
     stats = await worker_sim.run_fleet(_options(idle_exit=0.3), 2, make_client=client)
-    assert sum(s.refused for s in stats) == 2
-    assert sum(s.succeeded for s in stats) == 4
+    # Each worker loses the first job it appends to (usually both get one; on a loaded
+    # machine one worker may run every job before the other's first claim comes back).
+    assert 1 <= len(taken) <= 2
+    assert sum(s.refused for s in stats) == len(taken)
+    assert sum(s.succeeded for s in stats) == 6 - len(taken)
     left = await m.UnitTask.filter(id__in=[t.id for t in created]).values_list("status", flat=True)
-    assert sorted(left) == [m.UnitTaskStatus.IN_REVIEW] * 4
+    assert sorted(left) == [m.UnitTaskStatus.IN_REVIEW] * (6 - len(taken))
 
 
 async def test_the_fail_directive_reports_a_failure(app: Any, group: UUID) -> None:

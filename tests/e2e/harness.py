@@ -172,11 +172,20 @@ class Sim:
         return self.log_path.read_text(errors="replace")
 
 
+# Shorter than uvicorn's keep-alive timeout (5 s).
+KEEPALIVE_S = 1.0
+
+
 class Connect:
     """Connect JSON calls over real HTTP."""
 
     def __init__(self, base: str, token: str | None = None) -> None:
-        self.http = httpx.AsyncClient(base_url=base, timeout=30)
+        # Idle connections are dropped before the server's 5 s keep-alive ends them: a call
+        # after a long wait must not go out on a connection the server is closing (httpx
+        # then fails with ReadError, as it did once in CI).
+        self.http = httpx.AsyncClient(
+            base_url=base, timeout=30, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S)
+        )
         self.token = token
 
     async def __call__(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from graphql import (
 from delidev.graphql.schema import build_schema
 from delidev.settings import Settings
 from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
-from tests.e2e.harness import GraphQLWs, Server
+from tests.e2e.harness import KEEPALIVE_S, GraphQLWs, Server
 from tests.oidc import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, browse, openid_provider
 from tests.waiting import GUARD_S
 
@@ -62,7 +62,9 @@ class Api:
     def __init__(self, base: str, token: str | None) -> None:
         self.base = base
         self.token = token
-        self.http = httpx.AsyncClient(base_url=base, timeout=30)
+        self.http = httpx.AsyncClient(
+            base_url=base, timeout=30, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S)
+        )
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
