@@ -33,7 +33,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from contextvars import ContextVar, Token
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import asyncpg
@@ -202,11 +202,24 @@ _TYPES: dict[str, type[Any]] = {
 
 
 def encode(event: Event, origin: str) -> str:
-    data = asdict(event)
-    for f in fields(event):
-        if f.metadata.get(LOCAL):
-            del data[f.name]
-    return json.dumps({"t": type(event).__name__, "o": origin, **data})
+    """The NOTIFY payload: the origin first (``own_prefix``), then the kind and the fields
+    that leave the process. Events are flat (ids, sizes, strings), so no deep copy."""
+    names = _WIRE_FIELDS.get(type(event))
+    if names is None:
+        names = _WIRE_FIELDS[type(event)] = tuple(
+            f.name for f in fields(event) if not f.metadata.get(LOCAL)
+        )
+    data = {name: getattr(event, name) for name in names}
+    return json.dumps({"o": origin, "t": type(event).__name__, **data})
+
+
+def own_prefix(origin: str) -> str:
+    """How every payload ``encode`` writes for ``origin`` starts: a replica skips its own
+    notifications by this prefix, without decoding them."""
+    return json.dumps({"o": origin})[:-1]
+
+
+_WIRE_FIELDS: dict[type[Any], tuple[str, ...]] = {}
 
 
 def decode(payload: str) -> tuple[Event, str] | None:
@@ -343,6 +356,7 @@ class PostgresEventBus(EventBus):
         self._dropped = False  # the outbox overflowed: the others must resynchronise
         self.listening = asyncio.Event()
         self.reconnects = 0
+        self._own = own_prefix(self.origin)
 
     def publish(self, event: Event) -> None:
         self.deliver(event)  # here at once; other replicas through NOTIFY
@@ -376,7 +390,10 @@ class PostgresEventBus(EventBus):
         self._tasks = []
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        decoded = decode(str(payload))
+        text = str(payload)
+        if text.startswith(self._own):
+            return  # this replica's own event, delivered here when it was published
+        decoded = decode(text)
         if decoded is None:
             log.warning("ignoring an event this version does not understand")
             return
@@ -438,9 +455,9 @@ class PostgresEventBus(EventBus):
                     try:
                         if conn is None or conn.is_closed():
                             conn = await asyncpg.connect(self._dsn)
-                        await conn.executemany(
-                            "SELECT pg_notify($1, $2)", [(CHANNEL, p) for p in batch]
-                        )
+                        # One statement for the batch, in order (volatile functions in
+                        # the select list run after the sort).
+                        await conn.execute(_NOTIFY_BATCH, CHANNEL, batch)
                         attempt = 0
                         break
                     except asyncio.CancelledError:
@@ -456,6 +473,11 @@ class PostgresEventBus(EventBus):
         finally:
             if conn is not None:
                 await _close(conn)
+
+
+_NOTIFY_BATCH = (
+    "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n"
+)
 
 
 async def _close(conn: asyncpg.Connection) -> None:

@@ -103,6 +103,17 @@ async def test_events_wait_for_the_commit_and_vanish_with_a_rollback(bus: Any) -
     assert watch.drain() == []
 
 
+def test_a_replica_knows_its_own_payloads_by_their_first_bytes() -> None:
+    """The listener skips its own notifications without decoding them: every payload starts
+    with its origin, and no other origin's payload starts the same way."""
+    event = events.SessionChanged(session_id="s" * 36, status="running")
+    mine = events.encode(event, "abc123")
+    assert mine.startswith(events.own_prefix("abc123"))
+    assert not events.encode(event, "abc1234").startswith(events.own_prefix("abc123"))
+    assert not events.encode(event, "abc12").startswith(events.own_prefix("abc123"))
+    assert events.decode(mine) == (event, "abc123")
+
+
 def test_wire_format_round_trips_and_stays_small() -> None:
     event = events.TtyChanged(request_id="r" * 36, session_id="s" * 36, workspace_id="w" * 36)
     payload = events.encode(event, "origin")
