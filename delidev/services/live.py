@@ -34,6 +34,7 @@ from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound, Unavailable
 from delidev.services import auth as auth_service
+from delidev.services import prepared
 from delidev.services import sessions as session_service
 from delidev.services.live_updates import (
     TaskUpdate,
@@ -233,7 +234,7 @@ class _Feed:
         return piece
 
     async def refresh(self) -> None:
-        session = await m.AgentSession.get_or_none(id=self.session_id)
+        session = await prepared.get_one(m.AgentSession, id=self.session_id)
         if session is None:
             self.gone = self.final = True
             self._announce()
@@ -404,7 +405,7 @@ class LogFeeds:
                     checked_at = await feed.recheck(actor)
                 advanced = feed.advanced
                 if offset < feed.base:  # behind the window: catch up from storage
-                    session = await m.AgentSession.get_or_none(id=session_id)
+                    session = await prepared.get_one(m.AgentSession, id=session_id)
                     if session is None:
                         raise NotFound(f"session {session_id} not found", field="session_id")
                     read = await session_service.read_stored_log(

@@ -11,7 +11,7 @@ from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound
 from delidev.services import budgets as budget_rules
-from delidev.services import cascade
+from delidev.services import cascade, prepared
 from delidev.services.common import (
     MAX_TEXT_LENGTH,
     Page,
@@ -95,7 +95,7 @@ async def list_workspaces(
 
 async def get_workspace(*, actor: Principal, workspace_id: UUID) -> m.Workspace:
     """Raises: NotFound (also for another user's workspace)."""
-    workspace = await m.Workspace.get_or_none(id=workspace_id, **owner_filter(actor))
+    workspace = await prepared.get_one(m.Workspace, id=workspace_id, **owner_filter(actor))
     if workspace is None:
         raise NotFound(f"workspace {workspace_id} not found", field="workspace_id")
     return workspace

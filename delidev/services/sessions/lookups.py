@@ -10,6 +10,7 @@ from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import NotFound
+from delidev.services import prepared
 from delidev.services.common import owner_filter
 
 SessionStatus = m.AgentSessionStatus
@@ -78,7 +79,7 @@ async def announce_tasks_of(agent_task_ids: Sequence[UUID]) -> None:
 
 async def get_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
     """Raises: NotFound (also for another user's session)."""
-    session = await m.AgentSession.get_or_none(id=session_id)
+    session = await prepared.get_one(m.AgentSession, id=session_id)
     if session is not None:
         workspace_id = await workspace_of_session(session)
         if workspace_id is not None and await m.Workspace.exists(

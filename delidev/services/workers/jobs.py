@@ -22,7 +22,7 @@ from tortoise.exceptions import DoesNotExist
 from delidev import events
 from delidev import models as m
 from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from delidev.services import common
+from delidev.services import common, prepared
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.common import check_text
@@ -61,7 +61,7 @@ def tty_expiry(*, settings: Settings, timeout_ms: int) -> dt.timedelta:
 
 async def leased_session(*, worker_id: UUID, session_id: UUID, lease_token: str) -> m.AgentSession:
     """The running session this worker holds under this lease. Raises: Conflict, NotFound."""
-    session = await m.AgentSession.get_or_none(id=session_id)
+    session = await prepared.get_one(m.AgentSession, id=session_id)
     if (
         session is None
         or session.worker_id != worker_id

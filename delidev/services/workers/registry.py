@@ -19,7 +19,7 @@ from delidev import events
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound, Unauthenticated
-from delidev.services import common
+from delidev.services import common, prepared
 from delidev.services.common import (
     MAX_URL_LENGTH,
     Page,
@@ -95,7 +95,7 @@ async def register_worker(
 
 async def get_worker(*, worker_id: UUID) -> m.Worker:
     """Raises: NotFound."""
-    worker = await m.Worker.get_or_none(id=worker_id)
+    worker = await prepared.get_one(m.Worker, id=worker_id)
     if worker is None:
         raise NotFound(f"worker {worker_id} not found", field="worker_id")
     return worker
@@ -189,7 +189,7 @@ async def authenticate_caller(
 
 async def authenticate_worker(*, worker_id: UUID, credential: str) -> m.Worker:
     """The worker whose credential this is. Raises: Unauthenticated."""
-    worker = await m.Worker.get_or_none(id=worker_id)
+    worker = await prepared.get_one(m.Worker, id=worker_id)
     expected = worker.credential_hash if worker else None
     given = hash_credential(credential)
     if worker is None or expected is None or not common.same_secret(given, expected):
