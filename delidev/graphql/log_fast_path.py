@@ -250,20 +250,16 @@ async def _finish(send: Coroutine[Any, Any, None], waiting: Any) -> None:
 _MESSAGES: dict[tuple[Any, ...], tuple[str, SharedPrefix]] = {}
 _MESSAGES_KEPT = 64
 # The last answer, checked first: the feed pushes one piece to its followers in a row.
-_LAST: tuple[object, object, object, tuple[str, SharedPrefix]] = (
-    None,
-    None,
-    None,
-    ("", SharedPrefix(b"")),
-)
+_LAST: tuple[object, object, tuple[str, SharedPrefix]] = (None, None, ("", SharedPrefix(b"")))
 
 
 def _next_message(plan: LogPlan, session: UUID, piece: live.LogPiece) -> tuple[str, SharedPrefix]:
     """The ``next`` message of ``piece`` without its closing id: ``{"type":"next",
     "payload":...`` (the log is append-only, so text at an offset never changes)."""
     global _LAST
-    last_piece, last_plan, last_session, last_found = _LAST
-    if piece is last_piece and plan is last_plan and session == last_session:
+    last_piece, last_plan, last_found = _LAST
+    # A piece belongs to one session's feed: the same piece is the same session's.
+    if piece is last_piece and plan is last_plan:
         return last_found
     # The text at an offset never changes, except a dropped range's marker, which moves
     # next_offset whenever it changes.
@@ -277,7 +273,7 @@ def _next_message(plan: LogPlan, session: UUID, piece: live.LogPiece) -> tuple[s
         if len(_MESSAGES) >= _MESSAGES_KEPT:
             del _MESSAGES[next(iter(_MESSAGES))]
         _MESSAGES[key] = found
-    _LAST = (piece, plan, session, found)
+    _LAST = (piece, plan, found)
     return found
 
 

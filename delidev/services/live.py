@@ -189,11 +189,12 @@ class _Feed:
         pushes = 0
         settled = 0  # members[:settled] are parked again or released
         try:
+            end = self.end  # the window grows only in this task (``pump``), not meanwhile
             for member in members:
                 try:
                     while (
                         member.active
-                        and self.base <= member.offset < self.end
+                        and self.base <= member.offset < end
                         and not _recheck_due(member.checked_at, loop.time())
                     ):
                         piece = self._piece_at(member.offset, pieces)
@@ -210,7 +211,7 @@ class _Feed:
                 stay = (
                     member.active
                     and not member.failed
-                    and member.offset == self.end
+                    and member.offset == end
                     and not self.final
                     and not _recheck_due(member.checked_at, loop.time())
                 )
