@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from strawberry.types.execution import ExecutionResult
 
 from delidev.errors import InvalidArgument
 from delidev.graphql.errors import error_extensions, format_error
+from delidev.graphql.metrics import record_operation
 from delidev.graphql.request_log import note_operation
 
 
@@ -329,7 +331,8 @@ class LogReadBudget(FieldExtension):
 
 
 class Guard(SchemaExtension):
-    """Query limits and error mapping in one extension (each extension costs hook calls).
+    """Query limits, error mapping and the operation metric in one extension (each
+    extension costs every request hook calls and context managers).
 
     Parsing (with the token limit), the document limits (``limits.check_document``, linear
     in the document, before any validation rule runs) and validation are cached per query
@@ -357,6 +360,7 @@ class Guard(SchemaExtension):
         self._errors: list[GraphQLError] | None = None
 
     def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
         context = self.execution_context
         context.parse_options["max_tokens"] = self._max_tokens
         context.validation_rules = context.validation_rules + self._rules
@@ -365,6 +369,7 @@ class Guard(SchemaExtension):
         if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
             result.errors = [format_error(e) for e in result.errors]
         note_operation(self.execution_context)  # for the log (delidev/request_context.py)
+        record_operation(self.execution_context, time.perf_counter() - started)
 
     async def on_parse(self) -> AsyncIterator[None]:
         context = self.execution_context

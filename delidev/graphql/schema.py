@@ -18,7 +18,6 @@ from strawberry.types import ExecutionContext
 
 from delidev import tracing
 from delidev.graphql.limits import DocumentLimits, Guard
-from delidev.graphql.metrics import OperationMetrics
 from delidev.graphql.mutations import Mutation
 from delidev.graphql.queries import Query
 from delidev.graphql.subscriptions import Subscription
@@ -104,7 +103,6 @@ def build_schema(settings: Settings, tracer_provider: TracerProvider | None = No
         types=[UnitTask, CompositeTask],
         extensions=[
             *traced,
-            OperationMetrics,
             lambda: Guard(
                 max_tokens=settings.graphql_max_tokens,
                 limits=limits,
