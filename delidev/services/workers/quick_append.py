@@ -232,6 +232,8 @@ def _store_sqlite(
         ran.append(sql)
         return db.execute(sql, values)
 
+    if db.in_transaction:  # never ours to touch (Tortoise's transactions hold the lock)
+        return None
     db.execute("BEGIN IMMEDIATE")
     try:
         row = execute(_RUN_SQLITE, (session_id,)).fetchone()
