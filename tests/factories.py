@@ -16,6 +16,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{next(_counter)}"
 
 
+async def make_user(name: str) -> Principal:
+    """A signed-in user (multi-user mode) with its row stored, as the caller of services."""
+    user = await m.User.create(email=f"{unique(name)}@example.com")
+    return Principal(kind="user", user_id=user.id)
+
+
 async def make_workspace(actor: Principal = LOCAL_USER, name: str | None = None) -> m.Workspace:
     return await workspaces.create_workspace(actor=actor, name=name or unique("ws"))
 

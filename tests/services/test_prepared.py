@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -10,12 +9,12 @@ from tortoise.exceptions import MultipleObjectsReturned
 from tortoise.models import Model
 
 from delidev import models as m
-from delidev.auth.principal import LOCAL_USER, Principal
+from delidev.auth.principal import LOCAL_USER
 from delidev.errors import NotFound
 from delidev.services import prepared, tasks, workers, workspaces
 from delidev.services.common import transaction
 from tests.conftest import SqlCounter
-from tests.factories import make_group, make_repository, make_workspace, unique
+from tests.factories import make_group, make_repository, make_user, make_workspace, unique
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -91,10 +90,7 @@ async def test_several_matching_rows_raise_as_the_orm_does() -> None:
 
 
 async def test_a_tenant_reads_its_own_workspace_only() -> None:
-    alice = Principal(kind="user", user_id=uuid.uuid4())
-    bob = Principal(kind="user", user_id=uuid.uuid4())
-    await m.User.create(id=alice.user_id, email="alice@example.com")
-    await m.User.create(id=bob.user_id, email="bob@example.com")
+    alice, bob = await make_user("alice"), await make_user("bob")
     mine = await make_workspace(actor=alice)
     assert await _same(m.Workspace, id=mine.id, user_id=alice.user_id) is not None
     assert await _same(m.Workspace, id=mine.id, user_id=bob.user_id) is None

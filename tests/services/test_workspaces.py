@@ -8,7 +8,14 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import InvalidArgument, NotFound, PermissionDenied
 from delidev.services import workspaces
-from tests.factories import make_group, make_repository, make_todo, make_unit_task, make_workspace
+from tests.factories import (
+    make_group,
+    make_repository,
+    make_todo,
+    make_unit_task,
+    make_user,
+    make_workspace,
+)
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -73,10 +80,7 @@ async def test_list_rejects_bad_paging(limit: int, offset: int, field: str) -> N
 
 
 async def test_users_see_only_their_own_workspaces() -> None:
-    alice = Principal(kind="user", user_id=uuid.uuid4())
-    bob = Principal(kind="user", user_id=uuid.uuid4())
-    await m.User.create(id=alice.user_id, email="alice@example.com")
-    await m.User.create(id=bob.user_id, email="bob@example.com")
+    alice, bob = await make_user("alice"), await make_user("bob")
     mine = await make_workspace(actor=alice)
     await make_workspace(actor=bob)
     await make_workspace(actor=LOCAL_USER)

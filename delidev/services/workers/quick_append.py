@@ -112,6 +112,27 @@ def applies(chunks: Sequence[session_service.LogChunkIn]) -> bool:
     return client.capabilities.dialect == "postgres" or type(client) is SqliteClient
 
 
+@dataclass(frozen=True, slots=True)
+class _Append:
+    """One call's output and where it must go."""
+
+    worker_id: UUID
+    session_id: UUID
+    lease_token: str
+    chunks: Sequence[session_service.LogChunkIn]
+    added: int  # characters in all the chunks
+    max_chars: int
+    now: dt.datetime
+
+    def offsets(self) -> list[int]:
+        """Each chunk's offset from the end of the stored log."""
+        offsets, at = [], 0
+        for chunk in self.chunks:
+            offsets.append(at)
+            at += len(chunk.data)
+        return offsets
+
+
 async def append(
     *,
     worker_id: UUID,
@@ -125,17 +146,20 @@ async def append(
     if not lease_token:
         return None
     texts = [c.data for c in chunks]
-    added = sum(map(len, texts))
-    now = common.now()
+    call = _Append(
+        worker_id=worker_id,
+        session_id=session_id,
+        lease_token=lease_token,
+        chunks=chunks,
+        added=sum(map(len, texts)),
+        max_chars=limits.max_chars,
+        now=common.now(),
+    )
     client = connections.get("default")
     if type(client) is SqliteClient:
-        position = await _append_sqlite(
-            client, worker_id, session_id, lease_token, chunks, added, limits.max_chars, now
-        )
+        position = await _append_sqlite(client, call)
     else:
-        position = await _append_pg(
-            client, worker_id, session_id, lease_token, chunks, added, limits.max_chars, now
-        )
+        position = await _append_pg(client, call)
     if position is None:
         return None
     events.publish(events.LogAppended(str(session_id), position.log_size, "".join(texts)))
@@ -143,38 +167,21 @@ async def append(
     return position
 
 
-def _offsets(chunks: Sequence[session_service.LogChunkIn]) -> list[int]:
-    """Each chunk's offset from the end of the stored log."""
-    offsets, at = [], 0
-    for chunk in chunks:
-        offsets.append(at)
-        at += len(chunk.data)
-    return offsets
-
-
-async def _append_pg(
-    client: Any,
-    worker_id: UUID,
-    session_id: UUID,
-    lease_token: str,
-    chunks: Sequence[session_service.LogChunkIn],
-    added: int,
-    max_chars: int,
-    now: dt.datetime,
-) -> LogPosition | None:
+async def _append_pg(client: Any, call: _Append) -> LogPosition | None:
+    chunks = call.chunks
     rows = await client.execute_query_dict(
         _APPEND_PG,
         [
-            session_id,
-            worker_id,
-            lease_token,
+            call.session_id,
+            call.worker_id,
+            call.lease_token,
             chunks[0].sequence,
-            added,
-            max_chars,
-            now,
+            call.added,
+            call.max_chars,
+            call.now,
             [uuid.uuid4() for _ in chunks],
             [c.sequence for c in chunks],
-            _offsets(chunks),
+            call.offsets(),
             [c.data for c in chunks],
             len(chunks),
         ],
@@ -184,49 +191,25 @@ async def _append_pg(
     return LogPosition(int(rows[0]["log_size"]), int(rows[0]["log_next_sequence"]))
 
 
-async def _append_sqlite(
-    client: SqliteClient,
-    worker_id: UUID,
-    session_id: UUID,
-    lease_token: str,
-    chunks: Sequence[session_service.LogChunkIn],
-    added: int,
-    max_chars: int,
-    now: dt.datetime,
-) -> LogPosition | None:
+async def _append_sqlite(client: SqliteClient, call: _Append) -> LogPosition | None:
     connection = client._connection
     if connection is None:
         return None
     ran: list[str] = []
     async with client._lock:  # the lock of every statement and transaction of this client
         result: LogPosition | None = await connection._execute(  # type: ignore[no-untyped-call]
-            _store_sqlite,
-            connection._conn,
-            (str(session_id), str(worker_id), lease_token),
-            chunks,
-            added,
-            max_chars,
-            now,
-            ran,
+            _store_sqlite, connection._conn, call, ran
         )
     for statement in ran:  # logged as Tortoise logs its own (without the values: the output)
-        client.log.debug("%s: (quick append of session %s)", statement, session_id)
+        client.log.debug("%s: (quick append of session %s)", statement, call.session_id)
     return result
 
 
-def _store_sqlite(
-    db: sqlite3.Connection,
-    run: tuple[str, str, str],
-    chunks: Sequence[session_service.LogChunkIn],
-    added: int,
-    max_chars: int,
-    now: dt.datetime,
-    ran: list[str],
-) -> LogPosition | None:
+def _store_sqlite(db: sqlite3.Connection, call: _Append, ran: list[str]) -> LogPosition | None:
     """On aiosqlite's thread: the whole append in one transaction (the connection is in
     autocommit mode, as Tortoise opens it: BEGIN and COMMIT are explicit). ``ran`` gets the
     statements it sent."""
-    session_id, worker_id, lease_token = run
+    session_id, chunks = str(call.session_id), call.chunks
 
     def execute(sql: str, values: Any) -> sqlite3.Cursor:
         ran.append(sql)
@@ -240,11 +223,11 @@ def _store_sqlite(
         if (
             row is None
             or row[0] != _RUNNING
-            or row[1] != worker_id
+            or row[1] != str(call.worker_id)
             or row[2] is None
-            or not common.same_secret(lease_token, row[2])
+            or not common.same_secret(call.lease_token, row[2])
             or row[4] != chunks[0].sequence
-            or row[3] + added > max_chars
+            or row[3] + call.added > call.max_chars
             or execute(_WAITING_SQLITE, (session_id,)).fetchone() is not None
         ):
             db.execute("ROLLBACK")
@@ -254,12 +237,14 @@ def _store_sqlite(
         db.executemany(
             _INSERT_SQLITE,
             [
-                (str(uuid.uuid4()), session_id, c.sequence, size + offset, c.data, now)
-                for c, offset in zip(chunks, _offsets(chunks), strict=True)
+                (str(uuid.uuid4()), session_id, c.sequence, size + offset, c.data, call.now)
+                for c, offset in zip(chunks, call.offsets(), strict=True)
             ],
         )
-        position = LogPosition(size + added, chunks[-1].sequence + 1)
-        execute(_UPDATE_SQLITE, (position.log_size, position.log_next_sequence, now, session_id))
+        position = LogPosition(size + call.added, chunks[-1].sequence + 1)
+        execute(
+            _UPDATE_SQLITE, (position.log_size, position.log_next_sequence, call.now, session_id)
+        )
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
