@@ -9,6 +9,8 @@
   parse, validate or coerce; ``application/json`` keeps answering 200.
 - Subscriptions are served over WebSocket only; an answer larger than
   ``graphql_max_response_bytes`` is refused.
+- A POSTed query plain enough for ``query_fast_path`` is answered by its compiled plan;
+  everything else (and anything the plan cannot finish) by Strawberry's view.
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
-from delidev import errors
+from delidev import errors, tracing
 from delidev.auth.authenticator import Authenticator
 from delidev.errors import Unauthenticated
 from delidev.events import EventBus
-from delidev.graphql import wire
+from delidev.graphql import query_fast_path, wire
 from delidev.graphql.context import Context
 from delidev.graphql.errors import Code, error_extensions, graphql_code
-from delidev.graphql.schema import build_schema
+from delidev.graphql.schema import build_schema, document_checks
 from delidev.graphql.ws_protocols import SignedInGraphQLWSHandler, handler_with_ping_interval
 from delidev.services.live import LogFeeds
 from delidev.settings import Settings
@@ -112,8 +114,9 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         feeds: LogFeeds,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
+        schema = build_schema(settings, tracer_provider)
         super().__init__(
-            build_schema(settings, tracer_provider),
+            schema,
             graphql_ide="graphiql" if graphiql_enabled(settings) else None,
             allowed_origins=settings.cors_origins,
             # legacy graphql-ws: its own keep-alive ("ka") messages
@@ -132,6 +135,9 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         self._authenticator = authenticator
         self._bus = bus
         self._feeds = feeds
+        self._checks = document_checks(settings)
+        self._core_schema = schema._schema  # graphql-core's, for query_fast_path
+        self._traced = tracer_provider is not None
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -215,13 +221,41 @@ class DeliDevGraphQL(GraphQL[Context, None]):
             return
         request = Request(scope, receive)
         try:
-            response = await self.run(request)
+            response = await self._fast_query(request) or await self.run(request)
         except HTTPException as error:
             refusal = _HTTP_ERRORS.get(error.status_code, errors.InvalidArgument)
             response = Response(error_body(error.reason, refusal), status_code=error.status_code)
         if response.media_type != "text/html":  # GraphiQL's page
             response = self._finish(request, response)
         await response(scope, receive, send)
+
+    async def _fast_query(self, request: Request) -> Response | None:
+        """The answer of ``query_fast_path`` when the request is a plain JSON POST of a
+        document it has a plan for (and is not traced: spans come from the ordinary path);
+        else None. The body read here is kept for the ordinary path."""
+        if request.method != "POST" or "application/json" not in request.headers.get(
+            "content-type", ""
+        ):
+            return None
+        if self._traced and not tracing.unsampled():
+            return None
+        try:
+            data = wire.decode(await request.body())
+        except wire.BadJSON:
+            return None  # refused, with its reason, by the ordinary path
+        if not isinstance(data, dict) or data.get("extensions") is not None:
+            return None
+        query, variables, name = data.get("query"), data.get("variables"), data.get("operationName")
+        if not isinstance(query, str) or not isinstance(variables, dict | None):
+            return None
+        if not isinstance(name, str | None):
+            return None
+        plan = query_fast_path.query_plan(self._core_schema, self._checks, query, name)
+        if plan is None:
+            return None
+        context = await self.get_context(request, response=None)  # type: ignore[arg-type]
+        body = await query_fast_path.serve(self._core_schema, plan, variables, context)
+        return None if body is None else Response(body)
 
     def _finish(self, request: Request, response: Response) -> Response:
         """The answer's size, status and media type, as the rules above say."""

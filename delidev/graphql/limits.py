@@ -17,7 +17,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, parse
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    parse,
+    specified_rules,
+)
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.language import ast
 from graphql.validation.validate import ValidationAbortedError
@@ -330,6 +337,21 @@ class LogReadBudget(FieldExtension):
 # --- The extension that applies the limits ------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class DocumentChecks:
+    """What every document is checked against before it runs: the parser's token limit,
+    the document limits and the validation rules added to graphql-core's own."""
+
+    max_tokens: int
+    limits: DocumentLimits
+    rules: tuple[type[ASTValidationRule], ...]
+
+    @property
+    def all_rules(self) -> tuple[type[ASTValidationRule], ...]:
+        """The rules as the ordinary path runs them (Strawberry's defaults, then ours)."""
+        return (*specified_rules, *self.rules)
+
+
 class Guard(SchemaExtension):
     """Query limits, error mapping and the operation metric in one extension (each
     extension costs every request hook calls and context managers).
@@ -345,18 +367,11 @@ class Guard(SchemaExtension):
     ``format_error``.
     """
 
-    def __init__(
-        self,
-        *,
-        max_tokens: int,
-        limits: DocumentLimits,
-        rules: tuple[type[ASTValidationRule], ...],
-        max_response_bytes: int,
-    ) -> None:
-        self._max_tokens = max_tokens
+    def __init__(self, *, checks: DocumentChecks, max_response_bytes: int) -> None:
+        self._max_tokens = checks.max_tokens
         self._max_response_bytes = max_response_bytes
-        self._limits = limits
-        self._rules = rules
+        self._limits = checks.limits
+        self._rules = checks.rules
         self._errors: list[GraphQLError] | None = None
 
     def on_operation(self) -> Iterator[None]:
@@ -430,6 +445,21 @@ def _remember(key: tuple[Any, ...], found: tuple[DocumentNode | None, list[Graph
     _CHECKED.move_to_end(key)
     if len(_CHECKED) > _CHECKED_KEPT:
         _CHECKED.popitem(last=False)
+
+
+def checked_document(
+    schema: GraphQLSchema, query: str, checks: DocumentChecks
+) -> tuple[DocumentNode | None, list[GraphQLError]]:
+    """``check``'s answer for a document of at most ``INLINE_CHARS``, from the cache the
+    ordinary path fills (and filling it): ``query_fast_path`` and ``Guard`` share it."""
+    key = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
+    found = _CHECKED.get(key)
+    if found is None:
+        if len(query) > INLINE_CHARS:
+            raise ValueError(f"documents over {INLINE_CHARS} characters are checked off the loop")
+        found = check(*key)
+        _remember(key, found)
+    return found
 
 
 def check(

@@ -17,7 +17,7 @@ from strawberry.extensions.tracing import OpenTelemetryExtension
 from strawberry.types import ExecutionContext
 
 from delidev import tracing
-from delidev.graphql.limits import DocumentLimits, Guard
+from delidev.graphql.limits import DocumentChecks, DocumentLimits, Guard
 from delidev.graphql.mutations import Mutation
 from delidev.graphql.queries import Query
 from delidev.graphql.subscriptions import Subscription
@@ -81,8 +81,9 @@ def introspection_enabled(settings: Settings) -> bool:
     return settings.graphql_introspection
 
 
-def build_schema(settings: Settings, tracer_provider: TracerProvider | None = None) -> Schema:
-    # The rules are built once: the validation cache keys on the rule classes.
+def document_checks(settings: Settings) -> DocumentChecks:
+    """The checks every document passes before it runs, by either path (``Guard``,
+    ``query_fast_path``). The rules are built once: the validation cache keys on them."""
     rules: tuple[type[ASTValidationRule], ...] = ()
     if not introspection_enabled(settings):
         rules = (NoSchemaIntrospectionCustomRule,)
@@ -92,6 +93,11 @@ def build_schema(settings: Settings, tracer_provider: TracerProvider | None = No
         max_fields=settings.graphql_max_fields,
         max_fragments=settings.graphql_max_fragments,
     )
+    return DocumentChecks(max_tokens=settings.graphql_max_tokens, limits=limits, rules=rules)
+
+
+def build_schema(settings: Settings, tracer_provider: TracerProvider | None = None) -> Schema:
+    checks = document_checks(settings)
     # Outermost, so that the operation's span covers the other extensions' work.
     traced: list[Callable[[], SchemaExtension]] = []
     if tracer_provider is not None:
@@ -103,11 +109,6 @@ def build_schema(settings: Settings, tracer_provider: TracerProvider | None = No
         types=[UnitTask, CompositeTask],
         extensions=[
             *traced,
-            lambda: Guard(
-                max_tokens=settings.graphql_max_tokens,
-                limits=limits,
-                rules=rules,
-                max_response_bytes=settings.graphql_max_response_bytes,
-            ),
+            lambda: Guard(checks=checks, max_response_bytes=settings.graphql_max_response_bytes),
         ],
     )
