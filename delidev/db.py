@@ -40,14 +40,26 @@ def sqlite_path(settings: Settings) -> str:
     return path if path in ("", ":memory:") else str(Path(path).expanduser())
 
 
+SQLITE_SYNCHRONOUS = "NORMAL"
+"""SQLite's ``synchronous`` unless the URL says otherwise (``?synchronous=FULL``). Tortoise
+opens SQLite in WAL mode, where NORMAL is SQLite's own advice: a commit is not fsynced (the
+WAL is, at each checkpoint), so an application crash loses nothing and the database never
+corrupts, while a power cut or OS crash may roll back the last commits. FULL fsyncs every
+commit: ~0.3 ms each on this kind of disk, more than the rest of a log append."""
+
+
 def tortoise_url(settings: Settings) -> str:
     """The database URL in Tortoise's form: ``postgresql://`` → ``postgres://`` with the
-    pool size; a SQLite path with ``~`` expanded, as the directory is created there.
+    pool size; a SQLite path with ``~`` expanded, as the directory is created there, and
+    ``SQLITE_SYNCHRONOUS`` unless given.
     """
     url = settings.database_url
     if settings.is_sqlite:
-        _, separator, options = url.partition("?")
-        return f"sqlite://{sqlite_path(settings)}{separator}{options}"
+        path = sqlite_path(settings)
+        query = dict(parse_qsl(url.partition("?")[2], keep_blank_values=True))
+        if path not in ("", ":memory:"):
+            query.setdefault("synchronous", SQLITE_SYNCHRONOUS)
+        return f"sqlite://{path}" + (f"?{urlencode(query)}" if query else "")
     if url.startswith("postgresql://"):
         url = "postgres://" + url.removeprefix("postgresql://")
     if settings.is_postgres:

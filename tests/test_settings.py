@@ -3,6 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.backends.sqlite.client import SqliteClient
 
 from delidev import db
 from delidev.settings import Settings, SettingsError
@@ -96,8 +98,29 @@ def test_tilde_in_a_sqlite_url_is_expanded_for_tortoise(
     monkeypatch.setenv("HOME", str(tmp_path))
     settings = Settings(database_url="sqlite://~/data/x.db?journal_mode=wal")
     assert db.sqlite_path(settings) == str(tmp_path / "data" / "x.db")
-    assert db.tortoise_url(settings) == f"sqlite://{tmp_path}/data/x.db?journal_mode=wal"
+    assert (
+        db.tortoise_url(settings)
+        == f"sqlite://{tmp_path}/data/x.db?journal_mode=wal&synchronous=NORMAL"
+    )
     assert db.tortoise_url(Settings(database_url="sqlite://:memory:")) == "sqlite://:memory:"
+
+
+async def test_sqlite_commits_are_synchronous_normal_unless_the_url_says(tmp_path: Path) -> None:
+    """WAL with synchronous=NORMAL (1) by default; ``?synchronous=FULL`` (2) is kept."""
+    for url, expected in [
+        (f"sqlite://{tmp_path}/a.db", 1),
+        (f"sqlite://{tmp_path}/b.db?synchronous=FULL", 2),
+    ]:
+        config = expand_db_url(db.tortoise_url(Settings(database_url=url)))
+        client = SqliteClient(connection_name="x", **config["credentials"])
+        await client.create_connection(with_db=True)
+        try:
+            (row,) = await client.execute_query_dict("PRAGMA synchronous")
+            assert row["synchronous"] == expected
+            (mode,) = await client.execute_query_dict("PRAGMA journal_mode")
+            assert mode["journal_mode"] == "wal"
+        finally:
+            await client.close()
 
 
 def test_repr_shows_no_secret() -> None:
