@@ -55,10 +55,11 @@ from strawberry.types.field import StrawberryField
 
 from delidev import metrics, request_context
 from delidev.graphql.context import Context
-from delidev.graphql.limits import DocumentChecks, checked_document
+from delidev.graphql.limits import INLINE_CHARS, DocumentChecks, checked_document
 
-PLAN_MAX_CHARS = 2_000
-"""Longer documents are left to the ordinary path (they are not the hot dashboard ones)."""
+PLAN_MAX_CHARS = INLINE_CHARS
+"""Longer documents are left to the ordinary path (they are not the hot dashboard ones, and
+it checks them off the event loop)."""
 _PLAIN_ARGUMENT_TYPES = frozenset({"ID", "String", "Int", "Float", "Boolean"})
 _BACKREF = "strawberry-definition"  # where Strawberry keeps its definition on graphql-core's
 
