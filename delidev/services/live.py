@@ -44,6 +44,7 @@ from delidev.services.live_updates import (
     tty_requests,
     worker_updates,
 )
+from delidev.services.text_window import TextWindow
 
 __all__ = [
     "AUTH_RECHECK_S",
@@ -128,8 +129,8 @@ class _Feed:
     def __init__(self, session_id: UUID, watch: events.Watch) -> None:
         self.session_id = session_id
         self.watch = watch
-        self.base = 0  # offset of window[0]
-        self.window = ""
+        self.base = 0  # offset of the window's first character
+        self.window = TextWindow()
         self.status = m.AgentSessionStatus.QUEUED
         self.final = False
         self.gone = False
@@ -228,7 +229,7 @@ class _Feed:
         piece = pieces.get(offset)
         if piece is None:
             start = offset - self.base
-            data = self.window[start : start + PIECE_CHARS]
+            data = self.window.slice(start, start + PIECE_CHARS)
             piece = pieces[offset] = LogPiece(
                 offset=offset, data=data, status=self.status, next_offset=offset + len(data)
             )
@@ -251,10 +252,10 @@ class _Feed:
             if read.next_offset - read.offset != len(read.content):
                 # The read met the marker of a dropped range: the window holds text only, so
                 # it starts again past the range, and followers before it read storage.
-                self.window = ""
+                self.window.clear()
                 self.base = read.next_offset
                 continue
-            self.window += read.content
+            self.window.append(read.content)
         self._trim()
         self.status = session.status
         self.final = session.status in session_service.FINAL and self.end >= session.log_size
@@ -264,7 +265,7 @@ class _Feed:
     def _trim(self) -> None:
         if len(self.window) > WINDOW_CHARS:
             cut = len(self.window) - WINDOW_CHARS // 2
-            self.window = self.window[cut:]
+            self.window.drop_front(cut)
             self.base += cut
 
     def take_placed(self, news: list[events.Event]) -> bool:
@@ -286,7 +287,8 @@ class _Feed:
             if event.log_size > end:
                 texts.append(event.text[end - start :])
                 end = event.log_size
-        self.window += "".join(texts)
+        for text in texts:
+            self.window.append(text)
         self._trim()
         self._announce()
         return True
@@ -423,7 +425,7 @@ class LogFeeds:
                         continue
                 if feed.base <= offset < feed.end:
                     start = offset - feed.base
-                    data = feed.window[start : start + PIECE_CHARS]
+                    data = feed.window.slice(start, start + PIECE_CHARS)
                     yield LogPiece(
                         offset=offset,
                         data=data,
