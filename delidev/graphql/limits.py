@@ -10,13 +10,13 @@ import asyncio
 import functools
 import json
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from graphql import (
     ASTValidationRule,
     DocumentNode,
@@ -404,7 +404,7 @@ class Guard(SchemaExtension):
                     )
                 else:
                     found = check(*key)
-                _remember(key, found)
+                _CHECKED[key] = found
             document, errors = found
             if document is not None:
                 context.graphql_document = document
@@ -433,18 +433,10 @@ class Guard(SchemaExtension):
 INLINE_CHARS = 2_000
 """New documents up to this size are checked on the event loop (well under a millisecond)."""
 _CHECKER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphql-validate")
-_CHECKED_KEPT = 1024
 # Touched only on the event loop's thread: the workers compute, the loop remembers.
-_CHECKED: OrderedDict[tuple[Any, ...], tuple[DocumentNode | None, list[GraphQLError]]] = (
-    OrderedDict()
+_CHECKED: LRUCache[tuple[Any, ...], tuple[DocumentNode | None, list[GraphQLError]]] = LRUCache(
+    maxsize=1024
 )
-
-
-def _remember(key: tuple[Any, ...], found: tuple[DocumentNode | None, list[GraphQLError]]) -> None:
-    _CHECKED[key] = found
-    _CHECKED.move_to_end(key)
-    if len(_CHECKED) > _CHECKED_KEPT:
-        _CHECKED.popitem(last=False)
 
 
 def checked_document(
@@ -458,7 +450,7 @@ def checked_document(
         if len(query) > INLINE_CHARS:
             raise ValueError(f"documents over {INLINE_CHARS} characters are checked off the loop")
         found = check(*key)
-        _remember(key, found)
+        _CHECKED[key] = found
     return found
 
 

@@ -21,7 +21,6 @@ stored: ``services.secret_masking`` (``mask``, ``OutputMasker``), re-exported he
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import re
 import time
@@ -29,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
+
+from cachetools import LRUCache
 
 from delidev import events
 from delidev import models as m
@@ -379,8 +380,7 @@ async def output_secrets(
     return await job_secrets(store, agent_task_id, expects_secrets=True, wait=wait)
 
 
-_expects: collections.OrderedDict[UUID, bool] = collections.OrderedDict()
-_EXPECTS_KEPT = 10_000
+_expects: LRUCache[UUID, bool] = LRUCache(maxsize=10_000)
 
 
 async def expects_secrets(agent_task_id: UUID) -> bool:
@@ -393,8 +393,6 @@ async def expects_secrets(agent_task_id: UUID) -> bool:
         if agent is None:
             return False
         known = _expects[agent_task_id] = agent.expects_secrets
-        if len(_expects) > _EXPECTS_KEPT:
-            _expects.popitem(last=False)
     return known
 
 

@@ -9,7 +9,6 @@ midway fail the same way). What a worker sends is masked with the task's secrets
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import functools
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +16,7 @@ from enum import StrEnum
 from typing import ParamSpec, TypeVar, cast
 from uuid import UUID
 
+from cachetools import LRUCache
 from tortoise.exceptions import DoesNotExist
 
 from delidev import events
@@ -210,15 +210,7 @@ async def _task_secrets(
 
 # The AgentTask of a run never changes: kept per process (the latest ones) for AppendLog's
 # quick path, which must know the task's secrets before it touches the run.
-_task_of_run: collections.OrderedDict[UUID, UUID] = collections.OrderedDict()
-_RUNS_KEPT = 10_000
-
-
-def _remember_task(session_id: UUID, agent_task_id: UUID) -> None:
-    _task_of_run[session_id] = agent_task_id
-    _task_of_run.move_to_end(session_id)
-    while len(_task_of_run) > _RUNS_KEPT:
-        _task_of_run.popitem(last=False)
+_task_of_run: LRUCache[UUID, UUID] = LRUCache(maxsize=10_000)
 
 
 @_lease_bound
@@ -256,7 +248,7 @@ async def append_job_log(
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
-    _remember_task(session.id, session.agent_task_id)
+    _task_of_run[session.id] = session.agent_task_id
     values = await _secrets_of(store, session)
     if not values:
         stored = await session_service.append_log(
