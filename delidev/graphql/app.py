@@ -29,6 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -47,6 +48,8 @@ from delidev.services.live import LogFeeds
 from delidev.settings import Settings
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
+_MAX_NAME_CHARS = 200
+"""Longer operation names are left to the ordinary path (the plans' cache keys stay small)."""
 
 # The HTTP layer's refusals (Strawberry raises HTTPException) as GraphQL error codes.
 _HTTP_ERRORS: dict[int, type[errors.DeliDevError]] = {
@@ -233,9 +236,12 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         """The answer of ``query_fast_path`` when the request is a plain JSON POST of a
         document it has a plan for (and is not traced: spans come from the ordinary path);
         else None. The body read here is kept for the ordinary path."""
-        if request.method != "POST" or "application/json" not in request.headers.get(
-            "content-type", ""
-        ):
+        if request.method != "POST":
+            return None
+        # As Strawberry decides (on the media type, not on the whole header: a simple
+        # cross-site request may carry "text/plain; x=application/json").
+        media_type, _ = parse_content_type(request.headers.get("content-type", ""))
+        if "application/json" not in media_type:
             return None
         if self._traced and not tracing.unsampled():
             return None
@@ -246,9 +252,11 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         if not isinstance(data, dict) or data.get("extensions") is not None:
             return None
         query, variables, name = data.get("query"), data.get("variables"), data.get("operationName")
-        if not isinstance(query, str) or not isinstance(variables, dict | None):
+        if not isinstance(query, str) or len(query) > query_fast_path.PLAN_MAX_CHARS:
             return None
-        if not isinstance(name, str | None):
+        if not isinstance(variables, dict | None):
+            return None
+        if not (name is None or (isinstance(name, str) and len(name) <= _MAX_NAME_CHARS)):
             return None
         plan = query_fast_path.query_plan(self._core_schema, self._checks, query, name)
         if plan is None:

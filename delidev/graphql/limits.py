@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -389,22 +390,23 @@ class Guard(SchemaExtension):
     async def on_parse(self) -> AsyncIterator[None]:
         context = self.execution_context
         if context.graphql_document is None and context.query:
-            key = (
+            args = (
                 context.schema._schema,
                 context.query,
                 self._max_tokens,
                 self._limits,
                 context.validation_rules,
             )
+            key = _key(*args)
             found = _CHECKED.get(key)
             if found is None:
                 if len(context.query) > INLINE_CHARS:
                     found = await asyncio.get_running_loop().run_in_executor(
-                        _CHECKER, functools.partial(check, *key)
+                        _CHECKER, functools.partial(check, *args)
                     )
                 else:
-                    found = check(*key)
-                _CHECKED[key] = found
+                    found = check(*args)
+                _remember(key, found)
             document, errors = found
             if document is not None:
                 context.graphql_document = document
@@ -433,24 +435,49 @@ class Guard(SchemaExtension):
 INLINE_CHARS = 2_000
 """New documents up to this size are checked on the event loop (well under a millisecond)."""
 _CHECKER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphql-validate")
+CACHED_CHARS = 500_000
+"""Checked documents kept, counted in characters of their text: a parsed document takes
+~120 bytes per character (its tokens and nodes), so at most ~60 MB, while dashboards send a
+few dozen documents of a few KB. A document alone larger than this is not kept."""
+Checked = tuple[DocumentNode | None, list[GraphQLError]]
+
+
+def _weight(found: Checked) -> int:
+    document = found[0]
+    if document is None or document.loc is None:
+        return 1
+    return max(1, len(document.loc.source.body))
+
+
 # Touched only on the event loop's thread: the workers compute, the loop remembers.
-_CHECKED: LRUCache[tuple[Any, ...], tuple[DocumentNode | None, list[GraphQLError]]] = LRUCache(
-    maxsize=1024
-)
+_CHECKED: LRUCache[tuple[Any, ...], Checked] = LRUCache(maxsize=CACHED_CHARS, getsizeof=_weight)
 
 
-def checked_document(
-    schema: GraphQLSchema, query: str, checks: DocumentChecks
-) -> tuple[DocumentNode | None, list[GraphQLError]]:
+def _key(schema: GraphQLSchema, query: str, *rest: Any) -> tuple[Any, ...]:
+    """The cache key: a long query by its digest, so that the keys stay small too."""
+    if len(query) > INLINE_CHARS:
+        query_key: str | bytes = hashlib.sha256(query.encode("utf-8", "surrogatepass")).digest()
+    else:
+        query_key = query
+    return (schema, query_key, *rest)
+
+
+def _remember(key: tuple[Any, ...], found: Checked) -> None:
+    if _weight(found) <= CACHED_CHARS:
+        _CHECKED[key] = found
+
+
+def checked_document(schema: GraphQLSchema, query: str, checks: DocumentChecks) -> Checked:
     """``check``'s answer for a document of at most ``INLINE_CHARS``, from the cache the
     ordinary path fills (and filling it): ``query_fast_path`` and ``Guard`` share it."""
-    key = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
+    if len(query) > INLINE_CHARS:
+        raise ValueError(f"documents over {INLINE_CHARS} characters are checked off the loop")
+    args = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
+    key = _key(*args)
     found = _CHECKED.get(key)
     if found is None:
-        if len(query) > INLINE_CHARS:
-            raise ValueError(f"documents over {INLINE_CHARS} characters are checked off the loop")
-        found = check(*key)
-        _CHECKED[key] = found
+        found = check(*args)
+        _remember(key, found)
     return found
 
 

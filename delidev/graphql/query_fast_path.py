@@ -19,21 +19,25 @@ A document is plain enough (``query_plan`` returns a plan) when it
 - holds one operation, a query, and no fragments, directives or duplicate response keys;
 - asks root fields whose resolvers take only the root, ``info`` (of which they use only
   ``info.context``) and arguments of the built-in scalar types (``ID``, ``String``,
-  ``Int``, ``Float``, ``Boolean``), which Strawberry passes as they are;
+  ``Int``, ``Float``, ``Boolean``), which Strawberry passes as they are (an argument of
+  another type only when the document leaves it out and its default is null);
 - selects below them only plain fields (no resolver, no field extension, no permission),
   of object, list and leaf types; no interface or union.
 
 Anything else takes the ordinary path, and so does any request the plan cannot finish
 exactly as graphql-core would: variables that do not coerce, a resolver that raises (the
 error is then reported, formatted and logged by the ordinary path), a null where the
-schema says non-null, a value a serializer refuses, a traced request. Queries do not
-change data, so running a root resolver again there is harmless.
+schema says non-null, a value a serializer refuses, a traced request. The root resolvers
+then run a second time: queries read (the few writes they make, such as expiring
+questions past their time, are idempotent), and a request costs at most twice its reads.
+A failure other than a domain error is logged (its type, no trace).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +58,11 @@ from strawberry.types.arguments import StrawberryArgument
 from strawberry.types.field import StrawberryField
 
 from delidev import metrics, request_context
+from delidev.errors import DeliDevError
 from delidev.graphql.context import Context
 from delidev.graphql.limits import INLINE_CHARS, DocumentChecks, checked_document
+
+log = logging.getLogger(__name__)
 
 PLAN_MAX_CHARS = INLINE_CHARS
 """Longer documents are left to the ordinary path (they are not the hot dashboard ones, and
@@ -243,12 +250,16 @@ def _compile_root(schema: GraphQLSchema, node: ast.FieldNode) -> _RootField | No
         if not isinstance(definition, StrawberryArgument):
             return None
         python_names[arg_name] = definition.python_name
-    for given in node.arguments or ():
-        arg = field_def.args.get(given.name.value)
-        if arg is None:
-            return None
+    given = {a.name.value for a in node.arguments or ()}
+    if not given <= field_def.args.keys():
+        return None
+    for arg_name, arg in field_def.args.items():
         named = arg.type.of_type if isinstance(arg.type, GraphQLNonNull) else arg.type
-        if getattr(named, "name", None) not in _PLAIN_ARGUMENT_TYPES:
+        if getattr(named, "name", None) in _PLAIN_ARGUMENT_TYPES:
+            continue
+        # Another type (an enum, an input) needs Strawberry's conversion: only when the
+        # document leaves it out and nothing (or null) is passed for it.
+        if arg_name in given or arg.default_value not in (None, Undefined):
             return None
     complete = _compile_type(field_def.type, node.selection_set)
     if complete is None:
@@ -259,11 +270,13 @@ def _compile_root(schema: GraphQLSchema, node: ast.FieldNode) -> _RootField | No
     return _RootField(key, field_def, node, function, python_names, complete)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=128)
 def query_plan(
     schema: GraphQLSchema, checks: DocumentChecks, query: str, operation_name: str | None
 ) -> QueryPlan | None:
-    """The plan of ``query``, or None when it takes the ordinary path (see the module)."""
+    """The plan of ``query``, or None when it takes the ordinary path (see the module).
+    Cached: at most 128 documents of at most ``PLAN_MAX_CHARS`` (a plan keeps nodes of its
+    parsed document, ~120 bytes per character), so ~30 MB at worst."""
     if len(query) > PLAN_MAX_CHARS:
         return None
     document, errors = checked_document(schema, query, checks)
@@ -327,7 +340,12 @@ async def serve(
     started = time.perf_counter()
     try:
         body = await execute(schema, plan, variables, context)
-    except Exception:  # reported by the ordinary path, which runs the request again
+    except (Fallback, DeliDevError):  # reported by the ordinary path, which runs it again
+        return None
+    except Exception as error:  # the same, but noted: the second run may not meet it
+        log.warning(
+            "a planned query failed (%s); the ordinary path answers it", type(error).__name__
+        )
         return None
     metrics.graphql_operation("query", plan.operation_name, True, time.perf_counter() - started)
     request_context.set_graphql("query", plan.operation_name)

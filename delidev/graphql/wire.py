@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from typing import Any
 
 from delidev.nesting import MAX_JSON_DEPTH, TooDeep, check_json_depth
@@ -44,6 +45,15 @@ def _finite(text: str) -> float:
     return value
 
 
+def _integer(text: str) -> int:
+    # Python refuses to convert more digits than this (a guard against quadratic time):
+    # a ValueError that is not a JSON error, which would have answered 500.
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text.lstrip("-")) > limit:
+        raise BadJSON(f"JSON integers may have at most {limit} digits")
+    return int(text)
+
+
 def decode(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> object:
     """The value of JSON text ``data``. Raises: BadJSON."""
     if isinstance(data, bytes | bytearray):
@@ -60,7 +70,9 @@ def decode(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> object:
     except TooDeep as error:
         raise BadJSON(str(error)) from None
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        value = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite, parse_int=_integer
+        )
     except json.JSONDecodeError as error:
         raise BadJSON(f"not valid JSON: {error.msg} at position {error.pos}") from None
     except RecursionError:  # pragma: no cover  # the depth check comes first

@@ -18,6 +18,7 @@ from tortoise.context import TortoiseContext
 from delidev import models as m
 from delidev.app import create_app
 from delidev.auth.principal import LOCAL_USER
+from delidev.graphql import limits
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.query_fast_path import PLAN_MAX_CHARS, query_plan
 from delidev.graphql.schema import build_schema, document_checks
@@ -258,6 +259,67 @@ async def test_request_shapes_the_plan_does_not_take_are_answered_as_before(
     )
     assert bad.status_code == 400
     assert "valid Unicode" in bad.json()["errors"][0]["message"]
+
+
+async def test_only_a_json_media_type_is_served(
+    http: httpx.AsyncClient, ordinary_calls: list[str]
+) -> None:
+    """A cross-site page may POST "text/plain; x=application/json" without a preflight: it
+    is refused as Strawberry refuses it, not answered by the plan (a regression)."""
+    ws = await make_workspace()
+    body = json.dumps({"query": WORKSPACE, "variables": {"id": str(ws.id)}})
+    for content_type in ("text/plain; x=application/json", "text/plain", "application/xml"):
+        response = await http.post("/graphql", content=body, headers={"content-type": content_type})
+        assert response.status_code == 400, (content_type, response.text)
+        assert "Unsupported content type" in response.json()["errors"][0]["message"]
+    assert len(ordinary_calls) == 3
+    ordinary_calls.clear()
+    charset = await http.post(
+        "/graphql", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert charset.json()["data"]["workspace"]["id"] == str(ws.id)
+    assert ordinary_calls == []
+
+
+async def test_huge_numbers_and_names_are_refused_or_left_to_the_ordinary_path(
+    http: httpx.AsyncClient, ordinary_calls: list[str]
+) -> None:
+    """A 5000-digit integer answered 500 (Python's int() limit, a regression); a long
+    operation name (or document) is not planned, so no plan cache key holds it."""
+    huge = b'{"query": "{ __typename }", "variables": {"x": ' + b"9" * 5000 + b"}}"
+    response = await http.post(
+        "/graphql", content=huge, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert "at most 4300 digits" in response.json()["errors"][0]["message"]
+    ordinary_calls.clear()
+    named = "N" + "x" * 5000
+    response = await http.post(
+        "/graphql", json={"query": f"query {named} {{ __typename }}", "operationName": named}
+    )
+    assert response.json() == {"data": {"__typename": "Query"}}
+    assert ordinary_calls == ["POST"]
+    before = query_plan.cache_info().currsize
+    padded = "{ __typename }" + " " * PLAN_MAX_CHARS
+    response = await http.post("/graphql", json={"query": padded})
+    assert response.json() == {"data": {"__typename": "Query"}}
+    assert query_plan.cache_info().currsize == before
+
+
+def test_the_document_cache_is_bounded_by_characters(settings: Settings) -> None:
+    """Documents are kept up to CACHED_CHARS characters in all, long ones under a digest."""
+    schema = build_schema(settings)._schema
+    checks = document_checks(settings)
+    limits._CHECKED.clear()
+    for i in range(40):
+        # A unique document of ~20 000 characters (checked as the worker threads do).
+        query = "{ " + f"a{i}: __typename " + "b: __typename " * 1400 + "}"
+        args = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
+        limits._remember(limits._key(*args), limits.check(*args))
+    kept = sum(limits._weight(v) for v in limits._CHECKED.values())
+    assert 0 < kept <= limits.CACHED_CHARS
+    assert len(limits._CHECKED) < 40  # the oldest went
+    assert all(isinstance(k[1], bytes) and len(k[1]) == 32 for k in limits._CHECKED)
 
 
 async def test_the_answer_size_limit_holds(settings: Settings, database: TortoiseContext) -> None:

@@ -59,6 +59,8 @@ def test_json_round_trips_unless_it_holds_a_lone_surrogate(
         ('{"x": "\\udc00"}', "valid Unicode"),
         ('{"\\ud800": 1}', "valid Unicode"),
         ("{", "not valid JSON"),
+        ('{"x": ' + "9" * 5000 + "}", "at most 4300 digits"),  # int() would raise ValueError
+        ("-" + "1" * 4301, "at most 4300 digits"),
     ],
 )
 def test_what_is_refused_and_why(data: str | bytes, reason: str) -> None:
