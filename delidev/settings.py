@@ -155,6 +155,9 @@ class Settings:
     connect_fast_path: bool = True
     """Serve plain Connect unary calls by the lean path of ``connect/fast_unary.py`` (it uses
     connectrpc internals); off: every call takes connectrpc's ordinary path."""
+    graphql_query_plans: bool = True
+    """Answer plain POSTed queries from a compiled plan (``graphql/query_fast_path.py``);
+    off: every query runs through Strawberry and graphql-core."""
     ws_deflate_bypass: bool = True
     """Serve WebSockets with ``websocket_deflate.py``'s protocol (compresses a log piece once
     for all followers, uses uvicorn internals); off: uvicorn's ordinary protocol."""
@@ -394,6 +397,7 @@ class Settings:
             ("DELIDEV_MIGRATE_ON_START", "migrate_on_start"),
             ("DELIDEV_GRAPHQL_INTROSPECTION", "graphql_introspection"),
             ("DELIDEV_CONNECT_FAST_PATH", "connect_fast_path"),
+            ("DELIDEV_GRAPHQL_QUERY_PLANS", "graphql_query_plans"),
             ("DELIDEV_WS_DEFLATE_BYPASS", "ws_deflate_bypass"),
             ("DELIDEV_METRICS", "metrics"),
             ("DELIDEV_CONSOLE", "console"),

@@ -141,6 +141,7 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         self._checks = document_checks(settings)
         self._core_schema = schema._schema  # graphql-core's, for query_fast_path
         self._traced = tracer_provider is not None
+        self._plans = settings.graphql_query_plans
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -236,7 +237,7 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         """The answer of ``query_fast_path`` when the request is a plain JSON POST of a
         document it has a plan for (and is not traced: spans come from the ordinary path);
         else None. The body read here is kept for the ordinary path."""
-        if request.method != "POST":
+        if not self._plans or request.method != "POST":
             return None
         # As Strawberry decides (on the media type, not on the whole header: a simple
         # cross-site request may carry "text/plain; x=application/json").

@@ -398,3 +398,37 @@ async def test_the_caller_is_authenticated_and_sees_only_their_own(
     hidden = await ask(theirs, f"Bearer {token}")
     assert hidden["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     assert len(ordinary_calls) == 3  # each error answered by the ordinary path
+
+
+# --- The off switch -------------------------------------------------------------------------
+
+
+def test_the_switch_is_read_from_the_environment() -> None:
+    assert Settings.from_env({}).graphql_query_plans is True
+    assert Settings.from_env({"DELIDEV_GRAPHQL_QUERY_PLANS": "false"}).graphql_query_plans is False
+
+
+async def test_switched_off_every_query_runs_the_ordinary_way_with_the_same_answers(
+    settings: Settings, database: TortoiseContext, ordinary_calls: list[str]
+) -> None:
+    ws = await make_workspace()
+    repo = await make_repository(ws)
+    requests: list[dict[str, Any]] = [
+        {"query": WORKSPACE, "variables": {"id": str(ws.id)}},
+        {"query": WORKSPACE, "variables": {"id": str(uuid.uuid4())}},
+        {
+            "query": "query($id: ID!){ repository(id: $id){ id name } }",
+            "variables": {"id": str(repo.id)},
+        },
+        {"query": "{ workspaces { totalCount items { id budgetPeriod } } __typename }"},
+    ]
+    answers: dict[bool, list[bytes]] = {}
+    for plans in (True, False):
+        app = create_app(settings.replace(graphql_query_plans=plans))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            answers[plans] = [(await client.post("/graphql", json=r)).content for r in requests]
+    assert answers[True] == answers[False]
+    # On: only the request that failed (NOT_FOUND) ran the ordinary way; off: every one.
+    assert ordinary_calls == ["POST"] * (1 + len(requests))
