@@ -45,6 +45,7 @@ from typing import Any
 
 from graphql import (
     GraphQLEnumType,
+    GraphQLError,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
@@ -340,7 +341,7 @@ async def serve(
     started = time.perf_counter()
     try:
         body = await execute(schema, plan, variables, context)
-    except (Fallback, DeliDevError):  # reported by the ordinary path, which runs it again
+    except (Fallback, DeliDevError, GraphQLError):  # the ordinary path reports them
         return None
     except Exception as error:  # the same, but noted: the second run may not meet it
         log.warning(
