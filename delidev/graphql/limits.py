@@ -369,17 +369,15 @@ class Guard(SchemaExtension):
     """
 
     def __init__(self, *, checks: DocumentChecks, max_response_bytes: int) -> None:
-        self._max_tokens = checks.max_tokens
+        self._checks = checks
         self._max_response_bytes = max_response_bytes
-        self._limits = checks.limits
-        self._rules = checks.rules
         self._errors: list[GraphQLError] | None = None
 
     def on_operation(self) -> Iterator[None]:
         started = time.perf_counter()
         context = self.execution_context
-        context.parse_options["max_tokens"] = self._max_tokens
-        context.validation_rules = context.validation_rules + self._rules
+        context.parse_options["max_tokens"] = self._checks.max_tokens
+        context.validation_rules = context.validation_rules + self._checks.rules
         yield
         result = self.execution_context.result
         if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
@@ -390,23 +388,7 @@ class Guard(SchemaExtension):
     async def on_parse(self) -> AsyncIterator[None]:
         context = self.execution_context
         if context.graphql_document is None and context.query:
-            args = (
-                context.schema._schema,
-                context.query,
-                self._max_tokens,
-                self._limits,
-                context.validation_rules,
-            )
-            key = _key(*args)
-            found = _CHECKED.get(key)
-            if found is None:
-                if len(context.query) > INLINE_CHARS:
-                    found = await asyncio.get_running_loop().run_in_executor(
-                        _CHECKER, functools.partial(check, *args)
-                    )
-                else:
-                    found = check(*args)
-                _remember(key, found)
+            found = await checked_document(context.schema._schema, context.query, self._checks)
             document, errors = found
             if document is not None:
                 context.graphql_document = document
@@ -467,9 +449,9 @@ def _remember(key: tuple[Any, ...], found: Checked) -> None:
         _CHECKED[key] = found
 
 
-def checked_document(schema: GraphQLSchema, query: str, checks: DocumentChecks) -> Checked:
-    """``check``'s answer for a document of at most ``INLINE_CHARS``, from the cache the
-    ordinary path fills (and filling it): ``query_fast_path`` and ``Guard`` share it."""
+def checked_inline(schema: GraphQLSchema, query: str, checks: DocumentChecks) -> Checked:
+    """``check``'s answer for a document of at most ``INLINE_CHARS``, checked here on the
+    event loop, from the cache (filling it)."""
     if len(query) > INLINE_CHARS:
         raise ValueError(f"documents over {INLINE_CHARS} characters are checked off the loop")
     args = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
@@ -477,6 +459,22 @@ def checked_document(schema: GraphQLSchema, query: str, checks: DocumentChecks) 
     found = _CHECKED.get(key)
     if found is None:
         found = check(*args)
+        _remember(key, found)
+    return found
+
+
+async def checked_document(schema: GraphQLSchema, query: str, checks: DocumentChecks) -> Checked:
+    """``check``'s answer for any document, from the cache (filling it); a long new one is
+    checked on a worker thread. ``Guard`` and ``query_fast_path`` share the cache."""
+    if len(query) <= INLINE_CHARS:
+        return checked_inline(schema, query, checks)
+    args = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
+    key = _key(*args)
+    found = _CHECKED.get(key)
+    if found is None:
+        found = await asyncio.get_running_loop().run_in_executor(
+            _CHECKER, functools.partial(check, *args)
+        )
         _remember(key, found)
     return found
 

@@ -61,7 +61,7 @@ from strawberry.types.field import StrawberryField
 from delidev import metrics, request_context
 from delidev.errors import DeliDevError
 from delidev.graphql.context import Context
-from delidev.graphql.limits import INLINE_CHARS, DocumentChecks, checked_document
+from delidev.graphql.limits import INLINE_CHARS, DocumentChecks, checked_inline
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def query_plan(
     parsed document, ~120 bytes per character), so ~30 MB at worst."""
     if len(query) > PLAN_MAX_CHARS:
         return None
-    document, errors = checked_document(schema, query, checks)
+    document, errors = checked_inline(schema, query, checks)
     if document is None or errors:
         return None
     if len(document.definitions) != 1:
