@@ -57,6 +57,24 @@ def _replace(text: str, forms: Sequence[str]) -> str:
     return text
 
 
+def _joined_forms(values: Mapping[str, str]) -> list[str]:
+    """Every form and, for a form that holds forms of other values, the form as it reads with
+    those masked (what a chunk masked on its own shows of it), longest first. (A value's
+    forms hold each other, base64 in base64, and are left so: masking them in each other
+    would only mask what lies next to a mask.)"""
+    own = {v: _forms(v) for v in set(values.values()) if len(v) >= MIN_MASKED_LENGTH}
+    joined = {f for forms in own.values() for f in forms}
+    for value, forms in own.items():
+        others = sorted(
+            {f for v, fs in own.items() if v != value for f in fs}, key=len, reverse=True
+        )
+        for form in forms:
+            inner = _replace(form, [f for f in others if len(f) < len(form)])
+            if inner != form:
+                joined.add(inner)
+    return sorted(joined, key=len, reverse=True)
+
+
 def mask(text: str, values: Mapping[str, str]) -> str:
     """The text with every secret value (plain or base64) replaced by a mask."""
     if not values or not text:
@@ -84,11 +102,18 @@ class OutputMasker:
     ever changes afterwards, so offsets stay put and live followers see exactly what is
     stored. The held-back end is placed when the run ends (it is no value: only the start of
     one).
+
+    A value may hold another (a database URL with its password). A chunk is masked on its
+    own before it is joined, so the part of the outer value that it holds may show the inner
+    one masked already; so the join and the hold-back also know each form with the forms it
+    holds masked (``_joined_forms``): the outer value is masked whole wherever the output is
+    cut.
     """
 
     def __init__(self, values: Mapping[str, str]) -> None:
         self._forms = _all_forms(values)
-        self._reach = max((len(f) for f in self._forms), default=1) - 1
+        self._joined = _joined_forms(values)
+        self._reach = max((len(f) for f in self._joined), default=1) - 1
 
     def __repr__(self) -> str:  # never print values
         return f"OutputMasker(forms={len(self._forms)})"
@@ -111,14 +136,14 @@ class OutputMasker:
         if held:
             # A form that starts in ``held`` ends within ``reach`` characters of ``data``;
             # the rest of ``data`` was masked with the chunk.
-            data = _replace(held + data[: self._reach], self._forms) + data[self._reach :]
+            data = _replace(held + data[: self._reach], self._joined) + data[self._reach :]
         keep = self._held_back(data)
         return data[: len(data) - keep], data[len(data) - keep :]
 
     def _held_back(self, text: str) -> int:
         """The length of the longest end of ``text`` that is the beginning of a form."""
         size, best = len(text), 0
-        for form in self._forms:
+        for form in self._joined:
             reach = min(len(form) - 1, size)
             if reach <= best:
                 if len(form) - 1 <= best:
