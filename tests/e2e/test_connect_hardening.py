@@ -272,3 +272,100 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
         return False
     finally:
         sock.settimeout(WAIT_S)
+
+
+def _sent_until_closed(port: int, head: bytes, pieces: int = 1, piece: bytes = b"") -> bytes:
+    """Sends ``head``, then ``pieces`` times ``piece`` (a line that never ends, say) while
+    the server lets it, and returns all the server wrote until it closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        try:
+            sock.sendall(head)
+            for _ in range(pieces):
+                sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the server while we sent: what it wrote is still to read
+        received = b""
+        try:
+            while chunk := sock.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+        return received
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "says"),
+    [
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"".join(b"x-h%d: v\r\n" % i for i in range(300))
+            + b"\r\n",
+            431,
+            b"more than 256 headers",
+            id="too-many-headers",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(80))
+            + b"\r\n",
+            431,
+            b"larger than 65536 bytes",
+            id="large-headers",
+        ),
+        pytest.param(
+            b"GET /healthz?" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            414,
+            b"longer than 32768 bytes",
+            id="long-url",
+        ),
+    ],
+)
+async def test_request_heads_past_the_limits_are_refused(
+    server: Server, head: bytes, status: int, says: bytes
+) -> None:
+    """Regression: uvicorn kept every header a client sent (GBs of memory) and copied the
+    URL for each piece of it (seconds of event loop)."""
+    received = await asyncio.to_thread(_sent_until_closed, server.port, head)
+    assert _status(received) == status, received[:200]
+    assert says in received
+    await _alive(server)
+
+
+@pytest.mark.parametrize(
+    ("head", "piece"),
+    [
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nx-long: ", b"v" * 8192,
+                     id="a-header-that-never-ends"),
+        pytest.param(b"GET /healthz?message=", b"A" * 8192, id="a-url-that-never-ends"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"x-h: v\r\n" * 1000,
+                     id="headers-that-never-end"),
+    ],
+)  # fmt: skip
+async def test_endless_request_heads_are_cut_off(server: Server, head: bytes, piece: bytes) -> None:
+    """Sent in pieces, 80 MB at most: the server answers and closes long before."""
+    received = await asyncio.to_thread(_sent_until_closed, server.port, head, 10_000, piece)
+    assert _status(received) in (414, 431), received[:200]
+    await _alive(server)
+
+
+async def test_heads_within_the_limits_and_large_bodies_still_pass(server: Server) -> None:
+    headers = {f"x-h{i}": "v" * 100 for i in range(200)}  # 200 headers, ~22 KB
+    async with httpx.AsyncClient(base_url=server.base, timeout=WAIT_S) as client:
+        response = await client.get("/healthz", headers=headers)
+        assert response.status_code == 200
+        response = await client.get("/healthz?" + "a" * 30_000)
+        assert response.status_code == 200
+        # A body of 3 MB right behind the headers (parts of it in the head's reads).
+        response = await client.post(
+            "/delidev.v1.WorkspaceService/Create",
+            content=b'{"name": "big", "description": "' + b"d" * 3_000_000 + b'"}',
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 400, response.text  # a description that long
+        assert response.json()["code"] == "invalid_argument"
+    # Kept alive: a second request on the same connection is measured afresh.
+    pair = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"x-a: " + b"v" * 50_000 + b"\r\n\r\n"
+    received = await asyncio.to_thread(_sent_until_closed, server.port, pair + pair[:-2] +
+                                       b"connection: close\r\n\r\n")  # fmt: skip
+    assert received.count(b"HTTP/1.1 200 ") == 2, received[:300]
+    await _alive(server)
