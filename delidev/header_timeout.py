@@ -61,6 +61,7 @@ class _Refused(Exception):
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
 
+
 _TIMEOUT_BODY = b"request headers were not complete in time"
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\n"

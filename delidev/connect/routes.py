@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from delidev.auth.authenticator import Authenticator
 from delidev.connect import fast_unary, handlers
 from delidev.connect.codecs import server_codecs
+from delidev.connect.compression import BoundedGzip
 from delidev.connect.fast_unary import UnaryFastPath
 from delidev.connect.gen.delidev.v1.auth_connect import AuthServiceASGIApplication
 from delidev.connect.gen.delidev.v1.repository_connect import (
@@ -207,7 +208,11 @@ def connect_apps(
         application: Callable[..., ConnectASGIApplication[Any]], handler: object
     ) -> ConnectASGIApplication[Any]:
         return application(
-            handler, interceptors=interceptors, read_max_bytes=READ_MAX_BYTES, codecs=codecs
+            handler,
+            interceptors=interceptors,
+            read_max_bytes=READ_MAX_BYTES,
+            codecs=codecs,
+            compressions=[BoundedGzip()],
         )
 
     return [

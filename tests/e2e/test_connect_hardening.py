@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -82,6 +83,22 @@ async def test_deep_json_is_refused_and_the_server_lives(server: Server) -> None
             headers={"content-type": "application/connect+json"},
         )
         assert b'"code": "invalid_argument"' in response.content
+    await _alive(server)
+
+
+async def test_a_body_of_many_gzip_members_is_refused_at_once(server: Server) -> None:
+    """Regression: 200,000 empty gzip members (4 MB) held the event loop for ~30 s, a
+    health probe sent meanwhile included (with WAIT_S, this test failed then)."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=WAIT_S) as client:
+        hostile = client.post(
+            "/delidev.v1.WorkspaceService/List",
+            content=gzip.compress(b"") * 200_000,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        response, probe = await asyncio.gather(hostile, client.get("/healthz"))
+    assert response.status_code == 400
+    assert "at most 16 members" in response.json()["message"]
+    assert probe.status_code == 200
     await _alive(server)
 
 
