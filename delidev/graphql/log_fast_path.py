@@ -15,13 +15,14 @@ import asyncio
 import functools
 import json
 import math
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from graphql import GraphQLError, parse, validate
+from graphql import GraphQLError, GraphQLSchema, parse, validate
+from graphql.execution.values import get_variable_values
 from graphql.language import ast
 from starlette.websockets import WebSocketDisconnect
 from strawberry.http.exceptions import WebSocketDisconnected
@@ -47,20 +48,31 @@ class LogPlan:
     fields: tuple[tuple[str, str], ...]  # (response key, field name)
     session_arg: ast.ValueNode
     offset_arg: ast.ValueNode | None
+    schema: GraphQLSchema
+    variable_definitions: tuple[ast.VariableDefinitionNode, ...]
 
 
 _PLAIN_FIELDS = {"offset", "data", "status", "final", "nextOffset", "__typename"}
 _PLAN_MAX_CHARS = 2_000
 """Longer documents are not plain enough for the fast path (and are parsed by the ordinary
-path, under the token limit)."""
+path, under the document limits)."""
+_NAME_MAX_CHARS = 200
+
+
+def log_plan(schema: GraphQLSchema, query: str, operation_name: str | None) -> LogPlan | None:
+    """The plan for a document that holds exactly one subscription selecting only plain
+    fields of ``sessionLog``, each once (no fragments, no directives), valid against the
+    schema. Only short documents and names are looked at (and cached): a long one is
+    neither, and takes the ordinary path and its limits."""
+    if len(query) > _PLAN_MAX_CHARS:
+        return None
+    if operation_name is not None and len(operation_name) > _NAME_MAX_CHARS:
+        return None
+    return _log_plan(schema, query, operation_name)
 
 
 @functools.lru_cache(maxsize=256)
-def log_plan(schema: Any, query: str, operation_name: str | None) -> LogPlan | None:
-    """The plan for a document that holds exactly one subscription selecting only plain
-    fields of ``sessionLog`` (no fragments, no directives), valid against the schema."""
-    if len(query) > _PLAN_MAX_CHARS:
-        return None
+def _log_plan(schema: GraphQLSchema, query: str, operation_name: str | None) -> LogPlan | None:
     try:
         document = parse(query)
     except GraphQLError:
@@ -85,6 +97,11 @@ def log_plan(schema: Any, query: str, operation_name: str | None) -> LogPlan | N
         if node.directives or node.arguments or node.selection_set:
             return None
         fields.append(((node.alias or node.name).value, node.name.value))
+    # Each field once: a message then holds a piece's text at most once. (Asked for under
+    # many aliases, it would go out as many times per piece, past the budget of an answer:
+    # the ordinary path applies the document limits and that budget.)
+    if len({name for _, name in fields}) != len(fields):
+        return None
     if validate(schema, document):
         return None
     args = {a.name.value: a.value for a in root.arguments or ()}
@@ -93,14 +110,27 @@ def log_plan(schema: Any, query: str, operation_name: str | None) -> LogPlan | N
         fields=tuple(fields),
         session_arg=args["sessionId"],
         offset_arg=args.get("fromOffset"),
+        schema=schema,
+        variable_definitions=tuple(op.variable_definitions or ()),
     )
 
 
-def _argument(node: ast.ValueNode | None, variables: dict[str, Any] | None) -> Any:
+def _arguments(plan: LogPlan, variables: dict[str, Any] | None) -> tuple[Any, Any]:
+    """The session id and the offset, with the variables coerced as graphql-core coerces
+    them (defaults included). Raises: _Fallback when they do not coerce (the ordinary path
+    reports it)."""
+    coerced = get_variable_values(plan.schema, plan.variable_definitions, variables or {})
+    if isinstance(coerced, list):
+        raise _Fallback
+    values = coerced.coerced
+    return _argument(plan.session_arg, values), _argument(plan.offset_arg, values)
+
+
+def _argument(node: ast.ValueNode | None, variables: Mapping[str, Any]) -> Any:
     if node is None:
         return None
     if isinstance(node, ast.VariableNode):
-        return (variables or {}).get(node.name.value)
+        return variables.get(node.name.value)
     if isinstance(node, ast.StringValueNode):
         return node.value
     if isinstance(node, ast.IntValueNode | ast.FloatValueNode):
@@ -121,13 +151,15 @@ async def serve_session_log(
 ) -> None:
     """Runs ``operation`` (planned as ``plan``) on ``handler``'s connection; ``ordinary``
     (Strawberry's ``run_operation``) runs it instead when the fast path cannot."""
-    session = _argument(plan.session_arg, operation.variables)
-    offset = _argument(plan.offset_arg, operation.variables) or 0
     # Whether a message went out: until then an error takes the ordinary path (which
     # runs the subscription again, from its start), and afterwards it must not.
     sent = False
     try:
+        session, offset = _arguments(plan, operation.variables)
+        offset = 0 if offset is None else offset
         if not isinstance(session, str) or not isinstance(offset, int | float):
+            raise _Fallback
+        if isinstance(offset, bool):
             raise _Fallback
         if not math.isfinite(offset):
             raise _Fallback  # the ordinary path reports it
@@ -249,6 +281,9 @@ async def _finish(send: Coroutine[Any, Any, None], waiting: Any) -> None:
 # each piece is encoded (and compressed, see websocket_deflate) once, however many follow.
 _MESSAGES: dict[tuple[Any, ...], tuple[str, SharedPrefix]] = {}
 _MESSAGES_KEPT = 64
+# And at most this many characters of them (a piece of a long log's backlog is large).
+_MESSAGES_CHARS = 8 * 1024 * 1024
+_messages_chars = 0
 # The last answer, checked first: the feed pushes one piece to its followers in a row.
 _LAST: tuple[object, object, tuple[str, SharedPrefix]] = (None, None, ("", SharedPrefix(b"")))
 
@@ -256,7 +291,7 @@ _LAST: tuple[object, object, tuple[str, SharedPrefix]] = (None, None, ("", Share
 def _next_message(plan: LogPlan, session: UUID, piece: live.LogPiece) -> tuple[str, SharedPrefix]:
     """The ``next`` message of ``piece`` without its closing id: ``{"type":"next",
     "payload":...`` (the log is append-only, so text at an offset never changes)."""
-    global _LAST
+    global _LAST, _messages_chars
     last_piece, last_plan, last_found = _LAST
     # A piece belongs to one session's feed: the same piece is the same session's.
     if piece is last_piece and plan is last_plan:
@@ -270,9 +305,12 @@ def _next_message(plan: LogPlan, session: UUID, piece: live.LogPiece) -> tuple[s
         payload = json.dumps({"data": {plan.root_key: _render(plan, piece)}})
         text = '{"type":"next","payload":' + payload
         found = (text, SharedPrefix(text.encode()))
-        if len(_MESSAGES) >= _MESSAGES_KEPT:
-            del _MESSAGES[next(iter(_MESSAGES))]
+        while _MESSAGES and (
+            len(_MESSAGES) >= _MESSAGES_KEPT or _messages_chars + len(text) > _MESSAGES_CHARS
+        ):
+            _messages_chars -= len(_MESSAGES.pop(next(iter(_MESSAGES)))[0])
         _MESSAGES[key] = found
+        _messages_chars += len(text)
     _LAST = (piece, plan, found)
     return found
 

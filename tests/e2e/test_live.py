@@ -315,12 +315,15 @@ async def test_the_session_log_fast_path_answers_like_graphql_itself(
         "{ __typename ... on LogChunk { at: offset data status final next: nextOffset } } }"
     )
 
-    async def messages(query: str, session_id: str) -> list[dict[str, Any]]:
+    async def messages(query: str, session_id: str, **variables: Any) -> list[dict[str, Any]] | str:
+        """The payloads, or the subscription's ``error`` message as text."""
         client = GraphQLWs(a.base)
         await client.connect()
         try:
-            await client.subscribe(query, {"id": session_id})
+            await client.subscribe(query, {"id": session_id, **variables})
             return [payload async for payload in client.results()]
+        except AssertionError as error:
+            return str(error)
         finally:
             await client.close()
 
@@ -335,7 +338,34 @@ async def test_the_session_log_fast_path_answers_like_graphql_itself(
         fast_err = await messages(plain, unknown)
         slow_err = await messages(ordinary, unknown)
         assert fast_err == slow_err
-        assert fast_err[0]["errors"][0]["extensions"]["code"] == "NOT_FOUND", fast_err
+        assert fast_err[0]["errors"][0]["extensions"]["code"] == "NOT_FOUND", fast_err  # type: ignore[index]
+        # Regressions: the fast path read a variable without coercing it (its default was
+        # ignored, ``true`` read as 1) ...
+        defaulted = (
+            "subscription S($id: ID!, $o: Float = 3) { log: sessionLog(sessionId: $id, "
+            "fromOffset: $o) { __typename at: offset data status final next: nextOffset } }"
+        )
+        assert await messages(defaulted, session_id) == fast
+        wrong = await messages(defaulted, session_id, o=True)
+        assert "Float cannot represent non numeric value: True" in str(wrong), wrong
+        # ... and served any number of aliases of the log's text, each piece as many times,
+        # past the document limits (40 aliases: 40 copies of a log in every message).
+        many = (
+            "subscription S($id: ID!) { sessionLog(sessionId: $id) { "
+            + " ".join(f"d{i}: data" for i in range(40))
+            + " } }"
+        )
+        refused = await messages(many, session_id)
+        assert "40 aliases found. Allowed: 30" in str(refused), refused
+        twice = (
+            "subscription S($id: ID!) { log: sessionLog(sessionId: $id, fromOffset: 3) "
+            "{ __typename at: offset data status final next: nextOffset again: data } }"
+        )
+        doubled = await messages(twice, session_id)
+        assert [m["data"]["log"]["again"] for m in doubled] == [  # type: ignore[index]
+            m["data"]["log"]["data"]
+            for m in fast  # type: ignore[union-attr]
+        ]
     finally:
         sim.kill()
         await api.close()
