@@ -76,6 +76,9 @@ def _serve(settings: Settings) -> int:
         app,
         http=with_header_timeout(settings.header_timeout_ms / 1000),
         ws=protocol_class(settings.ws_deflate_bypass),
+        # A WebSocket message is inflated and read whole before the app sees it: as large as
+        # a GraphQL request body may be, not uvicorn's 16 MiB (close code 1009 past it).
+        ws_max_size=settings.graphql_max_body_bytes,
         host=settings.server_host,
         port=settings.server_port,
         log_level=settings.log_level,

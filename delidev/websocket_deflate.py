@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 # What ``WebSocketProtocol`` and ``FrameWriter`` use of uvicorn's protocol: methods of the
 # class, and attributes its methods set on the instance (read from their code, since there
 # is no instance before a connection).
-_SANSIO_METHODS = ("__init__", "connection_made", "handle_connect", "run_asgi")
+_SANSIO_METHODS = ("__init__", "connection_made", "handle_connect", "handle_ping", "run_asgi")
 _SANSIO_ATTRIBUTES = {
     "__init__": ("config", "conn", "close_sent", "disconnected", "writable"),
     "connection_made": ("transport",),
@@ -88,10 +88,10 @@ def missing_internals() -> list[str]:
 
 def protocol_class(enabled: bool) -> type[Any] | str:
     """What uvicorn's ``ws`` option gets: ``WebSocketProtocol`` when ``enabled`` and this
-    uvicorn has what it uses; else uvicorn's ordinary protocol (with one warning when it
-    was wanted but cannot be used)."""
+    uvicorn has what it uses; else ``FALLBACK_PROTOCOL`` (with one warning when it was
+    wanted but cannot be used)."""
     if not enabled:
-        return ORDINARY_PROTOCOL
+        return FALLBACK_PROTOCOL
     missing = missing_internals()
     if missing:
         log.warning(
@@ -99,7 +99,7 @@ def protocol_class(enabled: bool) -> type[Any] | str:
             "ordinary protocol (works, slower with many followers)",
             ", ".join(missing),
         )
-        return ORDINARY_PROTOCOL
+        return FALLBACK_PROTOCOL
     return WebSocketProtocol
 
 
@@ -229,7 +229,32 @@ class SharedPrefixDeflateFactory(ServerPerMessageDeflateFactory):
         return response, extension
 
 
-class WebSocketProtocol(WebSocketsSansIOProtocol):
+# Bytes a connection may leave unread before a ping of its own is its last (live output is
+# held back well before this: see ``FrameWriter.write_text`` and uvicorn's ``writable``).
+PONG_BACKLOG = 4 * 1024 * 1024
+
+
+class BoundedPongs(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, which answers each ping at once whatever is
+    still unsent: a client that sent pings and never read made the server keep its pongs
+    without bound (400 MB of pings, 400 MB kept). With ``PONG_BACKLOG`` bytes unsent, the
+    connection is dropped instead."""
+
+    def handle_ping(self) -> None:
+        if self.transport.get_write_buffer_size() > PONG_BACKLOG:
+            self.transport.abort()
+            return
+        super().handle_ping()
+
+
+# What serves WebSockets when ``WebSocketProtocol`` is off or cannot be used: uvicorn's
+# ordinary protocol, with bounded pongs when this uvicorn has it.
+FALLBACK_PROTOCOL: type[Any] | str = (
+    ORDINARY_PROTOCOL if ORDINARY_PROTOCOL == "auto" else BoundedPongs
+)
+
+
+class WebSocketProtocol(BoundedPongs):
     """uvicorn's websockets-sansio protocol with ``SharedPrefixDeflate`` as its
     permessage-deflate (when compression is on), which shows itself to the app in the
     scope's extensions so that ``FrameWriter`` can find it."""

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
     PerMessageDeflate,
@@ -187,7 +188,9 @@ def test_the_pinned_uvicorn_has_every_internal_the_protocol_uses(
     caplog.set_level(logging.WARNING)
     assert websocket_deflate.missing_internals() == []
     assert websocket_deflate.protocol_class(True) is WebSocketProtocol
-    assert websocket_deflate.protocol_class(False) == websocket_deflate.ORDINARY_PROTOCOL
+    # Off: uvicorn's ordinary protocol, with bounded pongs.
+    assert websocket_deflate.protocol_class(False) is websocket_deflate.BoundedPongs
+    assert issubclass(websocket_deflate.BoundedPongs, WebSocketsSansIOProtocol)
     assert caplog.records == []
 
 
@@ -202,7 +205,7 @@ def test_a_missing_internal_falls_back_to_uvicorns_protocol_with_one_warning(
         "WebSocketsSansIOProtocol.renamed_in_a_later_uvicorn"
     ]
     caplog.set_level(logging.WARNING)
-    assert websocket_deflate.protocol_class(True) == websocket_deflate.ORDINARY_PROTOCOL
+    assert websocket_deflate.protocol_class(True) is websocket_deflate.BoundedPongs
     assert len(caplog.records) == 1
     assert "renamed_in_a_later_uvicorn" in caplog.records[0].getMessage()
     # uvicorn knows the name it falls back to.

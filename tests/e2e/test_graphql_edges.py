@@ -5,13 +5,17 @@ used to drop it with 1006 and no close frame), on both protocols."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
 from tests.e2e.harness import SESSION_LOG, GraphQLWs, Server
@@ -109,7 +113,6 @@ MALFORMED: list[tuple[str, Any]] = [
     ("binary", lambda p: b'{"type": "ping"}'),
     ("deep nesting", lambda p: '{"type": "ping", "x": ' + "[" * 20_000 + "]" * 20_000 + "}"),
     ("NaN", lambda p: '{"type": "ping", "x": NaN}'),
-    ("too large", lambda p: '{"type": "ping", "x": "' + "y" * 1_100_000 + '"}'),
     ("a lone surrogate", lambda p: '{"type": "ping", "x": "\\ud800"}'),
     ("no type", lambda p: '{"id": "1"}'),
     ("an unknown type", lambda p: json.dumps({"type": "x" * 10_000})),
@@ -197,3 +200,63 @@ async def test_a_query_over_legacy_graphql_ws_is_a_request_error(server: Server)
     assert message["type"] == "error"
     assert message["payload"]["extensions"]["code"] == "INVALID_ARGUMENT"
     assert message["payload"]["message"] == "queries are not allowed"
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+@pytest.mark.parametrize(
+    "size", [1_100_000, 64 * 1024 * 1024], ids=["just-too-large", "a-deflate-bomb"]
+)
+async def test_a_message_past_the_body_limit_closes_with_1009(
+    server: Server, protocol: str, size: int
+) -> None:
+    """Regression: messages were inflated up to uvicorn's 16 MiB before the app's 1 MiB
+    check (64 small frames of 16 MiB each pinned ~175 MB per connection and held the event
+    loop). The client compresses: 64 MiB of spaces travel as ~64 KB."""
+    message = '{"type": "ping", "x": "' + " " * size + '"}'
+    code, reason = await _closed_with(server, protocol, message)
+    assert code == 1009, (code, reason)
+    assert " " * 100 not in reason
+    async with httpx.AsyncClient(base_url=server.base) as client:
+        assert (await client.get("/healthz")).status_code == 200
+    assert "Traceback" not in server.log()
+
+
+def _flood_pings(port: int, limit: int) -> int:
+    """A graphql-transport-ws client that sends pings and never reads: the bytes it sent
+    before the server dropped it (or ``limit``, if it never did)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            (
+                f"GET /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws"
+                "\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert b" 101 " in head, head
+        ping = Frame(Opcode.PING, b"p" * 125).serialize(mask=True, extensions=[])
+        burst = ping * 512
+        sent = 0
+        try:
+            while sent < limit:
+                sock.sendall(burst)
+                sent += len(burst)
+        except OSError:  # reset or broken pipe: dropped by the server
+            return sent
+        return sent
+
+
+async def test_a_client_that_pings_and_never_reads_is_dropped(server: Server) -> None:
+    """Regression: every ping's pong was kept unsent, without bound (400 MB of pings sent
+    by a client that never read: 400 MB kept by the server)."""
+    limit = 400 * 1024 * 1024
+    sent = await asyncio.to_thread(_flood_pings, server.port, limit)
+    assert sent < limit
+    async with httpx.AsyncClient(base_url=server.base) as client:
+        assert (await client.get("/healthz")).status_code == 200
+    assert "Traceback" not in server.log()
