@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,10 @@ class ConnectDispatch:
                     if _is_plain_grpc(scope):
                         await _refuse_grpc(send)
                         return
+                    undecodable = _undecodable_header(scope)
+                    if undecodable is not None:
+                        await _refuse_header(send, undecodable)
+                        return
                     if _is_unary(scope):
                         send = _with_content_length(send)
                         fast = self._fast.get(prefix)
@@ -136,6 +141,36 @@ def _is_plain_grpc(scope: Scope) -> bool:
                 b"application/grpc-web"
             )
     return False
+
+
+def _undecodable_header(scope: Scope) -> bytes | None:
+    """The name of a header whose value is not UTF-8 (the Connect runtime decodes every
+    value strictly, and answered such a request with a 500 and a traceback), or None."""
+    for name, value in scope["headers"]:
+        if not value.isascii():
+            try:
+                value.decode()
+            except UnicodeDecodeError:
+                return bytes(name)
+    return None
+
+
+async def _refuse_header(send: Send, name: bytes) -> None:
+    shown = name[:100].decode("ascii", "replace")
+    body = json.dumps(
+        {"code": "invalid_argument", "message": f"header {shown} is not valid UTF-8"}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _refuse_grpc(send: Send) -> None:

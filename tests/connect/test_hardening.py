@@ -353,3 +353,35 @@ async def test_tty_options_and_todo_data_are_bounded(http: httpx.AsyncClient) ->
         assert "suggested_labels" in error["message"]
     assert await m.TodoItem.all().count() == 0
     assert await m.TtyInputRequest.all().count() == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        pytest.param(UNARY, JSON, id="fast-unary"),
+        pytest.param(UNARY, {**JSON, "connect-timeout-ms": "5000"}, id="runtime-unary"),
+        pytest.param("/delidev.v1.WorkerService/Heartbeat", JSON, id="worker-unary"),
+        pytest.param(
+            STREAM,
+            {"content-type": "application/connect+json", "connect-protocol-version": "1"},
+            id="stream",
+        ),
+    ],
+)
+async def test_a_header_that_is_not_utf8_is_invalid_argument(
+    http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, path: str, headers: Any
+) -> None:
+    """Regression: the Connect runtime decoded it strictly and answered 500 (with the
+    decoder's message, or a plain-text error) and a traceback in the log."""
+    response = await http.post(
+        path, content=b"{}", headers=[*headers.items(), ("x-odd", b"\xff\xfe")]
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "invalid_argument",
+        "message": "header x-odd is not valid UTF-8",
+    }
+    _no_errors_logged(caplog)
+    # UTF-8 beyond ASCII is a valid value.
+    fine = await http.post(UNARY, content=b"{}", headers=[*JSON.items(), ("x-name", "café".encode())])
+    assert fine.status_code == 200
