@@ -383,5 +383,7 @@ async def test_a_header_that_is_not_utf8_is_invalid_argument(
     }
     _no_errors_logged(caplog)
     # UTF-8 beyond ASCII is a valid value.
-    fine = await http.post(UNARY, content=b"{}", headers=[*JSON.items(), ("x-name", "café".encode())])
+    fine = await http.post(
+        UNARY, content=b"{}", headers=[*JSON.items(), ("x-name", "café".encode())]
+    )
     assert fine.status_code == 200
