@@ -19,9 +19,15 @@ from connectrpc.codec import Codec
 from connectrpc.errors import ConnectError
 from protobuf import DescFieldValueEnum, DescFieldValueMessage, DescMessage, Message
 
+from delidev.connect.body_values import (
+    MAX_VALUES,
+    SMALL_BODY,
+    binary_values_within,
+    json_values_within,
+)
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
 from delidev.errors import InvalidArgument
-from delidev.nesting import MAX_JSON_DEPTH, TooDeep, check_json_depth
+from delidev.nesting import MAX_JSON_DEPTH, TooDeep, check_json_depth, strip_strings
 
 M = TypeVar("M", bound=Message[Any])
 
@@ -62,17 +68,26 @@ def _invalid(message: str, field: str = "") -> ConnectError:
     )
 
 
+def _too_many_values() -> ConnectError:
+    return _invalid(f"request body holds more than {MAX_VALUES} values (fields and list entries)")
+
+
+def _shown(name: str) -> str:
+    """A name from the request, as an error message repeats it (cut when long)."""
+    return name if len(name) <= 100 else name[:100] + "…"
+
+
 def _json_error(exc: Exception, message_class: type[Message[Any]], data: bytes) -> ConnectError:
     text = str(exc)
     if match := _UNKNOWN_KEY.search(text):
-        return _invalid(f"unknown field {match[1]!r}", match[1])
+        return _invalid(f"unknown field {_shown(match[1])!r}", _shown(match[1]))
     if match := _BAD_ENUM.search(text):
         try:
             payload = json.loads(data)
         except ValueError:
             payload = None
         if field := _enum_field(message_class.desc(), match[1], payload, match[2]):
-            return _invalid(f"{field} has an unknown value {match[2]!r}", field)
+            return _invalid(f"{field} has an unknown value {_shown(match[2])!r}", field)
     if match := _FIELD_IN.search(text):
         field = match[1]
         kind = "out of range" if isinstance(exc, OverflowError) else "of the wrong type"
@@ -91,12 +106,16 @@ class StrictJSONCodec(Codec[Message[Any], Any]):
         return message.to_json().encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
+        # A large body's strings are cut out once, for both checks.
+        structure = strip_strings(data) if len(data) > SMALL_BODY else data
         try:
-            check_json_depth(data, self._max_depth)
+            check_json_depth(structure, self._max_depth)
         except TooDeep as exc:
             raise _invalid(
                 f"request body nests arrays and objects deeper than {exc.limit} levels"
             ) from None
+        if structure is not data and not json_values_within(bytes(structure), MAX_VALUES):
+            raise _too_many_values()
         try:
             return message_class.from_json(data, ignore_unknown_fields=False)
         except Exception as exc:
@@ -111,6 +130,10 @@ class BinaryCodec(Codec[Message[Any], Any]):
         return message.to_binary()
 
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
+        if len(data) > SMALL_BODY and not binary_values_within(
+            data, message_class.desc(), MAX_VALUES
+        ):
+            raise _too_many_values()
         try:
             return message_class.from_binary(data)
         except Exception:  # also RecursionError: groups nested past protobuf-py's limit
