@@ -17,7 +17,14 @@ from typing import Any, TypeVar
 from connectrpc.code import Code
 from connectrpc.codec import Codec
 from connectrpc.errors import ConnectError
-from protobuf import DescFieldValueEnum, DescFieldValueMessage, DescMessage, Message
+from protobuf import (
+    DescEnum,
+    DescFieldValueEnum,
+    DescFieldValueList,
+    DescFieldValueMessage,
+    DescMessage,
+    Message,
+)
 
 from delidev.connect.body_values import (
     MAX_VALUES,
@@ -47,7 +54,13 @@ def _enum_field(desc: DescMessage, enum_name: str, payload: Any, bad: str, depth
             if isinstance(payload, dict)
             else None
         )
-        if isinstance(value, DescFieldValueEnum) and value.enum.type_name == enum_name:
+        if isinstance(value, DescFieldValueEnum):
+            enum: DescEnum | None = value.enum
+        elif isinstance(value, DescFieldValueList) and isinstance(value.element, DescEnum):
+            enum = value.element  # a list of enum values
+        else:
+            enum = None
+        if enum is not None and enum.type_name == enum_name:
             if held == bad or (isinstance(held, list) and bad in held):
                 return field.name
             first = first or field.name

@@ -389,3 +389,29 @@ async def test_a_header_that_is_not_utf8_is_invalid_argument(
         UNARY, content=b"{}", headers=[*JSON.items(), ("x-name", "café".encode())]
     )
     assert fine.status_code == 200
+
+
+async def test_an_unknown_key_or_enum_value_is_repeated_cut_short(http: httpx.AsyncClient) -> None:
+    """Regression: a 3 MiB unknown key came back three times over (10 MiB answer)."""
+    key = "k" * 300_000
+    response = await http.post(UNARY, content=json.dumps({key: 1}), headers=JSON)
+    assert response.status_code == 400
+    assert len(response.content) < 2_000
+    assert response.json()["message"] == f"unknown field {'k' * 100 + '…'!r}"
+    value = "V" * 300_000
+    response = await http.post(
+        "/delidev.v1.WorkerService/Register",
+        content=json.dumps({"name": "w", "endpointUrl": "http://w:1", "agentTypes": [value]}),
+        headers=JSON,
+    )
+    assert response.status_code == 400
+    assert len(response.content) < 2_000, response.content[:300]
+    assert response.json()["message"] == f"agent_types has an unknown value {'V' * 100 + '…'!r}"
+    # A list of enum values names its field too (it was a generic "not a valid JSON").
+    response = await http.post(
+        "/delidev.v1.WorkerService/Register",
+        content=json.dumps({"name": "w", "endpointUrl": "http://w:1", "agentTypes": ["NOPE"]}),
+        headers=JSON,
+    )
+    assert response.json()["message"] == "agent_types has an unknown value 'NOPE'"
+    assert response.json()["details"]
