@@ -172,3 +172,40 @@ async def test_another_tenants_task_on_the_same_pr_is_not_touched(
     assert (await post_github(http, alice_repo, "pull_request", merged)).status_code == 200
     assert (await fixes(alice_task), await fixes(bob_task)) == (1, 0)
     assert (await m.UnitTask.get(id=bob_task.id)).status == m.UnitTaskStatus.PR_OPEN
+
+
+async def test_nul_characters_in_payload_text_are_dropped(http: httpx.AsyncClient) -> None:
+    """JSON may carry NUL and lone surrogates, no database column stores them: the text is
+    acted on without them (on PostgreSQL these deliveries used to fail with a 500)."""
+    repo, task = await task_on_pr(GITHUB_PR, auto_fix_review_comments=True)
+    comment = github_example("pull_request_review_comment", "created")
+    comment["comment"]["body"] = "Rename\x00 this\ud800 variable"
+    answer = await post_github(http, repo, "pull_request_review_comment", comment)
+    assert answer.status_code == 200, answer.text
+
+    ci_repo, ci_task = await task_on_pr(GITHUB_PR, auto_fix_ci_failures=True)
+    run = failed_run()
+    run["check_run"]["output"]["summary"] = "The linter\x00 failed"
+    answer = await post_github(http, ci_repo, "check_run", run)
+    assert answer.status_code == 200, answer.text
+
+    gitlab_repo, gitlab_task = await task_on_pr(
+        "http://example.com/gitlab-org/gitlab-test/merge_requests/1",
+        host="gitlab.com",
+        auto_fix_review_comments=True,
+        review_comment_filter=m.ReviewCommentFilter.ALL,
+    )
+    note = gitlab_example("note_merge_request")
+    note["object_attributes"]["note"] = "Needs\x00 work"
+    answer = await post_gitlab(http, gitlab_repo, "Note Hook", note)
+    assert answer.status_code == 200, answer.text
+
+    for unit, words in (
+        (task, "Rename this variable"),
+        (ci_task, "The linter failed"),
+        (gitlab_task, "Needs work"),
+    ):
+        fix = await m.UnitTaskAutoFixTask.get(unit_task_id=unit.id)
+        assert fix.prompt is not None
+        assert words in fix.prompt
+        assert "\x00" not in fix.prompt

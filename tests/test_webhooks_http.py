@@ -152,6 +152,98 @@ async def test_refusals(http: httpx.AsyncClient) -> None:
     assert await stored() == (0, 0)
 
 
+async def test_a_changed_file_count_beyond_32_bits_is_clamped_and_both_apis_list_it(
+    http: httpx.AsyncClient,
+) -> None:
+    repo = await secured()
+    for number, count in enumerate((2**31, 10**30, -5), start=1):
+        payload = github_example("pull_request", "opened")
+        payload["pull_request"]["html_url"] = f"https://github.com/o/r/pull/{number}"
+        payload["pull_request"]["changed_files"] = count
+        body = encode(payload)
+        answer = await http.post(
+            f"/webhooks/github/{repo.id}",
+            content=body,
+            headers=github_headers("pull_request", body),
+        )
+        assert answer.status_code == 200, answer.text
+    stored_counts = sorted(i.data["changed_files_count"] for i in await m.TodoItem.all())
+    assert stored_counts == [0, 2**31 - 1, 2**31 - 1]
+    # A row filed before the clamp existed lists too (bounded on the way out).
+    await m.TodoItem.create(
+        type=m.TodoItemType.PR_REVIEW,
+        source=m.TodoItemSource.AUTO,
+        status=m.TodoItemStatus.PENDING,
+        repository_id=repo.id,
+        data={
+            "pr_url": "https://github.com/o/r/pull/9",
+            "pr_title": "t",
+            "changed_files_count": 10**30,
+        },
+    )
+
+    listed = await http.post("/delidev.v1.TodoService/List", json={})
+    assert listed.status_code == 200, listed.text
+    connect_counts = sorted(
+        int(i["prReview"].get("changedFilesCount", 0)) for i in listed.json()["items"]
+    )
+    assert connect_counts == [0, 2**31 - 1, 2**31 - 1, 2**31 - 1]
+    query = "{ todoItems { items { data { ... on PrReviewData { changedFilesCount } } } } }"
+    graphql = await http.post("/graphql", json={"query": query})
+    assert "errors" not in graphql.json(), graphql.text
+    graphql_counts = sorted(
+        i["data"]["changedFilesCount"] for i in graphql.json()["data"]["todoItems"]["items"]
+    )
+    assert graphql_counts == [0, 2**31 - 1, 2**31 - 1, 2**31 - 1]
+
+
+async def test_a_payload_url_with_whitespace_or_control_characters_is_refused_naming_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """Refused before the URL reaches a query (PostgreSQL cannot even compare a NUL), with
+    the payload field named; nothing is stored."""
+    repo = await secured()
+    gitlab_repo = await secured(host="gitlab.com")
+    pr = "https://github.com/Codertocat/Hello-World/pull/2"
+    closed = github_example("pull_request", "closed")
+    closed["pull_request"]["html_url"] = pr + "\x00"
+    opened = github_example("pull_request", "opened")
+    opened["pull_request"]["html_url"] = pr + "\n/files"
+    issue = github_example("issues", "opened")
+    issue["issue"]["html_url"] = "https://github.com/Codertocat/Hello-World/issues/1 x"
+    comment = github_example("pull_request_review_comment", "created")
+    comment["comment"]["html_url"] = pr + "\r#discussion_r1"
+    run = github_example(
+        "check_run", "completed", lambda e: e["check_run"]["conclusion"] == "failure"
+    )
+    run["check_run"]["details_url"] = "https://example.com/\x1b[2J"
+    github_cases = [
+        ("pull_request", closed, "pull_request.html_url"),
+        ("pull_request", opened, "pull_request.html_url"),
+        ("issues", issue, "issue.html_url"),
+        ("pull_request_review_comment", comment, "comment.html_url"),
+        ("check_run", run, "check_run.details_url"),
+    ]
+    for event, payload, field in github_cases:
+        body = encode(payload)
+        answer = await http.post(
+            f"/webhooks/github/{repo.id}", content=body, headers=github_headers(event, body)
+        )
+        assert answer.status_code == 400, (field, answer.text)
+        assert field in answer.json()["error"], answer.text
+        assert "must not contain" in answer.json()["error"]  # NUL, whitespace or control
+    note = gitlab_example("note_merge_request")
+    note["merge_request"]["url"] = "http://example.com/g/t/merge_requests/1\x00"
+    answer = await http.post(
+        f"/webhooks/gitlab/{gitlab_repo.id}",
+        content=encode(note),
+        headers=gitlab_headers("Note Hook"),
+    )
+    assert answer.status_code == 400, answer.text
+    assert "merge_request.url" in answer.json()["error"]
+    assert await stored() == (0, 0)
+
+
 async def test_a_gitlab_token_that_does_not_match_is_refused(http: httpx.AsyncClient) -> None:
     repo = await secured(host="gitlab.com")
     body = encode(gitlab_example("issue_open"))

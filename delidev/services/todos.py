@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from delidev.services.repositories import get_repository
 from delidev.services.workspaces import get_workspace
 
 MAX_LIST_ENTRIES = 100
+MAX_CHANGED_FILES = 2**31 - 1  # both APIs carry the count as a 32-bit integer
 
 # Status moves allowed by UpdateStatus / Dismiss (setting the current status is a no-op).
 _TRANSITIONS: dict[m.TodoItemStatus, frozenset[m.TodoItemStatus]] = {
@@ -61,8 +63,17 @@ class PrReviewData:
 TodoData = IssueTriageData | PrReviewData
 
 
-def _check_url(value: str, field_name: str) -> str:
-    url = check_text(value, field_name, max_length=MAX_URL_LENGTH)
+def check_url(value: str, field_name: str) -> str:
+    """An http(s) URL, stripped; whitespace or control characters inside it are refused
+    (a URL never holds them raw, and a database cannot store NUL or a lone surrogate).
+
+    Raises: InvalidArgument.
+    """
+    url = check_text(value, field_name, max_length=MAX_URL_LENGTH)  # length first: cheap
+    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cs") for c in url):
+        raise InvalidArgument(
+            f"{field_name} must not contain whitespace or control characters", field=field_name
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidArgument(f"{field_name} must be an http(s) URL", field=field_name)
@@ -82,7 +93,7 @@ def validate_todo_data(data: TodoData) -> TodoData:
     """Checks and normalises type-specific data. Raises: InvalidArgument."""
     if isinstance(data, IssueTriageData):
         return IssueTriageData(
-            issue_url=_check_url(data.issue_url, "issue_triage.issue_url"),
+            issue_url=check_url(data.issue_url, "issue_triage.issue_url"),
             issue_title=check_text(data.issue_title, "issue_triage.issue_title", max_length=1000),
             suggested_labels=_check_list(data.suggested_labels, "issue_triage.suggested_labels"),
             suggested_assignees=_check_list(
@@ -94,8 +105,13 @@ def validate_todo_data(data: TodoData) -> TodoData:
             "pr_review.changed_files_count must not be negative",
             field="pr_review.changed_files_count",
         )
+    if data.changed_files_count > MAX_CHANGED_FILES:
+        raise InvalidArgument(
+            f"pr_review.changed_files_count must be at most {MAX_CHANGED_FILES}",
+            field="pr_review.changed_files_count",
+        )
     return PrReviewData(
-        pr_url=_check_url(data.pr_url, "pr_review.pr_url"),
+        pr_url=check_url(data.pr_url, "pr_review.pr_url"),
         pr_title=check_text(data.pr_title, "pr_review.pr_title", max_length=1000),
         changed_files_count=data.changed_files_count,
         ai_summary=check_optional_text(
@@ -118,7 +134,8 @@ def todo_data(item: m.TodoItem) -> TodoData:
     return PrReviewData(
         pr_url=str(raw.get("pr_url", "")),
         pr_title=str(raw.get("pr_title", "")),
-        changed_files_count=int(raw.get("changed_files_count", 0)),
+        # Bounded again on the way out: rows stored before the bound was checked.
+        changed_files_count=min(int(raw.get("changed_files_count", 0)), MAX_CHANGED_FILES),
         ai_summary=None if summary is None else str(summary),
     )
 

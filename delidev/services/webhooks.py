@@ -9,7 +9,12 @@ secret is the only authentication. In order, a delivery is refused (nothing stor
 - ``Unauthenticated`` — no signature / token, or a wrong one (compared in constant time);
 - ``InvalidArgument`` — not ``application/json`` (``field="content-type"``), no event or
   delivery id header, a body that is not a JSON object, nests too deep, or has a field of
-  the wrong type in an event we act on.
+  the wrong type in an event we act on, or a URL there (``html_url``, ``url``,
+  ``details_url``...) that is not http(s) or holds whitespace or control characters.
+
+NUL characters (and lone surrogates) in the text we read are dropped, as no database column
+stores them; a pull request's changed-file count is clamped to what the APIs carry (0 to
+2**31 - 1).
 
 An accepted delivery is remembered by its id (``WebhookDelivery``, pruned by age): the same
 id again is a ``duplicate``, acknowledged without acting. Event types and actions we do not
@@ -41,6 +46,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,6 +73,9 @@ WRITE_ACCESS_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 GITLAB_PRIVATE = 0  # project.visibility_level: 0 private, 10 internal, 20 public
 _NOT_CONFIGURED = "no webhook is configured at this URL"
 _DUMMY_KEY = b"\0" * 32
+# What JSON strings may carry and no database column stores (PostgreSQL refuses NUL, and
+# neither driver encodes a lone UTF-16 surrogate): dropped from every text field read.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Outcome(StrEnum):
@@ -261,10 +270,25 @@ class _Reader:
         value = self._data.get(key)
         if not isinstance(value, str):
             raise self._bad(key, "a string")
-        return value[:limit]
+        return _UNSTORABLE.sub("", value)[:limit]
 
     def opt_text(self, key: str, limit: int = MAX_TITLE_CHARS) -> str | None:
         return None if self._data.get(key) is None else self.text(key, limit)
+
+    def url(self, key: str) -> str:
+        """An http(s) URL, checked before it reaches a query or a stored item (not cut,
+        and a NUL in it is refused rather than dropped)."""
+        value = self._data.get(key)
+        if not isinstance(value, str):
+            raise self._bad(key, "a string")
+        return todos.check_url(value, f"{self._path}{key}")
+
+    def opt_url(self, key: str) -> str | None:
+        """``url``, or None when absent, null or blank."""
+        value = self._data.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return self.url(key)
 
     def opt_int(self, key: str) -> int | None:
         value = self._data.get(key)
@@ -304,7 +328,7 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
     action = p.opt_text("action")
     if event == "issues" and action in ("opened", "reopened", "closed"):
         issue = p.obj("issue")
-        url = issue.text("html_url")
+        url = issue.url("html_url")
         if action == "closed":
             return [Closed(url=url, pull_request=False)]
         return [
@@ -318,14 +342,16 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
         ]
     if event == "pull_request" and action in ("opened", "reopened", "review_requested", "closed"):
         pr = p.obj("pull_request")
-        url = pr.text("html_url")
+        url = pr.url("html_url")
         if action == "closed":
             return [Closed(url=url, pull_request=True, merged=pr.flag("merged"))]
         return [
             PullRequestOpened(
                 url=url,
                 title=pr.text("title"),
-                changed_files=max(0, pr.opt_int("changed_files") or 0),
+                changed_files=min(
+                    max(0, pr.opt_int("changed_files") or 0), todos.MAX_CHANGED_FILES
+                ),
                 reopened=action == "reopened",
             )
         ]
@@ -337,11 +363,11 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
             return []  # an approval or an empty review: its line comments come on their own
         return [
             ReviewFeedback(
-                pr_url=p.obj("pull_request").text("html_url"),
+                pr_url=p.obj("pull_request").url("html_url"),
                 comment=ReviewComment(
                     author=review.obj("user").text("login"),
                     body=body.strip() or "Changes requested.",
-                    url=review.opt_text("html_url"),
+                    url=review.opt_url("html_url"),
                 ),
                 write_access=review.opt_text("author_association") in WRITE_ACCESS_ASSOCIATIONS,
             )
@@ -351,11 +377,11 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
         line = comment.opt_int("line")
         return [
             ReviewFeedback(
-                pr_url=p.obj("pull_request").text("html_url"),
+                pr_url=p.obj("pull_request").url("html_url"),
                 comment=ReviewComment(
                     author=comment.obj("user").text("login"),
                     body=comment.text("body", MAX_COMMENT_CHARS),
-                    url=comment.opt_text("html_url"),
+                    url=comment.opt_url("html_url"),
                     path=comment.opt_text("path"),
                     line=line if line is not None else comment.opt_int("original_line"),
                 ),
@@ -369,7 +395,7 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
         numbers = [n for n in (pr.opt_int("number") for pr in run.objs("pull_requests")) if n]
         if not numbers:
             return []
-        base = p.obj("repository").text("html_url").rstrip("/")
+        base = p.obj("repository").url("html_url").rstrip("/")
         output = run.opt_obj("output")
         parts = [] if output is None else [output.opt_text("title"), output.opt_text("summary")]
         return [
@@ -377,7 +403,7 @@ def parse_github(event: str, payload: Mapping[str, Any]) -> list[Event]:
                 pr_urls=[f"{base}/pull/{n}" for n in dict.fromkeys(numbers)],
                 check_name=run.text("name"),
                 summary=_bounded("\n\n".join(t for t in parts if t), MAX_SUMMARY_CHARS),
-                details_url=run.opt_text("details_url") or run.opt_text("html_url"),
+                details_url=run.opt_url("details_url") or run.opt_url("html_url"),
             )
         ]
     return []
@@ -399,7 +425,7 @@ def parse_gitlab(event: str, payload: Mapping[str, Any]) -> list[Event]:
         action = attrs.opt_text("action")
         if action not in ("open", "reopen", "close"):
             return []
-        url = attrs.text("url")
+        url = attrs.url("url")
         if action == "close":
             return [Closed(url=url, pull_request=False)]
         return [
@@ -416,7 +442,7 @@ def parse_gitlab(event: str, payload: Mapping[str, Any]) -> list[Event]:
         action = attrs.opt_text("action")
         if action not in ("open", "reopen", "close", "merge"):
             return []
-        url = attrs.text("url")
+        url = attrs.url("url")
         if action in ("close", "merge"):
             return [Closed(url=url, pull_request=True, merged=action == "merge")]
         return [
@@ -430,9 +456,9 @@ def parse_gitlab(event: str, payload: Mapping[str, Any]) -> list[Event]:
             return []
         if attrs.opt_text("action") not in (None, "create"):
             return []  # an edited note was acted on when it was made
-        note_url = attrs.opt_text("url")
+        note_url = attrs.opt_url("url")
         mr = p.obj("merge_request")
-        pr_url = mr.opt_text("url") or (note_url or "").split("#", 1)[0]
+        pr_url = mr.opt_url("url") or (note_url or "").split("#", 1)[0]
         if not pr_url:
             raise InvalidArgument(
                 "payload field merge_request.url is missing", field="merge_request.url"
@@ -468,13 +494,13 @@ def parse_gitlab(event: str, payload: Mapping[str, Any]) -> list[Event]:
         name = attrs.opt_text("name") or f"pipeline {pipeline_id or ''}".strip()
         return [
             CheckFailed(
-                pr_urls=[pipeline_mr.text("url")],
+                pr_urls=[pipeline_mr.url("url")],
                 check_name=name,
                 summary=_bounded(
                     "Failed jobs:\n" + "\n".join(failed) if failed else "The pipeline failed.",
                     MAX_SUMMARY_CHARS,
                 ),
-                details_url=attrs.opt_text("url"),
+                details_url=attrs.opt_url("url"),
             )
         ]
     return []

@@ -79,6 +79,15 @@ async def test_create_issue_triage_and_pr_review() -> None:
             "pr_review.changed_files_count",
         ),
         (todos.PrReviewData(pr_url="https://x/p", pr_title="x" * 1001), "pr_review.pr_title"),
+        (
+            todos.PrReviewData(pr_url="https://x/p", pr_title="t", changed_files_count=2**31),
+            "pr_review.changed_files_count",
+        ),
+        (todos.PrReviewData(pr_url="https://x/p q", pr_title="t"), "pr_review.pr_url"),
+        (
+            todos.IssueTriageData(issue_url="https://x/\ty", issue_title="t"),
+            "issue_triage.issue_url",
+        ),
     ],
 )
 async def test_create_validates_data(data: todos.TodoData, field: str) -> None:
