@@ -82,6 +82,7 @@ def _claims(provider: FakeProvider, nonce: str, **changes: Any) -> dict[str, Any
         "exp": now + 300,
         "nonce": nonce,
         "email": "ada@example.com",
+        "email_verified": True,
         "name": "Ada",
     }
     claims.update(changes)
@@ -232,6 +233,84 @@ async def test_the_profile_is_updated_on_the_next_sign_in(
     )
 
 
+async def test_an_unverified_address_is_not_taken_and_cannot_lock_out_its_owner(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    """Mallory signs in first with Ada's address, unverified (or not said to be verified):
+    she gets the synthetic address, and Ada, verified, gets hers."""
+    host = provider.issuer.split("://")[-1]
+    for sub, verified in (("mallory", False), ("mallory-2", None), ("mallory-3", "no")):
+        taken = await _sign_in(api, provider, sub=sub, email_verified=verified)
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["user"]["email"] == f"{sub}@{host}"
+    ada = await _sign_in(api, provider, sub="ada")
+    assert ada.status_code == 200, ada.text
+    assert ada.json()["user"]["email"] == "ada@example.com"
+    assert await m.User.filter(email="ada@example.com").count() == 1
+    # A later unverified sign-in of Ada drops the address she no longer proves.
+    again = await _sign_in(api, provider, sub="ada", email_verified=False)
+    assert again.json()["user"]["email"] == f"ada@{host}"
+    # Amazon Cognito's string spelling counts as verified.
+    cognito = await _sign_in(api, provider, sub="ada", email_verified="true")
+    assert cognito.json()["user"]["email"] == "ada@example.com"
+
+
+async def test_a_verified_address_held_by_another_account_is_refused_without_naming_it(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    assert (await _sign_in(api, provider, sub="ada")).status_code == 200
+    refused = await _sign_in(api, provider, sub="someone-else")
+    assert refused.status_code == 401, refused.text
+    assert "another account" in refused.json()["message"]
+    assert "ada@example.com" not in refused.text
+    assert await m.User.all().count() == 1
+
+
+async def test_a_name_is_kept_only_as_storable_text_cut_to_the_column(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    names: list[tuple[Any, str | None]] = [
+        ("x" * 300, "x" * 255),
+        ("Ada\x00 Love\nlace\ud800", "Ada Love lace"),
+        ({"a": 1}, None),
+        (["Ada"], None),
+        (42, None),
+        ("\x00\t ", None),
+        ("Ada Lovelace", "Ada Lovelace"),
+    ]
+    for claim, stored in names:
+        signed_in = await _sign_in(api, provider, name=claim)
+        assert signed_in.status_code == 200, (claim, signed_in.text)
+        user = await m.User.get()
+        assert user.name == stored, claim
+        assert signed_in.json()["user"].get("name", "") == (stored or ""), claim
+
+
+async def test_a_subject_the_column_cannot_hold_is_refused(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    for subject in ("s" * 256, "ada\x00", "ada\ud800", "ada\n"):
+        refused = await _sign_in(api, provider, sub=subject)
+        assert refused.status_code == 401, (subject[:20], refused.text)
+        error = refused.json()
+        assert error["code"] == "unauthenticated"
+        assert "sub" in error["message"]
+    assert await m.User.all().count() == 0
+    longest = await _sign_in(api, provider, sub="s" * 255)
+    assert longest.status_code == 200, longest.text
+    assert (await m.User.get()).oidc_subject == "s" * 255
+
+
+async def test_a_verified_address_that_is_not_one_falls_back_to_the_synthetic_one(
+    api: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    host = provider.issuer.split("://")[-1]
+    for email in ("ada\x00@example.com", {"a": 1}, "a" * 250 + "@example.com", "a b@x.test"):
+        signed_in = await _sign_in(api, provider, email=email)
+        assert signed_in.status_code == 200, signed_in.text
+        assert signed_in.json()["user"]["email"] == f"subject-1@{host}"
+
+
 async def _pending() -> set[str]:
     return {row["state"] for row in await m.AuthState.all().values("state")}
 
@@ -279,10 +358,11 @@ async def test_a_first_sign_in_that_loses_a_race_gets_the_winners_row_or_a_clear
 
     monkeypatch.setattr(m.User, "exists", nobody_yet)
     monkeypatch.setattr(m.User, "get_or_none", _second_call_finds(m.User.get_or_none))
-    claims = {"iss": issuer, "sub": "ada", "email": "ada@example.com", "name": "Ada"}
+    verified = {"email": "ada@example.com", "email_verified": True}
+    claims = {"iss": issuer, "sub": "ada", **verified, "name": "Ada"}
     assert (await client._upsert_user(claims)).id == winner.id
 
-    other = {"iss": issuer, "sub": "eve", "email": "ada@example.com", "name": "Eve"}
+    other = {"iss": issuer, "sub": "eve", **verified, "name": "Eve"}
     with pytest.raises(Unauthenticated, match="belongs to another account"):
         await client._upsert_user(other)
     assert await m.User.filter(email="ada@example.com").count() == 1

@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +38,11 @@ from delidev.services.auth import TokenPair, check_token_text, issue_tokens
 from delidev.settings import Settings
 
 log = logging.getLogger(__name__)
+_ADDRESS_TAKEN = "the e-mail address belongs to another account"
 
 STATE_LIFETIME = dt.timedelta(minutes=10)
 STATE_MAX_CHARS = 255  # the column's size; the states we issue have 43
+MAX_CLAIM_CHARS = 255  # the size of the users columns email, name, oidc_issuer, oidc_subject
 MAX_PENDING_LOGINS = 10_000
 PKCE_VERIFIER_BYTES = 32  # 43 base64url characters
 DISCOVERY_TTL_S = 3600.0
@@ -179,7 +182,9 @@ class OidcClient:
             nonce=pending.nonce or "",
         )
         if "email" not in claims and found.get("userinfo_endpoint") and tokens.get("access_token"):
-            claims = {**await self._userinfo(found, str(tokens["access_token"]), claims), **claims}
+            profile = await self._userinfo(found, str(tokens["access_token"]), claims)
+            # The address and whether it was verified come from the same answer.
+            claims = {**profile, **{k: v for k, v in claims.items() if k != "email_verified"}}
         user = await self._upsert_user(claims)
         return await issue_tokens(settings=self.settings, user=user)
 
@@ -200,18 +205,20 @@ class OidcClient:
             return {}
         if str(info.get("sub")) != str(claims["sub"]):
             return {}
-        return {k: info[k] for k in ("email", "name") if k in info}
+        return {k: info[k] for k in ("email", "email_verified", "name") if k in info}
 
     async def _upsert_user(self, claims: dict[str, Any]) -> m.User:
-        issuer = str(claims["iss"])
-        subject = str(claims["sub"])
-        email = str(claims.get("email") or f"{subject}@{issuer.split('://')[-1]}")[:255]
-        name = claims.get("name")
+        """Raises: Unauthenticated."""
+        issuer = _identifier(claims, "iss")
+        subject = _identifier(claims, "sub")
+        synthetic = f"{subject}@{issuer.split('://')[-1]}"[:MAX_CLAIM_CHARS]
+        email = _verified_email(claims) or synthetic
+        name = _display_name(claims)
         user = await m.User.get_or_none(oidc_issuer=issuer, oidc_subject=subject)
         if user is None:
             if await m.User.exists(email=email):
                 # Another account holds this address: keep them apart, never merge silently.
-                raise Unauthenticated(f"the e-mail address {email} belongs to another account")
+                raise Unauthenticated(_ADDRESS_TAKEN)
             try:
                 return await m.User.create(
                     email=email, name=name, oidc_issuer=issuer, oidc_subject=subject
@@ -220,16 +227,69 @@ class OidcClient:
                 # Two first sign-ins raced: the other one made the row, or took the address.
                 user = await m.User.get_or_none(oidc_issuer=issuer, oidc_subject=subject)
                 if user is None:
-                    raise Unauthenticated(
-                        f"the e-mail address {email} belongs to another account"
-                    ) from None
+                    raise Unauthenticated(_ADDRESS_TAKEN) from None
                 return user
         if (user.email, user.name) != (email, name) and not await m.User.filter(
             email=email
         ).exclude(id=user.id).exists():
             user.email, user.name = email, name
-            await user.save(update_fields=["email", "name", "updated_at"])
+            try:
+                await user.save(update_fields=["email", "name", "updated_at"])
+            except IntegrityError:
+                # Another sign-in took the address in between: keep the stored profile.
+                log.info("OIDC profile update skipped: the e-mail address was taken")
+                return await m.User.get(id=user.id)
         return user
+
+
+def _unstorable(text: str) -> bool:
+    """Holds a control character or a lone surrogate (no column stores NUL or a surrogate;
+    none belongs in an identifier, an address or a name)."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def _identifier(claims: dict[str, Any], key: str) -> str:
+    """``iss`` or ``sub``: kept whole, as they identify the account, so one that the column
+    cannot hold is refused. Raises: Unauthenticated."""
+    value = claims.get(key)
+    if not isinstance(value, str) or not value or len(value) > MAX_CLAIM_CHARS:
+        raise Unauthenticated(
+            f"the ID token's {key} claim must be a string of 1 to {MAX_CLAIM_CHARS} characters"
+        )
+    if _unstorable(value):
+        raise Unauthenticated(f"the ID token's {key} claim holds control characters")
+    return value
+
+
+def _verified_email(claims: dict[str, Any]) -> str | None:
+    """The ``email`` claim when the provider says it verified the address, else None.
+
+    A missing ``email_verified`` counts as unverified. OIDC Core 5.1 says an ``email`` claim
+    alone does not mean the provider checked the address, and taking an unchecked one would
+    let whoever signs in first with someone else's address hold (and lock) it here. Google,
+    GitLab, Keycloak, Auth0, Okta and oidc-provider send ``email_verified`` with ``email``;
+    with a provider that does not, users still sign in, under ``sub@issuer-host``.
+    ``"true"`` is taken as true too: some providers (Amazon Cognito) send a string.
+    """
+    verified = claims.get("email_verified")
+    if verified is not True and verified != "true":
+        return None
+    email = claims.get("email")
+    if not isinstance(email, str) or not 3 <= len(email) <= MAX_CLAIM_CHARS or "@" not in email:
+        return None
+    if _unstorable(email) or any(c.isspace() for c in email):
+        return None
+    return email
+
+
+def _display_name(claims: dict[str, Any]) -> str | None:
+    """The ``name`` claim if it is a string: control characters and runs of whitespace
+    become one space, cut to what the column holds; None when nothing is left."""
+    name = claims.get("name")
+    if not isinstance(name, str):
+        return None
+    spaced = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in name)
+    return " ".join(spaced.split())[:MAX_CLAIM_CHARS].rstrip() or None
 
 
 async def verify_id_token(
