@@ -31,15 +31,28 @@ ASSETS_PREFIX = "/assets/"
 """Files whose names carry a hash of their content: a changed file has a new name."""
 
 # The console's own files only: no inline script or style (Vite emits none), no frames.
-# connect-src is wide on purpose: the console may be pointed at another DeliDev server,
-# over HTTP(S) and WebSocket, and its calls carry bearer tokens, never cookies.
+# The console served here talks to this server only (connect-src: its origin and the same
+# host's WebSockets): a link with ``?server=`` that points it at another server gets no
+# request through, so it cannot hand that server a sign-in (the other server would pass
+# the code on and keep the user's tokens). The same build on another host may still be
+# pointed at a server with ``?server=`` (its host sets its own policy).
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss: http: https:; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'self'"
+    "connect-src 'self'{sockets}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+# A Host header as a browser sends it (a name or an address, and a port): only such a host
+# is written into the policy.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def content_security_policy(host: str | None) -> str:
+    """The console's policy for a page requested with ``host``: 'self' also covers the same
+    host's WebSockets in current browsers; they are named too, for older ones."""
+    sockets = f" ws://{host} wss://{host}" if host and _HOST.fullmatch(host) else ""
+    return CONTENT_SECURITY_POLICY.format(sockets=sockets)
+
+
 SECURITY_HEADERS = (
-    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
@@ -61,12 +74,15 @@ class ConsoleHeaders:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         asset = scope["path"].startswith(ASSETS_PREFIX)
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+        policy = content_security_policy(host).encode()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 kept = asset and message["status"] in _SERVED_STATUSES
                 headers["cache-control"] = IMMUTABLE if kept else REVALIDATE
+                headers.raw.append((b"content-security-policy", policy))
                 for name, value in SECURITY_HEADERS:
                     headers.raw.append((name, value))
             await send(message)

@@ -48,8 +48,19 @@ export async function whoAmI(): Promise<void> {
 
 export async function signIn(): Promise<void> {
   const r = await auth.getLoginUrl({ redirectUri: consoleUrl });
+  let target: URL;
+  try {
+    target = new URL(r.url);
+  } catch {
+    bootError.set("The server sent a sign-in link that is not a URL.");
+    return;
+  }
+  if (target.protocol !== "https:" && target.protocol !== "http:") {
+    bootError.set("The server sent a sign-in link that is not a web address.");
+    return;
+  }
   rememberLoginState(r.state);
-  location.assign(r.url);
+  location.assign(target.href);
 }
 
 export async function signOut(): Promise<void> {

@@ -108,6 +108,16 @@ class DeliDevWebSocketAdapter(ASGIWebSocketAdapter):
 class DeliDevGraphQL(GraphQL[Context, None]):
     websocket_adapter_class = DeliDevWebSocketAdapter
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """GraphiQL's page, never inside another site's frame (it fills its editor from the
+        URL: a framed page is one tricked click from running a mutation)."""
+        response = await super().render_graphql_ide(request)
+        response.headers["x-frame-options"] = "DENY"
+        response.headers["content-security-policy"] = "frame-ancestors 'none'"
+        response.headers["x-content-type-options"] = "nosniff"
+        response.headers["referrer-policy"] = "no-referrer"
+        return response
+
     def __init__(
         self,
         settings: Settings,

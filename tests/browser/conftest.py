@@ -15,7 +15,14 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Page,
+    async_playwright,
+    expect,
+)
 
 from tests.e2e.conftest import e2e_database_url as e2e_database_url  # the fixture, re-used
 from tests.e2e.harness import Server, free_port
@@ -69,12 +76,19 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
 
 @pytest.fixture
 async def page(context: BrowserContext) -> AsyncIterator[Page]:
-    """A page whose uncaught script errors fail the test."""
+    """A page whose uncaught script errors fail the test, and whose dialogs (the console
+    asks before it follows a ``?server=`` link to a new server) are accepted: a test
+    that refuses one says so with its own handler."""
     opened = await context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("dialog", _accept)
     yield opened
     assert not errors, f"script errors in the page: {errors}"
+
+
+async def _accept(dialog: Dialog) -> None:
+    await dialog.accept()
 
 
 @pytest.fixture

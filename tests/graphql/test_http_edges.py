@@ -275,6 +275,21 @@ async def test_multi_user_mode_hides_graphiql_and_introspection(settings: Settin
     assert await _shown(closed) == (404, False)
 
 
+async def test_graphiql_is_never_framed_by_another_site(settings: Settings) -> None:
+    """Regression: the page (which fills its editor from the URL) could be framed by
+    any site, one tricked click from running a mutation on a single-user server."""
+    app = create_app(settings)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        page = await client.get("/graphql", headers={"accept": "text/html"})
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_refused_introspection_says_why(settings: Settings) -> None:
     app = create_app(_multi_user(settings))
     async with httpx.AsyncClient(
