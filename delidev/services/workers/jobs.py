@@ -25,7 +25,7 @@ from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFou
 from delidev.services import common, prepared
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
-from delidev.services.common import check_text
+from delidev.services.common import check_optional_text, check_text
 from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.workers import quick_append, quick_report
 from delidev.services.workers.limits import BUDGET_ERROR, timeout_error
@@ -36,6 +36,9 @@ from delidev.settings import Settings
 SessionStatus = m.AgentSessionStatus
 P = ParamSpec("P")
 R = TypeVar("R")
+# A commit a worker reports (a hash: 40 hex digits, 64 for SHA-256 repositories; what is
+# stored is cut to 40). Longer text is no commit.
+MAX_COMMIT_CHARS = 256
 
 
 class FailureKind(StrEnum):
@@ -129,6 +132,12 @@ async def report_status(
             f"failure_kind has an unknown value {str(failure_kind)[:32]!r}", field="failure_kind"
         )
     kind = None if failure_kind is None else FailureKind(failure_kind).value
+    # Checked before anything is written: text a database cannot store (a NUL) failed the
+    # report on PostgreSQL with the run still running, or, in a plan, after it had ended.
+    base_commit = check_optional_text(base_commit, "base_commit", max_length=MAX_COMMIT_CHARS)
+    end_commit = check_optional_text(end_commit, "end_commit", max_length=MAX_COMMIT_CHARS)
+    if plan_yaml is not None and "\x00" in plan_yaml:
+        raise InvalidArgument("plan_yaml must not contain NUL characters", field="plan_yaml")
     if quick_report.applies(status=status, failure_kind=kind, plan_yaml=plan_yaml, store=store):
         ended = await quick_report.end_run(
             worker_id=worker_id,
