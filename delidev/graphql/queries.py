@@ -33,7 +33,13 @@ from delidev.graphql.types import (
 )
 from delidev.graphql.worker_types import Worker, WorkerList
 from delidev.services import repositories, sessions, tasks, todos, workspaces
-from delidev.services.common import encode_cursor, page_start, parse_id, parse_optional_id
+from delidev.services.common import (
+    check_page_size,
+    encode_cursor,
+    page_start,
+    parse_id,
+    parse_optional_id,
+)
 from delidev.services.workers import registry
 
 
@@ -144,6 +150,7 @@ class Query:
         unit_status: UnitTaskStatus | None = None,  # type: ignore[valid-type]  # enum
         composite_status: CompositeTaskStatus | None = None,  # type: ignore[valid-type]  # enum
     ) -> TaskConnection:
+        check_page_size(first, "first")
         offset = page_start(after, "after") or 0
         page = await tasks.list_tasks(
             actor=await info.context.actor(),

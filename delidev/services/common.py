@@ -146,12 +146,18 @@ def parse_optional_id(value: str | UUID | None, field: str) -> UUID | None:
     return parse_id(value, field)
 
 
+def check_page_size(size: int | None, field: str) -> None:
+    """A page size as a caller names it (``limit``, GraphQL's ``first``): at most
+    ``MAX_PAGE_SIZE``. Raises: InvalidArgument naming ``field``."""
+    if size is not None and not 0 <= size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(f"{field} must be between 0 and {MAX_PAGE_SIZE}", field=field)
+
+
 def page_bounds(limit: int | None, offset: int | None) -> tuple[int, int]:
     """Validates paging; a missing or zero limit means the default page size."""
+    check_page_size(limit, "limit")
     limit = limit or DEFAULT_PAGE_SIZE
     offset = offset or 0
-    if limit < 0 or limit > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"limit must be between 0 and {MAX_PAGE_SIZE}", field="limit")
     if offset < 0 or offset > MAX_OFFSET:
         raise InvalidArgument(f"offset must be between 0 and {MAX_OFFSET}", field="offset")
     return limit, offset

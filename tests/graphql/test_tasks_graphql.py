@@ -108,6 +108,11 @@ async def test_relay_paging(http: httpx.AsyncClient) -> None:
     assert len(seen) == len(set(seen)) == 6
     bad = await _gql(http, '{ tasks(after: "nope") { totalCount } }')
     assert bad["errors"][0]["extensions"]["field"] == "after"
+    # Regression: a page too large was named "limit", an argument this query has not.
+    for first in (501, -1):
+        large = await _gql(http, f"{{ tasks(first: {first}) {{ totalCount }} }}")
+        assert large["errors"][0]["extensions"]["field"] == "first"
+        assert large["errors"][0]["message"] == "first must be between 0 and 500"
 
 
 @pytest.mark.usefixtures("database")
