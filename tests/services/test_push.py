@@ -11,7 +11,7 @@ import pytest
 from delidev import events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.errors import NotFound
+from delidev.errors import FailedPrecondition, NotFound
 from delidev.services import tasks, workers
 from delidev.services.workers import push
 from tests.factories import make_group, make_repository, make_workspace
@@ -139,3 +139,27 @@ async def test_the_next_job_is_pushed_as_soon_as_the_last_one_is_reported(
             status=m.AgentSessionStatus.SUCCEEDED,
         )
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_newer_stream_of_a_worker_ends_the_one_before(bus: events.EventBus) -> None:
+    """Regression: any number of streams of one worker were served, each re-reading the
+    database every second (1,500 of them kept a server's core busy)."""
+    worker = await _worker()
+    first = _stream(bus, worker, keepalive=0.05)
+    assert isinstance(await _next(first), push.KeepAlive)
+    second = _stream(bus, worker, keepalive=0.05)
+    assert isinstance(await _next(second), push.KeepAlive)
+    with pytest.raises(FailedPrecondition, match="a newer Watch stream of worker"):
+        await _next(first)
+    # The newer one goes on, and a job queued now reaches it.
+    task = await _task()
+    while not isinstance(pushed := await _next(second), push.JobAssigned):
+        pass
+    assert pushed.job.task_id == task.id
+    await second.aclose()  # type: ignore[attr-defined]
+    # Its place is free again: a stream after it is the worker's one.
+    third = _stream(bus, worker, keepalive=0.05)
+    assert isinstance(await _next(third), push.JobAssigned)  # told again of the job it holds
+    assert push._streams.keys() == {worker.id}
+    await third.aclose()  # type: ignore[attr-defined]
+    assert push._streams == {}
