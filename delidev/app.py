@@ -229,6 +229,11 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
         heartbeat_interval=dt.timedelta(milliseconds=settings.heartbeat_interval_ms),
         stop_grace=dt.timedelta(seconds=settings.stop_grace_seconds),
         policy=RetryPolicy.from_settings(settings),
+        forget_after=(
+            dt.timedelta(seconds=settings.worker_forget_after_s)
+            if settings.worker_forget_after_s
+            else None
+        ),
         tracer=traced.tracer(__name__) if traced else None,
     )
     reconciler = WaitReconciler(

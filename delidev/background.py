@@ -29,10 +29,10 @@ log = logging.getLogger(__name__)
 
 class Sweeper:
     """Marks silent workers unhealthy (their jobs go back to the queue, as ``policy``
-    allows), asks runs past their time limit to stop and finalises stops unconfirmed for
-    ``stop_grace``, times out unanswered questions, prunes secrets, drops expired sign-in
-    rows and reconciles why queued jobs wait (a backoff ends with time), every heartbeat
-    interval."""
+    allows) and removes those silent for ``forget_after``, asks runs past their time limit
+    to stop and finalises stops unconfirmed for ``stop_grace``, times out unanswered
+    questions, prunes secrets, drops expired sign-in rows and reconciles why queued jobs
+    wait (a backoff ends with time), every heartbeat interval."""
 
     def __init__(
         self,
@@ -42,9 +42,11 @@ class Sweeper:
         heartbeat_interval: dt.timedelta,
         stop_grace: dt.timedelta = DEFAULT_STOP_GRACE,
         policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
+        forget_after: dt.timedelta | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
         self._bus = bus
+        self.forget_after = forget_after
         self._tracer = tracer or trace.NoOpTracer()
         self._store = store
         self.interval = heartbeat_interval
@@ -62,6 +64,7 @@ class Sweeper:
             now=now,
             stop_grace=self.stop_grace,
             policy=self.policy,
+            forget_after=self.forget_after,
         )
         await sessions.expire_tty_requests(now)
         await secrets.prune_secrets(self._store)

@@ -70,6 +70,8 @@ class Settings:
     log_level: str = "info"
     heartbeat_interval_ms: int = 30_000
     """Workers heartbeat this often; three missed beats mark a worker unhealthy."""
+    worker_forget_after_s: int = 7 * 24 * 3600
+    """A worker silent this long (unhealthy, holding no job) is removed; 0: never."""
     worker_registration_token: str | None = None
     """Shared token a worker presents to Register (multi-user mode)."""
     operator_token: str | None = None
@@ -215,6 +217,8 @@ class Settings:
             raise SettingsError("DELIDEV_SERVER_PORT must be between 1 and 65535")
         if self.heartbeat_interval_ms <= 0:
             raise SettingsError("DELIDEV_HEARTBEAT_INTERVAL_MS must be positive")
+        if self.worker_forget_after_s < 0:
+            raise SettingsError("DELIDEV_WORKER_FORGET_AFTER_S must be 0 (never) or positive")
         for var, amount in (
             ("DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS", self.graphql_ws_ping_interval_ms),
             ("DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS", self.graphql_ws_init_timeout_ms),
@@ -345,6 +349,7 @@ class Settings:
             "DELIDEV_SERVER_PORT": "server_port",
             "DELIDEV_JWT_EXPIRATION_HOURS": "jwt_expiration_hours",
             "DELIDEV_HEARTBEAT_INTERVAL_MS": "heartbeat_interval_ms",
+            "DELIDEV_WORKER_FORGET_AFTER_S": "worker_forget_after_s",
             "DELIDEV_TTY_INPUT_TIMEOUT_MS": "tty_input_timeout_ms",
             "DELIDEV_DB_POOL_SIZE": "db_pool_size",
             "DELIDEV_GRAPHQL_MAX_DEPTH": "graphql_max_depth",

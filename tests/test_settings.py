@@ -171,3 +171,10 @@ def test_the_console_switch_and_its_directory_are_read() -> None:
     assert (settings.console, settings.console_dir) == (False, Path("/srv/ui"))
     with pytest.raises(SettingsError, match="DELIDEV_CONSOLE"):
         Settings.from_env({"DELIDEV_CONSOLE": "sometimes"})
+
+
+def test_the_worker_forget_delay_reads_from_the_environment() -> None:
+    assert Settings.from_env({}).worker_forget_after_s == 7 * 24 * 3600
+    assert Settings.from_env({"DELIDEV_WORKER_FORGET_AFTER_S": "0"}).worker_forget_after_s == 0
+    with pytest.raises(SettingsError, match="DELIDEV_WORKER_FORGET_AFTER_S must be 0"):
+        Settings.from_env({"DELIDEV_WORKER_FORGET_AFTER_S": "-1"})

@@ -17,6 +17,7 @@ from delidev.auth.principal import LOCAL_USER
 from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from delidev.services import secrets, sessions, tasks, workers
 from delidev.services.workers import claims as worker_claims
+from delidev.services.workers import health as worker_health
 from delidev.services.workers import jobs as worker_jobs
 from delidev.services.workers import quick_heartbeat
 from tests.conftest import SqlCounter
@@ -820,3 +821,44 @@ async def test_the_sweep_marks_any_number_of_silent_workers_in_one_statement(
         }
         await m.Worker.filter(id__in=[w.id for w in fleet]).delete()
     assert counts[0] == counts[1], sql_counter.statements
+
+
+async def test_workers_silent_for_long_are_removed_with_their_history_kept() -> None:
+    """A fleet that scales up and down registers new workers all the time: those silent for
+    ``forget_after`` (unhealthy, holding no job) are removed; their runs keep their history.
+    Regression: unhealthy workers were never removed, so the table grew for ever."""
+    interval = dt.timedelta(seconds=30)
+    week = dt.timedelta(days=7)
+    gone, holding, alive = await _worker("gone"), await _worker("holding"), await _worker("alive")
+    await _tasks(1)
+    job = await workers.claim_job(worker_id=gone.id)
+    assert job is not None
+    await workers.report_status(
+        worker_id=gone.id, session_id=job.session.id, lease_token=job.lease_token,
+        status=Q.SUCCEEDED,
+    )  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    # Not long enough: marked unhealthy, kept.
+    soon = now + interval * 3 + dt.timedelta(seconds=1)
+    await workers.sweep_workers(heartbeat_interval=interval, now=soon, forget_after=week)
+    assert await m.Worker.filter(status=m.WorkerStatus.UNHEALTHY).count() == 3
+    # A week on: a heartbeat keeps its worker. One found holding a job loses it to the
+    # same sweep (lost, queued again), and then goes too.
+    await m.Worker.filter(id=alive.id).update(last_heartbeat=now + week)
+    (other,) = await _tasks(1)
+    held = await m.AgentSession.get(agent_task_id=other.agent_task_id)
+    await m.AgentSession.filter(id=held.id).update(
+        status=Q.RUNNING, worker_id=holding.id, lease_token="held", started_at=now
+    )
+    # The statement itself never removes a worker with a running job (a safety net).
+    assert await worker_health._forget_silent(now + week) == [gone.id]
+    later = now + week + dt.timedelta(seconds=1)
+    await workers.sweep_workers(heartbeat_interval=interval, now=later, forget_after=week)
+    assert {w.name for w in await m.Worker.all()} == {"alive"}
+    past = await m.AgentSession.get(id=job.session.id)
+    assert (past.status, past.worker_id) == (Q.SUCCEEDED, None)
+    lost = await m.AgentSession.get(id=held.id)
+    assert (lost.status, lost.worker_id) == (Q.LOST, None)
+    # Without forget_after, nobody is removed.
+    await workers.sweep_workers(heartbeat_interval=interval, now=later + week)
+    assert await m.Worker.all().count() == 1

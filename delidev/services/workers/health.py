@@ -1,4 +1,6 @@
-"""Worker health: the sweep that marks silent workers unhealthy, and handing their jobs back.
+"""Worker health: the sweep that marks silent workers unhealthy, hands their jobs back, and
+removes workers silent for long (a fleet that scales up and down registers new workers all
+the time: without that, their rows would pile up for ever).
 
 A released job's run ends as ``lost``; a new run of it is queued in backoff as the
 ``RetryPolicy`` allows (unless it was being stopped), else the lost run says that it gave up.
@@ -9,6 +11,7 @@ a compare-and-set, so every replica may sweep at once.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -24,6 +27,7 @@ from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.sessions.lifecycle import retry_or_give_up
 from delidev.services.workers import limits
 
+log = logging.getLogger(__name__)
 SessionStatus = m.AgentSessionStatus
 MISSED_BEATS = 3
 
@@ -34,8 +38,11 @@ async def sweep_workers(
     now: dt.datetime | None = None,
     stop_grace: dt.timedelta = limits.DEFAULT_STOP_GRACE,
     policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
+    forget_after: dt.timedelta | None = None,
 ) -> int:
     """Workers silent for three intervals → unhealthy; the jobs they held are queued again.
+    Workers silent for ``forget_after`` (None: never), unhealthy and holding no job, are
+    removed (their past runs keep their history, without a worker).
 
     So are running jobs of any unhealthy worker (the replica that marked it may have died
     before releasing them) and of a worker that is gone. Safe when every replica runs it:
@@ -52,6 +59,14 @@ async def sweep_workers(
         events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     released = await _release_abandoned(started_before=deadline, policy=policy)
     await limits.enforce_limits(now=now, stop_grace=stop_grace)
+    if forget_after is not None:
+        forgotten = await _forget_silent(now - forget_after)
+        if forgotten:
+            log.info(
+                "removed %d workers silent since before %s", len(forgotten), now - forget_after
+            )
+        for worker_id in forgotten:
+            events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     return released
 
 
@@ -69,6 +84,28 @@ async def _mark_silent(deadline: dt.datetime) -> list[UUID]:
         args = [now.isoformat(" "), deadline.isoformat(" ")]
     rows = await conn.execute_query_dict(sql, args)
     return [UUID(str(row["id"])) for row in rows]
+
+
+async def _forget_silent(cutoff: dt.datetime) -> list[UUID]:
+    """Removes unhealthy workers silent since before ``cutoff`` that hold no job, in one
+    statement that returns them (a heartbeat or a claim that commits first keeps its row)."""
+    conn = connections.get("default")
+    args: list[object]
+    if conn.capabilities.dialect == "postgres":
+        sql, args = _FORGET_SILENT.format(cutoff="$1"), [cutoff]
+    else:  # stamps compared as Tortoise writes them
+        sql, args = _FORGET_SILENT.format(cutoff="?"), [cutoff.isoformat(" ")]
+    rows = await conn.execute_query_dict(sql, args)
+    return [UUID(str(row["id"])) for row in rows]
+
+
+_FORGET_SILENT = """
+DELETE FROM workers
+WHERE status = 'unhealthy' AND last_heartbeat < {cutoff}
+  AND NOT EXISTS (SELECT 1 FROM agent_sessions s
+                  WHERE s.worker_id = workers.id AND s.status = 'running')
+RETURNING id
+"""
 
 
 _MARK_SILENT = """
