@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
+from typing import Any
 from uuid import UUID
+
+from tortoise import connections
 
 from delidev import models as m
 from delidev.auth.principal import Principal
@@ -73,28 +76,100 @@ async def list_tasks(
             actor=actor, group_id=repository_group_id, field="repository_group_id"
         )
         scope["repository_group_id"] = repository_group_id
-    want_unit = kind != "composite" and composite_status is None
-    want_composite = kind != "unit" and unit_status is None
-    unit_query = m.UnitTask.filter(**scope)
-    if not include_nodes:
-        unit_query = unit_query.filter(composite_task_id__isnull=True)
-    if unit_status is not None:
-        unit_query = unit_query.filter(status=unit_status)
-    composite_query = m.CompositeTask.filter(**scope)
-    if composite_status is not None:
-        composite_query = composite_query.filter(status=composite_status)
+    sources: list[tuple[type[Task], dict[str, Any]]] = []
+    if kind != "composite" and composite_status is None:
+        unit_filter = dict(scope)
+        if not include_nodes:
+            unit_filter["composite_task_id__isnull"] = True
+        if unit_status is not None:
+            unit_filter["status"] = unit_status
+        sources.append((m.UnitTask, unit_filter))
+    if kind != "unit" and unit_status is None:
+        composite_filter = dict(scope)
+        if composite_status is not None:
+            composite_filter["status"] = composite_status
+        sources.append((m.CompositeTask, composite_filter))
+    return await _merged_page(sources, limit, offset)
 
-    total = 0
-    merged: list[Task] = []
-    window = offset + limit
-    if want_unit:
-        total += await unit_query.count()
-        merged.extend(await unit_query.order_by("created_at", "id").limit(window))
-    if want_composite:
-        total += await composite_query.count()
-        merged.extend(await composite_query.order_by("created_at", "id").limit(window))
-    merged.sort(key=lambda t: (t.created_at, str(t.id)))
-    return Page(items=merged[offset:window], total_count=total)
+
+async def _merged_page(
+    sources: Sequence[tuple[type[Task], dict[str, Any]]], limit: int, offset: int
+) -> Page[Task]:
+    """One page of the rows of ``sources`` (model, filter) merged by (created_at, id), in
+    at most 2 + len(sources) statements whatever the offset: the database counts and pages
+    the keys, and only the page's rows are loaded (by id). Past the end: the count alone."""
+    if not sources:
+        return Page(items=[], total_count=0)
+    conn = connections.get("default")
+    postgres = conn.capabilities.dialect == "postgres"
+    count = _Statement(postgres)
+    counts = " + ".join(f"(SELECT COUNT(*) {count.source(mod, f)})" for mod, f in sources)
+    rows = await conn.execute_query_dict(f"SELECT {counts} AS total", count.values)
+    total = int(rows[0]["total"])
+    if offset >= total:
+        return Page(items=[], total_count=total)
+
+    keys = _Statement(postgres)
+    # The table name tells which model a key is of. This order is (created_at, str(id)):
+    # SQLite keeps both as text (ISO times in UTC, ids in lowercase hex) and PostgreSQL's
+    # uuid order is that of the hex.
+    union = " UNION ALL ".join(
+        f"SELECT t.created_at, t.id, '{mod._meta.db_table}' AS kind {keys.source(mod, f)}"
+        for mod, f in sources
+    )
+    page = await conn.execute_query_dict(
+        f"SELECT id, kind FROM ({union}) AS merged ORDER BY created_at, id"
+        f" LIMIT {keys.value(limit)} OFFSET {keys.value(offset)}",
+        keys.values,
+    )
+    found: dict[str, Task] = {}
+    for model, _ in sources:
+        ids = [r["id"] for r in page if r["kind"] == model._meta.db_table]
+        if ids:
+            found |= {str(t.id): t for t in await model.filter(id__in=ids)}
+    # A task deleted since its key was read is left out, as it would be a moment later.
+    return Page(
+        items=[found[str(r["id"])] for r in page if str(r["id"]) in found], total_count=total
+    )
+
+
+class _Statement:
+    """The values of one raw SQL statement, with placeholders in the dialect's style
+    (``$1`` on PostgreSQL, ``?`` on SQLite) numbered in the order the text takes them."""
+
+    def __init__(self, postgres: bool) -> None:
+        self.postgres = postgres
+        self.values: list[Any] = []
+
+    def value(self, value: Any) -> str:
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, UUID) and not self.postgres:
+            value = str(value)  # SQLite keeps ids as text
+        self.values.append(value)
+        return f"${len(self.values)}" if self.postgres else "?"
+
+    def source(self, model: type[Task], where: dict[str, Any]) -> str:
+        """``FROM`` the model's table (as ``t``, joined to its workspace as ``w``) ``WHERE``
+        ``where``, the ORM filter arguments this listing uses (equality and ``__isnull``,
+        on the task or on ``workspace__``): visibility stays ``owner_filter``'s."""
+        terms = []
+        for key, value in where.items():
+            alias, lookup = "t", key
+            if key.startswith("workspace__"):
+                alias, lookup = "w", key.removeprefix("workspace__")
+            column, _, op = lookup.partition("__")
+            if op == "isnull" and value is True:
+                terms.append(f"{alias}.{column} IS NULL")
+            elif not op and value is not None:
+                terms.append(f"{alias}.{column} = {self.value(value)}")
+            else:
+                raise ValueError(f"filter {key}={value!r} is not expressed in SQL here")
+        return (
+            f"FROM {model._meta.db_table} t"
+            f" JOIN {m.Workspace._meta.db_table} w ON w.id = t.workspace_id"
+            + (f" WHERE {' AND '.join(terms)}" if terms else "")
+        )
 
 
 # Composite nodes --------------------------------------------------------------------
