@@ -163,7 +163,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_deadline()
         self._in_head = False
-        self._received = 0
+        # Trailers after a chunked body (the parser hands them over as headers) get a
+        # budget of their own.
+        self._received = self._url_bytes = self._head_bytes = self._headers = 0
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -184,6 +186,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def _headers_timed_out(self) -> None:
         self._header_deadline = None
         if self.transport.is_closing():
+            return
+        # The server is not reading (a pipelined request waits its turn, or a body fills
+        # the buffer): the rest of the head cannot arrive yet, through no fault of the
+        # client's. The deadline starts again.
+        if self.flow.read_paused or self.pipeline:
+            self._arm_header_deadline()
             return
         # Pipelined behind a response still being written, a 408 would corrupt that one.
         if self.cycle is None or self.cycle.response_complete:

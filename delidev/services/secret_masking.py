@@ -57,21 +57,24 @@ def _replace(text: str, forms: Sequence[str]) -> str:
     return text
 
 
-def _joined_forms(values: Mapping[str, str]) -> list[str]:
-    """Every form and, for a form that holds forms of other values, the form as it reads with
-    those masked (what a chunk masked on its own shows of it), longest first. (A value's
+def _joined_forms(values: Mapping[str, str], forms: Sequence[str]) -> list[str]:
+    """``forms`` (every value's) and, for a form of a value that holds another value, the
+    form as it reads with the inner value's forms masked (what a chunk masked on its own
+    shows of it), longest first. Only values that hold another are looked at: most hold
+    none, and the masker is made for every AppendLog of a run with secrets. (A value's own
     forms hold each other, base64 in base64, and are left so: masking them in each other
     would only mask what lies next to a mask.)"""
-    own = {v: _forms(v) for v in set(values.values()) if len(v) >= MIN_MASKED_LENGTH}
-    joined = {f for forms in own.values() for f in forms}
-    for value, forms in own.items():
-        others = sorted(
-            {f for v, fs in own.items() if v != value for f in fs}, key=len, reverse=True
-        )
-        for form in forms:
-            inner = _replace(form, [f for f in others if len(f) < len(form)])
-            if inner != form:
-                joined.add(inner)
+    kept = {v for v in values.values() if len(v) >= MIN_MASKED_LENGTH}
+    nested = {outer: [v for v in kept if len(v) < len(outer) and v in outer] for outer in kept}
+    joined = set(forms)
+    for outer, inner in nested.items():
+        if not inner:
+            continue
+        inner_forms = sorted({f for v in inner for f in _forms(v)}, key=len, reverse=True)
+        for form in _forms(outer):
+            masked = _replace(form, [f for f in inner_forms if len(f) < len(form)])
+            if masked != form:
+                joined.add(masked)
     return sorted(joined, key=len, reverse=True)
 
 
@@ -112,7 +115,7 @@ class OutputMasker:
 
     def __init__(self, values: Mapping[str, str]) -> None:
         self._forms = _all_forms(values)
-        self._joined = _joined_forms(values)
+        self._joined = _joined_forms(values, self._forms)
         self._reach = max((len(f) for f in self._joined), default=1) - 1
 
     def __repr__(self) -> str:  # never print values

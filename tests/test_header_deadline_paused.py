@@ -1,0 +1,87 @@
+"""The header deadline does not count while the server itself is not reading.
+
+Regression (review): pipelined behind a slow request (one whose app does not read further)
+and a queued one, a next request's head was timed although uvicorn had paused reading the
+connection: the deadline closed it, and all three requests were lost. Real uvicorn with
+the server's protocol class and a small app, over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from delidev.header_timeout import with_header_timeout
+from tests.e2e.harness import free_port
+
+DEADLINE_S = 0.3
+
+
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":  # answers late, and never reads on
+        await asyncio.sleep(DEADLINE_S * 4)
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    chosen = free_port()
+    config = uvicorn.Config(
+        _app, host="127.0.0.1", port=chosen, http=with_header_timeout(DEADLINE_S),
+        log_level="warning", lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    for _ in range(1000):  # ten seconds at most
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    assert server.started
+    yield chosen
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+
+
+async def test_a_head_is_not_timed_while_the_server_does_not_read(port: int) -> None:
+    last = b"GET /c HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n"
+
+    def pipelined() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(last[:12])
+            sock.settimeout(0.1)
+            with contextlib.suppress(TimeoutError):
+                sock.recv(1, socket.MSG_PEEK)  # the rest of the head a moment later
+            sock.settimeout(30)
+            sock.sendall(last[12:])
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    received = await asyncio.to_thread(pipelined)
+    assert received.count(b"HTTP/1.1 200 ") == 3, received
+
+
+async def test_a_head_that_stalls_while_the_server_reads_is_still_cut_off(port: int) -> None:
+    def stalled() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /b HTTP/1.1\r\nHo")
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    assert (await asyncio.to_thread(stalled)).startswith(b"HTTP/1.1 408 ")
