@@ -87,6 +87,14 @@ async def test_deep_json_behind_compression_is_refused(http: httpx.AsyncClient) 
         headers={**JSON, "content-encoding": "gzip"},
     )
     assert response.status_code == 400
+    # Two million brackets: refused by their count, which comes before the depth check.
+    assert "holds more than" in response.json()["message"]
+    response = await http.post(
+        UNARY,
+        content=gzip.compress(b"[" * 10_000),
+        headers={**JSON, "content-encoding": "gzip"},
+    )
+    assert response.status_code == 400
     assert "deeper than" in response.json()["message"]
 
 

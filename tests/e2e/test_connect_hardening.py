@@ -386,4 +386,3 @@ async def test_heads_within_the_limits_and_large_bodies_still_pass(server: Serve
                                        b"connection: close\r\n\r\n")  # fmt: skip
     assert received.count(b"HTTP/1.1 200 ") == 2, received[:300]
     await _alive(server)
-
