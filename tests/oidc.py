@@ -130,6 +130,7 @@ class FakeProvider:
     def __init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.id_token: str | None = None
+        self.token_body: bytes | None = None  # set: the token endpoint answers this instead
         self.token_requests: list[dict[str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -178,6 +179,12 @@ class FakeProvider:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
                 provider.token_requests.append({k: v[0] for k, v in parse_qs(body).items()})
+                if provider.token_body is not None:
+                    self.send_response(200)
+                    self.send_header("content-length", str(len(provider.token_body)))
+                    self.end_headers()
+                    self.wfile.write(provider.token_body)
+                    return
                 answer: dict[str, Any] = {"access_token": "opaque", "token_type": "Bearer"}
                 if provider.id_token is not None:
                     answer["id_token"] = provider.id_token

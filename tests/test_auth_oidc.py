@@ -315,6 +315,24 @@ async def _pending() -> set[str]:
     return {row["state"] for row in await m.AuthState.all().values("state")}
 
 
+@pytest.mark.parametrize("body", [b"<html>maintenance</html>", b"[1, 2]", b"", b'"token"'])
+async def test_a_token_answer_that_is_no_json_object_is_unavailable(
+    api: httpx.AsyncClient,
+    provider: FakeProvider,
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+) -> None:
+    """Regression: the token endpoint's answer was read as JSON unchecked (a 500 and a
+    traceback for a provider that answered its maintenance page)."""
+    request = await _start(api)
+    provider.token_body = body
+    answer = await _call(api, "HandleCallback", {"code": "any", "state": request["state"]})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["code"] == "unavailable"
+    assert answer.json()["message"] == "the sign-in provider sent no token answer: start again"
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 async def test_expired_sign_in_states_are_purged(api: httpx.AsyncClient) -> None:
     stale = (await _start(api))["state"]
     fresh = (await _start(api))["state"]

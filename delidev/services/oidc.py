@@ -171,7 +171,13 @@ class OidcClient:
         if response.status_code != 200:
             log.info("OIDC token exchange refused with HTTP %s", response.status_code)
             raise Unauthenticated("the sign-in provider refused the code: start again")
-        tokens = response.json()
+        try:
+            tokens = response.json()
+        except ValueError:
+            tokens = None
+        if not isinstance(tokens, dict):
+            log.warning("OIDC token exchange answered HTTP 200 without a JSON object")
+            raise Unavailable("the sign-in provider sent no token answer: start again")
         if self._jwks is None:
             raise Unavailable("the sign-in provider cannot be reached")
         claims = await verify_id_token(
