@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_check_migrations(settings))
 
 
+# What a graphql-ws message adds around a request body ({"id": …, "type": "subscribe",
+# "payload": …}): a subscription as large as the largest HTTP request still fits.
+WS_ENVELOPE_BYTES = 4096
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
@@ -77,8 +82,9 @@ def _serve(settings: Settings) -> int:
         http=with_header_timeout(settings.header_timeout_ms / 1000),
         ws=protocol_class(settings.ws_deflate_bypass),
         # A WebSocket message is inflated and read whole before the app sees it: as large as
-        # a GraphQL request body may be, not uvicorn's 16 MiB (close code 1009 past it).
-        ws_max_size=settings.graphql_max_body_bytes,
+        # a GraphQL request body may be (and its message envelope), not uvicorn's 16 MiB
+        # (close code 1009 past it).
+        ws_max_size=settings.graphql_max_body_bytes + WS_ENVELOPE_BYTES,
         host=settings.server_host,
         port=settings.server_port,
         log_level=settings.log_level,

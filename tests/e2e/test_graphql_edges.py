@@ -221,6 +221,16 @@ async def test_a_message_past_the_body_limit_closes_with_1009(
     assert "Traceback" not in server.log()
 
 
+async def test_a_subscription_as_large_as_the_largest_request_is_read(server: Server) -> None:
+    """The message envelope around a body at the HTTP limit still fits (it is refused by
+    the app's own limit of characters, with 4400, not cut off by the transport)."""
+    query = "{ __typename }" + " " * (1_048_576 - 40)
+    message = json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}})
+    assert len(message) > 1_048_576
+    code, _ = await _closed_with(server, TRANSPORT_WS, message)
+    assert code == 4400
+
+
 def _flood_pings(port: int, limit: int) -> int:
     """A graphql-transport-ws client that sends pings and never reads: the bytes it sent
     before the server dropped it (or ``limit``, if it never did)."""
