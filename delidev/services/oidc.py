@@ -244,7 +244,10 @@ class OidcClient:
             except IntegrityError:
                 # Another sign-in took the address in between: keep the stored profile.
                 log.info("OIDC profile update skipped: the e-mail address was taken")
-                return await m.User.get(id=user.id)
+                stored = await m.User.get_or_none(id=user.id)
+                if stored is None:  # deleted meanwhile
+                    raise Unauthenticated("the account is gone: sign in again") from None
+                return stored
         return user
 
 
