@@ -62,15 +62,7 @@ class _Refused(Exception):
         self.answer = answer
 
 
-_TIMEOUT_BODY = b"request headers were not complete in time"
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"content-type: text/plain; charset=utf-8\r\n"
-    b"content-length: %d\r\n"
-    b"connection: close\r\n"
-    b"\r\n"
-    b"%s"
-) % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+_TIMEOUT_RESPONSE = _answer(b"408 Request Timeout", "request headers were not complete in time")
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -193,10 +185,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self.flow.read_paused or self.pipeline:
             self._arm_header_deadline()
             return
-        # Pipelined behind a response still being written, a 408 would corrupt that one.
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+        self._refuse(_TIMEOUT_RESPONSE)
 
 
 def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import functools
 
-from protobuf import DescFieldValueList, DescFieldValueMessage, DescMessage
+from protobuf import DescEnum, DescFieldValueList, DescFieldValueMessage, DescMessage, ScalarType
 
 SMALL_BODY = 16 * 1024
 MAX_VALUES = 20_000
 """The largest request the API needs holds a few thousand (AppendLog: 1,000 chunks)."""
 
 _PACKED = object()  # marks a packable list field: its entries come packed in one value
+_UNPACKABLE = (ScalarType.STRING, ScalarType.BYTES)
 
 
 @functools.cache
@@ -41,8 +42,8 @@ def _fields(desc: DescMessage) -> dict[int, object]:
         elif isinstance(value, DescFieldValueList):
             if isinstance(value.element, DescMessage) and not value.delimited_encoding:
                 found[field.number] = value.element
-            elif getattr(value, "_packable", False):
-                found[field.number] = _PACKED
+            elif isinstance(value.element, DescEnum) or value.element not in _UNPACKABLE:
+                found[field.number] = _PACKED  # numbers, booleans and enums may come packed
     return found
 
 

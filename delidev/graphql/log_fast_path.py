@@ -159,8 +159,6 @@ async def serve_session_log(
         offset = 0 if offset is None else offset
         if not isinstance(session, str) or not isinstance(offset, int | float):
             raise _Fallback
-        if isinstance(offset, bool):
-            raise _Fallback
         if not math.isfinite(offset):
             raise _Fallback  # the ordinary path reports it
         session_id = parse_id(session, "sessionId")

@@ -9,6 +9,7 @@ import datetime as dt
 import hmac
 import logging
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -213,6 +214,12 @@ def decode_cursor(cursor: str, field: str) -> int:
     except ValueError:
         raise InvalidArgument(f"{field} is not a cursor this server issued", field=field) from None
     return offset
+
+
+def unstorable(char: str) -> bool:
+    """A control character or a lone surrogate: no column stores NUL or a surrogate, and none
+    belongs in an identifier, an address, a name or a URL."""
+    return unicodedata.category(char) in ("Cc", "Cs")
 
 
 def check_text(

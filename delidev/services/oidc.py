@@ -21,7 +21,6 @@ import datetime as dt
 import logging
 import secrets
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,7 +253,7 @@ class OidcClient:
 def _unstorable(text: str) -> bool:
     """Holds a control character or a lone surrogate (no column stores NUL or a surrogate;
     none belongs in an identifier, an address or a name)."""
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+    return any(map(common.unstorable, text))
 
 
 def _identifier(claims: dict[str, Any], key: str) -> str:
@@ -297,7 +296,7 @@ def _display_name(claims: dict[str, Any]) -> str | None:
     name = claims.get("name")
     if not isinstance(name, str):
         return None
-    spaced = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in name)
+    spaced = "".join(" " if common.unstorable(c) else c for c in name)
     return " ".join(spaced.split())[:MAX_CLAIM_CHARS].rstrip() or None
 
 

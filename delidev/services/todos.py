@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -70,7 +69,7 @@ def check_url(value: str, field_name: str) -> str:
     Raises: InvalidArgument.
     """
     url = check_text(value, field_name, max_length=MAX_URL_LENGTH)  # length first: cheap
-    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cs") for c in url):
+    if any(c.isspace() or common.unstorable(c) for c in url):
         raise InvalidArgument(
             f"{field_name} must not contain whitespace or control characters", field=field_name
         )
