@@ -85,3 +85,21 @@ async def test_a_head_that_stalls_while_the_server_reads_is_still_cut_off(port: 
             return received
 
     assert (await asyncio.to_thread(stalled)).startswith(b"HTTP/1.1 408 ")
+
+
+async def test_trailers_have_a_budget_of_their_own(port: int) -> None:
+    """A chunked request's trailers (the parser hands them over as headers) are not added
+    to its head's count: 200 headers and 100 trailers pass, as uvicorn alone passes them."""
+    head = b"POST /b HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+    head += b"".join(b"x-h%d: v\r\n" % i for i in range(200)) + b"\r\n"
+    body = b"2\r\nok\r\n0\r\n" + b"".join(b"x-t%d: v\r\n" % i for i in range(100)) + b"\r\n"
+
+    def send() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head + body)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    assert (await asyncio.to_thread(send)).startswith(b"HTTP/1.1 200 ")
