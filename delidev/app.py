@@ -15,14 +15,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.http.websocket_origin import normalize_origin
 from tortoise.context import TortoiseContext
 
-from delidev import console, db, events, metrics, tracing
+from delidev import console, db, events, metrics, request_context, tracing
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
@@ -80,6 +80,23 @@ CORS_EXPOSE_HEADERS = (
     "content-encoding",
 )
 CORS_MAX_AGE_S = 7200  # the most Chromium caches a preflight for
+
+
+class ClientLeft:
+    """A request whose client went away before its body was whole (or whose body stopped
+    arriving: ``header_timeout``) ends here: Starlette's readers raise ``ClientDisconnect``,
+    which is nobody's error and has nobody to answer. Logged as 499, without a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            info = request_context.current()
+            if info is not None and info.status is None:
+                info.status = request_context.CLIENT_CLOSED
 
 
 class BindEvents:
@@ -340,6 +357,7 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
         lifespan=lifespan,
         middleware=[
             Middleware(RequestContext),
+            Middleware(ClientLeft),
             *([Middleware(traced.middleware)] if traced else []),
             *timing,
             Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),

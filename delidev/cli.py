@@ -79,7 +79,9 @@ def _serve(settings: Settings) -> int:
 
     config = uvicorn.Config(
         app,
-        http=with_header_timeout(settings.header_timeout_ms / 1000),
+        http=with_header_timeout(
+            settings.header_timeout_ms / 1000, settings.body_timeout_ms / 1000
+        ),
         ws=protocol_class(settings.ws_deflate_bypass),
         # A WebSocket message is inflated and read whole before the app sees it: as large as
         # a GraphQL request body may be (and its message envelope), not uvicorn's 16 MiB

@@ -1,14 +1,18 @@
-"""uvicorn's HTTP/1.1 protocol, with a deadline for a request's headers and bounds on
-their size.
+"""uvicorn's HTTP/1.1 protocol, with deadlines for a request's headers and body and bounds
+on the headers' size.
 
-Written by hand because uvicorn has neither:
+Written by hand because uvicorn has none of them:
 
 - no timeout: it arms its keep-alive timer only after a response, so a connection that
   opens and then sends its headers slowly (or not at all) is held open for ever, and a few
   hundred of them hold the server's sockets ("slowloris"). Here every connection, and
   every further request on a kept-alive one, must complete its headers within the
-  deadline; otherwise it is answered 408 and closed. The body is not covered: once the
-  headers are in, the request belongs to the app.
+  deadline; otherwise it is answered 408 and closed.
+- the same for a body: a request that announces a body and then stops sending it held its
+  connection and its handler (waiting in ``receive()``) for ever. Here a body that goes
+  ``body_timeout`` seconds without a byte, while the server is reading, is answered 408 and
+  the connection closed (the handler sees a disconnect). Idle time, as nginx's
+  ``client_body_timeout``: a slow upload that keeps sending is not cut.
 - no size limit: it keeps every header line a client sends (one connection held 1.8 GB
   with 400 MB of headers), and it grows the URL by copying it for every piece that
   arrives (a URL sent in small pieces held the event loop for seconds). Here the request
@@ -63,6 +67,7 @@ class _Refused(Exception):
 
 
 _TIMEOUT_RESPONSE = _answer(b"408 Request Timeout", "request headers were not complete in time")
+_BODY_TIMEOUT_RESPONSE = _answer(b"408 Request Timeout", "the request body stopped arriving")
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -70,10 +75,15 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     (``header_timeout`` seconds, set by ``with_header_timeout``)."""
 
     header_timeout: float = 10.0
+    body_timeout: float = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        # While a request's body is expected: the timer, and when its last byte came (the
+        # timer is not moved for every piece; when it fires early it waits the rest).
+        self._body_deadline: asyncio.TimerHandle | None = None
+        self._body_seen = 0.0
         # Between requests or within a request's head: bytes received (parsed or not yet)
         # and what the parser handed over of the URL and headers.
         self._in_head = True
@@ -88,6 +98,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
+        self._disarm_body_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -124,6 +135,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def _refuse(self, answer: bytes) -> None:
         self._disarm_header_deadline()
+        self._disarm_body_deadline()
         if self.transport.is_closing():
             return
         # Pipelined behind a response still being written, an answer would corrupt that one.
@@ -159,8 +171,19 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         # budget of their own.
         self._received = self._url_bytes = self._head_bytes = self._headers = 0
         super().on_headers_complete()
+        # A body may follow (no way to tell yet: a request without one completes before
+        # the parser returns, and that disarms this). Not for an upgrade, which has none.
+        if not self.parser.should_upgrade():
+            self._body_seen = self.loop.time()
+            if self._body_deadline is None:
+                self._body_deadline = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen = self.loop.time()
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._disarm_body_deadline()
         super().on_message_complete()
         self._in_head = True  # what follows is the next request's head
 
@@ -187,7 +210,49 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             return
         self._refuse(_TIMEOUT_RESPONSE)
 
+    def _disarm_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            self._body_deadline.cancel()
+            self._body_deadline = None
 
-def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
-    """The protocol class to give uvicorn (``http=``) for a deadline of ``seconds``."""
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
+    def _body_timed_out(self) -> None:
+        self._body_deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        idle = self.loop.time() - self._body_seen
+        # Not the client's fault: the server is not reading (the handler has not taken what
+        # came, or a pipelined request waits its turn), or the client waits for the
+        # "100 Continue" the handler has not asked for yet. Then, or when a byte came since
+        # the timer was set, it waits again.
+        if (
+            idle < self.body_timeout
+            or self.flow.read_paused
+            or self.pipeline
+            or (cycle is not None and cycle.waiting_for_100_continue)
+        ):
+            self._body_deadline = self.loop.call_later(
+                max(self.body_timeout - idle, 0.01)
+                if idle < self.body_timeout
+                else self.body_timeout,
+                self._body_timed_out,
+            )
+            return
+        if cycle is not None and cycle.response_complete:
+            return  # answered already: what is left of the body no longer matters
+        if cycle is None or not cycle.response_started:
+            self.transport.write(_BODY_TIMEOUT_RESPONSE)
+        self.logger.info("closed a connection whose request body stopped arriving")
+        self.transport.close()
+
+
+def with_header_timeout(
+    seconds: float, body_seconds: float = HeaderTimeoutProtocol.body_timeout
+) -> type[HeaderTimeoutProtocol]:
+    """The protocol class to give uvicorn (``http=``) for a deadline of ``seconds`` for the
+    headers and of ``body_seconds`` without a byte of a body."""
+    return type(
+        "HeaderTimeoutProtocol",
+        (HeaderTimeoutProtocol,),
+        {"header_timeout": seconds, "body_timeout": body_seconds},
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +20,7 @@ from delidev import metrics
 from delidev import models as m
 from delidev.auth.authenticator import bearer_token
 from delidev.connect.routes import connect_route
+from delidev.request_context import CLIENT_CLOSED
 from delidev.services.common import same_secret
 from delidev.settings import Settings
 
@@ -83,6 +84,9 @@ class RequestTiming:
 
         try:
             await self.app(scope, receive, timed_send)
+        except ClientDisconnect:
+            status = CLIENT_CLOSED  # gone before its body was whole: not a server error
+            raise
         finally:
             metrics.http_request(
                 scope["method"], self._route(scope["path"]), status, time.perf_counter() - started

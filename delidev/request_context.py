@@ -53,6 +53,8 @@ access_log = logging.getLogger("delidev.access")
 
 CONNECT_PREFIX = "/delidev.v1."
 REQUEST_ID_HEADER = b"x-request-id"
+# In the access log for a request whose client left before it could be answered (nginx's).
+CLIENT_CLOSED = 499
 REQUEST_ID_MAX_CHARS = 64
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,%d}" % REQUEST_ID_MAX_CHARS)
 # W3C Trace Context, version 00 (and any later version read by its first four fields, as the

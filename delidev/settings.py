@@ -154,6 +154,9 @@ class Settings:
     header_timeout_ms: int = 10_000
     """A connection must complete its request headers within this time, else it is answered
     408 and closed."""
+    body_timeout_ms: int = 60_000
+    """A request body that sends no byte for this long (while the server reads) is answered
+    408 and its connection closed."""
     connect_fast_path: bool = True
     """Serve plain Connect unary calls by the lean path of ``connect/fast_unary.py`` (it uses
     connectrpc internals); off: every call takes connectrpc's ordinary path."""
@@ -226,6 +229,7 @@ class Settings:
             ("DELIDEV_GRAPHQL_MAX_FRAGMENTS", self.graphql_max_fragments),
             ("DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES", self.graphql_max_response_bytes),
             ("DELIDEV_HEADER_TIMEOUT_MS", self.header_timeout_ms),
+            ("DELIDEV_BODY_TIMEOUT_MS", self.body_timeout_ms),
             ("DELIDEV_MAX_RUN_SECONDS", self.max_run_seconds),
             ("DELIDEV_STOP_GRACE_SECONDS", self.stop_grace_seconds),
             ("DELIDEV_MAX_AUTO_ATTEMPTS", self.max_auto_attempts),
@@ -374,6 +378,7 @@ class Settings:
             "DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES": "graphql_max_response_bytes",
             "DELIDEV_MAX_JSON_DEPTH": "max_json_depth",
             "DELIDEV_HEADER_TIMEOUT_MS": "header_timeout_ms",
+            "DELIDEV_BODY_TIMEOUT_MS": "body_timeout_ms",
             "DELIDEV_MAX_RUN_SECONDS": "max_run_seconds",
             "DELIDEV_STOP_GRACE_SECONDS": "stop_grace_seconds",
             "DELIDEV_MAX_AUTO_ATTEMPTS": "max_auto_attempts",

@@ -333,6 +333,8 @@ def test_openssl_rand_output_passes() -> None:
         ("DELIDEV_MAX_JSON_DEPTH", "100000"),
         ("DELIDEV_HEADER_TIMEOUT_MS", "0"),
         ("DELIDEV_HEADER_TIMEOUT_MS", "soon"),
+        ("DELIDEV_BODY_TIMEOUT_MS", "0"),
+        ("DELIDEV_BODY_TIMEOUT_MS", "-5"),
     ],
 )
 def test_bad_front_door_settings_name_the_variable(var: str, value: str) -> None:
@@ -347,8 +349,11 @@ def test_front_door_settings_from_the_environment() -> None:
             "DELIDEV_CORS_ORIGINS": "http://localhost:5173,https://app.example.test",
             "DELIDEV_MAX_JSON_DEPTH": "32",
             "DELIDEV_HEADER_TIMEOUT_MS": "2500",
+            "DELIDEV_BODY_TIMEOUT_MS": "15000",
         }
     )
+    assert settings.body_timeout_ms == 15_000
+    assert Settings.from_env({}).body_timeout_ms == 60_000
     assert settings.allowed_hosts == ("delidev.example.test", "*.corp.test", "[fd00::1]")
     assert settings.cors_origins == ("http://localhost:5173", "https://app.example.test")
     assert (settings.max_json_depth, settings.header_timeout_ms) == (32, 2500)

@@ -12,6 +12,7 @@ import base64
 import gzip
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -22,6 +23,8 @@ from tests.e2e.harness import Server
 
 DEEP = b"[" * 15_000 + b"]" * 15_000
 HEADER_TIMEOUT_MS = 300
+# Longer than the header tests' waits (three header deadlines) before they send a body.
+BODY_TIMEOUT_MS = 2_000
 # Generous: the server closes after HEADER_TIMEOUT_MS; this only bounds a broken run.
 WAIT_S = 30.0
 
@@ -40,6 +43,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         url,
         tmp / "server.log",
         DELIDEV_HEADER_TIMEOUT_MS=str(HEADER_TIMEOUT_MS),
+        DELIDEV_BODY_TIMEOUT_MS=str(BODY_TIMEOUT_MS),
         DELIDEV_ALLOWED_HOSTS="delidev.example.test",
         DELIDEV_CORS_ORIGINS="http://localhost:5173",
     )
@@ -279,6 +283,96 @@ async def test_header_timeout_spares_slow_bodies_and_streams(server: Server) -> 
 
     received = await asyncio.to_thread(slow_body)
     assert received.startswith(b"HTTP/1.1 200 "), received
+
+
+def _stalled_body(port: int, head: bytes, sent: bytes) -> tuple[bytes, float]:
+    """Sends a request's head and part of its body, then nothing; returns what the server
+    wrote until it closed the connection, and how long after the last byte that was."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        sock.sendall(head + sent)
+        started = time.monotonic()
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+        return received, time.monotonic() - started
+
+
+_CONNECT_HEAD = (
+    b"POST /delidev.v1.WorkspaceService/List HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"content-type: application/json\r\ncontent-length: 100\r\n\r\n"
+)
+_GRAPHQL_CHUNKED_HEAD = (
+    b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    b"transfer-encoding: chunked\r\n\r\n"
+)
+
+
+async def test_bodies_that_stop_arriving_are_answered_and_closed(server: Server) -> None:
+    """A request that announces a body and stops sending it held its connection and its
+    handler for ever; now 408 once the body has been idle for the body timeout."""
+    stalled = [
+        asyncio.to_thread(_stalled_body, server.port, _CONNECT_HEAD, b'{"pageSize": 1'),
+        asyncio.to_thread(_stalled_body, server.port, _CONNECT_HEAD, b""),
+        asyncio.to_thread(_stalled_body, server.port, _GRAPHQL_CHUNKED_HEAD, b'5\r\n{"que'),
+    ] * 10
+    for received, after in await asyncio.gather(*stalled):
+        assert received.startswith(b"HTTP/1.1 408 "), received
+        assert b"the request body stopped arriving" in received
+        assert after >= BODY_TIMEOUT_MS / 1000 * 0.9
+    await _alive(server)
+
+
+async def test_a_client_leaving_mid_body_leaves_no_traceback(server: Server) -> None:
+    """Regression: a GraphQL request whose client closed the connection before its body was
+    whole was logged as a 500 with a traceback (Starlette's ClientDisconnect)."""
+
+    def leave(head: bytes, part: bytes) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+            sock.sendall(head + part)
+            assert not _closed_within(sock, 0.2)  # the server waits for the rest
+
+    before = server.log().count(" 499 ")
+    await asyncio.gather(
+        asyncio.to_thread(leave, _GRAPHQL_CHUNKED_HEAD, b'5\r\n{"que'),
+        asyncio.to_thread(leave, _CONNECT_HEAD, b'{"pageSize"'),
+    )
+    for _ in range(100):  # the server notices the closed connections
+        if server.log().count(" 499 ") >= before + 2:
+            break
+        await asyncio.sleep(0.05)
+    assert server.log().count(" 499 ") == before + 2, server.log()
+    await _alive(server)
+
+
+async def test_slow_bodies_that_keep_coming_are_not_cut(server: Server) -> None:
+    """Idle time, not total time: a body sent a piece at a time, each within the body
+    timeout, arrives whole however long it takes in all."""
+    body = b'{"query": "{ __typename }"}'
+    head = (
+        b"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    )
+    pieces = [body[i : i + 3] for i in range(0, len(body), 3)]
+    gap = BODY_TIMEOUT_MS / 1000 / 3
+
+    def trickle() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+            started = time.monotonic()
+            sock.sendall(head)
+            for piece in pieces:
+                # Waits for the server to close (it must not), at most a third of the
+                # body timeout, then sends the next piece.
+                assert not _closed_within(sock, gap)
+                sock.sendall(piece)
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            return data, time.monotonic() - started
+
+    received, took = await asyncio.to_thread(trickle)
+    assert received.startswith(b"HTTP/1.1 200 "), received
+    assert b"__typename" in received
+    assert took > 2 * BODY_TIMEOUT_MS / 1000  # the whole took longer than the timeout
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
