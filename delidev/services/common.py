@@ -7,12 +7,14 @@ import base64
 import contextlib
 import datetime as dt
 import hmac
+import ipaddress
 import logging
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -220,6 +222,83 @@ def unstorable(char: str) -> bool:
     """A control character or a lone surrogate: no column stores NUL or a surrogate, and none
     belongs in an identifier, an address, a name or a URL."""
     return unicodedata.category(char) in ("Cc", "Cs")
+
+
+# The authority as written: a name or a bracketed IPv6 address, and a port.
+_NETLOC = re.compile(r"(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]*)?")
+# A host name as ``urlsplit`` gives it (lower case).
+_WEB_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?")
+# A last label that makes a browser parse the whole host as an IPv4 address (WHATWG).
+_NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
+
+
+def _plain_host(host: str) -> bool:
+    """Whether a browser reads ``host`` (from ``urlsplit``) as the same host: a name, or an
+    IP address written as a browser writes it back."""
+    try:
+        if ":" in host:
+            return str(ipaddress.IPv6Address(host)) == host
+        if _NUMBER_LABEL.fullmatch(host.rstrip(".").rpartition(".")[2]):
+            return str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        return False
+    if _WEB_HOST.fullmatch(host) is None:
+        return False
+    return all(_punycode_ok(label) for label in host.split(".") if label.startswith("xn--"))
+
+
+def _punycode_ok(label: str) -> bool:
+    """An ``xn--`` label that decodes to printable text (browsers refuse the others)."""
+    try:
+        text = label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
+        return False
+    return bool(text) and not any(unicodedata.category(c).startswith("C") for c in text)
+
+
+def check_web_url(value: str, field: str) -> str:
+    """An http(s) link shown to people (a PR, an issue): stripped, and refused when a browser
+    could read it differently from this server or from what it shows. So no whitespace or
+    control character, no backslash (a browser reads ``https://evil\\@github.com/`` as a
+    link to ``evil``, Python's parser as one to ``github.com``), no user name or password
+    (``https://github.com@evil.test/`` goes to ``evil.test``), a host a browser reads as it
+    is written, and a valid port.
+
+    Raises: InvalidArgument.
+    """
+    url = check_text(value, field, max_length=MAX_URL_LENGTH)  # length first: cheap
+    if any(c.isspace() or unstorable(c) for c in url):
+        raise InvalidArgument(
+            f"{field} must not contain whitespace or control characters", field=field
+        )
+    if "\\" in url:
+        raise InvalidArgument(f"{field} must not contain a backslash (use %5C)", field=field)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a bracketed host that is not an IPv6 address
+        raise InvalidArgument(f"{field} is not a valid URL", field=field) from None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidArgument(f"{field} must be an http(s) URL", field=field)
+    if "@" in parts.netloc:
+        raise InvalidArgument(
+            f"{field} must not contain a user name or password (user@host)", field=field
+        )
+    if not _NETLOC.fullmatch(parts.netloc):
+        raise InvalidArgument(f"{field} must name a host (and a port) only", field=field)
+    try:
+        parts.port  # noqa: B018  # a property that raises for a port out of range
+    except ValueError:
+        raise InvalidArgument(f"{field} has an invalid port", field=field) from None
+    if not _plain_host(parts.hostname or ""):
+        # Browsers decode %-escapes, convert non-ASCII names and read a name ending in a
+        # number as an IPv4 address (``https://80`` is 0.0.0.80): it would not be the host
+        # shown or matched here.
+        raise InvalidArgument(
+            f"{field} must name a host in ASCII letters, digits, dots and hyphens "
+            "(or an IP address)",
+            field=field,
+        )
+    return url
 
 
 def check_text(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID
 
 from tortoise.exceptions import IntegrityError
@@ -17,7 +16,6 @@ from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
 from delidev.services import common
 from delidev.services.common import (
     MAX_TEXT_LENGTH,
-    MAX_URL_LENGTH,
     Page,
     check_optional_text,
     check_text,
@@ -63,20 +61,8 @@ TodoData = IssueTriageData | PrReviewData
 
 
 def check_url(value: str, field_name: str) -> str:
-    """An http(s) URL, stripped; whitespace or control characters inside it are refused
-    (a URL never holds them raw, and a database cannot store NUL or a lone surrogate).
-
-    Raises: InvalidArgument.
-    """
-    url = check_text(value, field_name, max_length=MAX_URL_LENGTH)  # length first: cheap
-    if any(c.isspace() or common.unstorable(c) for c in url):
-        raise InvalidArgument(
-            f"{field_name} must not contain whitespace or control characters", field=field_name
-        )
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidArgument(f"{field_name} must be an http(s) URL", field=field_name)
-    return url
+    """An http(s) URL (``common.check_web_url``). Raises: InvalidArgument."""
+    return common.check_web_url(value, field_name)
 
 
 def _check_list(values: Sequence[str], field_name: str) -> list[str]:

@@ -117,6 +117,33 @@ async def test_bad_ids_and_inputs(api: Any) -> None:
     assert await m.UnitTask.all().count() == 0
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # A browser follows this to "evil"; Python's parser (and a reader) sees github.com.
+        ("https://evil\\@github.com/a/b/pull/3", "backslash"),
+        ("https://github.com@evil.test/a/b/pull/3", "user name or password"),
+        ("javascript:alert(document.cookie)//https://github.com/a/b/pull/3", "http(s) URL"),
+        ("https://github.com/a/b\t/pull/3", "whitespace"),
+        ("https://github.com:99999/a/b/pull/3", "invalid port"),
+        ("https://g%69thub.com/a/b/pull/3", "host"),
+    ],
+)
+async def test_a_pull_request_link_a_browser_would_read_differently_is_refused(
+    api: Any, url: str, says: str
+) -> None:
+    group = await _group()
+    task = await api.create_unit(str(group.id), "Write docs")
+    await finish_latest(await _agent(task["id"]))
+    await api.approve(task["id"])
+    with pytest.raises(ApiError) as info:
+        await api.update_status(task["id"], "PR_OPEN", url)
+    assert (info.value.code, info.value.field) == ("INVALID_ARGUMENT", "linked_pr_url")
+    assert says in info.value.message
+    stored = await m.UnitTask.get(id=task["id"])
+    assert (stored.status, stored.linked_pr_url) == (m.UnitTaskStatus.APPROVED, None)
+
+
 async def test_stop_and_tty(api: Any) -> None:
     group = await _group()
     task = await api.create_unit(str(group.id), "p")

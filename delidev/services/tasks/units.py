@@ -5,7 +5,6 @@ the manual moves to pr_open and done, retry and delete. A composite task's side 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 from delidev import events, metrics
@@ -181,12 +180,7 @@ async def update_task_status(
     """
     task = await get_unit_task(actor=actor, task_id=task_id, to=status, operation="UpdateStatus")
     if status == S.PR_OPEN:
-        url = common.check_text(
-            linked_pr_url or "", "linked_pr_url", max_length=common.MAX_URL_LENGTH
-        )
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidArgument("linked_pr_url must be an http(s) URL", field="linked_pr_url")
+        url = common.check_web_url(linked_pr_url or "", "linked_pr_url")
         return await move(
             task,
             [S.APPROVED],
