@@ -9,6 +9,19 @@ export function ago(iso: string | null | undefined, now = Date.now()): string {
   return `${Math.floor(s / 86400)}d ago`;
 }
 
+/** The link itself when it is an http(s) URL, else undefined: a stored link is shown as a
+ * link only then (the server refuses others now; rows stored before it did, or written
+ * past it, must not become a `javascript:` link in the console). */
+export function webLink(url: string | null | undefined): string | undefined {
+  if (!url) return undefined;
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "https:" || parsed.protocol === "http:" ? parsed.href : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function label(value: string): string {
   return value.toLowerCase().replace(/_/g, " ");
 }

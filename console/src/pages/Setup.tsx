@@ -4,7 +4,7 @@ import { errorText, gql, groupApi, repositoryApi, timestampDate, todoApi, worksp
 import { BudgetPeriod, type Workspace as ProtoWorkspace } from "../gen/delidev/v1/workspace_pb";
 import { dollars, parseDollars } from "../money";
 import { TodoItemSource, TodoItemStatus } from "../gen/delidev/v1/todo_pb";
-import { label } from "../format";
+import { label, webLink } from "../format";
 import { TODOS, WORKSPACE_SETUP, type Group, type Repository, type Todo, type Workspace } from "../queries";
 import { useStore } from "../store";
 import { loadWorkspaces, workspaceId, workspaces } from "../workspace";
@@ -172,9 +172,13 @@ export function Setup() {
               return (
                 <li data-testid="todo" data-status={t.status}>
                   <span class="badge">{label(t.type)}</span>{" "}
-                  <a href={url} target="_blank" rel="noopener noreferrer">
-                    {title}
-                  </a>{" "}
+                  {webLink(url) ? (
+                    <a href={webLink(url)} target="_blank" rel="noopener noreferrer">
+                      {title}
+                    </a>
+                  ) : (
+                    <span data-testid="not-a-link">{title}</span>
+                  )}{" "}
                   <span class="badge">{label(t.status)}</span>{" "}
                   {t.status === "PENDING" && (
                     <button class="link" onClick={act(() => todoApi.updateStatus({ itemId: t.id, status: TodoItemStatus.IN_PROGRESS }))}>

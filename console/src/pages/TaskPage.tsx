@@ -2,7 +2,7 @@
 // live log, and the actions a reviewer takes, with the server's refusals shown as they come.
 import { useEffect, useState } from "preact/hooks";
 import { errorText, gql, reconnections, sessionApi, subscribe, taskApi } from "../api";
-import { ago, label, titleOf } from "../format";
+import { ago, label, titleOf, webLink } from "../format";
 import { TASK, TASK_UPDATED, normalize, type Session, type TaskDetail } from "../queries";
 import { go } from "../router";
 import { useStore } from "../store";
@@ -116,9 +116,13 @@ export function TaskPage({ id }: { id: string }) {
           <>
             <dt>Pull request</dt>
             <dd>
-              <a href={task.linkedPrUrl} target="_blank" rel="noopener noreferrer">
-                {task.linkedPrUrl}
-              </a>
+              {webLink(task.linkedPrUrl) ? (
+                <a href={webLink(task.linkedPrUrl)} target="_blank" rel="noopener noreferrer" data-testid="pr-link">
+                  {task.linkedPrUrl}
+                </a>
+              ) : (
+                <span data-testid="not-a-link">{task.linkedPrUrl}</span>
+              )}
             </dd>
           </>
         )}
