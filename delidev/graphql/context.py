@@ -1,11 +1,19 @@
 """The GraphQL context: the caller (authenticated once per request or WebSocket), the event
-bus and log feeds the subscriptions follow, and the data loaders of the object types."""
+bus and log feeds the subscriptions follow, and the data loaders of the object types.
+
+A list resolver may ``prefetch`` what its items' fields will ask the loaders for (one batch
+per loader, as the loaders would make). A field then finds its value ``loaded`` and returns
+it as a plain value: graphql-core completes it at once, instead of creating and awaiting a
+future, a coroutine and a task for each field of each item (most of a 500-task board's time
+went there).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from strawberry.dataloader import DataLoader
@@ -17,6 +25,37 @@ from delidev.events import EventBus
 from delidev.services import repositories, sessions, tasks, usage, workspaces
 from delidev.services.live import LogFeeds
 from delidev.services.scheduling.waits import Wait
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Missing:
+    """What ``loaded`` gives for a key its loader does not hold yet."""
+
+
+MISSING = Missing()
+
+
+def loaded(loader: DataLoader[K, V], key: K) -> V | Missing:
+    """The value ``loader`` holds for ``key`` (prefetched, primed or loaded earlier in the
+    request), or ``MISSING``."""
+    future = loader.cache_map.get(key)
+    if future is None or not future.done() or future.cancelled() or future.exception():
+        return MISSING
+    return future.result()
+
+
+async def prefetch(loader: DataLoader[K, V], keys: Iterable[K]) -> None:
+    """Loads the keys ``loader`` does not hold yet in one batch, with its own batch function,
+    and keeps the values in its cache."""
+    missing = [k for k in dict.fromkeys(keys) if loader.cache_map.get(k) is None]
+    if not missing:
+        return
+    values = await loader.load_fn(missing)
+    loader.prime_many(
+        {k: v for k, v in zip(missing, values, strict=True) if not isinstance(v, BaseException)}
+    )
 
 
 def _ordered(keys: list[UUID], found: dict[UUID, Any], default: Any = None) -> list[Any]:

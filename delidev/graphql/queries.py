@@ -16,6 +16,7 @@ from delidev.graphql.task_types import (
     TtyInputRequestList,
     TtyInputStatus,
     UnitTaskStatus,
+    prefetch_tasks,
     task_from_model,
 )
 from delidev.graphql.types import (
@@ -162,6 +163,7 @@ class Query:
             limit=first,
             offset=offset,
         )
+        await prefetch_tasks(info, page.items, ("edges", "node"))
         edges = [
             TaskEdge(cursor=encode_cursor(offset + i), node=task_from_model(t))
             for i, t in enumerate(page.items)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, TypeVar
 from uuid import UUID
 
 import strawberry
+from strawberry.dataloader import DataLoader
+from strawberry.types.nodes import SelectedField, Selection
 
 from delidev import models as m
 from delidev.errors import NotFound
+from delidev.graphql.context import Missing, loaded, prefetch
 from delidev.graphql.enums import AiAgentType
 from delidev.graphql.limits import LogReadBudget
 from delidev.graphql.types import GqlInfo
@@ -18,6 +22,7 @@ from delidev.graphql.usage_types import Usage
 from delidev.services import estimates as estimate_service
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
+from delidev.services import usage as usage_service
 from delidev.services.scheduling.waits import Wait
 
 UnitTaskStatus = strawberry.enum(m.UnitTaskStatus, name="UnitTaskStatus")
@@ -233,6 +238,45 @@ async def _scheduling(info: GqlInfo, agent_id: UUID) -> m.AgentTask:
     return agent
 
 
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+async def _then(value: Awaitable[A], finish: Callable[[A], R]) -> R:
+    return finish(await value)
+
+
+def _from_scheduling(
+    info: GqlInfo, agent_id: UUID, finish: Callable[[m.AgentTask], R]
+) -> R | Awaitable[R]:
+    """``finish`` of the AgentTask holding a task's scheduling fields: at once when a list
+    prefetched it (see ``context.prefetch``), else once its loader has it."""
+    agent = loaded(info.context.loaders.tasks.agent_task, agent_id)
+    if isinstance(agent, Missing):
+        return _then(_scheduling(info, agent_id), finish)
+    if agent is None:  # the task was deleted since the query read it (a concurrent delete)
+        raise NotFound("the task was deleted", field="id")
+    return finish(agent)
+
+
+def _latest_now(
+    info: GqlInfo, agent_id: UUID
+) -> AgentSession | Awaitable[AgentSession | None] | None:
+    runs = loaded(info.context.loaders.tasks.sessions, agent_id)
+    if isinstance(runs, Missing):
+        return _latest(info, agent_id)
+    return AgentSession.from_model(runs[-1]) if runs else None
+
+
+def _usage_now(
+    loader: DataLoader[UUID, usage_service.Usage], key: UUID
+) -> Usage | Awaitable[Usage]:
+    found = loaded(loader, key)
+    if isinstance(found, Missing):
+        return _then(loader.load(key), Usage.from_usage)
+    return Usage.from_usage(found)
+
+
 @strawberry.type
 class Scheduled:
     """The scheduling fields of a unit or composite task (those of its AgentTask)."""
@@ -241,31 +285,41 @@ class Scheduled:
     """The AgentTask holding them (a composite's: its planning task)."""
     model: strawberry.Private[task_service.Task]
 
+    # These resolvers answer at once when a list prefetched what they read (see
+    # ``context.prefetch``), else they return an awaitable: graphql-core takes both.
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
-        description="Of a composite: also of its nodes."
+        description="Of a composite: also of its nodes.", graphql_type=TaskPriority
     )
-    async def priority(self, info: GqlInfo) -> TaskPriority:  # type: ignore[valid-type]  # enum
-        agent = await _scheduling(info, self.scheduled_by)
-        return m.TaskPriority.from_rank(agent.priority)
+    def priority(self, info: GqlInfo) -> m.TaskPriority | Awaitable[m.TaskPriority]:
+        return _from_scheduling(
+            info, self.scheduled_by, lambda a: m.TaskPriority.from_rank(a.priority)
+        )
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
-        description='"key=value" labels a worker must have to run its jobs.'
+        description='"key=value" labels a worker must have to run its jobs.',
+        graphql_type=list[str],
     )
-    async def required_labels(self, info: GqlInfo) -> list[str]:
-        return list((await _scheduling(info, self.scheduled_by)).required_labels or [])
+    def required_labels(self, info: GqlInfo) -> list[str] | Awaitable[list[str]]:
+        return _from_scheduling(info, self.scheduled_by, lambda a: list(a.required_labels or []))
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
-        description="Run time limit of each run; null = the server's DELIDEV_MAX_RUN_SECONDS."
+        description="Run time limit of each run; null = the server's DELIDEV_MAX_RUN_SECONDS.",
+        graphql_type=int | None,
     )
-    async def max_run_seconds(self, info: GqlInfo) -> int | None:
-        return (await _scheduling(info, self.scheduled_by)).max_run_seconds
+    def max_run_seconds(self, info: GqlInfo) -> int | Awaitable[int | None] | None:
+        return _from_scheduling(info, self.scheduled_by, lambda a: a.max_run_seconds)
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
         description="Set while its job (a composite: its planning job) is queued, or while a "
-        "composite's node waits for its dependencies."
+        "composite's node waits for its dependencies.",
+        graphql_type=JobWait | None,
     )
-    async def wait(self, info: GqlInfo) -> JobWait | None:
-        return JobWait.from_wait(await info.context.loaders.tasks.waits.load(self.model))
+    def wait(self, info: GqlInfo) -> JobWait | Awaitable[JobWait | None] | None:
+        waits = info.context.loaders.tasks.waits
+        found = loaded(waits, self.model)
+        if isinstance(found, Missing):
+            return _then(waits.load(self.model), JobWait.from_wait)
+        return JobWait.from_wait(found)
 
 
 @strawberry.interface
@@ -333,9 +387,9 @@ class UnitTask(Task, Scheduled):
     async def agent_task(self, info: GqlInfo) -> AgentTask:
         return await _agent_task(info, self.agent_task_id)
 
-    @strawberry.field
-    async def latest_session(self, info: GqlInfo) -> AgentSession | None:
-        return await _latest(info, self.agent_task_id)
+    @strawberry.field(graphql_type=AgentSession | None)  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+    def latest_session(self, info: GqlInfo) -> AgentSession | Awaitable[AgentSession | None] | None:
+        return _latest_now(info, self.agent_task_id)
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
         description="Auto-fix runs on its pull request (review comments, failed checks), "
@@ -349,10 +403,10 @@ class UnitTask(Task, Scheduled):
         return [AgentTask.from_model(a) for a in agents if a is not None]
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
-        description="All its runs: every attempt and auto-fix run."
+        description="All its runs: every attempt and auto-fix run.", graphql_type=Usage
     )
-    async def usage(self, info: GqlInfo) -> Usage:
-        return Usage.from_usage(await info.context.loaders.tasks.unit_usage.load(UUID(self.id)))
+    def usage(self, info: GqlInfo) -> Usage | Awaitable[Usage]:
+        return _usage_now(info.context.loaders.tasks.unit_usage, UUID(self.id))
 
 
 @strawberry.type(description="A figure's median and 90th percentile.")
@@ -432,16 +486,15 @@ class CompositeTask(Task, Scheduled):
     async def planning_task(self, info: GqlInfo) -> AgentTask:
         return await _agent_task(info, self.planning_task_id)
 
-    @strawberry.field
-    async def latest_session(self, info: GqlInfo) -> AgentSession | None:
-        return await _latest(info, self.planning_task_id)
+    @strawberry.field(graphql_type=AgentSession | None)  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+    def latest_session(self, info: GqlInfo) -> AgentSession | Awaitable[AgentSession | None] | None:
+        return _latest_now(info, self.planning_task_id)
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
-        description="All its runs: planning and every node's."
+        description="All its runs: planning and every node's.", graphql_type=Usage
     )
-    async def usage(self, info: GqlInfo) -> Usage:
-        found = await info.context.loaders.tasks.composite_usage.load(UUID(self.id))
-        return Usage.from_usage(found)
+    def usage(self, info: GqlInfo) -> Usage | Awaitable[Usage]:
+        return _usage_now(info.context.loaders.tasks.composite_usage, UUID(self.id))
 
     @strawberry.field(  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
         description="While its plan waits for approval: what it will likely cost and how long"
@@ -453,19 +506,68 @@ class CompositeTask(Task, Scheduled):
         found = await estimate_service.estimate_plan(composite)
         return None if found is None else PlanEstimate.from_estimate(found)
 
-    @strawberry.field
-    async def nodes(self, info: GqlInfo) -> list[CompositeTaskNode]:
-        views = await info.context.loaders.tasks.nodes.load(UUID(self.id))
-        return [
-            CompositeTaskNode(
-                id=strawberry.ID(str(v.node.id)),
-                plan_id=v.node.plan_id,
-                state=v.state,
-                depends_on_node_ids=[strawberry.ID(str(d)) for d in v.depends_on],
-                unit_task=UnitTask.from_model(v.unit_task),
-            )
-            for v in views
-        ]
+    @strawberry.field(graphql_type=list[CompositeTaskNode])  # type: ignore[untyped-decorator]  # strawberry.field(...) is typed Any
+    def nodes(self, info: GqlInfo) -> list[CompositeTaskNode] | Awaitable[list[CompositeTaskNode]]:
+        loader = info.context.loaders.tasks.nodes
+        views = loaded(loader, UUID(self.id))
+        if isinstance(views, Missing):
+            return _then(loader.load(UUID(self.id)), _node_list)
+        return _node_list(views)
+
+
+def _node_list(views: list[task_service.NodeView]) -> list[CompositeTaskNode]:
+    return [
+        CompositeTaskNode(
+            id=strawberry.ID(str(v.node.id)),
+            plan_id=v.node.plan_id,
+            state=v.state,
+            depends_on_node_ids=[strawberry.ID(str(d)) for d in v.depends_on],
+            unit_task=UnitTask.from_model(v.unit_task),
+        )
+        for v in views
+    ]
+
+
+def _field_names(selections: list[Selection], path: tuple[str, ...]) -> set[str]:
+    """The names of the fields asked at ``path`` below ``selections`` (fragments merged)."""
+    names: set[str] = set()
+    for sel in selections:
+        if isinstance(sel, SelectedField):
+            if not path:
+                names.add(sel.name)
+            elif sel.name == path[0]:
+                names |= _field_names(sel.selections, path[1:])
+        else:  # an inline fragment or a fragment spread: the same level
+            names |= _field_names(sel.selections, path)
+    return names
+
+
+async def prefetch_tasks(
+    info: GqlInfo, models: Sequence[task_service.Task], path: tuple[str, ...]
+) -> None:
+    """Loads, for a page of tasks, what the fields the query asks of each (at ``path`` below
+    the list field) read through the loaders: one batch per loader, so those fields answer
+    at once (``context.loaded``) instead of each awaiting its loader."""
+    if not models:
+        return
+    asked = set()
+    for field in info.selected_fields:
+        asked |= _field_names(field.selections, path)
+    loaders = info.context.loaders.tasks
+    units = [t for t in models if isinstance(t, m.UnitTask)]
+    composites = [t for t in models if isinstance(t, m.CompositeTask)]
+    agents = [t.agent_task_id for t in units] + [t.planning_task_id for t in composites]
+    if asked & {"priority", "requiredLabels", "maxRunSeconds"}:
+        await prefetch(loaders.agent_task, agents)
+    if "latestSession" in asked:
+        await prefetch(loaders.sessions, agents)
+    if "wait" in asked:
+        await prefetch(loaders.waits, models)
+    if "usage" in asked:
+        await prefetch(loaders.unit_usage, [t.id for t in units])
+        await prefetch(loaders.composite_usage, [t.id for t in composites])
+    if "nodes" in asked:
+        await prefetch(loaders.nodes, [t.id for t in composites])
 
 
 def task_from_model(task: task_service.Task) -> UnitTask | CompositeTask:

@@ -9,7 +9,13 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.services import tasks
 from tests.conftest import SqlCounter
-from tests.factories import finish_latest, make_group, make_repository, make_workspace
+from tests.factories import (
+    finish_latest,
+    make_group,
+    make_repository,
+    make_workspace,
+    start_latest,
+)
 
 PLAN = """
 tasks:
@@ -154,3 +160,71 @@ async def test_review_flow_through_mutations(http: httpx.AsyncClient) -> None:
     assert body["data"]["task"]["__typename"] == "UnitTask"
     body = await _gql(http, "mutation($id: ID!) { deleteTask(id: $id) }", id=created["id"])
     assert body["data"]["deleteTask"] is True
+
+
+# The console's board fragment (console/src/queries.ts), with the scheduling fields, and
+# written with a named fragment, an inline fragment and aliases.
+BOARD_FIELDS = """
+fragment Summary on Task {
+  __typename id title prompt
+  spent: usage { costMicros inputTokens outputTokens }
+  ... on UnitTask {
+    unitStatus: status priority requiredLabels maxRunSeconds
+    wait { reason since detail until position }
+    latestSession { id status attempt error }
+  }
+  ... on CompositeTask {
+    compositeStatus: status priority wait { reason position }
+    latestSession { id status attempt }
+    nodes { id planId state unitTask { id status priority latestSession { status } } }
+  }
+}
+"""
+BOARD = BOARD_FIELDS + "query { tasks(first: 100) { edges { node { ...Summary } } } }"
+ONE = BOARD_FIELDS + "query($id: ID!) { task(id: $id) { ...Summary } }"
+
+
+async def test_a_listed_task_reads_as_the_same_task_read_alone(http: httpx.AsyncClient) -> None:
+    """The list prefetches what its items' fields read (one batch per loader) and the fields
+    answer from it; a task read alone has its fields load on their own. Both must agree,
+    field for field, over unit and composite tasks in every state the board shows."""
+    await _populate(2)
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    finished = await tasks.create_unit_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="done one"
+    )
+    await finish_latest(finished.agent_task_id)
+    running = await tasks.create_unit_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="running one"
+    )
+    await start_latest(running.agent_task_id)
+    listed = await _gql(http, BOARD)
+    assert "errors" not in listed, listed
+    nodes = [e["node"] for e in listed["data"]["tasks"]["edges"]]
+    assert len(nodes) == 6
+    assert {n.get("unitStatus") or n.get("compositeStatus") for n in nodes} >= {
+        "IN_PROGRESS",
+        "IN_REVIEW",
+    }
+    for node in nodes:
+        alone = await _gql(http, ONE, id=node["id"])
+        assert "errors" not in alone, alone
+        assert alone["data"]["task"] == node
+
+
+async def test_a_list_that_asks_for_no_loaded_field_still_answers(
+    http: httpx.AsyncClient,
+) -> None:
+    await _populate(1)
+    plain = await _gql(http, "{ tasks { edges { node { id prompt } } } }")
+    assert len(plain["data"]["tasks"]["edges"]) == 2
+    skipped = await _gql(
+        http,
+        "query($no: Boolean!) { tasks { edges { node { id "
+        "... on UnitTask { priority @include(if: $no) latestSession @skip(if: true) { id } } "
+        "} } } }",
+        no=False,
+    )
+    assert "errors" not in skipped, skipped
+    assert all("priority" not in e["node"] for e in skipped["data"]["tasks"]["edges"])
