@@ -109,6 +109,14 @@ class Settings:
     """The server pings idle GraphQL WebSockets this often, so proxies keep them open."""
     graphql_ws_init_timeout_ms: int = 10_000
     """A GraphQL WebSocket must send ``connection_init`` within this time (else 4408)."""
+    graphql_ws_max_connections: int = 2_000
+    """GraphQL WebSocket connections one server process holds; more are refused (503)."""
+    graphql_max_subscriptions: int = 2_000
+    """GraphQL subscriptions one server process holds (all connections together)."""
+    graphql_max_subscriptions_per_user: int = 500
+    """Subscriptions one user holds on one server process (multi-user mode)."""
+    graphql_max_subscriptions_per_connection: int = 100
+    """Operations one GraphQL WebSocket runs at once."""
     migrate_on_start: bool = True
     log_max_value_chars: int = 1_000
     """Each value in a log line (an argument, an exception's message) is cut to this many
@@ -225,6 +233,16 @@ class Settings:
         for var, amount in (
             ("DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS", self.graphql_ws_ping_interval_ms),
             ("DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS", self.graphql_ws_init_timeout_ms),
+            ("DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS", self.graphql_ws_max_connections),
+            ("DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS", self.graphql_max_subscriptions),
+            (
+                "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_USER",
+                self.graphql_max_subscriptions_per_user,
+            ),
+            (
+                "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+                self.graphql_max_subscriptions_per_connection,
+            ),
             ("DELIDEV_GRAPHQL_MAX_FIELDS", self.graphql_max_fields),
             ("DELIDEV_GRAPHQL_MAX_FRAGMENTS", self.graphql_max_fragments),
             ("DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES", self.graphql_max_response_bytes),
@@ -364,6 +382,12 @@ class Settings:
             "DELIDEV_WEBHOOK_DELIVERY_RETENTION_HOURS": "webhook_delivery_retention_hours",
             "DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "graphql_ws_ping_interval_ms",
             "DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS": "graphql_ws_init_timeout_ms",
+            "DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS": "graphql_ws_max_connections",
+            "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS": "graphql_max_subscriptions",
+            "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_USER": "graphql_max_subscriptions_per_user",
+            "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_CONNECTION": (
+                "graphql_max_subscriptions_per_connection"
+            ),
             "DELIDEV_LOG_MAX_VALUE_CHARS": "log_max_value_chars",
             "DELIDEV_AUTH_MAX_TOKEN_CHARS": "auth_max_token_chars",
             "DELIDEV_LOG_MAX_CHARS": "log_max_chars",

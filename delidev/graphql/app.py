@@ -43,6 +43,7 @@ from delidev.graphql import query_fast_path, wire
 from delidev.graphql.context import Context
 from delidev.graphql.errors import Code, error_extensions, graphql_code
 from delidev.graphql.schema import build_schema, document_checks
+from delidev.graphql.ws_limits import WsLimits
 from delidev.graphql.ws_protocols import SignedInGraphQLWSHandler, handler_with_ping_interval
 from delidev.services.live import LogFeeds
 from delidev.settings import Settings
@@ -105,6 +106,29 @@ class DeliDevWebSocketAdapter(ASGIWebSocketAdapter):
             yield message
 
 
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    """Answers a WebSocket handshake 503 (or, where the server cannot answer a handshake with
+    a status, closes it with 1013 "try again later")."""
+    await receive()  # websocket.connect
+    text = f"this server process holds its limit of {limit} WebSocket connections"
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = text.encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"5"),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1013, "reason": text[:120]})
+
+
 class DeliDevGraphQL(GraphQL[Context, None]):
     websocket_adapter_class = DeliDevWebSocketAdapter
 
@@ -137,6 +161,14 @@ class DeliDevGraphQL(GraphQL[Context, None]):
             keep_alive_interval=settings.graphql_ws_ping_interval_ms / 1000,
             connection_init_wait_timeout=timedelta(
                 milliseconds=settings.graphql_ws_init_timeout_ms
+            ),
+        )
+        self.max_subscriptions_per_connection = settings.graphql_max_subscriptions_per_connection
+        self.ws_limits = WsLimits(
+            max_connections=settings.graphql_ws_max_connections,
+            max_subscriptions=settings.graphql_max_subscriptions,
+            max_per_user=(
+                None if settings.single_user_mode else settings.graphql_max_subscriptions_per_user
             ),
         )
         self.graphql_transport_ws_handler_class = handler_with_ping_interval(
@@ -230,6 +262,15 @@ class DeliDevGraphQL(GraphQL[Context, None]):
         return response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            if not self.ws_limits.connect():
+                await _refuse_websocket(scope, receive, send, self.ws_limits.max_connections)
+                return
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.ws_limits.disconnect()
+            return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from typing import Any
 
+from graphql import GraphQLError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -18,14 +20,30 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import Messag
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     ConnectionInitMessage,
+    ErrorMessage,
     OperationMessage,
 )
 
 from delidev import errors, metrics
 from delidev.graphql.context import Context
+from delidev.graphql.errors import error_extensions
 from delidev.graphql.log_fast_path import log_plan, serve_session_log
 from delidev.graphql.wire import message_problem
+from delidev.graphql.ws_limits import WsLimits
 from delidev.services import auth as auth_service
+
+
+async def _limits_and_user(handler: Any) -> tuple[WsLimits | None, object]:
+    """The view's caps (``ws_limits``; None for a view without them) and the key of the
+    connection's user, whose subscriptions they count."""
+    limits: WsLimits | None = getattr(handler.view, "ws_limits", None)
+    if limits is None:
+        return None, None
+    try:
+        actor = await handler.context.actor()
+    except errors.Unauthenticated:
+        return limits, None
+    return limits, actor.user_id
 
 
 class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -77,11 +95,20 @@ class KeepAliveTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(message)
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
+        limits, user = await _limits_and_user(self)
+        refusal = limits.open(user) if limits is not None else None
+        if refusal is not None:
+            await operation.send_initial_errors(
+                [GraphQLError(refusal, extensions=error_extensions(errors.Unavailable))]
+            )
+            return
         metrics.subscription_opened("graphql-transport-ws")
         try:
             await self._run_operation(operation)
         finally:
             metrics.subscription_closed("graphql-transport-ws")
+            if limits is not None:
+                limits.close(user)
 
     async def _run_operation(self, operation: Operation[Context, None]) -> None:
         plan = log_plan(
@@ -145,11 +172,29 @@ class SignedInGraphQLWSHandler(BaseGraphQLWSHandler[Context, None]):
         operation_name: str | None,
         variables: dict[str, object] | None,
     ) -> None:
+        limits, user = await _limits_and_user(self)
+        refusal = limits.open(user) if limits is not None else None
+        if refusal is not None:
+            try:
+                await self.send_message(
+                    ErrorMessage(
+                        type="error",
+                        id=operation_id,
+                        payload=GraphQLError(
+                            refusal, extensions=error_extensions(errors.Unavailable)
+                        ).formatted,
+                    )
+                )
+            finally:  # as Strawberry's own ending: the id is free again
+                self.tasks.pop(operation_id, None)
+            return
         metrics.subscription_opened("graphql-ws")
         try:
             await super().handle_async_results(operation_id, query, operation_name, variables)
         finally:
             metrics.subscription_closed("graphql-ws")
+            if limits is not None:
+                limits.close(user)
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         self._init_received = True
