@@ -27,6 +27,7 @@ from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
 from delidev.connect.routes import ConnectDispatch
+from delidev.connect.sign_in_limits import SignInRateLimit
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
 from delidev.metrics_http import RequestTiming, metrics_endpoint
@@ -363,6 +364,11 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
             Middleware(HostCheck, allowed_hosts=allowed_hosts(settings)),
             Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
             Middleware(BindEvents, bus=bus),
+            Middleware(
+                SignInRateLimit,
+                per_minute=settings.sign_in_per_minute,
+                burst=settings.sign_in_burst,
+            ),
             Middleware(
                 ConnectDispatch,
                 authenticator=authenticator,

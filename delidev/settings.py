@@ -159,6 +159,10 @@ class Settings:
     """Names the server answers to (``Host`` header, any port) besides loopback names and
     ``server_host``: refuses DNS rebinding. ``*.example.com`` matches its subdomains,
     ``*`` any name. Empty in multi-user mode: any name (calls carry bearer tokens)."""
+    sign_in_per_minute: int = 60
+    """Sign-in calls (GetLoginUrl, HandleCallback, RefreshToken) one client address may make
+    a minute, after a burst of ``sign_in_burst``; 0 = no limit."""
+    sign_in_burst: int = 30
     header_timeout_ms: int = 10_000
     """A connection must complete its request headers within this time, else it is answered
     408 and closed."""
@@ -228,6 +232,8 @@ class Settings:
             raise SettingsError("DELIDEV_SERVER_PORT must be between 1 and 65535")
         if self.heartbeat_interval_ms <= 0:
             raise SettingsError("DELIDEV_HEARTBEAT_INTERVAL_MS must be positive")
+        if self.sign_in_per_minute < 0:
+            raise SettingsError("DELIDEV_SIGN_IN_PER_MINUTE must be 0 (no limit) or positive")
         if self.worker_forget_after_s < 0:
             raise SettingsError("DELIDEV_WORKER_FORGET_AFTER_S must be 0 (never) or positive")
         for var, amount in (
@@ -248,6 +254,7 @@ class Settings:
             ("DELIDEV_GRAPHQL_MAX_RESPONSE_BYTES", self.graphql_max_response_bytes),
             ("DELIDEV_HEADER_TIMEOUT_MS", self.header_timeout_ms),
             ("DELIDEV_BODY_TIMEOUT_MS", self.body_timeout_ms),
+            ("DELIDEV_SIGN_IN_BURST", self.sign_in_burst),
             ("DELIDEV_MAX_RUN_SECONDS", self.max_run_seconds),
             ("DELIDEV_STOP_GRACE_SECONDS", self.stop_grace_seconds),
             ("DELIDEV_MAX_AUTO_ATTEMPTS", self.max_auto_attempts),
@@ -403,6 +410,8 @@ class Settings:
             "DELIDEV_MAX_JSON_DEPTH": "max_json_depth",
             "DELIDEV_HEADER_TIMEOUT_MS": "header_timeout_ms",
             "DELIDEV_BODY_TIMEOUT_MS": "body_timeout_ms",
+            "DELIDEV_SIGN_IN_PER_MINUTE": "sign_in_per_minute",
+            "DELIDEV_SIGN_IN_BURST": "sign_in_burst",
             "DELIDEV_MAX_RUN_SECONDS": "max_run_seconds",
             "DELIDEV_STOP_GRACE_SECONDS": "stop_grace_seconds",
             "DELIDEV_MAX_AUTO_ATTEMPTS": "max_auto_attempts",

@@ -335,6 +335,8 @@ def test_openssl_rand_output_passes() -> None:
         ("DELIDEV_HEADER_TIMEOUT_MS", "soon"),
         ("DELIDEV_BODY_TIMEOUT_MS", "0"),
         ("DELIDEV_BODY_TIMEOUT_MS", "-5"),
+        ("DELIDEV_SIGN_IN_PER_MINUTE", "-1"),
+        ("DELIDEV_SIGN_IN_BURST", "0"),
     ],
 )
 def test_bad_front_door_settings_name_the_variable(var: str, value: str) -> None:

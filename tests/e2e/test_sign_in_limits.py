@@ -1,0 +1,74 @@
+"""Sign-in calls anyone may make are rate-limited per client address.
+
+Regression (audit): 10,200 anonymous ``GetLoginUrl`` calls in 85 s from one address evicted
+a user's pending sign-in (``services/oidc.py`` keeps a bounded number), and guessing codes
+and refresh tokens was unthrottled. A real server process; the second address is another
+loopback address (127.0.0.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
+from tests.e2e.harness import Server
+
+LOGIN_URL = "/delidev.v1.AuthService/GetLoginUrl"
+REFRESH = "/delidev.v1.AuthService/RefreshToken"
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    name = None
+    if BACKEND == "sqlite":
+        url = f"sqlite://{tmp_path / 'e2e.db'}"
+    else:
+        name = await create_postgres_database()
+        url = postgres_url(name)
+    # A burst of 3, then one call every half second.
+    srv = Server(
+        url, tmp_path / "server.log", DELIDEV_SIGN_IN_PER_MINUTE="120", DELIDEV_SIGN_IN_BURST="3"
+    )
+    try:
+        yield await srv.ready()
+    finally:
+        srv.stop()
+        if name is not None:
+            await drop_postgres_database(name)
+
+
+def _client(server: Server, address: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(base_url=server.base, transport=transport, timeout=30)
+
+
+async def _call(http: httpx.AsyncClient, path: str) -> httpx.Response:
+    return await http.post(path, json={}, headers={"content-type": "application/json"})
+
+
+async def test_a_burst_then_a_steady_rate_per_address(server: Server) -> None:
+    async with _client(server) as http, _client(server, "127.0.0.2") as other:
+        first = [await _call(http, p) for p in (LOGIN_URL, REFRESH, LOGIN_URL)]
+        assert all(r.status_code != 429 for r in first), [r.text for r in first]
+        refused = await _call(http, LOGIN_URL)
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "resource_exhausted"
+        assert "too many sign-in calls" in refused.json()["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert (await _call(http, REFRESH)).status_code == 429
+        # Other calls, and other addresses, are not limited.
+        listed = await _call(http, "/delidev.v1.WorkspaceService/List")
+        assert listed.status_code == 200
+        assert (await _call(other, LOGIN_URL)).status_code != 429
+        # A token comes back every half second.
+        await asyncio.sleep(0.6)
+        assert (await _call(http, LOGIN_URL)).status_code != 429
+        assert (await _call(http, LOGIN_URL)).status_code == 429
+    log = server.log()
+    assert "refused 1 sign-in calls" in log
+    assert "Traceback" not in log
