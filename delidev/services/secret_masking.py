@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import json
+import logging
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+
+log = logging.getLogger(__name__)
 
 MASK = "********"
 # Shorter values are not masked: masking "a" or "42" would mangle ordinary output and
@@ -45,8 +49,14 @@ def _forms(value: str) -> list[str]:
     return sorted((f for f in forms if len(f) >= MIN_MASKED_LENGTH), key=len, reverse=True)
 
 
-def _all_forms(values: Mapping[str, str]) -> list[str]:
-    forms = {f for v in values.values() if len(v) >= MIN_MASKED_LENGTH for f in _forms(v)}
+def _values(values: Mapping[str, str] | Collection[str]) -> list[str]:
+    """The distinct values long enough to mask (a mapping's values: names play no part)."""
+    held = values.values() if isinstance(values, Mapping) else values
+    return sorted({v for v in held if len(v) >= MIN_MASKED_LENGTH}, key=len)
+
+
+def _all_forms(values: Mapping[str, str] | Collection[str]) -> list[str]:
+    forms = {f for v in _values(values) for f in _forms(v)}
     return sorted(forms, key=len, reverse=True)
 
 
@@ -57,28 +67,53 @@ def _replace(text: str, forms: Sequence[str]) -> str:
     return text
 
 
-def _joined_forms(values: Mapping[str, str], forms: Sequence[str]) -> list[str]:
+# What ``_joined_forms`` may spend: characters of forms scanned for inner forms (one ``in``
+# each, ~60 ms of CPU per 10^9, in a thread: see ``OutputMasker.build``). The worst set
+# within a task's default limits (64 KiB, each value a prefix of the next, of characters
+# whose escapes are long) needs 7 * 10^8; a unit's masking set may add its composite's and
+# the values kept for a running run's masking.
+MAX_JOINED_WORK = 2_000_000_000
+
+
+def _joined_forms(
+    forms_of: Mapping[str, Sequence[str]], forms: Sequence[str]
+) -> tuple[list[str], bool]:
     """``forms`` (every value's) and, for a form of a value that holds another value, the
     form as it reads with the inner value's forms masked (what a chunk masked on its own
-    shows of it), longest first. Only values that hold another are looked at: most hold
-    none, and the masker is made for every AppendLog of a run with secrets. (A value's own
-    forms hold each other, base64 in base64, and are left so: masking them in each other
-    would only mask what lies next to a mask.)"""
-    kept = {v for v in values.values() if len(v) >= MIN_MASKED_LENGTH}
-    nested = {outer: [v for v in kept if len(v) < len(outer) and v in outer] for outer in kept}
+    shows of it), longest first; and whether that was done for every such value.
+
+    Only values that hold another are looked at: most hold none. (A value's own forms hold
+    each other, base64 in base64, and are left so: masking them in each other would only
+    mask what lies next to a mask.) The work is bounded (``MAX_JOINED_WORK``), the
+    shortest outer values first: past the bound an outer value is still masked wherever a
+    chunk holds it whole, and its inner values everywhere, but a cut just after an inner
+    value may leave the rest of the outer one showing. Only a set built to nest, value in
+    value, reaches it (it is logged, without values).
+    """
+    kept = list(forms_of)  # shortest first
     joined = set(forms)
-    for outer, inner in nested.items():
+    work, complete = 0, True
+    for index, outer in enumerate(kept):
+        inner = [v for v in kept[:index] if len(v) < len(outer) and v in outer]
         if not inner:
             continue
-        inner_forms = sorted({f for v in inner for f in _forms(v)}, key=len, reverse=True)
-        for form in _forms(outer):
-            masked = _replace(form, [f for f in inner_forms if len(f) < len(form)])
+        inner_forms = sorted({f for v in inner for f in forms_of[v]}, key=len, reverse=True)
+        lengths = [-len(f) for f in inner_forms]  # ascending, for bisect
+        for form in forms_of[outer]:
+            shorter = inner_forms[bisect.bisect_right(lengths, -len(form)) :]
+            work += len(form) * len(shorter)
+            if work > MAX_JOINED_WORK:
+                complete = False
+                break
+            masked = _replace(form, shorter)
             if masked != form:
                 joined.add(masked)
-    return sorted(joined, key=len, reverse=True)
+        if not complete:
+            break
+    return sorted(joined, key=len, reverse=True), complete
 
 
-def mask(text: str, values: Mapping[str, str]) -> str:
+def mask(text: str, values: Mapping[str, str] | Collection[str]) -> str:
     """The text with every secret value (plain or base64) replaced by a mask."""
     if not values or not text:
         return text
@@ -88,6 +123,8 @@ def mask(text: str, values: Mapping[str, str]) -> str:
 # Masking scans the text once per form: above this many characters times forms (~2 ms of CPU),
 # it runs in a thread, so that the event loop goes on between the scans (each a short C call).
 OFFLOAD_WORK = 20_000_000
+# Values of more characters than this in all are made into a masker in a thread (~1 ms).
+OFFLOAD_BUILD_CHARS = 2_000
 # A form's first characters looked for at once when finding where a held-back end begins.
 _PROBE = 16
 # Candidate starts checked per form before holding back all that could be one (a value made
@@ -113,13 +150,30 @@ class OutputMasker:
     cut.
     """
 
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._forms = _all_forms(values)
-        self._joined = _joined_forms(values, self._forms)
+    def __init__(self, values: Mapping[str, str] | Collection[str]) -> None:
+        forms_of = {v: _forms(v) for v in _values(values)}  # each value's, made once
+        self._forms = sorted({f for fs in forms_of.values() for f in fs}, key=len, reverse=True)
+        self._joined, complete = _joined_forms(forms_of, self._forms)
+        if not complete:
+            log.warning(
+                "secret values nest in each other beyond what is worked out for masking"
+                " (%d values): an outer value cut just after an inner one may partly show",
+                len(forms_of),
+            )
         self._reach = max((len(f) for f in self._joined), default=1) - 1
+        self.weight = sum(map(len, self._joined)) + 1
+        """Characters held (for a cache's bound)."""
 
     def __repr__(self) -> str:  # never print values
         return f"OutputMasker(forms={len(self._forms)})"
+
+    @classmethod
+    async def build(cls, values: Mapping[str, str] | Collection[str]) -> OutputMasker:
+        """A masker; for a large set made in a thread, so that the event loop goes on."""
+        held = values.values() if isinstance(values, Mapping) else values
+        if sum(map(len, held)) < OFFLOAD_BUILD_CHARS:
+            return cls(values)
+        return await asyncio.to_thread(cls, values)
 
     def mask(self, text: str) -> str:
         """One chunk, masked on its own: what ``feed`` expects."""

@@ -12,8 +12,11 @@ database user cannot inject values into a store. A message larger than one NOTIF
 split into parts that the receivers put back together.
 
 A replica that may have missed messages (it has just started, or its listener reconnected)
-asks the others to send what they hold, and the drops they remember (``request_sync``);
-versions in the store make the duplicates harmless.
+asks the others to send what they hold, the drops they remember and the values they keep
+for masking only (``request_sync``): a running run may send its output to it. Versions in
+the store make the duplicates harmless. A drop says whether the values are kept for masking
+(Clear, while a run may have them) or forgotten (the run ended); a release forgets the
+values kept for masking once no run that may have them is open.
 
 Replays: whoever can read the channel can send a captured message again, and once the
 store's tombstone for a drop is gone (``TOMBSTONE_TTL_S``) a replayed older "set" would bring
@@ -123,7 +126,15 @@ class SecretRelay:
 
     # Sending ----------------------------------------------------------------------------
 
-    def relay_set(self, task_id: UUID, values: Mapping[str, str], version: int, owner: str) -> None:
+    def relay_set(
+        self,
+        task_id: UUID,
+        values: Mapping[str, str],
+        version: int,
+        owner: str,
+        *,
+        keep_replaced: bool = True,
+    ) -> None:
         self._send(
             {
                 "op": "set",
@@ -131,11 +142,20 @@ class SecretRelay:
                 "values": dict(values),
                 "v": version,
                 "owner": owner,
+                "keep": keep_replaced,
             }
         )
 
-    def relay_drop(self, task_id: UUID, version: int) -> None:
-        self._send({"op": "drop", "task": str(task_id), "v": version})
+    def relay_drop(self, task_id: UUID, version: int, *, release: bool = False) -> None:
+        self._send({"op": "drop", "task": str(task_id), "v": version, "release": release})
+
+    def relay_release(self, task_id: UUID, version: int) -> None:
+        self._send({"op": "release", "task": str(task_id), "v": version})
+
+    def relay_kept(self, task_id: UUID, values: list[str], version: int, owner: str) -> None:
+        self._send(
+            {"op": "kept", "task": str(task_id), "values": values, "v": version, "owner": owner}
+        )
 
     def request_sync(self) -> None:
         """Asks every other replica to send all it holds."""
@@ -191,9 +211,10 @@ class SecretRelay:
             sealed = base64.b64decode(text, validate=True)
             plain = self._aead.decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _AAD)
             message = json.loads(plain)
-            # A drop is applied whatever its age: its version keeps it from removing anything
-            # set after it, so a late or replayed one is harmless (and a late one is needed).
-            if message.get("op") == "drop" or self._fresh(message):
+            # A drop or a release is applied whatever its age: its version keeps it from
+            # removing anything set or kept after it, so a late or replayed one is harmless
+            # (and a late one is needed).
+            if message.get("op") in ("drop", "release") or self._fresh(message):
                 self._apply(message)
         except (InvalidTag, binascii.Error, ValueError, KeyError, TypeError):
             # Never log the content: it may hold values.
@@ -234,6 +255,8 @@ class SecretRelay:
                 self.relay_set(task_id, values, version, owner)
             for task_id, version in self._store.tombstones():
                 self.relay_drop(task_id, version)
+            for task_id, kept, version, owner in self._store.kept_snapshot():
+                self.relay_kept(task_id, kept, version, owner)
             return
         task_id = UUID(str(message["task"]))
         version = int(str(message["v"]))
@@ -246,6 +269,16 @@ class SecretRelay:
                 {str(k): str(v) for k, v in held.items()},
                 version,
                 owner=str(message.get("owner", "")),
+                keep_replaced=message.get("keep") is not False,
             )
         elif op == "drop":
-            self._store.apply_drop(task_id, version)
+            self._store.apply_drop(task_id, version, release=message.get("release") is True)
+        elif op == "release":
+            self._store.apply_release(task_id, version)
+        elif op == "kept":
+            listed = message["values"]
+            if not isinstance(listed, list):
+                raise TypeError("values")
+            self._store.apply_kept(
+                task_id, [str(v) for v in listed], version, owner=str(message.get("owner", ""))
+            )

@@ -293,22 +293,62 @@ async def test_output_sent_to_another_replica_waits_for_the_secrets_it_is_masked
 
     # The worker claimed on A and sends its first output to B before the relay got there.
     sender = asyncio.create_task(send_later())
-    got = await secrets.output_secrets(store_b, unit.agent_task_id, wait=5)
+    got = await secrets.output_masker(store_b, unit.agent_task_id, wait=5)
     await sender
-    assert got == {"API_KEY": VALUE}
+    assert got is not None
+    assert got.mask(VALUE) == secrets.MASK
 
     # Secrets dropped (Clear, or the run ended) are not waited for again, nor are a task's
-    # that expects none: a guard far below the wait shows neither call waits for it.
+    # that expects none: a guard far below the wait shows neither call waits for it. After
+    # a Clear the values still mask (a run may have them) until they are released.
     store_a.drop(unit.id)
     await until(lambda: store_b.dropped(unit.id))
+    kept = await asyncio.wait_for(secrets.output_masker(store_b, unit.agent_task_id, wait=600), 30)
+    assert kept is not None
+    assert kept.mask(VALUE) == secrets.MASK
+    store_a.release(unit.id)
+    await until(lambda: not store_b.masking_values(unit.id))
     assert (
-        await asyncio.wait_for(secrets.output_secrets(store_b, unit.agent_task_id, wait=600), 30)
-        == {}
+        await asyncio.wait_for(secrets.output_masker(store_b, unit.agent_task_id, wait=600), 30)
+        is None
     )
     assert (
-        await asyncio.wait_for(secrets.output_secrets(store_b, plain.agent_task_id, wait=600), 30)
-        == {}
+        await asyncio.wait_for(secrets.output_masker(store_b, plain.agent_task_id, wait=600), 30)
+        is None
     )
+
+
+@pytest.mark.postgres_only
+async def test_values_kept_for_masking_reach_every_replica_and_go_with_the_run(
+    buses: list[events.PostgresEventBus],
+) -> None:
+    """Regression: a Clear (or a replacement) on one replica dropped the values everywhere,
+    so output a running run sent to any replica afterwards was stored in clear."""
+    a, b, c = buses
+    store_a, store_b, store_c = secrets.SecretStore(), secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, a, KEY)
+    secret_relay.SecretRelay(store_b, b, KEY)
+    await a.start()
+    await b.start()
+    task = uuid.uuid4()
+    store_a.put(task, {"API_KEY": VALUE})
+    await until(lambda: store_b.get(task) == {"API_KEY": VALUE})
+    store_a.put(task, {"API_KEY": "sk-replaced-0000"})  # a run may have had the old one
+    store_a.drop(task)  # Clear while the run is open
+    await until(lambda: store_b.dropped(task))
+    both = {VALUE, "sk-replaced-0000"}
+    assert store_b.get(task) == {}  # no longer handed out
+    assert store_b.masking_values(task) == both  # but still masked with
+    # A replica that starts now hears of them too (the run may send its output there).
+    relay_c = secret_relay.SecretRelay(store_c, c, KEY)
+    await c.start()
+    relay_c.request_sync()  # as a replica does when it starts
+    await until(lambda: store_c.masking_values(task) == both)
+    assert store_c.get(task) == {}
+    # The run ends: forgotten everywhere.
+    store_a.drop(task, release=True)
+    await until(lambda: not store_b.masking_values(task) and not store_c.masking_values(task))
+    assert not store_a.masks_output()
 
 
 @pytest.mark.postgres_only

@@ -64,7 +64,7 @@ async def test_only_the_leased_worker_reads_them_and_they_are_stored_nowhere(
     store = secrets.SecretStore()
     task = await _unit(expects_secrets=True)
     keys = await secrets.send_secrets(
-        actor=LOCAL_USER, store=store, task_id=task.id, values={"API_KEY": VALUE, "N": "1"}
+        actor=LOCAL_USER, store=store, task_id=task.id, values={"API_KEY": VALUE, "N": "4096"}
     )
     assert keys == ["API_KEY", "N"]
     worker, other = await _worker(), await _worker("other")
@@ -73,7 +73,7 @@ async def test_only_the_leased_worker_reads_them_and_they_are_stored_nowhere(
     got = await workers.get_job_secrets(
         worker_id=worker.id, session_id=job.session.id, lease_token=job.lease_token, store=store
     )
-    assert got == {"API_KEY": VALUE, "N": "1"}
+    assert got == {"API_KEY": VALUE, "N": "4096"}
     for wid, lease in ((other.id, job.lease_token), (worker.id, "guess"), (worker.id, "")):
         with pytest.raises(Conflict) as refused:
             await workers.get_job_secrets(
@@ -148,11 +148,15 @@ async def test_clear_and_validation() -> None:
     assert VALUE not in str(named.value)
     with pytest.raises(NotFound):
         await secrets.send_secrets(
-            actor=LOCAL_USER, store=store, task_id=uuid.uuid4(), values={"K": "v"}
+            actor=LOCAL_USER, store=store, task_id=uuid.uuid4(), values={"K": "vvvv"}
         )
-    await secrets.send_secrets(actor=LOCAL_USER, store=store, task_id=task.id, values={"A": "1"})
-    await secrets.send_secrets(actor=LOCAL_USER, store=store, task_id=task.id, values={"B": "2"})
-    assert store.get(task.id) == {"A": "1", "B": "2"}
+    await secrets.send_secrets(
+        actor=LOCAL_USER, store=store, task_id=task.id, values={"A": "one-1"}
+    )
+    await secrets.send_secrets(
+        actor=LOCAL_USER, store=store, task_id=task.id, values={"B": "two-2"}
+    )
+    assert store.get(task.id) == {"A": "one-1", "B": "two-2"}
     await secrets.clear_secrets(actor=LOCAL_USER, store=store, task_id=task.id)
     assert task.id not in store
     assert VALUE not in repr(store)
@@ -190,7 +194,7 @@ async def test_held_secrets_are_capped_per_task_and_per_user() -> None:
 
     assert await send(first, {"A": "x" * 59}) == ["A"]  # 60 bytes
     refusals = {
-        "at most 3 secrets per task": {"B": "1", "C": "2", "D": "3"},
+        "at most 3 secrets per task": {"B": "1111", "C": "2222", "D": "3333"},
         "hold at most 100 bytes; these would hold 101": {"B": "y" * 40},
     }
     for says, values in refusals.items():
@@ -200,7 +204,7 @@ async def test_held_secrets_are_capped_per_task_and_per_user() -> None:
     assert store.get(first.id) == {"A": "x" * 59}  # unchanged by a refusal
     assert await send(second, {"B": "z" * 89}) == ["B"]  # 150 bytes in all
     with pytest.raises(InvalidArgument) as info:
-        await send(second, {"C": "1"})
+        await send(second, {"C": "1111"})
     assert "at most 150 bytes in all (60 held for other tasks)" in info.value.message
     assert store.get(second.id) == {"B": "z" * 89}
     # Another user has room of their own; replacing a value counts the new size only.

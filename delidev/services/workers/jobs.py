@@ -122,9 +122,10 @@ async def report_status(
     """Ends the job (succeeded / failed / stopped); ``running`` is a no-op acknowledgement.
 
     Every text the worker sends (error, PLAN.yaml, commits) is masked with the task's
-    secrets, and the assembled output once more as a whole; then a unit task's secrets are
-    dropped. A run asked to stop for its time limit that ends stopped or failed ends failed
-    (timeout); a failure of the machinery is retried as ``policy`` allows.
+    secrets (also those cleared or expired during the run); then a unit task's secrets are
+    dropped, and what was kept for the run's masking. A run asked to stop for its time limit
+    that ends stopped or failed ends failed (timeout); a failure of the machinery is retried
+    as ``policy`` allows.
     Raises: Conflict (stale lease), InvalidArgument, FailedPrecondition.
     """
     if failure_kind is not None and failure_kind not in set(FailureKind):
@@ -138,7 +139,9 @@ async def report_status(
     end_commit = check_optional_text(end_commit, "end_commit", max_length=MAX_COMMIT_CHARS)
     if plan_yaml is not None and "\x00" in plan_yaml:
         raise InvalidArgument("plan_yaml must not contain NUL characters", field="plan_yaml")
-    if quick_report.applies(status=status, failure_kind=kind, plan_yaml=plan_yaml, store=store):
+    if (store is None or not store.kept_task_ids()) and quick_report.applies(
+        status=status, failure_kind=kind, plan_yaml=plan_yaml, store=store
+    ):
         ended = await quick_report.end_run(
             worker_id=worker_id,
             session_id=session_id,
@@ -160,8 +163,8 @@ async def report_status(
     )
     if status == SessionStatus.RUNNING:
         return session
-    values = await _secrets_of(store, session)
-    error = None if error is None else secret_service.mask(error, values)
+    mask = await _mask_of(store, session.agent_task_id)
+    error = None if error is None else mask(error)
     if session.stop_reason == m.StopReason.TIMEOUT and status in (
         SessionStatus.STOPPED,
         SessionStatus.FAILED,
@@ -181,18 +184,17 @@ async def report_status(
         status=status,
         error=error,
         failure_kind=kind,
-        plan_yaml=None if plan_yaml is None else secret_service.mask(plan_yaml, values),
-        base_commit=None if base_commit is None else secret_service.mask(base_commit, values),
-        end_commit=None if end_commit is None else secret_service.mask(end_commit, values),
+        plan_yaml=None if plan_yaml is None else mask(plan_yaml),
+        base_commit=None if base_commit is None else mask(base_commit),
+        end_commit=None if end_commit is None else mask(end_commit),
         loaded=session,
         lease_token=session.lease_token,
         policy=policy,
     )
-    if values and ended.output_log:
-        (masked,) = await secret_service.OutputMasker(values).mask_each([ended.output_log])
-        if masked != ended.output_log:
-            await m.AgentSession.filter(id=ended.id).update(**common.changed(output_log=masked))
-            ended.output_log = masked
+    # No second masking of ``output_log`` here (there was one, of it alone): it is the join
+    # of the stored chunks, which GetLog serves and which were masked as they arrived with
+    # every value the run could have been given (masking outlives Clear and the TTL until
+    # the run ends); a second pass could only make it differ from the log.
     await m.Worker.filter(id=worker_id, current_session_id=session.id).update(
         **common.changed(status=m.WorkerStatus.IDLE, current_session_id=None, current_task_id=None)
     )
@@ -202,19 +204,21 @@ async def report_status(
     return ended
 
 
-async def _secrets_of(
-    store: secret_service.SecretStore | None, session: m.AgentSession
-) -> dict[str, str]:
-    """The secrets a run sees (what its output is masked with); none without a store."""
-    return await _task_secrets(store, session.agent_task_id)
-
-
-async def _task_secrets(
+async def _masker_of(
     store: secret_service.SecretStore | None, agent_task_id: UUID
-) -> dict[str, str]:
+) -> secret_service.OutputMasker | None:
+    """What a run's output is masked with (see ``secrets.output_masker``); None: nothing."""
     if store is None:
-        return {}
-    return await secret_service.output_secrets(store, agent_task_id)
+        return None
+    return await secret_service.output_masker(store, agent_task_id)
+
+
+async def _mask_of(
+    store: secret_service.SecretStore | None, agent_task_id: UUID
+) -> Callable[[str], str]:
+    """Masks one text a run's worker sends."""
+    masker = await _masker_of(store, agent_task_id)
+    return masker.mask if masker is not None else str
 
 
 # The AgentTask of a run never changes: kept per process (the latest ones) for AppendLog's
@@ -243,7 +247,7 @@ async def append_job_log(
     if (
         task_id is not None
         and quick_append.applies(chunks)
-        and not await _task_secrets(store, task_id)
+        and await _masker_of(store, task_id) is None
     ):
         position = await quick_append.append(
             worker_id=worker_id,
@@ -258,13 +262,12 @@ async def append_job_log(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
     _task_of_run[session.id] = session.agent_task_id
-    values = await _secrets_of(store, session)
-    if not values:
+    masker = await _masker_of(store, session.agent_task_id)
+    if masker is None:
         stored = await session_service.append_log(
             session_id=session_id, chunks=chunks, limits=limits
         )
     else:
-        masker = secret_service.OutputMasker(values)
         texts = await masker.mask_each([c.data for c in chunks])
         masked = [
             session_service.LogChunkIn(sequence=c.sequence, data=t)
@@ -317,9 +320,9 @@ async def ask_tty_input(
     session = await leased_session(
         worker_id=worker_id, session_id=session_id, lease_token=lease_token
     )
-    values = await _secrets_of(store, session)
-    prompt = secret_service.mask(prompt, values)
-    options = [secret_service.mask(o, values) for o in options]
+    mask = await _mask_of(store, session.agent_task_id)
+    prompt = mask(prompt)
+    options = [mask(o) for o in options]
     return await session_service.create_tty_request(
         session_id=session.id,
         prompt=prompt,
