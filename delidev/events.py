@@ -14,8 +14,9 @@ access, so that live output is not read back from the database it was just writt
 - ``EventBus``: in-process (SQLite mode: one server process);
 - ``PostgresEventBus``: the same, plus PostgreSQL LISTEN/NOTIFY so that every replica hears
   what any replica published. One dedicated connection listens, another sends; after the
-  listener reconnects (notifications sent meanwhile are lost) every watcher is woken, to
-  re-read what it follows.
+  listener's connection ends it reconnects at once (notifications sent meanwhile are lost),
+  then every watcher is woken with ``Resync``, to re-read what it follows or, when it cannot
+  re-read exactly, to end with a reason its client acts on.
 
 Watchers subscribe by key (``("session", id)``, ``("workspace", id)``, ...). Delivering to a
 watcher never blocks the publisher: it appends to a bounded buffer and sets a flag. A
@@ -346,6 +347,7 @@ class PostgresEventBus(EventBus):
 
     remote = True
     BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+    PROBE_S = 1.0  # how often an idle listening connection is probed
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
@@ -355,6 +357,7 @@ class PostgresEventBus(EventBus):
         self._listener: asyncpg.Connection | None = None
         self._dropped = False  # the outbox overflowed: the others must resynchronise
         self.listening = asyncio.Event()
+        self._lost = asyncio.Event()  # the listening connection ended: reconnect now
         self.reconnects = 0
         self._own = own_prefix(self.origin)
 
@@ -403,6 +406,7 @@ class PostgresEventBus(EventBus):
 
     def _on_terminate(self, _conn: object) -> None:
         self.listening.clear()
+        self._lost.set()
 
     async def _listen_forever(self) -> None:
         attempt = 0
@@ -413,8 +417,9 @@ class PostgresEventBus(EventBus):
                     self._dsn, server_settings={"application_name": LISTENER_NAME}
                 )
                 try:
-                    await conn.add_listener(CHANNEL, self._on_notify)
+                    self._lost.clear()
                     conn.add_termination_listener(self._on_terminate)
+                    await conn.add_listener(CHANNEL, self._on_notify)
                     self._listener = conn
                     if connected_before:
                         self.reconnects += 1
@@ -424,8 +429,12 @@ class PostgresEventBus(EventBus):
                     attempt = 0
                     self.listening.set()
                     while not conn.is_closed():
-                        await asyncio.sleep(1.0)
-                        # A cheap liveness probe: a dead socket shows here.
+                        # A connection the server ends (or asyncpg sees close) wakes this
+                        # at once; the probe finds a socket that died without a word.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._lost.wait(), self.PROBE_S)
+                        if self._lost.is_set() or conn.is_closed():
+                            break
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)
                 finally:
                     self.listening.clear()
@@ -435,9 +444,13 @@ class PostgresEventBus(EventBus):
                 raise
             except Exception as e:
                 log.warning("event listener lost its connection: %s", type(e).__name__)
-            delay = self.BACKOFF_S[min(attempt, len(self.BACKOFF_S) - 1)]
+            else:
+                log.warning("event listener lost its connection")
+            # The first attempt after a working connection ends goes at once: every moment
+            # without a listener is a moment of lost events. Failures back off.
+            if attempt:
+                await asyncio.sleep(self.BACKOFF_S[min(attempt - 1, len(self.BACKOFF_S) - 1)])
             attempt += 1
-            await asyncio.sleep(delay)
 
     async def _send_forever(self) -> None:
         conn: asyncpg.Connection | None = None

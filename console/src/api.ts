@@ -188,23 +188,60 @@ tokens.subscribe(() => {
   everConnected = false;
 });
 
+/** The code a subscription ends with when it may have missed changes (the server's event
+ * feed was interrupted, or the subscriber fell behind): nothing it would have sent is lost
+ * as long as the client subscribes again and then reloads what it shows. */
+const LOST = "FAILED_PRECONDITION";
+
+/**
+ * Follows a subscription. With `onLost`, a subscription the server ends with `LOST` is
+ * started again (after a short, growing pause) and then `onLost` is called: the page reloads
+ * what it shows, so that whatever changed meanwhile is shown. Returns the function that stops it.
+ */
 export function subscribe<T>(
   query: string,
   variables: Record<string, unknown>,
   onData: (data: T) => void,
   onError?: (message: string) => void,
+  onLost?: () => void,
 ): () => void {
-  return wsClient().subscribe<T>(
-    { query, variables },
-    {
-      next: (result) => {
-        if (result.errors?.length) onError?.(result.errors[0].message);
-        else if (result.data) onData(result.data as T);
+  let stopped = false;
+  let stopCurrent = () => {};
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let restarts = 0;
+  const restart = (lost: () => void) => {
+    stopCurrent();
+    const ms = Math.min(5000, 100 * 2 ** Math.min(restarts++, 6)) * (0.5 + Math.random() / 2);
+    timer = setTimeout(() => {
+      if (stopped) return;
+      start(); // first: a change made while reloading still arrives
+      lost();
+    }, ms);
+  };
+  const start = () => {
+    stopCurrent = wsClient().subscribe<T>(
+      { query, variables },
+      {
+        next: (result) => {
+          const error = result.errors?.[0];
+          if (error && onLost && error.extensions?.code === LOST) restart(onLost);
+          else if (error) onError?.(error.message);
+          else if (result.data) {
+            restarts = 0;
+            onData(result.data as T);
+          }
+        },
+        error: (e) => onError?.(errorText(e)),
+        complete: () => {},
       },
-      error: (e) => onError?.(errorText(e)),
-      complete: () => {},
-    },
-  );
+    );
+  };
+  start();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    stopCurrent();
+  };
 }
 
 export { timestampDate };

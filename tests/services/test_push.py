@@ -14,6 +14,7 @@ from delidev.auth.principal import LOCAL_USER
 from delidev.errors import FailedPrecondition, NotFound
 from delidev.services import tasks, workers
 from delidev.services.workers import push
+from tests.conftest import SqlCounter
 from tests.factories import make_group, make_repository, make_workspace
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -130,7 +131,7 @@ async def test_the_next_job_is_pushed_as_soon_as_the_last_one_is_reported(
         await _task()
     stream = _stream(bus, worker)
     for _ in range(3):
-        pushed = await _next(stream, seconds=push.RECHECK_S / 2)
+        pushed = await _next(stream, seconds=1)
         assert isinstance(pushed, push.JobAssigned)
         await workers.report_status(
             worker_id=worker.id,
@@ -163,3 +164,59 @@ async def test_a_newer_stream_of_a_worker_ends_the_one_before(bus: events.EventB
     assert push._streams.keys() == {worker.id}
     await third.aclose()  # type: ignore[attr-defined]
     assert push._streams == {}
+
+
+async def test_an_idle_stream_does_not_read_the_database(
+    bus: events.EventBus, sql_counter: SqlCounter
+) -> None:
+    """Regression: every idle stream re-read its worker and its session and tried a claim
+    every second (and at each keep-alive), with no event at all: 1,500 idle streams kept a
+    server's core busy. Now only keep-alives flow until an event concerns it."""
+    worker = await _worker()
+    sql_counter.reset()  # the stream runs in this task: its statements are counted
+    stream = _stream(bus, worker, keepalive=0.2)
+    assert isinstance(await _next(stream), push.KeepAlive)
+    sql_counter.statements.clear()
+    for _ in range(12):  # 2.4 s: more than two of the old once-a-second re-checks
+        assert isinstance(await _next(stream), push.KeepAlive)
+    assert sql_counter.statements == []
+    # Still as fast as ever when a job comes.
+    task = await _task()
+    while not isinstance(pushed := await _next(stream, seconds=1), push.JobAssigned):
+        pass
+    assert pushed.job.task_id == task.id
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_resync_makes_an_idle_stream_look_for_a_job_it_was_not_told_of(
+    bus: events.EventBus,
+) -> None:
+    """A job queued while this replica's listener reconnected is announced by no event it
+    hears; the Resync that follows the reconnect makes the stream claim it at once."""
+    worker = await _worker()
+    stream = _stream(bus, worker, keepalive=30)
+    first = asyncio.ensure_future(_next(stream))
+    await asyncio.sleep(0.2)  # the stream waits, idle
+    token = events.bind(events.EventBus())  # the JobQueued of this task goes elsewhere
+    try:
+        task = await _task()
+    finally:
+        events.unbind(token)
+    await asyncio.sleep(0.2)
+    assert not first.done()
+    bus.deliver(events.Resync())
+    pushed = await asyncio.wait_for(first, 1)
+    assert isinstance(pushed, push.JobAssigned)
+    assert pushed.job.task_id == task.id
+    await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_safety_net_recheck_is_jittered_around_its_period() -> None:
+    delays = [push._recheck_delay() for _ in range(200)]
+    low, high = (
+        push.RECHECK_S * (1 - push.RECHECK_JITTER),
+        push.RECHECK_S * (1 + push.RECHECK_JITTER),
+    )
+    assert all(low <= d <= high for d in delays)
+    assert push.RECHECK_S >= 10  # idle streams re-read rarely
+    assert len({round(d, 3) for d in delays}) > 100

@@ -51,23 +51,25 @@ export function Board({ workspaceId }: { workspaceId: string }) {
   useEffect(() => {
     let live = true;
     setTasks(null);
-    (async () => {
-      const s = await gql<{ workspace: Setup }>(WORKSPACE_SETUP, { id: workspaceId });
-      if (live) setSetup(s.workspace);
-      const all = new Map<string, TaskSummary>();
-      let after: string | null = null;
-      do {
-        const page: {
-          tasks: { pageInfo: { hasNextPage: boolean; endCursor: string | null }; edges: { node: TaskSummary }[] };
-        } = await gql(TASKS, { workspaceId, after });
-        for (const e of page.tasks.edges) all.set(e.node.id, normalize(e.node));
-        after = page.tasks.pageInfo.hasNextPage ? page.tasks.pageInfo.endCursor : null;
-      } while (after && all.size < MAX_TASKS);
-      if (live) {
-        setTasks(all);
-        setError(null);
-      }
-    })().catch((e) => live && setError(errorText(e)));
+    const load = () =>
+      (async () => {
+        const s = await gql<{ workspace: Setup }>(WORKSPACE_SETUP, { id: workspaceId });
+        if (live) setSetup(s.workspace);
+        const all = new Map<string, TaskSummary>();
+        let after: string | null = null;
+        do {
+          const page: {
+            tasks: { pageInfo: { hasNextPage: boolean; endCursor: string | null }; edges: { node: TaskSummary }[] };
+          } = await gql(TASKS, { workspaceId, after });
+          for (const e of page.tasks.edges) all.set(e.node.id, normalize(e.node));
+          after = page.tasks.pageInfo.hasNextPage ? page.tasks.pageInfo.endCursor : null;
+        } while (after && all.size < MAX_TASKS);
+        if (live) {
+          setTasks(all);
+          setError(null);
+        }
+      })().catch((e) => live && setError(errorText(e)));
+    void load();
     const stop = subscribe<{ taskUpdated: { taskId: string; deleted: boolean; task: TaskSummary | null } }>(
       TASK_UPDATED,
       { workspaceId },
@@ -79,6 +81,7 @@ export function Board({ workspaceId }: { workspaceId: string }) {
           return next;
         }),
       (message) => setError(message),
+      () => void load(), // the server may have missed changes: show them all again
     );
     return () => {
       live = false;

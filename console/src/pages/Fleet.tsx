@@ -15,10 +15,16 @@ export function Fleet() {
 
   useEffect(() => {
     let live = true;
-    gql<{ workers: { items: Worker[] } }>(WORKERS).then(
-      (d) => live && setWorkers(new Map(d.workers.items.map((w) => [w.id, w]))),
-      (e) => live && setError(errorText(e)),
-    );
+    const load = () =>
+      gql<{ workers: { items: Worker[] } }>(WORKERS).then(
+        (d) => {
+          if (!live) return;
+          setWorkers(new Map(d.workers.items.map((w) => [w.id, w])));
+          setError(null);
+        },
+        (e) => live && setError(errorText(e)),
+      );
+    void load();
     const stop = subscribe<{ workerUpdated: { workerId: string; deleted: boolean; worker: Worker | null } }>(
       WORKER_UPDATED,
       {},
@@ -30,6 +36,7 @@ export function Fleet() {
           return next;
         }),
       setError,
+      () => void load(), // the server may have missed changes: show them all again
     );
     const timer = setInterval(() => tick((x) => x + 1), 5000); // "last seen" stays current
     return () => {

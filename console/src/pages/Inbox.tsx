@@ -70,9 +70,12 @@ export function watchInbox(workspaceId: string): () => void {
         questions.set(rest);
       }
     },
+    undefined,
+    later,
   );
   // Answers given elsewhere, expiries, plans reaching or leaving approval: all change a task.
-  const stopTasks = subscribe(TASK_UPDATED, { workspaceId }, later);
+  // A subscription that may have missed some is started again, and the inbox reloaded.
+  const stopTasks = subscribe(TASK_UPDATED, { workspaceId }, later, undefined, later);
   return () => {
     clearTimeout(timer);
     stopQuestions();

@@ -36,14 +36,20 @@ export function TaskPage({ id }: { id: string }) {
   useEffect(() => {
     void load();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const stop = subscribe<{ taskUpdated: { deleted: boolean } }>(TASK_UPDATED, { taskId: id }, (d) => {
-      if (d.taskUpdated.deleted) {
-        go({ page: "board" });
-        return;
-      }
-      clearTimeout(timer);
-      timer = setTimeout(() => void load(), 100);
-    });
+    const stop = subscribe<{ taskUpdated: { deleted: boolean } }>(
+      TASK_UPDATED,
+      { taskId: id },
+      (d) => {
+        if (d.taskUpdated.deleted) {
+          go({ page: "board" });
+          return;
+        }
+        clearTimeout(timer);
+        timer = setTimeout(() => void load(), 100);
+      },
+      undefined,
+      () => void load(), // it fell behind: read the task again
+    );
     return () => {
       clearTimeout(timer);
       stop();

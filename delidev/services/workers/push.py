@@ -4,15 +4,20 @@ A connected worker that is idle and not draining has jobs claimed for it (the sa
 ``GetTask``, under a lease; the worker then works as with a job from GetTask). It hears a stop
 request for the session it holds, a change of its draining flag, and a keep-alive every
 ``keepalive`` so that either side notices a dead connection. Everything is woken by the event
-bus, which crosses replicas on PostgreSQL; a periodic re-check covers what no event announces.
+bus, which crosses replicas on PostgreSQL: a job that becomes claimable is announced
+(``JobQueued``: queued, retried, a backoff or a cap that ended, by the wait reconcile), and
+events lost while a replica's listener reconnected come as ``Resync``, which makes every
+stream read its worker again and try a claim.
 
 On connect, a worker that already holds a job is told of it again: a job claimed for it just
 before its previous stream dropped is not lost.
 
 A worker has one stream per process: a new one ends the one before (FailedPrecondition),
 which is what a worker that reconnects needs (its old stream may not have noticed the drop
-yet). Each stream re-reads the database about once a second: 1,500 streams of one worker
-kept a server's core busy.
+yet). An idle stream costs nothing but its keep-alives: it reads the database only when an
+event concerns it, and as a safety net about every ``RECHECK_S`` (jittered, so that streams
+opened together do not re-check together). It once re-read every second, and 1,500 idle
+streams kept a server's core busy.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from uuid import UUID
@@ -33,9 +39,15 @@ from delidev.services.workers.claims import DEFAULT_MAX_RUN_SECONDS, Job, claim_
 from delidev.services.workers.registry import get_worker
 from delidev.services.workers.waiting import JobSignal
 
-# Re-check without an event at most this often (jobs whose backoff ended are announced by
-# the wait reconcile; this covers events lost while a replica's listener reconnected).
-RECHECK_S = 1.0
+# Re-check without an event about this often. Dispatch never waits for it (every change
+# that makes a job claimable is announced, and lost events come as Resync): it only bounds
+# the cost of a wake-up this code misses by mistake.
+RECHECK_S = 30.0
+RECHECK_JITTER = 0.2  # each re-check comes after RECHECK_S times 1 ± this
+
+
+def _recheck_delay() -> float:
+    return RECHECK_S * random.uniform(1 - RECHECK_JITTER, 1 + RECHECK_JITTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,7 @@ async def watch_worker(
     worker = await get_worker(worker_id=worker_id)
     loop = asyncio.get_running_loop()
     next_keepalive = loop.time() + keepalive.total_seconds()
+    next_recheck = loop.time() + _recheck_delay()
     draining = False  # a worker draining when it connects is told so at once
     told_job: UUID | None = None
     told_stop: UUID | None = None
@@ -97,23 +110,31 @@ async def watch_worker(
     # says "a job was queued" skips that and goes straight to the claim (which checks the
     # worker itself): with many idle workers each wake-up costs one statement, not three.
     stale = True
+    # Whether a claim may find something: not after a keep-alive alone, only after a
+    # wake-up (or the safety net) since the last claim that found nothing.
+    look = True
     with (
         _only_stream(worker_id) as superseded,
         bus.watch(("worker", str(worker_id)), ("jobs",)) as fleet,
     ):
         session_watch: events.Watch | None = None
+        generation = signal.generation()
         try:
             while closing is None or not closing.is_set():
                 if superseded.is_set():
                     raise FailedPrecondition(
                         f"a newer Watch stream of worker {worker_id} took over this one"
                     )
+                if generation.is_set():  # heard of a job since the last look
+                    look = True
                 generation = signal.generation()
-                if not all(isinstance(e, _JOB_NEWS) for e in fleet.drain()) or fleet.overflowed:
+                news = fleet.drain()
+                if not all(isinstance(e, _JOB_NEWS) for e in news) or fleet.overflowed:
                     fleet.overflowed = False
                     stale = True
                 if session_watch is not None and session_watch.drain():
                     stale = True
+                look = look or stale or bool(news)
                 if stale:
                     stale = False
                     worker = await get_worker(worker_id=worker_id)
@@ -140,7 +161,8 @@ async def watch_worker(
                         told_stop = held.id
                         yield StopSession(session_id=held.id, reason=_stop_reason(held))
                         continue
-                elif not worker.draining and worker.status != m.WorkerStatus.UNHEALTHY:
+                elif look and not worker.draining and worker.status != m.WorkerStatus.UNHEALTHY:
+                    look = False
                     job = await claim(worker_id)
                     if job is not None:
                         told_job = job.session.id
@@ -156,9 +178,12 @@ async def watch_worker(
                     [generation, fleet.changed, superseded]
                     + ([closing] if closing is not None else [])
                     + ([session_watch.changed] if session_watch is not None else []),
-                    min(remaining, RECHECK_S),
+                    max(0.0, min(remaining, next_recheck - loop.time())),
                 )
-                stale = stale or not woken  # the periodic re-check reads everything
+                look = look or woken
+                if loop.time() >= next_recheck:  # the safety net reads everything
+                    next_recheck = loop.time() + _recheck_delay()
+                    stale = look = True
         finally:
             if session_watch is not None:
                 session_watch.close()
