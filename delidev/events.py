@@ -31,6 +31,7 @@ import collections
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from contextvars import ContextVar, Token
@@ -245,8 +246,10 @@ class Watch:
         self._buffer = buffer
         self.overflowed = False
         self.changed = asyncio.Event()
+        self.delivered_at = 0.0  # time.monotonic() of the latest event
 
     def deliver(self, event: Event) -> None:
+        self.delivered_at = time.monotonic()
         if len(self.events) >= self._buffer:
             self.overflowed = True
         else:
