@@ -82,6 +82,8 @@ class Sweeper:
 
 
 # The events after which a queued job's reason to wait may have changed.
+# After the moment a backoff ends: the pass must see it ended (clocks are read separately).
+_TIME_MARGIN_S = 0.01
 _RECONCILED_AFTER = (
     events.JobQueued,
     events.WorkerChanged,
@@ -96,8 +98,9 @@ _QUEUED_MARGIN = dt.timedelta(seconds=5)
 class WaitReconciler:
     """Stores why each queued job waits (``waits.reconcile_waits``) ``debounce`` after the
     events that can change it, from this replica or another: a burst of events (a claim
-    publishes several) costs one pass. The sweep reconciles too, for backoffs that end with
-    time alone.
+    publishes several) costs one pass. A backoff or a budget block that ends with time
+    alone gets a pass of its own when it ends (a timer armed after each pass; the sweep
+    reconciles too), which wakes the watching workers (``JobQueued``).
 
     A pass reads every queued job only when something a waiting job depends on may have
     changed: the live fleet's kinds of worker, the caps (or, with caps, the running counts)
@@ -126,6 +129,8 @@ class WaitReconciler:
         self._inputs: waits.Inputs | None = None
         self._last_pass: dt.datetime | None = None
         self.full_passes = 0  # for tests and logs: passes that read the whole queue
+        self._timer: asyncio.TimerHandle | None = None
+        self._time_due = False
 
     def _hear(self, event: events.Event) -> None:
         if self._due is not None and isinstance(event, _RECONCILED_AFTER):
@@ -147,6 +152,8 @@ class WaitReconciler:
             or events.SecretsArrived in heard
             or (bool(inputs.caps) and events.SessionChanged in heard)
         )
+        everything = everything or self._time_due
+        self._time_due = False
         if everything:
             await waits.reconcile_waits(store=self._store)
             self.full_passes += 1
@@ -155,6 +162,24 @@ class WaitReconciler:
                 store=self._store, queued_since=self._last_pass - _QUEUED_MARGIN
             )
         self._inputs, self._last_pass = inputs, started
+        await self._arm_timer()
+
+    async def _arm_timer(self) -> None:
+        """A pass when the next backoff or budget block ends: nothing announces it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when = await waits.next_change_by_time()
+        if when is None or self._due is None:
+            return
+        delay = max((when - current_time()).total_seconds(), 0.0) + _TIME_MARGIN_S
+        self._timer = asyncio.get_running_loop().call_later(delay, self._pass_for_time)
+
+    def _pass_for_time(self) -> None:
+        self._timer = None
+        if self._due is not None:
+            self._time_due = True
+            self._due.set()
 
     async def run_forever(self) -> None:
         events.bind(self._bus)
@@ -179,3 +204,6 @@ class WaitReconciler:
         finally:
             unsubscribe()
             self._due = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None

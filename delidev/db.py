@@ -179,6 +179,11 @@ EXTRA_INDEXES = {
         "CREATE INDEX IF NOT EXISTS agent_sessions_claimed_rounds "
         "ON agent_sessions (priority, fair_round) WHERE started_at IS NOT NULL"
     ),
+    # The next backoff to end (waits.next_change_by_time, after every reconcile pass).
+    "agent_sessions_queued_backoffs": (
+        "CREATE INDEX IF NOT EXISTS agent_sessions_queued_backoffs "
+        "ON agent_sessions (not_before) WHERE status = 'queued' AND not_before IS NOT NULL"
+    ),
 }
 
 # A run carries its task's priority and workspace (the claim orders the queue by them

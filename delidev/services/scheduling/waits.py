@@ -291,6 +291,26 @@ async def reconcile_waits(
     return len(changed)
 
 
+async def next_change_by_time(now: dt.datetime | None = None) -> dt.datetime | None:
+    """The next moment a queued job's reason changes with time alone (a backoff or a
+    workspace's budget block ends), if any: the reconciler passes then, so that a watching
+    worker hears of the job at once rather than at its safety-net re-check."""
+    when = now or current_time()
+    found: list[dt.datetime] = []
+    for rows in (
+        await m.AgentSession.filter(status=m.AgentSessionStatus.QUEUED, not_before__gt=when)
+        .order_by("not_before")
+        .limit(1)
+        .values_list("not_before", flat=True),
+        await m.Workspace.filter(budget_blocked_until__gt=when)
+        .order_by("budget_blocked_until")
+        .limit(1)
+        .values_list("budget_blocked_until", flat=True),
+    ):
+        found.extend(t for t in rows if isinstance(t, dt.datetime))  # type: ignore[misc]  # values_list(flat=True) is typed as tuples
+    return min(found) if found else None
+
+
 async def waits_of(sessions: Sequence[m.AgentSession]) -> dict[UUID, Wait]:
     """The wait of each queued session among ``sessions`` (others are left out): its stored
     reason (QUEUED until the first reconcile) and, when queued, its position, worked out with
