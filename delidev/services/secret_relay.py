@@ -271,6 +271,11 @@ class SecretRelay:
                 owner=str(message.get("owner", "")),
                 keep_replaced=message.get("keep") is not False,
             )
+            if task_id in self._store:
+                # Held here now: jobs that wait for them may be claimable from this replica.
+                # Its wait reconciler and watching workers hear it (here only: the sender's
+                # own SecretsArrived may have come before the values did).
+                self._bus.deliver(events.SecretsArrived(task_id=str(task_id)))
         elif op == "drop":
             self._store.apply_drop(task_id, version, release=message.get("release") is True)
         elif op == "release":

@@ -36,6 +36,27 @@ def test_versions_keep_a_late_copy_from_undoing_a_newer_change() -> None:
     assert task not in store
 
 
+def test_values_that_arrive_from_another_replica_wake_this_ones_claimers() -> None:
+    """Regression (review): values relayed to a replica woke nothing there. The sender's
+    SecretsArrived may come before the values do, so a job waiting for them stayed unclaimed
+    until a safety-net re-check (30 s for a watching worker)."""
+    bus_a, bus_b = events.EventBus(), events.EventBus()
+    relayed: list[events.SecretsRelayed] = []
+    bus_a.subscribe(lambda e: relayed.append(e) if isinstance(e, events.SecretsRelayed) else None)
+    store_a, store_b = secrets.SecretStore(), secrets.SecretStore()
+    secret_relay.SecretRelay(store_a, bus_a, KEY)
+    relay_b = secret_relay.SecretRelay(store_b, bus_b, KEY)
+    heard: list[events.Event] = []
+    bus_b.subscribe(heard.append)
+    task = uuid.uuid4()
+    store_a.put(task, {"K": "value-1234"})
+    for event in relayed:
+        relay_b.on_event(event)
+    assert store_b.get(task) == {"K": "value-1234"}
+    arrived = [e for e in heard if isinstance(e, events.SecretsArrived)]
+    assert [e.task_id for e in arrived] == [str(task)]
+
+
 def test_a_message_splits_into_parts_and_is_put_back_together() -> None:
     bus = events.EventBus()
     sent: list[events.SecretsRelayed] = []
