@@ -111,6 +111,8 @@ class Settings:
     """A GraphQL WebSocket must send ``connection_init`` within this time (else 4408)."""
     graphql_ws_max_connections: int = 2_000
     """GraphQL WebSocket connections one server process holds; more are refused (503)."""
+    graphql_ws_max_connections_per_address: int = 500
+    """GraphQL WebSocket connections one client address holds on one server process."""
     graphql_max_subscriptions: int = 2_000
     """GraphQL subscriptions one server process holds (all connections together)."""
     graphql_max_subscriptions_per_user: int = 500
@@ -240,6 +242,10 @@ class Settings:
             ("DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS", self.graphql_ws_ping_interval_ms),
             ("DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS", self.graphql_ws_init_timeout_ms),
             ("DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS", self.graphql_ws_max_connections),
+            (
+                "DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS_PER_ADDRESS",
+                self.graphql_ws_max_connections_per_address,
+            ),
             ("DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS", self.graphql_max_subscriptions),
             (
                 "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_USER",
@@ -390,6 +396,9 @@ class Settings:
             "DELIDEV_GRAPHQL_WS_PING_INTERVAL_MS": "graphql_ws_ping_interval_ms",
             "DELIDEV_GRAPHQL_WS_INIT_TIMEOUT_MS": "graphql_ws_init_timeout_ms",
             "DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS": "graphql_ws_max_connections",
+            "DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS_PER_ADDRESS": (
+                "graphql_ws_max_connections_per_address"
+            ),
             "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS": "graphql_max_subscriptions",
             "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_USER": "graphql_max_subscriptions_per_user",
             "DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_CONNECTION": (

@@ -4,11 +4,11 @@
 callers. An audit sent 10,200 ``GetLoginUrl`` calls in 85 s from one address: each stored a
 pending sign-in, the oldest were evicted to stay under the cap (``services/oidc.py``), and a
 user who had just been to the provider was told to start again. Guessing codes and refresh
-tokens was just as unthrottled. Here each client address gets a token bucket: ``burst``
-calls at once, then ``per_minute`` a minute; past it the call is answered 429 with a Connect
-``resource_exhausted`` error and ``Retry-After``, before it reaches the service. The
-address is the one uvicorn gives (``FORWARDED_ALLOW_IPS`` decides whether a proxy's
-``X-Forwarded-For`` is believed).
+tokens was just as unthrottled. Here each client address (an IPv6 client: its /64) gets a
+token bucket: ``burst`` calls at once, then ``per_minute`` a minute; past it the call is
+answered 429 with a Connect ``resource_exhausted`` error and ``Retry-After``, before it
+reaches the service. The address is the one uvicorn gives (``FORWARDED_ALLOW_IPS`` decides
+whether a proxy's ``X-Forwarded-For`` is believed).
 
 Written by hand on cachetools' ``TTLCache`` (bounded, expires idle addresses on the way):
 the ``limits`` package's in-memory storage walks every key from a timer thread every 10 ms,
@@ -17,6 +17,8 @@ which under a flood from many addresses costs more than the flood.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 import math
@@ -52,7 +54,7 @@ class SignInRateLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._buckets is not None and scope["type"] == "http" and scope["path"] in LIMITED_PATHS:
             client = scope.get("client")
-            wait = self.take(client[0] if client else "")
+            wait = self.take(_bucket_of(client[0] if client else ""))
             if wait > 0:
                 self._count_refusal()
                 await _refuse(send, wait)
@@ -82,6 +84,15 @@ class SignInRateLimit:
             return (1.0 - tokens) / self._rate
         self._buckets[address] = (tokens - 1.0, now)
         return 0.0
+
+
+def _bucket_of(address: str) -> str:
+    """The bucket an address draws from: an IPv6 address's /64 (one host usually holds a
+    whole /64, and would otherwise get a fresh bucket per address), else the address."""
+    if ":" in address:
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return address
 
 
 async def _refuse(send: Send, wait: float) -> None:

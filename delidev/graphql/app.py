@@ -106,11 +106,10 @@ class DeliDevWebSocketAdapter(ASGIWebSocketAdapter):
             yield message
 
 
-async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, text: str) -> None:
     """Answers a WebSocket handshake 503 (or, where the server cannot answer a handshake with
     a status, closes it with 1013 "try again later")."""
     await receive()  # websocket.connect
-    text = f"this server process holds its limit of {limit} WebSocket connections"
     if "websocket.http.response" in scope.get("extensions", {}):
         body = text.encode()
         await send(
@@ -170,6 +169,7 @@ class DeliDevGraphQL(GraphQL[Context, None]):
             max_per_user=(
                 None if settings.single_user_mode else settings.graphql_max_subscriptions_per_user
             ),
+            max_per_address=settings.graphql_ws_max_connections_per_address,
         )
         self.graphql_transport_ws_handler_class = handler_with_ping_interval(
             settings.graphql_ws_ping_interval_ms / 1000
@@ -263,13 +263,16 @@ class DeliDevGraphQL(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            if not self.ws_limits.connect():
-                await _refuse_websocket(scope, receive, send, self.ws_limits.max_connections)
+            client = scope.get("client")
+            address = str(client[0]) if client else ""
+            refused = self.ws_limits.connect(address)
+            if refused is not None:
+                await _refuse_websocket(scope, receive, send, refused)
                 return
             try:
                 await super().__call__(scope, receive, send)
             finally:
-                self.ws_limits.disconnect()
+                self.ws_limits.disconnect(address)
             return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)

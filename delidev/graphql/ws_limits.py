@@ -6,8 +6,10 @@ liked, each with that many subscriptions. An audit held 10,000 workspace subscri
 one process: every task change was then re-read and executed 10,000 times, and a health
 probe waited 7.8 s. Here:
 
-- connections past ``max_connections`` are refused at the handshake (HTTP 503, or close
-  code 1013 "try again later" where the server cannot answer a handshake with a status);
+- connections past ``max_connections``, or past ``max_per_address`` from one client address
+  (so that one client, signed in or not, cannot take every connection of a process), are
+  refused at the handshake (HTTP 503, or close code 1013 "try again later" where the server
+  cannot answer a handshake with a status);
 - a subscription past ``max_subscriptions`` in the process, or past ``max_per_user`` of
   one user (multi-user mode: one user's clients cannot take every subscription of a
   replica), is answered with an UNAVAILABLE error naming the limit, and the connection
@@ -26,19 +28,35 @@ class WsLimits:
     max_connections: int
     max_subscriptions: int
     max_per_user: int | None  # None: no per-user cap (single-user mode)
+    max_per_address: int | None = None  # connections from one client address
     connections: int = 0
     subscriptions: int = 0
     _per_user: Counter[Hashable] = field(default_factory=Counter)
+    _per_address: Counter[str] = field(default_factory=Counter)
 
-    def connect(self) -> bool:
-        """Counts a new connection in; False (and not counted) when the process is full."""
+    def connect(self, address: str = "") -> str | None:
+        """Counts a new connection from ``address`` in; else (not counted) says why not."""
         if self.connections >= self.max_connections:
-            return False
+            return (
+                f"this server process holds its limit of {self.max_connections} "
+                "WebSocket connections"
+            )
+        if self.max_per_address is not None and self._per_address[address] >= self.max_per_address:
+            return (
+                f"your address holds the limit of {self.max_per_address} WebSocket connections "
+                "on this server process"
+            )
         self.connections += 1
-        return True
+        self._per_address[address] += 1
+        return None
 
-    def disconnect(self) -> None:
+    def disconnect(self, address: str = "") -> None:
         self.connections -= 1
+        left = self._per_address[address] - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
 
     def open(self, user: Hashable) -> str | None:
         """Counts a subscription of ``user`` in; else (not counted) says why it is refused."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from delidev.connect.sign_in_limits import _bucket_of
 from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
 from tests.e2e.harness import Server
 
@@ -72,3 +73,12 @@ async def test_a_burst_then_a_steady_rate_per_address(server: Server) -> None:
     log = server.log()
     assert "refused 1 sign-in calls" in log
     assert "Traceback" not in log
+
+
+def test_an_ipv6_client_draws_from_its_slash_64() -> None:
+    """One host usually holds a whole /64: a fresh address per call must not mean a fresh
+    bucket (review)."""
+    assert _bucket_of("2001:db8:1:2::1") == _bucket_of("2001:db8:1:2:ffff:ffff:ffff:ffff")
+    assert _bucket_of("2001:db8:1:2::1") != _bucket_of("2001:db8:1:3::1")
+    assert _bucket_of("127.0.0.2") == "127.0.0.2"
+    assert _bucket_of("not an address:") == "not an address:"

@@ -37,6 +37,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         url,
         tmp_path / "server.log",
         DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS="3",
+        DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS_PER_ADDRESS="2",
         DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS="4",
         DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_CONNECTION="3",
     )
@@ -97,22 +98,31 @@ async def test_subscriptions_past_the_process_limit_are_refused_with_a_reason(
     assert "Traceback" not in server.log()
 
 
-async def test_connections_past_the_process_limit_are_refused_at_the_handshake(
-    server: Server,
-) -> None:
-    clients = [GraphQLWs(server.base, TRANSPORT_WS) for _ in range(3)]
-    for client in clients:
-        await client.connect()
+async def _refused(server: Server, address: str) -> websockets.InvalidStatus:
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await GraphQLWs(server.base, TRANSPORT_WS).connect(local_addr=(address, 0))
+    assert refused.value.response.status_code == 503
+    return refused.value
+
+
+async def test_connections_past_the_limits_are_refused_at_the_handshake(server: Server) -> None:
+    """Two connections per address, three per process: one client (signed in or not)
+    cannot take every connection of the process."""
+    here = [GraphQLWs(server.base, TRANSPORT_WS) for _ in range(2)]
+    for client in here:
+        await client.connect(local_addr=("127.0.0.1", 0))
+    there = GraphQLWs(server.base, TRANSPORT_WS)
     try:
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            await GraphQLWs(server.base, TRANSPORT_WS).connect()
-        assert refused.value.response.status_code == 503
-        assert b"limit of 3 WebSocket connections" in refused.value.response.body
-        await clients[0].close()
-        for _ in range(50):  # the server sees the close
+        per_address = await _refused(server, "127.0.0.1")
+        assert b"your address holds the limit of 2" in per_address.response.body
+        await there.connect(local_addr=("127.0.0.2", 0))  # another address still gets in
+        per_process = await _refused(server, "127.0.0.2")
+        assert b"limit of 3 WebSocket connections" in per_process.response.body
+        await here[0].close()
+        for _ in range(50):  # the server sees the close: the place is free again
             try:
                 late = GraphQLWs(server.base, TRANSPORT_WS)
-                await late.connect()
+                await late.connect(local_addr=("127.0.0.1", 0))
             except websockets.InvalidStatus:
                 await asyncio.sleep(0.1)
                 continue
@@ -121,5 +131,5 @@ async def test_connections_past_the_process_limit_are_refused_at_the_handshake(
         else:
             raise AssertionError("a closed connection's place was not freed")
     finally:
-        for client in clients[1:]:
+        for client in (*here[1:], there):
             await client.close()

@@ -53,7 +53,22 @@ def test_the_counts_never_pass_the_limits_and_return_to_zero(
         for _ in range(n):
             limits.close(user)
     assert limits.subscriptions == 0
-    assert limits.connect()
-    assert not limits.connect()
+    assert limits.connect() is None
+    assert limits.connect() is not None
     limits.disconnect()
-    assert limits.connect()
+    assert limits.connect() is None
+
+
+def test_one_address_holds_at_most_its_share_of_connections() -> None:
+    limits = WsLimits(max_connections=3, max_subscriptions=1, max_per_user=None, max_per_address=2)
+    assert [limits.connect("a"), limits.connect("a")] == [None, None]
+    refused = limits.connect("a")
+    assert refused is not None
+    assert "your address holds the limit of 2" in refused
+    assert limits.connect("b") is None
+    full = limits.connect("c")
+    assert full is not None
+    assert "limit of 3 WebSocket connections" in full
+    limits.disconnect("a")
+    assert limits.connect("a") is None
+    assert limits.connections == 3
