@@ -42,7 +42,7 @@ from delidev.services.workers.waiting import JobSignal
 # Re-check without an event about this often. Dispatch never waits for it (every change
 # that makes a job claimable is announced, and lost events come as Resync): it only bounds
 # the cost of a wake-up this code misses by mistake.
-RECHECK_S = 10.0
+RECHECK_S = 30.0
 RECHECK_JITTER = 0.2  # each re-check comes after RECHECK_S times 1 ± this
 
 
