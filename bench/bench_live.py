@@ -225,21 +225,38 @@ class _Sink:
     latencies: list[tuple[int, float]] = field(default_factory=list)
 
 
+# Subscribers connect from many loopback addresses, this many from each, as browsers come
+# from many machines: the server caps WebSockets per client address
+# (``DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS_PER_ADDRESS``, 500), and the bench keeps its defaults.
+SUBSCRIBERS_PER_ADDRESS = 100
+
+
+def source_address(index: int) -> str:
+    """The loopback address subscriber ``index`` (0-based, unique in the run) connects from:
+    127.0.<1 + index // 100 // 250>.<1 + index // 100 % 250>."""
+    block = index // SUBSCRIBERS_PER_ADDRESS
+    return f"127.0.{1 + block // 250}.{1 + block % 250}"
+
+
 async def subscriber(
-    url: str, session_id: str, sink: _Sink, compression: bool
+    url: str, session_id: str, sink: _Sink, compression: bool, index: int = 0
 ) -> asyncio.Transport:
-    """Opens one subscription; returns its transport once the server acknowledged it."""
+    """Opens one subscription (from ``source_address(index)``); returns its transport once
+    the server acknowledged it."""
     loop = asyncio.get_running_loop()
     host, port = url.removeprefix("ws://").split("/")[0].split(":")
     transport, protocol = await loop.create_connection(
-        lambda: _LeanSubscriber(url, session_id, sink, compression), host, int(port)
+        lambda: _LeanSubscriber(url, session_id, sink, compression),
+        host,
+        int(port),
+        local_addr=(source_address(index), 0),
     )
     await asyncio.wait_for(protocol.ready, 60)
     return transport
 
 
 def _client_process(
-    ws_url: str, session_id: str, count: int, conn: Connection, compression: bool
+    ws_url: str, session_id: str, count: int, conn: Connection, compression: bool, first: int
 ) -> None:
     """A client process: ``count`` subscribers; reports (lines, latencies) when told how many
     lines were sent (or after a timeout)."""
@@ -252,7 +269,7 @@ def _client_process(
         sink = _Sink()
         transports = []
         for i in range(count):
-            transports.append(await subscriber(ws_url, session_id, sink, compression))
+            transports.append(await subscriber(ws_url, session_id, sink, compression, first + i))
             if i % 50 == 49:
                 await asyncio.sleep(0.05)
         conn.send("ready")
@@ -384,7 +401,7 @@ async def run(args: argparse.Namespace) -> int:
         before = rss_mb(proc.pid)
         idle = []
         for i in range(args.idle):
-            idle.append(await subscriber(ws_url, session_id, _Sink(), args.compression))
+            idle.append(await subscriber(ws_url, session_id, _Sink(), args.compression, i))
             if i % 50 == 49:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(2.0)
@@ -397,11 +414,11 @@ async def run(args: argparse.Namespace) -> int:
             procs = min(args.client_procs, n)
             shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
             pipes, children = [], []
-            for share in shares:
+            for k, share in enumerate(shares):
                 parent, child = multiprocessing.Pipe()
                 proc_ = multiprocessing.get_context("spawn").Process(
                     target=_client_process,
-                    args=(ws_url, session_id, share, child, args.compression),
+                    args=(ws_url, session_id, share, child, args.compression, sum(shares[:k])),
                     daemon=True,
                 )
                 proc_.start()
