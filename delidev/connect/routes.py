@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +28,7 @@ from delidev.connect.gen.delidev.v1.todo_connect import TodoServiceASGIApplicati
 from delidev.connect.gen.delidev.v1.worker_connect import WorkerServiceASGIApplication
 from delidev.connect.gen.delidev.v1.workspace_connect import WorkspaceServiceASGIApplication
 from delidev.connect.interceptors import ErrorInterceptor, MetricsInterceptor, TracingInterceptor
+from delidev.connect.refusals import send_error
 from delidev.connect.worker_handler import WorkerHandler
 from delidev.services.live import LogFeeds
 from delidev.services.secrets import SecretStore
@@ -157,20 +157,7 @@ def _undecodable_header(scope: Scope) -> bytes | None:
 
 async def _refuse_header(send: Send, name: bytes) -> None:
     shown = name[:100].decode("ascii", "replace")
-    body = json.dumps(
-        {"code": "invalid_argument", "message": f"header {shown} is not valid UTF-8"}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 400,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, 400, "invalid_argument", f"header {shown} is not valid UTF-8")
 
 
 async def _refuse_grpc(send: Send) -> None:

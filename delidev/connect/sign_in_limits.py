@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
 import math
 import time
 
 from cachetools import TTLCache
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from delidev.connect.refusals import send_error
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +98,10 @@ def _bucket_of(address: str) -> str:
 
 async def _refuse(send: Send, wait: float) -> None:
     seconds = max(1, math.ceil(wait))
-    body = json.dumps(
-        {
-            "code": "resource_exhausted",
-            "message": f"too many sign-in calls from your address: try again in {seconds} s",
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(seconds).encode()),
-            ],
-        }
+    await send_error(
+        send,
+        429,
+        "resource_exhausted",
+        f"too many sign-in calls from your address: try again in {seconds} s",
+        [(b"retry-after", str(seconds).encode())],
     )
-    await send({"type": "http.response.body", "body": body})

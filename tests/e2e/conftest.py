@@ -5,22 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    BACKEND,
-    create_postgres_database,
-    drop_postgres_database,
-    postgres_url,
-)
+from tests.e2e.harness import fresh_database
 
 
 @pytest.fixture
 async def e2e_database_url(tmp_path: Path) -> AsyncIterator[str]:
     """A fresh database of its own for the server processes of one test."""
-    if BACKEND == "sqlite":
-        yield f"sqlite://{tmp_path / 'e2e.db'}"
-        return
-    name = await create_postgres_database()
-    try:
-        yield postgres_url(name)
-    finally:
-        await drop_postgres_database(name)
+    async with fresh_database(tmp_path) as url:
+        yield url

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
+
 # Re-exported: the e2e tests poll through the harness.
 from tests.waiting import eventually as eventually
 
@@ -101,6 +103,32 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+@asynccontextmanager
+async def fresh_database(directory: Path) -> AsyncIterator[str]:
+    """The URL of a new database of the suite's backend: a SQLite file in ``directory``, or a
+    throwaway PostgreSQL database, dropped afterwards."""
+    if BACKEND == "sqlite":
+        yield f"sqlite://{directory / 'e2e.db'}"
+        return
+    name = await create_postgres_database()
+    try:
+        yield postgres_url(name)
+    finally:
+        await drop_postgres_database(name)
+
+
+@asynccontextmanager
+async def serving(directory: Path, **env: str) -> AsyncIterator[Server]:
+    """One ready server process with ``env`` on a fresh database (see ``fresh_database``),
+    logging to ``directory/server.log``; stopped and its database dropped afterwards."""
+    async with fresh_database(directory) as url:
+        server = Server(url, directory / "server.log", **env)
+        try:
+            yield await server.ready()
+        finally:
+            server.stop()
 
 
 @asynccontextmanager

@@ -18,8 +18,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
-from tests.e2e.harness import Server
+from tests.e2e.harness import Server, serving
 
 DEEP = b"[" * 15_000 + b"]" * 15_000
 HEADER_TIMEOUT_MS = 300
@@ -32,27 +31,14 @@ WAIT_S = 30.0
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
     """One server for the module (single-user, as the DNS-rebinding target is)."""
-    tmp = tmp_path_factory.mktemp("hardening")
-    name = None
-    if BACKEND == "sqlite":
-        url = f"sqlite://{tmp / 'e2e.db'}"
-    else:
-        name = await create_postgres_database()
-        url = postgres_url(name)
-    srv = Server(
-        url,
-        tmp / "server.log",
+    async with serving(
+        tmp_path_factory.mktemp("hardening"),
         DELIDEV_HEADER_TIMEOUT_MS=str(HEADER_TIMEOUT_MS),
         DELIDEV_BODY_TIMEOUT_MS=str(BODY_TIMEOUT_MS),
         DELIDEV_ALLOWED_HOSTS="delidev.example.test",
         DELIDEV_CORS_ORIGINS="http://localhost:5173",
-    )
-    try:
-        yield await srv.ready()
-    finally:
-        srv.stop()
-        if name is not None:
-            await drop_postgres_database(name)
+    ) as server:
+        yield server
 
 
 async def _alive(server: Server) -> None:

@@ -17,8 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
-from tests.e2e.harness import SESSION_LOG, GraphQLWs, Server
+from tests.e2e.harness import SESSION_LOG, GraphQLWs, Server, serving
 from tests.graphql.test_document_limits import doubling
 
 TRANSPORT_WS = "graphql-transport-ws"
@@ -28,20 +27,8 @@ LEGACY_WS = "graphql-ws"
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
     """One server for the module (these tests create no data)."""
-    tmp = tmp_path_factory.mktemp("graphql-edges")
-    name = None
-    if BACKEND == "sqlite":
-        url = f"sqlite://{tmp / 'e2e.db'}"
-    else:
-        name = await create_postgres_database()
-        url = postgres_url(name)
-    process = Server(url, tmp / "server.log")
-    try:
-        yield await process.ready()
-    finally:
-        process.stop()
-        if name is not None:
-            await drop_postgres_database(name)
+    async with serving(tmp_path_factory.mktemp("graphql-edges")) as server:
+        yield server
 
 
 async def test_hostile_fragments_are_refused_while_healthz_answers(server: Server) -> None:

@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from delidev.connect.sign_in_limits import _bucket_of
-from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
-from tests.e2e.harness import Server
+from tests.e2e.harness import Server, serving
 
 LOGIN_URL = "/delidev.v1.AuthService/GetLoginUrl"
 REFRESH = "/delidev.v1.AuthService/RefreshToken"
@@ -25,22 +24,11 @@ REFRESH = "/delidev.v1.AuthService/RefreshToken"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    name = None
-    if BACKEND == "sqlite":
-        url = f"sqlite://{tmp_path / 'e2e.db'}"
-    else:
-        name = await create_postgres_database()
-        url = postgres_url(name)
     # A burst of 3, then one call every half second.
-    srv = Server(
-        url, tmp_path / "server.log", DELIDEV_SIGN_IN_PER_MINUTE="120", DELIDEV_SIGN_IN_BURST="3"
-    )
-    try:
-        yield await srv.ready()
-    finally:
-        srv.stop()
-        if name is not None:
-            await drop_postgres_database(name)
+    async with serving(
+        tmp_path, DELIDEV_SIGN_IN_PER_MINUTE="120", DELIDEV_SIGN_IN_BURST="3"
+    ) as server:
+        yield server
 
 
 def _client(server: Server, address: str = "127.0.0.1") -> httpx.AsyncClient:

@@ -38,8 +38,7 @@ from graphql import (
 
 from delidev.graphql.schema import build_schema
 from delidev.settings import Settings
-from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
-from tests.e2e.harness import KEEPALIVE_S, GraphQLWs, Server
+from tests.e2e.harness import KEEPALIVE_S, GraphQLWs, Server, fresh_database
 from tests.oidc import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, browse, openid_provider
 from tests.waiting import GUARD_S
 
@@ -161,14 +160,8 @@ def provider() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 async def tenant_database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    if BACKEND == "sqlite":
-        yield f"sqlite://{tmp_path_factory.mktemp('tenants') / 'tenants.db'}"
-        return
-    name = await create_postgres_database()
-    try:
-        yield postgres_url(name)
-    finally:
-        await drop_postgres_database(name)
+    async with fresh_database(tmp_path_factory.mktemp("tenants")) as url:
+        yield url
 
 
 async def _build(api: Api, tag: str) -> dict[str, str]:

@@ -17,8 +17,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
-from tests.e2e.harness import GraphQLWs, Server
+from tests.e2e.harness import GraphQLWs, Server, serving
 
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
@@ -27,26 +26,14 @@ WORKERS = "subscription { workerUpdated { workerId deleted } }"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    name = None
-    if BACKEND == "sqlite":
-        url = f"sqlite://{tmp_path / 'e2e.db'}"
-    else:
-        name = await create_postgres_database()
-        url = postgres_url(name)
-    srv = Server(
-        url,
-        tmp_path / "server.log",
+    async with serving(
+        tmp_path,
         DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS="3",
         DELIDEV_GRAPHQL_WS_MAX_CONNECTIONS_PER_ADDRESS="2",
         DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS="4",
         DELIDEV_GRAPHQL_MAX_SUBSCRIPTIONS_PER_CONNECTION="3",
-    )
-    try:
-        yield await srv.ready()
-    finally:
-        srv.stop()
-        if name is not None:
-            await drop_postgres_database(name)
+    ) as server:
+        yield server
 
 
 async def _answer(client: GraphQLWs, op: str) -> dict[str, object] | None:
