@@ -129,6 +129,17 @@ async def clean_database(request: pytest.FixtureRequest) -> AsyncIterator[None]:
 
 
 @pytest.fixture
+def bus() -> Iterator[events.EventBus]:
+    """An event bus of the test's own, bound as the one services publish into (no app)."""
+    b = events.EventBus()
+    token = events.bind(b)
+    try:
+        yield b
+    finally:
+        events.unbind(token)
+
+
+@pytest.fixture
 async def app(settings: Settings, database: TortoiseContext) -> AsyncIterator[Any]:
     """The app; service calls made by the test itself publish into the app's event bus."""
     application = create_app(settings)

@@ -5,7 +5,6 @@ and none loses or repeats a character. (A push that raises is covered end to end
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,14 +15,6 @@ from tests.factories import make_group, make_repository, make_workspace, start_l
 from tests.waiting import until
 
 pytestmark = pytest.mark.usefixtures("database")
-
-
-@pytest.fixture
-def bus() -> Iterator[events.EventBus]:
-    b = events.EventBus()
-    token = events.bind(b)
-    yield b
-    events.unbind(token)
 
 
 async def test_a_cancelled_round_releases_the_followers_it_had_not_reached(

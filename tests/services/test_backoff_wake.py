@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -33,14 +32,6 @@ BACKOFF = dt.timedelta(milliseconds=600)
 class _Fixed(RetryPolicy):
     def backoff(self, *, auto_retries: int, rng: object = None) -> dt.timedelta:  # type: ignore[override]
         return BACKOFF
-
-
-@pytest.fixture
-def bus() -> Iterator[events.EventBus]:
-    b = events.EventBus()
-    token = events.bind(b)
-    yield b
-    events.unbind(token)
 
 
 async def test_a_retried_job_is_pushed_when_its_backoff_ends(bus: events.EventBus) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import pytest
@@ -34,14 +33,6 @@ POLICY = RetryPolicy(
     backoff_base=dt.timedelta(seconds=10),
     backoff_max=dt.timedelta(seconds=25),
 )
-
-
-@pytest.fixture
-def bus() -> AsyncIterator[events.EventBus]:
-    bus = events.EventBus()
-    token = events.bind(bus)
-    yield bus
-    events.unbind(token)
 
 
 async def _group() -> m.RepositoryGroup:

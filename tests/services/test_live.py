@@ -28,14 +28,6 @@ Q = m.AgentSessionStatus
 SETTINGS = Settings(jwt_secret="k3J9x-Qm2Lp8Zr5Tn0Wv7Ys4Ub6Hc1Fd")
 
 
-@pytest.fixture
-def bus() -> Any:
-    b = events.EventBus()
-    token = events.bind(b)
-    yield b
-    events.unbind(token)
-
-
 async def _running() -> m.AgentSession:
     ws = await make_workspace()
     group = await make_group(ws, [await make_repository(ws)])

@@ -28,14 +28,6 @@ pytestmark = pytest.mark.usefixtures("database")
 T = TypeVar("T")
 
 
-@pytest.fixture
-def bus() -> Iterator[events.EventBus]:
-    b = events.EventBus()
-    token = events.bind(b)
-    yield b
-    events.unbind(token)
-
-
 @contextlib.contextmanager
 def unheard() -> Iterator[None]:
     """Events published inside go to a bus nobody watches."""

@@ -20,14 +20,6 @@ from tests.factories import make_group, make_repository, make_workspace
 pytestmark = pytest.mark.usefixtures("database")
 
 
-@pytest.fixture
-def bus() -> AsyncIterator[events.EventBus]:
-    bus = events.EventBus()
-    token = events.bind(bus)
-    yield bus
-    events.unbind(token)
-
-
 async def _next(stream: AsyncIterator[push.Push], seconds: float = 5) -> push.Push:
     return await asyncio.wait_for(anext(stream), seconds)
 

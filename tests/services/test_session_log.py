@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from delidev import events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import InvalidArgument
@@ -176,14 +175,6 @@ async def test_a_long_log_is_cut_and_the_marker_tracks_what_was_dropped() -> Non
 
 
 # Live followers of a log that is being cut ----------------------------------------------
-
-
-@pytest.fixture
-def bus() -> Any:
-    b = events.EventBus()
-    token = events.bind(b)
-    yield b
-    events.unbind(token)
 
 
 def _consistent(pieces: list[live.LogPiece], whole: str) -> str:

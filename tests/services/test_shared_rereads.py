@@ -9,7 +9,7 @@ when it started after the event they were woken by; a later change is read again
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -31,14 +31,6 @@ pytestmark = pytest.mark.usefixtures("database")
 SUBSCRIBERS = 20
 # The subscription's re-read of a changed task (``task_service.get_task``).
 _READS_THE_TASK = 'FROM "unit_tasks" LEFT OUTER JOIN "workspaces"'
-
-
-@pytest.fixture
-def bus() -> Iterator[events.EventBus]:
-    b = events.EventBus()
-    token = events.bind(b)
-    yield b
-    events.unbind(token)
 
 
 async def test_one_read_per_change_however_many_follow_it(
