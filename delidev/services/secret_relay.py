@@ -152,7 +152,9 @@ class SecretRelay:
     def relay_release(self, task_id: UUID, version: int) -> None:
         self._send({"op": "release", "task": str(task_id), "v": version})
 
-    def relay_kept(self, task_id: UUID, values: list[str], version: int, owner: str) -> None:
+    def _relay_kept(self, task_id: UUID, values: list[str], version: int, owner: str) -> None:
+        """Kept values travel only in answer to a sync (a store relays its changes through
+        ``Relay``'s methods; the kept values come from those changes on every replica)."""
         self._send(
             {"op": "kept", "task": str(task_id), "values": values, "v": version, "owner": owner}
         )
@@ -256,7 +258,7 @@ class SecretRelay:
             for task_id, version in self._store.tombstones():
                 self.relay_drop(task_id, version)
             for task_id, kept, version, owner in self._store.kept_snapshot():
-                self.relay_kept(task_id, kept, version, owner)
+                self._relay_kept(task_id, kept, version, owner)
             return
         task_id = UUID(str(message["task"]))
         version = int(str(message["v"]))
