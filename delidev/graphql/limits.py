@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cachetools import LRUCache
 from graphql import (
@@ -424,15 +424,31 @@ few dozen documents of a few KB. A document alone larger than this is not kept."
 Checked = tuple[DocumentNode | None, list[GraphQLError]]
 
 
-def _weight(found: Checked) -> int:
+ENTRY_CHARS = 64
+"""What an entry costs beyond its text, counted in characters: its key, value and the
+cache's own bookkeeping. A document that does not parse holds no parsed nodes, but it is
+kept too (a client that repeats it is answered from the cache), so each one counts."""
+
+
+class _Kept(NamedTuple):
+    found: Checked
+    weight: int  # characters held: the key's text, the document's, and ENTRY_CHARS
+
+
+def _weight(query: str, found: Checked) -> int:
+    """The characters an entry holds. A short query is its own key and, parsed, its
+    document's source (the same string); a long one is keyed by a digest."""
     document = found[0]
-    if document is None or document.loc is None:
-        return 1
-    return max(1, len(document.loc.source.body))
+    text = len(query) if len(query) <= INLINE_CHARS else 0
+    if document is not None and document.loc is not None:
+        text = max(text, len(document.loc.source.body))
+    return text + ENTRY_CHARS
 
 
 # Touched only on the event loop's thread: the workers compute, the loop remembers.
-_CHECKED: LRUCache[tuple[Any, ...], Checked] = LRUCache(maxsize=CACHED_CHARS, getsizeof=_weight)
+_CHECKED: LRUCache[tuple[Any, ...], _Kept] = LRUCache(
+    maxsize=CACHED_CHARS, getsizeof=lambda kept: kept.weight
+)
 
 
 def _key(schema: GraphQLSchema, query: str, *rest: Any) -> tuple[Any, ...]:
@@ -444,9 +460,10 @@ def _key(schema: GraphQLSchema, query: str, *rest: Any) -> tuple[Any, ...]:
     return (schema, query_key, *rest)
 
 
-def _remember(key: tuple[Any, ...], found: Checked) -> None:
-    if _weight(found) <= CACHED_CHARS:
-        _CHECKED[key] = found
+def _remember(key: tuple[Any, ...], query: str, found: Checked) -> None:
+    weight = _weight(query, found)
+    if weight <= CACHED_CHARS:
+        _CHECKED[key] = _Kept(found, weight)
 
 
 def checked_inline(schema: GraphQLSchema, query: str, checks: DocumentChecks) -> Checked:
@@ -456,10 +473,11 @@ def checked_inline(schema: GraphQLSchema, query: str, checks: DocumentChecks) ->
         raise ValueError(f"documents over {INLINE_CHARS} characters are checked off the loop")
     args = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
     key = _key(*args)
-    found = _CHECKED.get(key)
-    if found is None:
-        found = check(*args)
-        _remember(key, found)
+    kept = _CHECKED.get(key)
+    if kept is not None:
+        return kept.found
+    found = check(*args)
+    _remember(key, query, found)
     return found
 
 
@@ -470,12 +488,13 @@ async def checked_document(schema: GraphQLSchema, query: str, checks: DocumentCh
         return checked_inline(schema, query, checks)
     args = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
     key = _key(*args)
-    found = _CHECKED.get(key)
-    if found is None:
-        found = await asyncio.get_running_loop().run_in_executor(
-            _CHECKER, functools.partial(check, *args)
-        )
-        _remember(key, found)
+    kept = _CHECKED.get(key)
+    if kept is not None:
+        return kept.found
+    found = await asyncio.get_running_loop().run_in_executor(
+        _CHECKER, functools.partial(check, *args)
+    )
+    _remember(key, query, found)
     return found
 
 

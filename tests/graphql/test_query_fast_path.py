@@ -315,11 +315,30 @@ def test_the_document_cache_is_bounded_by_characters(settings: Settings) -> None
         # A unique document of ~20 000 characters (checked as the worker threads do).
         query = "{ " + f"a{i}: __typename " + "b: __typename " * 1400 + "}"
         args = (schema, query, checks.max_tokens, checks.limits, checks.all_rules)
-        limits._remember(limits._key(*args), limits.check(*args))
-    kept = sum(limits._weight(v) for v in limits._CHECKED.values())
+        limits._remember(limits._key(*args), query, limits.check(*args))
+    kept = sum(v.weight for v in limits._CHECKED.values())
     assert 0 < kept <= limits.CACHED_CHARS
     assert len(limits._CHECKED) < 40  # the oldest went
     assert all(isinstance(k[1], bytes) and len(k[1]) == 32 for k in limits._CHECKED)
+
+
+async def test_documents_that_do_not_parse_are_counted_by_their_text(
+    http: httpx.AsyncClient,
+) -> None:
+    """Regression (audit): a document that did not parse weighed 1 character, so up to
+    500,000 of them were kept, each keyed by its text of up to 2,000 characters: ~1.3 GB of
+    one process for anyone who could send a query (anonymous in multi-user mode, as the
+    document is checked before the caller is)."""
+    limits._CHECKED.clear()
+    sent = 400
+    for i in range(sent):
+        query = f"{{ broken{i} " + "x " * 990  # ~1,990 characters, no closing brace
+        response = await http.post("/graphql", json={"query": query})
+        assert response.status_code == 200
+        assert response.json()["errors"][0]["extensions"]["code"] == "INVALID_ARGUMENT"
+    texts = [len(k[1]) for k in limits._CHECKED if isinstance(k[1], str)]
+    assert sum(texts) <= limits.CACHED_CHARS
+    assert len(limits._CHECKED) < sent  # the oldest went: 400 x 1,990 > CACHED_CHARS
 
 
 async def test_the_answer_size_limit_holds(settings: Settings, database: TortoiseContext) -> None:
