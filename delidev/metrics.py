@@ -273,32 +273,40 @@ def rpc_call(service: str, method: str, code: str, seconds: float) -> None:
 
 
 # GraphQL operation names come from clients: kept only when short and plain, and at most
-# this many distinct ones per process (later ones are counted as "other").
+# this many distinct ones per process (later ones are counted as "other"). A name takes one
+# of these places only from an operation that succeeded for an authenticated caller: an
+# anonymous client (multi-user mode) or failing documents cannot take them all before the
+# dashboards' own operations are seen.
 _MAX_OPERATION_NAMES = 200
 _OPERATION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _operation_names: set[str] = set()
 _OPERATION_TYPES = frozenset({"query", "mutation", "subscription"})
 
 
-def operation_label(name: object) -> str:
-    """A bounded label for a client-chosen operation name (whatever the client sent)."""
+def operation_label(name: object, *, may_add: bool = True) -> str:
+    """A bounded label for a client-chosen operation name (whatever the client sent); a name
+    not seen before is "other" unless ``may_add`` (and places are left)."""
     if name is None or name == "":
         return "anonymous"
     if not isinstance(name, str):
         return "other"
+    if name in _operation_names:
+        return name
+    if not may_add or len(_operation_names) >= _MAX_OPERATION_NAMES:
+        return "other"
     if not _OPERATION_NAME.fullmatch(name):
         return "other"
-    if name not in _operation_names:
-        if len(_operation_names) >= _MAX_OPERATION_NAMES:
-            return "other"
-        _operation_names.add(name)
+    _operation_names.add(name)
     return name
 
 
-def graphql_operation(operation_type: str, name: str | None, ok: bool, seconds: float) -> None:
+def graphql_operation(
+    operation_type: str, name: str | None, ok: bool, seconds: float, *, authenticated: bool
+) -> None:
+    """Times one operation; ``authenticated``: a caller was authenticated for it."""
     kind = operation_type if operation_type in _OPERATION_TYPES else "unknown"
     GRAPHQL_DURATION.labels(
-        operation_type=kind, operation_name=operation_label(name),
+        operation_type=kind, operation_name=operation_label(name, may_add=ok and authenticated),
         outcome="ok" if ok else "error",
     ).observe(seconds)  # fmt: skip
 

@@ -133,6 +133,29 @@ def test_operation_names_are_bounded_per_process() -> None:
     assert metrics.operation_label("OneMoreNewName") == "other"
 
 
+async def test_operation_names_are_taken_only_by_authenticated_successes(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (audit): the first 200 names of the process were kept, whoever sent them
+    and however the operation ended, so a client (anonymous in multi-user mode) could take
+    them all with ``query Junk1 { __typename }``; the dashboards' own operations were then
+    counted as "other" for the life of the process."""
+    monkeypatch.setattr(metrics, "_operation_names", set())
+    for i in range(metrics._MAX_OPERATION_NAMES + 20):
+        await http.post("/graphql", json={"query": f"query Junk{i} {{ __typename }}"})
+        await http.post("/graphql", json={"query": f"query Bad{i} {{ noSuchField }}"})
+        await http.post("/graphql", json={"query": f"query Cut{i} {{ workspaces(limit: -1) {{ totalCount }} }}"})
+    response = await http.post(
+        "/graphql", json={"query": "query Dashboard { workspaces(limit: 5) { items { id } } }"}
+    )
+    assert "errors" not in response.json(), response.json()
+    text = (await http.get("/metrics")).text
+    assert 'operation_name="Dashboard"' in text
+    for made_up in ("Junk", "Bad", "Cut"):
+        assert f'operation_name="{made_up}' not in text
+    assert metrics._operation_names == {"Dashboard"}
+
+
 def test_the_route_names_cover_exactly_the_services_served(settings: Settings) -> None:
     from delidev import events
     from delidev.auth.authenticator import Authenticator

@@ -130,6 +130,11 @@ class Context:
     loaders: Loaders = field(default_factory=Loaders)
     _actor: Principal | None = None
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether the caller was authenticated (a resolver asked who calls)."""
+        return self._actor is not None
+
     async def actor(self) -> Principal:
         """The caller, authenticated once per request. Raises: Unauthenticated."""
         if self._actor is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from strawberry.types import ExecutionContext
 
 from delidev import metrics
+from delidev.graphql.context import Context
 
 
 def record_operation(context: ExecutionContext, seconds: float) -> None:
@@ -22,4 +23,12 @@ def record_operation(context: ExecutionContext, seconds: float) -> None:
         return
     result = context.result
     ok = result is not None and not getattr(result, "errors", None)
-    metrics.graphql_operation(kind, context.operation_name, ok, seconds)
+    metrics.graphql_operation(
+        kind, context.operation_name, ok, seconds, authenticated=authenticated(context.context)
+    )
+
+
+def authenticated(context: object) -> bool:
+    """Whether a caller was authenticated while the operation ran (a resolver asked who
+    calls: ``__typename`` alone asks nobody)."""
+    return isinstance(context, Context) and context.authenticated

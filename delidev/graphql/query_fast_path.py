@@ -348,6 +348,12 @@ async def serve(
             "a planned query failed (%s); the ordinary path answers it", type(error).__name__
         )
         return None
-    metrics.graphql_operation("query", plan.operation_name, True, time.perf_counter() - started)
+    metrics.graphql_operation(
+        "query",
+        plan.operation_name,
+        True,
+        time.perf_counter() - started,
+        authenticated=context.authenticated,
+    )
     request_context.set_graphql("query", plan.operation_name)
     return body
