@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import InvalidArgument
 from delidev.services import live, sessions, tasks
-from delidev.services.sessions import LogChunkIn, LogLimits
+from delidev.services.sessions import LogChunkIn, LogLimits, output_log
 from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace, start_latest
 from tests.waiting import until
@@ -344,3 +345,52 @@ async def test_the_ingested_bytes_metric_counts_only_what_was_stored() -> None:
             limits=limits,
         )
     assert metrics.LOG_BYTES._value.get() == before + 6
+
+
+# The end of a run ----------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(
+    pieces=st.lists(st.sampled_from(["", "a", "😀", "\n", "bc"]), max_size=40),
+    batch=st.integers(1, 6),
+)
+async def test_the_output_of_a_run_is_its_placed_chunks_in_order_across_batches(
+    pieces: list[str], batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read in batches of any size on SQLite (by offset, then sequence: an empty chunk
+    shares its offset with the next), in one statement on PostgreSQL."""
+    monkeypatch.setattr(output_log, "OUTPUT_BATCH_ROWS", batch)
+    session = await _running()
+    chunks = [LogChunkIn(sequence=i, data=p) for i, p in enumerate(pieces)]
+    for start in range(0, len(chunks), 7):
+        await sessions.append_log(session_id=session.id, chunks=chunks[start : start + 7])
+    await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    ended = await m.AgentSession.get(id=session.id)
+    assert ended.output_log == ("".join(pieces) if pieces else None)
+    assert ended.log_size == len("".join(pieces))
+
+
+async def test_a_run_of_many_tiny_chunks_ends_without_loading_every_row() -> None:
+    """Regression (audit): every chunk is a row, and the end of a run loaded all of them as
+    Python tuples: 2,000,000 one-character chunks took the server from 124 MB to 1 GB and
+    held its event loop for seconds. Now the rows are joined by the database, or read in
+    batches: the memory the end takes follows the output's size."""
+    session = await _running()
+    rows = 100_000
+    for start in range(0, rows, 1_000):
+        await sessions.append_log(
+            session_id=session.id,
+            chunks=[LogChunkIn(sequence=i, data="x") for i in range(start, start + 1_000)],
+        )
+    assert await m.LogChunk.filter(session_id=session.id).count() == rows
+    tracemalloc.start()
+    try:
+        await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (await m.AgentSession.get(id=session.id)).output_log == "x" * rows
+    # Before: ~300 bytes a row (a tuple of a UUID, two ints and a str) → over 30 MB.
+    print(f"the end of the run allocated {peak / 1e6:.1f} MB at its peak")
+    assert peak < 12 * 1024 * 1024, f"the end of the run allocated {peak / 1e6:.1f} MB"

@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
+from tortoise import connections
+from tortoise.expressions import Q
+
 from delidev import events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
@@ -91,46 +94,78 @@ async def finish_output(session: m.AgentSession) -> tuple[str | None, int]:
 
     Run in the transaction that ends the run, on its row locked and loaded as ``session``,
     before its status changes: a follower that sees the run ended has the whole log (a lost
-    run keeps it back). One read of the chunks; a write only for a held or waiting one (the
-    end of a run is the fleet's hot path: see bench/bench_workers.py).
+    run keeps it back). A read of the unplaced chunks (a few at most) and one of the placed
+    ones' text; a write only for a held or waiting one (the end of a run is the fleet's hot
+    path: see bench/bench_workers.py).
     """
-    rows = (
-        await m.LogChunk.filter(session_id=session.id)
-        .order_by("start_offset")
-        .values_list("id", "sequence", "start_offset", "data")
-    )
-    placed: list[str] = []
+    pending = await m.LogChunk.filter(
+        session_id=session.id, start_offset=PENDING_OFFSET
+    ).values_list("id", "sequence", "data")
     waiting: list[UUID] = []
     held: tuple[UUID, str] | None = None
-    for chunk_id, sequence, offset, data in rows:
-        if offset != PENDING_OFFSET:
-            placed.append(str(data))
-        elif sequence == HELD_SEQUENCE:
+    for chunk_id, sequence, data in pending:
+        if sequence == HELD_SEQUENCE:
             held = (chunk_id, str(data))
         else:
             waiting.append(chunk_id)
+    output = await placed_output(session.id)
     size = session.log_size
     if held is not None:
         await m.LogChunk.filter(id=held[0]).update(start_offset=size)
-        placed.append(held[1])
+        output = (output or "") + held[1]
         size += len(held[1])
         events.publish(events.LogAppended(str(session.id), size, held[1]))
     if waiting:
         await m.LogChunk.filter(id__in=waiting).delete()
-    return ("".join(placed) if placed else None), size
+    return output, size
 
 
 async def collect_output(session_id: UUID) -> str | None:
     """The run ended: its placed output joined (for ``AgentSession.output_log``; None when it
     has none); the chunks still waiting for an earlier one will never be placed and are
     deleted."""
-    chunks = (
-        await m.LogChunk.filter(session_id=session_id, start_offset__gte=0)
-        .order_by("start_offset")
-        .values_list("data", flat=True)
-    )
+    output = await placed_output(session_id)
     await m.LogChunk.filter(session_id=session_id, start_offset=PENDING_OFFSET).delete()
-    return "".join(str(c) for c in chunks) if chunks else None
+    return output
+
+
+# Placed chunks read at a time on SQLite when a run ends.
+OUTPUT_BATCH_ROWS = 5_000
+
+_PLACED_PG = """
+SELECT string_agg(data, '' ORDER BY start_offset, sequence) AS output
+FROM agent_session_log_chunks WHERE session_id = $1 AND start_offset >= 0
+"""
+
+
+async def placed_output(session_id: UUID) -> str | None:
+    """The placed chunks' text in offset order; None when there is none.
+
+    A worker may send a run's output as millions of one-character chunks (each is a row),
+    so the rows are never all loaded: PostgreSQL joins them itself, and on SQLite they are
+    read ``OUTPUT_BATCH_ROWS`` at a time (by offset, then sequence: an empty chunk shares its
+    offset with the next). Memory then follows the output's size, not its number of rows."""
+    client = connections.get("default")
+    if client.capabilities.dialect == "postgres":
+        rows = await client.execute_query_dict(_PLACED_PG, [session_id])
+        return rows[0]["output"] if rows else None
+    parts: list[str] = []
+    found = False
+    after: Q = Q(start_offset__gte=0)
+    while True:
+        batch = (
+            await m.LogChunk.filter(after, session_id=session_id)
+            .order_by("start_offset", "sequence")
+            .limit(OUTPUT_BATCH_ROWS)
+            .values_list("start_offset", "sequence", "data")
+        )
+        found = found or bool(batch)
+        parts.append("".join(str(data) for _, _, data in batch))
+        if len(batch) < OUTPUT_BATCH_ROWS:
+            break
+        offset, sequence, _ = batch[-1]
+        after = Q(start_offset__gt=offset) | Q(start_offset=offset, sequence__gt=sequence)
+    return "".join(parts) if found else None
 
 
 async def append_log(
