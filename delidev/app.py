@@ -26,8 +26,8 @@ from delidev import console, db, events, metrics, request_context, tracing
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
+from delidev.connect.rate_limits import REGISTER_PATHS, SIGN_IN_PATHS, AddressRateLimit
 from delidev.connect.routes import ConnectDispatch
-from delidev.connect.sign_in_limits import SignInRateLimit
 from delidev.graphql.app import DeliDevGraphQL
 from delidev.graphql.limits import BodySizeLimit
 from delidev.metrics_http import RequestTiming, metrics_endpoint
@@ -365,9 +365,20 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
             Middleware(BrowserAccess, allow_origins=cors_origins(settings)),
             Middleware(BindEvents, bus=bus),
             Middleware(
-                SignInRateLimit,
+                AddressRateLimit,
+                paths=SIGN_IN_PATHS,
+                what="sign-in calls",
+                setting="DELIDEV_SIGN_IN_PER_MINUTE",
                 per_minute=settings.sign_in_per_minute,
                 burst=settings.sign_in_burst,
+            ),
+            Middleware(
+                AddressRateLimit,
+                paths=REGISTER_PATHS,
+                what="worker registrations",
+                setting="DELIDEV_WORKER_REGISTER_PER_MINUTE",
+                per_minute=settings.worker_register_per_minute,
+                burst=settings.worker_register_burst,
             ),
             Middleware(
                 ConnectDispatch,

@@ -165,6 +165,10 @@ class Settings:
     """Sign-in calls (GetLoginUrl, HandleCallback, RefreshToken) one client address may make
     a minute, after a burst of ``sign_in_burst``; 0 = no limit."""
     sign_in_burst: int = 30
+    worker_register_per_minute: int = 120
+    """Worker registrations one client address may make a minute, after a burst of
+    ``worker_register_burst``; 0 = no limit."""
+    worker_register_burst: int = 120
     header_timeout_ms: int = 10_000
     """A connection must complete its request headers within this time, else it is answered
     408 and closed."""
@@ -236,6 +240,10 @@ class Settings:
             raise SettingsError("DELIDEV_HEARTBEAT_INTERVAL_MS must be positive")
         if self.sign_in_per_minute < 0:
             raise SettingsError("DELIDEV_SIGN_IN_PER_MINUTE must be 0 (no limit) or positive")
+        if self.worker_register_per_minute < 0:
+            raise SettingsError(
+                "DELIDEV_WORKER_REGISTER_PER_MINUTE must be 0 (no limit) or positive"
+            )
         if self.worker_forget_after_s < 0:
             raise SettingsError("DELIDEV_WORKER_FORGET_AFTER_S must be 0 (never) or positive")
         for var, amount in (
@@ -261,6 +269,7 @@ class Settings:
             ("DELIDEV_HEADER_TIMEOUT_MS", self.header_timeout_ms),
             ("DELIDEV_BODY_TIMEOUT_MS", self.body_timeout_ms),
             ("DELIDEV_SIGN_IN_BURST", self.sign_in_burst),
+            ("DELIDEV_WORKER_REGISTER_BURST", self.worker_register_burst),
             ("DELIDEV_MAX_RUN_SECONDS", self.max_run_seconds),
             ("DELIDEV_STOP_GRACE_SECONDS", self.stop_grace_seconds),
             ("DELIDEV_MAX_AUTO_ATTEMPTS", self.max_auto_attempts),
@@ -421,6 +430,8 @@ class Settings:
             "DELIDEV_BODY_TIMEOUT_MS": "body_timeout_ms",
             "DELIDEV_SIGN_IN_PER_MINUTE": "sign_in_per_minute",
             "DELIDEV_SIGN_IN_BURST": "sign_in_burst",
+            "DELIDEV_WORKER_REGISTER_PER_MINUTE": "worker_register_per_minute",
+            "DELIDEV_WORKER_REGISTER_BURST": "worker_register_burst",
             "DELIDEV_MAX_RUN_SECONDS": "max_run_seconds",
             "DELIDEV_STOP_GRACE_SECONDS": "stop_grace_seconds",
             "DELIDEV_MAX_AUTO_ATTEMPTS": "max_auto_attempts",

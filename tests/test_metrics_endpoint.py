@@ -144,7 +144,8 @@ async def test_operation_names_are_taken_only_by_authenticated_successes(
     for i in range(metrics._MAX_OPERATION_NAMES + 20):
         await http.post("/graphql", json={"query": f"query Junk{i} {{ __typename }}"})
         await http.post("/graphql", json={"query": f"query Bad{i} {{ noSuchField }}"})
-        await http.post("/graphql", json={"query": f"query Cut{i} {{ workspaces(limit: -1) {{ totalCount }} }}"})
+        cut = f"query Cut{i} {{ workspaces(limit: -1) {{ totalCount }} }}"
+        await http.post("/graphql", json={"query": cut})
     response = await http.post(
         "/graphql", json={"query": "query Dashboard { workspaces(limit: 5) { items { id } } }"}
     )

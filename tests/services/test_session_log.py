@@ -354,18 +354,24 @@ async def test_the_ingested_bytes_metric_counts_only_what_was_stored() -> None:
 @given(
     pieces=st.lists(st.sampled_from(["", "a", "😀", "\n", "bc"]), max_size=40),
     batch=st.integers(1, 6),
+    stranded=st.integers(0, 4),
 )
 async def test_the_output_of_a_run_is_its_placed_chunks_in_order_across_batches(
-    pieces: list[str], batch: int, monkeypatch: pytest.MonkeyPatch
+    pieces: list[str], batch: int, stranded: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Read in batches of any size on SQLite (by offset, then sequence: an empty chunk
-    shares its offset with the next), in one statement on PostgreSQL."""
+    shares its offset with the next), in one statement on PostgreSQL; chunks stranded
+    behind a gap that never fills are not output, and are deleted."""
     monkeypatch.setattr(output_log, "OUTPUT_BATCH_ROWS", batch)
     session = await _running()
     chunks = [LogChunkIn(sequence=i, data=p) for i, p in enumerate(pieces)]
     for start in range(0, len(chunks), 7):
         await sessions.append_log(session_id=session.id, chunks=chunks[start : start + 7])
+    ahead = [LogChunkIn(sequence=len(pieces) + 1 + i, data="z") for i in range(stranded)]
+    if ahead:
+        await sessions.append_log(session_id=session.id, chunks=ahead)
     await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+    assert not await m.LogChunk.filter(session_id=session.id, start_offset=-1).exists()
     ended = await m.AgentSession.get(id=session.id)
     assert ended.output_log == ("".join(pieces) if pieces else None)
     assert ended.log_size == len("".join(pieces))

@@ -98,17 +98,14 @@ async def finish_output(session: m.AgentSession) -> tuple[str | None, int]:
     ones' text; a write only for a held or waiting one (the end of a run is the fleet's hot
     path: see bench/bench_workers.py).
     """
-    pending = await m.LogChunk.filter(
-        session_id=session.id, start_offset=PENDING_OFFSET
-    ).values_list("id", "sequence", "data")
+    pending, output = await _chunks_at_end(session.id)
     waiting: list[UUID] = []
     held: tuple[UUID, str] | None = None
     for chunk_id, sequence, data in pending:
         if sequence == HELD_SEQUENCE:
-            held = (chunk_id, str(data))
+            held = (chunk_id, data)
         else:
             waiting.append(chunk_id)
-    output = await placed_output(session.id)
     size = session.log_size
     if held is not None:
         await m.LogChunk.filter(id=held[0]).update(start_offset=size)
@@ -124,48 +121,64 @@ async def collect_output(session_id: UUID) -> str | None:
     """The run ended: its placed output joined (for ``AgentSession.output_log``; None when it
     has none); the chunks still waiting for an earlier one will never be placed and are
     deleted."""
-    output = await placed_output(session_id)
-    await m.LogChunk.filter(session_id=session_id, start_offset=PENDING_OFFSET).delete()
+    pending, output = await _chunks_at_end(session_id)
+    if pending:
+        await m.LogChunk.filter(id__in=[chunk_id for chunk_id, _, _ in pending]).delete()
     return output
 
 
-# Placed chunks read at a time on SQLite when a run ends.
+# Chunks read at a time on SQLite when a run ends.
 OUTPUT_BATCH_ROWS = 5_000
 
-_PLACED_PG = """
-SELECT string_agg(data, '' ORDER BY start_offset, sequence) AS output
+_AT_END_PG = """
+SELECT id, sequence, data, FALSE AS joined
+FROM agent_session_log_chunks WHERE session_id = $1 AND start_offset = -1
+UNION ALL
+SELECT NULL, NULL, string_agg(data, '' ORDER BY start_offset, sequence), TRUE
 FROM agent_session_log_chunks WHERE session_id = $1 AND start_offset >= 0
 """
 
 
-async def placed_output(session_id: UUID) -> str | None:
-    """The placed chunks' text in offset order; None when there is none.
+async def _chunks_at_end(session_id: UUID) -> tuple[list[tuple[UUID, int, str]], str | None]:
+    """The unplaced chunks (id, sequence, data: a few at most, bounded by the sequence
+    window) and the placed ones' text in offset order (None when there is none).
 
     A worker may send a run's output as millions of one-character chunks (each is a row),
-    so the rows are never all loaded: PostgreSQL joins them itself, and on SQLite they are
-    read ``OUTPUT_BATCH_ROWS`` at a time (by offset, then sequence: an empty chunk shares its
-    offset with the next). Memory then follows the output's size, not its number of rows."""
+    so the rows are never all loaded: PostgreSQL joins them itself, in the statement that
+    finds the unplaced ones; SQLite reads ``OUTPUT_BATCH_ROWS`` at a time by offset, then
+    sequence (an empty chunk shares its offset with the next), the unplaced ones (offset -1)
+    first. Memory then follows the output's size, not its number of rows; a run's end still
+    takes one statement when its log is under a batch."""
     client = connections.get("default")
     if client.capabilities.dialect == "postgres":
-        rows = await client.execute_query_dict(_PLACED_PG, [session_id])
-        return rows[0]["output"] if rows else None
+        rows = await client.execute_query_dict(_AT_END_PG, [session_id])
+        pending = [(r["id"], r["sequence"], str(r["data"])) for r in rows if not r["joined"]]
+        output = next((r["data"] for r in rows if r["joined"]), None)
+        return pending, output
+    pending = []
     parts: list[str] = []
     found = False
-    after: Q = Q(start_offset__gte=0)
+    after: Q = Q(start_offset__gte=PENDING_OFFSET)
     while True:
         batch = (
             await m.LogChunk.filter(after, session_id=session_id)
             .order_by("start_offset", "sequence")
             .limit(OUTPUT_BATCH_ROWS)
-            .values_list("start_offset", "sequence", "data")
+            .values_list("id", "start_offset", "sequence", "data")
         )
-        found = found or bool(batch)
-        parts.append("".join(str(data) for _, _, data in batch))
+        placed = []
+        for chunk_id, offset, sequence, data in batch:
+            if offset == PENDING_OFFSET:
+                pending.append((chunk_id, sequence, str(data)))
+            else:
+                placed.append(str(data))
+        found = found or bool(placed)
+        parts.append("".join(placed))
         if len(batch) < OUTPUT_BATCH_ROWS:
             break
-        offset, sequence, _ = batch[-1]
+        _, offset, sequence, _ = batch[-1]
         after = Q(start_offset__gt=offset) | Q(start_offset=offset, sequence__gt=sequence)
-    return "".join(parts) if found else None
+    return pending, ("".join(parts) if found else None)
 
 
 async def append_log(
