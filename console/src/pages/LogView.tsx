@@ -83,9 +83,16 @@ export function LogView({ sessionId, onEnded }: { sessionId: string; onEnded?: (
   v.setOptions({ ...v.options, count: lines.current.count });
 
   useEffect(() => v._didMount(), [v]);
+  // Where the log last was, to tell a reader's scroll up from the log's own moves (below).
+  const lastTop = useRef(0);
   useEffect(() => {
     v._willUpdate();
-    if (followRef.current && lines.current.count > 0) v.scrollToIndex(lines.current.count - 1, { align: "end" });
+    if (followRef.current && lines.current.count > 0) {
+      v.scrollToIndex(lines.current.count - 1, { align: "end" });
+      // Our own move counts as seen: when the browser reports it and a reader's scroll up in
+      // one scroll event, that event still shows a move up, and following stops.
+      if (scroller.current) lastTop.current = scroller.current.scrollTop;
+    }
   });
 
   useEffect(() => {
@@ -141,7 +148,6 @@ export function LogView({ sessionId, onEnded }: { sessionId: string; onEnded?: (
 
   // Following stops when the reader scrolls up, and starts again at the end. Only an upward
   // move counts: the log growing under a scroll to its end is no reason to stop.
-  const lastTop = useRef(0);
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;
