@@ -13,6 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,24 @@ async def drop_postgres_database(name: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+@asynccontextmanager
+async def fresh_database(directory: Path, filename: str = "e2e.db") -> AsyncIterator[str]:
+    """The URL of a new database of the suite's backend: a SQLite file in ``directory``, or a
+    throwaway PostgreSQL database, dropped afterwards."""
     if BACKEND == "sqlite":
-        path = tmp_path_factory.mktemp("db") / "delidev.db"
-        yield f"sqlite://{path}"
+        yield f"sqlite://{directory / filename}"
         return
     name = await create_postgres_database()
     try:
         yield postgres_url(name)
     finally:
         await drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session")
+async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    async with fresh_database(tmp_path_factory.mktemp("db"), "delidev.db") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from delidev.request_context import REQUEST_ID_MAX_CHARS, request_id_from, trace_id_from
-from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
+from tests.conftest import fresh_database
 from tests.e2e.harness import Connect, GraphQLWs, Server, Worker
 from tests.e2e.sign_in import sign_in
 
@@ -162,14 +162,8 @@ OIDC_CLIENT_SECRET = secrets.token_hex(24)
 
 @pytest.fixture
 async def database_url_for_server(tmp_path: Path) -> AsyncIterator[str]:
-    if BACKEND == "sqlite":
-        yield f"sqlite://{tmp_path / 'logs.db'}"
-        return
-    name = await create_postgres_database()
-    try:
-        yield postgres_url(name)
-    finally:
-        await drop_postgres_database(name)
+    async with fresh_database(tmp_path, "logs.db") as url:
+        yield url
 
 
 async def test_a_whole_run_logs_no_secret(database_url_for_server: str, tmp_path: Path) -> None:

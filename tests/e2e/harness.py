@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import BACKEND, create_postgres_database, drop_postgres_database, postgres_url
+from tests.conftest import fresh_database as fresh_database
 
 # Re-exported: the e2e tests poll through the harness.
 from tests.waiting import eventually as eventually
@@ -103,20 +103,6 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
-
-
-@asynccontextmanager
-async def fresh_database(directory: Path) -> AsyncIterator[str]:
-    """The URL of a new database of the suite's backend: a SQLite file in ``directory``, or a
-    throwaway PostgreSQL database, dropped afterwards."""
-    if BACKEND == "sqlite":
-        yield f"sqlite://{directory / 'e2e.db'}"
-        return
-    name = await create_postgres_database()
-    try:
-        yield postgres_url(name)
-    finally:
-        await drop_postgres_database(name)
 
 
 @asynccontextmanager
