@@ -2,7 +2,7 @@
 
 The runtime answers every error of a call it serves; this answers, in the same unary JSON
 form (``{"code": ..., "message": ...}``), the calls refused before it: a header that is not
-UTF-8, a client over its sign-in rate.
+UTF-8, a client over a per-address rate (``rate_limits``).
 """
 
 from __future__ import annotations
