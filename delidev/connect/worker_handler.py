@@ -24,6 +24,7 @@ from delidev.connect.gen.delidev.v1.worker_connect import WorkerService
 from delidev.errors import Internal, InvalidArgument
 from delidev.services import secrets as secrets_service
 from delidev.services import sessions, usage, workers
+from delidev.services.common import now as current_time
 from delidev.services.common import parse_id, parse_optional_id
 from delidev.services.scheduling.policy import RetryPolicy
 from delidev.services.workers import push
@@ -146,6 +147,9 @@ class WorkerHandler(WorkerService):
         bus = events.current()
         if bus is None:  # every request of the app has one bound (app.BindEvents)
             raise Internal("no event bus for the Watch stream")
+        # The stream opens with a keep-alive: the worker learns at once that it is heard and
+        # stops long polling (it would otherwise claim by GetTask until the first news).
+        yield convert.watch_message(push.KeepAlive(server_time=current_time()))
         async for pushed in push.watch_worker(
             worker_id=wid,
             bus=bus,

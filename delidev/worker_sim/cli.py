@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "errors": sum(st.errors for st in stats),
         "lines": sum(st.lines for st in stats),
         "pushed": sum(st.pushed for st in stats),
+        "polled": sum(st.polled for st in stats),
     }
     by_session = {s: spent for st in stats for s, spent in st.usage.items()}
     if by_session:  # only with usage on: the summary of a run without it stays as it was

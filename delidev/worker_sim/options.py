@@ -99,6 +99,8 @@ class Stats:
     """Transient errors (retried)."""
     lines: int = 0
     pushed: int = 0
-    """Jobs that arrived on the Watch stream (the rest came from GetTask)."""
+    """Jobs taken from the Watch stream."""
+    polled: int = 0
+    """Jobs taken from GetTask (with ``poll``, or while the stream was down)."""
     usage: dict[str, Spent] = field(default_factory=dict)
     """Per session: the usage reports the server answered (counted now or before)."""

@@ -85,6 +85,9 @@ class SimWorker:
         self._failures = 0  # transient failures in a row, for the back-off
         self._pushed: asyncio.Queue[worker_pb.Job] = asyncio.Queue()
         self._stream_up = asyncio.Event()
+        # Set once the first Watch answers or fails: until then no GetTask poll competes with
+        # the stream for the worker's first jobs.
+        self._stream_settled = asyncio.Event()
         self._seen: set[str] = set()  # sessions taken (a job may be told twice)
         self.draining = False
         self._failure_kinds: dict[str, worker_pb.FailureKind] = {}
@@ -137,6 +140,9 @@ class SimWorker:
         current: dict[str, str] = {}
         beats = asyncio.create_task(self._heartbeats(current))
         stream = None if self.o.poll else asyncio.create_task(self._watch())
+        if stream is not None:  # the stream opens with a keep-alive: wait for it, briefly
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stream_settled.wait(), self.o.wait_ms / 1000)
         idle_since = time.monotonic()
         try:
             while not self._closing.is_set():
@@ -173,16 +179,22 @@ class SimWorker:
         """A job pushed on the Watch stream, or (with ``--poll``, or while the stream is
         down) one claimed by long polling GetTask; None when none came within ``wait_ms``."""
         while True:
-            if self.o.poll or not self._stream_up.is_set():
+            polled = self.o.poll or not self._stream_up.is_set()
+            if polled:
                 job = await self.claim()
             else:
                 try:
                     job = await asyncio.wait_for(self._pushed.get(), self.o.wait_ms / 1000)
                 except TimeoutError:
                     return None
-            if job is None or job.session_id not in self._seen:
-                if job is not None:
-                    self._seen.add(job.session_id)
+            if job is None:
+                return None
+            if job.session_id not in self._seen:  # not one the other way brought already
+                self._seen.add(job.session_id)
+                if polled:
+                    self.stats.polled += 1
+                else:
+                    self.stats.pushed += 1
                 return job
 
     async def _watch(self) -> None:
@@ -198,10 +210,10 @@ class SimWorker:
                 )
                 async for message in stream:
                     self._stream_up.set()
+                    self._stream_settled.set()
                     failures = 0
                     match message.event:
                         case Oneof(field="job_assigned", value=worker_pb.Job() as job):
-                            self.stats.pushed += 1
                             self._pushed.put_nowait(job)
                         case Oneof(field="stop_session", value=worker_pb.StopSession() as stop):
                             self._stop_requested.add(stop.session_id)
@@ -211,6 +223,7 @@ class SimWorker:
                 raise
             except Exception as e:
                 self._stream_up.clear()
+                self._stream_settled.set()
                 if isinstance(e, ConnectError) and e.code == Code.DEADLINE_EXCEEDED:
                     continue  # the stream's own timeout: renew it at once
                 failures = min(failures + 1, 30)
@@ -220,6 +233,7 @@ class SimWorker:
                     await asyncio.wait_for(self._closing.wait(), delay * random.uniform(0.5, 1.0))
             else:
                 self._stream_up.clear()
+                self._stream_settled.set()
 
     async def claim(self) -> worker_pb.Job | None:
         """The next job, or None (none came within ``wait_ms``, or the call failed and the

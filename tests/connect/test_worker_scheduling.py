@@ -136,6 +136,9 @@ async def test_drain_in_multi_user_mode_needs_the_worker_or_the_operator(databas
 async def test_watch_pushes_a_job_then_its_stop(app: Any, client: WorkerServiceClient) -> None:
     reg = await _register(client)
     stream = client.watch(worker_pb.WatchRequest(worker_id=reg.worker_id)).__aiter__()
+    opened = await asyncio.wait_for(anext(stream), 10)  # the stream says at once it is open
+    assert opened.event is not None
+    assert opened.event.field == "keep_alive"
     first = asyncio.ensure_future(anext(stream))
     task = await _task("pushed")
     message = await asyncio.wait_for(first, 10)

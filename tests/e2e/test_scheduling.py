@@ -75,7 +75,27 @@ async def test_workers_of_different_agent_types_take_only_their_jobs(
             claude.kill()
             await api.close()
     assert sum(r["succeeded"] for r in reports.values()) == 6
-    assert sum(r["pushed"] for r in reports.values()) == 6  # every job came on a Watch stream
+    # Every job came on a Watch stream.
+    assert [(r["pushed"], r["polled"]) for r in reports.values()] == [(3, 0), (3, 0)]
+
+
+async def test_a_watching_worker_takes_even_its_first_jobs_from_its_stream(
+    e2e_database_url: str, tmp_path: Path
+) -> None:
+    """Regression (CI, PostgreSQL): the stream said nothing until it had news, so a starting
+    worker long polled GetTask meanwhile and took a queued job that way (5 of 6 pushed)."""
+    server = await Server(e2e_database_url, tmp_path / "server.log").ready()
+    api = Connect(server.base)
+    try:
+        group = await api.group()
+        for i in range(4):  # queued before the worker starts
+            await api.unit(group, f"job {i}")
+        sim = Sim(server.base, tmp_path, "w", "--max-jobs", "4", *FAST)
+        report = await asyncio.to_thread(sim.wait, 60)
+    finally:
+        await api.close()
+        server.stop()
+    assert (report["succeeded"], report["pushed"], report["polled"]) == (4, 4, 0)
 
 
 async def test_a_watch_stream_ends_cleanly_when_its_server_shuts_down(
@@ -88,6 +108,9 @@ async def test_a_watch_stream_ends_cleanly_when_its_server_shuts_down(
             worker_pb.RegisterWorkerRequest(name="w", endpoint_url="http://127.0.0.1:9")
         )
         stream = client.watch(worker_pb.WatchRequest(worker_id=reg.worker_id)).__aiter__()
+        opened = await asyncio.wait_for(anext(stream), 8)
+        assert opened.event is not None
+        assert opened.event.field == "keep_alive"
         pending = asyncio.ensure_future(anext(stream))
         await asyncio.sleep(0.3)  # the stream is open and waiting (nothing to tell yet)
         assert not pending.done()
