@@ -19,6 +19,7 @@ from uuid import UUID
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import DoesNotExist, IntegrityError
+from tortoise.expressions import RawSQL
 from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
@@ -166,15 +167,57 @@ def page_bounds(limit: int | None, offset: int | None) -> tuple[int, int]:
     return limit, offset
 
 
-async def paginate(query: QuerySet[M], limit: int | None, offset: int | None) -> Page[M]:
+async def paginate(
+    query: QuerySet[M],
+    limit: int | None,
+    offset: int | None,
+    *,
+    long_text: Sequence[str] = (),
+) -> Page[M]:
     """One page of ``query`` in a stable order (oldest first), with the total before paging.
+
+    With ``long_text`` (columns of the model that may hold long text), the page's keys and
+    the length of those columns are read first and only the rows that fit in
+    ``PAGE_CHARS`` are loaded (see ``fitting``).
 
     Raises: InvalidArgument (bad limit or offset).
     """
     limit, offset = page_bounds(limit, offset)
     total = await query.count()
-    items = await query.order_by("created_at", "id").offset(offset).limit(limit)
-    return Page(items=items, total_count=total)
+    ordered = query.order_by("created_at", "id").offset(offset).limit(limit)
+    if not long_text or offset >= total:
+        return Page(items=await ordered, total_count=total)
+    table = query.model._meta.db_table
+    weight = " + ".join(
+        f'COALESCE(LENGTH(CAST("{table}"."{column}" AS TEXT)), 0)' for column in long_text
+    )
+    keys = await ordered.annotate(weight=RawSQL(weight)).values_list("id", "weight")
+    kept = [key for key, _ in keys[: fitting([int(w) for _, w in keys])]]
+    rows = {row.pk: row for row in await query.model.filter(pk__in=kept)}
+    # A row deleted since its key was read is left out, as it would be a moment later.
+    return Page(items=[rows[key] for key in kept if key in rows], total_count=total)
+
+
+# A list page ends early rather than hold more than ``PAGE_CHARS`` characters of its items'
+# long text (prompts, descriptions, plans, answers): 500 prompts of 100,000 characters
+# would make one answer of ~50 MB, and several times that in memory while it is built. A
+# page holds at least one item whatever it weighs; callers page on from the items they got
+# (``next_page_token`` / ``endCursor`` name the last of them, ``offset`` + their number).
+PAGE_CHARS = 2_000_000
+ITEM_CHARS = 500  # what an item weighs besides its long text (ids, names, times)
+
+
+def fitting(weights: Sequence[int], budget: int | None = None) -> int:
+    """How many of the leading items, of these long-text weights, one page holds: all
+    that fit in ``budget`` characters (``PAGE_CHARS``) counting ``ITEM_CHARS`` each, and
+    at least one."""
+    budget = PAGE_CHARS if budget is None else budget
+    spent = 0
+    for count, weight in enumerate(weights):
+        spent += ITEM_CHARS + weight
+        if count and spent > budget:
+            return count
+    return len(weights)
 
 
 # Paging cursors have one meaning in both APIs: a cursor names one item (its position in

@@ -183,7 +183,7 @@ async def list_todo_items(
         query = query.filter(status=status)
     if item_type is not None:
         query = query.filter(type=item_type)
-    return await paginate(query, limit, offset)
+    return await paginate(query, limit, offset, long_text=("data",))
 
 
 async def get_todo_item(*, actor: Principal, item_id: UUID) -> m.TodoItem:

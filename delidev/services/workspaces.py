@@ -90,7 +90,7 @@ async def list_workspaces(
 ) -> Page[m.Workspace]:
     """The actor's workspaces, oldest first. Raises: InvalidArgument."""
     query = m.Workspace.filter(**owner_filter(actor))
-    return await paginate(query, limit, offset)
+    return await paginate(query, limit, offset, long_text=("description",))
 
 
 async def get_workspace(*, actor: Principal, workspace_id: UUID) -> m.Workspace:

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from delidev.errors import InvalidArgument
 from delidev.services.common import (
+    ITEM_CHARS,
     MAX_OFFSET,
     MAX_PAGE_SIZE,
     decode_cursor,
     encode_cursor,
+    fitting,
     page_bounds,
 )
 
@@ -76,3 +78,20 @@ def test_offsets_past_the_int32_range_are_refused(offset: int) -> None:
         return
     with pytest.raises(InvalidArgument, match="offset must be between 0 and 2147483647"):
         page_bounds(10, offset)
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=400_000), max_size=60),
+    st.integers(min_value=0, max_value=3_000_000),
+)
+def test_a_page_holds_the_leading_items_that_fit_and_at_least_one(
+    weights: list[int], budget: int
+) -> None:
+    kept = fitting(weights, budget)
+    spent = [ITEM_CHARS + w for w in weights]
+    if not weights:
+        assert kept == 0
+        return
+    assert 1 <= kept <= len(weights)
+    assert kept == 1 or sum(spent[:kept]) <= budget  # within the budget, or one item alone
+    assert kept == len(weights) or sum(spent[: kept + 1]) > budget  # the next did not fit

@@ -148,7 +148,7 @@ async def list_tty_requests(
         query = query.filter(session_id=session_id)
     if status is not None:
         query = query.filter(status=status)
-    return await paginate(query, limit, offset)
+    return await paginate(query, limit, offset, long_text=("prompt", "response", "options"))
 
 
 async def get_tty_request(*, actor: Principal, request_id: UUID) -> m.TtyInputRequest:

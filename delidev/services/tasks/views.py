@@ -17,7 +17,7 @@ from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound
 from delidev.services import estimates as estimate_service
 from delidev.services import usage as usage_service
-from delidev.services.common import Page, owner_filter, page_bounds
+from delidev.services.common import Page, fitting, owner_filter, page_bounds
 from delidev.services.repositories import get_repository_group
 from delidev.services.scheduling import waits as job_waits
 from delidev.services.tasks._shared import RETRYABLE, S, SessionStatus, Task, latest_sessions
@@ -113,15 +113,19 @@ async def _merged_page(
     # The table name tells which model a key is of. This order is (created_at, str(id)):
     # SQLite keeps both as text (ISO times in UTC, ids in lowercase hex) and PostgreSQL's
     # uuid order is that of the hex.
+    # With each key, the length of the task's long text, so that the page ends before
+    # ``PAGE_CHARS`` of it (a composite's nodes hold about its plan's text again).
     union = " UNION ALL ".join(
-        f"SELECT t.created_at, t.id, '{mod._meta.db_table}' AS kind {keys.source(mod, f)}"
+        f"SELECT t.created_at, t.id, '{mod._meta.db_table}' AS kind, {_LONG_TEXT[mod]} AS weight"
+        f" {keys.source(mod, f)}"
         for mod, f in sources
     )
     page = await conn.execute_query_dict(
-        f"SELECT id, kind FROM ({union}) AS merged ORDER BY created_at, id"
+        f"SELECT id, kind, weight FROM ({union}) AS merged ORDER BY created_at, id"
         f" LIMIT {keys.value(limit)} OFFSET {keys.value(offset)}",
         keys.values,
     )
+    page = page[: fitting([int(r["weight"]) for r in page])]
     found: dict[str, Task] = {}
     for model, _ in sources:
         ids = [r["id"] for r in page if r["kind"] == model._meta.db_table]
@@ -131,6 +135,19 @@ async def _merged_page(
     return Page(
         items=[found[str(r["id"])] for r in page if str(r["id"]) in found], total_count=total
     )
+
+
+def _lengths(*columns: str, plan: str | None = None) -> str:
+    terms = [f"COALESCE(LENGTH(t.{c}), 0)" for c in columns]
+    if plan is not None:
+        terms.append(f"2 * COALESCE(LENGTH(t.{plan}), 0)")
+    return " + ".join(terms)
+
+
+_LONG_TEXT: dict[type[Task], str] = {
+    m.UnitTask: _lengths("prompt", "rejection_reason"),
+    m.CompositeTask: _lengths("prompt", "plan_error", plan="plan_yaml"),
+}
 
 
 class _Statement:

@@ -1222,6 +1222,9 @@ class ListTasksResponse(Message[_ListTasksResponseFields]):
 
     Attributes:
         tasks:
+            At most limit tasks, and fewer when their prompts and plans are long (a page ends
+            before 2,000,000 characters of them); at least one while any follow.
+
             ```proto
             repeated delidev.v1.Task tasks = 1;
             ```
@@ -1230,6 +1233,8 @@ class ListTasksResponse(Message[_ListTasksResponseFields]):
             int32 total_count = 2;
             ```
         next_page_token:
+            Empty on the last page.
+
             ```proto
             string next_page_token = 3;
             ```

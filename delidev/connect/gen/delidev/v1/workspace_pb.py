@@ -252,7 +252,9 @@ class ListWorkspacesRequest(Message[_ListWorkspacesRequestFields]):
 
     Attributes:
         limit:
-            0 means the default page size (50); at most 500.
+            0 means the default page size (50); at most 500. A page of long descriptions holds
+            fewer (it ends before 2,000,000 characters of them): the next one starts at offset plus
+            the workspaces received.
 
             ```proto
             int32 limit = 1;
