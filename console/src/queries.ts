@@ -226,8 +226,10 @@ export interface TtyRequest {
 const TTY = "id taskId sessionId prompt inputType options status createdAt expiresAt";
 
 export const PENDING_TTY = `
-  query PendingTty($workspaceId: ID!) {
-    ttyInputRequests(workspaceId: $workspaceId, status: PENDING, limit: 100) { totalCount items { ${TTY} } }
+  query PendingTty($workspaceId: ID!, $offset: Int) {
+    ttyInputRequests(workspaceId: $workspaceId, status: PENDING, limit: 100, offset: $offset) {
+      totalCount items { ${TTY} }
+    }
   }`;
 
 export const TTY_REQUESTED = `
@@ -235,8 +237,9 @@ export const TTY_REQUESTED = `
 
 export const PENDING_PLANS = `
   ${TASK_SUMMARY}
-  query PendingPlans($workspaceId: ID!) {
-    tasks(workspaceId: $workspaceId, kind: COMPOSITE, compositeStatus: PENDING_APPROVAL, first: 100) {
+  query PendingPlans($workspaceId: ID!, $after: String) {
+    tasks(workspaceId: $workspaceId, kind: COMPOSITE, compositeStatus: PENDING_APPROVAL, first: 100, after: $after) {
+      pageInfo { hasNextPage endCursor }
       edges { node { ...TaskSummary ... on CompositeTask { planYaml ${ESTIMATE} } } }
     }
   }`;

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from playwright.async_api import BrowserContext, Page, expect
 
+from delidev.services.common import ITEM_CHARS, MAX_TEXT_LENGTH, PAGE_CHARS
 from tests.browser.conftest import screenshot
-from tests.e2e.harness import Connect, Server, Sim
+from tests.e2e.harness import Connect, Server, Sim, Worker
 
 
 async def _set_up_workspace(page: Page, base: str) -> None:
@@ -242,4 +243,28 @@ async def test_select_and_confirm_questions_are_answered_with_a_click(
             await expect(log).to_contain_text(f"got an answer of {length} characters")
     finally:
         sim.kill()
+        await api.close()
+
+
+async def test_the_inbox_pages_through_long_questions(page: Page, server: Server) -> None:
+    """The server cuts a page of long questions short (services/common.PAGE_CHARS): the inbox
+    pages on, so that every pending question is shown, not only the first page's."""
+    api = Connect(server.base)
+    worker = Worker(server.base)
+    try:
+        task = await api.unit(await api.group(), "asks a lot")
+        await worker.claim(task["id"])
+        count = PAGE_CHARS // (MAX_TEXT_LENGTH + ITEM_CHARS) + 4  # more than one page holds
+        for i in range(count):
+            prompt = f"question {i}: " + "x" * (MAX_TEXT_LENGTH - 20)
+            await worker.api(
+                "WorkerService/RequestTtyInput",
+                {**worker.lease, "prompt": prompt, "inputType": "TTY_INPUT_TYPE_TEXT"},
+            )
+        await page.goto(f"{server.base}/#/inbox")
+        await expect(page.get_by_test_id("nav-inbox")).to_have_text(f"Needs you ({count})")
+        await expect(page.get_by_test_id("question")).to_have_count(count)
+        await expect(page.get_by_test_id("question").last).to_contain_text(f"question {count - 1}:")
+    finally:
+        await worker.close()
         await api.close()

@@ -28,13 +28,42 @@ function recount(): void {
 questions.subscribe(recount);
 plans.subscribe(recount);
 
+// The inbox shows at most this many questions and as many plans. A page may hold fewer items
+// than asked when they are long (the server cuts pages by their text), so both are paged.
+const MAX_SHOWN = 500;
+
+type Plan = TaskSummary & { planYaml?: string | null; estimate?: Estimate | null };
+
+async function pendingQuestions(workspaceId: string): Promise<TtyRequest[]> {
+  const all: TtyRequest[] = [];
+  for (;;) {
+    const page: { ttyInputRequests: { totalCount: number; items: TtyRequest[] } } = await gql(PENDING_TTY, {
+      workspaceId,
+      offset: all.length,
+    });
+    all.push(...page.ttyInputRequests.items);
+    const more = all.length < page.ttyInputRequests.totalCount && page.ttyInputRequests.items.length > 0;
+    if (!more || all.length >= MAX_SHOWN) return all;
+  }
+}
+
+async function pendingPlans(workspaceId: string): Promise<Plan[]> {
+  const all: Plan[] = [];
+  let after: string | null = null;
+  do {
+    const page: {
+      tasks: { pageInfo: { hasNextPage: boolean; endCursor: string | null }; edges: { node: Plan }[] };
+    } = await gql(PENDING_PLANS, { workspaceId, after });
+    all.push(...page.tasks.edges.map((e) => normalize(e.node)));
+    after = page.tasks.pageInfo.hasNextPage ? page.tasks.pageInfo.endCursor : null;
+  } while (after && all.length < MAX_SHOWN);
+  return all;
+}
+
 async function reload(workspaceId: string): Promise<void> {
-  const [tty, pending] = await Promise.all([
-    gql<{ ttyInputRequests: { items: TtyRequest[] } }>(PENDING_TTY, { workspaceId }),
-    gql<{ tasks: { edges: { node: TaskSummary & { planYaml?: string | null; estimate?: Estimate | null } }[] } }>(PENDING_PLANS, { workspaceId }),
-  ]);
-  questions.set(tty.ttyInputRequests.items);
-  plans.set(pending.tasks.edges.map((e) => normalize(e.node)));
+  const [tty, pending] = await Promise.all([pendingQuestions(workspaceId), pendingPlans(workspaceId)]);
+  questions.set(tty);
+  plans.set(pending);
 }
 
 function notify(q: TtyRequest): void {
