@@ -9,17 +9,19 @@ mode it carries workspace and worker names, so it answers only with
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from connectrpc.code import Code
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from delidev import metrics
+from delidev import metrics, request_context
 from delidev import models as m
 from delidev.auth.authenticator import bearer_token
-from delidev.connect.routes import connect_route
+from delidev.connect.routes import connect_route, rpc_method
 from delidev.request_context import CLIENT_CLOSED
 from delidev.services.common import same_secret
 from delidev.settings import Settings
@@ -75,11 +77,15 @@ class RequestTiming:
             return
         started = time.perf_counter()
         status = 500  # unless a response starts
+        rpc = rpc_method(scope["path"])
+        error_body = b""  # the start of a Connect call's error answer
 
         async def timed_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, error_body
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif rpc is not None and status != 200 and not error_body:
+                error_body = bytes(message.get("body", b"")[:_ERROR_BODY_BYTES])
             await send(message)
 
         try:
@@ -88,6 +94,37 @@ class RequestTiming:
             status = CLIENT_CLOSED  # gone before its body was whole: not a server error
             raise
         finally:
-            metrics.http_request(
-                scope["method"], self._route(scope["path"]), status, time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            metrics.http_request(scope["method"], self._route(scope["path"]), status, seconds)
+            info = request_context.current()
+            if rpc is not None and status != 200 and info is not None and not info.rpc_timed:
+                # Refused by the Connect runtime before the interceptors ran (a body that
+                # does not decode, too large, a wrong content type...): counted all the same.
+                code = _connect_code(status, error_body)
+                request_context.set_code(code)
+                metrics.rpc_call(rpc[0], rpc[1], code, seconds)
+
+
+# Connect error answers are small JSON objects; a longer one is not parsed.
+_ERROR_BODY_BYTES = 4096
+_CONNECT_CODES = frozenset(code.value for code in Code)
+# What a Connect client makes of an HTTP status without a code in the body (the protocol's
+# table; 400 is ambiguous there and reads as invalid_argument, as the clients read it).
+_HTTP_CODES = {
+    400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
+    404: "unimplemented", 408: "deadline_exceeded", 409: "aborted", 412: "failed_precondition",
+    413: "resource_exhausted", 415: "internal", 429: "unavailable", 431: "resource_exhausted",
+    499: "canceled", 502: "unavailable", 503: "unavailable", 504: "unavailable",
+}  # fmt: skip
+
+
+def _connect_code(status: int, body: bytes) -> str:
+    """The Connect code of an answer the runtime gave: the one its JSON error names, else
+    what its HTTP status means to a Connect client."""
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    if isinstance(code, str) and code in _CONNECT_CODES:
+        return code
+    return _HTTP_CODES.get(status, "unknown")

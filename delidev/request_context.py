@@ -83,6 +83,9 @@ class RequestInfo:
     status: int | None = None
     code: str | None = None
     """The Connect code or GraphQL error code of the answer, where known."""
+    rpc_timed: bool = False
+    """Whether the Connect call was timed by its interceptor (it was not when the runtime
+    refused it before our code ran: the request timing counts it then)."""
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
@@ -123,6 +126,12 @@ def set_worker(worker_id: uuid.UUID) -> None:
     info = _current.get()
     if info is not None:
         info.principal = f"worker:{worker_id}"
+
+
+def set_rpc_timed() -> None:
+    info = _current.get()
+    if info is not None:
+        info.rpc_timed = True
 
 
 def set_code(code: str) -> None:

@@ -176,3 +176,50 @@ def test_the_route_names_cover_exactly_the_services_served(settings: Settings) -
     assert connect_route("/delidev.v1.TaskService/Get") == "/delidev.v1.TaskService/{method}"
     for made_up in ("/delidev.v1.NoSuchService/Get", "/delidev.v1.TaskService", "/x"):
         assert connect_route(made_up) is None
+
+
+def _rpc_count(service: str, method: str, code: str | None = None) -> float:
+    total = 0.0
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "rpc_server_call_duration_seconds_count"
+                and (labels.get("rpc_service"), labels.get("rpc_method")) == (service, method)
+                and code in (None, labels.get("rpc_response_status_code"))
+            ):
+                total += sample.value
+    return total
+
+
+async def test_calls_the_runtime_refuses_are_counted_with_their_code(
+    http: httpx.AsyncClient,
+) -> None:
+    """Regression: a call refused before our interceptors ran (a body that does not decode,
+    an unknown JSON field, a wrong content type, too large) was only an HTTP 400 in the
+    metrics, missing from the RPC series a dashboard of errors by method reads."""
+    service, method = "delidev.v1.TaskService", "List"
+    path = f"/{service}/{method}"
+    route = "/delidev.v1.TaskService/{method}"
+    before = {code: _rpc_count(service, method, code) for code in ("ok", "invalid_argument")}
+    http_before, rpc_before = _http_count(route), _rpc_count(service, "List")
+    sends = [
+        ({"content-type": "application/json"}, b"{}", "ok"),
+        ({"content-type": "application/json"}, b'{"noSuchField": 1}', "invalid_argument"),
+        ({"content-type": "application/json"}, b"{not json", "invalid_argument"),
+        ({"content-type": "application/proto"}, b"\xff\xff\xff", "invalid_argument"),
+        ({"content-type": "text/plain"}, b"{}", None),
+        ({"content-type": "application/json"}, b" " * (5 * 1024 * 1024), None),
+    ]
+    statuses = []
+    for headers, body, _ in sends:
+        statuses.append((await http.post(path, content=body, headers=headers)).status_code)
+    assert statuses[:4] == [200, 400, 400, 400]
+    assert all(s >= 400 for s in statuses[4:]), statuses
+    assert _rpc_count(service, method, "ok") == before["ok"] + 1
+    assert _rpc_count(service, method, "invalid_argument") == before["invalid_argument"] + 3
+    # Every call to a method served is in the RPC series once, as in the HTTP series.
+    assert _http_count(route) - http_before == _rpc_count(service, "List") - rpc_before == 6
+    # A method that is not served stays out of the RPC series (no label from a client).
+    await http.post(f"/{service}/NoSuchMethod", content=b"{}", headers=sends[0][0])
+    assert _rpc_count(service, "NoSuchMethod") == 0

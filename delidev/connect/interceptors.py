@@ -163,6 +163,7 @@ class MetricsInterceptor:
 
 
 def _record(ctx: RequestContext[Any, Any], code: str, started: float) -> None:
+    request_context.set_rpc_timed()
     metrics.rpc_call(
         ctx.method.service_name,
         ctx.method.name,

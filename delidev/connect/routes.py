@@ -16,6 +16,16 @@ from delidev.connect import fast_unary, handlers
 from delidev.connect.codecs import server_codecs
 from delidev.connect.compression import BoundedGzip
 from delidev.connect.fast_unary import UnaryFastPath
+from delidev.connect.gen.delidev.v1 import (
+    auth_pb,
+    repository_pb,
+    secrets_pb,
+    session_pb,
+    task_pb,
+    todo_pb,
+    worker_pb,
+    workspace_pb,
+)
 from delidev.connect.gen.delidev.v1.auth_connect import AuthServiceASGIApplication
 from delidev.connect.gen.delidev.v1.repository_connect import (
     RepositoryGroupServiceASGIApplication,
@@ -200,6 +210,31 @@ SERVICE_PATHS = tuple(
         "Secrets", "Auth",
     )
 )  # fmt: skip
+# ``/<service>/<method>`` of every method served, from the services' descriptors.
+_METHOD_PATHS = frozenset(
+    f"/{service.type_name}/{method.name}"
+    for module in (
+        auth_pb,
+        repository_pb,
+        secrets_pb,
+        session_pb,
+        task_pb,
+        todo_pb,
+        worker_pb,
+        workspace_pb,
+    )
+    for service in module.desc().services
+    for method in service.methods
+)
+
+
+def rpc_method(path: str) -> tuple[str, str] | None:
+    """The (service, method) a request path names, when it is a method served here; else
+    None (a made-up path never becomes a label)."""
+    if path not in _METHOD_PATHS:
+        return None
+    service, _, method = path[1:].partition("/")
+    return service, method
 
 
 def connect_route(path: str) -> str | None:

@@ -249,9 +249,9 @@ async def test_secrets_reach_only_the_leased_worker_and_are_stored_nowhere(
     task = await api.unit(group, "deploy [sim:echo-secrets]", expectsSecrets=True)
     sim = Sim(server.base, tmp_path, "keeper", "--idle-exit", "2", "--wait-ms", "300", *FAST)
     try:
-        # The worker has polled (a GetTask answered, in the access log), but the job waits
-        # for its secrets.
-        await until(lambda: "WorkerService/GetTask" in server.log(), what="a poll")
+        # The worker is there (its heartbeat answered, in the access log; its Watch stream
+        # is logged when it ends), but the job waits for its secrets.
+        await until(lambda: "WorkerService/Heartbeat" in server.log(), what="a heartbeat")
         runs = await _sessions(api, task["id"])
         assert runs[0]["status"] == "AGENT_SESSION_STATUS_QUEUED"
         sent = await api(

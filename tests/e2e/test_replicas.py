@@ -38,7 +38,7 @@ async def test_secrets_sent_to_one_replica_reach_a_worker_on_another(
         group = await api.group()
         first = await api.unit(group, "deploy [sim:echo-secrets]", expectsSecrets=True)
         second = await api.unit(group, "again [sim:echo-secrets]", expectsSecrets=True)
-        sim = Sim(b.base, tmp_path, "on-b", "--idle-exit", "2", "--wait-ms", "300", *FAST)
+        sim = Sim(b.base, tmp_path, "on-b", "--poll", "--idle-exit", "2", "--wait-ms", "300", *FAST)
         # The worker on B has polled (a GetTask answered, in B's access log); the jobs wait
         # for their secrets.
         await until(lambda: "WorkerService/GetTask" in b.log(), what="a poll")
