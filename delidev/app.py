@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.http.websocket_origin import normalize_origin
 from tortoise.context import TortoiseContext
 
-from delidev import console, db, events, metrics, request_context, tracing
+from delidev import console, db, db_outage, events, metrics, request_context, tracing
 from delidev.auth.authenticator import Authenticator
 from delidev.auth.principal import Principal
 from delidev.background import Sweeper, WaitReconciler
@@ -312,15 +312,17 @@ def create_app(settings: Settings, traced: tracing.Tracing | None = None) -> Sta
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    ready_probe: db_outage.Probe[object] = db_outage.Probe(READY_TIMEOUT_S)
+
     async def readyz(_: Request) -> Response:
         ctx = state.get("db")
         if ctx is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                await ctx.db().execute_query("SELECT 1")
-        except Exception:
-            log.warning("readiness check failed: database unreachable", exc_info=True)
+            await ready_probe.run(lambda: ctx.db().execute_query("SELECT 1"))
+        except Exception as error:
+            # The driver's text may name the host: only the kind of failure is logged.
+            log.warning("readiness check failed: database unreachable (%s)", type(error).__name__)
             return JSONResponse({"status": "database unreachable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 

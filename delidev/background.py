@@ -15,7 +15,7 @@ import logging
 
 from opentelemetry import trace
 
-from delidev import events
+from delidev import db_outage, events
 from delidev.services import auth as auth_service
 from delidev.services import secrets, sessions, workers
 from delidev.services.common import now as current_time
@@ -59,12 +59,18 @@ class Sweeper:
             await self._sweep(now or dt.datetime.now(dt.UTC))
 
     async def _sweep(self, now: dt.datetime) -> None:
+        # Heartbeats sent while the database was unreachable were not stored: no worker is
+        # taken for silent until the database has answered for as long as that takes.
+        recovered = (
+            db_outage.seconds_since_last() >= (self.interval * workers.MISSED_BEATS).total_seconds()
+        )
         await workers.sweep_workers(
             heartbeat_interval=self.interval,
             now=now,
             stop_grace=self.stop_grace,
             policy=self.policy,
             forget_after=self.forget_after,
+            mark_silent=recovered,
         )
         await sessions.expire_tty_requests(now)
         await secrets.prune_secrets(self._store)
@@ -77,8 +83,16 @@ class Sweeper:
             await asyncio.sleep(self.interval.total_seconds())
             try:
                 await self.sweep()
-            except Exception:
-                log.exception("background sweep failed; retrying at the next interval")
+            except Exception as error:
+                if db_outage.is_outage(error):
+                    db_outage.note(error)
+                    log.warning(
+                        "background sweep: the database is unavailable (%s); retrying at"
+                        " the next interval",
+                        type(error).__name__,
+                    )
+                else:
+                    log.exception("background sweep failed; retrying at the next interval")
 
 
 # The events after which a queued job's reason to wait may have changed.

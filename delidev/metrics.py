@@ -52,6 +52,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 from tortoise import connections
 
+from delidev import db_outage
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -361,21 +363,31 @@ def _as_time(value: object) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+# How long a scrape waits for the database's gauges (Prometheus's own default timeout is
+# 10 s): past it the scrape says ``delidev_database_up 0`` and serves the rest.
+GAUGES_TIMEOUT_S = 5.0
+
+
 class DatabaseGauges:
     """The gauges that come from the database, read at most once per ``max_age`` seconds
     (concurrent scrapes share one read)."""
 
-    def __init__(self, max_age: float = 1.0) -> None:
+    def __init__(self, max_age: float = 1.0, timeout: float = GAUGES_TIMEOUT_S) -> None:
         self.max_age = max_age
         self._snapshot: _Snapshot | None = None
         self._lock = asyncio.Lock()
+        # A scrape must not hang on a database that does not answer (the rest is served).
+        self._probe: db_outage.Probe[list[dict[str, Any]]] = db_outage.Probe(timeout)
 
     async def read(self) -> _Snapshot:
+        """Raises: TimeoutError (no answer within the timeout), or the driver's error."""
         async with self._lock:
             known = self._snapshot
             if known is not None and time.monotonic() - known.taken_at < self.max_age:
                 return known
-            rows = await connections.get("default").execute_query_dict(_SNAPSHOT)
+            rows = await self._probe.run(
+                lambda: connections.get("default").execute_query_dict(_SNAPSHOT)
+            )
             snapshot = _Snapshot(taken_at=time.monotonic())
             for row in rows:
                 family, label, count = row["family"], str(row["label"]), int(row["n"])
@@ -453,8 +465,9 @@ async def exposition(gauges: DatabaseGauges, reasons: Iterable[str]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     try:
         snapshot = await gauges.read()
-    except Exception:
-        log.warning("metrics: the database gauges could not be read", exc_info=True)
+    except Exception as error:
+        # The driver's text may name the host: only the kind of failure is logged.
+        log.warning("metrics: the database gauges could not be read (%s)", type(error).__name__)
         up = 0
     else:
         registry.register(_SnapshotCollector(snapshot, reasons, dt.datetime.now(dt.UTC)))

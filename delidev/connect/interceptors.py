@@ -18,7 +18,7 @@ from connectrpc.request import RequestContext
 from connectrpc_otel import OpenTelemetryInterceptor
 from opentelemetry.trace import TracerProvider
 
-from delidev import errors, metrics, request_context, tracing
+from delidev import db_outage, errors, metrics, request_context, tracing
 from delidev.connect.gen.delidev.v1.common_pb import ErrorInfo
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def to_connect_error(exc: BaseException, method: str) -> ConnectError:
             message,
             details=[ErrorInfo(delidev_code=_RUNTIME_ERRORS.get(exc.code, errors.Internal).code)],
         )
+    if db_outage.is_outage(exc):
+        return to_connect_error(db_outage.refused(exc, method), method)
     log.error("unexpected error in %s", method, exc_info=exc)
     return ConnectError(
         Code.INTERNAL, "internal error", details=[ErrorInfo(delidev_code=errors.Internal.code)]

@@ -34,7 +34,7 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.utils.str_converters import to_camel_case
 
-from delidev import errors
+from delidev import db_outage, errors
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,16 @@ def format_error(error: GraphQLError) -> GraphQLError:
             positions=error.positions,
             path=error.path,
             extensions=extensions,
+        )
+    if original is not None and db_outage.is_outage(original):
+        outage = db_outage.refused(original, "GraphQL")
+        return GraphQLError(
+            outage.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=error_extensions(errors.Unavailable),
         )
     log.error("unexpected error in GraphQL resolver at %s", error.path, exc_info=original)
     return GraphQLError(

@@ -324,20 +324,30 @@ class SimWorker:
             await self._give_up(job, str(lost))
 
     async def _give_up(self, job: worker_pb.Job, reason: str) -> None:
-        """Tries once to report the job failed. If that fails too, the job stays ours on the
-        server, and a later GetTask hands it back to be run again."""
-        with contextlib.suppress(Exception):
-            await self.client.report_status(
-                worker_pb.ReportStatusRequest(
-                    worker_id=self.worker_id,
-                    session_id=job.session_id,
-                    lease_token=job.lease_token,
-                    status=S.FAILED,
-                    error=f"the worker gave up after errors talking to the server ({reason})",
-                    failure_kind=worker_pb.FailureKind.OTHER,
-                ),
-                headers=self._headers(),
-            )
+        """Reports the job failed, trying again with back-off while the server cannot be
+        reached (its database may be down for a while), until the report lands, is refused
+        or the worker closes. The job is ours on the server until then: given up silently,
+        it would stay running there, on a worker that no longer runs it, until its time
+        limit (a Watch stream tells a job once)."""
+        request = worker_pb.ReportStatusRequest(
+            worker_id=self.worker_id,
+            session_id=job.session_id,
+            lease_token=job.lease_token,
+            status=S.FAILED,
+            error=f"the worker gave up after errors talking to the server ({reason})",
+            failure_kind=worker_pb.FailureKind.OTHER,
+        )
+        while True:
+            try:
+                await self.client.report_status(request, headers=self._headers())
+            except Exception as e:
+                if not _transient(e) or self._closing.is_set():
+                    return
+                self.stats.errors += 1
+                await self._back_off()
+            else:
+                self._failures = 0
+                return
 
     async def _work(self, job: worker_pb.Job) -> tuple[int, str | None, str | None]:
         """Does the job; returns the status, error and plan to report. Raises: JobLost."""

@@ -176,6 +176,23 @@ async def test_a_job_whose_calls_keep_failing_is_given_up(app: Any, group: UUID)
     assert "gave up" in session.error
 
 
+async def test_a_job_given_up_is_reported_once_the_server_answers_again(
+    app: Any, group: UUID
+) -> None:
+    """Regression: the failure report of a job given up was tried once. When the database
+    was down that long too, the job stayed running on the server, on a worker that had
+    moved on, until its time limit (its Watch stream told it once)."""
+    given_up = await _unit(group, "down for a while")
+    down = fail_with(ConnectError(Code.UNAVAILABLE, "the database is unavailable"))
+    hooks = {"append_log": [down] * 2, "report_status": [down] * 4}
+    stats = await _run(app, hooks, max_jobs=1, job_call_attempts=2)
+    assert (stats.abandoned, stats.errors) == (1, 2 + 4)
+    session = await m.AgentSession.filter(agent_task_id=given_up.agent_task_id).get()
+    assert session.status == m.AgentSessionStatus.FAILED
+    assert session.error is not None
+    assert "gave up" in session.error
+
+
 async def test_a_worker_the_server_forgot_registers_again(app: Any, group: UUID) -> None:
     task = await _unit(group, "after a reset")
 

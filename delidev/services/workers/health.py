@@ -39,8 +39,11 @@ async def sweep_workers(
     stop_grace: dt.timedelta = limits.DEFAULT_STOP_GRACE,
     policy: RetryPolicy = RetryPolicy(),  # noqa: B008  # frozen
     forget_after: dt.timedelta | None = None,
+    mark_silent: bool = True,
 ) -> int:
     """Workers silent for three intervals → unhealthy; the jobs they held are queued again.
+    Not with ``mark_silent`` False: the caller knows that beats may have been lost (the
+    database was unreachable a moment ago), and waits until they cannot have been.
     Workers silent for ``forget_after`` (None: never), unhealthy and holding no job, are
     removed (their past runs keep their history, without a worker).
 
@@ -55,7 +58,7 @@ async def sweep_workers(
     """
     now = now or common.now()
     deadline = now - heartbeat_interval * MISSED_BEATS
-    for worker_id in await _mark_silent(deadline):
+    for worker_id in await _mark_silent(deadline) if mark_silent else []:
         events.publish(events.WorkerChanged(worker_id=str(worker_id)))
     released = await _release_abandoned(started_before=deadline, policy=policy)
     await limits.enforce_limits(now=now, stop_grace=stop_grace)
