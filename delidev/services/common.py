@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import asyncpg
+from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import DoesNotExist, IntegrityError
 from tortoise.expressions import RawSQL
@@ -95,6 +97,31 @@ def orm_errors() -> Iterator[None]:
         # The driver's text can hold the values sent: only the kind of failure is logged.
         log.warning("%s in a transaction, answered as Conflict", type(error.__cause__).__name__)
         raise Conflict("the change conflicted with a concurrent one: try again") from None
+    except asyncpg.exceptions.TransactionRollbackError as error:
+        # A deadlock or serialization failure (PostgreSQL rolled the transaction back):
+        # nothing was changed, and the same call may well succeed now.
+        log.warning("%s in a transaction, answered as Conflict", type(error).__name__)
+        raise Conflict("the change conflicted with a concurrent one: try again") from None
+
+
+async def hold_workspace(workspace_id: UUID) -> None:
+    """Inside a transaction that adds rows under a workspace (tasks, their runs), locks its
+    row against deletion before anything else (PostgreSQL; SQLite runs one writer at a time).
+
+    A workspace's deletion locks the row first too, then reads its tasks: a task being
+    created either commits before that read sees it, or waits and finds the workspace gone.
+    Taken first, in the same order as the deletion, so the two never deadlock (the foreign
+    key checks of an insert took the group's lock before the workspace's).
+
+    Raises: NotFound (the workspace was deleted meanwhile)."""
+    connection = connections.get("default")
+    if connection.capabilities.dialect != "postgres":
+        return
+    rows = await connection.execute_query_dict(
+        "SELECT id FROM workspaces WHERE id = $1 FOR KEY SHARE", [workspace_id]
+    )
+    if not rows:
+        raise NotFound(f"workspace {workspace_id} not found (it was just deleted)")
 
 
 @contextlib.asynccontextmanager

@@ -160,6 +160,11 @@ async def delete_workspace(*, actor: Principal, workspace_id: UUID) -> None:
     """
     async with transaction():
         workspace = await get_workspace(actor=actor, workspace_id=workspace_id)
+        # Locked first (PostgreSQL): a task being created under it commits before the read
+        # below sees it, or waits and then finds the workspace gone. Without the lock a task
+        # committed between the read and the delete went with the workspace's cascade and
+        # left its queued run behind, with no task, for a worker to claim.
+        await m.Workspace.filter(id=workspace.id).select_for_update().first()
         # Tasks hold their repository group with ON DELETE RESTRICT, so they go first.
         await cascade.remove_tasks(
             units=await m.UnitTask.filter(workspace_id=workspace.id),

@@ -189,7 +189,9 @@ async def agent_task_for_group(
     expects_secrets: bool,
     scheduling: Scheduling,
 ) -> m.AgentTask:
-    """An AgentTask whose base remotes are the group's repositories at their default branch."""
+    """An AgentTask whose base remotes are the group's repositories at their default branch.
+    The first step of a task's creation: the workspace is held first (``hold_workspace``)."""
+    await common.hold_workspace(group.workspace_id)
     agent = scheduling.agent_task(
         ai_agent_type=agent_type,
         ai_agent_model=model,

@@ -161,6 +161,7 @@ async def approve_plan(composite: m.CompositeTask) -> m.CompositeTask:
     template = await branch_template(group)
     remotes = await m.AgentTaskBaseRemote.filter(agent_task_id=composite.planning_task_id)
     async with common.transaction():
+        await common.hold_workspace(composite.workspace_id)  # before the composite's lock
         moved = await move(composite, [C.PENDING_APPROVAL], C.IN_PROGRESS)
         await _create_nodes(moved, plan, template=template, remotes=remotes)
     await advance_composite(moved.id)

@@ -267,6 +267,9 @@ async def delete_task(*, actor: Principal, task_id: UUID) -> None:
         if isinstance(task, m.UnitTask):
             removed = await cascade.remove_tasks(units=[task], composites=[])
         else:
+            # Locked first (PostgreSQL), as the plan's approval locks it to add nodes: nodes
+            # added after the read below would go with the cascade and leave their runs.
+            await m.CompositeTask.filter(id=task.id).select_for_update().first()
             nodes = await m.UnitTask.filter(composite_task_id=task.id)
             removed = await cascade.remove_tasks(units=nodes, composites=[task])
         if not removed:  # a concurrent delete came first; this one's changes roll back
