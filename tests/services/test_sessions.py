@@ -262,3 +262,26 @@ async def test_session_and_task_changes_advance_updated_at() -> None:
     await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
     assert (await m.AgentSession.get(id=session.id)).updated_at > long_ago
     assert (await m.UnitTask.get(id=task.id)).updated_at > long_ago
+
+
+async def test_a_stop_that_loses_the_race_with_the_final_report_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (audit of user-operation races): the run's final report landed between
+    Stop's read and its update; Stop answered ok with a run that had succeeded (or failed
+    and been retried), not stopped. The report is made to land right after Stop's read."""
+    from delidev.services.sessions import lifecycle
+
+    _, session = await _running()
+    read = lifecycle.get_session
+
+    async def read_then_the_report_lands(**kwargs: object) -> m.AgentSession:
+        seen = await read(**kwargs)  # type: ignore[arg-type]
+        await sessions.complete_session(session_id=session.id, status=Q.SUCCEEDED)
+        return seen
+
+    monkeypatch.setattr(lifecycle, "get_session", read_then_the_report_lands)
+    with pytest.raises(FailedPrecondition, match="already ended"):
+        await sessions.stop_session(actor=A, session_id=session.id)
+    ended = await m.AgentSession.get(id=session.id)
+    assert (ended.status, ended.stop_requested) == (Q.SUCCEEDED, False)

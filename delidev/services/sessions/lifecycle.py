@@ -50,8 +50,12 @@ async def stop_session(*, actor: Principal, session_id: UUID) -> m.AgentSession:
             id=session.id, status=SessionStatus.RUNNING, stop_requested=False
         ).update(**common.changed(**user_stop()))
         flagged = await get_row(m.AgentSession, id=session.id)
-        await announce_session(flagged)
-        return flagged
+        # Read after the update: a run that ended meanwhile (its worker's final report came
+        # first) was not stopped, and the caller must not be told it was.
+        if flagged.status == SessionStatus.RUNNING:
+            await announce_session(flagged)
+            return flagged
+        session = flagged
     raise FailedPrecondition(f"session {session.id} already ended ({session.status.value})")
 
 
