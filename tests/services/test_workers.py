@@ -862,3 +862,27 @@ async def test_workers_silent_for_long_are_removed_with_their_history_kept() -> 
     # Without forget_after, nobody is removed.
     await workers.sweep_workers(heartbeat_interval=interval, now=later + week)
     assert await m.Worker.all().count() == 1
+
+
+async def test_a_job_deleted_as_it_is_claimed_is_no_job_not_an_unknown_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (audit of user-operation races, SQLite): the steps after the claim read
+    the run's rows one by one; a task deleted in between made GetTask answer not_found,
+    which tells a worker it is unknown (the reference worker registered anew). The task is
+    deleted right after the claim statement here."""
+    if connections.get("default").capabilities.dialect != "sqlite":
+        pytest.skip("the PostgreSQL claim is one statement")
+    [job] = await _tasks(1)
+    worker = await _worker()
+    read = worker_claims.get_row
+
+    async def deleted_first(model: Any, **where: Any) -> Any:
+        if model is m.AgentTask:
+            await tasks.delete_task(actor=LOCAL_USER, task_id=job.id)
+        return await read(model, **where)
+
+    monkeypatch.setattr(worker_claims, "get_row", deleted_first)
+    assert await workers.claim_job(worker_id=worker.id) is None
+    idle = await m.Worker.get(id=worker.id)
+    assert (idle.status, idle.current_session_id) == (m.WorkerStatus.IDLE, None)

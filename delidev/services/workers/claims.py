@@ -31,6 +31,7 @@ import asyncio
 import collections
 import datetime as dt
 import json
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,13 +43,15 @@ from tortoise.exceptions import IntegrityError
 
 from delidev import events, metrics
 from delidev import models as m
-from delidev.errors import FailedPrecondition
+from delidev.errors import FailedPrecondition, NotFound
 from delidev.services import common
 from delidev.services import secrets as secret_service
 from delidev.services import sessions as session_service
 from delidev.services.common import get_row, transaction
 from delidev.services.workers.registry import get_worker, unit_task_of
 from delidev.services.workers.waiting import JobSignal, wait_deadline
+
+log = logging.getLogger(__name__)
 
 SessionStatus = m.AgentSessionStatus
 DEFAULT_MAX_RUN_SECONDS = 4 * 3600  # Settings.max_run_seconds
@@ -372,10 +375,34 @@ async def _claim_sqlite(
     )
     if not rows:
         return None
-    agent = await get_row(m.AgentTask, id=UUID(str(rows[0]["agent_task_id"])))
+    claimed_id = UUID(str(rows[0]["id"]))
+    try:
+        return await _claimed_sqlite(worker_id, claimed_id, rows[0], now, max_run_seconds)
+    except NotFound:
+        # Its task was deleted right after the claim (the steps below are separate
+        # statements): there is no job, which is no reason to tell the worker that it is
+        # unknown (a GetTask's not_found), and it is not left busy with it.
+        log.info("job %s was deleted as worker %s claimed it", claimed_id, worker_id)
+        await m.Worker.filter(id=worker_id, current_session_id=claimed_id).update(
+            **common.changed(
+                status=m.WorkerStatus.IDLE, current_session_id=None, current_task_id=None
+            )
+        )
+        return None
+
+
+async def _claimed_sqlite(
+    worker_id: UUID,
+    claimed_id: UUID,
+    row: dict[str, object],
+    now: dt.datetime,
+    max_run_seconds: int,
+) -> Job:
+    """What follows a claim on SQLite. Raises: NotFound (the job was deleted meanwhile)."""
+    agent = await get_row(m.AgentTask, id=UUID(str(row["agent_task_id"])))
     limit = dt.timedelta(seconds=agent.max_run_seconds or max_run_seconds)
-    await m.AgentSession.filter(id=UUID(str(rows[0]["id"]))).update(deadline_at=now + limit)
-    claimed = await get_row(m.AgentSession, id=UUID(str(rows[0]["id"])))
+    await m.AgentSession.filter(id=claimed_id).update(deadline_at=now + limit)
+    claimed = await get_row(m.AgentSession, id=claimed_id)
     if claimed.started_at is not None:
         metrics.job_claimed(claimed.created_at, claimed.started_at)
     # Marked unhealthy since the claim: it stays so (the sweep takes the job back).
