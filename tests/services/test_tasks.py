@@ -669,6 +669,28 @@ async def test_rejecting_a_composite_in_progress_closes_it_and_stops_its_runs() 
     assert "rejected" in info.value.message
 
 
+async def test_no_node_of_a_closed_composite_runs_again() -> None:
+    """Regression (audit of user-operation races): Retry of a node's stopped run and
+    RequestChanges on a node in review still queued runs under a rejected composite, and a
+    worker took them."""
+    composite = await _planned(FOUR_NODES)
+    await tasks.approve_task(actor=A, task_id=composite.id)
+    views = {v.node.plan_id: v for v in (await tasks.composite_nodes([composite.id]))[composite.id]}
+    in_review, stopped = views["a"].unit_task, views["b"].unit_task
+    await finish_latest(in_review.agent_task_id)
+    await tasks.reject_task(actor=A, task_id=composite.id)
+    assert (await latest_session(stopped.agent_task_id)).status == m.AgentSessionStatus.STOPPED
+    with pytest.raises(FailedPrecondition, match="which is rejected: its nodes run no more"):
+        await tasks.retry_task(actor=A, task_id=stopped.id)
+    with pytest.raises(FailedPrecondition, match="which is rejected: its nodes run no more"):
+        await tasks.request_changes(actor=A, task_id=in_review.id, feedback="more")
+    live = await m.AgentSession.filter(
+        agent_task_id__in=[v.unit_task.agent_task_id for v in views.values()],
+        status__in=[m.AgentSessionStatus.QUEUED, m.AgentSessionStatus.RUNNING],
+    ).count()
+    assert live == 0
+
+
 async def test_agent_tasks_and_base_remotes_for_loaders() -> None:
     task = await _unit()
     missing = uuid.uuid4()

@@ -161,6 +161,7 @@ async def request_changes(*, actor: Principal, task_id: UUID, feedback: str) -> 
     if len(prompt) > 4 * common.MAX_TEXT_LENGTH:
         raise InvalidArgument("the prompt would grow too long", field="feedback")
     async with common.transaction():
+        await _check_node_may_run(task)
         moved = await move(task, [S.IN_REVIEW], S.IN_PROGRESS, prompt=prompt)
         await queue_next_session(moved.agent_task_id, kind=m.JobKind.UNIT_TASK)
     events.publish(events.JobQueued())
@@ -212,6 +213,24 @@ async def finish_unit_task(task: m.UnitTask, **fields: object) -> m.UnitTask:
 # Retry and delete -------------------------------------------------------------------
 
 
+async def _check_node_may_run(task: m.UnitTask) -> None:
+    """A node runs again (Retry, RequestChanges) only while its composite is in progress:
+    a rejected composite starts no node. Its row is locked (PostgreSQL) so that a Reject
+    racing this call comes wholly before or after it.
+
+    Raises: NotFound (the composite was deleted meanwhile), FailedPrecondition."""
+    if task.composite_task_id is None:
+        return
+    parent = await m.CompositeTask.filter(id=task.composite_task_id).select_for_update().first()
+    if parent is None:
+        raise NotFound(f"task {task.id} not found", field="task_id")
+    if parent.status != C.IN_PROGRESS:
+        raise FailedPrecondition(
+            f"task {task.id} is a node of composite task {parent.id}, which is"
+            f" {parent.status.value}: its nodes run no more"
+        )
+
+
 async def retry_task(*, actor: Principal, task_id: UUID) -> Task:
     """Queues a new run after a failed, stopped or lost one (a composite re-plans).
 
@@ -231,6 +250,8 @@ async def retry_task(*, actor: Principal, task_id: UUID) -> Task:
                 f"composite task {task.id} is {task.status.value}: only planning can be retried"
             )
     async with common.transaction():
+        if isinstance(task, m.UnitTask):
+            await _check_node_may_run(task)
         # Lock the AgentTask so that two retries cannot both queue a run.
         if await m.AgentTask.filter(id=agent_id).select_for_update().first() is None:
             raise NotFound(f"task {task.id} not found", field="task_id")  # deleted meanwhile
