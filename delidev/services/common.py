@@ -114,14 +114,27 @@ async def hold_workspace(workspace_id: UUID) -> None:
     key checks of an insert took the group's lock before the workspace's).
 
     Raises: NotFound (the workspace was deleted meanwhile)."""
+    await _hold("workspaces", workspace_id, "workspace")
+
+
+async def hold_group(group_id: UUID) -> None:
+    """Like ``hold_workspace``, for a repository group whose members a new task reads: a
+    change of its members that would remove a repository waits for the task's creation (and
+    then sees the task), or comes wholly before the read. Take it after the workspace's.
+
+    Raises: NotFound (the group was deleted meanwhile)."""
+    await _hold("repository_groups", group_id, "repository group")
+
+
+async def _hold(table: str, row_id: UUID, what: str) -> None:
     connection = connections.get("default")
     if connection.capabilities.dialect != "postgres":
         return
     rows = await connection.execute_query_dict(
-        "SELECT id FROM workspaces WHERE id = $1 FOR KEY SHARE", [workspace_id]
+        f"SELECT id FROM {table} WHERE id = $1 FOR KEY SHARE", [row_id]
     )
     if not rows:
-        raise NotFound(f"workspace {workspace_id} not found (it was just deleted)")
+        raise NotFound(f"{what} {row_id} not found (it was just deleted)")
 
 
 @contextlib.asynccontextmanager

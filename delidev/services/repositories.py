@@ -200,6 +200,9 @@ async def remove_repository(*, actor: Principal, repository_id: UUID) -> None:
                 "group_id", flat=True
             ),
         )
+        # Locked (PostgreSQL) so that a task being created in one of them commits before the
+        # check below sees it, or reads the members after this change (``hold_group``).
+        await m.RepositoryGroup.filter(id__in=sorted(group_ids)).select_for_update()
         busy = await _groups_with_tasks(group_ids)
         if busy:
             raise FailedPrecondition(
@@ -359,6 +362,8 @@ async def update_repository_group(
     )
     async with transaction():
         group = await get_repository_group(actor=actor, group_id=group_id)
+        # Locked (PostgreSQL): see remove_repository.
+        await m.RepositoryGroup.filter(id=group.id).select_for_update()
         workspace = await m.Workspace.get(id=group.workspace_id)
         to_add = await _member_repositories(
             actor=actor,

@@ -14,7 +14,7 @@ import pytest
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import DeliDevError, Internal
-from delidev.services import tasks, workspaces
+from delidev.services import repositories, tasks, workspaces
 from tests.conftest import BACKEND
 from tests.factories import finish_latest, make_group, make_repository, make_workspace
 
@@ -89,3 +89,44 @@ async def test_nodes_added_while_their_composite_is_deleted_leave_nothing_behind
         refused += _refusals(results)
     assert set(refused) <= {"NotFound", "FailedPrecondition"}
     assert await _orphans() == before
+
+
+async def test_a_repository_leaves_its_group_only_before_a_task_reads_the_members() -> None:
+    """A task's base remotes are the group's repositories when it is created; a repository
+    may leave a group only while the group has no task. Regression: a task created while a
+    repository was removed from its group ran on it afterwards (25 of 60 rounds)."""
+    ws = await make_workspace()
+    for i in range(ROUNDS):
+        staying, leaving = await make_repository(ws), await make_repository(ws)
+        group = await make_group(ws, [staying, leaving])
+        change = (
+            repositories.update_repository_group(
+                actor=LOCAL_USER, group_id=group.id, remove_repository_ids=[leaving.id]
+            )
+            if i % 2
+            else repositories.remove_repository(actor=LOCAL_USER, repository_id=leaving.id)
+        )
+        results = await asyncio.gather(
+            change,
+            *(
+                tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="p")
+                for _ in range(3)
+            ),
+            return_exceptions=True,
+        )
+        refusals = _refusals(results)
+        assert set(refusals) <= {"FailedPrecondition"}
+        members = set(
+            await m.RepositoryGroupMember.filter(group_id=group.id).values_list(
+                "repository_id", flat=True
+            )
+        )
+        ran_on = {
+            path
+            for unit in await m.UnitTask.filter(repository_group_id=group.id)
+            for path in await m.AgentTaskBaseRemote.filter(
+                agent_task_id=unit.agent_task_id
+            ).values_list("git_remote_dir_path", flat=True)
+        }
+        remote = leaving.local_path or leaving.remote_url
+        assert remote not in ran_on or leaving.id in members

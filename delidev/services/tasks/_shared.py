@@ -192,6 +192,7 @@ async def agent_task_for_group(
     """An AgentTask whose base remotes are the group's repositories at their default branch.
     The first step of a task's creation: the workspace is held first (``hold_workspace``)."""
     await common.hold_workspace(group.workspace_id)
+    await common.hold_group(group.id)  # its members are read below
     agent = scheduling.agent_task(
         ai_agent_type=agent_type,
         ai_agent_model=model,
