@@ -84,15 +84,9 @@ class Sweeper:
             try:
                 await self.sweep()
             except Exception as error:
-                if db_outage.is_outage(error):
-                    db_outage.note(error)
-                    log.warning(
-                        "background sweep: the database is unavailable (%s); retrying at"
-                        " the next interval",
-                        type(error).__name__,
-                    )
-                else:
-                    log.exception("background sweep failed; retrying at the next interval")
+                db_outage.log_failure(
+                    log, error, "background sweep failed; retrying at the next interval"
+                )
 
 
 # The events after which a queued job's reason to wait may have changed.
@@ -209,9 +203,11 @@ class WaitReconciler:
                 started = loop.time()
                 try:
                     await self.reconcile(heard)
-                except Exception:
+                except Exception as error:
                     self._inputs = None  # the next pass reads everything
-                    log.exception("reconciling why jobs wait failed; retrying at the next event")
+                    db_outage.log_failure(
+                        log, error, "reconciling why jobs wait failed; retrying at the next event"
+                    )
                 rest = self.min_interval.total_seconds() - (loop.time() - started)
                 if rest > 0:
                     await asyncio.sleep(rest)

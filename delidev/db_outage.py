@@ -132,3 +132,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Marks a failure as seen (a probe that gave up no longer awaits it)."""
     if not future.cancelled():
         future.exception()
+
+
+def log_failure(logger: logging.Logger, error: BaseException, message: str, *args: object) -> None:
+    """Logs a background task's failure: with its traceback when it is a bug, as one warning
+    line naming the kind of failure when the database was unavailable (noted too)."""
+    if is_outage(error):
+        note(error)
+        logger.warning(message + " (the database is unavailable: %s)", *args, type(error).__name__)
+    else:
+        logger.error(message, *args, exc_info=error)

@@ -5,6 +5,7 @@ database that does not answer (``delidev/db_outage.py``). Through real servers:
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 
@@ -103,3 +104,25 @@ def test_outages_are_logged_once_per_period(caplog: pytest.LogCaptureFixture) ->
     finally:
         db_outage.forget()
     assert db_outage.seconds_since_last() == float("inf")
+
+
+def test_background_failures_log_a_traceback_only_for_bugs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("delidev.test_background")
+    db_outage.forget()
+    try:
+        with caplog.at_level("WARNING", logger="delidev.test_background"):
+            db_outage.log_failure(logger, ConnectionResetError(104, "reset"), "pass %s", "one")
+            db_outage.log_failure(logger, KeyError("bug"), "pass %s", "two")
+        outage, bug = caplog.records
+        assert outage.levelname == "WARNING"
+        assert outage.exc_info is None
+        assert outage.getMessage() == (
+            "pass one (the database is unavailable: ConnectionResetError)"
+        )
+        assert bug.levelname == "ERROR"
+        assert bug.exc_info is not None
+        assert db_outage.seconds_since_last() < 5  # the sweep hears of it
+    finally:
+        db_outage.forget()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from delidev import events, metrics
+from delidev import db_outage, events, metrics
 from delidev import models as m
 from delidev.auth.principal import Principal
 from delidev.errors import InvalidArgument, NotFound, Unavailable
@@ -304,8 +304,13 @@ class _Feed:
                 await self.push_new_output()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("log feed of session %s failed to refresh; retrying", self.session_id)
+            except Exception as error:
+                db_outage.log_failure(
+                    log,
+                    error,
+                    "log feed of session %s failed to refresh; retrying",
+                    self.session_id,
+                )
                 await asyncio.sleep(1.0)
 
 
