@@ -65,7 +65,8 @@ def is_outage(error: BaseException) -> bool:
             str(seen) in _SQLITE_BUSY
         ):
             return True
-        seen = seen.__cause__ or seen.__context__
+        # As a traceback would show it: ``raise … from None`` hides the context.
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return False
 
 

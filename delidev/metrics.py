@@ -29,7 +29,6 @@ processes.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import os
@@ -375,35 +374,35 @@ class DatabaseGauges:
     def __init__(self, max_age: float = 1.0, timeout: float = GAUGES_TIMEOUT_S) -> None:
         self.max_age = max_age
         self._snapshot: _Snapshot | None = None
-        self._lock = asyncio.Lock()
         # A scrape must not hang on a database that does not answer (the rest is served).
         self._probe: db_outage.Probe[list[dict[str, Any]]] = db_outage.Probe(timeout)
 
     async def read(self) -> _Snapshot:
-        """Raises: TimeoutError (no answer within the timeout), or the driver's error."""
-        async with self._lock:
-            known = self._snapshot
-            if known is not None and time.monotonic() - known.taken_at < self.max_age:
-                return known
-            rows = await self._probe.run(
-                lambda: connections.get("default").execute_query_dict(_SNAPSHOT)
-            )
-            snapshot = _Snapshot(taken_at=time.monotonic())
-            for row in rows:
-                family, label, count = row["family"], str(row["label"]), int(row["n"])
-                if family == "job":
-                    snapshot.queued[label] = count
-                    oldest = _as_time(row["oldest"])
-                    if oldest is not None and (snapshot.oldest is None or oldest < snapshot.oldest):
-                        snapshot.oldest = oldest
-                elif family == "worker":
-                    snapshot.workers[label] = count
-                elif family == "draining":
-                    snapshot.draining = count
-                elif family == "tty":
-                    snapshot.tty_pending = count
-            self._snapshot = snapshot
-            return snapshot
+        """Raises: TimeoutError (no answer within the timeout), or the driver's error.
+        Concurrent scrapes share the pending read (the probe's), each waiting at most the
+        timeout: no lock is held while the database is asked."""
+        known = self._snapshot
+        if known is not None and time.monotonic() - known.taken_at < self.max_age:
+            return known
+        rows = await self._probe.run(
+            lambda: connections.get("default").execute_query_dict(_SNAPSHOT)
+        )
+        snapshot = _Snapshot(taken_at=time.monotonic())
+        for row in rows:
+            family, label, count = row["family"], str(row["label"]), int(row["n"])
+            if family == "job":
+                snapshot.queued[label] = count
+                oldest = _as_time(row["oldest"])
+                if oldest is not None and (snapshot.oldest is None or oldest < snapshot.oldest):
+                    snapshot.oldest = oldest
+            elif family == "worker":
+                snapshot.workers[label] = count
+            elif family == "draining":
+                snapshot.draining = count
+            elif family == "tty":
+                snapshot.tty_pending = count
+        self._snapshot = snapshot
+        return snapshot
 
 
 class _SnapshotCollector(Collector):

@@ -77,7 +77,8 @@ class RequestTiming:
             return
         started = time.perf_counter()
         status = 500  # unless a response starts
-        rpc = rpc_method(scope["path"])
+        # Connect calls are POSTs (a CORS preflight or a GET is no call of a method).
+        rpc = rpc_method(scope["path"]) if scope["method"] == "POST" else None
         error_body = b""  # the start of a Connect call's error answer
 
         async def timed_send(message: Message) -> None:
@@ -108,13 +109,11 @@ class RequestTiming:
 # Connect error answers are small JSON objects; a longer one is not parsed.
 _ERROR_BODY_BYTES = 4096
 _CONNECT_CODES = frozenset(code.value for code in Code)
-# What a Connect client makes of an HTTP status without a code in the body (the protocol's
-# table; 400 is ambiguous there and reads as invalid_argument, as the clients read it).
+# What a Connect client makes of an HTTP status without a code in the body (the Connect
+# protocol's table; any other status is unknown).
 _HTTP_CODES = {
-    400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
-    404: "unimplemented", 408: "deadline_exceeded", 409: "aborted", 412: "failed_precondition",
-    413: "resource_exhausted", 415: "internal", 429: "unavailable", 431: "resource_exhausted",
-    499: "canceled", 502: "unavailable", 503: "unavailable", 504: "unavailable",
+    400: "internal", 401: "unauthenticated", 403: "permission_denied", 404: "unimplemented",
+    429: "unavailable", 502: "unavailable", 503: "unavailable", 504: "unavailable",
 }  # fmt: skip
 
 

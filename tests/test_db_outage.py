@@ -126,3 +126,16 @@ def test_background_failures_log_a_traceback_only_for_bugs(
         assert db_outage.seconds_since_last() < 5  # the sweep hears of it
     finally:
         db_outage.forget()
+
+
+def test_a_context_hidden_by_raise_from_none_is_not_followed() -> None:
+    def bug() -> None:
+        try:
+            raise ConnectionResetError(104, "reset")
+        except OSError:
+            raise KeyError("a bug of ours, raised from None") from None
+
+    with pytest.raises(KeyError) as raised:
+        bug()
+    assert raised.value.__context__ is not None  # there, but hidden
+    assert not db_outage.is_outage(raised.value)

@@ -222,6 +222,10 @@ async def test_calls_the_runtime_refuses_are_counted_with_their_code(
     assert _rpc_count(service, method, "invalid_argument") == before["invalid_argument"] + 3
     # Every call to a method served is in the RPC series once, as in the HTTP series.
     assert _http_count(route) - http_before == _rpc_count(service, "List") - rpc_before == 6
+    # A CORS preflight is no call of the method.
+    preflight = {"origin": "https://elsewhere.example", "access-control-request-method": "POST"}
+    await http.options(path, headers=preflight)
+    assert _rpc_count(service, "List") - rpc_before == 6
     # A method that is not served stays out of the RPC series (no label from a client).
     await http.post(f"/{service}/NoSuchMethod", content=b"{}", headers=sends[0][0])
     assert _rpc_count(service, "NoSuchMethod") == 0

@@ -112,6 +112,23 @@ interface GqlResponse<T> {
   errors?: { message: string; extensions?: { code?: string } }[];
 }
 
+/**
+ * Every item of a list paged by offset, up to `max`. A page may hold fewer items than asked
+ * although more follow (the server ends a page of long items early), so the next page starts
+ * after the items received, until `totalCount`.
+ */
+export async function allPages<T>(
+  page: (offset: number) => Promise<{ totalCount: number; items: T[] }>,
+  max = 500,
+): Promise<T[]> {
+  const all: T[] = [];
+  for (;;) {
+    const got = await page(all.length);
+    all.push(...got.items);
+    if (got.items.length === 0 || all.length >= got.totalCount || all.length >= max) return all;
+  }
+}
+
 export async function gql<T>(query: string, variables: Record<string, unknown> = {}): Promise<T> {
   for (let attempt = 0; ; attempt++) {
     const headers: Record<string, string> = { "content-type": "application/json" };

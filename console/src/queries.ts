@@ -173,7 +173,9 @@ export interface Group {
 }
 
 export const WORKSPACES = `
-  query Workspaces { workspaces(limit: 100) { totalCount items { id name description maxConcurrentJobs } } }`;
+  query Workspaces($offset: Int) {
+    workspaces(limit: 100, offset: $offset) { totalCount items { id name description maxConcurrentJobs } }
+  }`;
 
 export const WORKSPACE_SETUP = `
   query Setup($id: ID!) {
@@ -197,8 +199,8 @@ export interface Todo {
 }
 
 export const TODOS = `
-  query Todos($workspaceId: ID!) {
-    todoItems(workspaceId: $workspaceId, limit: 100) {
+  query Todos($workspaceId: ID!, $offset: Int) {
+    todoItems(workspaceId: $workspaceId, limit: 100, offset: $offset) {
       totalCount
       items {
         id type source status repositoryId createdAt

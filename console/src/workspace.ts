@@ -1,5 +1,5 @@
 // The workspace the console shows (remembered per browser), and the list to choose from.
-import { gql } from "./api";
+import { allPages, gql } from "./api";
 import { WORKSPACES, type Workspace } from "./queries";
 import { store } from "./store";
 
@@ -14,8 +14,10 @@ workspaceId.subscribe((id) => {
 });
 
 export async function loadWorkspaces(): Promise<void> {
-  const data = await gql<{ workspaces: { items: Workspace[] } }>(WORKSPACES);
-  const items = data.workspaces.items;
+  const items = await allPages(
+    async (offset) =>
+      (await gql<{ workspaces: { totalCount: number; items: Workspace[] } }>(WORKSPACES, { offset })).workspaces,
+  );
   workspaces.set(items);
   const chosen = workspaceId.get();
   if (!chosen || !items.some((w) => w.id === chosen)) workspaceId.set(items[0]?.id ?? null);

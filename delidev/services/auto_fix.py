@@ -270,6 +270,12 @@ async def _refusal(unit: m.UnitTask, *, max_runs: int) -> str | None:
         return f"it is {unit.status.value}, not pr_open"
     if unit.pr_state in (PR.MERGED, PR.CLOSED):
         return f"its pull request is {unit.pr_state.value}"
+    if unit.composite_task_id is not None:
+        parent = await m.CompositeTask.get_or_none(id=unit.composite_task_id)
+        if parent is None or parent.status != m.CompositeTaskStatus.IN_PROGRESS:
+            # A rejected composite starts no node run (see tasks.units._check_node_may_run).
+            state = "gone" if parent is None else parent.status.value
+            return f"it is a node of composite task {unit.composite_task_id}, which is {state}"
     fixes = await m.UnitTaskAutoFixTask.filter(unit_task_id=unit.id).values_list(
         "agent_task_id", flat=True
     )

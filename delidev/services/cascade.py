@@ -31,6 +31,14 @@ async def remove_tasks(
     are dead. Returns how many task rows were deleted (0: a concurrent delete came first).
     """
     unit_ids = [u.id for u in units]
+    # Locked first, composites then units, in the order of every other writer of them
+    # (a node's Retry or RequestChanges locks its composite, then changes the node; an
+    # auto-fix run is added under its unit's lock): what they add commits before the reads
+    # below see it, or waits and finds the task gone (PostgreSQL).
+    await (
+        m.CompositeTask.filter(id__in=[c.id for c in composites]).order_by("id").select_for_update()
+    )
+    await m.UnitTask.filter(id__in=unit_ids).order_by("id").select_for_update()
     fix_ids = await m.UnitTaskAutoFixTask.filter(unit_task_id__in=unit_ids).values_list(
         "agent_task_id", flat=True
     )

@@ -126,6 +126,18 @@ async def hold_group(group_id: UUID) -> None:
     await _hold("repository_groups", group_id, "repository group")
 
 
+async def hold_repositories(repository_ids: Sequence[UUID]) -> None:
+    """Locks these repositories against deletion (PostgreSQL), in the order of their ids;
+    those that do not exist are left to the caller's checks."""
+    connection = connections.get("default")
+    if connection.capabilities.dialect != "postgres" or not repository_ids:
+        return
+    await connection.execute_query_dict(
+        "SELECT id FROM repositories WHERE id = ANY($1::uuid[]) ORDER BY id FOR KEY SHARE",
+        [sorted(set(repository_ids))],
+    )
+
+
 async def _hold(table: str, row_id: UUID, what: str) -> None:
     connection = connections.get("default")
     if connection.capabilities.dialect != "postgres":

@@ -20,6 +20,7 @@ from delidev.services.common import (
     Page,
     check_optional_text,
     check_text,
+    hold_repositories,
     owner_filter,
     page_bounds,
     paginate,
@@ -194,6 +195,9 @@ async def remove_repository(*, actor: Principal, repository_id: UUID) -> None:
     """
     async with transaction():
         repo = await get_repository(actor=actor, repository_id=repository_id)
+        # Locked before its memberships are read: a membership being added commits first
+        # (and is read), or waits and finds the repository gone (PostgreSQL).
+        await m.Repository.filter(id=repo.id).select_for_update()
         group_ids = cast(
             list[UUID],
             await m.RepositoryGroupMember.filter(repository_id=repo.id).values_list(
@@ -202,7 +206,7 @@ async def remove_repository(*, actor: Principal, repository_id: UUID) -> None:
         )
         # Locked (PostgreSQL) so that a task being created in one of them commits before the
         # check below sees it, or reads the members after this change (``hold_group``).
-        await m.RepositoryGroup.filter(id__in=sorted(group_ids)).select_for_update()
+        await m.RepositoryGroup.filter(id__in=group_ids).order_by("id").select_for_update()
         busy = await _groups_with_tasks(group_ids)
         if busy:
             raise FailedPrecondition(
@@ -362,7 +366,9 @@ async def update_repository_group(
     )
     async with transaction():
         group = await get_repository_group(actor=actor, group_id=group_id)
-        # Locked (PostgreSQL): see remove_repository.
+        # The repositories added, then the group, are locked in remove_repository's order
+        # (repository, then its groups), so that the two never deadlock (PostgreSQL).
+        await hold_repositories([parse_id(r, "add_repository_ids") for r in add_repository_ids])
         await m.RepositoryGroup.filter(id=group.id).select_for_update()
         workspace = await m.Workspace.get(id=group.workspace_id)
         to_add = await _member_repositories(

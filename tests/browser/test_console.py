@@ -268,3 +268,24 @@ async def test_the_inbox_pages_through_long_questions(page: Page, server: Server
     finally:
         await worker.close()
         await api.close()
+
+
+async def test_every_workspace_is_offered_however_long_their_descriptions(
+    page: Page, server: Server
+) -> None:
+    """The workspace picker pages on past a page the server ended early (long descriptions):
+    it offered only the first page's workspaces."""
+    api = Connect(server.base)
+    try:
+        count = PAGE_CHARS // (MAX_TEXT_LENGTH + ITEM_CHARS) + 3
+        for i in range(count):
+            await api(
+                "WorkspaceService/Create",
+                {"name": f"described {i:02d}", "description": "d" * MAX_TEXT_LENGTH},
+            )
+    finally:
+        await api.close()
+    await page.goto(f"{server.base}/#/")
+    picker = page.get_by_label("Workspace")
+    await expect(picker.locator("option")).to_have_count(count)
+    await expect(picker.locator("option").last).to_have_text(f"described {count - 1:02d}")

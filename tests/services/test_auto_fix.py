@@ -534,3 +534,28 @@ async def test_a_queued_auto_fix_run_shows_why_it_waits_on_its_task() -> None:
     assert waits[task.id].since == run.created_at
     await start_latest(agent_id)
     assert await tasks.task_waits([await m.UnitTask.get(id=task.id)]) == {}
+
+
+async def test_no_auto_fix_run_for_a_node_of_a_rejected_composite() -> None:
+    """Regression (review): a node with an open pull request under a rejected composite
+    still got auto-fix runs, where a rejected composite starts no node run."""
+    _, group = await _repo_group()
+    composite = await tasks.create_composite_task(
+        actor=A, repository_group_id=group.id, prompt="Build it"
+    )
+    plan = "tasks:\n  - id: a\n    prompt: first\n  - id: b\n    prompt: second\n"
+    await finish_latest(composite.planning_task_id, plan_yaml=plan)
+    await tasks.approve_task(actor=A, task_id=composite.id)
+    node = await m.UnitTask.filter(composite_task_id=composite.id).order_by("created_at").first()
+    assert node is not None
+    await finish_latest(node.agent_task_id)
+    await tasks.approve_task(actor=A, task_id=node.id)
+    await tasks.reject_task(actor=A, task_id=composite.id)
+    await tasks.update_task_status(
+        actor=A, task_id=node.id, status=m.UnitTaskStatus.PR_OPEN, linked_pr_url=PR_URL
+    )
+    queued = await auto_fix._queue_run(
+        node.id, trigger=m.AutoFixTrigger.CHECK_FAILED, prompt="fix", max_runs=3
+    )
+    assert queued is None
+    assert not await m.UnitTaskAutoFixTask.exists(unit_task_id=node.id)

@@ -7,14 +7,16 @@ worker to claim; the two also deadlocked (an internal error)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from uuid import UUID
 
 import pytest
 
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.errors import DeliDevError, Internal
-from delidev.services import repositories, tasks, workspaces
+from delidev.errors import DeliDevError, FailedPrecondition, Internal
+from delidev.services import auto_fix, repositories, tasks, workspaces
+from delidev.services.tasks import units
 from tests.conftest import BACKEND
 from tests.factories import finish_latest, make_group, make_repository, make_workspace
 
@@ -130,3 +132,137 @@ async def test_a_repository_leaves_its_group_only_before_a_task_reads_the_member
         }
         remote = leaving.local_path or leaving.remote_url
         assert remote not in ran_on or leaving.id in members
+
+
+# Interleavings found by review, forced with a pause at the point where they cross.
+
+
+async def _node_in_review() -> tuple[m.Workspace, m.UnitTask]:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    composite = await tasks.create_composite_task(
+        actor=LOCAL_USER, repository_group_id=group.id, prompt="plan it"
+    )
+    await finish_latest(composite.planning_task_id, plan_yaml="tasks:\n" + PLAN)
+    await tasks.approve_task(actor=LOCAL_USER, task_id=composite.id)
+    node = await m.UnitTask.filter(composite_task_id=composite.id).order_by("created_at").first()
+    assert node is not None
+    await finish_latest(node.agent_task_id)
+    return ws, node
+
+
+async def test_changes_asked_on_a_node_while_its_workspace_is_deleted_do_not_deadlock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RequestChanges locks the node's composite, then changes the node; the deletion
+    deleted the nodes, then the composites: each waited for the other (aborted)."""
+    ws, node = await _node_in_review()
+    locked = asyncio.Event()
+    check = units._check_node_may_run
+
+    async def then_pause(task: m.UnitTask) -> None:
+        await check(task)
+        locked.set()
+        await asyncio.sleep(0.5)  # the deletion starts while the composite is locked
+
+    monkeypatch.setattr(units, "_check_node_may_run", then_pause)
+
+    async def delete() -> None:
+        await locked.wait()
+        await workspaces.delete_workspace(actor=LOCAL_USER, workspace_id=ws.id)
+
+    before = await _orphans()
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            tasks.request_changes(actor=LOCAL_USER, task_id=node.id, feedback="more"),
+            delete(),
+            return_exceptions=True,
+        ),
+        30,
+    )
+    assert _refusals(results) == []
+    assert not await m.UnitTask.exists(id=node.id)
+    assert await _orphans() == before
+
+
+async def test_an_auto_fix_run_queued_while_its_task_is_deleted_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ws = await make_workspace()
+    group = await make_group(ws, [await make_repository(ws)])
+    unit = await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="p")
+    await finish_latest(unit.agent_task_id)
+    await tasks.approve_task(actor=LOCAL_USER, task_id=unit.id)
+    await tasks.update_task_status(
+        actor=LOCAL_USER,
+        task_id=unit.id,
+        status=m.UnitTaskStatus.PR_OPEN,
+        linked_pr_url="https://github.com/acme/widgets/pull/7",
+    )
+    checked = asyncio.Event()
+    refusal = auto_fix._refusal
+
+    async def then_pause(task: m.UnitTask, **kwargs: Any) -> str | None:
+        why = await refusal(task, **kwargs)
+        checked.set()
+        await asyncio.sleep(0.5)  # the deletion starts while the run is being added
+        return why
+
+    monkeypatch.setattr(auto_fix, "_refusal", then_pause)
+
+    async def delete() -> None:
+        await checked.wait()
+        await tasks.delete_task(actor=LOCAL_USER, task_id=unit.id)
+
+    before = await _orphans()
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            auto_fix._queue_run(
+                unit.id, trigger=m.AutoFixTrigger.CHECK_FAILED, prompt="fix it", max_runs=3
+            ),
+            delete(),
+            return_exceptions=True,
+        ),
+        30,
+    )
+    assert _refusals(results) == []
+    assert await _orphans() == before
+
+
+async def test_a_repository_with_a_member_being_added_is_removed_only_with_its_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The removal read the repository's groups before the new membership committed, so it
+    neither checked that group for tasks nor kept the repository (a task of the group then
+    ran on a repository that was gone)."""
+    ws = await make_workspace()
+    staying, leaving = await make_repository(ws), await make_repository(ws)
+    group = await make_group(ws, [staying])
+    await tasks.create_unit_task(actor=LOCAL_USER, repository_group_id=group.id, prompt="old")
+    adding = asyncio.Event()
+    save = m.RepositoryGroup.save
+
+    async def then_pause(self: m.RepositoryGroup, *args: Any, **kwargs: Any) -> None:
+        adding.set()
+        await asyncio.sleep(0.5)  # the removal starts while the membership is uncommitted
+        await save(self, *args, **kwargs)
+
+    monkeypatch.setattr(m.RepositoryGroup, "save", then_pause)
+
+    async def remove() -> None:
+        await adding.wait()
+        await repositories.remove_repository(actor=LOCAL_USER, repository_id=leaving.id)
+
+    added, removed = await asyncio.wait_for(
+        asyncio.gather(
+            repositories.update_repository_group(
+                actor=LOCAL_USER, group_id=group.id, add_repository_ids=[leaving.id]
+            ),
+            remove(),
+            return_exceptions=True,
+        ),
+        30,
+    )
+    assert not isinstance(added, BaseException)
+    assert isinstance(removed, FailedPrecondition)  # the group it joined has tasks
+    assert await m.Repository.exists(id=leaving.id)

@@ -2,7 +2,7 @@
 // the composite plans waiting for approval. A new question raises a browser notification
 // (when the user allowed them) wherever the console is.
 import { useState } from "preact/hooks";
-import { errorText, gql, sessionApi, subscribe, taskApi } from "../api";
+import { allPages, errorText, gql, sessionApi, subscribe, taskApi } from "../api";
 import { ago, titleOf } from "../format";
 import {
   PENDING_PLANS,
@@ -35,16 +35,16 @@ const MAX_SHOWN = 500;
 type Plan = TaskSummary & { planYaml?: string | null; estimate?: Estimate | null };
 
 async function pendingQuestions(workspaceId: string): Promise<TtyRequest[]> {
-  const all: TtyRequest[] = [];
-  for (;;) {
-    const page: { ttyInputRequests: { totalCount: number; items: TtyRequest[] } } = await gql(PENDING_TTY, {
-      workspaceId,
-      offset: all.length,
-    });
-    all.push(...page.ttyInputRequests.items);
-    const more = all.length < page.ttyInputRequests.totalCount && page.ttyInputRequests.items.length > 0;
-    if (!more || all.length >= MAX_SHOWN) return all;
-  }
+  return allPages(
+    async (offset) =>
+      (
+        await gql<{ ttyInputRequests: { totalCount: number; items: TtyRequest[] } }>(PENDING_TTY, {
+          workspaceId,
+          offset,
+        })
+      ).ttyInputRequests,
+    MAX_SHOWN,
+  );
 }
 
 async function pendingPlans(workspaceId: string): Promise<Plan[]> {

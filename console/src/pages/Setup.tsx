@@ -1,6 +1,6 @@
 // Setup: workspaces, repositories (added by URL), repository groups and todo items.
 import { useEffect, useState } from "preact/hooks";
-import { errorText, gql, groupApi, repositoryApi, timestampDate, todoApi, workspaceApi } from "../api";
+import { allPages, errorText, gql, groupApi, repositoryApi, timestampDate, todoApi, workspaceApi } from "../api";
 import { BudgetPeriod, type Workspace as ProtoWorkspace } from "../gen/delidev/v1/workspace_pb";
 import { dollars, parseDollars } from "../money";
 import { TodoItemSource, TodoItemStatus } from "../gen/delidev/v1/todo_pb";
@@ -34,10 +34,14 @@ export function Setup() {
     try {
       const [d, t] = await Promise.all([
         gql<{ workspace: Detail }>(WORKSPACE_SETUP, { id: chosen }),
-        gql<{ todoItems: { items: Todo[] } }>(TODOS, { workspaceId: chosen }),
+        allPages(
+          async (offset) =>
+            (await gql<{ todoItems: { totalCount: number; items: Todo[] } }>(TODOS, { workspaceId: chosen, offset }))
+              .todoItems,
+        ),
       ]);
       setDetail(d.workspace);
-      setTodos(t.todoItems.items);
+      setTodos(t);
     } catch (e) {
       setError(errorText(e));
     }

@@ -544,6 +544,9 @@ class ListTtyInputRequestsResponse(Message[_ListTtyInputRequestsResponseFields])
 
     Attributes:
         requests:
+            At most limit questions, and fewer when they are long (a page ends before 2,000,000
+            characters of them): the next page starts at offset plus the questions received.
+
             ```proto
             repeated delidev.v1.TtyInputRequest requests = 1;
             ```

@@ -330,6 +330,9 @@ class ListTodoItemsResponse(Message[_ListTodoItemsResponseFields]):
 
     Attributes:
         items:
+            At most limit items, and fewer when their texts are long (a page ends before 2,000,000
+            characters of them): the next page starts at offset plus the items received.
+
             ```proto
             repeated delidev.v1.TodoItem items = 1;
             ```
