@@ -164,7 +164,9 @@ async def delete_workspace(*, actor: Principal, workspace_id: UUID) -> None:
         # below sees it, or waits and then finds the workspace gone. Without the lock a task
         # committed between the read and the delete went with the workspace's cascade and
         # left its queued run behind, with no task, for a worker to claim.
-        await m.Workspace.filter(id=workspace.id).select_for_update().first()
+        if await m.Workspace.filter(id=workspace.id).select_for_update().first() is None:
+            # A concurrent deletion came first (its commit released the lock).
+            raise NotFound(f"workspace {workspace.id} not found", field="workspace_id")
         # Tasks hold their repository group with ON DELETE RESTRICT, so they go first.
         await cascade.remove_tasks(
             units=await m.UnitTask.filter(workspace_id=workspace.id),

@@ -266,3 +266,19 @@ async def test_a_repository_with_a_member_being_added_is_removed_only_with_its_c
     assert not isinstance(added, BaseException)
     assert isinstance(removed, FailedPrecondition)  # the group it joined has tasks
     assert await m.Repository.exists(id=leaving.id)
+
+
+async def test_of_two_deletions_of_a_workspace_one_deletes_it_the_other_finds_it_gone() -> None:
+    """Regression (audit): both answered ok, where two deletions of a task give ok and
+    not_found."""
+    outcomes: list[str] = []
+    for _ in range(ROUNDS):
+        ws = await make_workspace()
+        await make_group(ws, [await make_repository(ws)])
+        results = await asyncio.gather(
+            workspaces.delete_workspace(actor=LOCAL_USER, workspace_id=ws.id),
+            workspaces.delete_workspace(actor=LOCAL_USER, workspace_id=ws.id),
+            return_exceptions=True,
+        )
+        outcomes.append(",".join(sorted(_refusals(results))))
+    assert set(outcomes) == {"NotFound"}  # one ok, one not_found, every time
