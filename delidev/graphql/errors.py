@@ -161,6 +161,9 @@ def format_error(error: GraphQLError) -> GraphQLError:
     if error.original_error is None and "delidevCode" in (error.extensions or {}):
         return error  # formatted already (a result seen by two hooks)
     original = error.original_error
+    is_domain = isinstance(original, errors.DeliDevError)
+    if original is not None and not is_domain and db_outage.is_outage(original):
+        original = db_outage.refused(original, "GraphQL")  # the domain's Unavailable
     if isinstance(original, errors.DeliDevError):
         extensions = error_extensions(type(original))
         if original.field:
@@ -192,16 +195,6 @@ def format_error(error: GraphQLError) -> GraphQLError:
             positions=error.positions,
             path=error.path,
             extensions=extensions,
-        )
-    if original is not None and db_outage.is_outage(original):
-        outage = db_outage.refused(original, "GraphQL")
-        return GraphQLError(
-            outage.message,
-            nodes=error.nodes,
-            source=error.source,
-            positions=error.positions,
-            path=error.path,
-            extensions=error_extensions(errors.Unavailable),
         )
     log.error("unexpected error in GraphQL resolver at %s", error.path, exc_info=original)
     return GraphQLError(

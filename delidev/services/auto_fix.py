@@ -53,7 +53,13 @@ from delidev.services import common
 from delidev.services import sessions as session_service
 from delidev.services import tasks as task_service
 from delidev.services.pr_urls import pr_key
-from delidev.services.tasks._shared import ACTIVE, Scheduling, queue_session, task_changed
+from delidev.services.tasks._shared import (
+    ACTIVE,
+    Scheduling,
+    closed_composite,
+    queue_session,
+    task_changed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -270,12 +276,9 @@ async def _refusal(unit: m.UnitTask, *, max_runs: int) -> str | None:
         return f"it is {unit.status.value}, not pr_open"
     if unit.pr_state in (PR.MERGED, PR.CLOSED):
         return f"its pull request is {unit.pr_state.value}"
-    if unit.composite_task_id is not None:
-        parent = await m.CompositeTask.get_or_none(id=unit.composite_task_id)
-        if parent is None or parent.status != m.CompositeTaskStatus.IN_PROGRESS:
-            # A rejected composite starts no node run (see tasks.units._check_node_may_run).
-            state = "gone" if parent is None else parent.status.value
-            return f"it is a node of composite task {unit.composite_task_id}, which is {state}"
+    closed = await closed_composite(unit)
+    if closed is not None:
+        return closed
     fixes = await m.UnitTaskAutoFixTask.filter(unit_task_id=unit.id).values_list(
         "agent_task_id", flat=True
     )

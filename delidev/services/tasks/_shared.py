@@ -224,3 +224,18 @@ async def branch_template(group: m.RepositoryGroup) -> str | None:
         .first()
     )
     return first.branch_name_template if first else None
+
+
+async def closed_composite(unit: m.UnitTask, *, lock: bool = False) -> str | None:
+    """Why a node may not run again (its composite is no longer in progress: a rejected
+    composite starts no node), or None; None for a task that is no node. With ``lock`` the
+    composite's row is locked (PostgreSQL), so that a racing Reject comes wholly before or
+    after the caller's transaction."""
+    if unit.composite_task_id is None:
+        return None
+    query = m.CompositeTask.filter(id=unit.composite_task_id)
+    parent = await (query.select_for_update() if lock else query).first()
+    state = "gone" if parent is None else parent.status.value
+    if parent is not None and parent.status == m.CompositeTaskStatus.IN_PROGRESS:
+        return None
+    return f"it is a node of composite task {unit.composite_task_id}, which is {state}"

@@ -24,6 +24,7 @@ from delidev.services.tasks._shared import (
     Task,
     agent_task_for_group,
     branch_template,
+    closed_composite,
     get_task,
     latest_sessions,
     move,
@@ -219,16 +220,12 @@ async def _check_node_may_run(task: m.UnitTask) -> None:
     racing this call comes wholly before or after it.
 
     Raises: NotFound (the composite was deleted meanwhile), FailedPrecondition."""
-    if task.composite_task_id is None:
+    why = await closed_composite(task, lock=True)
+    if why is None:
         return
-    parent = await m.CompositeTask.filter(id=task.composite_task_id).select_for_update().first()
-    if parent is None:
+    if not await m.CompositeTask.exists(id=task.composite_task_id):
         raise NotFound(f"task {task.id} not found", field="task_id")
-    if parent.status != C.IN_PROGRESS:
-        raise FailedPrecondition(
-            f"task {task.id} is a node of composite task {parent.id}, which is"
-            f" {parent.status.value}: its nodes run no more"
-        )
+    raise FailedPrecondition(f"task {task.id}: {why}: its nodes run no more")
 
 
 async def retry_task(*, actor: Principal, task_id: UUID) -> Task:
