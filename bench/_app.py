@@ -20,6 +20,14 @@ itself (aiosqlite or asyncpg, on a connection of its own, opened on first use): 
 SELECT (every column, the workspace's id and the local user's rows), no ORM. It measures
 what the ORM costs on top of the driver (issue 16: the bare route's server CPU per read at
 most 2x this one's).
+
+``POST /bare/claim`` and ``POST /bare/end`` (PostgreSQL only) are the claim cycle's floor
+for ``bench_workers.py``: the raw loop's claim statement, and one ``UPDATE`` that ends the
+claimed run, each sent by asyncpg from a bare Starlette route (a pool of their own, the
+server's pool size), with JSON in and out. They are served in front of the app, past its
+middleware stack: no authentication, lease, label, fairness, event, metric or access log.
+What uvicorn, Starlette, two HTTP requests and two statements cost in this process, and
+nothing of DeliDev's.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from delidev import db
 from delidev.app import create_app
@@ -130,9 +139,76 @@ def raw_route(reader: RawReader) -> Route:
     return Route(RAW_PATH, bare_workspace_raw, methods=["POST"])
 
 
-def make_app() -> Starlette:
+# The raw claim of ``bench_workers.py`` (which imports it from here), for one worker.
+RAW_CLAIM = """
+UPDATE agent_sessions SET status = 'running', worker_id = $1::uuid, lease_token = $2,
+       started_at = now(), updated_at = now()
+WHERE id = (
+    SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
+    WHERE s.status = 'queued' AND (NOT a.expects_secrets OR a.id::text = ANY($3::text[]))
+    ORDER BY s.created_at, s.id LIMIT 1
+    FOR UPDATE OF s SKIP LOCKED
+)
+RETURNING id
+"""
+RAW_END = """
+UPDATE agent_sessions SET status = 'succeeded', completed_at = now(), updated_at = now()
+WHERE id = $1 AND lease_token = $2 AND status = 'running'
+RETURNING id
+"""
+
+
+def floor_routes(settings: Settings) -> list[Route]:
+    """``/bare/claim`` and ``/bare/end``: the claim cycle with raw statements."""
+    pool: list[asyncpg.Pool] = []
+
+    async def connection_pool() -> asyncpg.Pool:
+        if not pool:
+            pool.append(
+                await asyncpg.create_pool(
+                    db.asyncpg_dsn(settings), min_size=1, max_size=settings.db_pool_size
+                )
+            )
+        return pool[0]
+
+    async def claim(request: Request) -> Response:
+        token = os.urandom(16).hex()
+        row = await (await connection_pool()).fetchrow(RAW_CLAIM, None, token, [])
+        if row is None:
+            return JSONResponse({"error": "no job"}, status_code=404)
+        return JSONResponse({"sessionId": str(row["id"]), "leaseToken": token})
+
+    async def end(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            session_id, token = UUID(body["sessionId"]), str(body["leaseToken"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "bad request"}, status_code=400)
+        row = await (await connection_pool()).fetchrow(RAW_END, session_id, token)
+        if row is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return JSONResponse({})
+
+    return [
+        Route("/bare/claim", claim, methods=["POST"]),
+        Route("/bare/end", end, methods=["POST"]),
+    ]
+
+
+def make_app() -> ASGIApp:
     settings = Settings.from_env({**os.environ, "DELIDEV_SINGLE_USER_MODE": "true"})
     app = create_app(settings)
     app.routes.append(Route(BARE_PATH, bare_workspace, methods=["POST"]))
     app.routes.append(raw_route(RawReader(settings)))
-    return app
+    if settings.is_sqlite:
+        return app
+    floor = Starlette(routes=floor_routes(settings))
+    floor_paths = {route.path for route in floor.routes if isinstance(route, Route)}
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in floor_paths:
+            await floor(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return serve

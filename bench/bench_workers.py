@@ -17,6 +17,13 @@ small, or the generated Connect client (``--client connect``).
 - **baseline** (same run, same database, same concurrency): the raw claim statement, one
   ``UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED) RETURNING`` round trip per claim,
   sent by asyncpg straight to PostgreSQL. The ratio shows what the server adds around it.
+- **floor** (same run): the cycle through two bare routes of the same server process
+  (``bench/_app.py``: ``/bare/claim`` runs the raw claim statement, ``/bare/end`` one
+  ``UPDATE`` that ends the run, both by asyncpg, JSON in and out, served by a bare Starlette
+  in front of the app: nothing of DeliDev's around them), on the same lean HTTP client. It
+  is what two HTTP requests and two statements cost in this process on this machine: no
+  implementation of the cycle served here over HTTP goes faster, so its ratio to raw bounds
+  any target on that ratio.
 - **logs**: 4 workers, each holding a job, upload output with AppendLog (10 chunks of 100
   lines per call); stored lines/s.
 
@@ -45,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._app import RAW_CLAIM  # noqa: E402
 from bench.bench_get import (  # noqa: E402
     host_busy_s,
     process_cpu_s,
@@ -63,18 +71,6 @@ LABELS = '["os=linux","region=eu"]'
 TARGET_CLAIMS_S = 1000
 TARGET_RATIO = 0.5
 TARGET_LINES_S = 50_000
-
-RAW_CLAIM = """
-UPDATE agent_sessions SET status = 'running', worker_id = $1::uuid, lease_token = $2,
-       started_at = now(), updated_at = now()
-WHERE id = (
-    SELECT s.id FROM agent_sessions s JOIN agent_tasks a ON a.id = s.agent_task_id
-    WHERE s.status = 'queued' AND (NOT a.expects_secrets OR a.id::text = ANY($3::text[]))
-    ORDER BY s.created_at, s.id LIMIT 1
-    FOR UPDATE OF s SKIP LOCKED
-)
-RETURNING id
-"""
 
 
 def tree_cpu_s(pid: int) -> float | None:
@@ -161,6 +157,25 @@ class LeanClient:
         for writer in self.open:
             writer.close()
 
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON POST to a bare route of ``bench/_app.py`` (the floor scenario)."""
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            self.open.append(writer)
+        data = json.dumps(body).encode()
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        status, answer = await read_response(reader)
+        self.idle.append((reader, writer))
+        if status != 200:
+            raise RuntimeError(f"{path}: HTTP {status}: {answer[:200]!r}")
+        return dict(json.loads(answer))
+
 
 CLIENT = "lean"  # set from --client
 
@@ -233,6 +248,29 @@ async def server_claims_only(
 
     try:
         await asyncio.gather(*(claimer(w) for w in worker_ids))
+    finally:
+        await client.close()
+    return claims, latencies
+
+
+async def floor_cycles(base: str, worker_ids: list[str], seconds: float) -> tuple[int, list[float]]:
+    """The cycle through the bare routes (the floor): claim, then end what was claimed."""
+    client = LeanClient(base)
+    latencies: list[float] = []
+    claims = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(_: str) -> None:
+        nonlocal claims
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            job = await client.post_json("/bare/claim", {})
+            latencies.append(time.perf_counter() - t0)
+            claims += 1
+            await client.post_json("/bare/end", job)
+
+    try:
+        await asyncio.gather(*(worker(w) for w in worker_ids))
     finally:
         await client.close()
     return claims, latencies
@@ -399,6 +437,7 @@ async def run(args: argparse.Namespace) -> int:
                     ("cycle", server_claims),
                     ("claim", server_claims_only),
                     ("raw", raw_claims),
+                    ("floor", floor_cycles),
                 )
                 for label, fn in scenarios:
                     await clear_jobs(conn)
@@ -443,16 +482,17 @@ async def run(args: argparse.Namespace) -> int:
             "raw": "raw UPDATE..RETURNING",
             "claim": "GetTask alone",
             "cycle": "GetTask + ReportStatus",
+            "floor": "bare routes' cycle",
         }
         for n in args.workers:
             raw_rate = statistics.median(r[3] for r in rows if r[1] == n and r[2] == "raw")
-            for label in ("raw", "claim", "cycle"):
+            for label in ("raw", "claim", "cycle", "floor"):
                 mine = [r for r in rows if r[1] == n and r[2] == label]
                 rate = statistics.median(r[3] for r in mine)
                 p50 = statistics.median(r[4] for r in mine)
                 p99 = statistics.median(r[5] for r in mine)
                 verdict = ""
-                if n == 50 and label != "raw":
+                if n == 50 and label in ("claim", "cycle"):
                     ok = rate >= TARGET_CLAIMS_S and rate / raw_rate >= TARGET_RATIO
                     verdict = "met" if ok else "NOT met"
                 print(f"{n:>7} {names[label]:<22} {rate:>9.0f} {rate / raw_rate:>6.3f} "
