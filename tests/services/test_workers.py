@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 from tortoise import connections
 
-from delidev import events
+from delidev import db, events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
 from delidev.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
@@ -20,8 +20,10 @@ from delidev.services.workers import claims as worker_claims
 from delidev.services.workers import health as worker_health
 from delidev.services.workers import jobs as worker_jobs
 from delidev.services.workers import quick_heartbeat
+from delidev.settings import Settings
 from tests.conftest import SqlCounter
 from tests.factories import make_group, make_repository, make_workspace
+from tests.loop_watchdog import Watchdog
 from tests.waiting import GUARD_S
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -821,6 +823,48 @@ async def test_the_sweep_marks_any_number_of_silent_workers_in_one_statement(
         }
         await m.Worker.filter(id__in=[w.id for w in fleet]).delete()
     assert counts[0] == counts[1], sql_counter.statements
+
+
+async def test_thousands_of_workers_falling_silent_at_once_never_hold_the_event_loop(
+    settings: Settings, loop_watchdog: Watchdog
+) -> None:
+    """A rack of workers, or a region's network, gone at once: the sweep marks them (and
+    later removes them) in batches, letting other tasks run between batches, and every one
+    is announced. Regression: it took all 20,000 in one answer and published their events in
+    one go, holding the event loop for 0.3-1 s of CPU (every call to the server waited)."""
+    count = 20_000
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    await m.Worker.bulk_create(
+        [m.Worker(name=f"w{i}", endpoint_url="http://w:1", last_heartbeat=long_ago)
+         for i in range(count)],
+        batch_size=2_000,
+    )  # fmt: skip
+    postgres = connections.get("default").capabilities.dialect == "postgres"
+    bus = events.PostgresEventBus(db.asyncpg_dsn(settings)) if postgres else events.EventBus()
+    await bus.start()
+    heard: list[events.Event] = []
+    unsubscribe = bus.subscribe(heard.append)
+    token = events.bind(bus)
+    try:
+        interval = dt.timedelta(seconds=30)
+        loop_watchdog.take()
+        with loop_watchdog.armed():
+            await workers.sweep_workers(heartbeat_interval=interval)
+        assert loop_watchdog.take() == []
+        assert await m.Worker.filter(status=m.WorkerStatus.UNHEALTHY).count() == count
+        assert len({e.worker_id for e in heard if isinstance(e, events.WorkerChanged)}) == count
+        heard.clear()
+        with loop_watchdog.armed():
+            await workers.sweep_workers(
+                heartbeat_interval=interval, forget_after=dt.timedelta(days=7)
+            )
+        assert loop_watchdog.take() == []
+        assert await m.Worker.all().count() == 0
+        assert len({e.worker_id for e in heard if isinstance(e, events.WorkerChanged)}) == count
+    finally:
+        events.unbind(token)
+        unsubscribe()
+        await bus.stop()
 
 
 async def test_workers_silent_for_long_are_removed_with_their_history_kept() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from uuid import UUID
 
 from tortoise import connections
@@ -30,6 +30,8 @@ from delidev.services.workers import limits
 log = logging.getLogger(__name__)
 SessionStatus = m.AgentSessionStatus
 MISSED_BEATS = 3
+SWEEP_BATCH = 500
+"""Workers marked unhealthy (or removed) per statement of a sweep."""
 
 
 async def sweep_workers(
@@ -58,62 +60,85 @@ async def sweep_workers(
     """
     now = now or common.now()
     deadline = now - heartbeat_interval * MISSED_BEATS
-    for worker_id in await _mark_silent(deadline) if mark_silent else []:
-        events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+    if mark_silent:
+        await _in_batches(lambda: _mark_silent(deadline))
     released = await _release_abandoned(started_before=deadline, policy=policy)
     await limits.enforce_limits(now=now, stop_grace=stop_grace)
     if forget_after is not None:
-        forgotten = await _forget_silent(now - forget_after)
+        cutoff = now - forget_after
+        forgotten = await _in_batches(lambda: _forget_silent(cutoff))
         if forgotten:
-            log.info(
-                "removed %d workers silent since before %s", len(forgotten), now - forget_after
-            )
-        for worker_id in forgotten:
-            events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+            log.info("removed %d workers silent since before %s", forgotten, cutoff)
     return released
 
 
+async def _in_batches(change: Callable[[], Awaitable[list[UUID]]]) -> int:
+    """Runs ``change`` (one statement that changes at most ``SWEEP_BATCH`` workers and
+    returns them) until a batch comes back short, announcing each worker; returns how many
+    changed. Other tasks run between batches: a rack of workers falling silent at once
+    never holds the event loop for all of them."""
+    changed = 0
+    while True:
+        batch = await change()
+        for worker_id in batch:
+            events.publish(events.WorkerChanged(worker_id=str(worker_id)))
+        changed += len(batch)
+        if len(batch) < SWEEP_BATCH:
+            return changed
+
+
 async def _mark_silent(deadline: dt.datetime) -> list[UUID]:
-    """Workers silent since before ``deadline`` → unhealthy, in one statement that returns
-    them (a heartbeat that commits first keeps its worker healthy). Through the index on
+    """Up to ``SWEEP_BATCH`` workers silent since before ``deadline`` → unhealthy, in one
+    statement that returns them (a heartbeat that commits first keeps its worker healthy:
+    the outer conditions are checked again on the row). Through the index on
     ``last_heartbeat``, its cost grows with the silent and unhealthy workers, not the fleet."""
     conn = connections.get("default")
     now = common.now()
     args: list[object]
     if conn.capabilities.dialect == "postgres":
-        sql, args = _MARK_SILENT.format(now="$1", deadline="$2"), [now, deadline]
+        sql = _MARK_SILENT.format(now="$1", deadline="$2", batch=SWEEP_BATCH)
+        args = [now, deadline]
     else:  # stamps compared as Tortoise writes them
-        sql = _MARK_SILENT.format(now="?", deadline="?")
+        sql = _MARK_SILENT.format(now="?1", deadline="?2", batch=SWEEP_BATCH)
         args = [now.isoformat(" "), deadline.isoformat(" ")]
     rows = await conn.execute_query_dict(sql, args)
     return [UUID(str(row["id"])) for row in rows]
 
 
 async def _forget_silent(cutoff: dt.datetime) -> list[UUID]:
-    """Removes unhealthy workers silent since before ``cutoff`` that hold no job, in one
-    statement that returns them (a heartbeat or a claim that commits first keeps its row)."""
+    """Removes up to ``SWEEP_BATCH`` unhealthy workers silent since before ``cutoff`` that
+    hold no job, in one statement that returns them (a heartbeat or a claim that commits
+    first keeps its row)."""
     conn = connections.get("default")
     args: list[object]
     if conn.capabilities.dialect == "postgres":
-        sql, args = _FORGET_SILENT.format(cutoff="$1"), [cutoff]
+        sql, args = _FORGET_SILENT.format(cutoff="$1", batch=SWEEP_BATCH), [cutoff]
     else:  # stamps compared as Tortoise writes them
-        sql, args = _FORGET_SILENT.format(cutoff="?"), [cutoff.isoformat(" ")]
+        sql = _FORGET_SILENT.format(cutoff="?1", batch=SWEEP_BATCH)
+        args = [cutoff.isoformat(" ")]
     rows = await conn.execute_query_dict(sql, args)
     return [UUID(str(row["id"])) for row in rows]
 
 
-_FORGET_SILENT = """
-DELETE FROM workers
-WHERE status = 'unhealthy' AND last_heartbeat < {cutoff}
-  AND NOT EXISTS (SELECT 1 FROM agent_sessions s
-                  WHERE s.worker_id = workers.id AND s.status = 'running')
-RETURNING id
+_FORGOTTEN = """
+status = 'unhealthy' AND last_heartbeat < {cutoff}
+AND NOT EXISTS (SELECT 1 FROM agent_sessions s
+                WHERE s.worker_id = workers.id AND s.status = 'running')
 """
+_FORGET_SILENT = (
+    "DELETE FROM workers WHERE id IN (SELECT id FROM workers WHERE"
+    + _FORGOTTEN
+    + "LIMIT {batch}) AND"
+    + _FORGOTTEN
+    + "RETURNING id"
+)
 
 
 _MARK_SILENT = """
 UPDATE workers SET status = 'unhealthy', updated_at = {now}
-WHERE last_heartbeat < {deadline} AND status <> 'unhealthy'
+WHERE id IN (SELECT id FROM workers
+             WHERE last_heartbeat < {deadline} AND status <> 'unhealthy' LIMIT {batch})
+  AND last_heartbeat < {deadline} AND status <> 'unhealthy'
 RETURNING id
 """
 
