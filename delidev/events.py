@@ -521,8 +521,30 @@ async def after_commit() -> AsyncIterator[None]:
         yield
     finally:
         _pending.reset(token)
-    for event in held:
-        _publish_now(event)
+    if len(held) <= PUBLISH_BATCH:
+        for event in held:
+            _publish_now(event)
+        return
+    # Many (a cascade): in batches, other tasks running between them, by a task of their
+    # own, which a cancelled caller cannot cut short (the change is committed: every event
+    # of it must go out).
+    task = asyncio.ensure_future(_publish_in_batches(held))
+    _PUBLISHING.add(task)
+    task.add_done_callback(_PUBLISHING.discard)
+    await asyncio.shield(task)
+
+
+PUBLISH_BATCH = 500
+"""Events of one commit published in one go; more are published in batches of this size."""
+_PUBLISHING: set[asyncio.Future[None]] = set()
+
+
+async def _publish_in_batches(held: list[Event]) -> None:
+    for start in range(0, len(held), PUBLISH_BATCH):
+        if start:
+            await asyncio.sleep(0)
+        for event in held[start : start + PUBLISH_BATCH]:
+            _publish_now(event)
 
 
 def bind(bus: EventBus) -> Token[EventBus | None]:
