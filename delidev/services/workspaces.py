@@ -173,16 +173,16 @@ async def delete_workspace(*, actor: Principal, workspace_id: UUID) -> None:
             # A concurrent deletion came first (its commit released the lock).
             raise NotFound(f"workspace {workspace.id} not found", field="workspace_id")
         # Tasks hold their repository group with ON DELETE RESTRICT, so they go first: a
-        # few at a time (a composite with its nodes), so that other calls run between the
-        # steps of a workspace with thousands of tasks (all at once held the event loop for
-        # ~0.25 s per 2,000 tasks, twice). No task can join meanwhile: the lock above.
+        # few at a time (composites, then their nodes by steps), so that other calls run
+        # between the steps of a workspace with thousands of tasks (all at once held the
+        # event loop for ~0.25 s per 2,000 tasks, twice). No task can join meanwhile: the
+        # lock above.
         while (
             composites := await m.CompositeTask.filter(workspace_id=workspace.id)
             .order_by("id")
             .limit(_COMPOSITES_PER_STEP)
         ):
-            nodes = await m.UnitTask.filter(composite_task_id__in=[c.id for c in composites])
-            if not await cascade.remove_tasks(units=nodes, composites=composites):
+            if not await cascade.remove_composites(composites):
                 break  # cannot happen under the lock; never loop on it
         while (
             units := await m.UnitTask.filter(workspace_id=workspace.id)

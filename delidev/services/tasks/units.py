@@ -286,9 +286,7 @@ async def delete_task(*, actor: Principal, task_id: UUID) -> None:
             removed = await cascade.remove_tasks(units=[task], composites=[])
         else:
             # Locked first (PostgreSQL), as the plan's approval locks it to add nodes: nodes
-            # added after the read below would go with the cascade and leave their runs.
-            await m.CompositeTask.filter(id=task.id).select_for_update().first()
-            nodes = await m.UnitTask.filter(composite_task_id=task.id)
-            removed = await cascade.remove_tasks(units=nodes, composites=[task])
+            # added after the read of them would go with the cascade and leave their runs.
+            removed = await cascade.remove_composites([task])
         if not removed:  # a concurrent delete came first; this one's changes roll back
             raise NotFound(f"task {task.id} not found", field="task_id")
