@@ -12,6 +12,7 @@ from delidev.auth.principal import LOCAL_USER
 from delidev.services import secrets, tasks, workers
 from delidev.services.scheduling import waits
 from tests.factories import make_group, make_repository, make_workspace
+from tests.loop_watchdog import Watchdog
 
 pytestmark = pytest.mark.usefixtures("database")
 R = m.WaitReason
@@ -155,3 +156,42 @@ async def test_higher_priority_is_ahead() -> None:
     await waits.reconcile_waits()
     assert (await _wait(urgent)).position == 0
     assert (await _wait(low)).position == 1
+
+
+async def test_positions_in_a_queue_of_thousands_without_holding_the_event_loop(
+    loop_watchdog: Watchdog,
+) -> None:
+    """The database ranks the queue and answers for the sessions asked about. Regression:
+    every read of a queued task's wait read up to 20,000 queued jobs of every user (without
+    an order, so past 10,000 the ranks were of an arbitrary part of the queue) and sorted
+    them on the event loop: ~0.4 s of it per read at 10,000 queued jobs."""
+    count = 5_000
+    task = await _unit(await _group())
+    first = await _session(task)
+    await m.AgentSession.bulk_create(
+        [
+            m.AgentSession(
+                agent_task_id=task.agent_task_id,
+                ai_agent_type=first.ai_agent_type,
+                status=m.AgentSessionStatus.QUEUED,
+                workspace_id=first.workspace_id,
+            )
+            for _ in range(count)
+        ],
+        batch_size=1_000,
+    )
+    last = (
+        await m.AgentSession.filter(agent_task_id=task.agent_task_id)
+        .order_by("-created_at")
+        .first()
+    )
+    assert last is not None
+    loop_watchdog.take()
+    with loop_watchdog.armed():
+        found = await waits.waits_of([first, last])
+    assert loop_watchdog.take() == []
+    assert (found[first.id].position, found[last.id].position) == (0, count)
+    # An urgent job goes ahead of all of them.
+    await m.AgentSession.filter(id=last.id).update(priority=3)
+    found = await waits.waits_of([first, await m.AgentSession.get(id=last.id)])
+    assert (found[first.id].position, found[last.id].position) == (1, 0)
