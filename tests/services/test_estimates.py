@@ -8,8 +8,9 @@ import pytest
 
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER
-from delidev.services import estimates, tasks, workers
+from delidev.services import estimates, plans, tasks, workers
 from tests.factories import make_group, make_repository, make_workspace
+from tests.loop_watchdog import Watchdog
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -115,3 +116,27 @@ async def test_no_history_means_no_figures() -> None:
         cost_micros=None,
         seconds=None,
     )
+
+
+async def test_a_plan_of_a_thousand_tasks_is_estimated_without_holding_the_event_loop(
+    loop_watchdog: Watchdog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan is parsed in a thread, once. Regression: each read of a pending composite
+    (Get, a list page, ``estimate`` in GraphQL) parsed its plan on the event loop: 0.13-0.15
+    s for one of 1,000 tasks."""
+    count = plans.MAX_PLAN_TASKS
+    plan = "tasks:\n" + "".join(
+        f"  - id: t{i}\n    prompt: {'p' * 500}\n" + (f"    dependsOn: [t{i - 1}]\n" if i else "")
+        for i in range(count)
+    )
+    monkeypatch.setattr("tests.services.test_estimates.PLAN", plan)
+    ws = await make_workspace()
+    composite = await _pending(await make_group(ws, [await make_repository(ws)]), m.AiAgentType.AMP)
+    assert composite.plan_yaml == plan
+    for _ in range(2):
+        loop_watchdog.take()
+        with loop_watchdog.armed():
+            estimate = await estimates.estimate_plan(composite)
+        assert loop_watchdog.take() == []
+        assert estimate is not None
+        assert (estimate.nodes, estimate.chain) == (count, count)
