@@ -195,3 +195,32 @@ async def test_positions_in_a_queue_of_thousands_without_holding_the_event_loop(
     await m.AgentSession.filter(id=last.id).update(priority=3)
     found = await waits.waits_of([first, await m.AgentSession.get(id=last.id)])
     assert (found[first.id].position, found[last.id].position) == (1, 0)
+
+
+async def test_a_pass_over_thousands_of_queued_jobs_never_holds_the_event_loop(
+    loop_watchdog: Watchdog,
+) -> None:
+    """The reconciler reads, judges and announces the queue in batches, other tasks running
+    between them. Regression: it read its 5,000 oldest queued jobs in one answer and judged
+    them in one go (~0.2 s of the event loop on SQLite, every sweep)."""
+    count = waits.MAX_RECONCILED
+    task = await _unit(await _group())
+    first = await _session(task)
+    await m.AgentSession.bulk_create(
+        [
+            m.AgentSession(
+                agent_task_id=task.agent_task_id,
+                ai_agent_type=first.ai_agent_type,
+                status=m.AgentSessionStatus.QUEUED,
+                workspace_id=first.workspace_id,
+            )
+            for _ in range(count)
+        ],
+        batch_size=1_000,
+    )
+    loop_watchdog.take()
+    with loop_watchdog.armed():
+        changed = await waits.reconcile_waits()
+    assert loop_watchdog.take() == []
+    assert changed == count  # the oldest ``count``: no worker runs their agent type
+    assert await m.AgentSession.filter(wait_reason=R.NO_CAPABLE_WORKER.value).count() == count
