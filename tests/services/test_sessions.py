@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from delidev import events
 from delidev import models as m
 from delidev.auth.principal import LOCAL_USER, Principal
 from delidev.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -18,6 +19,7 @@ from tests.factories import (
     make_workspace,
     start_latest,
 )
+from tests.loop_watchdog import Watchdog
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -285,3 +287,43 @@ async def test_a_stop_that_loses_the_race_with_the_final_report_says_so(
         await sessions.stop_session(actor=A, session_id=session.id)
     ended = await m.AgentSession.get(id=session.id)
     assert (ended.status, ended.stop_requested) == (Q.SUCCEEDED, False)
+
+
+async def test_thousands_of_questions_time_out_without_holding_the_event_loop(
+    loop_watchdog: Watchdog,
+) -> None:
+    """They are closed and announced 500 at a time, other tasks running between batches.
+    Regression: 5,000 expired questions were read, closed and announced at once, holding the
+    event loop for ~0.15 s (every sweep runs this, and so does ListTtyInputRequests)."""
+    count = 5_000
+    task, session = await _running()
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    await m.TtyInputRequest.bulk_create(
+        [
+            m.TtyInputRequest(
+                task_id=task.id,
+                workspace_id=task.workspace_id,
+                session_id=session.id,
+                prompt=f"question {i}?",
+                input_type=m.TtyInputType.TEXT,
+                expires_at=past,
+            )
+            for i in range(count)
+        ],
+        batch_size=1_000,
+    )
+    answered = await _ask(session, m.TtyInputType.TEXT, minutes=10)
+    bus = events.EventBus()
+    heard: list[events.Event] = []
+    bus.subscribe(heard.append)
+    token = events.bind(bus)
+    try:
+        loop_watchdog.take()
+        with loop_watchdog.armed():
+            assert await sessions.expire_tty_requests() == count
+        assert loop_watchdog.take() == []
+    finally:
+        events.unbind(token)
+    assert len({e.request_id for e in heard if isinstance(e, events.TtyChanged)}) == count
+    assert await m.TtyInputRequest.filter(status=m.TtyInputStatus.TIMEOUT).count() == count
+    assert (await m.TtyInputRequest.get(id=answered.id)).status == m.TtyInputStatus.PENDING
