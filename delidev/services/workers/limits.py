@@ -13,6 +13,7 @@ wins or loses as a whole.
 from __future__ import annotations
 
 import datetime as dt
+from uuid import UUID
 
 from delidev import events
 from delidev import models as m
@@ -60,11 +61,28 @@ async def finalise_unconfirmed_stops(*, now: dt.datetime, stop_grace: dt.timedel
     """Running sessions whose stop was asked more than ``stop_grace`` before ``now`` end:
     a timeout as failed (timeout), a user's stop as stopped; their worker's row is freed.
     Returns how many this call ended (a worker's report or another replica may come first)."""
-    unconfirmed = await m.AgentSession.filter(
-        status=SessionStatus.RUNNING,
-        stop_requested=True,
-        stop_requested_at__lt=now - stop_grace,
-    )
+    ended = 0
+    after: UUID | None = None
+    while True:
+        # A page at a time, by id: 3,000 runs loaded at once held the event loop for ~0.5 s.
+        page = m.AgentSession.filter(
+            status=SessionStatus.RUNNING,
+            stop_requested=True,
+            stop_requested_at__lt=now - stop_grace,
+        )
+        if after is not None:
+            page = page.filter(id__gt=after)
+        unconfirmed = await page.order_by("id").limit(_FINALISED_PER_STEP)
+        ended += await _finalise(unconfirmed)
+        if len(unconfirmed) < _FINALISED_PER_STEP:
+            return ended
+        after = unconfirmed[-1].id
+
+
+_FINALISED_PER_STEP = 100
+
+
+async def _finalise(unconfirmed: list[m.AgentSession]) -> int:
     ended = 0
     for session in unconfirmed:
         timed_out = session.stop_reason == m.StopReason.TIMEOUT
