@@ -20,6 +20,7 @@ from delidev.services import live, sessions, tasks
 from delidev.services.sessions import LogChunkIn, LogLimits, output_log
 from delidev.settings import Settings
 from tests.factories import make_group, make_repository, make_workspace, start_latest
+from tests.loop_watchdog import Watchdog
 from tests.waiting import until
 
 pytestmark = pytest.mark.usefixtures("database")
@@ -400,3 +401,33 @@ async def test_a_run_of_many_tiny_chunks_ends_without_loading_every_row() -> Non
     # Before: ~300 bytes a row (a tuple of a UUID, two ints and a str) → over 30 MB.
     print(f"the end of the run allocated {peak / 1e6:.1f} MB at its peak")
     assert peak < 12 * 1024 * 1024, f"the end of the run allocated {peak / 1e6:.1f} MB"
+
+
+async def test_a_log_of_many_small_chunks_is_read_without_holding_the_event_loop(
+    loop_watchdog: Watchdog,
+) -> None:
+    """Its chunks are read a thousand at a time, as plain values, and join into the same
+    text from any offset. Regression: every chunk of the range read was loaded as a model
+    in one go (40,000 chunks of 100 characters held the event loop for ~0.13 s per read)."""
+    count = 12_000
+    session = await _running()
+    pieces = [f"line {i:05} " + "é" * (i % 7) + "\n" for i in range(count)]
+    chunks, offset = [], 0
+    for sequence, piece in enumerate(pieces):
+        chunks.append(
+            m.LogChunk(session_id=session.id, sequence=sequence, start_offset=offset, data=piece)
+        )
+        offset += len(piece)
+    await m.LogChunk.bulk_create(chunks, batch_size=2_000)
+    await m.AgentSession.filter(id=session.id).update(log_size=offset, log_next_sequence=count)
+    text = "".join(pieces)
+    loop_watchdog.take()
+    with loop_watchdog.armed():
+        read = await sessions.read_log(actor=A, session_id=session.id, offset=0, limit=0)
+    assert loop_watchdog.take() == []
+    assert (read.content, read.next_offset) == (text, len(text))
+    for start, limit in ((1, 0), (len(text) // 3, 5_000), (len(text) - 10, 0), (777, 1)):
+        read = await sessions.read_log(actor=A, session_id=session.id, offset=start, limit=limit)
+        expected = text[start:] if not limit else text[start : start + limit]
+        assert read.content == expected
+        assert read.next_offset == start + len(expected)

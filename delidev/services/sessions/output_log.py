@@ -410,6 +410,9 @@ async def read_log(
     return await read_stored_log(session, offset=offset, limit=limit)
 
 
+_CHUNKS_PER_READ = 1_000
+
+
 async def read_stored_log(session: m.AgentSession, *, offset: int, limit: int) -> LogRead:
     """The stored log from ``offset``: at most ``limit`` characters of output (0: up to
     ``MAX_READ_CHARS``), plus the whole marker of a dropped range it meets. Only the chunks
@@ -441,21 +444,36 @@ async def read_stored_log(session: m.AgentSession, *, offset: int, limit: int) -
             pos = size if after is None else after.start_offset
             continue
         moved = pos
-        # Only the chunks that overlap [pos, pos + want - got): never the whole log.
-        query = m.LogChunk.filter(
-            session_id=session.id,
-            start_offset__gte=first.start_offset,
-            start_offset__lt=pos + want - got,
-        ).order_by("start_offset")
-        async for chunk in query:
-            if chunk.sequence == CUT_SEQUENCE or chunk.start_offset > pos:
-                break  # the next round serves the marker
-            data = chunk.data[pos - chunk.start_offset :][: want - got]
-            pieces.append(data)
-            got += len(data)
-            pos += len(data)
-            if got >= want:
+        # Only the chunks that overlap [pos, pos + want - got): never the whole log. Read
+        # as plain values, ``_CHUNKS_PER_READ`` at a time: a log of many small chunks (40,000
+        # of 100 characters) loaded at once held the event loop for ~0.13 s per read.
+        from_offset = first.start_offset
+        while got < want:
+            rows = (
+                await m.LogChunk.filter(
+                    session_id=session.id,
+                    start_offset__gte=from_offset,
+                    start_offset__lt=pos + want - got,
+                )
+                .order_by("start_offset")
+                .limit(_CHUNKS_PER_READ)
+                .values_list("start_offset", "sequence", "data")
+            )
+            page_start = pos
+            ended = False
+            for chunk_start, sequence, data in rows:
+                if sequence == CUT_SEQUENCE or chunk_start > pos:
+                    ended = True  # the next round serves the marker
+                    break
+                piece = data[pos - chunk_start :][: want - got]
+                pieces.append(piece)
+                got += len(piece)
+                pos += len(piece)
+                if got >= want:
+                    break
+            if ended or len(rows) < _CHUNKS_PER_READ or pos == page_start:
                 break
+            from_offset = pos  # the next chunk starts where this one ended
         if pos == moved:
             # Only a cut committed between our two statements leaves a hole without its
             # marker: look again once (the cut's deletions and marker commit together).
