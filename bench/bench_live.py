@@ -202,22 +202,26 @@ class _LeanSubscriber(asyncio.Protocol):
                 continue
             if event.opcode is not Opcode.TEXT:
                 continue
-            body = bytes(event.data)
-            if not self.subscribed:  # connection_ack
-                self.subscribed = True
-                payload = {"query": QUERY, "variables": {"id": self.session_id}}
-                self._send({"id": "1", "type": "subscribe", "payload": payload})
-                if not self.ready.done():
-                    self.ready.set_result(None)
-                continue
-            if body.find(b'"next"', 0, 64) < 0:  # the type comes first (or after the id)
-                continue
-            # The lines are the escaped newlines: the only backslashes in these messages,
-            # so counted as one byte (a memchr-speed scan, not a two-byte search).
-            self.sink.lines += body.count(b"\\")
-            self.sink.latencies.extend((q, (now - t) / 1e6) for t, q in stamps(body))
+            self._text(bytes(event.data), now)
         if self.proto.writes:
             self._flush()
+
+    def _text(self, body: bytes, now: int) -> None:
+        if not self.subscribed:  # connection_ack
+            self.subscribed = True
+            payload = {"query": QUERY, "variables": {"id": self.session_id}}
+            self._send({"id": "1", "type": "subscribe", "payload": payload})
+            if not self.ready.done():
+                self.ready.set_result(None)
+            return
+        if body.find(b'"next"', 0, 64) < 0:
+            if body.find(b'"ping"', 0, 64) >= 0:  # graphql-transport-ws keep-alive
+                self._send({"type": "pong"})
+            return
+        # The lines are the escaped newlines: the only backslashes in these messages, so
+        # counted as one byte (a memchr-speed scan, not a two-byte search).
+        self.sink.lines += body.count(b"\\")
+        self.sink.latencies.extend((q, (now - t) / 1e6) for t, q in stamps(body))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -341,21 +345,6 @@ class _FrameSubscriber(_LeanSubscriber):
             elif opcode == 0x8:
                 assert self.transport is not None
                 self.transport.close()
-
-    def _text(self, body: bytes, now: int) -> None:
-        if not self.subscribed:  # connection_ack
-            self.subscribed = True
-            payload = {"query": QUERY, "variables": {"id": self.session_id}}
-            self._send({"id": "1", "type": "subscribe", "payload": payload})
-            if not self.ready.done():
-                self.ready.set_result(None)
-            return
-        if body.find(b'"next"', 0, 64) < 0:
-            if body.find(b'"ping"', 0, 64) >= 0:  # graphql-transport-ws keep-alive
-                self._send({"type": "pong"})
-            return
-        self.sink.lines += body.count(b"\\")
-        self.sink.latencies.extend((q, (now - t) / 1e6) for t, q in stamps(body))
 
 
 SUBSCRIBERS = {"frames": _FrameSubscriber, "websockets": _LeanSubscriber}

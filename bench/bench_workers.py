@@ -127,21 +127,24 @@ class LeanClient:
         self.open: list[asyncio.StreamWriter] = []
 
     async def _call(self, method: str, message: Any) -> bytes:
+        path = f"/delidev.v1.WorkerService/{method}"
+        return await self._post(path, "application/proto", message.to_binary())
+
+    async def _post(self, path: str, content_type: str, data: bytes) -> bytes:
         if self.idle:
             reader, writer = self.idle.pop()
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             self.open.append(writer)
-        data = message.to_binary()
         writer.write(
-            f"POST /delidev.v1.WorkerService/{method} HTTP/1.1\r\nhost: {self.host}\r\n"
-            f"content-type: application/proto\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\n"
+            f"content-type: {content_type}\r\ncontent-length: {len(data)}\r\n\r\n".encode()
             + data
         )
         status, body = await read_response(reader)
         self.idle.append((reader, writer))
         if status != 200:
-            raise RuntimeError(f"{method}: HTTP {status}: {body[:200]!r}")
+            raise RuntimeError(f"{path}: HTTP {status}: {body[:200]!r}")
         return body
 
     async def get_task(self, request: worker_pb.ClaimJobRequest) -> worker_pb.ClaimJobResponse:
@@ -159,22 +162,9 @@ class LeanClient:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A JSON POST to a bare route of ``bench/_app.py`` (the floor scenario)."""
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self.open.append(writer)
-        data = json.dumps(body).encode()
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
-            + data
+        return dict(
+            json.loads(await self._post(path, "application/json", json.dumps(body).encode()))
         )
-        status, answer = await read_response(reader)
-        self.idle.append((reader, writer))
-        if status != 200:
-            raise RuntimeError(f"{path}: HTTP {status}: {answer[:200]!r}")
-        return dict(json.loads(answer))
 
 
 CLIENT = "lean"  # set from --client

@@ -158,6 +158,22 @@ async def test_higher_priority_is_ahead() -> None:
     assert (await _wait(low)).position == 1
 
 
+async def _queue_behind(first: m.AgentSession, count: int) -> None:
+    """``count`` more queued runs of ``first``'s task, queued after it."""
+    await m.AgentSession.bulk_create(
+        [
+            m.AgentSession(
+                agent_task_id=first.agent_task_id,
+                ai_agent_type=first.ai_agent_type,
+                status=m.AgentSessionStatus.QUEUED,
+                workspace_id=first.workspace_id,
+            )
+            for _ in range(count)
+        ],
+        batch_size=1_000,
+    )
+
+
 async def test_positions_in_a_queue_of_thousands_without_holding_the_event_loop(
     loop_watchdog: Watchdog,
 ) -> None:
@@ -168,18 +184,7 @@ async def test_positions_in_a_queue_of_thousands_without_holding_the_event_loop(
     count = 5_000
     task = await _unit(await _group())
     first = await _session(task)
-    await m.AgentSession.bulk_create(
-        [
-            m.AgentSession(
-                agent_task_id=task.agent_task_id,
-                ai_agent_type=first.ai_agent_type,
-                status=m.AgentSessionStatus.QUEUED,
-                workspace_id=first.workspace_id,
-            )
-            for _ in range(count)
-        ],
-        batch_size=1_000,
-    )
+    await _queue_behind(first, count)
     last = (
         await m.AgentSession.filter(agent_task_id=task.agent_task_id)
         .order_by("-created_at")
@@ -206,18 +211,7 @@ async def test_a_pass_over_thousands_of_queued_jobs_never_holds_the_event_loop(
     count = waits.MAX_RECONCILED
     task = await _unit(await _group())
     first = await _session(task)
-    await m.AgentSession.bulk_create(
-        [
-            m.AgentSession(
-                agent_task_id=task.agent_task_id,
-                ai_agent_type=first.ai_agent_type,
-                status=m.AgentSessionStatus.QUEUED,
-                workspace_id=first.workspace_id,
-            )
-            for _ in range(count)
-        ],
-        batch_size=1_000,
-    )
+    await _queue_behind(first, count)
     loop_watchdog.take()
     with loop_watchdog.armed():
         changed = await waits.reconcile_waits()
